@@ -290,13 +290,48 @@ coded_enum! {
     }
 }
 
+/// An ISO 3166-1 alpha-2 country code, e.g. `Country(*b"US")`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Country(pub [u8; 2]);
+
+impl Country {
+    /// The code as text; empty if it is not ASCII.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Country({})", self.as_str())
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for Country {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Country {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Card data as a rule sees it: the token, never the PAN.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CardRef<'a> {
     /// Keyed-HMAC token of the PAN.
     pub token: &'a str,
     /// Issuing country, ISO 3166-1 alpha-2, if known.
-    pub country: Option<[u8; 2]>,
+    pub country: Option<Country>,
     /// Whether the card was physically present, if known.
     pub present: Option<bool>,
 }
@@ -309,14 +344,14 @@ pub struct PartyRef<'a> {
     /// Merchant category code (merchants only).
     pub mcc: Option<u16>,
     /// Country, ISO 3166-1 alpha-2.
-    pub country: Option<[u8; 2]>,
+    pub country: Option<Country>,
 }
 
 /// Where the payment was made.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GeoRef {
     /// Country, ISO 3166-1 alpha-2.
-    pub country: Option<[u8; 2]>,
+    pub country: Option<Country>,
     /// Latitude and longitude in degrees.
     pub lat_lon: Option<(f64, f64)>,
 }
@@ -373,8 +408,8 @@ fn put(buf: &mut [u8], off: usize, bytes: &[u8]) {
     buf[off..off + bytes.len()].copy_from_slice(bytes);
 }
 
-fn country(c: Option<[u8; 2]>) -> [u8; 2] {
-    c.unwrap_or([0, 0])
+fn country(c: Option<Country>) -> [u8; 2] {
+    c.map_or([0, 0], |c| c.0)
 }
 
 /// Encodes `ev` into `out` (cleared first), all fields present.
@@ -499,6 +534,28 @@ pub fn project(src: &[u8], mask: FieldMask, dst: &mut [u8]) {
     }
 }
 
+/// Appends a rule's feature values to an encoded (or projected) event and
+/// points its header at them.
+///
+/// # Panics
+/// When `buf` is shorter than the header.
+pub fn append_features(buf: &mut Vec<u8>, values: &[f64]) {
+    let off = buf.len();
+    for v in values {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    set_feature_block(buf, off as u32, values.len() as u32);
+}
+
+/// Points the header of an encoded event at `count` f64 values at `offset`.
+///
+/// # Panics
+/// When `buf` is shorter than the header.
+pub fn set_feature_block(buf: &mut [u8], offset: u32, count: u32) {
+    put(buf, OFF_FEATURES, &offset.to_le_bytes());
+    put(buf, OFF_FEATURES_COUNT, &count.to_le_bytes());
+}
+
 fn read_u32(buf: &[u8], off: usize) -> u32 {
     buf.get(off..off + 4)
         .and_then(|b| b.try_into().ok())
@@ -563,9 +620,9 @@ impl<'a> EventView<'a> {
             .unwrap_or("")
     }
 
-    fn country_at(&self, off: usize) -> Option<[u8; 2]> {
+    fn country_at(&self, off: usize) -> Option<Country> {
         let c = [*self.buf.get(off)?, *self.buf.get(off + 1)?];
-        (c != [0, 0]).then_some(c)
+        (c != [0, 0]).then_some(Country(c))
     }
 
     /// Transaction id.
@@ -713,12 +770,12 @@ mod tests {
             amount: 12_345,
             currency: *b"EUR",
             account: "acct-9",
-            card: Some(CardRef { token: "tok_abc", country: Some(*b"FR"), present: Some(false) }),
-            merchant: Some(PartyRef { id: "m-1", mcc: Some(5411), country: Some(*b"DE") }),
+            card: Some(CardRef { token: "tok_abc", country: Some(Country(*b"FR")), present: Some(false) }),
+            merchant: Some(PartyRef { id: "m-1", mcc: Some(5411), country: Some(Country(*b"DE")) }),
             counterparty: None,
             device: Some("dev-7"),
             ip: Some("10.0.0.1"),
-            geo: Some(GeoRef { country: Some(*b"DE"), lat_lon: Some((52.5, 13.4)) }),
+            geo: Some(GeoRef { country: Some(Country(*b"DE")), lat_lon: Some((52.5, 13.4)) }),
             attrs,
         }
     }

@@ -36,7 +36,7 @@ pub mod event;
 pub mod manifest;
 pub mod params;
 
-pub use event::{Channel, EventRef, Field, FieldMask, Kind};
+pub use event::{CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef};
 pub use manifest::{Manifest, ManifestDef, ParamDef, ParamDefault, ParamSpec, ParamType};
 pub use params::ParamValue;
 
@@ -45,6 +45,11 @@ pub const ABI_VERSION: i32 = 1;
 
 /// Size of the guest's output buffer, in bytes. Reason codes beyond it are cut.
 pub const OUTPUT_CAPACITY: usize = 4096;
+
+/// Written by a guest at the start of its output buffer when it panics,
+/// followed by the message length (`u32`) and the UTF-8 message, so the host
+/// can say why a rule trapped. Reason codes are UTF-8 and never start with 0xFF.
+pub const PANIC_MAGIC: [u8; 4] = [0xff, b'P', b'N', b'C'];
 
 /// Names of the functions a rule module exports.
 pub mod exports {

@@ -1,1 +1,87 @@
+//! Write vigil risk rules in Rust.
+//!
+//! A rule is one function that looks at a payment and returns a [`Decision`].
+//! The [`rule`] attribute turns it into a WebAssembly module vigil loads from
+//! its rules folder, and into an ordinary Rust function you unit-test with
+//! `cargo test` — no wasm involved.
+//!
+//! ```
+//! use vigil_sdk::prelude::*;
+//!
+//! /// Reviews card payments above a limit; blocks far above it.
+//! #[rule(
+//!     name = "large-amount",
+//!     fields(amount, currency, channel),
+//!     params(review_above: i64 = 100_000, block_above: i64 = 1_000_000),
+//! )]
+//! fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
+//!     if tx.amount() > ctx.param_i64("block_above") {
+//!         Decision::block(90).reason("amount_over_block_limit")
+//!     } else if tx.amount() > ctx.param_i64("review_above") {
+//!         Decision::review(40).reason("amount_over_review_limit")
+//!     } else {
+//!         Decision::allow()
+//!     }
+//! }
+//!
+//! # fn main() {
+//! use vigil_sdk::testing::{evaluate as run, PaymentBuilder, TestContext};
+//! let tx = PaymentBuilder::new("tx-1").amount(250_000, "USD").build();
+//! let d = run(&RULE, &tx, &TestContext::new());
+//! assert_eq!(d.action, Action::Review);
+//! let d = run(&RULE, &tx, &TestContext::new().param("review_above", 500_000));
+//! assert_eq!(d.action, Action::Allow);
+//! # }
+//! ```
+//!
+//! # What the attribute takes
+//!
+//! - `name = "..."`, `version = "..."`: default to the crate's name and version.
+//! - `description = "..."`: defaults to the first line of the function's doc comment.
+//! - `fields(...)`: the event fields the rule reads. The rule sees **only**
+//!   these; everything else reads as empty. One of `id`, `ts`, `channel`,
+//!   `kind`, `amount`, `currency`, `account`, `card`, `merchant`,
+//!   `counterparty`, `device`, `ip`, `geo`, `attrs`.
+//! - `params(name: type = default, ...)`: parameters the host config can set
+//!   per rule without recompiling; `type` is `i64`, `f64`, `bool` or `str`.
+//! - `lists("name", ...)`: named lists (block/allow lists) the host loads from
+//!   files; look values up with [`Context::in_list`].
+//!
+//! The attribute also defines `pub static RULE: vigil_sdk::Rule`, the rule's
+//! manifest and entry point, used by [`testing`].
+//!
+//! # Limits the host enforces
+//!
+//! Each call has a CPU budget and each instance a memory cap (both set in the
+//! host config). A rule that panics, loops, or runs out of memory gets its
+//! configured failure outcome for that event; after repeated failures in a
+//! row it is quarantined until a new version is deployed.
 
+mod context;
+mod decision;
+mod payment;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use context::Context;
+pub use decision::Decision;
+pub use payment::Payment;
+pub use vigil_abi as abi;
+pub use vigil_abi::{Action, CardRef as Card, Channel, Country, GeoRef as Geo, Kind, PartyRef as Party};
+pub use vigil_sdk_macros::rule;
+
+/// A compiled-in rule: its manifest and its function. Made by [`rule`].
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// What the rule declares.
+    pub manifest: abi::ManifestDef,
+    /// The rule itself.
+    pub evaluate: fn(&Payment<'_>, &Context<'_>) -> Decision,
+}
+
+/// Everything a rule file needs: `use vigil_sdk::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Action, Card, Channel, Context, Country, Decision, Geo, Kind, Party, Payment, rule};
+}

@@ -1,0 +1,162 @@
+//! Glue between the exports the `#[rule]` attribute generates and the rule
+//! function. Not a public API: the attribute is.
+//!
+//! A rule module is single-threaded (wasm32 without the threads proposal) and
+//! the host never re-enters it, which is what makes the statics below sound.
+
+use crate::context::{Context, Lists};
+use crate::{Payment, Rule};
+use std::cell::RefCell;
+use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, ParamValue, pack_ptr_len};
+
+pub use vigil_abi::{ManifestDef, ParamDef, ParamDefault};
+
+/// Marks a panic message in the output buffer, followed by a `u32` length and
+/// the UTF-8 message. Reason codes are UTF-8 and so never start with `0xFF`.
+pub use vigil_abi::PANIC_MAGIC;
+
+#[derive(Default)]
+struct State {
+    input: Vec<u8>,
+    params: Vec<(String, ParamValue)>,
+    manifest: String,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::default();
+}
+
+/// Written by the host and by the panic hook, which must not touch `STATE`
+/// (it may be borrowed when the rule panics), so it lives apart.
+static mut OUTPUT: [u8; OUTPUT_CAPACITY] = [0; OUTPUT_CAPACITY];
+
+fn output() -> &'static mut [u8; OUTPUT_CAPACITY] {
+    // SAFETY: single-threaded module, and every user of this reference
+    // finishes with it before returning to the host or calling the rule.
+    unsafe { &mut *(&raw mut OUTPUT) }
+}
+
+fn guest_ptr<T>(p: *const T) -> i32 {
+    p as usize as i32
+}
+
+pub fn abi_version() -> i32 {
+    ABI_VERSION
+}
+
+pub fn manifest(rule: &Rule) -> i64 {
+    STATE.with_borrow_mut(|st| {
+        st.manifest = rule.manifest.to_json();
+        pack_ptr_len(guest_ptr(st.manifest.as_ptr()) as u32, st.manifest.len() as u32)
+    })
+}
+
+pub fn buffer(capacity: i32) -> i32 {
+    STATE.with_borrow_mut(|st| {
+        let capacity = usize::try_from(capacity).unwrap_or(0);
+        if st.input.len() < capacity {
+            st.input.resize(capacity, 0);
+        }
+        guest_ptr(st.input.as_ptr())
+    })
+}
+
+pub fn output_ptr() -> i32 {
+    guest_ptr(output().as_ptr())
+}
+
+/// Returns 0, or the length of an error message written to the output buffer.
+pub fn configure(rule: &Rule, len: i32) -> i32 {
+    std::panic::set_hook(Box::new(|info| write_panic(&info.to_string())));
+    let result = STATE.with_borrow_mut(|st| {
+        let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
+        let params = vigil_abi::params::decode(&st.input[..len]).map_err(|e| e.to_string())?;
+        for def in rule.manifest.params {
+            let want = def.default.to_value().ty();
+            match params.iter().find(|(n, _)| n == def.name) {
+                Some((_, v)) if v.ty() == want => {}
+                Some((_, v)) => {
+                    return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty()));
+                }
+                None => return Err(format!("parameter `{}` is missing", def.name)),
+            }
+        }
+        st.params = params;
+        Ok(())
+    });
+    match result {
+        Ok(()) => 0,
+        Err(msg) => write_text(&msg) as i32,
+    }
+}
+
+pub fn evaluate(rule: &Rule, len: i32) -> i64 {
+    STATE.with_borrow(|st| {
+        let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
+        let tx = Payment::from_bytes(&st.input[..len]);
+        let lists = Lists::Host { names: rule.manifest.lists };
+        let ctx = Context::new(&st.params, lists, rule.manifest.features, tx.view());
+        let decision = (rule.evaluate)(&tx, &ctx);
+        let mut reasons_len = 0;
+        if !decision.reasons.is_empty() {
+            reasons_len = write_reasons(decision.reasons.iter().map(|r| r.as_ref()));
+        }
+        Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
+    })
+}
+
+/// Writes `\n`-separated codes, dropping whole codes that do not fit.
+fn write_reasons<'a>(codes: impl Iterator<Item = &'a str>) -> usize {
+    let out = output();
+    let mut at = 0;
+    for code in codes {
+        let sep = usize::from(at > 0);
+        if at + sep + code.len() > out.len() {
+            break;
+        }
+        if sep == 1 {
+            out[at] = b'\n';
+        }
+        at += sep;
+        for (i, b) in code.bytes().enumerate() {
+            out[at + i] = if b == b'\n' { b' ' } else { b };
+        }
+        at += code.len();
+    }
+    at
+}
+
+fn write_text(msg: &str) -> usize {
+    let out = output();
+    let n = msg.len().min(out.len());
+    out[..n].copy_from_slice(&msg.as_bytes()[..n]);
+    n
+}
+
+fn write_panic(msg: &str) {
+    let out = output();
+    let room = out.len() - 8;
+    let n = msg.len().min(room);
+    out[..4].copy_from_slice(&PANIC_MAGIC);
+    out[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    out[8..8 + n].copy_from_slice(&msg.as_bytes()[..n]);
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "vigil")]
+unsafe extern "C" {
+    fn list_contains(list: i32, ptr: i32, len: i32) -> i32;
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host_list_contains(index: usize, value: &str) -> bool {
+    // SAFETY: the host reads `len` bytes at `ptr` from this module's memory
+    // and writes nothing.
+    unsafe { list_contains(index as i32, guest_ptr(value.as_ptr()), value.len() as i32) != 0 }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn host_list_contains(_index: usize, _value: &str) -> bool {
+    // Native builds only run rules through `testing`, which uses local lists.
+    false
+}

@@ -1,0 +1,113 @@
+//! What a rule can ask the host besides the payment: parameters, lists, features.
+
+use std::collections::{HashMap, HashSet};
+use vigil_abi::{EventView, ParamValue};
+
+/// The rule's view of the host during one call.
+#[derive(Debug)]
+pub struct Context<'a> {
+    params: &'a [(String, ParamValue)],
+    lists: Lists<'a>,
+    features: &'static [&'static str],
+    event: EventView<'a>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Lists<'a> {
+    /// Inside the host: look-ups go through the `vigil::list_contains` import.
+    Host { names: &'static [&'static str] },
+    /// In native tests: lists held in memory.
+    Local(&'a HashMap<String, HashSet<String>>),
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(
+        params: &'a [(String, ParamValue)],
+        lists: Lists<'a>,
+        features: &'static [&'static str],
+        event: EventView<'a>,
+    ) -> Self {
+        Self { params, lists, features, event }
+    }
+
+    fn param(&self, name: &str) -> Option<&'a ParamValue> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The integer parameter `name`.
+    ///
+    /// # Panics
+    /// When the rule declared no `i64` parameter of that name. Inside the host
+    /// a panic is a rule failure: the rule's failure policy applies.
+    pub fn param_i64(&self, name: &str) -> i64 {
+        match self.param(name) {
+            Some(ParamValue::Int(v)) => *v,
+            _ => panic!("rule declares no i64 parameter `{name}`"),
+        }
+    }
+
+    /// The float parameter `name`.
+    ///
+    /// # Panics
+    /// When the rule declared no `f64` parameter of that name.
+    pub fn param_f64(&self, name: &str) -> f64 {
+        match self.param(name) {
+            Some(ParamValue::Float(v)) => *v,
+            _ => panic!("rule declares no f64 parameter `{name}`"),
+        }
+    }
+
+    /// The boolean parameter `name`.
+    ///
+    /// # Panics
+    /// When the rule declared no `bool` parameter of that name.
+    pub fn param_bool(&self, name: &str) -> bool {
+        match self.param(name) {
+            Some(ParamValue::Bool(v)) => *v,
+            _ => panic!("rule declares no bool parameter `{name}`"),
+        }
+    }
+
+    /// The string parameter `name`.
+    ///
+    /// # Panics
+    /// When the rule declared no `str` parameter of that name.
+    pub fn param_str(&self, name: &str) -> &'a str {
+        match self.param(name) {
+            Some(ParamValue::Str(v)) => v,
+            _ => panic!("rule declares no str parameter `{name}`"),
+        }
+    }
+
+    /// Whether `value` is in the named list (e.g. a blocklist of card tokens).
+    ///
+    /// Lists of cards hold tokens, so pass `card.token`, never a PAN.
+    ///
+    /// # Panics
+    /// When the rule did not declare the list in `lists(...)`.
+    pub fn in_list(&self, list: &str, value: &str) -> bool {
+        match &self.lists {
+            Lists::Host { names } => {
+                let Some(index) = names.iter().position(|n| *n == list) else {
+                    panic!("rule declares no list `{list}`");
+                };
+                crate::__private::host_list_contains(index, value)
+            }
+            Lists::Local(lists) => match lists.get(list) {
+                Some(set) => set.contains(value),
+                None => panic!("test context has no list `{list}`"),
+            },
+        }
+    }
+
+    /// The value of a feature the rule declared, computed by the host for this event.
+    ///
+    /// # Panics
+    /// When the rule did not declare the feature in `features(...)`.
+    pub fn feature(&self, name: &str) -> f64 {
+        let Some(index) = self.features.iter().position(|n| *n == name) else {
+            panic!("rule declares no feature `{name}`");
+        };
+        self.event.feature(index).unwrap_or(0.0)
+    }
+}
