@@ -385,8 +385,8 @@ pub struct EventRef<'a> {
     pub ip: Option<&'a str>,
     /// Geolocation, if any.
     pub geo: Option<GeoRef>,
-    /// Free attributes as (key, value) pairs.
-    pub attrs: &'a [(&'a str, &'a str)],
+    /// Free attributes, pre-encoded with [`encode_attr`].
+    pub attrs: &'a [u8],
 }
 
 /// Why an event could not be encoded.
@@ -474,18 +474,24 @@ pub fn encode(ev: &EventRef<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     if !ev.attrs.is_empty() {
         present |= Field::Attrs.bit();
         let start = out.len();
-        for (k, v) in ev.attrs {
-            for s in [k, v] {
-                let len = u16::try_from(s.len()).map_err(|_| EncodeError::TooLarge)?;
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-        let len = out.len() - start;
-        set_slot(out, StrSlot::Attrs, start, len)?;
+        out.extend_from_slice(ev.attrs);
+        set_slot(out, StrSlot::Attrs, start, ev.attrs.len())?;
     }
     put(out, OFF_PRESENT, &present.to_le_bytes());
     u32::try_from(out.len()).map_err(|_| EncodeError::TooLarge)?;
+    Ok(())
+}
+
+/// Appends one attribute to an attribute blob for [`EventRef::attrs`].
+///
+/// # Errors
+/// [`EncodeError::TooLarge`] when the key or value exceeds 64 KiB.
+pub fn encode_attr(key: &str, value: &str, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    for s in [key, value] {
+        let len = u16::try_from(s.len()).map_err(|_| EncodeError::TooLarge)?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
     Ok(())
 }
 
@@ -613,7 +619,10 @@ impl<'a> EventView<'a> {
 
     fn str_slot(&self, slot: StrSlot) -> &'a str {
         let at = OFF_SLOTS + slot as usize * 8;
-        let (start, len) = (read_u32(self.buf, at) as usize, read_u32(self.buf, at + 4) as usize);
+        let (start, len) = (
+            read_u32(self.buf, at) as usize,
+            read_u32(self.buf, at + 4) as usize,
+        );
         self.buf
             .get(start..start.saturating_add(len))
             .and_then(|b| core::str::from_utf8(b).ok())
@@ -687,7 +696,8 @@ impl<'a> EventView<'a> {
     }
     /// Device id, if present and declared.
     pub fn device(&self) -> Option<&'a str> {
-        self.has(Field::Device).then(|| self.str_slot(StrSlot::Device))
+        self.has(Field::Device)
+            .then(|| self.str_slot(StrSlot::Device))
     }
     /// IP address, if present and declared.
     pub fn ip(&self) -> Option<&'a str> {
@@ -696,7 +706,10 @@ impl<'a> EventView<'a> {
     /// Geolocation, if present and declared.
     pub fn geo(&self) -> Option<GeoRef> {
         self.has(Field::Geo).then(|| {
-            let (lat, lon) = (read_f64(self.buf, OFF_GEO_LAT), read_f64(self.buf, OFF_GEO_LON));
+            let (lat, lon) = (
+                read_f64(self.buf, OFF_GEO_LAT),
+                read_f64(self.buf, OFF_GEO_LON),
+            );
             GeoRef {
                 country: self.country_at(OFF_GEO_COUNTRY),
                 lat_lon: (!lat.is_nan() && !lon.is_nan()).then_some((lat, lon)),
@@ -761,7 +774,7 @@ impl<'a> Iterator for AttrIter<'a> {
 mod tests {
     use super::*;
 
-    fn sample<'a>(attrs: &'a [(&'a str, &'a str)]) -> EventRef<'a> {
+    fn sample(attrs: &[u8]) -> EventRef<'_> {
         EventRef {
             id: "tx-1",
             ts_ms: 1_700_000_000_123,
@@ -770,19 +783,32 @@ mod tests {
             amount: 12_345,
             currency: *b"EUR",
             account: "acct-9",
-            card: Some(CardRef { token: "tok_abc", country: Some(Country(*b"FR")), present: Some(false) }),
-            merchant: Some(PartyRef { id: "m-1", mcc: Some(5411), country: Some(Country(*b"DE")) }),
+            card: Some(CardRef {
+                token: "tok_abc",
+                country: Some(Country(*b"FR")),
+                present: Some(false),
+            }),
+            merchant: Some(PartyRef {
+                id: "m-1",
+                mcc: Some(5411),
+                country: Some(Country(*b"DE")),
+            }),
             counterparty: None,
             device: Some("dev-7"),
             ip: Some("10.0.0.1"),
-            geo: Some(GeoRef { country: Some(Country(*b"DE")), lat_lon: Some((52.5, 13.4)) }),
+            geo: Some(GeoRef {
+                country: Some(Country(*b"DE")),
+                lat_lon: Some((52.5, 13.4)),
+            }),
             attrs,
         }
     }
 
     #[test]
     fn encode_then_view_gives_every_field_back() {
-        let attrs = [("3ds", "false"), ("bin", "411111")];
+        let mut attrs = Vec::new();
+        encode_attr("3ds", "false", &mut attrs).expect("fits");
+        encode_attr("bin", "411111", &mut attrs).expect("fits");
         let ev = sample(&attrs);
         let mut buf = Vec::new();
         encode(&ev, &mut buf).expect("encodes");
@@ -823,13 +849,18 @@ mod tests {
         assert_eq!(v.ts_ms(), 0);
         // No undeclared string survives anywhere in the copy.
         for secret in ["tok_abc", "acct-9", "dev-7", "tx-1", "10.0.0.1"] {
-            assert!(!dst.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked");
+            assert!(
+                !dst.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} leaked"
+            );
         }
     }
 
     #[test]
     fn all_mask_is_a_plain_copy() {
-        let ev = sample(&[("k", "v")]);
+        let mut attrs = Vec::new();
+        encode_attr("k", "v", &mut attrs).expect("fits");
+        let ev = sample(&attrs);
         let mut buf = Vec::new();
         encode(&ev, &mut buf).expect("encodes");
         let mut dst = vec![0; buf.len()];
@@ -841,7 +872,14 @@ mod tests {
     fn garbage_buffers_read_as_empty_without_panicking() {
         for junk in [&[][..], &[1, 2, 3][..], &[0xff; 200][..]] {
             let v = EventView::new(junk);
-            let _ = (v.id(), v.card(), v.geo(), v.attrs().count(), v.features().count(), v.feature(3));
+            let _ = (
+                v.id(),
+                v.card(),
+                v.geo(),
+                v.attrs().count(),
+                v.features().count(),
+                v.feature(3),
+            );
         }
     }
 

@@ -36,7 +36,9 @@ pub mod event;
 pub mod manifest;
 pub mod params;
 
-pub use event::{CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef};
+pub use event::{
+    CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef,
+};
 pub use manifest::{Manifest, ManifestDef, ParamDef, ParamDefault, ParamSpec, ParamType};
 pub use params::ParamValue;
 
@@ -164,7 +166,11 @@ mod tests {
         for score in [i32::MIN, -1, 0, 1, 40, i32::MAX] {
             for reasons_len in [0u16, 1, 4096, u16::MAX] {
                 for action in 0u8..=2 {
-                    let o = Outcome { action, reasons_len, score };
+                    let o = Outcome {
+                        action,
+                        reasons_len,
+                        score,
+                    };
                     assert_eq!(Outcome::unpack(o.pack()), o);
                 }
             }

@@ -98,7 +98,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<(String, ParamValue)>, DecodeError> 
         Ok(head)
     }
     fn utf8(b: &[u8]) -> Result<String, DecodeError> {
-        core::str::from_utf8(b).map(str::to_owned).map_err(|_| DecodeError)
+        core::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError)
     }
     let mut out = Vec::new();
     while !buf.is_empty() {
@@ -113,7 +115,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<(String, ParamValue)>, DecodeError> 
             1 => ParamValue::Float(f64::from_le_bytes(eight(&mut buf)?)),
             2 => ParamValue::Bool(take(&mut buf, 1)?[0] != 0),
             3 => {
-                let len = u32::from_le_bytes(take(&mut buf, 4)?.try_into().map_err(|_| DecodeError)?);
+                let len =
+                    u32::from_le_bytes(take(&mut buf, 4)?.try_into().map_err(|_| DecodeError)?);
                 ParamValue::Str(utf8(take(&mut buf, len as usize)?)?)
             }
             _ => return Err(DecodeError),

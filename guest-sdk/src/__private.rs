@@ -47,7 +47,10 @@ pub fn abi_version() -> i32 {
 pub fn manifest(rule: &Rule) -> i64 {
     STATE.with_borrow_mut(|st| {
         st.manifest = rule.manifest.to_json();
-        pack_ptr_len(guest_ptr(st.manifest.as_ptr()) as u32, st.manifest.len() as u32)
+        pack_ptr_len(
+            guest_ptr(st.manifest.as_ptr()) as u32,
+            st.manifest.len() as u32,
+        )
     })
 }
 
@@ -76,7 +79,11 @@ pub fn configure(rule: &Rule, len: i32) -> i32 {
             match params.iter().find(|(n, _)| n == def.name) {
                 Some((_, v)) if v.ty() == want => {}
                 Some((_, v)) => {
-                    return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty()));
+                    return Err(format!(
+                        "parameter `{}` must be {want}, got {}",
+                        def.name,
+                        v.ty()
+                    ));
                 }
                 None => return Err(format!("parameter `{}` is missing", def.name)),
             }
@@ -94,14 +101,21 @@ pub fn evaluate(rule: &Rule, len: i32) -> i64 {
     STATE.with_borrow(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
         let tx = Payment::from_bytes(&st.input[..len]);
-        let lists = Lists::Host { names: rule.manifest.lists };
+        let lists = Lists::Host {
+            names: rule.manifest.lists,
+        };
         let ctx = Context::new(&st.params, lists, rule.manifest.features, tx.view());
         let decision = (rule.evaluate)(&tx, &ctx);
         let mut reasons_len = 0;
         if !decision.reasons.is_empty() {
             reasons_len = write_reasons(decision.reasons.iter().map(|r| r.as_ref()));
         }
-        Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
+        Outcome {
+            action: decision.action as u8,
+            reasons_len: reasons_len as u16,
+            score: decision.score,
+        }
+        .pack()
     })
 }
 

@@ -27,7 +27,12 @@ impl<'a> Context<'a> {
         features: &'static [&'static str],
         event: EventView<'a>,
     ) -> Self {
-        Self { params, lists, features, event }
+        Self {
+            params,
+            lists,
+            features,
+            event,
+        }
     }
 
     fn param(&self, name: &str) -> Option<&'a ParamValue> {

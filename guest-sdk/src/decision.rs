@@ -29,12 +29,20 @@ impl Decision {
 
     /// Send the payment to a human, with `score` risk points.
     pub fn review(score: i32) -> Self {
-        Self { action: Action::Review, score, reasons: Vec::new() }
+        Self {
+            action: Action::Review,
+            score,
+            reasons: Vec::new(),
+        }
     }
 
     /// Stop the payment, with `score` risk points.
     pub fn block(score: i32) -> Self {
-        Self { action: Action::Block, score, reasons: Vec::new() }
+        Self {
+            action: Action::Block,
+            score,
+            reasons: Vec::new(),
+        }
     }
 
     /// Adds a reason code.

@@ -73,7 +73,10 @@ impl PaymentBuilder {
     /// When `currency` is not three letters.
     pub fn amount(mut self, minor_units: i64, currency: &str) -> Self {
         let c = currency.as_bytes();
-        assert!(c.len() == 3, "currency codes have three letters, got {currency:?}");
+        assert!(
+            c.len() == 3,
+            "currency codes have three letters, got {currency:?}"
+        );
         self.amount = minor_units;
         self.currency = [c[0], c[1], c[2]];
         self
@@ -146,7 +149,10 @@ impl PaymentBuilder {
     /// # Panics
     /// When the payment is too large for the layout.
     pub fn build(self) -> TestPayment {
-        let attrs: Vec<(&str, &str)> = self.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut attrs = Vec::new();
+        for (k, v) in &self.attrs {
+            event::encode_attr(k, v, &mut attrs).expect("test attribute fits the layout");
+        }
         let ev = EventRef {
             id: &self.id,
             ts_ms: self.ts_ms,
@@ -155,9 +161,21 @@ impl PaymentBuilder {
             amount: self.amount,
             currency: self.currency,
             account: &self.account,
-            card: self.card.as_ref().map(|(t, c, p)| CardRef { token: t, country: *c, present: *p }),
-            merchant: self.merchant.as_ref().map(|(id, mcc, c)| PartyRef { id, mcc: *mcc, country: *c }),
-            counterparty: self.counterparty.as_ref().map(|(id, c)| PartyRef { id, mcc: None, country: *c }),
+            card: self.card.as_ref().map(|(t, c, p)| CardRef {
+                token: t,
+                country: *c,
+                present: *p,
+            }),
+            merchant: self.merchant.as_ref().map(|(id, mcc, c)| PartyRef {
+                id,
+                mcc: *mcc,
+                country: *c,
+            }),
+            counterparty: self.counterparty.as_ref().map(|(id, c)| PartyRef {
+                id,
+                mcc: None,
+                country: *c,
+            }),
             device: self.device.as_deref(),
             ip: self.ip.as_deref(),
             geo: self.geo,
@@ -207,7 +225,10 @@ impl TestContext {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.lists.insert(name.to_owned(), values.into_iter().map(Into::into).collect());
+        self.lists.insert(
+            name.to_owned(),
+            values.into_iter().map(Into::into).collect(),
+        );
         self
     }
     /// Sets a feature value for this call.
@@ -263,14 +284,25 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
         .collect();
     let mut bytes = vec![0; tx.bytes.len()];
     event::project(&tx.bytes, mask, &mut bytes);
-    let features: Vec<f64> = m.features.iter().map(|f| ctx.features.get(*f).copied().unwrap_or(0.0)).collect();
+    let features: Vec<f64> = m
+        .features
+        .iter()
+        .map(|f| ctx.features.get(*f).copied().unwrap_or(0.0))
+        .collect();
     for name in ctx.features.keys() {
-        assert!(m.features.contains(&name.as_str()), "rule `{}` declares no feature `{name}`", m.name);
+        assert!(
+            m.features.contains(&name.as_str()),
+            "rule `{}` declares no feature `{name}`",
+            m.name
+        );
     }
     event::append_features(&mut bytes, &features);
 
-    let mut params: Vec<(String, ParamValue)> =
-        m.params.iter().map(|p| (p.name.to_owned(), p.default.to_value())).collect();
+    let mut params: Vec<(String, ParamValue)> = m
+        .params
+        .iter()
+        .map(|p| (p.name.to_owned(), p.default.to_value()))
+        .collect();
     for (name, value) in &ctx.params {
         let Some(slot) = params.iter_mut().find(|(n, _)| n == name) else {
             panic!("rule `{}` declares no parameter `{name}`", m.name);
@@ -283,9 +315,18 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
         slot.1 = value;
     }
     for name in ctx.lists.keys() {
-        assert!(m.lists.contains(&name.as_str()), "rule `{}` declares no list `{name}`", m.name);
+        assert!(
+            m.lists.contains(&name.as_str()),
+            "rule `{}` declares no list `{name}`",
+            m.name
+        );
     }
     let payment = Payment::from_bytes(&bytes);
-    let context = Context::new(&params, Lists::Local(&ctx.lists), m.features, payment.view());
+    let context = Context::new(
+        &params,
+        Lists::Local(&ctx.lists),
+        m.features,
+        payment.view(),
+    );
     (rule.evaluate)(&payment, &context)
 }

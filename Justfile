@@ -1,0 +1,28 @@
+# vigil's tasks. `just --list` shows them.
+
+rules_wasm := "target/wasm32-unknown-unknown/release"
+
+# Build the example rules to wasm32 and install them in rules/dist/.
+rules:
+    cd rules && cargo build --release --target wasm32-unknown-unknown
+    mkdir -p rules/dist
+    cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm rules/dist/
+
+# Run the daemon on the example config (Ctrl-C stops it after draining).
+run: rules
+    cargo run --release -p vigil -- run --config examples/vigil.toml
+
+# Validate a rule module and print its manifest.
+check module:
+    cargo run --release -p vigil -- check {{module}} --config examples/vigil.toml
+
+# The whole test suite: host, SDK, ABI, and the rules' native unit tests.
+test: rules
+    cargo test --workspace
+    cd rules && cargo test
+
+# Formatting and lints, as CI would want them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cd rules && cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,184 @@
+//! The daemon: wires config, rules, the pipeline and signals together.
+//!
+//! [`run`] is what `vigil run` calls, and what integration tests call
+//! in-process with their own shutdown future.
+
+use anyhow::Context as _;
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::decode::{Decoder, Tokenizer};
+use crate::pipeline::{Counters, Pipeline, Sinks, Summary};
+use crate::rules::lists::Lists;
+use crate::rules::sandbox::{Limits, Sandbox};
+use crate::rules::{RuleRegistry, log_report, watch};
+use crate::sources;
+
+/// Builds the sandbox configured by `[rules]`.
+///
+/// # Errors
+/// When wasmtime cannot be set up.
+pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
+    let limits = Limits {
+        cpu_budget: config.rules.cpu_budget,
+        tick: config.rules.budget_tick,
+        memory_cap: usize::try_from(config.rules.memory_cap.as_u64()).unwrap_or(usize::MAX),
+    };
+    Ok(Sandbox::new(
+        &limits,
+        Some(config.state.dir.join("wasm-cache")),
+    )?)
+}
+
+/// Runs the daemon until the source is exhausted or `shutdown` completes,
+/// then drains: every event read is decided or dead-lettered before this
+/// returns.
+///
+/// # Errors
+/// Startup problems (config, PAN key, lists, rules folder, sinks) and I/O
+/// failures of the source or sinks.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+    let tokenizer = Tokenizer::new(&config.pan_key()?);
+    let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
+    if !config.rules.dir.is_dir() {
+        anyhow::bail!(
+            "rules.dir: {} is not a folder; create it, or build the example rules with `just rules`",
+            config.rules.dir.display()
+        );
+    }
+    let registry = Arc::new(RuleRegistry::new(
+        sandbox(&config)?,
+        config.rules.dir.clone(),
+        config.rule.clone(),
+        config.rules.on_failure,
+        config.rules.quarantine_after.get(),
+        lists.clone(),
+    ));
+    let report = registry.rescan();
+    log_report(&report, &registry);
+    let live = registry.current();
+    tracing::info!(
+        rules = live.rules.len(),
+        dir = %config.rules.dir.display(),
+        names = ?live.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+        "rules live"
+    );
+    for name in registry.unmatched_settings() {
+        tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name");
+    }
+    let _watch = if config.rules.watch {
+        Some(
+            watch::watch(registry.clone(), config.rules.debounce)
+                .context("cannot watch the rules folder")?,
+        )
+    } else {
+        None
+    };
+
+    let source = sources::open(&config.source)?;
+    let sinks = Sinks::open(&config.sinks)?;
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let decoder = Decoder::new(&config.clean, tokenizer.clone());
+    let pipeline = Pipeline::start(
+        &config,
+        source,
+        decoder,
+        registry.clone(),
+        sinks,
+        counters.clone(),
+        cancel.clone(),
+    )
+    .context("cannot start the pipeline")?;
+    tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
+
+    let reload = cancel.child_token();
+    tokio::spawn(reload_on_sighup(
+        config.clone(),
+        registry,
+        lists,
+        tokenizer,
+        reload.clone(),
+    ));
+
+    let mut done = tokio::task::spawn_blocking(move || pipeline.join());
+    tokio::pin!(shutdown);
+    let joined = tokio::select! {
+        r = &mut done => r,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested: stopping intake and draining");
+            cancel.cancel();
+            done.await
+        }
+    };
+    reload.cancel();
+    let result = joined.context("the pipeline panicked");
+    let summary = counters.summary();
+    tracing::info!(
+        events_in = summary.events_in,
+        decided = summary.decided,
+        dead_lettered = summary.dead_lettered,
+        alerts = summary.alerts,
+        "vigil stopped"
+    );
+    result??;
+    Ok(summary)
+}
+
+/// SIGHUP: re-read the config file's rule settings and lists, and rescan
+/// the rules folder. Other settings need a restart.
+async fn reload_on_sighup(
+    config: Config,
+    registry: Arc<RuleRegistry>,
+    lists: Arc<Lists>,
+    tokenizer: Tokenizer,
+    stop: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by editing the rules folder");
+            return;
+        };
+        let mut config = config;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            tracing::info!("SIGHUP: reloading config, lists and rules");
+            if let Some(path) = config.path.clone() {
+                match Config::load(&path) {
+                    Ok(mut fresh) => {
+                        fresh.path = Some(path);
+                        registry.set_settings(fresh.rule.clone(), fresh.rules.on_failure);
+                        config = fresh;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "config reload failed; keeping the running config")
+                    }
+                }
+            }
+            for e in lists.reload(&config.lists, &tokenizer) {
+                tracing::error!(error = %e, "list reload failed; keeping its previous contents");
+            }
+            let registry = registry.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                let r = registry.rescan();
+                log_report(&r, &registry);
+            })
+            .await;
+            if report.is_err() {
+                tracing::error!("rule rescan panicked");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (config, registry, lists, tokenizer);
+        stop.cancelled().await;
+    }
+}

@@ -1,0 +1,620 @@
+//! `vigil.toml`: every setting, its default, and what it means.
+//!
+//! Each field's doc comment is its user documentation; `examples/vigil.toml`
+//! shows them in use. Unknown keys are errors, so a typo never silently falls
+//! back to a default. Relative paths are relative to the working directory.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::decide::{FailurePolicy, Mode};
+
+/// Why a configuration could not be used. Every message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key is unknown or mistyped.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the key and line.
+        message: String,
+    },
+    /// A value parsed but does not make sense.
+    #[error("invalid config: `{key}`: {problem}")]
+    Invalid {
+        /// The dotted key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// The file this config was read from, if any (for reloads on SIGHUP).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
+    /// Where payment events come from.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// How events are spread over worker threads.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Validation, de-duplication and PAN tokenisation at ingest.
+    #[serde(default)]
+    pub clean: CleanConfig,
+    /// The rules folder and the sandbox every rule runs in.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Per-rule settings, keyed by the rule's manifest name:
+    /// `[rule.large-amount]`.
+    #[serde(default)]
+    pub rule: BTreeMap<String, RuleSettings>,
+    /// Named lists rules can look values up in: `[lists.blocked-cards]`.
+    #[serde(default)]
+    pub lists: BTreeMap<String, ListConfig>,
+    /// Where decisions, alerts and dead letters go.
+    #[serde(default)]
+    pub sinks: SinksConfig,
+    /// Local state: compiled-rule cache (and, later, checkpoints).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, key and problem.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and problem.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rules.cpu_budget.is_zero() {
+            return Err(ConfigError::invalid(
+                "rules.cpu-budget",
+                "must be greater than zero",
+            ));
+        }
+        if self.rules.cpu_budget > Duration::from_secs(10) {
+            return Err(ConfigError::invalid(
+                "rules.cpu-budget",
+                "must be at most 10s; a rule runs per event",
+            ));
+        }
+        if self.rules.memory_cap.as_u64() < 128 * 1024 {
+            return Err(ConfigError::invalid(
+                "rules.memory-cap",
+                "must be at least 128 KiB (a WebAssembly page is 64 KiB)",
+            ));
+        }
+        if self.clean.max_field_bytes == 0 || self.clean.max_field_bytes > 65_535 {
+            return Err(ConfigError::invalid(
+                "clean.max-field-bytes",
+                "must be between 1 and 65535",
+            ));
+        }
+        for (name, list) in &self.lists {
+            if list.path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("lists.{name}.path"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let SourceConfig::File(f) = &self.source;
+        if f.poll_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "source.poll-interval",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves the PAN tokenisation key: `clean.pan-key`, else the
+    /// environment variable named by `clean.pan-key-env`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when neither is set or the key is too short.
+    pub fn pan_key(&self) -> Result<Vec<u8>, ConfigError> {
+        let key = match (&self.clean.pan_key, std::env::var(&self.clean.pan_key_env)) {
+            (Some(k), _) => k.clone(),
+            (None, Ok(k)) => k,
+            (None, Err(_)) => {
+                return Err(ConfigError::invalid(
+                    "clean.pan-key",
+                    format!(
+                        "no PAN tokenisation key: set the environment variable {} or clean.pan-key",
+                        self.clean.pan_key_env
+                    ),
+                ));
+            }
+        };
+        if key.len() < 16 {
+            return Err(ConfigError::invalid(
+                "clean.pan-key",
+                "must be at least 16 bytes",
+            ));
+        }
+        Ok(key.into_bytes())
+    }
+}
+
+/// Where events come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file of JSON lines, read from the start.
+    File(FileSourceConfig),
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self::File(FileSourceConfig {
+            path: PathBuf::from("examples/events.jsonl"),
+            follow: false,
+            poll_interval: default_poll_interval(),
+        })
+    }
+}
+
+/// A JSONL file source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSourceConfig {
+    /// The file: one JSON payment event per line.
+    pub path: PathBuf,
+    /// Keep reading lines appended to the file after reaching its end, like
+    /// `tail -f`, until shut down. When false, vigil drains and exits at the end.
+    #[serde(default)]
+    pub follow: bool,
+    /// How often to look for new lines at the end of a followed file.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+/// Which event field decides the worker an event goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionKey {
+    /// The account id (always present).
+    #[default]
+    Account,
+    /// The card token; events without a card fall back to the account.
+    Card,
+    /// The device id; falls back to the account.
+    Device,
+    /// The IP address; falls back to the account.
+    Ip,
+    /// The merchant id; falls back to the account.
+    Merchant,
+}
+
+/// How events are spread over workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineConfig {
+    /// Worker threads; each owns the keys that hash to it. Default: the
+    /// number of CPU cores.
+    #[serde(default)]
+    pub workers: Option<NonZeroU32>,
+    /// The field events are partitioned by; per-key order is preserved.
+    #[serde(default)]
+    pub partition_key: PartitionKey,
+    /// Events handed between threads at once.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: NonZeroUsize,
+    /// Batches that may wait between two stages before the producer blocks
+    /// (back-pressure).
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: NonZeroUsize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            partition_key: PartitionKey::default(),
+            batch_size: default_batch_size(),
+            channel_capacity: default_channel_capacity(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The number of workers to run.
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .map(|w| w.get() as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+    }
+}
+
+fn default_batch_size() -> NonZeroUsize {
+    NonZeroUsize::new(256).expect("non-zero")
+}
+
+fn default_channel_capacity() -> NonZeroUsize {
+    NonZeroUsize::new(8).expect("non-zero")
+}
+
+/// Ingest-time cleaning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CleanConfig {
+    /// An event whose `id` was already seen this long before (in event time)
+    /// is dead-lettered as a duplicate.
+    #[serde(default = "default_dedup_horizon", with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// The longest accepted line, in bytes.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// The longest accepted string field (id, account, attribute value, …), in bytes.
+    #[serde(default = "default_max_field_bytes")]
+    pub max_field_bytes: usize,
+    /// The most free attributes an event may carry.
+    #[serde(default = "default_max_attrs")]
+    pub max_attrs: usize,
+    /// The secret key PANs are tokenised with (HMAC-SHA256). Prefer the
+    /// environment variable below; tokens change when the key changes.
+    #[serde(default)]
+    pub pan_key: Option<String>,
+    /// The environment variable holding the PAN key when `pan-key` is unset.
+    #[serde(default = "default_pan_key_env")]
+    pub pan_key_env: String,
+}
+
+impl Default for CleanConfig {
+    fn default() -> Self {
+        Self {
+            dedup_horizon: default_dedup_horizon(),
+            max_event_bytes: default_max_event_bytes(),
+            max_field_bytes: default_max_field_bytes(),
+            max_attrs: default_max_attrs(),
+            pan_key: None,
+            pan_key_env: default_pan_key_env(),
+        }
+    }
+}
+
+fn default_dedup_horizon() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_event_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_field_bytes() -> usize {
+    256
+}
+fn default_max_attrs() -> usize {
+    32
+}
+fn default_pan_key_env() -> String {
+    "VIGIL_PAN_KEY".to_owned()
+}
+
+/// The rules folder and the sandbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RulesConfig {
+    /// The folder watched for `.wasm` rule modules. Files starting with `.`
+    /// or ending in `.tmp`/`.part` are ignored, so copy-then-rename is safe.
+    #[serde(default = "default_rules_dir")]
+    pub dir: PathBuf,
+    /// Wall-clock CPU budget of one rule call; a call over it is cut off and
+    /// counts as a failure. Enforced with a granularity of `budget-tick`.
+    #[serde(default = "default_cpu_budget", with = "humantime_serde")]
+    pub cpu_budget: Duration,
+    /// How often the sandbox clock ticks to check budgets.
+    #[serde(default = "default_budget_tick", with = "humantime_serde")]
+    pub budget_tick: Duration,
+    /// The most linear memory one rule instance may use.
+    #[serde(default = "default_memory_cap")]
+    pub memory_cap: bytesize::ByteSize,
+    /// Consecutive failures after which a rule is quarantined (not called,
+    /// its failure outcome applied) until a new version of it is deployed.
+    #[serde(default = "default_quarantine_after")]
+    pub quarantine_after: NonZeroU32,
+    /// Outcome of a failed call for rules that do not set `on-failure`.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+    /// How long the folder must be quiet before changes are loaded.
+    #[serde(default = "default_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Watch the folder and load changes live. SIGHUP always rescans.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_rules_dir(),
+            cpu_budget: default_cpu_budget(),
+            budget_tick: default_budget_tick(),
+            memory_cap: default_memory_cap(),
+            quarantine_after: default_quarantine_after(),
+            on_failure: FailurePolicy::default(),
+            debounce: default_debounce(),
+            watch: true,
+        }
+    }
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules/dist")
+}
+fn default_cpu_budget() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_budget_tick() -> Duration {
+    Duration::from_millis(1)
+}
+fn default_memory_cap() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(16)
+}
+fn default_quarantine_after() -> NonZeroU32 {
+    NonZeroU32::new(5).expect("non-zero")
+}
+fn default_debounce() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Settings of one rule, keyed by its manifest name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleSettings {
+    /// `enforce` (the outcome counts) or `shadow` (recorded only).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Outcome of a failed call: `allow` (fail open), `review` or `block`.
+    /// Default: `rules.on-failure`.
+    #[serde(default)]
+    pub on_failure: Option<FailurePolicy>,
+    /// Values for the rule's declared parameters; unknown names and wrong
+    /// types are rejected when the rule loads.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// What a list file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListKind {
+    /// Values compared as written (accounts, devices, IPs, merchants).
+    #[default]
+    Plain,
+    /// Card numbers; tokenised at load like PANs at ingest, so rules compare
+    /// tokens and the PANs go no further.
+    Card,
+}
+
+/// A named list loaded from a file: one value per line, `#` comments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListConfig {
+    /// The file.
+    pub path: PathBuf,
+    /// What its lines hold.
+    #[serde(default)]
+    pub kind: ListKind,
+}
+
+/// Where a stream of records goes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Append JSON lines to a file (created with its folder if missing).
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// JSON lines on standard output.
+    Stdout,
+    /// Drop the records (they are still counted).
+    Discard,
+}
+
+/// The outputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SinksConfig {
+    /// One decision record per accepted event.
+    #[serde(default = "default_decisions")]
+    pub decisions: SinkConfig,
+    /// The decision records whose action is review or block.
+    #[serde(default = "default_alerts")]
+    pub alerts: SinkConfig,
+    /// Rejected events with the reason.
+    #[serde(default = "default_dead_letters")]
+    pub dead_letters: SinkConfig,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        Self {
+            decisions: default_decisions(),
+            alerts: default_alerts(),
+            dead_letters: default_dead_letters(),
+        }
+    }
+}
+
+fn default_decisions() -> SinkConfig {
+    SinkConfig::Stdout
+}
+fn default_alerts() -> SinkConfig {
+    SinkConfig::File {
+        path: PathBuf::from("out/alerts.jsonl"),
+    }
+}
+fn default_dead_letters() -> SinkConfig {
+    SinkConfig::File {
+        path: PathBuf::from("out/dead-letters.jsonl"),
+    }
+}
+
+/// Local state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateConfig {
+    /// The state folder; compiled rules are cached in `wasm-cache/` inside it.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging, to standard error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LogConfig {
+    /// `human` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `vigil=debug`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("t.toml"))
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = Config::parse("", Path::new("t.toml")).expect("valid");
+        assert_eq!(c.sinks.decisions, SinkConfig::Stdout);
+        assert_eq!(c.rules.cpu_budget, Duration::from_millis(5));
+        assert_eq!(c.pipeline.partition_key, PartitionKey::Account);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("[rules]\ncpu-budgte = \"1ms\"\n");
+        assert!(e.contains("cpu-budgte"), "{e}");
+        assert!(e.contains("t.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        assert!(err("[pipeline]\nworkers = 0\n").contains("workers"));
+        assert!(err("[rules]\ncpu-budget = \"0s\"\n").contains("rules.cpu-budget"));
+        assert!(err("[rules]\nmemory-cap = \"1KiB\"\n").contains("rules.memory-cap"));
+        assert!(err("[sinks.decisions]\ntype = \"kafak\"\n").contains("kafak"));
+        assert!(err("[rule.x]\nmode = \"loud\"\n").contains("loud"));
+    }
+
+    #[test]
+    fn pan_key_must_be_given_and_long_enough() {
+        let mut c = Config::default();
+        c.clean.pan_key_env = "VIGIL_TEST_SURELY_UNSET_VARIABLE".into();
+        assert!(
+            c.pan_key()
+                .expect_err("unset")
+                .to_string()
+                .contains("VIGIL_TEST_SURELY_UNSET_VARIABLE")
+        );
+        c.clean.pan_key = Some("short".into());
+        assert!(c.pan_key().is_err());
+        c.clean.pan_key = Some("0123456789abcdef".into());
+        assert_eq!(c.pan_key().expect("ok").len(), 16);
+    }
+}

@@ -1,0 +1,109 @@
+//! Duplicate transaction-id suppression within an event-time horizon.
+//!
+//! Ids are kept as 128-bit hashes (collisions are negligible at any volume a
+//! horizon holds) in arrival order, and forgotten once the newest event time
+//! seen is more than the horizon past them.
+
+use std::collections::{HashMap, VecDeque};
+use xxhash_rust::xxh3::xxh3_128;
+
+/// The set of recently seen ids.
+#[derive(Debug)]
+pub struct Dedup {
+    horizon_ms: i64,
+    seen: HashMap<u128, i64>,
+    order: VecDeque<(i64, u128)>,
+    newest_ms: i64,
+}
+
+impl Dedup {
+    /// Remembers ids for `horizon_ms` of event time.
+    pub fn new(horizon_ms: i64) -> Self {
+        Self {
+            horizon_ms,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            newest_ms: i64::MIN,
+        }
+    }
+
+    /// Records `id` seen at `ts_ms`; returns false when it was already seen
+    /// within the horizon.
+    pub fn insert(&mut self, id: &str, ts_ms: i64) -> bool {
+        self.newest_ms = self.newest_ms.max(ts_ms);
+        self.expire();
+        let key = xxh3_128(id.as_bytes());
+        if self.seen.contains_key(&key) {
+            return false;
+        }
+        self.seen.insert(key, ts_ms);
+        self.order.push_back((ts_ms, key));
+        true
+    }
+
+    fn expire(&mut self) {
+        let cutoff = self.newest_ms.saturating_sub(self.horizon_ms);
+        while let Some(&(ts, key)) = self.order.front() {
+            if ts >= cutoff {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Ids currently remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repeats_within_the_horizon_are_caught() {
+        let mut d = Dedup::new(1_000);
+        assert!(d.insert("a", 0));
+        assert!(!d.insert("a", 500));
+        assert!(d.insert("b", 900));
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_the_horizon() {
+        let mut d = Dedup::new(1_000);
+        assert!(d.insert("a", 0));
+        assert!(d.insert("b", 1_001));
+        assert_eq!(d.len(), 1);
+        assert!(d.insert("a", 1_002));
+    }
+
+    proptest! {
+        /// Against a model that keeps everything: with in-order event times,
+        /// an id is a duplicate exactly when it was seen at most `horizon` ago.
+        #[test]
+        fn matches_a_naive_model(ids in proptest::collection::vec((0u8..20, 0i64..50), 1..200)) {
+            let horizon = 100;
+            let mut d = Dedup::new(horizon);
+            let mut ts = 0;
+            let mut last_seen: HashMap<u8, i64> = HashMap::new();
+            for (id, step) in ids {
+                ts += step;
+                let fresh = d.insert(&id.to_string(), ts);
+                let newest = ts;
+                let model_dup = last_seen.get(&id).is_some_and(|&t| t >= newest - horizon);
+                prop_assert_eq!(fresh, !model_dup);
+                if fresh {
+                    last_seen.insert(id, ts);
+                }
+            }
+        }
+    }
+}

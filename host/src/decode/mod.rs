@@ -1,0 +1,554 @@
+//! Decode and clean: JSON line → validated, normalised, tokenised [`Payment`].
+//!
+//! Every rejection carries a precise reason and goes to the dead-letter sink;
+//! nothing is dropped silently. The raw PAN is replaced by its token here and
+//! goes no further; raw lines kept for dead letters are redacted first
+//! ([`redact`]).
+
+mod dedup;
+pub mod pan;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::config::CleanConfig;
+use crate::event::{Card, Party, Payment};
+pub use dedup::Dedup;
+pub use pan::Tokenizer;
+use vigil_abi::event::{GeoRef, encode_attr};
+use vigil_abi::{Channel, Country, Kind};
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The line is longer than `clean.max-event-bytes`.
+    #[error("event is {len} bytes; the limit is {limit} (clean.max-event-bytes)")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not valid JSON, or not the event schema.
+    #[error("{0}")]
+    Json(String),
+    /// A field is present but its value is not acceptable.
+    #[error("field `{field}`: {problem}")]
+    Invalid {
+        /// The field, dotted for nested ones (`card.pan`).
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The id was already seen within `clean.dedup-horizon`.
+    #[error("duplicate id `{0}` within the de-duplication horizon")]
+    Duplicate(String),
+}
+
+impl DecodeError {
+    /// A short stable code for counting rejections by kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Json(_) => "schema",
+            DecodeError::Invalid { .. } => "invalid_field",
+            DecodeError::Duplicate(_) => "duplicate",
+        }
+    }
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// The event as written, before validation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(deserialize_with = "event_time")]
+    ts: i64,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(deserialize_with = "minor_units")]
+    amount: i64,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    account: Cow<'a, str>,
+    #[serde(borrow, default)]
+    card: Option<RawCard<'a>>,
+    #[serde(borrow, default)]
+    merchant: Option<RawParty<'a>>,
+    #[serde(borrow, default)]
+    counterparty: Option<RawParty<'a>>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    geo: Option<RawGeo<'a>>,
+    #[serde(default)]
+    attrs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCard<'a> {
+    #[serde(borrow)]
+    pan: Cow<'a, str>,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+    #[serde(default)]
+    present: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParty<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(default)]
+    mcc: Option<u16>,
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeo<'a> {
+    #[serde(borrow, default)]
+    country: Option<Cow<'a, str>>,
+    #[serde(default)]
+    lat: Option<f64>,
+    #[serde(default)]
+    lon: Option<f64>,
+}
+
+/// `amount`: a JSON integer of minor units, never a float or a string.
+fn minor_units<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer amount in minor units (e.g. 1250 for 12.50)")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            if v < 0 {
+                return Err(E::custom(format!("amount must not be negative, got {v}")));
+            }
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("amount {v} is too large")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            Err(E::custom(format!(
+                "amount must be an integer in minor units, got the float {v}; money is never a float"
+            )))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `ts`: epoch milliseconds or an RFC 3339 string.
+fn event_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("event time as epoch milliseconds or an RFC 3339 string")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            if v < 0 {
+                return Err(E::custom(format!("ts must not be before 1970, got {v}")));
+            }
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("ts {v} is out of range")))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            Err(E::custom(format!(
+                "ts must be integer epoch milliseconds, got {v}"
+            )))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
+            let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| E::custom(format!("ts {v:?} is not RFC 3339: {e}")))?;
+            i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+                .map_err(|_| E::custom(format!("ts {v:?} is out of range")))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Limits and keys for cleaning, from `[clean]`.
+#[derive(Debug)]
+pub struct Decoder {
+    tokenizer: Tokenizer,
+    max_event_bytes: usize,
+    max_field_bytes: usize,
+    max_attrs: usize,
+    dedup: Dedup,
+}
+
+impl Decoder {
+    /// A decoder with the limits of `clean` and a PAN key.
+    pub fn new(clean: &CleanConfig, tokenizer: Tokenizer) -> Self {
+        let horizon_ms = i64::try_from(clean.dedup_horizon.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            tokenizer,
+            max_event_bytes: clean.max_event_bytes,
+            max_field_bytes: clean.max_field_bytes,
+            max_attrs: clean.max_attrs,
+            dedup: Dedup::new(horizon_ms),
+        }
+    }
+
+    /// Decodes, validates, tokenises and de-duplicates one line.
+    ///
+    /// # Errors
+    /// [`DecodeError`] saying exactly why the event is rejected.
+    pub fn decode(&mut self, line: &str) -> Result<Payment, DecodeError> {
+        if line.len() > self.max_event_bytes {
+            return Err(DecodeError::TooLarge {
+                len: line.len(),
+                limit: self.max_event_bytes,
+            });
+        }
+        let raw: RawEvent<'_> =
+            serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let payment = self.validate(raw)?;
+        if !self.dedup.insert(&payment.id, payment.ts_ms) {
+            return Err(DecodeError::Duplicate(payment.id));
+        }
+        Ok(payment)
+    }
+
+    fn text(&self, field: &'static str, v: &str, required: bool) -> Result<String, DecodeError> {
+        let v = v.trim();
+        if required && v.is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+        if v.len() > self.max_field_bytes {
+            return Err(invalid(
+                field,
+                format!(
+                    "is {} bytes; the limit is {} (clean.max-field-bytes)",
+                    v.len(),
+                    self.max_field_bytes
+                ),
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(invalid(field, "contains control characters"));
+        }
+        Ok(v.to_owned())
+    }
+
+    fn validate(&self, raw: RawEvent<'_>) -> Result<Payment, DecodeError> {
+        let id = self.text("id", &raw.id, true)?;
+        let channel = Channel::from_name(raw.channel.trim()).ok_or_else(|| {
+            invalid(
+                "channel",
+                format!(
+                    "unknown channel {:?}; expected one of {}",
+                    raw.channel,
+                    names(Channel::ALL)
+                ),
+            )
+        })?;
+        let kind = Kind::from_name(raw.kind.trim()).ok_or_else(|| {
+            invalid(
+                "kind",
+                format!(
+                    "unknown kind {:?}; expected one of {}",
+                    raw.kind,
+                    names(Kind::ALL)
+                ),
+            )
+        })?;
+        let code = raw.currency.trim().to_ascii_uppercase();
+        if iso_currency::Currency::from_code(&code).is_none() {
+            return Err(invalid(
+                "currency",
+                format!("{:?} is not an ISO 4217 currency code", raw.currency),
+            ));
+        }
+        let currency: [u8; 3] = code
+            .as_bytes()
+            .try_into()
+            .map_err(|_| invalid("currency", "must be 3 letters"))?;
+        let account = self.text("account", &raw.account, true)?;
+
+        let card = match raw.card {
+            None => None,
+            Some(c) => {
+                let digits = pan::pan_digits(&c.pan).ok_or_else(|| {
+                    invalid(
+                        "card.pan",
+                        "must be 12 to 19 digits (spaces and dashes allowed)",
+                    )
+                })?;
+                Some(Card {
+                    token: self.tokenizer.token(&digits),
+                    country: country("card.country", c.country.as_deref())?,
+                    present: c.present,
+                })
+            }
+        };
+        let merchant = raw
+            .merchant
+            .map(|m| self.party("merchant.id", "merchant.country", m))
+            .transpose()?;
+        let counterparty = raw
+            .counterparty
+            .map(|m| self.party("counterparty.id", "counterparty.country", m))
+            .transpose()?;
+        if let Some(mcc) = merchant.as_ref().and_then(|m| m.mcc) {
+            if mcc > 9999 {
+                return Err(invalid(
+                    "merchant.mcc",
+                    format!("{mcc} is not a 4-digit merchant category code"),
+                ));
+            }
+        }
+        let device = raw
+            .device
+            .map(|d| self.text("device", &d, true))
+            .transpose()?;
+        let ip = match raw.ip {
+            None => None,
+            Some(ip) => Some(
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| invalid("ip", format!("{ip:?} is not an IPv4 or IPv6 address")))?
+                    .to_string(),
+            ),
+        };
+        let geo = raw.geo.map(geo).transpose()?;
+        let attrs = self.attrs(raw.attrs)?;
+        Ok(Payment {
+            id,
+            ts_ms: raw.ts,
+            channel,
+            kind,
+            amount: raw.amount,
+            currency,
+            account,
+            card,
+            merchant,
+            counterparty,
+            device,
+            ip,
+            geo,
+            attrs,
+        })
+    }
+
+    fn party(
+        &self,
+        id_field: &'static str,
+        country_field: &'static str,
+        p: RawParty<'_>,
+    ) -> Result<Party, DecodeError> {
+        Ok(Party {
+            id: self.text(id_field, &p.id, true)?,
+            mcc: p.mcc,
+            country: country(country_field, p.country.as_deref())?,
+        })
+    }
+
+    fn attrs(
+        &self,
+        attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Vec<u8>, DecodeError> {
+        let mut out = Vec::new();
+        let Some(attrs) = attrs else { return Ok(out) };
+        if attrs.len() > self.max_attrs {
+            return Err(invalid(
+                "attrs",
+                format!(
+                    "has {} entries; the limit is {} (clean.max-attrs)",
+                    attrs.len(),
+                    self.max_attrs
+                ),
+            ));
+        }
+        for (k, v) in attrs {
+            let key = self.text("attrs", &k, true)?;
+            let value = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => continue,
+                _ => {
+                    return Err(invalid(
+                        "attrs",
+                        format!("`{key}` must be a string, number or boolean"),
+                    ));
+                }
+            };
+            let value = self.text("attrs", &value, false)?;
+            encode_attr(&key, &value, &mut out).map_err(|e| invalid("attrs", e.to_string()))?;
+        }
+        Ok(out)
+    }
+}
+
+fn names<T: fmt::Display>(all: &[T]) -> String {
+    all.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn country(field: &'static str, raw: Option<&str>) -> Result<Option<Country>, DecodeError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let up = raw.trim().to_ascii_uppercase();
+    match up.as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => Ok(Some(Country([*a, *b]))),
+        _ => Err(invalid(
+            field,
+            format!("{raw:?} is not an ISO 3166-1 alpha-2 country code"),
+        )),
+    }
+}
+
+fn geo(g: RawGeo<'_>) -> Result<GeoRef, DecodeError> {
+    let lat_lon = match (g.lat, g.lon) {
+        (None, None) => None,
+        (Some(lat), Some(lon)) => {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(invalid("geo.lat", format!("{lat} is outside -90..90")));
+            }
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(invalid("geo.lon", format!("{lon} is outside -180..180")));
+            }
+            Some((lat, lon))
+        }
+        _ => return Err(invalid("geo", "lat and lon must be given together")),
+    };
+    Ok(GeoRef {
+        country: country("geo.country", g.country.as_deref())?,
+        lat_lon,
+    })
+}
+
+/// A copy of a raw line safe to write to dead letters: the card PAN is
+/// replaced when the line parses as JSON, and every PAN-like digit run is
+/// replaced when it does not.
+pub fn redact(line: &str) -> String {
+    let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return pan::scrub_pans(line);
+    };
+    if let Some(card) = v.get_mut("card") {
+        match card {
+            serde_json::Value::Object(o) => {
+                if let Some(p) = o.get_mut("pan") {
+                    *p = serde_json::Value::String("[pan]".into());
+                }
+            }
+            other => *other = serde_json::Value::String("[pan]".into()),
+        }
+    }
+    if let Some(serde_json::Value::Object(attrs)) = v.get_mut("attrs") {
+        for value in attrs.values_mut() {
+            if let serde_json::Value::String(s) = value {
+                *s = pan::scrub_pans(s);
+            }
+        }
+    }
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(
+            &CleanConfig::default(),
+            Tokenizer::new(b"test-key-0123456789"),
+        )
+    }
+
+    const GOOD: &str = r#"{"id":"t1","ts":"2024-05-01T12:00:00Z","channel":"card","kind":"purchase","amount":1250,"currency":"usd","account":"a1","card":{"pan":"4111 1111 1111 1111","country":"us","present":false},"merchant":{"id":"m1","mcc":5411,"country":"DE"},"ip":"::ffff:10.0.0.1","geo":{"country":"de","lat":52.5,"lon":13.4},"attrs":{"3ds":false,"bin":"411111","n":3}}"#;
+
+    #[test]
+    fn a_good_event_is_normalised_and_tokenised() {
+        let p = decoder().decode(GOOD).expect("valid");
+        assert_eq!(p.ts_ms, 1_714_564_800_000);
+        assert_eq!(&p.currency, b"USD");
+        let card = p.card.expect("card");
+        assert!(card.token.starts_with("tok_"));
+        assert_eq!(card.country, Some(Country(*b"US")));
+        assert_eq!(p.geo.and_then(|g| g.country), Some(Country(*b"DE")));
+        assert_eq!(p.ip.as_deref(), Some("::ffff:10.0.0.1"));
+        assert!(
+            !format!("{p:?}").contains("4111"),
+            "the PAN must not survive decoding"
+        );
+    }
+
+    fn reject(line: &str) -> String {
+        decoder()
+            .decode(line)
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).expect("json");
+        v[field] = serde_json::from_str(value).expect("json value");
+        v.to_string()
+    }
+
+    #[test]
+    fn each_bad_field_has_its_own_reason() {
+        assert!(reject("{not json").contains("key must be a string"));
+        assert!(reject(r#"{"id":"x"}"#).contains("missing field"));
+        assert!(reject(&with("amount", "-5")).contains("must not be negative"));
+        assert!(reject(&with("amount", "12.5")).contains("never a float"));
+        assert!(reject(&with("amount", "\"12\"")).contains("integer amount in minor units"));
+        assert!(reject(&with("currency", "\"XYZ\"")).contains("ISO 4217"));
+        assert!(reject(&with("channel", "\"telepathy\"")).contains("unknown channel"));
+        assert!(reject(&with("ts", "\"yesterday\"")).contains("RFC 3339"));
+        assert!(reject(&with("ip", "\"999.1.1.1\"")).contains("ip"));
+        assert!(reject(&with("id", "\"\"")).contains("field `id`: must not be empty"));
+        assert!(
+            reject(&with("id", &format!("\"{}\"", "x".repeat(300))))
+                .contains("clean.max-field-bytes")
+        );
+        assert!(reject(&with("extra", "1")).contains("unknown field `extra`"));
+        assert!(reject(&with("card", r#"{"pan":"4111-abc"}"#)).contains("card.pan"));
+        assert!(reject(&with("attrs", r#"{"nested":{"a":1}}"#)).contains("attrs"));
+        let huge = format!(r#"{{"id":"{}"}}"#, "x".repeat(20_000));
+        assert!(reject(&huge).contains("clean.max-event-bytes"));
+    }
+
+    #[test]
+    fn duplicates_are_rejected_after_the_first() {
+        let mut d = decoder();
+        d.decode(GOOD).expect("first");
+        assert_eq!(d.decode(GOOD).expect_err("dup").code(), "duplicate");
+    }
+
+    #[test]
+    fn redaction_removes_the_pan_in_every_form() {
+        assert!(!redact(GOOD).contains("4111"));
+        assert!(!redact(r#"{"card":"4111111111111111","x":1}"#).contains("4111"));
+        assert!(!redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111"));
+        assert!(redact(GOOD).contains("\"ts\""));
+    }
+}

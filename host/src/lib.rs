@@ -1,0 +1,41 @@
+//! vigil: a real-time payment risk engine with sandboxed WebAssembly rules.
+//!
+//! ```text
+//!  source ─► decode/clean ─► partition ─► rules (wasm) ─► decide ─► sinks
+//!   file      validate,        hash(key)    per event,      combine,   decisions,
+//!             normalise,       → worker     sandboxed,      audit      alerts,
+//!             tokenise PAN,                 hot-reloaded    record     dead letters
+//!             dedup, DLQ
+//! ```
+//!
+//! Events are JSON lines. Each is validated and normalised (integer minor
+//! units, ISO 4217 currency, tokenised PAN), de-duplicated by id, and routed
+//! by `hash(key) mod P` to the worker that owns its key. The worker encodes
+//! the event once and calls every live rule — a WebAssembly module from the
+//! rules folder — on a view restricted to the fields the rule declared. The
+//! most severe enforcing outcome wins; the decision and every rule's outcome
+//! go out as one audit record. A rejected event goes to dead letters with
+//! its reason: `events in = decided + dead-lettered`, always.
+//!
+//! # Layout
+//! - [`config`]: `vigil.toml`, documented field by field.
+//! - [`sources`]: where raw records come from (file; more to come).
+//! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
+//! - [`event`]: the canonical payment event.
+//! - [`partition`]: key → worker.
+//! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
+//! - [`decide`]: combining outcomes into the decision record.
+//! - [`sinks`]: decisions, alerts and dead letters out.
+//! - [`pipeline`]: the threads and bounded channels between the stages.
+//! - [`app`]: the daemon: startup, signals, drain.
+
+pub mod app;
+pub mod config;
+pub mod decide;
+pub mod decode;
+pub mod event;
+pub mod partition;
+pub mod pipeline;
+pub mod rules;
+pub mod sinks;
+pub mod sources;

@@ -1,0 +1,354 @@
+//! The running pipeline: one source thread (read, decode, clean, partition),
+//! P worker threads (encode once, run rules, decide), and one sink thread.
+//!
+//! Stages pass batches over bounded channels, so a slow stage holds the
+//! previous one back instead of queueing without limit. Shutdown is a drain:
+//! the source stops reading, and each stage ends when its input channel is
+//! closed and empty, so every event read is decided or dead-lettered.
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::Serialize;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use vigil_abi::Action;
+
+use crate::config::Config;
+use crate::decide::{self, Decision, now_us};
+use crate::decode::{self, DecodeError, Decoder};
+use crate::event::Payment;
+use crate::partition::Partitioner;
+use crate::rules::{Evaluator, RuleRegistry};
+use crate::sinks::{self, Sink};
+use crate::sources::{Record, Source};
+
+/// Event counts; `events_in == decided + dead_lettered` once drained.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the source.
+    pub events_in: AtomicU64,
+    /// Decision records written.
+    pub decided: AtomicU64,
+    /// Dead letters written.
+    pub dead_lettered: AtomicU64,
+    /// Alerts (review or block) written.
+    pub alerts: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Summary {
+    /// Records read from the source.
+    pub events_in: u64,
+    /// Decision records written.
+    pub decided: u64,
+    /// Dead letters written.
+    pub dead_lettered: u64,
+    /// Alerts written.
+    pub alerts: u64,
+}
+
+impl Counters {
+    /// The counts now.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            events_in: self.events_in.load(Ordering::Relaxed),
+            decided: self.decided.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            alerts: self.alerts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The three outputs.
+pub struct Sinks {
+    decisions: Box<dyn Sink>,
+    alerts: Box<dyn Sink>,
+    dead_letters: Box<dyn Sink>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sinks")
+    }
+}
+
+impl Sinks {
+    /// Opens the configured sinks.
+    ///
+    /// # Errors
+    /// When one cannot be opened; the message names it.
+    pub fn open(config: &crate::config::SinksConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            decisions: sinks::open(&config.decisions, "decisions")?,
+            alerts: sinks::open(&config.alerts, "alerts")?,
+            dead_letters: sinks::open(&config.dead_letters, "dead-letters")?,
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.decisions.flush()?;
+        self.alerts.flush()?;
+        self.dead_letters.flush()
+    }
+}
+
+struct Job {
+    payment: Payment,
+    ingested_at_us: i64,
+}
+
+/// A batch of serialised output lines.
+#[derive(Default)]
+struct Output {
+    decisions: Vec<u8>,
+    decision_count: u64,
+    alerts: Vec<Range<usize>>,
+    dead: Vec<u8>,
+    dead_count: u64,
+}
+
+#[derive(Serialize)]
+struct DeadLetter<'a> {
+    reason: String,
+    code: &'a str,
+    source: &'a str,
+    line: u64,
+    raw: String,
+    at_us: i64,
+}
+
+impl Output {
+    fn dead_letter(&mut self, err: &DecodeError, source: &str, record: &Record, at_us: i64) {
+        let dl = DeadLetter {
+            reason: err.to_string(),
+            code: err.code(),
+            source,
+            line: record.line_no,
+            raw: decode::redact(&record.line),
+            at_us,
+        };
+        if serde_json::to_writer(&mut self.dead, &dl).is_ok() {
+            self.dead.push(b'\n');
+            self.dead_count += 1;
+        }
+    }
+}
+
+/// The running threads.
+#[derive(Debug)]
+pub struct Pipeline {
+    source: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+    sink: JoinHandle<std::io::Result<()>>,
+}
+
+impl Pipeline {
+    /// Starts the pipeline.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn start(
+        config: &Config,
+        source: Box<dyn Source>,
+        decoder: Decoder,
+        registry: Arc<RuleRegistry>,
+        sinks: Sinks,
+        counters: Arc<Counters>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let workers = config.pipeline.worker_count();
+        let cap = config.pipeline.channel_capacity.get();
+        let (out_tx, out_rx) = bounded::<Output>(cap * workers.max(1));
+        let sink = spawn("vigil-sink", {
+            let counters = counters.clone();
+            move || run_sinks(out_rx, sinks, &counters)
+        })?;
+        let mut worker_txs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = bounded::<Vec<Job>>(cap);
+            worker_txs.push(tx);
+            let out_tx = out_tx.clone();
+            let registry = registry.clone();
+            handles.push(spawn(&format!("vigil-worker-{i}"), move || {
+                run_worker(rx, out_tx, registry)
+            })?);
+        }
+        let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
+        let batch = config.pipeline.batch_size.get();
+        let source = spawn("vigil-source", move || {
+            run_source(
+                source,
+                decoder,
+                partitioner,
+                worker_txs,
+                out_tx,
+                batch,
+                &counters,
+                &cancel,
+            )
+        })?;
+        Ok(Self {
+            source,
+            workers: handles,
+            sink,
+        })
+    }
+
+    /// Waits until every stage has drained.
+    ///
+    /// # Errors
+    /// When the source or a sink failed; events read are still accounted for
+    /// in the counters up to the failure.
+    pub fn join(self) -> anyhow::Result<()> {
+        let source = self
+            .source
+            .join()
+            .map_err(|_| anyhow::anyhow!("the source thread panicked"))?;
+        for w in self.workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+        }
+        let sink = self
+            .sink
+            .join()
+            .map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
+        source?;
+        sink.map_err(|e| anyhow::anyhow!("writing output failed: {e}"))
+    }
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<JoinHandle<T>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_source(
+    mut source: Box<dyn Source>,
+    mut decoder: Decoder,
+    partitioner: Partitioner,
+    worker_txs: Vec<Sender<Vec<Job>>>,
+    out_tx: Sender<Output>,
+    batch_size: usize,
+    counters: &Counters,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut records = Vec::with_capacity(batch_size);
+    loop {
+        records.clear();
+        let more = source.next_batch(&mut records, batch_size, cancel)?;
+        counters
+            .events_in
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let now = now_us();
+        let mut jobs: Vec<Vec<Job>> = (0..worker_txs.len()).map(|_| Vec::new()).collect();
+        let mut rejected = Output::default();
+        for record in &records {
+            match decoder.decode(&record.line) {
+                Ok(payment) => jobs[partitioner.partition(&payment)].push(Job {
+                    payment,
+                    ingested_at_us: now,
+                }),
+                Err(e) => rejected.dead_letter(&e, source.name(), record, now),
+            }
+        }
+        for (tx, batch) in worker_txs.iter().zip(jobs) {
+            if !batch.is_empty() && tx.send(batch).is_err() {
+                anyhow::bail!("a worker stopped before the input was drained");
+            }
+        }
+        if rejected.dead_count > 0 && out_tx.send(rejected).is_err() {
+            anyhow::bail!("the sink stopped before the input was drained");
+        }
+        if !more || cancel.is_cancelled() {
+            tracing::info!(source = source.name(), "source finished");
+            return Ok(());
+        }
+    }
+}
+
+fn run_worker(rx: Receiver<Vec<Job>>, out_tx: Sender<Output>, registry: Arc<RuleRegistry>) {
+    let mut evaluator = Evaluator::new(registry);
+    let mut encoded = Vec::with_capacity(1024);
+    let mut outcomes = Vec::new();
+    for jobs in rx {
+        evaluator.refresh();
+        let mut out = Output {
+            decisions: Vec::with_capacity(jobs.len() * 512),
+            ..Output::default()
+        };
+        for job in &jobs {
+            let p = &job.payment;
+            if let Err(e) = p.encode(&mut encoded) {
+                // Validation limits keep events far below the layout's limits.
+                tracing::error!(id = %p.id, error = %e, "cannot encode event; deciding with no rules");
+                encoded.clear();
+                outcomes.clear();
+            } else {
+                evaluator.evaluate(&encoded, &mut outcomes);
+            }
+            let (action, score, reasons) = decide::combine(&outcomes);
+            let record = Decision {
+                id: &p.id,
+                action,
+                score,
+                reasons,
+                rules: &outcomes,
+                event_ts_ms: p.ts_ms,
+                ingested_at_us: job.ingested_at_us,
+                decided_at_us: now_us(),
+            };
+            let start = out.decisions.len();
+            if serde_json::to_writer(&mut out.decisions, &record).is_err() {
+                out.decisions.truncate(start);
+                continue;
+            }
+            out.decisions.push(b'\n');
+            out.decision_count += 1;
+            if action != Action::Allow {
+                out.alerts.push(start..out.decisions.len());
+            }
+        }
+        if out_tx.send(out).is_err() {
+            tracing::error!("the sink stopped; worker exiting");
+            return;
+        }
+    }
+}
+
+fn run_sinks(rx: Receiver<Output>, mut sinks: Sinks, counters: &Counters) -> std::io::Result<()> {
+    let result = (|| {
+        for out in &rx {
+            sinks.decisions.write(&out.decisions)?;
+            for r in &out.alerts {
+                sinks.alerts.write(&out.decisions[r.clone()])?;
+            }
+            sinks.dead_letters.write(&out.dead)?;
+            counters
+                .decided
+                .fetch_add(out.decision_count, Ordering::Relaxed);
+            counters
+                .alerts
+                .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
+            counters
+                .dead_lettered
+                .fetch_add(out.dead_count, Ordering::Relaxed);
+            // Flush when caught up, so a quiet stream still shows its
+            // decisions promptly while a busy one writes in large chunks.
+            if rx.is_empty() {
+                sinks.flush()?;
+            }
+        }
+        sinks.flush()
+    })();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "writing output failed; stopping");
+    }
+    result
+}

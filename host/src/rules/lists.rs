@@ -1,0 +1,232 @@
+//! Named lists rules look values up in (block/allow lists), loaded from files.
+//!
+//! Each list is swapped whole on reload, so a rule never sees a half-loaded
+//! list. Card lists hold PANs on disk and tokens in memory.
+
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{ListConfig, ListKind};
+use crate::decode::{Tokenizer, pan};
+
+/// One named list.
+#[derive(Debug)]
+pub struct List {
+    values: ArcSwap<HashSet<Box<str>>>,
+}
+
+impl List {
+    /// Whether the list holds `value`.
+    pub fn contains(&self, value: &str) -> bool {
+        self.values.load().contains(value)
+    }
+
+    /// Entries in the list.
+    pub fn len(&self) -> usize {
+        self.values.load().len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a list could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The file could not be read.
+    #[error("list `{name}`: cannot read {path}: {source}")]
+    Read {
+        /// List name.
+        name: String,
+        /// Its file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A card list holds something that is not a PAN.
+    #[error("list `{name}`: {path}:{line}: not a card number (12 to 19 digits)")]
+    NotAPan {
+        /// List name.
+        name: String,
+        /// Its file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+    },
+}
+
+/// All configured lists.
+#[derive(Debug, Default)]
+pub struct Lists {
+    lists: BTreeMap<String, Arc<List>>,
+}
+
+impl Lists {
+    /// Loads every list in `config`.
+    ///
+    /// # Errors
+    /// [`ListError`] naming the list, file and line.
+    pub fn load(
+        config: &BTreeMap<String, ListConfig>,
+        tokenizer: &Tokenizer,
+    ) -> Result<Self, ListError> {
+        let mut lists = BTreeMap::new();
+        for (name, cfg) in config {
+            let values = read_list(name, cfg, tokenizer)?;
+            lists.insert(
+                name.clone(),
+                Arc::new(List {
+                    values: ArcSwap::from_pointee(values),
+                }),
+            );
+        }
+        Ok(Self { lists })
+    }
+
+    /// Reloads every list from its file; a list that fails keeps its
+    /// previous contents and the error is returned.
+    pub fn reload(
+        &self,
+        config: &BTreeMap<String, ListConfig>,
+        tokenizer: &Tokenizer,
+    ) -> Vec<ListError> {
+        let mut errors = Vec::new();
+        for (name, list) in &self.lists {
+            let Some(cfg) = config.get(name) else {
+                continue;
+            };
+            match read_list(name, cfg, tokenizer) {
+                Ok(values) => list.values.store(Arc::new(values)),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
+    /// Adds an empty list for each name not configured (for `vigil check`);
+    /// returns the names added.
+    pub fn add_placeholders<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<String> {
+        let mut added = Vec::new();
+        for name in names {
+            if !self.lists.contains_key(name) {
+                self.lists.insert(
+                    name.clone(),
+                    Arc::new(List {
+                        values: ArcSwap::from_pointee(HashSet::new()),
+                    }),
+                );
+                added.push(name.clone());
+            }
+        }
+        added
+    }
+
+    /// The list called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<List>> {
+        self.lists.get(name).cloned()
+    }
+
+    /// The names of all lists.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.lists.keys().map(String::as_str)
+    }
+}
+
+fn read_list(
+    name: &str,
+    cfg: &ListConfig,
+    tokenizer: &Tokenizer,
+) -> Result<HashSet<Box<str>>, ListError> {
+    let read_err = |source| ListError::Read {
+        name: name.to_owned(),
+        path: cfg.path.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(&cfg.path).map_err(read_err)?;
+    parse_list(name, &cfg.path, &text, cfg.kind, tokenizer)
+}
+
+fn parse_list(
+    name: &str,
+    path: &Path,
+    text: &str,
+    kind: ListKind,
+    tokenizer: &Tokenizer,
+) -> Result<HashSet<Box<str>>, ListError> {
+    let mut values = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let value = match kind {
+            ListKind::Plain => entry.to_owned(),
+            ListKind::Card => {
+                let digits = pan::pan_digits(entry).ok_or_else(|| ListError::NotAPan {
+                    name: name.to_owned(),
+                    path: path.to_owned(),
+                    line: i + 1,
+                })?;
+                tokenizer.token(&digits)
+            }
+        };
+        values.insert(value.into_boxed_str());
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_lists_hold_tokens_not_pans() {
+        let t = Tokenizer::new(b"list-test-key-0123");
+        let set = parse_list(
+            "c",
+            Path::new("c.txt"),
+            "# bad cards\n4111 1111 1111 1111\n\n",
+            ListKind::Card,
+            &t,
+        )
+        .expect("parses");
+        assert!(set.contains(t.token("4111111111111111").as_str()));
+        assert!(!set.iter().any(|v| v.contains("4111")));
+    }
+
+    #[test]
+    fn a_bad_card_line_is_named() {
+        let t = Tokenizer::new(b"list-test-key-0123");
+        let e = parse_list(
+            "c",
+            Path::new("c.txt"),
+            "4111111111111111\nnope\n",
+            ListKind::Card,
+            &t,
+        )
+        .expect_err("rejects");
+        assert!(e.to_string().contains("c.txt:2"), "{e}");
+    }
+
+    #[test]
+    fn plain_lists_strip_comments_and_blanks() {
+        let t = Tokenizer::new(b"list-test-key-0123");
+        let set = parse_list(
+            "p",
+            Path::new("p.txt"),
+            "dev-1 # seen in fraud ring\n  dev-2\n#x\n",
+            ListKind::Plain,
+            &t,
+        )
+        .expect("parses");
+        assert_eq!(set.len(), 2);
+        assert!(set.contains("dev-1") && set.contains("dev-2"));
+    }
+}

@@ -1,0 +1,746 @@
+//! Rules: WebAssembly modules loaded from the rules folder, validated, swapped
+//! in live, and evaluated per event in a sandbox.
+//!
+//! - [`RuleRegistry`] owns the folder: a rescan loads new and changed files,
+//!   keeps the previous version when a file is broken, unloads deleted ones,
+//!   and publishes an immutable [`RuleSet`] through an `ArcSwap`.
+//! - [`Evaluator`] is one worker's view: it picks up a new rule set between
+//!   batches (an event boundary), keeps one instance per rule, and turns any
+//!   failure into the rule's failure outcome, quarantining a rule after
+//!   repeated failures in a row.
+
+pub mod check;
+pub mod lists;
+pub mod sandbox;
+pub mod watch;
+
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use vigil_abi::{Field, FieldMask, Manifest, ParamType, ParamValue};
+use wasmtime::InstancePre;
+
+use crate::config::RuleSettings;
+use crate::decide::{FailurePolicy, Mode, RuleOutcome};
+use lists::{List, Lists};
+use sandbox::{HostState, RuleInstance, Sandbox};
+
+/// Why a rule could not be loaded or a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Io(String),
+    /// Not a valid WebAssembly module.
+    #[error("does not compile: {0}")]
+    Compile(String),
+    /// The module does not follow the vigil rule ABI.
+    #[error("violates the rule ABI: {0}")]
+    Abi(String),
+    /// The manifest is missing, malformed or inconsistent.
+    #[error("bad manifest: {0}")]
+    Manifest(String),
+    /// The rule's settings in the host config do not fit its manifest.
+    #[error("bad settings: {0}")]
+    Config(String),
+    /// The rule trapped (panic, unreachable, stack overflow, bad access).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its CPU budget.
+    #[error("ran past its CPU budget of {0:?}")]
+    Timeout(Duration),
+    /// The rule asked for more memory than its cap.
+    #[error("exceeded its memory cap of {0} bytes")]
+    MemoryExceeded(usize),
+    /// The rule is quarantined after repeated failures.
+    #[error("quarantined after repeated failures")]
+    Quarantined,
+}
+
+/// A rule ready to run: validated module, manifest and resolved settings.
+pub struct LoadedRule {
+    /// Manifest name.
+    pub name: Arc<str>,
+    /// Manifest version.
+    pub version: Arc<str>,
+    /// SHA-256 of the module file, hex.
+    pub hash: Arc<str>,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The full manifest.
+    pub manifest: Manifest,
+    /// Enforce or shadow.
+    pub mode: Mode,
+    /// Outcome when a call fails.
+    pub on_failure: FailurePolicy,
+    /// The fields the rule sees.
+    pub mask: FieldMask,
+    params: Vec<u8>,
+    lists: Arc<[Arc<List>]>,
+    pre: InstancePre<HostState>,
+    health: Health,
+}
+
+impl std::fmt::Debug for LoadedRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedRule")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    consecutive: AtomicU32,
+    failures: AtomicU64,
+    quarantined: AtomicBool,
+}
+
+impl LoadedRule {
+    /// Whether the rule is quarantined.
+    pub fn is_quarantined(&self) -> bool {
+        self.health.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Failed calls since this version was loaded.
+    pub fn failures(&self) -> u64 {
+        self.health.failures.load(Ordering::Relaxed)
+    }
+
+    /// The short module hash used in logs and records.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..16]
+    }
+}
+
+/// The rules live at one moment, sorted by name.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// Bumped on every change.
+    pub generation: u64,
+    /// The rules.
+    pub rules: Vec<Arc<LoadedRule>>,
+}
+
+/// What a rescan did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Rules loaded or replaced: (name, version, file).
+    pub loaded: Vec<(String, String, PathBuf)>,
+    /// Files rejected, with the reason.
+    pub rejected: Vec<(PathBuf, String)>,
+    /// Rules unloaded because their file went away: (name, file).
+    pub removed: Vec<(String, PathBuf)>,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    len: u64,
+    modified: Option<SystemTime>,
+    hash: String,
+    /// The rule this file provides, if it loaded.
+    rule: Option<Arc<LoadedRule>>,
+}
+
+/// The rules folder and the live rule set.
+pub struct RuleRegistry {
+    sandbox: Sandbox,
+    dir: PathBuf,
+    settings: Mutex<BTreeMap<String, RuleSettings>>,
+    default_on_failure: Mutex<FailurePolicy>,
+    lists: Arc<Lists>,
+    files: Mutex<BTreeMap<PathBuf, FileEntry>>,
+    current: ArcSwap<RuleSet>,
+    quarantine_after: u32,
+}
+
+impl std::fmt::Debug for RuleRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleRegistry")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 of a module, hex: its identity in records and the cache.
+pub fn module_hash(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// Logs what a rescan did: loads at info, rejections at error.
+pub fn log_report(report: &ScanReport, registry: &RuleRegistry) {
+    let set = registry.current();
+    for (name, version, path) in &report.loaded {
+        tracing::info!(rule = %name, version = %version, file = %path.display(), "rule loaded");
+    }
+    for (path, reason) in &report.rejected {
+        let kept = set.rules.iter().find(|r| r.path == *path);
+        match kept {
+            Some(r) => tracing::error!(
+                file = %path.display(), error = %reason, kept_version = %r.version,
+                "rule file rejected; the previous version keeps running"
+            ),
+            None => tracing::error!(file = %path.display(), error = %reason, "rule file rejected"),
+        }
+    }
+    for (name, path) in &report.removed {
+        tracing::info!(rule = %name, file = %path.display(), "rule unloaded: its file was removed");
+    }
+}
+
+/// Whether `path` names a rule module the folder scan should consider.
+pub fn is_rule_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.') && name.ends_with(".wasm")
+}
+
+impl RuleRegistry {
+    /// A registry over `dir`; call [`RuleRegistry::rescan`] to load it.
+    pub fn new(
+        sandbox: Sandbox,
+        dir: PathBuf,
+        settings: BTreeMap<String, RuleSettings>,
+        default_on_failure: FailurePolicy,
+        quarantine_after: u32,
+        lists: Arc<Lists>,
+    ) -> Self {
+        Self {
+            sandbox,
+            dir,
+            settings: Mutex::new(settings),
+            default_on_failure: Mutex::new(default_on_failure),
+            lists,
+            files: Mutex::new(BTreeMap::new()),
+            current: ArcSwap::from_pointee(RuleSet::default()),
+            quarantine_after: quarantine_after.max(1),
+        }
+    }
+
+    /// The live rule set.
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.current.load_full()
+    }
+
+    /// The watched folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The sandbox rules run in.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Replaces per-rule settings (on config reload); every rule is reloaded
+    /// with them at the next rescan.
+    pub fn set_settings(
+        &self,
+        settings: BTreeMap<String, RuleSettings>,
+        default_on_failure: FailurePolicy,
+    ) {
+        *lock(&self.settings) = settings;
+        *lock(&self.default_on_failure) = default_on_failure;
+        lock(&self.files)
+            .values_mut()
+            .for_each(|f| f.len = u64::MAX);
+    }
+
+    /// Brings the live rule set in line with the folder. Never fails as a
+    /// whole: a file that cannot be loaded is reported and skipped, keeping
+    /// the previous version of its rule.
+    pub fn rescan(&self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let mut files = lock(&self.files);
+        let present = match list_rule_files(&self.dir) {
+            Ok(p) => p,
+            Err(e) => {
+                report.rejected.push((
+                    self.dir.clone(),
+                    format!("cannot list the rules folder: {e}"),
+                ));
+                return report;
+            }
+        };
+        for path in &present {
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            if let Some(entry) = files.get(path) {
+                if entry.len == len && entry.modified == modified {
+                    continue;
+                }
+            }
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    report
+                        .rejected
+                        .push((path.clone(), RuleError::Io(e.to_string()).to_string()));
+                    continue;
+                }
+            };
+            let hash = module_hash(&bytes);
+            let previous = files.get(path);
+            if previous.is_some_and(|p| p.hash == hash && p.len != u64::MAX) {
+                if let Some(e) = files.get_mut(path) {
+                    (e.len, e.modified) = (len, modified);
+                }
+                continue;
+            }
+            let other_names: Vec<(String, PathBuf)> = files
+                .iter()
+                .filter(|(p, _)| *p != path && present.contains(p))
+                .filter_map(|(p, e)| e.rule.as_ref().map(|r| (r.name.to_string(), p.clone())))
+                .collect();
+            let result = self.load(path, &bytes, &hash).and_then(|rule| {
+                match other_names.iter().find(|(n, _)| **n == *rule.name) {
+                    Some((_, other)) => Err(RuleError::Manifest(format!(
+                        "rule name `{}` is already loaded from {}",
+                        rule.name,
+                        other.display()
+                    ))),
+                    None => Ok(rule),
+                }
+            });
+            match result {
+                Ok(rule) => {
+                    report.loaded.push((
+                        rule.name.to_string(),
+                        rule.version.to_string(),
+                        path.clone(),
+                    ));
+                    files.insert(
+                        path.clone(),
+                        FileEntry {
+                            len,
+                            modified,
+                            hash,
+                            rule: Some(Arc::new(rule)),
+                        },
+                    );
+                }
+                Err(e) => {
+                    // A file still being written fails to compile; it is not
+                    // broken yet, so wait for the write to finish.
+                    let changed = std::fs::metadata(path)
+                        .map(|m| (m.len(), m.modified().ok()))
+                        .ok()
+                        != Some((len, modified));
+                    if changed {
+                        continue;
+                    }
+                    let keep = previous.and_then(|p| p.rule.clone());
+                    report.rejected.push((path.clone(), e.to_string()));
+                    files.insert(
+                        path.clone(),
+                        FileEntry {
+                            len,
+                            modified,
+                            hash,
+                            rule: keep,
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = files
+            .keys()
+            .filter(|p| !present.contains(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(rule) = files.remove(&path).and_then(|e| e.rule) {
+                report.removed.push((rule.name.to_string(), path));
+            }
+        }
+        let mut rules: Vec<Arc<LoadedRule>> =
+            files.values().filter_map(|e| e.rule.clone()).collect();
+        rules.sort_by(|a, b| a.name.cmp(&b.name));
+        let old = self.current.load();
+        let same = old.rules.len() == rules.len()
+            && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            self.current.store(Arc::new(RuleSet {
+                generation: old.generation + 1,
+                rules,
+            }));
+        }
+        report
+    }
+
+    /// Loads and validates one module without publishing it.
+    ///
+    /// # Errors
+    /// [`RuleError`] saying why the module cannot run.
+    pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
+        let settings = lock(&self.settings).clone();
+        let on_failure = *lock(&self.default_on_failure);
+        load_rule(
+            &self.sandbox,
+            &self.lists,
+            &settings,
+            on_failure,
+            path,
+            bytes,
+            hash,
+        )
+    }
+
+    /// The names configured under `[rule.*]` that no loaded rule has.
+    pub fn unmatched_settings(&self) -> Vec<String> {
+        let set = self.current();
+        lock(&self.settings)
+            .keys()
+            .filter(|k| !set.rules.iter().any(|r| *r.name == **k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads a module's manifest from an instance with no parameters applied.
+///
+/// # Errors
+/// [`RuleError`] when the module does not instantiate or its manifest is bad.
+pub fn read_manifest(
+    sandbox: &Sandbox,
+    pre: &InstancePre<HostState>,
+) -> Result<Manifest, RuleError> {
+    let json = sandbox.instantiate_unconfigured(pre)?.manifest_json()?;
+    let manifest: Manifest =
+        serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
+    check_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// Compiles, validates and configures one module: everything short of
+/// publishing it.
+///
+/// # Errors
+/// [`RuleError`] saying why the module cannot run.
+pub fn load_rule(
+    sandbox: &Sandbox,
+    lists: &Lists,
+    settings: &BTreeMap<String, RuleSettings>,
+    default_on_failure: FailurePolicy,
+    path: &Path,
+    bytes: &[u8],
+    hash: &str,
+) -> Result<LoadedRule, RuleError> {
+    let pre = sandbox.prepare(bytes, hash)?;
+    let manifest = read_manifest(sandbox, &pre)?;
+    let mask = check_manifest(&manifest)?;
+    let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
+    let params = resolve_params(&manifest, &settings)?;
+    let mut resolved = Vec::with_capacity(manifest.lists.len());
+    for name in &manifest.lists {
+        let list = lists.get(name).ok_or_else(|| {
+            RuleError::Config(format!(
+                "uses list `{name}`, which is not configured; add [lists.{name}] with a path to the config"
+            ))
+        })?;
+        resolved.push(list);
+    }
+    let lists: Arc<[Arc<List>]> = resolved.into();
+    // Instantiate once with the real parameters, exactly as workers will.
+    sandbox.instantiate(&pre, lists.clone(), &params)?;
+    Ok(LoadedRule {
+        name: manifest.name.as_str().into(),
+        version: manifest.version.as_str().into(),
+        hash: hash.into(),
+        path: path.to_owned(),
+        mode: settings.mode,
+        on_failure: settings.on_failure.unwrap_or(default_on_failure),
+        mask,
+        params,
+        lists,
+        pre,
+        health: Health::default(),
+        manifest,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn list_rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if is_rule_file(&path) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
+    if m.abi != vigil_abi::ABI_VERSION {
+        return Err(RuleError::Manifest(format!(
+            "manifest is for ABI v{}",
+            m.abi
+        )));
+    }
+    let valid_name = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if !valid_name(&m.name) {
+        return Err(RuleError::Manifest(format!(
+            "rule name {:?} must be 1-64 characters of letters, digits, `-`, `_` or `.`",
+            m.name
+        )));
+    }
+    let mut mask = FieldMask::NONE;
+    for f in &m.fields {
+        let field = Field::from_name(f)
+            .ok_or_else(|| RuleError::Manifest(format!("unknown field `{f}`")))?;
+        mask = mask.with(field);
+    }
+    if !m.features.is_empty() {
+        return Err(RuleError::Manifest(format!(
+            "declares features {:?}, which this vigil does not compute yet",
+            m.features
+        )));
+    }
+    Ok(mask)
+}
+
+/// Resolves a rule's parameters: defaults from its manifest, overridden by
+/// `[rule.NAME.params]`, type-checked, encoded for `vigil_configure`.
+fn resolve_params(m: &Manifest, settings: &RuleSettings) -> Result<Vec<u8>, RuleError> {
+    // Config keys are kebab-case, Rust parameter names snake_case: both match.
+    let norm = |k: &str| k.replace('-', "_");
+    for key in settings.params.keys() {
+        if !m.params.iter().any(|p| norm(&p.name) == norm(key)) {
+            let known: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+            return Err(RuleError::Config(format!(
+                "`rule.{}.params.{key}`: the rule has no such parameter (it has: {})",
+                m.name,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    for p in &m.params {
+        let given = settings
+            .params
+            .iter()
+            .find(|(k, _)| norm(k) == norm(&p.name))
+            .map(|(_, v)| v);
+        let value = match given {
+            None => coerce(&p.default, p.ty).ok_or_else(|| {
+                RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty))
+            })?,
+            Some(v) => toml_param(v, p.ty).ok_or_else(|| {
+                RuleError::Config(format!(
+                    "`rule.{}.params.{}` must be {}, got {v}",
+                    m.name, p.name, p.ty
+                ))
+            })?,
+        };
+        vigil_abi::params::encode_one(&p.name, &value, &mut out);
+    }
+    Ok(out)
+}
+
+fn coerce(v: &ParamValue, ty: ParamType) -> Option<ParamValue> {
+    match (v, ty) {
+        (ParamValue::Int(i), ParamType::Float) => Some(ParamValue::Float(*i as f64)),
+        (v, ty) if v.ty() == ty => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn toml_param(v: &toml::Value, ty: ParamType) -> Option<ParamValue> {
+    match (v, ty) {
+        (toml::Value::Integer(i), ParamType::Int) => Some(ParamValue::Int(*i)),
+        (toml::Value::Integer(i), ParamType::Float) => Some(ParamValue::Float(*i as f64)),
+        (toml::Value::Float(x), ParamType::Float) => Some(ParamValue::Float(*x)),
+        (toml::Value::Boolean(b), ParamType::Bool) => Some(ParamValue::Bool(*b)),
+        (toml::Value::String(s), ParamType::Str) => Some(ParamValue::Str(s.clone())),
+        _ => None,
+    }
+}
+
+struct Slot {
+    rule: Arc<LoadedRule>,
+    instance: Option<RuleInstance>,
+    // Worker-local copies, so building records does not touch shared counters.
+    name: Arc<str>,
+    version: Arc<str>,
+    module: Arc<str>,
+}
+
+impl LoadedRule {
+    /// A fresh instance of this rule, as a worker gets.
+    ///
+    /// # Errors
+    /// [`RuleError`] when instantiation fails.
+    pub fn instantiate(&self, sandbox: &Sandbox) -> Result<RuleInstance, RuleError> {
+        sandbox.instantiate(&self.pre, self.lists.clone(), &self.params)
+    }
+}
+
+/// One worker's rule runner.
+pub struct Evaluator {
+    registry: Arc<RuleRegistry>,
+    generation: u64,
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Evaluator {
+    /// A runner that follows `registry`'s live rule set.
+    pub fn new(registry: Arc<RuleRegistry>) -> Self {
+        let mut e = Self {
+            registry,
+            generation: u64::MAX,
+            slots: Vec::new(),
+        };
+        e.refresh();
+        e
+    }
+
+    /// Picks up a new rule set, if any. Call between events only.
+    pub fn refresh(&mut self) {
+        let set = self.registry.current.load();
+        if set.generation == self.generation {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.slots);
+        for rule in &set.rules {
+            let reuse = old.iter().position(|s| Arc::ptr_eq(&s.rule, rule));
+            let slot = match reuse {
+                Some(i) => old.swap_remove(i),
+                None => Slot {
+                    name: rule.name.to_string().into(),
+                    version: rule.version.to_string().into(),
+                    module: rule.short_hash().into(),
+                    instance: None,
+                    rule: rule.clone(),
+                },
+            };
+            self.slots.push(slot);
+        }
+        self.generation = set.generation;
+    }
+
+    /// Rules this evaluator runs.
+    pub fn rule_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Runs every rule on one encoded event, appending one outcome per rule.
+    pub fn evaluate(&mut self, event: &[u8], out: &mut Vec<RuleOutcome>) {
+        out.clear();
+        for slot in &mut self.slots {
+            let start = Instant::now();
+            let result = run_slot(&self.registry, slot, event);
+            let latency_ns = start.elapsed().as_nanos() as u64;
+            let rule = &slot.rule;
+            let outcome = match result {
+                Ok(r) => {
+                    if rule.health.consecutive.load(Ordering::Relaxed) != 0 {
+                        rule.health.consecutive.store(0, Ordering::Relaxed);
+                    }
+                    RuleOutcome {
+                        rule: slot.name.clone(),
+                        version: slot.version.clone(),
+                        module: slot.module.clone(),
+                        mode: rule.mode,
+                        action: r.action,
+                        score: r.score,
+                        reasons: r.reasons,
+                        latency_ns,
+                        error: None,
+                    }
+                }
+                Err(e) => {
+                    if e != RuleError::Quarantined {
+                        self.registry.note_failure(rule, &e);
+                        slot.instance = None;
+                    }
+                    RuleOutcome {
+                        rule: slot.name.clone(),
+                        version: slot.version.clone(),
+                        module: slot.module.clone(),
+                        mode: rule.mode,
+                        action: rule.on_failure.action(),
+                        score: 0,
+                        reasons: Vec::new(),
+                        latency_ns,
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            out.push(outcome);
+        }
+    }
+}
+
+fn run_slot(
+    registry: &RuleRegistry,
+    slot: &mut Slot,
+    event: &[u8],
+) -> Result<sandbox::CallResult, RuleError> {
+    if slot.rule.is_quarantined() {
+        return Err(RuleError::Quarantined);
+    }
+    if slot.instance.is_none() {
+        slot.instance = Some(slot.rule.instantiate(&registry.sandbox)?);
+    }
+    match slot.instance.as_mut() {
+        Some(inst) => inst.call(event, slot.rule.mask),
+        None => Err(RuleError::Abi("no instance".into())),
+    }
+}
+
+impl RuleRegistry {
+    fn note_failure(&self, rule: &LoadedRule, e: &RuleError) {
+        let total = rule.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let consecutive = rule.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        // Log the first failures and then ever more sparsely, so a rule
+        // failing on every event cannot flood the log.
+        if total <= 10 || total.is_power_of_two() {
+            tracing::warn!(
+                rule = %rule.name, version = %rule.version, file = %rule.path.display(),
+                failures = total, error = %e, on_failure = ?rule.on_failure,
+                "rule call failed; applied its failure outcome"
+            );
+        }
+        if consecutive >= self.quarantine_after
+            && !rule.health.quarantined.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                rule = %rule.name, version = %rule.version, file = %rule.path.display(),
+                consecutive, last_error = %e,
+                "rule quarantined: it is no longer called and its failure outcome applies until a new version is deployed"
+            );
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! The wasmtime sandbox: compiling (with a cache of compiled artefacts),
+//! validating a module against ABI v1, and running calls within a CPU budget
+//! and a memory cap.
+//!
+//! A module gets no WASI and no imports but vigil's own host functions, so it
+//! has no filesystem, network, clock or environment. Each call runs with an
+//! epoch deadline; each instance has a memory limiter. A failure is reported
+//! as a [`RuleError`] and never escapes as a panic.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
+use wasmtime::{
+    Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap,
+    TypedFunc, ValType,
+};
+
+use super::RuleError;
+use super::lists::List;
+
+/// Initial size of a rule's input buffer; grown on demand for larger events.
+const INITIAL_INPUT: usize = 4096;
+
+/// Per-store data: the memory limiter and what host functions need.
+pub struct HostState {
+    limiter: Limiter,
+    lists: Arc<[Arc<List>]>,
+    memory: Option<Memory>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("lists", &self.lists.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Limiter {
+    cap: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The engine every rule runs on, with its epoch clock.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    memory_cap: usize,
+    deadline_ticks: u64,
+    cpu_budget: Duration,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("memory_cap", &self.memory_cap)
+            .field("cpu_budget", &self.cpu_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Limits of the sandbox.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Budget of one call.
+    pub cpu_budget: Duration,
+    /// Clock granularity.
+    pub tick: Duration,
+    /// Linear-memory cap per instance, bytes.
+    pub memory_cap: usize,
+}
+
+impl Sandbox {
+    /// Starts an engine with `limits`, caching compiled modules in `cache_dir`.
+    ///
+    /// # Errors
+    /// [`RuleError::Compile`] when wasmtime cannot be configured.
+    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .max_wasm_stack(512 * 1024);
+        let engine =
+            Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
+            .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
+        if let Some(dir) = &cache_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
+            }
+        }
+        let tick = limits.tick.max(Duration::from_micros(100));
+        let ticks = limits
+            .cpu_budget
+            .as_nanos()
+            .div_ceil(tick.as_nanos())
+            .max(1) as u64;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), tick, ticker_stop.clone());
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            memory_cap: limits.memory_cap,
+            // The deadline counts whole ticks from wherever the clock is now,
+            // so one more tick guarantees at least the full budget.
+            deadline_ticks: ticks + 1,
+            cpu_budget: limits.cpu_budget,
+            ticker_stop,
+        })
+    }
+
+    /// Compiles `bytes` (or loads the cached artefact) and checks the module's
+    /// imports and exports against ABI v1.
+    ///
+    /// # Errors
+    /// [`RuleError::Compile`] or [`RuleError::Abi`] saying what is wrong.
+    pub fn prepare(&self, bytes: &[u8], hash: &str) -> Result<InstancePre<HostState>, RuleError> {
+        let module = self.compile(bytes, hash)?;
+        check_imports(&module)?;
+        check_exports(&module)?;
+        self.linker
+            .instantiate_pre(&module)
+            .map_err(|e| RuleError::Abi(e.to_string()))
+    }
+
+    fn compile(&self, bytes: &[u8], hash: &str) -> Result<Module, RuleError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(RuleError::Compile(
+                "not a WebAssembly module (no \\0asm header)".into(),
+            ));
+        }
+        let Some(dir) = &self.cache_dir else {
+            return Module::new(&self.engine, bytes)
+                .map_err(|e| RuleError::Compile(format!("{e:#}")));
+        };
+        let mut h = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let path = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        if path.exists() {
+            // SAFETY: the cache folder holds only artefacts this engine
+            // serialised (files are written whole and renamed into place), and
+            // the state folder is as trusted as the vigil binary itself.
+            // wasmtime also checks the artefact's engine and version.
+            match unsafe { Module::deserialize_file(&self.engine, &path) } {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "stale compiled-rule cache entry; recompiling")
+                }
+            }
+        }
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
+        if let Ok(art) = module.serialize() {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, art)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok(module)
+    }
+
+    /// Instantiates a rule from its pre-instantiated form and applies its
+    /// parameters.
+    ///
+    /// # Errors
+    /// [`RuleError`] when instantiation, the ABI handshake or `configure` fails.
+    pub fn instantiate(
+        &self,
+        pre: &InstancePre<HostState>,
+        lists: Arc<[Arc<List>]>,
+        params: &[u8],
+    ) -> Result<RuleInstance, RuleError> {
+        let mut inst = self.instantiate_with(pre, lists)?;
+        inst.configure(params)?;
+        Ok(inst)
+    }
+
+    /// Instantiates a rule and checks its ABI version, without parameters:
+    /// enough to read its manifest.
+    ///
+    /// # Errors
+    /// [`RuleError`] when instantiation or the ABI handshake fails.
+    pub fn instantiate_unconfigured(
+        &self,
+        pre: &InstancePre<HostState>,
+    ) -> Result<RuleInstance, RuleError> {
+        self.instantiate_with(pre, Arc::from(Vec::new()))
+    }
+
+    fn instantiate_with(
+        &self,
+        pre: &InstancePre<HostState>,
+        lists: Arc<[Arc<List>]>,
+    ) -> Result<RuleInstance, RuleError> {
+        let state = HostState {
+            limiter: Limiter {
+                cap: self.memory_cap,
+                denied: false,
+            },
+            lists,
+            memory: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| self.classify(&store, &e, None))?;
+        let memory = instance
+            .get_memory(&mut store, exports::MEMORY)
+            .ok_or_else(|| RuleError::Abi("no exported memory".into()))?;
+        store.data_mut().memory = Some(memory);
+        let func = |store: &mut Store<HostState>, name: &str| {
+            instance
+                .get_func(&mut *store, name)
+                .ok_or_else(|| RuleError::Abi(format!("missing export `{name}`")))
+        };
+        let abi = func(&mut store, exports::ABI_VERSION)?
+            .typed::<(), i32>(&store)
+            .map_err(abi_err)?;
+        let manifest = func(&mut store, exports::MANIFEST)?
+            .typed::<(), i64>(&store)
+            .map_err(abi_err)?;
+        let buffer = func(&mut store, exports::BUFFER)?
+            .typed::<i32, i32>(&store)
+            .map_err(abi_err)?;
+        let output = func(&mut store, exports::OUTPUT)?
+            .typed::<(), i32>(&store)
+            .map_err(abi_err)?;
+        let configure = func(&mut store, exports::CONFIGURE)?
+            .typed::<i32, i32>(&store)
+            .map_err(abi_err)?;
+        let evaluate = func(&mut store, exports::EVALUATE)?
+            .typed::<i32, i64>(&store)
+            .map_err(abi_err)?;
+
+        let version = abi
+            .call(&mut store, ())
+            .map_err(|e| self.classify(&store, &e, None))?;
+        if version != ABI_VERSION {
+            return Err(RuleError::Abi(format!(
+                "built for rule ABI v{version}; this vigil speaks v{ABI_VERSION} (rebuild with a matching vigil-sdk)"
+            )));
+        }
+        let mut inst = RuleInstance {
+            store,
+            memory,
+            manifest,
+            buffer,
+            configure,
+            evaluate,
+            input_ptr: 0,
+            input_cap: 0,
+            output_ptr: 0,
+            deadline_ticks: self.deadline_ticks,
+            cpu_budget: self.cpu_budget,
+            memory_cap: self.memory_cap,
+        };
+        inst.store.set_epoch_deadline(self.deadline_ticks);
+        inst.output_ptr = output
+            .call(&mut inst.store, ())
+            .map_err(|e| inst.classify(&e))? as u32 as usize;
+        if inst
+            .output_ptr
+            .checked_add(OUTPUT_CAPACITY)
+            .is_none_or(|end| end > inst.memory.data_size(&inst.store))
+        {
+            return Err(RuleError::Abi(format!(
+                "`{}` returned an out-of-bounds buffer",
+                exports::OUTPUT
+            )));
+        }
+        inst.ensure_input(INITIAL_INPUT)?;
+        Ok(inst)
+    }
+
+    fn classify(
+        &self,
+        store: &Store<HostState>,
+        e: &wasmtime::Error,
+        panic: Option<String>,
+    ) -> RuleError {
+        classify(store, e, panic, self.cpu_budget, self.memory_cap)
+    }
+}
+
+fn abi_err(e: wasmtime::Error) -> RuleError {
+    RuleError::Abi(format!("export has the wrong signature: {e}"))
+}
+
+fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("vigil-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the clock a looping rule would never be cut off.
+        panic!("cannot start the sandbox clock thread: {e}");
+    }
+}
+
+fn classify(
+    store: &Store<HostState>,
+    e: &wasmtime::Error,
+    panic: Option<String>,
+    budget: Duration,
+    cap: usize,
+) -> RuleError {
+    if store.data().limiter.denied {
+        return RuleError::MemoryExceeded(cap);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => RuleError::Timeout(budget),
+        Some(Trap::StackOverflow) => {
+            RuleError::Trap("stack overflow (call stack exhausted)".into())
+        }
+        Some(trap) => match panic {
+            Some(msg) => RuleError::Trap(format!("panicked: {msg}")),
+            None => RuleError::Trap(trap.to_string()),
+        },
+        None => RuleError::Trap(format!("{e:#}")),
+    }
+}
+
+/// `vigil::list_contains(list, ptr, len) -> i32`.
+fn list_contains(
+    mut caller: Caller<'_, HostState>,
+    list: i32,
+    ptr: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.data().memory else {
+        wasmtime::bail!("list_contains called before the module was ready");
+    };
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
+        wasmtime::bail!("list_contains: value out of bounds");
+    };
+    let Some(list) = state.lists.get(list as u32 as usize) else {
+        wasmtime::bail!("list_contains: no list with index {list}");
+    };
+    let Ok(value) = std::str::from_utf8(bytes) else {
+        return Ok(0);
+    };
+    Ok(i32::from(list.contains(value)))
+}
+
+fn describe(ty: &ExternType) -> String {
+    match ty {
+        ExternType::Func(f) => {
+            let p: Vec<String> = f.params().map(|v| v.to_string()).collect();
+            let r: Vec<String> = f.results().map(|v| v.to_string()).collect();
+            format!("func({}) -> ({})", p.join(", "), r.join(", "))
+        }
+        ExternType::Memory(_) => "memory".into(),
+        ExternType::Table(_) => "table".into(),
+        ExternType::Global(_) => "global".into(),
+        ExternType::Tag(_) => "tag".into(),
+    }
+}
+
+fn is_func(ty: &ExternType, params: &[ValType], results: &[ValType]) -> bool {
+    let ExternType::Func(f) = ty else {
+        return false;
+    };
+    let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
+        a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
+    };
+    same(&mut f.params(), params) && same(&mut f.results(), results)
+}
+
+fn check_imports(module: &Module) -> Result<(), RuleError> {
+    use ValType::I32;
+    let mut bad = Vec::new();
+    for imp in module.imports() {
+        let ok = imp.module() == imports::MODULE
+            && imp.name() == imports::LIST_CONTAINS
+            && is_func(&imp.ty(), &[I32, I32, I32], &[I32]);
+        if !ok {
+            bad.push(format!(
+                "`{}::{}` ({})",
+                imp.module(),
+                imp.name(),
+                describe(&imp.ty())
+            ));
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let wasi = bad.iter().any(|b| b.contains("wasi"));
+    Err(RuleError::Abi(format!(
+        "imports {}; a rule may import only vigil's host functions (`{}::{}`){}",
+        bad.join(", "),
+        imports::MODULE,
+        imports::LIST_CONTAINS,
+        if wasi {
+            " — WASI is not available: build for wasm32-unknown-unknown"
+        } else {
+            ""
+        }
+    )))
+}
+
+fn check_exports(module: &Module) -> Result<(), RuleError> {
+    use ValType::{I32, I64};
+    let wanted: [(&str, &[ValType], &[ValType]); 6] = [
+        (exports::ABI_VERSION, &[], &[I32]),
+        (exports::MANIFEST, &[], &[I64]),
+        (exports::BUFFER, &[I32], &[I32]),
+        (exports::OUTPUT, &[], &[I32]),
+        (exports::CONFIGURE, &[I32], &[I32]),
+        (exports::EVALUATE, &[I32], &[I64]),
+    ];
+    let mut missing = Vec::new();
+    for (name, params, results) in wanted {
+        match module.get_export(name) {
+            None => missing.push(format!("`{name}`")),
+            Some(ty) if !is_func(&ty, params, results) => {
+                return Err(RuleError::Abi(format!(
+                    "export `{name}` has the wrong type: {}",
+                    describe(&ty)
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if !matches!(
+        module.get_export(exports::MEMORY),
+        Some(ExternType::Memory(_))
+    ) {
+        missing.push(format!("`{}` (memory)", exports::MEMORY));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(RuleError::Abi(format!(
+        "missing the vigil rule ABI exports {}; is this module built with vigil-sdk's #[rule]?",
+        missing.join(", ")
+    )))
+}
+
+/// A live instance of one rule, owned by one worker.
+pub struct RuleInstance {
+    store: Store<HostState>,
+    memory: Memory,
+    manifest: TypedFunc<(), i64>,
+    buffer: TypedFunc<i32, i32>,
+    configure: TypedFunc<i32, i32>,
+    evaluate: TypedFunc<i32, i64>,
+    input_ptr: usize,
+    input_cap: usize,
+    output_ptr: usize,
+    deadline_ticks: u64,
+    cpu_budget: Duration,
+    memory_cap: usize,
+}
+
+impl std::fmt::Debug for RuleInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleInstance")
+            .field("input_cap", &self.input_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful call's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    /// Action code, already validated.
+    pub action: vigil_abi::Action,
+    /// Score.
+    pub score: i32,
+    /// Reason codes.
+    pub reasons: Vec<String>,
+}
+
+impl RuleInstance {
+    fn classify(&self, e: &wasmtime::Error) -> RuleError {
+        let panic = self.take_panic();
+        classify(&self.store, e, panic, self.cpu_budget, self.memory_cap)
+    }
+
+    fn take_panic(&self) -> Option<String> {
+        let data = self.memory.data(&self.store);
+        let head = data.get(self.output_ptr..self.output_ptr + 8)?;
+        if head[..4] != PANIC_MAGIC {
+            return None;
+        }
+        let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+        let msg =
+            data.get(self.output_ptr + 8..self.output_ptr + 8 + len.min(OUTPUT_CAPACITY - 8))?;
+        Some(String::from_utf8_lossy(msg).into_owned())
+    }
+
+    fn ensure_input(&mut self, len: usize) -> Result<(), RuleError> {
+        if len <= self.input_cap {
+            return Ok(());
+        }
+        let want = len.next_power_of_two();
+        let cap = i32::try_from(want)
+            .map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let ptr = self
+            .buffer
+            .call(&mut self.store, cap)
+            .map_err(|e| self.classify(&e))? as u32 as usize;
+        if ptr
+            .checked_add(want)
+            .is_none_or(|end| end > self.memory.data_size(&self.store))
+        {
+            return Err(RuleError::Abi(format!(
+                "`{}` returned an out-of-bounds buffer",
+                exports::BUFFER
+            )));
+        }
+        self.input_ptr = ptr;
+        self.input_cap = want;
+        Ok(())
+    }
+
+    fn write_input(&mut self, bytes: &[u8]) -> Result<(), RuleError> {
+        let data = self.memory.data_mut(&mut self.store);
+        let dst = data
+            .get_mut(self.input_ptr..self.input_ptr + bytes.len())
+            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn read_output(&self, len: usize) -> Option<String> {
+        let data = self.memory.data(&self.store);
+        let bytes =
+            data.get(self.output_ptr..self.output_ptr.checked_add(len.min(OUTPUT_CAPACITY))?)?;
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn configure(&mut self, params: &[u8]) -> Result<(), RuleError> {
+        self.ensure_input(params.len())?;
+        self.write_input(params)?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let err_len = self
+            .configure
+            .call(&mut self.store, params.len() as i32)
+            .map_err(|e| self.classify(&e))?;
+        if err_len != 0 {
+            let msg = self
+                .read_output(err_len as usize)
+                .unwrap_or_else(|| "(unreadable message)".into());
+            return Err(RuleError::Config(format!(
+                "the rule refused its parameters: {msg}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The manifest JSON the module exports.
+    ///
+    /// # Errors
+    /// [`RuleError`] when the call fails or the pointer is out of bounds.
+    pub fn manifest_json(&mut self) -> Result<String, RuleError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let raw = self
+            .manifest
+            .call(&mut self.store, ())
+            .map_err(|e| self.classify(&e))?;
+        let (ptr, len) = vigil_abi::unpack_ptr_len(raw);
+        let data = self.memory.data(&self.store);
+        let bytes = data
+            .get(ptr as usize..(ptr as usize).saturating_add(len as usize))
+            .ok_or_else(|| RuleError::Abi("manifest pointer out of bounds".into()))?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| RuleError::Manifest("manifest is not UTF-8".into()))
+    }
+
+    /// Evaluates one encoded event, showing the rule only the fields in `mask`.
+    ///
+    /// # Errors
+    /// [`RuleError`] on trap, timeout, out-of-memory or an invalid result.
+    /// The instance must not be used again after an error.
+    pub fn call(
+        &mut self,
+        event: &[u8],
+        mask: vigil_abi::FieldMask,
+    ) -> Result<CallResult, RuleError> {
+        self.ensure_input(event.len())?;
+        let data = self.memory.data_mut(&mut self.store);
+        let dst = data
+            .get_mut(self.input_ptr..self.input_ptr + event.len())
+            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+        vigil_abi::event::project(event, mask, dst);
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let raw = self
+            .evaluate
+            .call(&mut self.store, event.len() as i32)
+            .map_err(|e| self.classify(&e))?;
+        let out = Outcome::unpack(raw);
+        let action = vigil_abi::Action::from_code(out.action).ok_or_else(|| {
+            RuleError::Abi(format!("returned unknown action code {}", out.action))
+        })?;
+        let mut reasons = Vec::new();
+        if out.reasons_len > 0 {
+            let text = self
+                .read_output(usize::from(out.reasons_len))
+                .ok_or_else(|| RuleError::Abi("reason codes out of bounds".into()))?;
+            reasons.extend(
+                text.split('\n')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        Ok(CallResult {
+            action,
+            score: out.score,
+            reasons,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox() -> Sandbox {
+        let limits = Limits {
+            cpu_budget: Duration::from_millis(20),
+            tick: Duration::from_millis(1),
+            memory_cap: 2 << 20,
+        };
+        Sandbox::new(&limits, None).expect("sandbox")
+    }
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid wat")
+    }
+
+    #[test]
+    fn random_bytes_are_not_a_module() {
+        let e = sandbox()
+            .prepare(&[0x13, 0x37, 0, 1, 2, 3], "h")
+            .err()
+            .expect("rejected");
+        assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
+        let mut fake = b"\0asm".to_vec();
+        fake.extend([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+        let e = sandbox().prepare(&fake, "h").err().expect("rejected");
+        assert!(matches!(e, RuleError::Compile(_)), "{e}");
+    }
+
+    #[test]
+    fn wasi_imports_are_refused_by_name() {
+        let m = wat(
+            r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) (memory (export "memory") 1))"#,
+        );
+        let e = sandbox()
+            .prepare(&m, "h")
+            .err()
+            .expect("rejected")
+            .to_string();
+        assert!(e.contains("wasi_snapshot_preview1::fd_write"), "{e}");
+        assert!(e.contains("WASI is not available"), "{e}");
+    }
+
+    #[test]
+    fn a_module_without_the_abi_lists_what_is_missing() {
+        let m = wat(
+            r#"(module (memory (export "memory") 1) (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#,
+        );
+        let e = sandbox()
+            .prepare(&m, "h")
+            .err()
+            .expect("rejected")
+            .to_string();
+        assert!(
+            e.contains("vigil_abi_version") && e.contains("vigil_manifest"),
+            "{e}"
+        );
+        assert!(!e.contains("`vigil_evaluate`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_export_types_are_named() {
+        let m = wat(r#"(module (memory (export "memory") 1)
+            (func (export "vigil_abi_version") (result i64) i64.const 1)
+            (func (export "vigil_manifest") (result i64) i64.const 0)
+            (func (export "vigil_buffer") (param i32) (result i32) i32.const 0)
+            (func (export "vigil_output") (result i32) i32.const 0)
+            (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
+            (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#);
+        let e = sandbox()
+            .prepare(&m, "h")
+            .err()
+            .expect("rejected")
+            .to_string();
+        assert!(
+            e.contains("vigil_abi_version") && e.contains("wrong type"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! Sinks: where decisions, alerts and dead letters go.
+//!
+//! Records arrive already serialised as JSON lines, in batches; a sink only
+//! writes bytes. Alerts and dead letters are roles, not kinds: any sink kind
+//! can serve any role.
+
+mod file;
+
+pub use file::{DiscardSink, FileSink, StdoutSink};
+
+use crate::config::SinkConfig;
+
+/// A destination for JSON lines.
+pub trait Sink: Send {
+    /// Writes bytes holding whole lines.
+    ///
+    /// # Errors
+    /// When the destination cannot be written.
+    fn write(&mut self, lines: &[u8]) -> std::io::Result<()>;
+
+    /// Makes everything written so far visible.
+    ///
+    /// # Errors
+    /// When the destination cannot be written.
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// Opens the configured sink.
+///
+/// # Errors
+/// When a file cannot be created; the message names it.
+pub fn open(config: &SinkConfig, role: &str) -> anyhow::Result<Box<dyn Sink>> {
+    Ok(match config {
+        SinkConfig::File { path } => {
+            Box::new(FileSink::create(path).map_err(|e| {
+                anyhow::anyhow!("cannot open the {role} file {}: {e}", path.display())
+            })?)
+        }
+        SinkConfig::Stdout => Box::new(StdoutSink::default()),
+        SinkConfig::Discard => Box::new(DiscardSink),
+    })
+}

@@ -1,0 +1,68 @@
+//! Sources: where raw event records come from.
+//!
+//! A source hands out batches of raw lines with their position, so a
+//! dead letter can say where it came from and, later, a checkpoint can say
+//! where to resume.
+
+mod file;
+
+pub use file::FileSource;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SourceConfig;
+
+/// One raw record: a line and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The line, without its newline.
+    pub line: String,
+    /// 1-based line number in the source.
+    pub line_no: u64,
+}
+
+/// Why a source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The input could not be opened or read.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A producer of raw records.
+pub trait Source: Send {
+    /// Appends up to `max` records to `batch`. Returns `false` once the
+    /// source is exhausted (never, for a followed file) or `cancel` fired;
+    /// the records appended on that call still count.
+    ///
+    /// # Errors
+    /// [`SourceError`] when the input cannot be read.
+    fn next_batch(
+        &mut self,
+        batch: &mut Vec<Record>,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError>;
+
+    /// A name for logs and dead letters, e.g. `file:events.jsonl`.
+    fn name(&self) -> &str;
+}
+
+/// Opens the configured source.
+///
+/// # Errors
+/// [`SourceError`] when it cannot be opened.
+pub fn open(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError> {
+    match config {
+        SourceConfig::File(f) => Ok(Box::new(FileSource::open(
+            &f.path,
+            f.follow,
+            f.poll_interval,
+        )?)),
+    }
+}
