@@ -70,7 +70,13 @@ pub fn output_ptr() -> i32 {
 
 /// Returns 0, or the length of an error message written to the output buffer.
 pub fn configure(rule: &Rule, len: i32) -> i32 {
-    std::panic::set_hook(Box::new(|info| write_panic(&info.to_string())));
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload_as_str().unwrap_or("(non-text panic payload)");
+        match info.location() {
+            Some(at) => write_panic(&format!("{msg} (at {}:{})", at.file(), at.line())),
+            None => write_panic(msg),
+        }
+    }));
     let result = STATE.with_borrow_mut(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
         let params = vigil_abi::params::decode(&st.input[..len]).map_err(|e| e.to_string())?;

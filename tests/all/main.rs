@@ -1,1 +1,12 @@
-fn main() {}
+//! vigil's integration tests: one binary, a module per area.
+//!
+//! They need the rule modules built to wasm32 first; `just test` does that.
+
+mod support;
+
+mod check_cmd;
+mod daemon;
+mod end_to_end;
+mod hostile;
+mod hot_reload;
+mod malformed;

@@ -548,8 +548,12 @@ mod tests {
     fn redaction_removes_the_pan_in_every_form() {
         assert!(!redact(GOOD).contains("4111 1111"));
         assert!(!redact(r#"{"card":"4111111111111111","x":1}"#).contains("4111111111111111"));
-        assert!(!redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111111111111111"));
-        assert!(!redact(r#"{"attrs":{"note":"card 4111111111111111"}}"#).contains("4111111111111111"));
+        assert!(
+            !redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111111111111111")
+        );
+        assert!(
+            !redact(r#"{"attrs":{"note":"card 4111111111111111"}}"#).contains("4111111111111111")
+        );
         assert!(redact(GOOD).contains("\"ts\""));
     }
 }

@@ -1,0 +1,118 @@
+//! The real `vigil` process: start, decide, stop on SIGTERM with a drain.
+
+use crate::support::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `vigil run` whose stderr goes to a file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(env: &Env, config: &std::path::Path) -> Self {
+        let log = env.path("vigil.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start vigil");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal("-TERM");
+        let status = wait_for(Duration::from_secs(30), "vigil to exit", || {
+            self.child.try_wait().expect("wait")
+        });
+        let log = self.log();
+        (status, log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_events_and_exits_zero() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let events: Vec<_> = (0..500)
+        .map(|i| payment(&format!("e{i}"), 100 * i))
+        .collect();
+    env.write_events(&events);
+    let config = env.toml("");
+    let daemon = Daemon::start(&env, &config);
+    wait_for(Duration::from_secs(60), "all 500 decisions", || {
+        (read_jsonl(&env.decisions()).len() == 500).then_some(())
+    });
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    assert!(log.contains("shutdown requested"), "{log}");
+    assert!(
+        log.contains("500 events in, 500 decided, 0 dead-lettered"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_non_zero() {
+    let env = Env::new();
+    let path = env.path("bad.toml");
+    std::fs::write(&path, "[rules]\nmemory-cap = \"12 parsecs\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory-cap"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn a_missing_pan_key_is_a_clear_startup_error() {
+    let env = Env::new();
+    let path = env.path("nokey.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[rules]\ndir = {:?}\n[clean]\npan-key-env = \"VIGIL_TEST_NO_SUCH_KEY\"\n",
+            env.rules()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("clean.pan-key") && err.contains("VIGIL_TEST_NO_SUCH_KEY"),
+        "{err}"
+    );
+}

@@ -1,0 +1,222 @@
+//! The example rules over the bundled sample events, in-process.
+
+use crate::support::*;
+use serde_json::Value;
+use vigil::decide::Mode;
+
+fn example_env() -> (Env, vigil::config::Config) {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.install("blocklist", "blocklist.wasm");
+    env.install("geo_mismatch", "geo_mismatch.wasm");
+    std::fs::copy(root().join("examples/events.jsonl"), env.events()).expect("copy sample");
+    let mut config = env.config(false);
+    env.with_example_lists(&mut config);
+    (env, config)
+}
+
+#[test]
+fn every_sample_event_is_decided_or_dead_lettered() {
+    let (env, config) = example_env();
+    let summary = run_to_end(config);
+    let lines = std::fs::read_to_string(env.events()).expect("events");
+    let expected_in = lines.lines().filter(|l| !l.trim().is_empty()).count() as u64;
+    assert_eq!(summary.events_in, expected_in);
+    assert_eq!(summary.events_in, summary.decided + summary.dead_lettered);
+
+    let decisions = read_jsonl(&env.decisions());
+    let alerts = read_jsonl(&env.alerts());
+    let dead = read_jsonl(&env.dead_letters());
+    assert_eq!(decisions.len() as u64, summary.decided);
+    assert_eq!(dead.len() as u64, summary.dead_lettered);
+    assert!(
+        summary.dead_lettered >= 7,
+        "the sample holds 7 bad lines: {summary:?}"
+    );
+
+    // One outcome per rule in every record; alerts are exactly the non-allow decisions.
+    for d in &decisions {
+        assert_eq!(
+            rule_names(d),
+            ["blocklist", "geo-mismatch", "large-amount"],
+            "{d}"
+        );
+        for r in d["rules"].as_array().expect("rules") {
+            assert!(r["module"].as_str().is_some_and(|m| m.len() == 16));
+            assert!(r.get("error").is_none(), "{r}");
+        }
+    }
+    let non_allow: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d["action"] != "allow")
+        .collect();
+    assert_eq!(alerts.len(), non_allow.len());
+    assert!(!alerts.is_empty());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["action"] == "review" || a["action"] == "block")
+    );
+
+    // Each rule fired somewhere on the sample.
+    let reasons: Vec<&str> = decisions
+        .iter()
+        .flat_map(|d| d["reasons"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "card_blocklisted",
+        "card_not_present_country_mismatch",
+        "amount_over_block_limit",
+    ] {
+        assert!(reasons.contains(&want), "no decision with reason {want}");
+    }
+
+    // No raw PAN anywhere in the outputs.
+    for path in [env.decisions(), env.alerts(), env.dead_letters()] {
+        let text = std::fs::read_to_string(&path).expect("output");
+        for pan in [
+            "4111 1111 1111 1111",
+            "4111111111111111",
+            "5500 0000 0000 0004",
+            "5500000000000004",
+        ] {
+            assert!(!text.contains(pan), "raw PAN in {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn a_decision_carries_the_audit_fields() {
+    let (env, config) = example_env();
+    run_to_end(config);
+    let d = decision_for(&env.decisions(), "tx-00000").expect("decision");
+    for key in [
+        "id",
+        "action",
+        "score",
+        "reasons",
+        "rules",
+        "event_ts_ms",
+        "ingested_at_us",
+        "decided_at_us",
+    ] {
+        assert!(d.get(key).is_some(), "missing {key} in {d}");
+    }
+    let r = &d["rules"][0];
+    for key in [
+        "rule",
+        "version",
+        "module",
+        "mode",
+        "action",
+        "score",
+        "latency_ns",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key} in {r}");
+    }
+    assert!(d["decided_at_us"].as_i64() >= d["ingested_at_us"].as_i64());
+}
+
+#[test]
+fn parameters_come_from_config() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.write_events(&[payment("small", 5_000), payment("mid", 50_000)]);
+    let mut config = env.config(false);
+    settings(&mut config, "large-amount", |s| {
+        s.params
+            .insert("review-above".into(), toml::Value::Integer(10_000));
+    });
+    run_to_end(config);
+    let decisions = env.decisions();
+    assert_eq!(
+        decision_for(&decisions, "small").expect("small")["action"],
+        "allow"
+    );
+    assert_eq!(
+        decision_for(&decisions, "mid").expect("mid")["action"],
+        "review"
+    );
+}
+
+#[test]
+fn shadow_rules_are_recorded_but_do_not_decide() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.write_events(&[payment("huge", 5_000_000)]);
+    let mut config = env.config(false);
+    settings(&mut config, "large-amount", |s| s.mode = Mode::Shadow);
+    let summary = run_to_end(config);
+    let d = decision_for(&env.decisions(), "huge").expect("decision");
+    let o = rule_outcome(&d, "large-amount").expect("outcome");
+    assert_eq!(o["mode"], "shadow");
+    assert_eq!(o["action"], "block");
+    assert_eq!(d["action"], "allow");
+    assert_eq!(summary.alerts, 0);
+}
+
+#[test]
+fn a_rule_with_unknown_parameters_is_refused_with_the_key_named() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let mut config = env.config(false);
+    settings(&mut config, "large-amount", |s| {
+        s.params
+            .insert("reveiw-above".into(), toml::Value::Integer(1));
+    });
+    let registry = registry_for(&config);
+    let report = registry.rescan();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    assert!(
+        report.rejected[0]
+            .1
+            .contains("rule.large-amount.params.reveiw-above"),
+        "{report:?}"
+    );
+
+    settings(&mut config, "large-amount", |s| {
+        s.params.clear();
+        s.params
+            .insert("review-above".into(), toml::Value::String("lots".into()));
+    });
+    let report = registry_for(&config).rescan();
+    assert!(report.rejected[0].1.contains("must be int"), "{report:?}");
+}
+
+#[test]
+fn a_rule_using_an_unconfigured_list_is_refused() {
+    let env = Env::new();
+    env.install("blocklist", "blocklist.wasm");
+    let report = registry_for(&env.config(false)).rescan();
+    assert!(
+        report.rejected[0].1.contains("[lists.blocked-cards]"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn duplicate_rule_names_are_refused() {
+    let env = Env::new();
+    env.install("large_amount", "a.wasm");
+    env.install("large_amount_v2", "b.wasm");
+    let report = registry_for(&env.config(false)).rescan();
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    assert!(
+        report.rejected[0].1.contains("already loaded"),
+        "{report:?}"
+    );
+}
+
+pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistry {
+    let tokenizer = vigil::decode::Tokenizer::new(&config.pan_key().expect("key"));
+    let lists = vigil::rules::lists::Lists::load(&config.lists, &tokenizer).expect("lists");
+    vigil::rules::RuleRegistry::new(
+        vigil::app::sandbox(config).expect("sandbox"),
+        config.rules.dir.clone(),
+        config.rule.clone(),
+        config.rules.on_failure,
+        config.rules.quarantine_after.get(),
+        std::sync::Arc::new(lists),
+    )
+}
