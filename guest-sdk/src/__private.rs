@@ -6,7 +6,7 @@
 
 use crate::context::{Context, Lists};
 use crate::{Payment, Rule};
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, ParamValue, pack_ptr_len};
 
 pub use vigil_abi::{ManifestDef, ParamDef, ParamDefault};
@@ -28,12 +28,18 @@ thread_local! {
 
 /// Written by the host and by the panic hook, which must not touch `STATE`
 /// (it may be borrowed when the rule panics), so it lives apart.
-static mut OUTPUT: [u8; OUTPUT_CAPACITY] = [0; OUTPUT_CAPACITY];
+struct OutputBuffer(UnsafeCell<[u8; OUTPUT_CAPACITY]>);
 
+// SAFETY: a rule module runs on one thread (see the module docs).
+unsafe impl Sync for OutputBuffer {}
+
+static OUTPUT: OutputBuffer = OutputBuffer(UnsafeCell::new([0; OUTPUT_CAPACITY]));
+
+#[allow(clippy::mut_from_ref)]
 fn output() -> &'static mut [u8; OUTPUT_CAPACITY] {
     // SAFETY: single-threaded module, and every user of this reference
     // finishes with it before returning to the host or calling the rule.
-    unsafe { &mut *(&raw mut OUTPUT) }
+    unsafe { &mut *OUTPUT.0.get() }
 }
 
 fn guest_ptr<T>(p: *const T) -> i32 {

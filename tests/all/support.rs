@@ -90,12 +90,14 @@ impl Env {
     /// A config over this environment: file source, file sinks, no rule
     /// settings, fast reload, a test PAN key.
     pub fn config(&self, follow: bool) -> Config {
-        let mut c = Config::default();
-        c.source = SourceConfig::File(FileSourceConfig {
-            path: self.events(),
-            follow,
-            poll_interval: Duration::from_millis(10),
-        });
+        let mut c = Config {
+            source: SourceConfig::File(FileSourceConfig {
+                path: self.events(),
+                follow,
+                poll_interval: Duration::from_millis(10),
+            }),
+            ..Config::default()
+        };
         c.sinks.decisions = SinkConfig::File {
             path: self.decisions(),
         };

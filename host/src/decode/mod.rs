@@ -315,13 +315,13 @@ impl Decoder {
             .counterparty
             .map(|m| self.party("counterparty.id", "counterparty.country", m))
             .transpose()?;
-        if let Some(mcc) = merchant.as_ref().and_then(|m| m.mcc) {
-            if mcc > 9999 {
-                return Err(invalid(
-                    "merchant.mcc",
-                    format!("{mcc} is not a 4-digit merchant category code"),
-                ));
-            }
+        if let Some(mcc) = merchant.as_ref().and_then(|m| m.mcc)
+            && mcc > 9999
+        {
+            return Err(invalid(
+                "merchant.mcc",
+                format!("{mcc} is not a 4-digit merchant category code"),
+            ));
         }
         let device = raw
             .device

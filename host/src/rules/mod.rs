@@ -273,10 +273,11 @@ impl RuleRegistry {
                 continue;
             };
             let (len, modified) = (meta.len(), meta.modified().ok());
-            if let Some(entry) = files.get(path) {
-                if entry.len == len && entry.modified == modified {
-                    continue;
-                }
+            if let Some(entry) = files.get(path)
+                && entry.len == len
+                && entry.modified == modified
+            {
+                continue;
             }
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,

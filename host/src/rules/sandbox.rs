@@ -121,10 +121,10 @@ impl Sandbox {
         linker
             .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
             .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
-        if let Some(dir) = &cache_dir {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
-            }
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
         }
         let tick = limits.tick.max(Duration::from_micros(100));
         let ticks = limits

@@ -13,10 +13,8 @@ use vigil_sdk::prelude::*;
     lists("blocked-cards", "blocked-accounts", "blocked-devices", "blocked-ips")
 )]
 fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
-    if let Some(card) = tx.card() {
-        if ctx.in_list("blocked-cards", card.token) {
-            return Decision::block(100).reason("card_blocklisted");
-        }
+    if tx.card().is_some_and(|card| ctx.in_list("blocked-cards", card.token)) {
+        return Decision::block(100).reason("card_blocklisted");
     }
     if ctx.in_list("blocked-accounts", tx.account()) {
         return Decision::block(100).reason("account_blocklisted");
