@@ -268,6 +268,45 @@ impl From<&str> for TestParam {
     }
 }
 
+/// A rule call prepared once and run many times: for benchmarking the
+/// native rule against its wasm build.
+#[derive(Debug)]
+pub struct Prepared {
+    rule: Rule,
+    bytes: Vec<u8>,
+    params: Vec<(String, ParamValue)>,
+    lists: HashMap<String, HashSet<String>>,
+}
+
+impl Prepared {
+    /// Encodes and masks `tx` and resolves parameters, as [`evaluate`] does.
+    ///
+    /// # Panics
+    /// As [`evaluate`].
+    pub fn new(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Self {
+        let (bytes, params) = prepare(rule, tx, ctx);
+        Self {
+            rule: *rule,
+            bytes,
+            params,
+            lists: ctx.lists.clone(),
+        }
+    }
+
+    /// Calls the rule function.
+    pub fn run(&self) -> Decision {
+        let m = &self.rule.manifest;
+        let payment = Payment::from_bytes(&self.bytes);
+        let context = Context::new(
+            &self.params,
+            Lists::Local(&self.lists),
+            m.features,
+            payment.view(),
+        );
+        (self.rule.evaluate)(&payment, &context)
+    }
+}
+
 /// Runs `rule` on `tx` as the host would: only declared fields visible,
 /// declared parameters with `ctx` overriding defaults, declared features.
 ///
@@ -276,6 +315,14 @@ impl From<&str> for TestParam {
 /// type, or names a list the rule does not declare — the same mistakes the
 /// host rejects at load time.
 pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
+    Prepared::new(rule, tx, ctx).run()
+}
+
+fn prepare(
+    rule: &Rule,
+    tx: &TestPayment,
+    ctx: &TestContext,
+) -> (Vec<u8>, Vec<(String, ParamValue)>) {
     let m = &rule.manifest;
     let mask: FieldMask = m
         .fields
@@ -321,12 +368,5 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
             m.name
         );
     }
-    let payment = Payment::from_bytes(&bytes);
-    let context = Context::new(
-        &params,
-        Lists::Local(&ctx.lists),
-        m.features,
-        payment.view(),
-    );
-    (rule.evaluate)(&payment, &context)
+    (bytes, params)
 }

@@ -13,7 +13,10 @@ use vigil_sdk::prelude::*;
     lists("blocked-cards", "blocked-accounts", "blocked-devices", "blocked-ips")
 )]
 fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
-    if tx.card().is_some_and(|card| ctx.in_list("blocked-cards", card.token)) {
+    if tx
+        .card()
+        .is_some_and(|card| ctx.in_list("blocked-cards", card.token))
+    {
         return Decision::block(100).reason("card_blocklisted");
     }
     if ctx.in_list("blocked-accounts", tx.account()) {

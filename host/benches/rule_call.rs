@@ -1,0 +1,153 @@
+//! Per-rule call cost: each example rule as wasm in vigil's sandbox next to
+//! the same rule crate compiled natively, on the same event.
+//!
+//! Run: `cargo bench -p vigil --bench rule_call` (after `just rules`).
+//! The wasm figure is the whole host-side call: copying the event into the
+//! guest with undeclared fields blanked, setting the CPU deadline, the call
+//! itself and reading the outcome. Encoding the event is measured apart,
+//! since it is done once per event for all rules.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use vigil::config::{Config, ListConfig, ListKind};
+use vigil::decode::Tokenizer;
+use vigil::event::{Card, Payment};
+use vigil::rules::lists::Lists;
+use vigil::rules::{load_rule, module_hash};
+use vigil_abi::{Channel, Country, Kind};
+use vigil_sdk::testing::{PaymentBuilder, Prepared, TestContext};
+
+const KEY: &[u8] = b"bench-key-0123456789";
+
+fn payment(tokenizer: &Tokenizer) -> Payment {
+    Payment {
+        id: "bench-tx-0001".into(),
+        ts_ms: 1_717_200_000_000,
+        channel: Channel::Card,
+        kind: Kind::Purchase,
+        amount: 150_000,
+        currency: *b"USD",
+        account: "acct-042".into(),
+        card: Some(Card {
+            token: tokenizer.token("4000000000000002"),
+            country: Some(Country(*b"US")),
+            present: Some(false),
+        }),
+        merchant: None,
+        counterparty: None,
+        device: Some("dev-7".into()),
+        ip: Some("198.51.100.7".into()),
+        geo: Some(vigil_abi::GeoRef {
+            country: Some(Country(*b"RO")),
+            lat_lon: None,
+        }),
+        attrs: Vec::new(),
+    }
+}
+
+fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
+    PaymentBuilder::new("bench-tx-0001")
+        .amount(150_000, "USD")
+        .account("acct-042")
+        .card(
+            &tokenizer.token("4000000000000002"),
+            Some("US"),
+            Some(false),
+        )
+        .device("dev-7")
+        .ip("198.51.100.7")
+        .geo_country("RO")
+        .build()
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm_dir = root.join("target/wasm32-unknown-unknown/release");
+    let tokenizer = Tokenizer::new(KEY);
+    let mut config = Config::default();
+    config.lists.insert(
+        "blocked-cards".into(),
+        ListConfig {
+            path: root.join("examples/lists/blocked-cards.txt"),
+            kind: ListKind::Card,
+        },
+    );
+    for name in ["blocked-accounts", "blocked-devices", "blocked-ips"] {
+        let path = root.join(format!("examples/lists/{name}.txt"));
+        config.lists.insert(
+            name.into(),
+            ListConfig {
+                path,
+                kind: ListKind::Plain,
+            },
+        );
+    }
+    let lists = Lists::load(&config.lists, &tokenizer).expect("lists");
+    let sandbox = vigil::app::sandbox(&Config {
+        state: vigil::config::StateConfig {
+            dir: std::env::temp_dir().join("vigil-bench-state"),
+        },
+        ..config.clone()
+    })
+    .expect("sandbox");
+
+    let mut encoded = Vec::new();
+    let event = payment(&tokenizer);
+    c.bench_function("encode event (once per event)", |b| {
+        b.iter(|| black_box(&event).encode(&mut encoded))
+    });
+    event.encode(&mut encoded).expect("encode");
+
+    let native_tx = native_payment(&tokenizer);
+    let native_ctx = TestContext::new()
+        .list("blocked-cards", [tokenizer.token("5500000000000004")])
+        .list("blocked-accounts", ["acct-013"])
+        .list("blocked-devices", ["dev-066"])
+        .list("blocked-ips", ["198.51.100.66"]);
+    let rules: [(&str, &vigil_sdk::Rule, TestContext); 3] = [
+        ("large_amount", &large_amount::RULE, TestContext::new()),
+        ("geo_mismatch", &geo_mismatch::RULE, TestContext::new()),
+        ("blocklist", &blocklist::RULE, native_ctx),
+    ];
+    for (file, rule, ctx) in rules {
+        let path = wasm_dir.join(format!("{file}.wasm"));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run `just rules`", path.display()));
+        let loaded = load_rule(
+            &sandbox,
+            &lists,
+            &config.rule,
+            config.rules.on_failure,
+            &path,
+            &bytes,
+            &module_hash(&bytes),
+        )
+        .expect("load");
+        let mut instance = loaded.instantiate(&sandbox).expect("instance");
+        let wasm_result = instance.call(&encoded, loaded.mask).expect("call");
+        let prepared = Prepared::new(rule, &native_tx, &ctx);
+        let native_result = prepared.run();
+        assert_eq!(
+            wasm_result.action, native_result.action,
+            "{file}: wasm and native disagree"
+        );
+
+        let mut group = c.benchmark_group(file);
+        group.bench_function("native", |b| b.iter(|| black_box(prepared.run())));
+        group.bench_function("wasm", |b| {
+            b.iter(|| black_box(instance.call(black_box(&encoded), loaded.mask)))
+        });
+        group.finish();
+    }
+    let _ = Arc::new(());
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
