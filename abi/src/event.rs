@@ -55,7 +55,7 @@ pub const OFF_FEATURES: usize = 120;
 pub const OFF_FEATURES_COUNT: usize = 124;
 
 /// The string slots, in slot order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 enum StrSlot {
     Id = 0,
@@ -510,34 +510,99 @@ fn set_slot(out: &mut [u8], slot: StrSlot, start: usize, len: usize) -> Result<(
     Ok(())
 }
 
-/// Copies the encoded event `src` into `dst` (which must be at least
-/// `src.len()` bytes) with every field outside `mask` blanked, so a rule sees
-/// only what it declared. With [`FieldMask::ALL`] this is a plain copy.
+/// A view restriction for one set of fields, computed once per rule.
 ///
-/// # Panics
-/// When `dst` is shorter than `src` or `src` is not an encoded event.
-pub fn project(src: &[u8], mask: FieldMask, dst: &mut [u8]) {
-    let dst = &mut dst[..src.len()];
-    dst.copy_from_slice(src);
-    if mask == FieldMask::ALL {
-        return;
+/// Applying it copies the header through a byte mask (undeclared fixed
+/// fields and string slots come out zero, presence bits cleared) and then
+/// only the string bytes of declared fields: undeclared strings are never
+/// copied at all.
+#[derive(Clone)]
+pub struct Projection {
+    mask: FieldMask,
+    header: [u8; HEADER_LEN],
+    slots: Vec<StrSlot>,
+}
+
+impl fmt::Debug for Projection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Projection")
+            .field("mask", &self.mask)
+            .finish_non_exhaustive()
     }
-    let present = read_u32(src, OFF_PRESENT);
-    put(dst, OFF_PRESENT, &(present & mask.0).to_le_bytes());
-    for field in Field::ALL {
-        if mask.contains(field) {
-            continue;
+}
+
+impl Projection {
+    /// The projection showing the fields in `mask`.
+    pub fn new(mask: FieldMask) -> Self {
+        let mut header = [0xff; HEADER_LEN];
+        put(&mut header, OFF_PRESENT, &mask.0.to_le_bytes());
+        let mut slots = Vec::new();
+        for field in Field::ALL {
+            let declared = mask.contains(field);
+            if !declared {
+                for &(off, len) in field.fixed() {
+                    header[off..off + len].fill(0);
+                }
+            }
+            if let Some(slot) = field.slot() {
+                if declared {
+                    slots.push(slot);
+                } else {
+                    let at = OFF_SLOTS + slot as usize * 8;
+                    header[at..at + 8].fill(0);
+                }
+            }
         }
-        for &(off, len) in field.fixed() {
-            dst[off..off + len].fill(0);
+        Self {
+            mask,
+            header,
+            slots,
         }
-        if let Some(slot) = field.slot() {
+    }
+
+    /// The fields shown.
+    pub fn mask(&self) -> FieldMask {
+        self.mask
+    }
+
+    /// Copies the encoded event `src` into `dst` (at least `src.len()`
+    /// bytes) as this projection shows it. Bytes of `dst` that belong to
+    /// undeclared strings are left as they were.
+    ///
+    /// # Panics
+    /// When `dst` is shorter than `src` or `src` is shorter than the header.
+    pub fn apply(&self, src: &[u8], dst: &mut [u8]) {
+        let dst = &mut dst[..src.len()];
+        if self.mask == FieldMask::ALL {
+            dst.copy_from_slice(src);
+            return;
+        }
+        for ((d, s), m) in dst[..HEADER_LEN]
+            .iter_mut()
+            .zip(&src[..HEADER_LEN])
+            .zip(&self.header)
+        {
+            *d = s & m;
+        }
+        for &slot in &self.slots {
             let at = OFF_SLOTS + slot as usize * 8;
             let (start, len) = (read_u32(src, at) as usize, read_u32(src, at + 4) as usize);
-            dst[start..start + len].fill(0);
-            dst[at..at + 8].fill(0);
+            if let (Some(from), Some(to)) =
+                (src.get(start..start + len), dst.get_mut(start..start + len))
+            {
+                to.copy_from_slice(from);
+            }
         }
     }
+}
+
+/// Copies `src` into `dst` showing only the fields in `mask`; see
+/// [`Projection`], which callers projecting many events should keep.
+///
+/// # Panics
+/// When `dst` is shorter than `src` or `src` is shorter than the header.
+pub fn project(src: &[u8], mask: FieldMask, dst: &mut [u8]) {
+    Projection::new(mask).apply(src, dst);
 }
 
 /// Appends a rule's feature values to an encoded (or projected) event and
@@ -847,6 +912,7 @@ mod tests {
         assert_eq!(v.device(), None);
         assert_eq!(v.channel(), None);
         assert_eq!(v.ts_ms(), 0);
+        assert!(!v.has(Field::Card) && v.has(Field::Amount));
         // No undeclared string survives anywhere in the copy.
         for secret in ["tok_abc", "acct-9", "dev-7", "tx-1", "10.0.0.1"] {
             assert!(

@@ -27,8 +27,9 @@
 //! # Why this layout
 //!
 //! The event is encoded once per event into a fixed 128-byte header plus a
-//! string area, and each rule gets a plain `memcpy` of it with the fields it did
-//! not declare blanked ([`event::project`]). Reading a field in the guest is a
+//! string area. Each rule gets a copy through its [`Projection`]: the header
+//! through a precomputed byte mask and only the strings it declared, so a
+//! field it did not declare never enters its memory. Reading a field in the guest is a
 //! fixed-offset load; there is no parsing, no allocation and no per-rule
 //! serialisation on the hot path.
 
@@ -38,6 +39,7 @@ pub mod params;
 
 pub use event::{
     CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef,
+    Projection,
 };
 pub use manifest::{Manifest, ManifestDef, ParamDef, ParamDefault, ParamSpec, ParamType};
 pub use params::ParamValue;

@@ -120,7 +120,7 @@ pub fn evaluate(rule: &Rule, len: i32) -> i64 {
         let decision = (rule.evaluate)(&tx, &ctx);
         let mut reasons_len = 0;
         if !decision.reasons.is_empty() {
-            reasons_len = write_reasons(decision.reasons.iter().map(|r| r.as_ref()));
+            reasons_len = write_reasons(decision.reasons.iter());
         }
         Outcome {
             action: decision.action as u8,

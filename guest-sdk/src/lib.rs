@@ -66,7 +66,7 @@ pub mod testing;
 pub mod __private;
 
 pub use context::Context;
-pub use decision::Decision;
+pub use decision::{Decision, Reasons};
 pub use payment::Payment;
 pub use vigil_abi as abi;
 pub use vigil_abi::{

@@ -28,7 +28,7 @@ fn payment(tokenizer: &Tokenizer) -> Payment {
         ts_ms: 1_717_200_000_000,
         channel: Channel::Card,
         kind: Kind::Purchase,
-        amount: 150_000,
+        amount: 50_000,
         currency: *b"USD",
         account: "acct-042".into(),
         card: Some(Card {
@@ -50,7 +50,7 @@ fn payment(tokenizer: &Tokenizer) -> Payment {
 
 fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
     PaymentBuilder::new("bench-tx-0001")
-        .amount(150_000, "USD")
+        .amount(50_000, "USD")
         .account("acct-042")
         .card(
             &tokenizer.token("4000000000000002"),
@@ -101,6 +101,38 @@ fn bench(c: &mut Criterion) {
     });
     event.encode(&mut encoded).expect("encode");
 
+    // The floor: a hand-written module whose evaluate returns at once, so
+    // this is the host's side of a call and nothing else.
+    let manifest = r#"{"abi":1,"name":"floor","version":"0","fields":["amount","currency"],"params":[],"lists":[],"features":[]}"#;
+    let floor = wat::parse_str(format!(
+        r#"(module (memory (export "memory") 1)
+            (data (i32.const 16) "{}")
+            (func (export "vigil_abi_version") (result i32) i32.const 1)
+            (func (export "vigil_manifest") (result i64) i64.const {})
+            (func (export "vigil_buffer") (param i32) (result i32) i32.const 1024)
+            (func (export "vigil_output") (result i32) i32.const 8192)
+            (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
+            (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#,
+        manifest.replace('"', "\\\""),
+        (16i64 << 32) | manifest.len() as i64
+    ))
+    .expect("floor module");
+    let path = Path::new("floor.wasm");
+    let loaded = load_rule(
+        &sandbox,
+        &lists,
+        &config.rule,
+        config.rules.on_failure,
+        path,
+        &floor,
+        &module_hash(&floor),
+    )
+    .expect("load floor");
+    let mut instance = loaded.instantiate(&sandbox).expect("instance");
+    c.bench_function("abi floor: empty rule, 2 fields", |b| {
+        b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection)))
+    });
+
     let native_tx = native_payment(&tokenizer);
     let native_ctx = TestContext::new()
         .list("blocked-cards", [tokenizer.token("5500000000000004")])
@@ -127,7 +159,7 @@ fn bench(c: &mut Criterion) {
         )
         .expect("load");
         let mut instance = loaded.instantiate(&sandbox).expect("instance");
-        let wasm_result = instance.call(&encoded, loaded.mask).expect("call");
+        let wasm_result = instance.call(&encoded, &loaded.projection).expect("call");
         let prepared = Prepared::new(rule, &native_tx, &ctx);
         let native_result = prepared.run();
         assert_eq!(
@@ -136,9 +168,17 @@ fn bench(c: &mut Criterion) {
         );
 
         let mut group = c.benchmark_group(file);
+        let mut scratch = vec![0u8; encoded.len()];
+        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        group.bench_function("project only", |b| {
+            b.iter(|| loaded.projection.apply(black_box(&encoded), &mut scratch))
+        });
+        group.bench_function("wasm, all fields", |b| {
+            b.iter(|| black_box(instance.call(black_box(&encoded), &all)))
+        });
         group.bench_function("native", |b| b.iter(|| black_box(prepared.run())));
         group.bench_function("wasm", |b| {
-            b.iter(|| black_box(instance.call(black_box(&encoded), loaded.mask)))
+            b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection)))
         });
         group.finish();
     }

@@ -61,7 +61,7 @@ pub struct RuleOutcome {
     pub score: i32,
     /// The rule's reason codes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Arc<str>>,
     /// Time spent in the call, nanoseconds.
     pub latency_ns: u64,
     /// Why the call failed, if it did.
@@ -98,7 +98,7 @@ pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, Vec<&str>) {
     for o in outcomes.iter().filter(|o| o.mode == Mode::Enforce) {
         action = action.max(o.action);
         score += i64::from(o.score);
-        reasons.extend(o.reasons.iter().map(String::as_str));
+        reasons.extend(o.reasons.iter().map(|r| &**r));
     }
     (action, score, reasons)
 }
@@ -122,7 +122,7 @@ mod tests {
             mode,
             action,
             score,
-            reasons: vec![reason.to_owned()],
+            reasons: vec![reason.into()],
             latency_ns: 0,
             error: None,
         }

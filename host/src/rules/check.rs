@@ -66,7 +66,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let mut sample_action = String::new();
     for _ in 0..calls {
         let start = Instant::now();
-        let r = instance.call(&encoded, rule.mask);
+        let r = instance.call(&encoded, &rule.projection);
         times.push(start.elapsed().as_nanos() as u64);
         match r {
             Ok(r) => sample_action = r.action.as_str().to_owned(),

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use vigil_abi::{Field, FieldMask, Manifest, ParamType, ParamValue};
+use vigil_abi::{Field, FieldMask, Manifest, ParamType, ParamValue, Projection};
 use wasmtime::InstancePre;
 
 use crate::config::RuleSettings;
@@ -77,7 +77,7 @@ pub struct LoadedRule {
     /// Outcome when a call fails.
     pub on_failure: FailurePolicy,
     /// The fields the rule sees.
-    pub mask: FieldMask,
+    pub projection: Projection,
     params: Vec<u8>,
     lists: Arc<[Arc<List>]>,
     pre: InstancePre<HostState>,
@@ -459,7 +459,7 @@ pub fn load_rule(
         path: path.to_owned(),
         mode: settings.mode,
         on_failure: settings.on_failure.unwrap_or(default_on_failure),
-        mask,
+        projection: Projection::new(mask),
         params,
         lists,
         pre,
@@ -716,7 +716,7 @@ fn run_slot(
         slot.instance = Some(slot.rule.instantiate(&registry.sandbox)?);
     }
     match slot.instance.as_mut() {
-        Some(inst) => inst.call(event, slot.rule.mask),
+        Some(inst) => inst.call(event, &slot.rule.projection),
         None => Err(RuleError::Abi("no instance".into())),
     }
 }

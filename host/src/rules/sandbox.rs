@@ -296,6 +296,7 @@ impl Sandbox {
             deadline_ticks: self.deadline_ticks,
             cpu_budget: self.cpu_budget,
             memory_cap: self.memory_cap,
+            reason_cache: Vec::new(),
         };
         inst.store.set_epoch_deadline(self.deadline_ticks);
         inst.output_ptr = output
@@ -500,6 +501,21 @@ pub struct RuleInstance {
     deadline_ticks: u64,
     cpu_budget: Duration,
     memory_cap: usize,
+    /// Reason codes seen so far: a rule repeats a handful of codes, so
+    /// records share them instead of allocating each time.
+    reason_cache: Vec<Arc<str>>,
+}
+
+/// The cached copy of `code`, adding it while the cache is small.
+fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
+    if let Some(c) = cache.iter().find(|c| ***c == *code) {
+        return c.clone();
+    }
+    let c: Arc<str> = code.into();
+    if cache.len() < 64 {
+        cache.push(c.clone());
+    }
+    c
 }
 
 impl std::fmt::Debug for RuleInstance {
@@ -518,7 +534,7 @@ pub struct CallResult {
     /// Score.
     pub score: i32,
     /// Reason codes.
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Arc<str>>,
 }
 
 impl RuleInstance {
@@ -627,14 +643,14 @@ impl RuleInstance {
     pub fn call(
         &mut self,
         event: &[u8],
-        mask: vigil_abi::FieldMask,
+        projection: &vigil_abi::Projection,
     ) -> Result<CallResult, RuleError> {
         self.ensure_input(event.len())?;
         let data = self.memory.data_mut(&mut self.store);
         let dst = data
             .get_mut(self.input_ptr..self.input_ptr + event.len())
             .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
-        vigil_abi::event::project(event, mask, dst);
+        projection.apply(event, dst);
         self.store.set_epoch_deadline(self.deadline_ticks);
         let raw = self
             .evaluate
@@ -646,14 +662,15 @@ impl RuleInstance {
         })?;
         let mut reasons = Vec::new();
         if out.reasons_len > 0 {
-            let text = self
-                .read_output(usize::from(out.reasons_len))
-                .ok_or_else(|| RuleError::Abi("reason codes out of bounds".into()))?;
-            reasons.extend(
-                text.split('\n')
-                    .filter(|r| !r.is_empty())
-                    .map(str::to_owned),
-            );
+            let data = self.memory.data(&self.store);
+            let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
+            let text = data
+                .get(self.output_ptr..self.output_ptr + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .ok_or_else(|| RuleError::Abi("reason codes out of bounds or not UTF-8".into()))?;
+            for code in text.split('\n').filter(|r| !r.is_empty()) {
+                reasons.push(intern(&mut self.reason_cache, code));
+            }
         }
         Ok(CallResult {
             action,
