@@ -22,8 +22,7 @@ use crate::sources;
 /// When wasmtime cannot be set up.
 pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
     let limits = Limits {
-        cpu_budget: config.rules.cpu_budget,
-        tick: config.rules.budget_tick,
+        fuel_per_call: config.rules.cpu_budget,
         memory_cap: usize::try_from(config.rules.memory_cap.as_u64()).unwrap_or(usize::MAX),
     };
     Ok(Sandbox::new(

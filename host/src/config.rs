@@ -119,13 +119,13 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.rules.cpu_budget.is_zero() {
+        if self.rules.cpu_budget == 0 {
             return Err(ConfigError::invalid(
                 "rules.cpu-budget",
                 "must be greater than zero",
             ));
         }
-        if self.rules.cpu_budget > Duration::from_secs(10) {
+        if self.rules.cpu_budget > 10_000_000_000 {
             return Err(ConfigError::invalid(
                 "rules.cpu-budget",
                 "must be at most 10s; a rule runs per event",
@@ -355,13 +355,13 @@ pub struct RulesConfig {
     /// or ending in `.tmp`/`.part` are ignored, so copy-then-rename is safe.
     #[serde(default = "default_rules_dir")]
     pub dir: PathBuf,
-    /// Wall-clock CPU budget of one rule call; a call over it is cut off and
-    /// counts as a failure. Enforced with a granularity of `budget-tick`.
-    #[serde(default = "default_cpu_budget", with = "humantime_serde")]
-    pub cpu_budget: Duration,
-    /// How often the sandbox clock ticks to check budgets.
-    #[serde(default = "default_budget_tick", with = "humantime_serde")]
-    pub budget_tick: Duration,
+    /// CPU budget of one rule call in fuel units (about one WebAssembly
+    /// instruction each; 5,000,000 is a few milliseconds). A call that uses
+    /// it up is cut off and counts as a failure. Fuel, unlike a wall-clock
+    /// deadline, does not depend on machine load, so a replay decides exactly
+    /// as the live run did. `vigil check` prints a rule's fuel per call.
+    #[serde(default = "default_cpu_budget")]
+    pub cpu_budget: u64,
     /// The most linear memory one rule instance may use.
     #[serde(default = "default_memory_cap")]
     pub memory_cap: bytesize::ByteSize,
@@ -385,7 +385,6 @@ impl Default for RulesConfig {
         Self {
             dir: default_rules_dir(),
             cpu_budget: default_cpu_budget(),
-            budget_tick: default_budget_tick(),
             memory_cap: default_memory_cap(),
             quarantine_after: default_quarantine_after(),
             on_failure: FailurePolicy::default(),
@@ -398,11 +397,8 @@ impl Default for RulesConfig {
 fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules/dist")
 }
-fn default_cpu_budget() -> Duration {
-    Duration::from_millis(5)
-}
-fn default_budget_tick() -> Duration {
-    Duration::from_millis(1)
+fn default_cpu_budget() -> u64 {
+    5_000_000
 }
 fn default_memory_cap() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(16)
@@ -582,7 +578,7 @@ mod tests {
     fn empty_config_is_all_defaults() {
         let c = Config::parse("", Path::new("t.toml")).expect("valid");
         assert_eq!(c.sinks.decisions, SinkConfig::Stdout);
-        assert_eq!(c.rules.cpu_budget, Duration::from_millis(5));
+        assert_eq!(c.rules.cpu_budget, 5_000_000);
         assert_eq!(c.pipeline.partition_key, PartitionKey::Account);
     }
 
@@ -596,7 +592,7 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         assert!(err("[pipeline]\nworkers = 0\n").contains("workers"));
-        assert!(err("[rules]\ncpu-budget = \"0s\"\n").contains("rules.cpu-budget"));
+        assert!(err("[rules]\ncpu-budget = 0\n").contains("rules.cpu-budget"));
         assert!(err("[rules]\nmemory-cap = \"1KiB\"\n").contains("rules.memory-cap"));
         assert!(err("[sinks.decisions]\ntype = \"kafak\"\n").contains("kafak"));
         assert!(err("[rule.x]\nmode = \"loud\"\n").contains("loud"));

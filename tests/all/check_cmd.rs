@@ -26,6 +26,7 @@ fn check_prints_the_manifest_and_a_timing() {
         "fields read: amount, currency",
         "review_above (int) = 100000",
         "self-run:",
+        "fuel:",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }

@@ -4,7 +4,6 @@
 use crate::end_to_end::registry_for;
 use crate::support::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 use vigil::decide::FailurePolicy;
 
 fn chaos_event(id: &str) -> Value {
@@ -25,7 +24,7 @@ fn run_chaos(behaviour: &str, on_failure: FailurePolicy) -> (Env, Vec<Value>) {
         chaos_event("wild-2"),
     ]);
     let mut config = env.config(false);
-    config.rules.cpu_budget = Duration::from_millis(20);
+    config.rules.cpu_budget = 2_000_000;
     config.rules.memory_cap = bytesize::ByteSize::mib(8);
     config.pipeline.workers = std::num::NonZeroU32::new(1);
     settings(&mut config, "chaos", |s| {

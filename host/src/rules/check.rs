@@ -27,6 +27,8 @@ pub struct CheckReport {
     median_ns: u64,
     p99_ns: u64,
     sample_action: String,
+    fuel: u64,
+    fuel_budget: u64,
 }
 
 /// Validates `path` under `config` and measures a short self-run.
@@ -64,12 +66,16 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let calls = 2_000;
     let mut times = Vec::with_capacity(calls);
     let mut sample_action = String::new();
+    let mut fuel = 0;
     for _ in 0..calls {
         let start = Instant::now();
         let r = instance.call(&encoded, &rule.projection);
         times.push(start.elapsed().as_nanos() as u64);
         match r {
-            Ok(r) => sample_action = r.action.as_str().to_owned(),
+            Ok(r) => {
+                sample_action = r.action.as_str().to_owned();
+                fuel = instance.last_fuel_used();
+            }
             Err(e) => anyhow::bail!("{} fails on a sample event: {e}", path.display()),
         }
     }
@@ -92,6 +98,8 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         median_ns: times[calls / 2],
         p99_ns: times[calls * 99 / 100],
         sample_action,
+        fuel,
+        fuel_budget: config.rules.cpu_budget,
     })
 }
 
@@ -189,6 +197,11 @@ impl fmt::Display for CheckReport {
             f,
             "  self-run:    {} calls on a sample event: median {} ns, p99 {} ns per call (action: {})",
             self.calls, self.median_ns, self.p99_ns, self.sample_action
+        )?;
+        writeln!(
+            f,
+            "  fuel:        {} per call on the sample event (budget {}, rules.cpu-budget)",
+            self.fuel, self.fuel_budget
         )
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 use vigil_abi::{Field, FieldMask, Manifest, ParamType, ParamValue, Projection};
 use wasmtime::InstancePre;
 
@@ -49,9 +49,9 @@ pub enum RuleError {
     /// The rule trapped (panic, unreachable, stack overflow, bad access).
     #[error("trapped: {0}")]
     Trap(String),
-    /// The call ran past its CPU budget.
-    #[error("ran past its CPU budget of {0:?}")]
-    Timeout(Duration),
+    /// The call used up its CPU budget (fuel).
+    #[error("ran past its CPU budget of {0} fuel")]
+    OutOfFuel(u64),
     /// The rule asked for more memory than its cap.
     #[error("exceeded its memory cap of {0} bytes")]
     MemoryExceeded(usize),

@@ -4,14 +4,13 @@
 //!
 //! A module gets no WASI and no imports but vigil's own host functions, so it
 //! has no filesystem, network, clock or environment. Each call runs with an
-//! epoch deadline; each instance has a memory limiter. A failure is reported
+//! fuel budget; each instance has a memory limiter. A failure is reported
 //! as a [`RuleError`] and never escapes as a panic.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
 use wasmtime::{
     Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap,
@@ -68,29 +67,21 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// The engine every rule runs on, with its epoch clock.
+/// The engine every rule runs on.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     memory_cap: usize,
-    deadline_ticks: u64,
-    cpu_budget: Duration,
-    ticker_stop: Arc<AtomicBool>,
+    fuel: u64,
 }
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sandbox")
             .field("memory_cap", &self.memory_cap)
-            .field("cpu_budget", &self.cpu_budget)
+            .field("fuel", &self.fuel)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -98,9 +89,7 @@ impl Drop for Sandbox {
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Budget of one call.
-    pub cpu_budget: Duration,
-    /// Clock granularity.
-    pub tick: Duration,
+    pub fuel_per_call: u64,
     /// Linear-memory cap per instance, bytes.
     pub memory_cap: usize,
 }
@@ -112,7 +101,7 @@ impl Sandbox {
     /// [`RuleError::Compile`] when wasmtime cannot be configured.
     pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
         let mut cfg = wasmtime::Config::new();
-        cfg.epoch_interruption(true)
+        cfg.consume_fuel(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
             .max_wasm_stack(512 * 1024);
         let engine =
@@ -126,24 +115,12 @@ impl Sandbox {
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
         }
-        let tick = limits.tick.max(Duration::from_micros(100));
-        let ticks = limits
-            .cpu_budget
-            .as_nanos()
-            .div_ceil(tick.as_nanos())
-            .max(1) as u64;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_ticker(engine.clone(), tick, ticker_stop.clone());
         Ok(Self {
             engine,
             linker,
             cache_dir,
             memory_cap: limits.memory_cap,
-            // The deadline counts whole ticks from wherever the clock is now,
-            // so one more tick guarantees at least the full budget.
-            deadline_ticks: ticks + 1,
-            cpu_budget: limits.cpu_budget,
-            ticker_stop,
+            fuel: limits.fuel_per_call,
         })
     }
 
@@ -243,7 +220,7 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut store, self.fuel);
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| self.classify(&store, &e, None))?;
@@ -293,12 +270,11 @@ impl Sandbox {
             input_ptr: 0,
             input_cap: 0,
             output_ptr: 0,
-            deadline_ticks: self.deadline_ticks,
-            cpu_budget: self.cpu_budget,
+            fuel: self.fuel,
             memory_cap: self.memory_cap,
             reason_cache: Vec::new(),
         };
-        inst.store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut inst.store, self.fuel);
         inst.output_ptr = output
             .call(&mut inst.store, ())
             .map_err(|e| inst.classify(&e))? as u32 as usize;
@@ -322,7 +298,7 @@ impl Sandbox {
         e: &wasmtime::Error,
         panic: Option<String>,
     ) -> RuleError {
-        classify(store, e, panic, self.cpu_budget, self.memory_cap)
+        classify(store, e, panic, self.fuel, self.memory_cap)
     }
 }
 
@@ -330,33 +306,23 @@ fn abi_err(e: wasmtime::Error) -> RuleError {
     RuleError::Abi(format!("export has the wrong signature: {e}"))
 }
 
-fn spawn_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
-    let spawned = std::thread::Builder::new()
-        .name("vigil-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        });
-    if let Err(e) = spawned {
-        // Without the clock a looping rule would never be cut off.
-        panic!("cannot start the sandbox clock thread: {e}");
-    }
+fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
+    // Only fails when fuel is not enabled, which `Sandbox::new` guarantees.
+    let _ = store.set_fuel(fuel);
 }
 
 fn classify(
     store: &Store<HostState>,
     e: &wasmtime::Error,
     panic: Option<String>,
-    budget: Duration,
+    budget: u64,
     cap: usize,
 ) -> RuleError {
     if store.data().limiter.denied {
         return RuleError::MemoryExceeded(cap);
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => RuleError::Timeout(budget),
+        Some(Trap::OutOfFuel) => RuleError::OutOfFuel(budget),
         Some(Trap::StackOverflow) => {
             RuleError::Trap("stack overflow (call stack exhausted)".into())
         }
@@ -498,8 +464,7 @@ pub struct RuleInstance {
     input_ptr: usize,
     input_cap: usize,
     output_ptr: usize,
-    deadline_ticks: u64,
-    cpu_budget: Duration,
+    fuel: u64,
     memory_cap: usize,
     /// Reason codes seen so far: a rule repeats a handful of codes, so
     /// records share them instead of allocating each time.
@@ -540,7 +505,7 @@ pub struct CallResult {
 impl RuleInstance {
     fn classify(&self, e: &wasmtime::Error) -> RuleError {
         let panic = self.take_panic();
-        classify(&self.store, e, panic, self.cpu_budget, self.memory_cap)
+        classify(&self.store, e, panic, self.fuel, self.memory_cap)
     }
 
     fn take_panic(&self) -> Option<String> {
@@ -562,7 +527,7 @@ impl RuleInstance {
         let want = len.next_power_of_two();
         let cap = i32::try_from(want)
             .map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut self.store, self.fuel);
         let ptr = self
             .buffer
             .call(&mut self.store, cap)
@@ -600,7 +565,7 @@ impl RuleInstance {
     fn configure(&mut self, params: &[u8]) -> Result<(), RuleError> {
         self.ensure_input(params.len())?;
         self.write_input(params)?;
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut self.store, self.fuel);
         let err_len = self
             .configure
             .call(&mut self.store, params.len() as i32)
@@ -616,12 +581,17 @@ impl RuleInstance {
         Ok(())
     }
 
+    /// Fuel the last call used.
+    pub fn last_fuel_used(&self) -> u64 {
+        self.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0))
+    }
+
     /// The manifest JSON the module exports.
     ///
     /// # Errors
     /// [`RuleError`] when the call fails or the pointer is out of bounds.
     pub fn manifest_json(&mut self) -> Result<String, RuleError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut self.store, self.fuel);
         let raw = self
             .manifest
             .call(&mut self.store, ())
@@ -651,7 +621,7 @@ impl RuleInstance {
             .get_mut(self.input_ptr..self.input_ptr + event.len())
             .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
         projection.apply(event, dst);
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        set_fuel(&mut self.store, self.fuel);
         let raw = self
             .evaluate
             .call(&mut self.store, event.len() as i32)
@@ -686,8 +656,7 @@ mod tests {
 
     fn sandbox() -> Sandbox {
         let limits = Limits {
-            cpu_budget: Duration::from_millis(20),
-            tick: Duration::from_millis(1),
+            fuel_per_call: 1_000_000,
             memory_cap: 2 << 20,
         };
         Sandbox::new(&limits, None).expect("sandbox")

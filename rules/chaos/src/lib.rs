@@ -24,10 +24,12 @@ fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
             std::hint::black_box(tx.amount());
         },
         "grow" => {
+            // Reserve without filling: memory grows, fuel barely moves.
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
-                hoard.push(vec![1; 1 << 20]);
-                std::hint::black_box(&hoard);
+                let mut block = Vec::with_capacity(1 << 20);
+                block.push(1u8);
+                hoard.push(std::hint::black_box(block));
             }
         }
         "recurse" => Decision::allow().score(recurse(tx.amount() as u64) as i32),
