@@ -11,3 +11,4 @@ mod golden;
 mod hostile;
 mod hot_reload;
 mod malformed;
+mod registry;
