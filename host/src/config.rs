@@ -332,7 +332,7 @@ impl Default for CleanConfig {
 }
 
 fn default_dedup_horizon() -> Duration {
-    Duration::from_secs(24 * 3600)
+    Duration::from_secs(3600)
 }
 fn default_max_event_bytes() -> usize {
     16 * 1024

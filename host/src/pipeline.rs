@@ -137,6 +137,29 @@ impl Output {
     }
 }
 
+#[derive(Serialize)]
+struct EncodeFailure<'a> {
+    reason: String,
+    code: &'static str,
+    id: &'a str,
+    at_us: i64,
+}
+
+impl Output {
+    fn encode_failure(&mut self, id: &str, error: &str) {
+        let dl = EncodeFailure {
+            reason: format!("cannot encode for the rules: {error}"),
+            code: "encode",
+            id,
+            at_us: now_us(),
+        };
+        if serde_json::to_writer(&mut self.dead, &dl).is_ok() {
+            self.dead.push(b'\n');
+            self.dead_count += 1;
+        }
+    }
+}
+
 /// The running threads.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -286,13 +309,13 @@ fn run_worker(rx: Receiver<Vec<Job>>, out_tx: Sender<Output>, registry: Arc<Rule
         for job in &jobs {
             let p = &job.payment;
             if let Err(e) = p.encode(&mut encoded) {
-                // Validation limits keep events far below the layout's limits.
-                tracing::error!(id = %p.id, error = %e, "cannot encode event; deciding with no rules");
-                encoded.clear();
-                outcomes.clear();
-            } else {
-                evaluator.evaluate(&encoded, &mut outcomes);
+                // Validation limits keep events far below the layout's
+                // limits, so this is a bug; the event still is accounted for.
+                tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
+                out.encode_failure(&p.id, &e.to_string());
+                continue;
             }
+            evaluator.evaluate(&encoded, &mut outcomes);
             let (action, score, reasons) = decide::combine(&outcomes);
             let record = Decision {
                 id: &p.id,

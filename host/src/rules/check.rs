@@ -42,7 +42,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let sandbox = app::sandbox(config)?;
     let rejected = |e: super::RuleError| anyhow::anyhow!("{} rejected: {e}", path.display());
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
-    let manifest = read_manifest(&sandbox, &pre).map_err(rejected)?;
+    let (manifest, _) = read_manifest(&sandbox, &pre).map_err(rejected)?;
     // Lists hold PANs only as tokens; a throwaway key is enough to load them here.
     let key = config
         .pan_key()

@@ -143,6 +143,8 @@ struct FileEntry {
     len: u64,
     modified: Option<SystemTime>,
     hash: String,
+    /// Settings changed since it loaded: reload even if the file did not.
+    stale: bool,
     /// The rule this file provides, if it loaded.
     rule: Option<Arc<LoadedRule>>,
 }
@@ -247,9 +249,7 @@ impl RuleRegistry {
     ) {
         *lock(&self.settings) = settings;
         *lock(&self.default_on_failure) = default_on_failure;
-        lock(&self.files)
-            .values_mut()
-            .for_each(|f| f.len = u64::MAX);
+        lock(&self.files).values_mut().for_each(|f| f.stale = true);
     }
 
     /// Brings the live rule set in line with the folder. Never fails as a
@@ -276,6 +276,7 @@ impl RuleRegistry {
             if let Some(entry) = files.get(path)
                 && entry.len == len
                 && entry.modified == modified
+                && !entry.stale
             {
                 continue;
             }
@@ -290,7 +291,7 @@ impl RuleRegistry {
             };
             let hash = module_hash(&bytes);
             let previous = files.get(path);
-            if previous.is_some_and(|p| p.hash == hash && p.len != u64::MAX) {
+            if previous.is_some_and(|p| p.hash == hash && !p.stale) {
                 if let Some(e) = files.get_mut(path) {
                     (e.len, e.modified) = (len, modified);
                 }
@@ -324,6 +325,7 @@ impl RuleRegistry {
                             len,
                             modified,
                             hash,
+                            stale: false,
                             rule: Some(Arc::new(rule)),
                         },
                     );
@@ -346,6 +348,7 @@ impl RuleRegistry {
                             len,
                             modified,
                             hash,
+                            stale: false,
                             rule: keep,
                         },
                     );
@@ -406,19 +409,20 @@ impl RuleRegistry {
     }
 }
 
-/// Reads a module's manifest from an instance with no parameters applied.
+/// Reads and checks a module's manifest from an instance with no
+/// parameters applied; returns it with the fields it declares.
 ///
 /// # Errors
 /// [`RuleError`] when the module does not instantiate or its manifest is bad.
 pub fn read_manifest(
     sandbox: &Sandbox,
     pre: &InstancePre<HostState>,
-) -> Result<Manifest, RuleError> {
+) -> Result<(Manifest, FieldMask), RuleError> {
     let json = sandbox.instantiate_unconfigured(pre)?.manifest_json()?;
     let manifest: Manifest =
         serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
-    check_manifest(&manifest)?;
-    Ok(manifest)
+    let mask = check_manifest(&manifest)?;
+    Ok((manifest, mask))
 }
 
 /// Compiles, validates and configures one module: everything short of
@@ -436,8 +440,7 @@ pub fn load_rule(
     hash: &str,
 ) -> Result<LoadedRule, RuleError> {
     let pre = sandbox.prepare(bytes, hash)?;
-    let manifest = read_manifest(sandbox, &pre)?;
-    let mask = check_manifest(&manifest)?;
+    let (manifest, mask) = read_manifest(sandbox, &pre)?;
     let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
     let params = resolve_params(&manifest, &settings)?;
     let mut resolved = Vec::with_capacity(manifest.lists.len());
