@@ -16,10 +16,15 @@ run: rules
 check module:
     cargo run --release -p vigil -- check {{module}} --config examples/vigil.toml
 
-# The whole test suite: host, SDK, ABI, and the rules' native unit tests.
+# The whole test suite: host, SDK, ABI, and the rules' native unit tests;
+# ends with the total over every test binary.
 test: rules
-    cargo test --workspace
-    cd rules && cargo test
+    #!/usr/bin/env bash
+    set -euo pipefail
+    log=$(mktemp)
+    { cargo test --workspace; (cd rules && cargo test); } 2>&1 | tee "$log"
+    awk '/^test result:/ { p += $4; f += $6 } END { print p " passed, " f " failed" }' "$log"
+    rm -f "$log"
 
 # Formatting and lints, as CI would want them.
 lint:
