@@ -6,7 +6,7 @@ rules_wasm := "target/wasm32-unknown-unknown/release"
 rules:
     cd rules && cargo build --release --target wasm32-unknown-unknown
     mkdir -p rules/dist
-    cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm rules/dist/
+    cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm {{rules_wasm}}/velocity.wasm rules/dist/
 
 # Run the daemon on the example config (Ctrl-C stops it after draining).
 run: rules

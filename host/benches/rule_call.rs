@@ -16,7 +16,7 @@ use vigil::config::{Config, ListConfig, ListKind};
 use vigil::decode::Tokenizer;
 use vigil::event::{Card, Payment};
 use vigil::rules::lists::Lists;
-use vigil::rules::{load_rule, module_hash};
+use vigil::rules::{Loader, module_hash};
 use vigil_abi::{Channel, Country, Kind};
 use vigil_sdk::testing::{PaymentBuilder, Prepared, TestContext};
 
@@ -94,6 +94,14 @@ fn bench(c: &mut Criterion) {
     })
     .expect("sandbox");
 
+    let catalog = vigil::features::Catalog::default();
+    let loader = Loader {
+        sandbox: &sandbox,
+        lists: &lists,
+        catalog: &catalog,
+        settings: &config.rule,
+        default_on_failure: config.rules.on_failure,
+    };
     let mut encoded = Vec::new();
     let event = payment(&tokenizer);
     c.bench_function("encode event (once per event)", |b| {
@@ -118,19 +126,12 @@ fn bench(c: &mut Criterion) {
     ))
     .expect("floor module");
     let path = Path::new("floor.wasm");
-    let loaded = load_rule(
-        &sandbox,
-        &lists,
-        &config.rule,
-        config.rules.on_failure,
-        path,
-        &floor,
-        &module_hash(&floor),
-    )
-    .expect("load floor");
+    let loaded = loader
+        .load(path, &floor, &module_hash(&floor))
+        .expect("load floor");
     let mut instance = loaded.instantiate(&sandbox).expect("instance");
     c.bench_function("abi floor: empty rule, 2 fields", |b| {
-        b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection)))
+        b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
     });
 
     let native_tx = native_payment(&tokenizer);
@@ -148,18 +149,13 @@ fn bench(c: &mut Criterion) {
         let path = wasm_dir.join(format!("{file}.wasm"));
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e}; run `just rules`", path.display()));
-        let loaded = load_rule(
-            &sandbox,
-            &lists,
-            &config.rule,
-            config.rules.on_failure,
-            &path,
-            &bytes,
-            &module_hash(&bytes),
-        )
-        .expect("load");
+        let loaded = loader
+            .load(&path, &bytes, &module_hash(&bytes))
+            .expect("load");
         let mut instance = loaded.instantiate(&sandbox).expect("instance");
-        let wasm_result = instance.call(&encoded, &loaded.projection).expect("call");
+        let wasm_result = instance
+            .call(&encoded, &loaded.projection, &[])
+            .expect("call");
         let prepared = Prepared::new(rule, &native_tx, &ctx);
         let native_result = prepared.run();
         assert_eq!(
@@ -174,11 +170,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| loaded.projection.apply(black_box(&encoded), &mut scratch))
         });
         group.bench_function("wasm, all fields", |b| {
-            b.iter(|| black_box(instance.call(black_box(&encoded), &all)))
+            b.iter(|| black_box(instance.call(black_box(&encoded), &all, &[])))
         });
         group.bench_function("native", |b| b.iter(|| black_box(prepared.run())));
         group.bench_function("wasm", |b| {
-            b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection)))
+            b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
         });
         group.finish();
     }

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::decode::{Decoder, Tokenizer};
-use crate::pipeline::{Counters, Pipeline, Sinks, Summary};
+use crate::features::Catalog;
+use crate::pipeline::{Counters, Pipeline, Sinks, Stages, Summary};
 use crate::rules::lists::Lists;
 use crate::rules::sandbox::{Limits, Sandbox};
 use crate::rules::{RuleRegistry, log_report, watch};
@@ -40,6 +41,8 @@ pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
 /// failures of the source or sinks.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
     let tokenizer = Tokenizer::new(&config.pan_key()?);
+    let catalog = Arc::new(Catalog::from_config(&config.features)?);
+    warn_split_features(&config, &catalog);
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(
@@ -54,6 +57,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.rules.on_failure,
         config.rules.quarantine_after.get(),
         lists.clone(),
+        catalog.clone(),
     ));
     let report = registry.rescan();
     log_report(&report, &registry);
@@ -81,16 +85,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
     let decoder = Decoder::new(&config.clean, tokenizer.clone());
-    let pipeline = Pipeline::start(
-        &config,
+    let stages = Stages {
         source,
         decoder,
-        registry.clone(),
+        catalog,
+        registry: registry.clone(),
         sinks,
-        counters.clone(),
-        cancel.clone(),
-    )
-    .context("cannot start the pipeline")?;
+    };
+    let pipeline = Pipeline::start(&config, stages, counters.clone(), cancel.clone())
+        .context("cannot start the pipeline")?;
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
@@ -124,6 +127,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     result??;
     Ok(summary)
+}
+
+/// Features are kept by the worker that owns an event's partition key; a
+/// feature kept per another key sees only the events of that key that share
+/// a worker. Say so at startup rather than let it surprise anyone.
+fn warn_split_features(config: &Config, catalog: &Catalog) {
+    use crate::config::PartitionKey;
+    use crate::features::KeyField;
+    if config.pipeline.worker_count() < 2 {
+        return;
+    }
+    let partition = match config.pipeline.partition_key {
+        PartitionKey::Account => KeyField::Account,
+        PartitionKey::Card => KeyField::Card,
+        PartitionKey::Device => KeyField::Device,
+        PartitionKey::Ip => KeyField::Ip,
+        PartitionKey::Merchant => KeyField::Merchant,
+    };
+    for f in catalog
+        .snapshot()
+        .iter()
+        .filter(|f| f.spec.key != partition)
+    {
+        tracing::warn!(
+            feature = %f.name, key = f.spec.key.name(), partition_key = partition.name(),
+            "feature is kept per a different key than events are partitioned by: with several workers a key \
+             seen under several partition keys has its history split; set pipeline.partition-key to match"
+        );
+    }
 }
 
 /// SIGHUP: re-read the config file's rule settings and lists, and rescan

@@ -69,6 +69,13 @@ pub struct Config {
     /// The rules folder and the sandbox every rule runs in.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// Look-back features rules can read, by name:
+    /// `card-count-10m = "count(card, 10m)"`. Aggregates: `count(KEY, WINDOW)`,
+    /// `sum|min|max|avg(KEY, amount, WINDOW)`, `distinct(KEY, FIELD, WINDOW)`;
+    /// keys: card, account, device, ip, merchant; windows up to 30 days, in
+    /// event time. Rules may also name a spec inline in their manifest.
+    #[serde(default)]
+    pub features: BTreeMap<String, String>,
     /// Per-rule settings, keyed by the rule's manifest name:
     /// `[rule.large-amount]`.
     #[serde(default)]

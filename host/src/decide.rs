@@ -82,12 +82,37 @@ pub struct Decision<'a> {
     pub reasons: Vec<&'a str>,
     /// Every rule's outcome, enforcing and shadow.
     pub rules: &'a [RuleOutcome],
+    /// The feature values the live rules read for this event.
+    #[serde(skip_serializing_if = "FeatureValues::is_empty")]
+    pub features: FeatureValues<'a>,
     /// Event time, epoch milliseconds.
     pub event_ts_ms: i64,
     /// When the event was read, epoch microseconds.
     pub ingested_at_us: i64,
     /// When the decision was made, epoch microseconds.
     pub decided_at_us: i64,
+}
+
+/// Feature values by name, written as a JSON object (NaN as null).
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureValues<'a>(pub &'a [(&'a str, f64)]);
+
+impl FeatureValues<'_> {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for FeatureValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            m.serialize_entry(name, value)?;
+        }
+        m.end()
+    }
 }
 
 /// Combines outcomes into the final action, score and reasons.

@@ -23,6 +23,7 @@
 //! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
 //! - [`event`]: the canonical payment event.
 //! - [`partition`]: key → worker.
+//! - [`features`]: per-key look-back aggregates in event time.
 //! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
 //! - [`decide`]: combining outcomes into the decision record.
 //! - [`sinks`]: decisions, alerts and dead letters out.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod decide;
 pub mod decode;
 pub mod event;
+pub mod features;
 pub mod partition;
 pub mod pipeline;
 pub mod rules;

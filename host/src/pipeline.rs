@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use vigil_abi::Action;
 
 use crate::config::Config;
-use crate::decide::{self, Decision, now_us};
+use crate::decide::{self, Decision, FeatureValues, now_us};
 use crate::decode::{self, DecodeError, Decoder};
 use crate::event::Payment;
+use crate::features::{Catalog, FeatureEngine};
 use crate::partition::Partitioner;
 use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
@@ -168,6 +169,28 @@ pub struct Pipeline {
     sink: JoinHandle<std::io::Result<()>>,
 }
 
+/// The parts the pipeline runs, in data-flow order.
+pub struct Stages {
+    /// Where records come from.
+    pub source: Box<dyn Source>,
+    /// Cleaning and de-duplication.
+    pub decoder: Decoder,
+    /// Features the workers keep.
+    pub catalog: Arc<Catalog>,
+    /// The live rules.
+    pub registry: Arc<RuleRegistry>,
+    /// The outputs.
+    pub sinks: Sinks,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stages")
+            .field("source", &self.source.name())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pipeline {
     /// Starts the pipeline.
     ///
@@ -175,13 +198,17 @@ impl Pipeline {
     /// When a thread cannot be spawned.
     pub fn start(
         config: &Config,
-        source: Box<dyn Source>,
-        decoder: Decoder,
-        registry: Arc<RuleRegistry>,
-        sinks: Sinks,
+        stages: Stages,
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
+        let Stages {
+            source,
+            decoder,
+            catalog,
+            registry,
+            sinks,
+        } = stages;
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
         let (out_tx, out_rx) = bounded::<Output>(cap * workers.max(1));
@@ -196,8 +223,9 @@ impl Pipeline {
             worker_txs.push(tx);
             let out_tx = out_tx.clone();
             let registry = registry.clone();
+            let catalog = catalog.clone();
             handles.push(spawn(&format!("vigil-worker-{i}"), move || {
-                run_worker(rx, out_tx, registry)
+                run_worker(rx, out_tx, registry, catalog)
             })?);
         }
         let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
@@ -296,16 +324,39 @@ fn run_source(
     }
 }
 
-fn run_worker(rx: Receiver<Vec<Job>>, out_tx: Sender<Output>, registry: Arc<RuleRegistry>) {
+fn run_worker(
+    rx: Receiver<Vec<Job>>,
+    out_tx: Sender<Output>,
+    registry: Arc<RuleRegistry>,
+    catalog: Arc<Catalog>,
+) {
     let mut evaluator = Evaluator::new(registry);
+    let mut features = FeatureEngine::new(catalog.clone());
     let mut encoded = Vec::with_capacity(1024);
     let mut outcomes = Vec::new();
+    // (name, catalog index) of the features live rules read; worker-local
+    // names so records do not touch shared reference counts.
+    let mut used: Vec<(Arc<str>, usize)> = Vec::new();
+    let mut used_generation = u64::MAX;
     for jobs in rx {
+        // Rules first: a rule that declares a new feature adds it to the
+        // catalog before it goes live, so the engine then sees it too.
         evaluator.refresh();
+        features.refresh();
+        if evaluator.generation() != used_generation {
+            let names = catalog.snapshot();
+            used = evaluator
+                .used_features()
+                .into_iter()
+                .filter_map(|i| names.get(i).map(|f| (Arc::from(&*f.name), i)))
+                .collect();
+            used_generation = evaluator.generation();
+        }
         let mut out = Output {
             decisions: Vec::with_capacity(jobs.len() * 512),
             ..Output::default()
         };
+        let mut record_features: Vec<(&str, f64)> = Vec::with_capacity(used.len());
         for job in &jobs {
             let p = &job.payment;
             if let Err(e) = p.encode(&mut encoded) {
@@ -315,7 +366,10 @@ fn run_worker(rx: Receiver<Vec<Job>>, out_tx: Sender<Output>, registry: Arc<Rule
                 out.encode_failure(&p.id, &e.to_string());
                 continue;
             }
-            evaluator.evaluate(&encoded, &mut outcomes);
+            let values = features.compute(p);
+            evaluator.evaluate(&encoded, values, &mut outcomes);
+            record_features.clear();
+            record_features.extend(used.iter().map(|(name, i)| (&**name, values[*i])));
             let (action, score, reasons) = decide::combine(&outcomes);
             let record = Decision {
                 id: &p.id,
@@ -323,6 +377,7 @@ fn run_worker(rx: Receiver<Vec<Job>>, out_tx: Sender<Output>, registry: Arc<Rule
                 score,
                 reasons,
                 rules: &outcomes,
+                features: FeatureValues(&record_features),
                 event_ts_ms: p.ts_ms,
                 ingested_at_us: job.ingested_at_us,
                 decided_at_us: now_us(),

@@ -218,5 +218,8 @@ pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistr
         config.rules.on_failure,
         config.rules.quarantine_after.get(),
         std::sync::Arc::new(lists),
+        std::sync::Arc::new(
+            vigil::features::Catalog::from_config(&config.features).expect("features"),
+        ),
     )
 }

@@ -42,6 +42,7 @@ fn example_rules_decide_the_sample_as_recorded() {
     env.install("large_amount", "large_amount.wasm");
     env.install("blocklist", "blocklist.wasm");
     env.install("geo_mismatch", "geo_mismatch.wasm");
+    env.install("velocity", "velocity.wasm");
     std::fs::copy(root().join("examples/events.jsonl"), env.events()).expect("copy sample");
     // The example config's settings, so the golden file is what `just run` shows.
     let mut config =

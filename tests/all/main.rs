@@ -7,6 +7,7 @@ mod support;
 mod check_cmd;
 mod daemon;
 mod end_to_end;
+mod features;
 mod golden;
 mod hostile;
 mod hot_reload;

@@ -8,11 +8,12 @@ use std::time::Instant;
 use vigil_abi::{Channel, Country, Kind, Manifest};
 
 use super::lists::Lists;
-use super::{load_rule, module_hash, read_manifest};
+use super::{Loader, module_hash, read_manifest};
 use crate::app;
 use crate::config::Config;
 use crate::decode::Tokenizer;
 use crate::event::{Card, Party, Payment};
+use crate::features::Catalog;
 
 /// What `vigil check` found.
 #[derive(Debug)]
@@ -49,16 +50,16 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         .unwrap_or_else(|_| b"vigil-check-placeholder-key".to_vec());
     let mut lists = Lists::load(&config.lists, &Tokenizer::new(&key))?;
     let placeholder_lists = lists.add_placeholders(&manifest.lists);
-    let rule = load_rule(
-        &sandbox,
-        &lists,
-        &config.rule,
-        config.rules.on_failure,
-        path,
-        &bytes,
-        &hash,
-    )
-    .map_err(rejected)?;
+    let catalog = Catalog::from_config(&config.features)?;
+    let loader = Loader {
+        sandbox: &sandbox,
+        lists: &lists,
+        catalog: &catalog,
+        settings: &config.rule,
+        default_on_failure: config.rules.on_failure,
+    };
+    let rule = loader.load(path, &bytes, &hash).map_err(rejected)?;
+    let features = vec![0.0; rule.features.len()];
 
     let mut encoded = Vec::new();
     sample_payment().encode(&mut encoded)?;
@@ -69,7 +70,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let mut fuel = 0;
     for _ in 0..calls {
         let start = Instant::now();
-        let r = instance.call(&encoded, &rule.projection);
+        let r = instance.call(&encoded, &rule.projection, &features);
         times.push(start.elapsed().as_nanos() as u64);
         match r {
             Ok(r) => {

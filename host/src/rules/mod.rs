@@ -25,6 +25,7 @@ use wasmtime::InstancePre;
 
 use crate::config::RuleSettings;
 use crate::decide::{FailurePolicy, Mode, RuleOutcome};
+use crate::features::Catalog;
 use lists::{List, Lists};
 use sandbox::{HostState, RuleInstance, Sandbox};
 
@@ -78,6 +79,8 @@ pub struct LoadedRule {
     pub on_failure: FailurePolicy,
     /// The fields the rule sees.
     pub projection: Projection,
+    /// Catalog indices of the features it reads, in manifest order.
+    pub features: Vec<usize>,
     params: Vec<u8>,
     lists: Arc<[Arc<List>]>,
     pre: InstancePre<HostState>,
@@ -156,6 +159,7 @@ pub struct RuleRegistry {
     settings: Mutex<BTreeMap<String, RuleSettings>>,
     default_on_failure: Mutex<FailurePolicy>,
     lists: Arc<Lists>,
+    catalog: Arc<Catalog>,
     files: Mutex<BTreeMap<PathBuf, FileEntry>>,
     current: ArcSwap<RuleSet>,
     quarantine_after: u32,
@@ -212,6 +216,7 @@ impl RuleRegistry {
         default_on_failure: FailurePolicy,
         quarantine_after: u32,
         lists: Arc<Lists>,
+        catalog: Arc<Catalog>,
     ) -> Self {
         Self {
             sandbox,
@@ -219,6 +224,7 @@ impl RuleRegistry {
             settings: Mutex::new(settings),
             default_on_failure: Mutex::new(default_on_failure),
             lists,
+            catalog,
             files: Mutex::new(BTreeMap::new()),
             current: ArcSwap::from_pointee(RuleSet::default()),
             quarantine_after: quarantine_after.max(1),
@@ -386,16 +392,14 @@ impl RuleRegistry {
     /// [`RuleError`] saying why the module cannot run.
     pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
         let settings = lock(&self.settings).clone();
-        let on_failure = *lock(&self.default_on_failure);
-        load_rule(
-            &self.sandbox,
-            &self.lists,
-            &settings,
-            on_failure,
-            path,
-            bytes,
-            hash,
-        )
+        let loader = Loader {
+            sandbox: &self.sandbox,
+            lists: &self.lists,
+            catalog: &self.catalog,
+            settings: &settings,
+            default_on_failure: *lock(&self.default_on_failure),
+        };
+        loader.load(path, bytes, hash)
     }
 
     /// The names configured under `[rule.*]` that no loaded rule has.
@@ -425,50 +429,72 @@ pub fn read_manifest(
     Ok((manifest, mask))
 }
 
-/// Compiles, validates and configures one module: everything short of
-/// publishing it.
-///
-/// # Errors
-/// [`RuleError`] saying why the module cannot run.
-pub fn load_rule(
-    sandbox: &Sandbox,
-    lists: &Lists,
-    settings: &BTreeMap<String, RuleSettings>,
-    default_on_failure: FailurePolicy,
-    path: &Path,
-    bytes: &[u8],
-    hash: &str,
-) -> Result<LoadedRule, RuleError> {
-    let pre = sandbox.prepare(bytes, hash)?;
-    let (manifest, mask) = read_manifest(sandbox, &pre)?;
-    let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
-    let params = resolve_params(&manifest, &settings)?;
-    let mut resolved = Vec::with_capacity(manifest.lists.len());
-    for name in &manifest.lists {
-        let list = lists.get(name).ok_or_else(|| {
-            RuleError::Config(format!(
-                "uses list `{name}`, which is not configured; add [lists.{name}] with a path to the config"
-            ))
-        })?;
-        resolved.push(list);
+/// What loading a rule needs besides its file.
+#[derive(Debug, Clone, Copy)]
+pub struct Loader<'a> {
+    /// The sandbox to compile and run it in.
+    pub sandbox: &'a Sandbox,
+    /// Lists it may use.
+    pub lists: &'a Lists,
+    /// Features it may read.
+    pub catalog: &'a Catalog,
+    /// Per-rule settings from the config.
+    pub settings: &'a BTreeMap<String, RuleSettings>,
+    /// Failure outcome for rules that set none.
+    pub default_on_failure: FailurePolicy,
+}
+
+impl Loader<'_> {
+    /// Compiles, validates and configures one module: everything short of
+    /// publishing it.
+    ///
+    /// # Errors
+    /// [`RuleError`] saying why the module cannot run.
+    pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
+        let Loader {
+            sandbox,
+            lists,
+            catalog,
+            settings,
+            default_on_failure,
+        } = *self;
+        let pre = sandbox.prepare(bytes, hash)?;
+        let (manifest, mask) = read_manifest(sandbox, &pre)?;
+        let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
+        let params = resolve_params(&manifest, &settings)?;
+        let mut resolved = Vec::with_capacity(manifest.lists.len());
+        for name in &manifest.lists {
+            let list = lists.get(name).ok_or_else(|| {
+                RuleError::Config(format!(
+                    "uses list `{name}`, which is not configured; add [lists.{name}] with a path to the config"
+                ))
+            })?;
+            resolved.push(list);
+        }
+        let lists: Arc<[Arc<List>]> = resolved.into();
+        let features = manifest
+            .features
+            .iter()
+            .map(|f| catalog.resolve(f).map_err(RuleError::Manifest))
+            .collect::<Result<Vec<usize>, RuleError>>()?;
+        // Instantiate once with the real parameters, exactly as workers will.
+        sandbox.instantiate(&pre, lists.clone(), &params)?;
+        Ok(LoadedRule {
+            name: manifest.name.as_str().into(),
+            version: manifest.version.as_str().into(),
+            hash: hash.into(),
+            path: path.to_owned(),
+            mode: settings.mode,
+            on_failure: settings.on_failure.unwrap_or(default_on_failure),
+            projection: Projection::new(mask),
+            features,
+            params,
+            lists,
+            pre,
+            health: Health::default(),
+            manifest,
+        })
     }
-    let lists: Arc<[Arc<List>]> = resolved.into();
-    // Instantiate once with the real parameters, exactly as workers will.
-    sandbox.instantiate(&pre, lists.clone(), &params)?;
-    Ok(LoadedRule {
-        name: manifest.name.as_str().into(),
-        version: manifest.version.as_str().into(),
-        hash: hash.into(),
-        path: path.to_owned(),
-        mode: settings.mode,
-        on_failure: settings.on_failure.unwrap_or(default_on_failure),
-        projection: Projection::new(mask),
-        params,
-        lists,
-        pre,
-        health: Health::default(),
-        manifest,
-    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -513,12 +539,6 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
         let field = Field::from_name(f)
             .ok_or_else(|| RuleError::Manifest(format!("unknown field `{f}`")))?;
         mask = mask.with(field);
-    }
-    if !m.features.is_empty() {
-        return Err(RuleError::Manifest(format!(
-            "declares features {:?}, which this vigil does not compute yet",
-            m.features
-        )));
     }
     Ok(mask)
 }
@@ -586,6 +606,8 @@ fn toml_param(v: &toml::Value, ty: ParamType) -> Option<ParamValue> {
 
 struct Slot {
     rule: Arc<LoadedRule>,
+    /// This rule's feature values for the current event.
+    features: Vec<f64>,
     instance: Option<RuleInstance>,
     // Worker-local copies, so building records does not touch shared counters.
     name: Arc<str>,
@@ -642,6 +664,7 @@ impl Evaluator {
             let slot = match reuse {
                 Some(i) => old.swap_remove(i),
                 None => Slot {
+                    features: Vec::with_capacity(rule.features.len()),
                     name: rule.name.to_string().into(),
                     version: rule.version.to_string().into(),
                     module: rule.short_hash().into(),
@@ -654,15 +677,40 @@ impl Evaluator {
         self.generation = set.generation;
     }
 
+    /// The generation of the rule set in use.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Rules this evaluator runs.
     pub fn rule_count(&self) -> usize {
         self.slots.len()
     }
 
+    /// Catalog indices of the features some live rule reads.
+    pub fn used_features(&self) -> Vec<usize> {
+        let mut used: Vec<usize> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.rule.features.iter().copied())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        used
+    }
+
     /// Runs every rule on one encoded event, appending one outcome per rule.
-    pub fn evaluate(&mut self, event: &[u8], out: &mut Vec<RuleOutcome>) {
+    /// `features` holds every catalog feature's value for the event.
+    pub fn evaluate(&mut self, event: &[u8], features: &[f64], out: &mut Vec<RuleOutcome>) {
         out.clear();
         for slot in &mut self.slots {
+            slot.features.clear();
+            slot.features.extend(
+                slot.rule
+                    .features
+                    .iter()
+                    .map(|&i| features.get(i).copied().unwrap_or(f64::NAN)),
+            );
             let start = Instant::now();
             let result = run_slot(&self.registry, slot, event);
             let latency_ns = start.elapsed().as_nanos() as u64;
@@ -719,7 +767,7 @@ fn run_slot(
         slot.instance = Some(slot.rule.instantiate(&registry.sandbox)?);
     }
     match slot.instance.as_mut() {
-        Some(inst) => inst.call(event, &slot.rule.projection),
+        Some(inst) => inst.call(event, &slot.rule.projection, &slot.features),
         None => Err(RuleError::Abi("no instance".into())),
     }
 }

@@ -614,17 +614,23 @@ impl RuleInstance {
         &mut self,
         event: &[u8],
         projection: &vigil_abi::Projection,
+        features: &[f64],
     ) -> Result<CallResult, RuleError> {
-        self.ensure_input(event.len())?;
+        let len = event.len() + features.len() * 8;
+        self.ensure_input(len)?;
         let data = self.memory.data_mut(&mut self.store);
         let dst = data
-            .get_mut(self.input_ptr..self.input_ptr + event.len())
+            .get_mut(self.input_ptr..self.input_ptr + len)
             .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
         projection.apply(event, dst);
+        for (chunk, v) in dst[event.len()..].chunks_exact_mut(8).zip(features) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
         set_fuel(&mut self.store, self.fuel);
         let raw = self
             .evaluate
-            .call(&mut self.store, event.len() as i32)
+            .call(&mut self.store, len as i32)
             .map_err(|e| self.classify(&e))?;
         let out = Outcome::unpack(raw);
         let action = vigil_abi::Action::from_code(out.action).ok_or_else(|| {

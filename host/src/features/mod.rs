@@ -1,0 +1,435 @@
+//! Features: per-key look-back aggregates in event time, computed once per
+//! event and handed to the rules that declared them.
+//!
+//! A feature is declared in `[features]` (`card-count-10m = "count(card, 10m)"`)
+//! or written inline in a rule's manifest (`features("count(card, 10m)")`).
+//! The [`Catalog`] is shared and only grows; each worker's [`FeatureEngine`]
+//! keeps the state of the keys it owns — no locks per event. Features with the
+//! same key and window share one bucket series. Keys idle for longer than
+//! their longest window are dropped, so memory follows the active keys.
+//!
+//! A feature is computed for each event including that event. A feature
+//! whose key the event lacks (e.g. no card) reads 0, or NaN for min/max/avg.
+
+pub mod lookback;
+pub mod spec;
+
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::ConfigError;
+use crate::event::Payment;
+use lookback::{DistinctSeries, NumSeries};
+pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
+
+/// A named feature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    /// Its name: the config key, or the spec text when declared inline.
+    pub name: Arc<str>,
+    /// What it computes.
+    pub spec: FeatureSpec,
+}
+
+/// Every feature known to the daemon, in the order they were added.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    added: Mutex<Vec<Feature>>,
+    snapshot: ArcSwap<Vec<Feature>>,
+}
+
+impl Catalog {
+    /// The features of `[features]`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `features.NAME` and the problem.
+    pub fn from_config(features: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let catalog = Catalog::default();
+        for (name, text) in features {
+            let spec = FeatureSpec::parse(text)
+                .map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
+            catalog.push(Feature {
+                name: name.as_str().into(),
+                spec,
+            });
+        }
+        Ok(catalog)
+    }
+
+    fn push(&self, feature: Feature) -> usize {
+        let mut added = self
+            .added
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        added.push(feature);
+        self.snapshot.store(Arc::new(added.clone()));
+        added.len() - 1
+    }
+
+    /// The index of the feature a rule names: a configured name, or a spec
+    /// such as `count(card, 10m)` (added on first use; it then starts with
+    /// no history).
+    ///
+    /// # Errors
+    /// A message when the name is neither.
+    pub fn resolve(&self, name: &str) -> Result<usize, String> {
+        let current = self.snapshot();
+        if let Some(i) = current.iter().position(|f| &*f.name == name) {
+            return Ok(i);
+        }
+        let spec = FeatureSpec::parse(name).map_err(|e| {
+            format!("feature `{name}` is not configured under [features] and is not a spec: {e}")
+        })?;
+        // Re-check under the lock: another loader may have added it.
+        let added = self
+            .added
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = added
+            .iter()
+            .position(|f| f.spec == spec && &*f.name == name)
+        {
+            return Ok(i);
+        }
+        drop(added);
+        Ok(self.push(Feature {
+            name: name.into(),
+            spec,
+        }))
+    }
+
+    /// The features now.
+    pub fn snapshot(&self) -> Arc<Vec<Feature>> {
+        self.snapshot.load_full()
+    }
+}
+
+/// Where a feature's value comes from in a key's state.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Num { series: usize },
+    Distinct { series: usize },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    key: KeyField,
+    agg: Agg,
+    source: Source,
+    bucket_ms: i64,
+    span: i64,
+}
+
+/// What a key of one kind keeps.
+#[derive(Debug, Default)]
+struct KeyState {
+    newest_ms: i64,
+    num: Vec<NumSeries>,
+    distinct: Vec<DistinctSeries>,
+}
+
+#[derive(Debug, Default)]
+struct KeyKindPlan {
+    /// (bucket width, span) of each numeric series.
+    num: Vec<(i64, i64)>,
+    /// (field, bucket width, span) of each distinct series.
+    distinct: Vec<(DistinctField, i64, i64)>,
+    /// The longest window, for expiry.
+    longest_ms: i64,
+    states: HashMap<u64, KeyState>,
+}
+
+/// One worker's feature state.
+#[derive(Debug)]
+pub struct FeatureEngine {
+    catalog: Arc<Catalog>,
+    planned: Vec<Planned>,
+    kinds: BTreeMap<KeyField, KeyKindPlan>,
+    values: Vec<f64>,
+    newest_ms: i64,
+    events: u64,
+}
+
+/// Events between sweeps for idle keys.
+const SWEEP_EVERY: u64 = 1 << 16;
+
+impl FeatureEngine {
+    /// An engine computing every feature in `catalog`.
+    pub fn new(catalog: Arc<Catalog>) -> Self {
+        let mut e = Self {
+            catalog,
+            planned: Vec::new(),
+            kinds: BTreeMap::new(),
+            values: Vec::new(),
+            newest_ms: i64::MIN,
+            events: 0,
+        };
+        e.refresh();
+        e
+    }
+
+    /// Picks up features added to the catalog since the last call.
+    pub fn refresh(&mut self) {
+        let all = self.catalog.snapshot();
+        for f in &all[self.planned.len()..] {
+            let s = f.spec;
+            let (bucket_ms, span) = (s.bucket_ms(), s.buckets());
+            let kind = self.kinds.entry(s.key).or_default();
+            kind.longest_ms = kind.longest_ms.max(s.window_ms);
+            let source = match s.agg {
+                Agg::Distinct(field) => {
+                    let series = position_or_push(&mut kind.distinct, (field, bucket_ms, span));
+                    Source::Distinct { series }
+                }
+                _ => Source::Num {
+                    series: position_or_push(&mut kind.num, (bucket_ms, span)),
+                },
+            };
+            self.planned.push(Planned {
+                key: s.key,
+                agg: s.agg,
+                source,
+                bucket_ms,
+                span,
+            });
+        }
+        self.values.resize(self.planned.len(), 0.0);
+    }
+
+    /// Number of features computed.
+    pub fn len(&self) -> usize {
+        self.planned.len()
+    }
+
+    /// Whether no feature is computed.
+    pub fn is_empty(&self) -> bool {
+        self.planned.is_empty()
+    }
+
+    /// Keys currently tracked, over all key kinds.
+    pub fn tracked_keys(&self) -> usize {
+        self.kinds.values().map(|k| k.states.len()).sum()
+    }
+
+    /// Adds `p` to its keys' state and returns every feature's value for it,
+    /// in catalog order.
+    pub fn compute(&mut self, p: &Payment) -> &[f64] {
+        if self.planned.is_empty() {
+            return &self.values;
+        }
+        let t = p.ts_ms;
+        self.newest_ms = self.newest_ms.max(t);
+        for (&key_field, kind) in &mut self.kinds {
+            let Some(key) = key_of(p, key_field) else {
+                continue;
+            };
+            let state = kind.states.entry(xxh3_64(key.as_bytes())).or_default();
+            state.newest_ms = state.newest_ms.max(t);
+            state.num.resize_with(kind.num.len(), NumSeries::default);
+            state
+                .distinct
+                .resize_with(kind.distinct.len(), DistinctSeries::default);
+            for (series, &(bucket_ms, span)) in state.num.iter_mut().zip(&kind.num) {
+                series.add(t.div_euclid(bucket_ms), p.amount, span);
+            }
+            for (series, &(field, bucket_ms, span)) in state.distinct.iter_mut().zip(&kind.distinct)
+            {
+                if let Some(v) = distinct_value(p, field) {
+                    series.add(t.div_euclid(bucket_ms), xxh3_64(v.as_bytes()), span);
+                }
+            }
+        }
+        for (value, plan) in self.values.iter_mut().zip(&self.planned) {
+            let state = key_of(p, plan.key).and_then(|k| {
+                self.kinds
+                    .get(&plan.key)
+                    .and_then(|kind| kind.states.get(&xxh3_64(k.as_bytes())))
+            });
+            *value = match state {
+                None => empty_value(plan.agg),
+                Some(state) => {
+                    let idx = t.div_euclid(plan.bucket_ms);
+                    match plan.source {
+                        Source::Num { series } => {
+                            let totals = state.num[series].totals(idx, plan.span);
+                            match plan.agg {
+                                Agg::Count => totals.count as f64,
+                                Agg::Sum => totals.sum as f64,
+                                Agg::Min if totals.count > 0 => totals.min as f64,
+                                Agg::Max if totals.count > 0 => totals.max as f64,
+                                Agg::Avg if totals.count > 0 => {
+                                    totals.sum as f64 / totals.count as f64
+                                }
+                                _ => f64::NAN,
+                            }
+                        }
+                        Source::Distinct { series } => {
+                            state.distinct[series].count(idx, plan.span) as f64
+                        }
+                    }
+                }
+            };
+        }
+        self.events += 1;
+        if self.events.is_multiple_of(SWEEP_EVERY) {
+            self.expire();
+        }
+        &self.values
+    }
+
+    /// Drops keys idle for longer than their kind's longest window.
+    pub fn expire(&mut self) {
+        let newest = self.newest_ms;
+        for kind in self.kinds.values_mut() {
+            let cutoff = newest.saturating_sub(kind.longest_ms);
+            kind.states.retain(|_, s| s.newest_ms >= cutoff);
+        }
+    }
+}
+
+fn position_or_push<T: PartialEq>(v: &mut Vec<T>, item: T) -> usize {
+    v.iter().position(|x| *x == item).unwrap_or_else(|| {
+        v.push(item);
+        v.len() - 1
+    })
+}
+
+fn empty_value(agg: Agg) -> f64 {
+    match agg {
+        Agg::Min | Agg::Max | Agg::Avg => f64::NAN,
+        _ => 0.0,
+    }
+}
+
+fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
+    match key {
+        KeyField::Card => p.card.as_ref().map(|c| c.token.as_str()),
+        KeyField::Account => Some(&p.account),
+        KeyField::Device => p.device.as_deref(),
+        KeyField::Ip => p.ip.as_deref(),
+        KeyField::Merchant => p.merchant.as_ref().map(|m| m.id.as_str()),
+    }
+}
+
+fn distinct_value(p: &Payment, field: DistinctField) -> Option<&str> {
+    match field {
+        DistinctField::GeoCountry => p
+            .geo
+            .as_ref()
+            .and_then(|g| g.country.as_ref())
+            .map(|c| c.as_str()),
+        DistinctField::Merchant => p.merchant.as_ref().map(|m| m.id.as_str()),
+        DistinctField::MerchantCountry => p
+            .merchant
+            .as_ref()
+            .and_then(|m| m.country.as_ref())
+            .map(|c| c.as_str()),
+        DistinctField::Device => p.device.as_deref(),
+        DistinctField::Ip => p.ip.as_deref(),
+        DistinctField::Card => p.card.as_ref().map(|c| c.token.as_str()),
+        DistinctField::Account => Some(&p.account),
+        DistinctField::Currency => std::str::from_utf8(&p.currency).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Card;
+    use vigil_abi::{Channel, Country, GeoRef, Kind};
+
+    fn pay(card: &str, ts_ms: i64, amount: i64, country: &str) -> Payment {
+        let c = country.as_bytes();
+        Payment {
+            id: format!("{card}-{ts_ms}"),
+            ts_ms,
+            channel: Channel::Card,
+            kind: Kind::Purchase,
+            amount,
+            currency: *b"USD",
+            account: "acct".into(),
+            card: Some(Card {
+                token: card.into(),
+                country: None,
+                present: None,
+            }),
+            merchant: None,
+            counterparty: None,
+            device: None,
+            ip: None,
+            geo: Some(GeoRef {
+                country: Some(Country([c[0], c[1]])),
+                lat_lon: None,
+            }),
+            attrs: Vec::new(),
+        }
+    }
+
+    fn engine(features: &[(&str, &str)]) -> FeatureEngine {
+        let map = features
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        FeatureEngine::new(Arc::new(Catalog::from_config(&map).expect("catalog")))
+    }
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn velocity_counts_in_event_time_per_key() {
+        let mut e = engine(&[
+            ("c", "count(card, 10m)"),
+            ("s", "sum(card, amount, 10m)"),
+            ("n", "distinct(card, geo.country, 1h)"),
+        ]);
+        // Catalog order is the config's sorted order: c, n, s.
+        let v = e.compute(&pay("a", 0, 100, "US")).to_vec();
+        assert_eq!(v, [1.0, 1.0, 100.0]);
+        let v = e.compute(&pay("a", 5 * MIN, 50, "FR")).to_vec();
+        assert_eq!(v, [2.0, 2.0, 150.0]);
+        let v = e.compute(&pay("b", 5 * MIN, 7, "US")).to_vec();
+        assert_eq!(v, [1.0, 1.0, 7.0], "another card has its own history");
+        // 20 minutes later the first two have left the 10-minute window,
+        // but not the hour.
+        let v = e.compute(&pay("a", 25 * MIN, 1, "US")).to_vec();
+        assert_eq!(v, [1.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn missing_keys_read_as_empty() {
+        let mut e = engine(&[
+            ("c", "count(device, 10m)"),
+            ("m", "max(device, amount, 10m)"),
+        ]);
+        let v = e.compute(&pay("a", 0, 100, "US")).to_vec();
+        assert_eq!(v[0], 0.0);
+        assert!(v[1].is_nan());
+    }
+
+    #[test]
+    fn inline_specs_join_the_catalog_once() {
+        let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
+        let a = catalog.resolve("count(card, 10m)").expect("spec");
+        let b = catalog.resolve("count(card, 10m)").expect("spec");
+        assert_eq!(a, b);
+        assert!(
+            catalog
+                .resolve("card-count")
+                .expect_err("unknown")
+                .contains("not configured")
+        );
+    }
+
+    #[test]
+    fn idle_keys_expire_and_memory_stays_bounded() {
+        let mut e = engine(&[("c", "count(card, 10m)")]);
+        for i in 0..10_000 {
+            e.compute(&pay(&format!("card-{i}"), i * 1_000, 1, "US"));
+        }
+        e.expire();
+        // Event time ran 10,000 s; only keys seen in the last 10 minutes remain.
+        assert!(e.tracked_keys() <= 601, "{}", e.tracked_keys());
+    }
+}
