@@ -80,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let source = sources::open(&config.source)?;
+    let source = sources::open(&config.source, None)?;
     let sinks = Sinks::open(&config.sinks)?;
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();

@@ -41,3 +41,4 @@ pub mod pipeline;
 pub mod rules;
 pub mod sinks;
 pub mod sources;
+pub mod state;

@@ -6,6 +6,7 @@
 //! buckets `i - span + 1 ..= i`: its edge moves in bucket steps. Updating
 //! and reading never rescan raw events.
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// Count, sum, min and max of amounts over a range of buckets.
@@ -32,7 +33,7 @@ impl Default for Totals {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct NumBucket {
     idx: i64,
     count: u32,
@@ -42,7 +43,7 @@ struct NumBucket {
 }
 
 /// Amounts per bucket, oldest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumSeries {
     buckets: VecDeque<NumBucket>,
 }
@@ -110,7 +111,7 @@ impl NumSeries {
 }
 
 /// Distinct values (as 64-bit hashes) with the newest bucket each was seen in.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DistinctSeries {
     seen: Vec<(u64, i64)>,
     newest: i64,

@@ -15,7 +15,8 @@ pub mod lookback;
 pub mod spec;
 
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -150,6 +151,21 @@ pub struct FeatureEngine {
     values: Vec<f64>,
     newest_ms: i64,
     events: u64,
+    /// Keys changed since the last checkpoint: (kind code, key hash).
+    dirty: HashSet<(u8, u64)>,
+    /// Keys expired since the last checkpoint.
+    expired: Vec<(u8, u64)>,
+}
+
+/// One key's state as stored in a checkpoint. Series carry their shape
+/// (bucket width, span, field) so state survives features being added or
+/// removed between runs: a series no feature uses any more is dropped, a
+/// new one starts empty.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredKey {
+    newest_ms: i64,
+    num: Vec<(i64, i64, NumSeries)>,
+    distinct: Vec<(u8, i64, i64, DistinctSeries)>,
 }
 
 /// Events between sweeps for idle keys.
@@ -165,6 +181,8 @@ impl FeatureEngine {
             values: Vec::new(),
             newest_ms: i64::MIN,
             events: 0,
+            dirty: HashSet::new(),
+            expired: Vec::new(),
         };
         e.refresh();
         e
@@ -225,7 +243,9 @@ impl FeatureEngine {
             let Some(key) = key_of(p, key_field) else {
                 continue;
             };
-            let state = kind.states.entry(xxh3_64(key.as_bytes())).or_default();
+            let hash = xxh3_64(key.as_bytes());
+            self.dirty.insert((key_field.code(), hash));
+            let state = kind.states.entry(hash).or_default();
             state.newest_ms = state.newest_ms.max(t);
             state.num.resize_with(kind.num.len(), NumSeries::default);
             state
@@ -282,10 +302,100 @@ impl FeatureEngine {
     /// Drops keys idle for longer than their kind's longest window.
     pub fn expire(&mut self) {
         let newest = self.newest_ms;
-        for kind in self.kinds.values_mut() {
+        for (key_field, kind) in &mut self.kinds {
             let cutoff = newest.saturating_sub(kind.longest_ms);
-            kind.states.retain(|_, s| s.newest_ms >= cutoff);
+            let code = key_field.code();
+            let expired = &mut self.expired;
+            kind.states.retain(|hash, s| {
+                let keep = s.newest_ms >= cutoff;
+                if !keep {
+                    expired.push((code, *hash));
+                }
+                keep
+            });
         }
+        for gone in &self.expired {
+            self.dirty.remove(gone);
+        }
+    }
+
+    /// The changes since the last call, for a checkpoint: the state of
+    /// every key touched, and the keys expired.
+    pub fn take_delta(&mut self, worker: u16) -> Vec<crate::state::FeatureDelta> {
+        let mut out = Vec::with_capacity(self.dirty.len() + self.expired.len());
+        for (code, hash) in self.dirty.drain() {
+            let Some((_, kind)) = self.kinds.iter().find(|(k, _)| k.code() == code) else {
+                continue;
+            };
+            let Some(state) = kind.states.get(&hash) else {
+                continue;
+            };
+            let stored = StoredKey {
+                newest_ms: state.newest_ms,
+                num: kind
+                    .num
+                    .iter()
+                    .zip(&state.num)
+                    .map(|(&(b, s), series)| (b, s, series.clone()))
+                    .collect(),
+                distinct: kind
+                    .distinct
+                    .iter()
+                    .zip(&state.distinct)
+                    .map(|(&(f, b, s), series)| (f.code(), b, s, series.clone()))
+                    .collect(),
+            };
+            // Serialising plain data into a Vec cannot fail.
+            let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
+            out.push(crate::state::FeatureDelta {
+                kind: code,
+                hash,
+                worker,
+                state: Some(bytes),
+            });
+        }
+        for (kind, hash) in self.expired.drain(..) {
+            out.push(crate::state::FeatureDelta {
+                kind,
+                hash,
+                worker,
+                state: None,
+            });
+        }
+        out
+    }
+
+    /// Loads one key's stored state.
+    ///
+    /// # Errors
+    /// A message when the bytes are not a stored key.
+    pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8]) -> Result<(), String> {
+        let stored: StoredKey =
+            postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
+        let Some((_, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
+            return Ok(()); // No feature uses this key kind any more.
+        };
+        let mut state = KeyState {
+            newest_ms: stored.newest_ms,
+            num: vec![NumSeries::default(); kind.num.len()],
+            distinct: vec![DistinctSeries::default(); kind.distinct.len()],
+        };
+        for (b, s, series) in stored.num {
+            if let Some(i) = kind.num.iter().position(|&x| x == (b, s)) {
+                state.num[i] = series;
+            }
+        }
+        for (f, b, s, series) in stored.distinct {
+            let Some(field) = DistinctField::from_code(f) else {
+                continue;
+            };
+            if let Some(i) = kind.distinct.iter().position(|&x| x == (field, b, s)) {
+                state.distinct[i] = series;
+            }
+        }
+        self.newest_ms = self.newest_ms.max(state.newest_ms);
+        kind.states.insert(hash, state);
+        Ok(())
     }
 }
 
@@ -419,6 +529,33 @@ mod tests {
                 .resolve("card-count")
                 .expect_err("unknown")
                 .contains("not configured")
+        );
+    }
+
+    #[test]
+    fn state_survives_a_checkpoint_round_trip() {
+        let features = [
+            ("c", "count(card, 10m)"),
+            ("n", "distinct(card, geo.country, 1h)"),
+            ("s", "sum(card, amount, 10m)"),
+        ];
+        let mut live = engine(&features);
+        for (i, c) in ["US", "FR", "US", "BR"].iter().enumerate() {
+            live.compute(&pay("a", i as i64 * MIN, 10, c));
+        }
+        let delta = live.take_delta(0);
+        assert_eq!(delta.len(), 1);
+        assert!(live.take_delta(0).is_empty(), "nothing changed since");
+        let mut restored = engine(&features);
+        for d in &delta {
+            restored
+                .restore(d.kind, d.hash, d.state.as_deref().expect("state"))
+                .expect("restore");
+        }
+        let next = pay("a", 5 * MIN, 10, "DE");
+        assert_eq!(
+            live.compute(&next).to_vec(),
+            restored.compute(&next).to_vec()
         );
     }
 

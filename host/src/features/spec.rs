@@ -36,6 +36,11 @@ impl KeyField {
             .find(|(_, k)| *k == self)
             .map_or("?", |(n, _)| n)
     }
+
+    /// A stable code for stored state.
+    pub fn code(self) -> u8 {
+        Self::ALL.iter().position(|(_, k)| *k == self).unwrap_or(0) as u8
+    }
 }
 
 /// A value whose distinct count a feature keeps.
@@ -77,6 +82,16 @@ impl DistinctField {
             .iter()
             .find(|(_, k)| *k == self)
             .map_or("?", |(n, _)| n)
+    }
+
+    /// A stable code for stored state.
+    pub fn code(self) -> u8 {
+        Self::ALL.iter().position(|(_, k)| *k == self).unwrap_or(0) as u8
+    }
+
+    /// The field with `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).map(|(_, k)| *k)
     }
 }
 

@@ -1,12 +1,16 @@
 //! A JSONL file, read from the start and optionally followed like `tail -f`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::{Record, Source, SourceError};
+use super::{Position, Record, Source, SourceError};
+
+pub(super) fn name(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
 
 /// Reads lines from a file.
 #[derive(Debug)]
@@ -17,33 +21,66 @@ pub struct FileSource {
     follow: bool,
     poll: Duration,
     line_no: u64,
+    /// Bytes of the lines handed out (or skipped as blank).
+    offset: u64,
     /// A line read without its newline yet (the writer is mid-line).
     partial: String,
 }
 
 impl FileSource {
-    /// Opens `path`.
+    /// Opens `path` at its start.
     ///
     /// # Errors
     /// [`SourceError::Io`] naming the file.
     pub fn open(path: &Path, follow: bool, poll: Duration) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|source| SourceError::Io {
-            what: format!("cannot open source file {}", path.display()),
-            source,
-        })?;
+        Self::open_at(path, follow, poll, Position::default())
+    }
+
+    /// Opens `path` to resume at `at`.
+    ///
+    /// # Errors
+    /// [`SourceError::Io`] naming the file, also when it is shorter than `at`.
+    pub fn open_at(
+        path: &Path,
+        follow: bool,
+        poll: Duration,
+        at: Position,
+    ) -> Result<Self, SourceError> {
+        let io = |what: String| move |source| SourceError::Io { what, source };
+        let mut file =
+            File::open(path).map_err(io(format!("cannot open source file {}", path.display())))?;
+        let len = file
+            .metadata()
+            .map_err(io(format!("cannot read {}", path.display())))?
+            .len();
+        if at.offset > len {
+            return Err(SourceError::Io {
+                what: format!(
+                    "{}: the checkpoint resumes at byte {} but the file has {len}; it was replaced or truncated \
+                     (move the state folder away to start from scratch)",
+                    path.display(),
+                    at.offset
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            });
+        }
+        file.seek(SeekFrom::Start(at.offset))
+            .map_err(io(format!("cannot seek in {}", path.display())))?;
         Ok(Self {
             path: path.to_owned(),
-            name: format!("file:{}", path.display()),
+            name: name(path),
             reader: BufReader::with_capacity(256 * 1024, file),
             follow,
             poll,
-            line_no: 0,
+            line_no: at.line_no,
+            offset: at.offset,
             partial: String::new(),
         })
     }
 
     fn push(&mut self, batch: &mut Vec<Record>, mut line: String) {
         self.line_no += 1;
+        self.offset += line.len() as u64;
         if line.ends_with('\n') {
             line.pop();
             if line.ends_with('\r') {
@@ -108,6 +145,13 @@ impl Source for FileSource {
     fn name(&self) -> &str {
         &self.name
     }
+
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            line_no: self.line_no,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +171,46 @@ mod tests {
         assert!(!more);
         let got: Vec<_> = batch.iter().map(|r| (r.line.as_str(), r.line_no)).collect();
         assert_eq!(got, [("a", 1), ("b", 3), ("c", 4)]);
+    }
+
+    #[test]
+    fn resuming_at_a_position_continues_where_it_stopped() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        write!(f, "one\ntwo\nthree\n").expect("write");
+        let cancel = CancellationToken::new();
+        let mut src = FileSource::open(f.path(), false, Duration::from_millis(1)).expect("open");
+        let mut batch = Vec::new();
+        src.next_batch(&mut batch, 2, &cancel).expect("read");
+        let at = src.position();
+        assert_eq!(
+            at,
+            Position {
+                offset: 8,
+                line_no: 2
+            }
+        );
+        let mut src =
+            FileSource::open_at(f.path(), false, Duration::from_millis(1), at).expect("reopen");
+        batch.clear();
+        src.next_batch(&mut batch, 10, &cancel).expect("read");
+        assert_eq!(
+            batch,
+            [Record {
+                line: "three".into(),
+                line_no: 3
+            }]
+        );
+        let e = FileSource::open_at(
+            f.path(),
+            false,
+            Duration::from_millis(1),
+            Position {
+                offset: 999,
+                line_no: 9,
+            },
+        )
+        .expect_err("past the end");
+        assert!(e.to_string().contains("truncated"), "{e}");
     }
 
     #[test]

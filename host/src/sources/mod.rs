@@ -21,6 +21,15 @@ pub struct Record {
     pub line_no: u64,
 }
 
+/// Where a source is: what a checkpoint stores to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Byte offset of the first record not yet handed out.
+    pub offset: u64,
+    /// Lines handed out so far.
+    pub line_no: u64,
+}
+
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -51,18 +60,32 @@ pub trait Source: Send {
 
     /// A name for logs and dead letters, e.g. `file:events.jsonl`.
     fn name(&self) -> &str;
+
+    /// The position after the last record handed out.
+    fn position(&self) -> Position;
 }
 
-/// Opens the configured source.
+/// Opens the configured source, resuming at `resume` when given.
 ///
 /// # Errors
-/// [`SourceError`] when it cannot be opened.
-pub fn open(config: &SourceConfig) -> Result<Box<dyn Source>, SourceError> {
+/// [`SourceError`] when it cannot be opened or the position is past its end.
+pub fn open(
+    config: &SourceConfig,
+    resume: Option<Position>,
+) -> Result<Box<dyn Source>, SourceError> {
     match config {
-        SourceConfig::File(f) => Ok(Box::new(FileSource::open(
+        SourceConfig::File(f) => Ok(Box::new(FileSource::open_at(
             &f.path,
             f.follow,
             f.poll_interval,
+            resume.unwrap_or_default(),
         )?)),
+    }
+}
+
+/// The name a configured source reports, without opening it.
+pub fn name(config: &SourceConfig) -> String {
+    match config {
+        SourceConfig::File(f) => file::name(&f.path),
     }
 }

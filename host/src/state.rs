@@ -1,0 +1,374 @@
+//! Durable state: checkpoints in an embedded redb database.
+//!
+//! A checkpoint is one redb write transaction holding everything that
+//! changed since the previous one — feature state of the keys touched or
+//! expired, ids added to or dropped from the de-duplication set — together
+//! with the source position it covers. It commits only after the outputs
+//! for every event before that position are synced, so after `kill -9` a
+//! restart resumes from the last checkpoint: no event is lost and no state
+//! is counted twice (decisions after the checkpoint may be written again,
+//! with the same transaction id).
+//!
+//! redb was chosen by measurement on this 2-core machine (1M keys of 96 B):
+//! writing them in one transaction took ~2.0 s against fjall's ~1.8 s, but
+//! reading them all back — what a restart does — took ~0.1 s against ~0.5 s,
+//! and redb's single-file ACID transactions are exactly a checkpoint.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::sources::Position;
+
+/// Bumped when the stored layout changes incompatibly.
+pub const FORMAT: u32 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
+const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
+
+/// Why state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened, read or written.
+    #[error("state store {path}: {message}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The checkpoint was written by an incompatible vigil.
+    #[error(
+        "state store {path}: checkpoint format v{found}, this vigil reads v{FORMAT}; \
+         move the state folder away to start from scratch"
+    )]
+    Incompatible {
+        /// The database file.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+    /// The checkpoint is for another input.
+    #[error(
+        "state store {path}: the checkpoint is for source `{found}`, not `{expected}`; \
+         move the state folder away to start from scratch"
+    )]
+    OtherSource {
+        /// The database file.
+        path: PathBuf,
+        /// The source the checkpoint covers.
+        found: String,
+        /// The configured source.
+        expected: String,
+    },
+}
+
+/// One key's feature state that changed, or went away (`state: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureDelta {
+    /// Key kind code.
+    pub kind: u8,
+    /// Hash of the key.
+    pub hash: u64,
+    /// The worker that owns it.
+    pub worker: u16,
+    /// Serialised state, or `None` to delete.
+    pub state: Option<Vec<u8>>,
+}
+
+/// Everything a checkpoint writes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Sequence number.
+    pub id: u64,
+    /// Where the source resumes.
+    pub position: Position,
+    /// The source's name, to refuse resuming another input.
+    pub source: String,
+    /// Number of workers when written.
+    pub workers: u16,
+    /// Ids added to the de-duplication set, with their event time.
+    pub dedup_added: Vec<(u128, i64)>,
+    /// Ids dropped from it.
+    pub dedup_removed: Vec<u128>,
+    /// Feature state changes.
+    pub features: Vec<FeatureDelta>,
+}
+
+/// What a restart resumes from.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The checkpoint's sequence number.
+    pub id: u64,
+    /// Where the source resumes.
+    pub position: Position,
+    /// Workers when written.
+    pub workers: u16,
+    /// The de-duplication set.
+    pub dedup: Vec<(u128, i64)>,
+    /// Every key's feature state: (kind, hash, worker, state).
+    pub features: Vec<(u8, u64, u16, Vec<u8>)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    format: u32,
+    id: u64,
+    position: Position,
+    source: String,
+    workers: u16,
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+}
+
+fn feature_key(kind: u8, hash: u64) -> [u8; 9] {
+    let mut k = [0; 9];
+    k[0] = kind;
+    k[1..].copy_from_slice(&hash.to_be_bytes());
+    k
+}
+
+impl StateStore {
+    /// Opens (or creates) `dir/state.redb`.
+    ///
+    /// # Errors
+    /// [`StateError::Store`] naming the file, e.g. when it is corrupt.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let path = dir.join("state.redb");
+        let err = |message: String| StateError::Store {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        Ok(Self { db, path })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StateError {
+        StateError::Store {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Reads the last checkpoint, if any, for the source named `source`.
+    ///
+    /// # Errors
+    /// [`StateError`] when the store is unreadable, of another format, or
+    /// for another source — never a silent reset.
+    pub fn load(&self, source: &str) -> Result<Option<Restored>, StateError> {
+        let rx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let meta = match rx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let Some(raw) = meta.get("checkpoint").map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let meta: Meta = postcard::from_bytes(raw.value())
+            .map_err(|e| self.err(format!("bad checkpoint record: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(StateError::Incompatible {
+                path: self.path.clone(),
+                found: meta.format,
+            });
+        }
+        if meta.source != source {
+            return Err(StateError::OtherSource {
+                path: self.path.clone(),
+                found: meta.source,
+                expected: source.to_owned(),
+            });
+        }
+        let mut restored = Restored {
+            id: meta.id,
+            position: meta.position,
+            workers: meta.workers,
+            ..Restored::default()
+        };
+        let dedup = rx.open_table(DEDUP).map_err(|e| self.err(e))?;
+        for entry in dedup.iter().map_err(|e| self.err(e))? {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let k: [u8; 16] = k
+                .value()
+                .try_into()
+                .map_err(|_| self.err("bad dedup key"))?;
+            restored.dedup.push((u128::from_be_bytes(k), v.value()));
+        }
+        let features = rx.open_table(FEATURES).map_err(|e| self.err(e))?;
+        for entry in features.iter().map_err(|e| self.err(e))? {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let (k, v) = (k.value(), v.value());
+            if k.len() != 9 || v.len() < 2 {
+                return Err(self.err("bad feature record"));
+            }
+            let hash =
+                u64::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
+            let worker = u16::from_le_bytes([v[0], v[1]]);
+            restored
+                .features
+                .push((k[0], hash, worker, v[2..].to_vec()));
+        }
+        Ok(Some(restored))
+    }
+
+    /// Writes a checkpoint atomically.
+    ///
+    /// # Errors
+    /// [`StateError::Store`] when the transaction fails; the previous
+    /// checkpoint then stays the latest.
+    pub fn commit(&self, cp: &Checkpoint) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut features = tx.open_table(FEATURES).map_err(|e| self.err(e))?;
+            let mut value = Vec::new();
+            for d in &cp.features {
+                let key = feature_key(d.kind, d.hash);
+                match &d.state {
+                    Some(state) => {
+                        value.clear();
+                        value.extend_from_slice(&d.worker.to_le_bytes());
+                        value.extend_from_slice(state);
+                        features
+                            .insert(key.as_slice(), value.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        features.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+            let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
+            for (id, ts) in &cp.dedup_added {
+                dedup
+                    .insert(id.to_be_bytes().as_slice(), *ts)
+                    .map_err(|e| self.err(e))?;
+            }
+            for id in &cp.dedup_removed {
+                dedup
+                    .remove(id.to_be_bytes().as_slice())
+                    .map_err(|e| self.err(e))?;
+            }
+            let meta = Meta {
+                format: FORMAT,
+                id: cp.id,
+                position: cp.position,
+                source: cp.source.clone(),
+                workers: cp.workers,
+            };
+            let raw = postcard::to_allocvec(&meta).map_err(|e| self.err(e))?;
+            let mut table = tx.open_table(META).map_err(|e| self.err(e))?;
+            table
+                .insert("checkpoint", raw.as_slice())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn an_empty_store_has_no_checkpoint() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(
+            StateStore::open(dir.path())
+                .expect("open")
+                .load("s")
+                .expect("load")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn another_source_or_format_is_refused_not_reset() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StateStore::open(dir.path()).expect("open");
+        store
+            .commit(&Checkpoint {
+                id: 1,
+                source: "file:a".into(),
+                ..Checkpoint::default()
+            })
+            .expect("commit");
+        let e = store.load("file:b").expect_err("other source");
+        assert!(
+            e.to_string().contains("file:a") && e.to_string().contains("move the state folder"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("state.redb"),
+            b"this is not a database at all, not even close",
+        )
+        .expect("write");
+        let e = StateStore::open(dir.path())
+            .and_then(|s| s.load("x"))
+            .expect_err("corrupt");
+        assert!(e.to_string().contains("state.redb"), "{e}");
+    }
+
+    proptest! {
+        /// A sequence of incremental checkpoints reads back as the model
+        /// that applies the same changes to plain maps.
+        #[test]
+        fn checkpoints_accumulate_like_a_map(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec((0u64..20, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))), 0..10),
+                 proptest::collection::vec((0u128..20, any::<bool>()), 0..10)),
+                1..8),
+        ) {
+            let dir = tempfile::tempdir().expect("tmp");
+            let store = StateStore::open(dir.path()).expect("open");
+            let mut model_features: HashMap<u64, Vec<u8>> = HashMap::new();
+            let mut model_dedup: HashMap<u128, i64> = HashMap::new();
+            for (i, (features, dedup)) in steps.into_iter().enumerate() {
+                let mut cp = Checkpoint { id: i as u64, source: "s".into(), workers: 2, ..Checkpoint::default() };
+                cp.position = Position { offset: i as u64 * 10, line_no: i as u64 };
+                for (hash, state) in features {
+                    match &state {
+                        Some(s) => { model_features.insert(hash, s.clone()); }
+                        None => { model_features.remove(&hash); }
+                    }
+                    cp.features.push(FeatureDelta { kind: 0, hash, worker: 1, state });
+                }
+                // Within one checkpoint, removals apply after additions.
+                for &(id, add) in &dedup {
+                    if add {
+                        model_dedup.insert(id, i as i64);
+                        cp.dedup_added.push((id, i as i64));
+                    }
+                }
+                for &(id, add) in &dedup {
+                    if !add {
+                        model_dedup.remove(&id);
+                        cp.dedup_removed.push(id);
+                    }
+                }
+                store.commit(&cp).expect("commit");
+                let r = store.load("s").expect("load").expect("some");
+                prop_assert_eq!(r.id, i as u64);
+                prop_assert_eq!(r.position, cp.position);
+                let got: HashMap<u64, Vec<u8>> = r.features.into_iter().map(|(_, h, _, s)| (h, s)).collect();
+                prop_assert_eq!(&got, &model_features);
+                let got: HashMap<u128, i64> = r.dedup.into_iter().collect();
+                prop_assert_eq!(&got, &model_dedup);
+            }
+        }
+    }
+}
