@@ -9,7 +9,10 @@ rules:
     cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm {{rules_wasm}}/velocity.wasm rules/dist/
 
 # Run the daemon on the example config (Ctrl-C stops it after draining).
+# The demo replays the sample from the start, so it drops the checkpoint a
+# previous run left; a real deployment resumes from it.
 run: rules
+    rm -f state/state.redb
     cargo run --release -p vigil -- run --config examples/vigil.toml
 
 # Validate a rule module and print its manifest.

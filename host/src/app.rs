@@ -10,12 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::decode::{Decoder, Tokenizer};
+use crate::features;
 use crate::features::Catalog;
-use crate::pipeline::{Counters, Pipeline, Sinks, Stages, Summary};
+use crate::pipeline::{Counters, Durability, Pipeline, Sinks, Stages, Summary};
 use crate::rules::lists::Lists;
 use crate::rules::sandbox::{Limits, Sandbox};
 use crate::rules::{RuleRegistry, log_report, watch};
 use crate::sources;
+use crate::sources::Position;
+use crate::state::StateStore;
 
 /// Builds the sandbox configured by `[rules]`.
 ///
@@ -80,11 +83,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let source = sources::open(&config.source, None)?;
+    let mut decoder = Decoder::new(&config.clean, tokenizer.clone());
+    let durability = restore(&config, &mut decoder)?;
+    let resume = durability.store.as_ref().map(|_| durability.position);
+    let source = sources::open(&config.source, resume.filter(|p| *p != Position::default()))?;
     let sinks = Sinks::open(&config.sinks)?;
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
-    let decoder = Decoder::new(&config.clean, tokenizer.clone());
     let stages = Stages {
         source,
         decoder,
@@ -92,8 +97,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         registry: registry.clone(),
         sinks,
     };
-    let pipeline = Pipeline::start(&config, stages, counters.clone(), cancel.clone())
-        .context("cannot start the pipeline")?;
+    let pipeline = Pipeline::start(
+        &config,
+        stages,
+        durability.into_pipeline(config.state.checkpoint_interval),
+        counters.clone(),
+        cancel.clone(),
+    )
+    .context("cannot start the pipeline")?;
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
@@ -123,10 +134,78 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         decided = summary.decided,
         dead_lettered = summary.dead_lettered,
         alerts = summary.alerts,
+        checkpoints = summary.checkpoints,
         "vigil stopped"
     );
     result??;
     Ok(summary)
+}
+
+/// What a restart resumes from.
+struct Resumed {
+    store: Option<StateStore>,
+    position: Position,
+    last_id: u64,
+    workers: u16,
+    features: Vec<(u8, u64, u16, Vec<u8>)>,
+}
+
+impl Resumed {
+    fn into_pipeline(self, interval: std::time::Duration) -> Durability {
+        Durability {
+            store: self.store,
+            interval,
+            last_id: self.last_id,
+            features: self.features,
+            workers: self.workers,
+        }
+    }
+}
+
+/// Opens the state store and loads the last checkpoint into the decoder;
+/// the feature state goes to the workers.
+///
+/// # Errors
+/// A corrupt, incompatible or foreign checkpoint is an error naming the
+/// store, never a silent fresh start.
+fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
+    let none = Resumed {
+        store: None,
+        position: Position::default(),
+        last_id: 0,
+        workers: 0,
+        features: Vec::new(),
+    };
+    if !config.state.checkpoints {
+        return Ok(none);
+    }
+    let store = StateStore::open(&config.state.dir)?;
+    let Some(r) = store.load(&sources::name(&config.source))? else {
+        tracing::info!(store = %config.state.dir.display(), "no checkpoint: starting from the beginning");
+        return Ok(Resumed {
+            store: Some(store),
+            ..none
+        });
+    };
+    for (_, _, _, state) in &r.features {
+        features::check_stored(state)
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
+    }
+    decoder.dedup_mut().restore(&r.dedup);
+    tracing::info!(
+        checkpoint = r.id,
+        line = r.position.line_no,
+        keys = r.features.len(),
+        ids = r.dedup.len(),
+        "resuming from the last checkpoint"
+    );
+    Ok(Resumed {
+        store: Some(store),
+        position: r.position,
+        last_id: r.id,
+        workers: r.workers,
+        features: r.features,
+    })
 }
 
 /// Features are kept by the worker that owns an event's partition key; a

@@ -518,17 +518,32 @@ fn default_dead_letters() -> SinkConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StateConfig {
-    /// The state folder; compiled rules are cached in `wasm-cache/` inside it.
+    /// The state folder: checkpoints in `state.redb`, compiled rules in
+    /// `wasm-cache/`.
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// Write checkpoints and resume from the last one on start. Without
+    /// them a restart begins the source again with empty state.
+    #[serde(default = "default_true")]
+    pub checkpoints: bool,
+    /// Time between checkpoints: at most this much input is read again
+    /// after a crash.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: default_state_dir(),
+            checkpoints: true,
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_state_dir() -> PathBuf {

@@ -5,6 +5,14 @@
 //! previous one back instead of queueing without limit. Shutdown is a drain:
 //! the source stops reading, and each stage ends when its input channel is
 //! closed and empty, so every event read is decided or dead-lettered.
+//!
+//! Checkpoints are barriers: every `state.checkpoint-interval` the source
+//! sends a numbered barrier down each worker channel after the batches it
+//! covers, and its own part (position, de-duplication changes) to the sink.
+//! A worker answers with its feature changes when the barrier reaches it,
+//! behind the outputs of every earlier event. When the sink thread has all
+//! parts, those outputs are already written: it syncs the files and commits
+//! the checkpoint in one transaction.
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
@@ -24,6 +32,9 @@ use crate::partition::Partitioner;
 use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
 use crate::sources::{Record, Source};
+use crate::state::{Checkpoint, FeatureDelta, StateStore};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
 #[derive(Debug, Default)]
@@ -36,6 +47,8 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Alerts (review or block) written.
     pub alerts: AtomicU64,
+    /// Checkpoints committed.
+    pub checkpoints: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -49,6 +62,8 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Alerts written.
     pub alerts: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
 }
 
 impl Counters {
@@ -59,6 +74,7 @@ impl Counters {
             decided: self.decided.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             alerts: self.alerts.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }
 }
@@ -94,6 +110,43 @@ impl Sinks {
         self.alerts.flush()?;
         self.dead_letters.flush()
     }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.decisions.sync()?;
+        self.alerts.sync()?;
+        self.dead_letters.sync()
+    }
+}
+
+enum WorkerMsg {
+    Jobs(Vec<Job>),
+    Barrier(u64),
+}
+
+enum SinkMsg {
+    Output(Output),
+    /// A worker's part of checkpoint `id`.
+    Worker {
+        id: u64,
+        delta: Vec<FeatureDelta>,
+    },
+    /// The source's part: position and de-duplication changes.
+    Source(Checkpoint),
+}
+
+/// Where and how often to checkpoint, and what to resume from.
+#[derive(Debug, Default)]
+pub struct Durability {
+    /// The store; `None` runs without checkpoints.
+    pub store: Option<StateStore>,
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// The id of the checkpoint resumed from.
+    pub last_id: u64,
+    /// Feature state to load: (kind, hash, worker that wrote it, state).
+    pub features: Vec<(u8, u64, u16, Vec<u8>)>,
+    /// Workers when that state was written.
+    pub workers: u16,
 }
 
 struct Job {
@@ -166,7 +219,7 @@ impl Output {
 pub struct Pipeline {
     source: JoinHandle<anyhow::Result<()>>,
     workers: Vec<JoinHandle<()>>,
-    sink: JoinHandle<std::io::Result<()>>,
+    sink: JoinHandle<anyhow::Result<()>>,
 }
 
 /// The parts the pipeline runs, in data-flow order.
@@ -192,13 +245,14 @@ impl std::fmt::Debug for Stages {
 }
 
 impl Pipeline {
-    /// Starts the pipeline.
+    /// Starts the pipeline, loading restored state into the workers.
     ///
     /// # Errors
     /// When a thread cannot be spawned.
     pub fn start(
         config: &Config,
         stages: Stages,
+        durability: Durability,
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
@@ -209,38 +263,59 @@ impl Pipeline {
             registry,
             sinks,
         } = stages;
+        let Durability {
+            store,
+            interval,
+            last_id,
+            features: restored,
+            workers: stored_workers,
+        } = durability;
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
-        let (out_tx, out_rx) = bounded::<Output>(cap * workers.max(1));
+        let checkpoints = store.as_ref().map(|_| interval);
+        let (out_tx, out_rx) = bounded::<SinkMsg>(cap * workers.max(1));
         let sink = spawn("vigil-sink", {
             let counters = counters.clone();
-            move || run_sinks(out_rx, sinks, &counters)
+            move || run_sinks(out_rx, sinks, store, workers, &counters)
         })?;
+        // Restored keys go back to the worker that wrote them, or, when the
+        // worker count changed, to the worker their hash maps to.
+        let mut per_worker: Vec<Vec<(u8, u64, Vec<u8>)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (kind, hash, worker, state) in restored {
+            let w = if usize::from(stored_workers) == workers {
+                usize::from(worker)
+            } else {
+                (hash % workers as u64) as usize
+            };
+            per_worker[w.min(workers - 1)].push((kind, hash, state));
+        }
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let (tx, rx) = bounded::<Vec<Job>>(cap);
+        for (i, restored) in per_worker.into_iter().enumerate() {
+            let (tx, rx) = bounded::<WorkerMsg>(cap);
             worker_txs.push(tx);
             let out_tx = out_tx.clone();
             let registry = registry.clone();
             let catalog = catalog.clone();
             handles.push(spawn(&format!("vigil-worker-{i}"), move || {
-                run_worker(rx, out_tx, registry, catalog)
+                run_worker(i as u16, rx, out_tx, registry, catalog, restored)
             })?);
         }
         let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
         let batch = config.pipeline.batch_size.get();
         let source = spawn("vigil-source", move || {
-            run_source(
+            let mut run = SourceRun {
                 source,
                 decoder,
                 partitioner,
                 worker_txs,
                 out_tx,
-                batch,
-                &counters,
-                &cancel,
-            )
+                batch_size: batch,
+                checkpoints,
+                next_id: last_id + 1,
+            };
+            run.run(&counters, &cancel)
         })?;
         Ok(Self {
             source,
@@ -252,8 +327,8 @@ impl Pipeline {
     /// Waits until every stage has drained.
     ///
     /// # Errors
-    /// When the source or a sink failed; events read are still accounted for
-    /// in the counters up to the failure.
+    /// When the source, a sink or a checkpoint failed; events read are
+    /// still accounted for in the counters up to the failure.
     pub fn join(self) -> anyhow::Result<()> {
         let source = self
             .source
@@ -268,7 +343,7 @@ impl Pipeline {
             .join()
             .map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
         source?;
-        sink.map_err(|e| anyhow::anyhow!("writing output failed: {e}"))
+        sink
     }
 }
 
@@ -279,66 +354,124 @@ fn spawn<T: Send + 'static>(
     std::thread::Builder::new().name(name.to_owned()).spawn(f)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_source(
-    mut source: Box<dyn Source>,
-    mut decoder: Decoder,
+struct SourceRun {
+    source: Box<dyn Source>,
+    decoder: Decoder,
     partitioner: Partitioner,
-    worker_txs: Vec<Sender<Vec<Job>>>,
-    out_tx: Sender<Output>,
+    worker_txs: Vec<Sender<WorkerMsg>>,
+    out_tx: Sender<SinkMsg>,
     batch_size: usize,
-    counters: &Counters,
-    cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut records = Vec::with_capacity(batch_size);
-    loop {
-        records.clear();
-        let more = source.next_batch(&mut records, batch_size, cancel)?;
-        counters
-            .events_in
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        let now = now_us();
-        let mut jobs: Vec<Vec<Job>> = (0..worker_txs.len()).map(|_| Vec::new()).collect();
-        let mut rejected = Output::default();
-        for record in &records {
-            match decoder.decode(&record.line) {
-                Ok(payment) => jobs[partitioner.partition(&payment)].push(Job {
-                    payment,
-                    ingested_at_us: now,
-                }),
-                Err(e) => rejected.dead_letter(&e, source.name(), record, now),
+    checkpoints: Option<Duration>,
+    next_id: u64,
+}
+
+impl SourceRun {
+    fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut records = Vec::with_capacity(self.batch_size);
+        let mut last_checkpoint = Instant::now();
+        loop {
+            records.clear();
+            let more = self
+                .source
+                .next_batch(&mut records, self.batch_size, cancel)?;
+            counters
+                .events_in
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let now = now_us();
+            let mut jobs: Vec<Vec<Job>> = (0..self.worker_txs.len()).map(|_| Vec::new()).collect();
+            let mut rejected = Output::default();
+            for record in &records {
+                match self.decoder.decode(&record.line) {
+                    Ok(payment) => jobs[self.partitioner.partition(&payment)].push(Job {
+                        payment,
+                        ingested_at_us: now,
+                    }),
+                    Err(e) => rejected.dead_letter(&e, self.source.name(), record, now),
+                }
+            }
+            for (tx, batch) in self.worker_txs.iter().zip(jobs) {
+                if !batch.is_empty() && tx.send(WorkerMsg::Jobs(batch)).is_err() {
+                    anyhow::bail!("a worker stopped before the input was drained");
+                }
+            }
+            if rejected.dead_count > 0 && self.out_tx.send(SinkMsg::Output(rejected)).is_err() {
+                anyhow::bail!("the sink stopped before the input was drained");
+            }
+            let done = !more || cancel.is_cancelled();
+            if let Some(every) = self.checkpoints
+                && (done || last_checkpoint.elapsed() >= every)
+            {
+                self.barrier()?;
+                last_checkpoint = Instant::now();
+            }
+            if done {
+                tracing::info!(source = self.source.name(), "source finished");
+                return Ok(());
             }
         }
-        for (tx, batch) in worker_txs.iter().zip(jobs) {
-            if !batch.is_empty() && tx.send(batch).is_err() {
+    }
+
+    /// Starts checkpoint `next_id` covering everything sent so far.
+    fn barrier(&mut self) -> anyhow::Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        for tx in &self.worker_txs {
+            if tx.send(WorkerMsg::Barrier(id)).is_err() {
                 anyhow::bail!("a worker stopped before the input was drained");
             }
         }
-        if rejected.dead_count > 0 && out_tx.send(rejected).is_err() {
+        let (dedup_added, dedup_removed) = self.decoder.dedup_mut().take_delta();
+        let part = Checkpoint {
+            id,
+            position: self.source.position(),
+            source: self.source.name().to_owned(),
+            workers: self.worker_txs.len() as u16,
+            dedup_added,
+            dedup_removed,
+            features: Vec::new(),
+        };
+        if self.out_tx.send(SinkMsg::Source(part)).is_err() {
             anyhow::bail!("the sink stopped before the input was drained");
         }
-        if !more || cancel.is_cancelled() {
-            tracing::info!(source = source.name(), "source finished");
-            return Ok(());
-        }
+        Ok(())
     }
 }
 
 fn run_worker(
-    rx: Receiver<Vec<Job>>,
-    out_tx: Sender<Output>,
+    index: u16,
+    rx: Receiver<WorkerMsg>,
+    out_tx: Sender<SinkMsg>,
     registry: Arc<RuleRegistry>,
     catalog: Arc<Catalog>,
+    restored: Vec<(u8, u64, Vec<u8>)>,
 ) {
     let mut evaluator = Evaluator::new(registry);
     let mut features = FeatureEngine::new(catalog.clone());
+    for (kind, hash, state) in restored {
+        // The app checked every record before starting; a record that no
+        // longer fits is dropped with a log line rather than stopping work.
+        if let Err(e) = features.restore(kind, hash, &state) {
+            tracing::error!(worker = index, error = %e, "cannot restore a key's feature state");
+        }
+    }
     let mut encoded = Vec::with_capacity(1024);
     let mut outcomes = Vec::new();
     // (name, catalog index) of the features live rules read; worker-local
     // names so records do not touch shared reference counts.
     let mut used: Vec<(Arc<str>, usize)> = Vec::new();
     let mut used_generation = u64::MAX;
-    for jobs in rx {
+    for msg in rx {
+        let jobs = match msg {
+            WorkerMsg::Jobs(jobs) => jobs,
+            WorkerMsg::Barrier(id) => {
+                let delta = features.take_delta(index);
+                if out_tx.send(SinkMsg::Worker { id, delta }).is_err() {
+                    tracing::error!("the sink stopped; worker exiting");
+                    return;
+                }
+                continue;
+            }
+        };
         // Rules first: a rule that declares a new feature adds it to the
         // catalog before it goes live, so the engine then sees it too.
         evaluator.refresh();
@@ -393,40 +526,95 @@ fn run_worker(
                 out.alerts.push(start..out.decisions.len());
             }
         }
-        if out_tx.send(out).is_err() {
+        if out_tx.send(SinkMsg::Output(out)).is_err() {
             tracing::error!("the sink stopped; worker exiting");
             return;
         }
     }
 }
 
-fn run_sinks(rx: Receiver<Output>, mut sinks: Sinks, counters: &Counters) -> std::io::Result<()> {
-    let result = (|| {
-        for out in &rx {
-            sinks.decisions.write(&out.decisions)?;
-            for r in &out.alerts {
-                sinks.alerts.write(&out.decisions[r.clone()])?;
+#[derive(Default)]
+struct Pending {
+    workers: usize,
+    source: Option<Checkpoint>,
+    features: Vec<FeatureDelta>,
+}
+
+fn run_sinks(
+    rx: Receiver<SinkMsg>,
+    mut sinks: Sinks,
+    store: Option<StateStore>,
+    workers: usize,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let result = (|| -> anyhow::Result<()> {
+        for msg in &rx {
+            let id = match msg {
+                SinkMsg::Output(out) => {
+                    sinks.decisions.write(&out.decisions)?;
+                    for r in &out.alerts {
+                        sinks.alerts.write(&out.decisions[r.clone()])?;
+                    }
+                    sinks.dead_letters.write(&out.dead)?;
+                    counters
+                        .decided
+                        .fetch_add(out.decision_count, Ordering::Relaxed);
+                    counters
+                        .alerts
+                        .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
+                    counters
+                        .dead_lettered
+                        .fetch_add(out.dead_count, Ordering::Relaxed);
+                    // Flush when caught up, so a quiet stream still shows its
+                    // decisions promptly while a busy one writes in large chunks.
+                    if rx.is_empty() {
+                        sinks.flush()?;
+                    }
+                    continue;
+                }
+                SinkMsg::Worker { id, delta } => {
+                    let p = pending.entry(id).or_default();
+                    p.workers += 1;
+                    p.features.extend(delta);
+                    id
+                }
+                SinkMsg::Source(cp) => {
+                    let id = cp.id;
+                    pending.entry(id).or_default().source = Some(cp);
+                    id
+                }
+            };
+            let complete = pending
+                .get(&id)
+                .is_some_and(|p| p.workers == workers && p.source.is_some());
+            if !complete {
+                continue;
             }
-            sinks.dead_letters.write(&out.dead)?;
-            counters
-                .decided
-                .fetch_add(out.decision_count, Ordering::Relaxed);
-            counters
-                .alerts
-                .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
-            counters
-                .dead_lettered
-                .fetch_add(out.dead_count, Ordering::Relaxed);
-            // Flush when caught up, so a quiet stream still shows its
-            // decisions promptly while a busy one writes in large chunks.
-            if rx.is_empty() {
-                sinks.flush()?;
+            let Some(p) = pending.remove(&id) else {
+                continue;
+            };
+            let Some(mut cp) = p.source else { continue };
+            cp.features = p.features;
+            // Everything before the barrier is written; make it durable
+            // before the checkpoint says it was processed.
+            sinks.sync()?;
+            if let Some(store) = &store {
+                store.commit(&cp)?;
+                counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    id = cp.id,
+                    line = cp.position.line_no,
+                    keys = cp.features.len(),
+                    "checkpoint committed"
+                );
             }
         }
-        sinks.flush()
+        sinks.flush()?;
+        Ok(())
     })();
     if let Err(e) = &result {
-        tracing::error!(error = %e, "writing output failed; stopping");
+        tracing::error!(error = %e, "writing output or a checkpoint failed; stopping");
     }
     result
 }

@@ -14,6 +14,10 @@ pub struct Dedup {
     seen: HashMap<u128, i64>,
     order: VecDeque<(i64, u128)>,
     newest_ms: i64,
+    /// Ids added since the last checkpoint.
+    added: Vec<(u128, i64)>,
+    /// Ids forgotten since the last checkpoint.
+    removed: Vec<u128>,
 }
 
 impl Dedup {
@@ -24,6 +28,8 @@ impl Dedup {
             seen: HashMap::new(),
             order: VecDeque::new(),
             newest_ms: i64::MIN,
+            added: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -38,6 +44,7 @@ impl Dedup {
         }
         self.seen.insert(key, ts_ms);
         self.order.push_back((ts_ms, key));
+        self.added.push((key, ts_ms));
         true
     }
 
@@ -49,6 +56,27 @@ impl Dedup {
             }
             self.order.pop_front();
             self.seen.remove(&key);
+            self.removed.push(key);
+        }
+    }
+
+    /// The ids added and forgotten since the last call, for a checkpoint
+    /// (apply the additions first).
+    pub fn take_delta(&mut self) -> (Vec<(u128, i64)>, Vec<u128>) {
+        (
+            std::mem::take(&mut self.added),
+            std::mem::take(&mut self.removed),
+        )
+    }
+
+    /// Loads the set a checkpoint stored.
+    pub fn restore(&mut self, ids: &[(u128, i64)]) {
+        let mut ids = ids.to_vec();
+        ids.sort_by_key(|&(key, ts)| (ts, key));
+        for (key, ts) in ids {
+            self.seen.insert(key, ts);
+            self.order.push_back((ts, key));
+            self.newest_ms = self.newest_ms.max(ts);
         }
     }
 
@@ -74,6 +102,21 @@ mod tests {
         assert!(d.insert("a", 0));
         assert!(!d.insert("a", 500));
         assert!(d.insert("b", 900));
+    }
+
+    #[test]
+    fn a_restored_set_catches_the_same_duplicates() {
+        let mut d = Dedup::new(1_000);
+        d.insert("a", 0);
+        d.insert("b", 10);
+        let (added, removed) = d.take_delta();
+        assert_eq!((added.len(), removed.len()), (2, 0));
+        let mut r = Dedup::new(1_000);
+        r.restore(&added);
+        assert!(!r.insert("a", 20) && !r.insert("b", 20));
+        assert!(r.insert("c", 20));
+        d.insert("z", 2_000);
+        assert_eq!(d.take_delta().1.len(), 2, "a and b were forgotten");
     }
 
     #[test]

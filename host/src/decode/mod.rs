@@ -215,6 +215,11 @@ impl Decoder {
         }
     }
 
+    /// The de-duplication set, for checkpoints.
+    pub fn dedup_mut(&mut self) -> &mut Dedup {
+        &mut self.dedup
+    }
+
     /// Decodes, validates, tokenises and de-duplicates one line.
     ///
     /// # Errors

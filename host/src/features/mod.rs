@@ -168,6 +168,16 @@ struct StoredKey {
     distinct: Vec<(u8, i64, i64, DistinctSeries)>,
 }
 
+/// Checks that `bytes` is a stored key's state, as a checkpoint holds it.
+///
+/// # Errors
+/// A message when it is not.
+pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
+    postcard::from_bytes::<StoredKey>(bytes)
+        .map(drop)
+        .map_err(|e| format!("bad feature state in checkpoint: {e}"))
+}
+
 /// Events between sweeps for idle keys.
 const SWEEP_EVERY: u64 = 1 << 16;
 

@@ -1,7 +1,7 @@
 //! File, stdout and discard sinks.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::Sink;
@@ -13,7 +13,9 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// Opens `path` for appending.
+    /// Opens `path` for appending. A last line cut short by a crash is
+    /// removed first, so the file stays one whole record per line (the
+    /// record is written again after the restart).
     ///
     /// # Errors
     /// When the file or its folder cannot be created.
@@ -21,11 +23,40 @@ impl FileSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len > 0 {
+            let keep = whole_lines_len(&mut file, len)?;
+            if keep < len {
+                tracing::warn!(file = %path.display(), dropped_bytes = len - keep, "removed a partial last line left by a crash");
+                file.set_len(keep)?;
+            }
+        }
         Ok(Self {
             out: BufWriter::with_capacity(256 * 1024, file),
         })
     }
+}
+
+/// The length of `file` up to and including its last newline.
+fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 impl Sink for FileSink {
@@ -34,6 +65,29 @@ impl Sink for FileSink {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_last_line_is_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, "{\"id\":1}\n{\"id\":2}\n{\"id\":").expect("write");
+        let mut sink = FileSink::create(&path).expect("open");
+        sink.write(b"{\"id\":3}\n").expect("write");
+        sink.flush().expect("flush");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n"
+        );
     }
 }
 

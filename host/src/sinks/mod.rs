@@ -23,6 +23,14 @@ pub trait Sink: Send {
     /// # Errors
     /// When the destination cannot be written.
     fn flush(&mut self) -> std::io::Result<()>;
+
+    /// Makes everything written so far durable (before a checkpoint).
+    ///
+    /// # Errors
+    /// When the destination cannot be written.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()
+    }
 }
 
 /// Opens the configured sink.
