@@ -12,4 +12,5 @@ mod golden;
 mod hostile;
 mod hot_reload;
 mod malformed;
+mod recovery;
 mod registry;
