@@ -148,6 +148,7 @@ struct Resumed {
     last_id: u64,
     workers: u16,
     features: Vec<(u8, u64, u16, Vec<u8>)>,
+    windows: Vec<(u16, Vec<u8>)>,
 }
 
 impl Resumed {
@@ -157,6 +158,7 @@ impl Resumed {
             interval,
             last_id: self.last_id,
             features: self.features,
+            windows: self.windows,
             workers: self.workers,
         }
     }
@@ -175,6 +177,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         last_id: 0,
         workers: 0,
         features: Vec::new(),
+        windows: Vec::new(),
     };
     if !config.state.checkpoints {
         return Ok(none);
@@ -191,6 +194,10 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         features::check_stored(state)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
+    for (_, state) in &r.windows {
+        crate::window::check_stored(state)
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
+    }
     decoder.dedup_mut().restore(&r.dedup);
     tracing::info!(
         checkpoint = r.id,
@@ -205,6 +212,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         last_id: r.id,
         workers: r.workers,
         features: r.features,
+        windows: r.windows,
     })
 }
 

@@ -76,6 +76,13 @@ pub struct Config {
     /// event time. Rules may also name a spec inline in their manifest.
     #[serde(default)]
     pub features: BTreeMap<String, String>,
+    /// Event-time progress for windows.
+    #[serde(default)]
+    pub watermark: WatermarkConfig,
+    /// Windowed aggregates per key, by name: `[windows.merchant-1m]`. Each
+    /// closed window is one record on the aggregates output.
+    #[serde(default)]
+    pub windows: BTreeMap<String, WindowSpec>,
     /// Per-rule settings, keyed by the rule's manifest name:
     /// `[rule.large-amount]`.
     #[serde(default)]
@@ -149,6 +156,30 @@ impl Config {
                 "clean.max-field-bytes",
                 "must be between 1 and 65535",
             ));
+        }
+        for (name, w) in &self.windows {
+            let ms = |d: &Duration| d.as_millis();
+            match w {
+                WindowSpec::Tumbling { size, .. } if ms(size) == 0 => {
+                    return Err(ConfigError::invalid(
+                        format!("windows.{name}.size"),
+                        "must be at least 1ms",
+                    ));
+                }
+                WindowSpec::Hopping { size, hop, .. } if ms(hop) == 0 || hop > size => {
+                    return Err(ConfigError::invalid(
+                        format!("windows.{name}.hop"),
+                        "must be at least 1ms and at most the window size",
+                    ));
+                }
+                WindowSpec::Session { gap, .. } if ms(gap) == 0 => {
+                    return Err(ConfigError::invalid(
+                        format!("windows.{name}.gap"),
+                        "must be at least 1ms",
+                    ));
+                }
+                _ => {}
+            }
         }
         for (name, list) in &self.lists {
             if list.path.as_os_str().is_empty() {
@@ -437,6 +468,66 @@ pub struct RuleSettings {
     pub params: toml::Table,
 }
 
+/// How event time advances for windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WatermarkConfig {
+    /// How far behind the newest event time an event may arrive and still
+    /// be in order: the watermark is the newest event time minus this.
+    #[serde(default = "default_out_of_orderness", with = "humantime_serde")]
+    pub out_of_orderness: Duration,
+    /// How long after the watermark passes a window's end it stays open
+    /// for late events. Events later than that go to the late output.
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        Self {
+            out_of_orderness: default_out_of_orderness(),
+            allowed_lateness: Duration::ZERO,
+        }
+    }
+}
+
+fn default_out_of_orderness() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A windowed aggregate: count, sum, min, max and mean of amounts per key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum WindowSpec {
+    /// Back-to-back windows of `size`.
+    Tumbling {
+        /// card, account, device, ip or merchant.
+        key: crate::features::KeyField,
+        /// Window length.
+        #[serde(with = "humantime_serde")]
+        size: Duration,
+    },
+    /// Windows of `size` starting every `hop` (overlapping when hop < size).
+    Hopping {
+        /// card, account, device, ip or merchant.
+        key: crate::features::KeyField,
+        /// Window length.
+        #[serde(with = "humantime_serde")]
+        size: Duration,
+        /// Distance between window starts.
+        #[serde(with = "humantime_serde")]
+        hop: Duration,
+    },
+    /// Bursts of activity separated by at least `gap` without events.
+    Session {
+        /// card, account, device, ip or merchant.
+        key: crate::features::KeyField,
+        /// Silence that ends a session.
+        #[serde(with = "humantime_serde")]
+        gap: Duration,
+    },
+}
+
 /// What a list file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -488,6 +579,12 @@ pub struct SinksConfig {
     /// Rejected events with the reason.
     #[serde(default = "default_dead_letters")]
     pub dead_letters: SinkConfig,
+    /// One record per closed window.
+    #[serde(default = "default_aggregates")]
+    pub aggregates: SinkConfig,
+    /// Events too late for a window, with the reason.
+    #[serde(default = "default_late")]
+    pub late: SinkConfig,
 }
 
 impl Default for SinksConfig {
@@ -496,6 +593,8 @@ impl Default for SinksConfig {
             decisions: default_decisions(),
             alerts: default_alerts(),
             dead_letters: default_dead_letters(),
+            aggregates: default_aggregates(),
+            late: default_late(),
         }
     }
 }
@@ -506,6 +605,16 @@ fn default_decisions() -> SinkConfig {
 fn default_alerts() -> SinkConfig {
     SinkConfig::File {
         path: PathBuf::from("out/alerts.jsonl"),
+    }
+}
+fn default_aggregates() -> SinkConfig {
+    SinkConfig::File {
+        path: PathBuf::from("out/aggregates.jsonl"),
+    }
+}
+fn default_late() -> SinkConfig {
+    SinkConfig::File {
+        path: PathBuf::from("out/late.jsonl"),
     }
 }
 fn default_dead_letters() -> SinkConfig {
@@ -618,6 +727,20 @@ mod tests {
         assert!(err("[rules]\nmemory-cap = \"1KiB\"\n").contains("rules.memory-cap"));
         assert!(err("[sinks.decisions]\ntype = \"kafak\"\n").contains("kafak"));
         assert!(err("[rule.x]\nmode = \"loud\"\n").contains("loud"));
+    }
+
+    #[test]
+    fn window_specs_are_checked_by_key() {
+        let ok = Config::parse(
+            "[windows.m1]\ntype = \"hopping\"\nkey = \"merchant\"\nsize = \"1m\"\nhop = \"30s\"\n",
+            Path::new("t.toml"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(err("[windows.m1]\ntype = \"hopping\"\nkey = \"merchant\"\nsize = \"1m\"\nhop = \"2m\"\n").contains("windows.m1.hop"));
+        assert!(
+            err("[windows.m1]\ntype = \"tumbling\"\nkey = \"pan\"\nsize = \"1m\"\n")
+                .contains("pan")
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! vigil: a real-time payment risk engine with sandboxed WebAssembly rules.
 //!
 //! ```text
-//!  source ─► decode/clean ─► partition ─► rules (wasm) ─► decide ─► sinks
-//!   file      validate,        hash(key)    per event,      combine,   decisions,
-//!             normalise,       → worker     sandboxed,      audit      alerts,
-//!             tokenise PAN,                 hot-reloaded    record     dead letters
-//!             dedup, DLQ
+//!  source ─► decode/clean ─► partition ─► features, windows ─► rules (wasm) ─► decide ─► sinks
+//!   file      validate,        hash(key)    look-back per key,    per event,      combine,   decisions,
+//!             normalise,       → worker     tumbling/hopping/     sandboxed,      audit      alerts,
+//!             tokenise PAN,                 session, watermarks   hot-reloaded    record     aggregates,
+//!             dedup, DLQ                    (checkpointed state)                             late, dead letters
 //! ```
 //!
 //! Events are JSON lines. Each is validated and normalised (integer minor
@@ -24,6 +24,8 @@
 //! - [`event`]: the canonical payment event.
 //! - [`partition`]: key → worker.
 //! - [`features`]: per-key look-back aggregates in event time.
+//! - [`window`]: tumbling, hopping and session aggregates closed by the watermark.
+//! - [`state`]: checkpoints in an embedded store, and restore.
 //! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
 //! - [`decide`]: combining outcomes into the decision record.
 //! - [`sinks`]: decisions, alerts and dead letters out.
@@ -42,3 +44,4 @@ pub mod rules;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod window;

@@ -1,5 +1,6 @@
 //! The running pipeline: one source thread (read, decode, clean, partition),
-//! P worker threads (encode once, run rules, decide), and one sink thread.
+//! P worker threads (features, windows, encode once, run rules, decide), and
+//! one sink thread.
 //!
 //! Stages pass batches over bounded channels, so a slow stage holds the
 //! previous one back instead of queueing without limit. Shutdown is a drain:
@@ -9,21 +10,23 @@
 //! Checkpoints are barriers: every `state.checkpoint-interval` the source
 //! sends a numbered barrier down each worker channel after the batches it
 //! covers, and its own part (position, de-duplication changes) to the sink.
-//! A worker answers with its feature changes when the barrier reaches it,
-//! behind the outputs of every earlier event. When the sink thread has all
-//! parts, those outputs are already written: it syncs the files and commits
-//! the checkpoint in one transaction.
+//! A worker answers with its feature changes and window state when the
+//! barrier reaches it, behind the outputs of every earlier event. When the
+//! sink thread has all parts, those outputs are already written: it syncs
+//! the files and commits the checkpoint in one transaction.
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use vigil_abi::Action;
 
-use crate::config::Config;
+use crate::config::{Config, WindowSpec};
 use crate::decide::{self, Decision, FeatureValues, now_us};
 use crate::decode::{self, DecodeError, Decoder};
 use crate::event::Payment;
@@ -33,8 +36,7 @@ use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
 use crate::sources::{Record, Source};
 use crate::state::{Checkpoint, FeatureDelta, StateStore};
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use crate::window::{Closed, Late, Shape, WindowDef, Windows};
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
 #[derive(Debug, Default)]
@@ -49,6 +51,10 @@ pub struct Counters {
     pub alerts: AtomicU64,
     /// Checkpoints committed.
     pub checkpoints: AtomicU64,
+    /// Closed windows written.
+    pub aggregates: AtomicU64,
+    /// Events too late for a window.
+    pub late: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -64,26 +70,35 @@ pub struct Summary {
     pub alerts: u64,
     /// Checkpoints committed.
     pub checkpoints: u64,
+    /// Closed windows written.
+    pub aggregates: u64,
+    /// Events too late for a window.
+    pub late: u64,
 }
 
 impl Counters {
     /// The counts now.
     pub fn summary(&self) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Summary {
-            events_in: self.events_in.load(Ordering::Relaxed),
-            decided: self.decided.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            alerts: self.alerts.load(Ordering::Relaxed),
-            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            events_in: get(&self.events_in),
+            decided: get(&self.decided),
+            dead_lettered: get(&self.dead_lettered),
+            alerts: get(&self.alerts),
+            checkpoints: get(&self.checkpoints),
+            aggregates: get(&self.aggregates),
+            late: get(&self.late),
         }
     }
 }
 
-/// The three outputs.
+/// The outputs.
 pub struct Sinks {
     decisions: Box<dyn Sink>,
     alerts: Box<dyn Sink>,
     dead_letters: Box<dyn Sink>,
+    aggregates: Box<dyn Sink>,
+    late: Box<dyn Sink>,
 }
 
 impl std::fmt::Debug for Sinks {
@@ -102,25 +117,37 @@ impl Sinks {
             decisions: sinks::open(&config.decisions, "decisions")?,
             alerts: sinks::open(&config.alerts, "alerts")?,
             dead_letters: sinks::open(&config.dead_letters, "dead-letters")?,
+            aggregates: sinks::open(&config.aggregates, "aggregates")?,
+            late: sinks::open(&config.late, "late")?,
         })
     }
 
+    fn all(&mut self) -> [&mut Box<dyn Sink>; 5] {
+        [
+            &mut self.decisions,
+            &mut self.alerts,
+            &mut self.dead_letters,
+            &mut self.aggregates,
+            &mut self.late,
+        ]
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
-        self.decisions.flush()?;
-        self.alerts.flush()?;
-        self.dead_letters.flush()
+        self.all().into_iter().try_for_each(|s| s.flush())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        self.decisions.sync()?;
-        self.alerts.sync()?;
-        self.dead_letters.sync()
+        self.all().into_iter().try_for_each(|s| s.sync())
     }
 }
 
 enum WorkerMsg {
     Jobs(Vec<Job>),
     Barrier(u64),
+    /// The newest event time the source has seen, for an idle worker's watermark.
+    Tick(i64),
+    /// The input is exhausted: close every window.
+    EndOfInput,
 }
 
 enum SinkMsg {
@@ -128,7 +155,9 @@ enum SinkMsg {
     /// A worker's part of checkpoint `id`.
     Worker {
         id: u64,
+        worker: u16,
         delta: Vec<FeatureDelta>,
+        windows: Vec<u8>,
     },
     /// The source's part: position and de-duplication changes.
     Source(Checkpoint),
@@ -145,6 +174,8 @@ pub struct Durability {
     pub last_id: u64,
     /// Feature state to load: (kind, hash, worker that wrote it, state).
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
+    /// Window state per worker that wrote it.
+    pub windows: Vec<(u16, Vec<u8>)>,
     /// Workers when that state was written.
     pub workers: u16,
 }
@@ -162,6 +193,10 @@ struct Output {
     alerts: Vec<Range<usize>>,
     dead: Vec<u8>,
     dead_count: u64,
+    aggregates: Vec<u8>,
+    aggregate_count: u64,
+    late: Vec<u8>,
+    late_count: u64,
 }
 
 #[derive(Serialize)]
@@ -174,6 +209,22 @@ struct DeadLetter<'a> {
     at_us: i64,
 }
 
+#[derive(Serialize)]
+struct EncodeFailure<'a> {
+    reason: String,
+    code: &'static str,
+    id: &'a str,
+    at_us: i64,
+}
+
+/// Appends one JSON line; serialising these plain records cannot fail.
+fn push_line(buf: &mut Vec<u8>, count: &mut u64, record: &impl Serialize) {
+    if serde_json::to_writer(&mut *buf, record).is_ok() {
+        buf.push(b'\n');
+        *count += 1;
+    }
+}
+
 impl Output {
     fn dead_letter(&mut self, err: &DecodeError, source: &str, record: &Record, at_us: i64) {
         let dl = DeadLetter {
@@ -184,22 +235,9 @@ impl Output {
             raw: decode::redact(&record.line),
             at_us,
         };
-        if serde_json::to_writer(&mut self.dead, &dl).is_ok() {
-            self.dead.push(b'\n');
-            self.dead_count += 1;
-        }
+        push_line(&mut self.dead, &mut self.dead_count, &dl);
     }
-}
 
-#[derive(Serialize)]
-struct EncodeFailure<'a> {
-    reason: String,
-    code: &'static str,
-    id: &'a str,
-    at_us: i64,
-}
-
-impl Output {
     fn encode_failure(&mut self, id: &str, error: &str) {
         let dl = EncodeFailure {
             reason: format!("cannot encode for the rules: {error}"),
@@ -207,10 +245,19 @@ impl Output {
             id,
             at_us: now_us(),
         };
-        if serde_json::to_writer(&mut self.dead, &dl).is_ok() {
-            self.dead.push(b'\n');
-            self.dead_count += 1;
-        }
+        push_line(&mut self.dead, &mut self.dead_count, &dl);
+    }
+
+    fn closed(&mut self, c: &Closed<'_>) {
+        push_line(&mut self.aggregates, &mut self.aggregate_count, c);
+    }
+
+    fn late(&mut self, l: &Late<'_>) {
+        push_line(&mut self.late, &mut self.late_count, l);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.decision_count + self.dead_count + self.aggregate_count + self.late_count == 0
     }
 }
 
@@ -244,6 +291,33 @@ impl std::fmt::Debug for Stages {
     }
 }
 
+/// The window definitions of `[windows]`.
+pub fn window_defs(config: &Config) -> Vec<WindowDef> {
+    let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    config
+        .windows
+        .iter()
+        .map(|(name, spec)| {
+            let (key, shape) = match spec {
+                WindowSpec::Tumbling { key, size } => (*key, Shape::Tumbling { size: ms(size) }),
+                WindowSpec::Hopping { key, size, hop } => (
+                    *key,
+                    Shape::Hopping {
+                        size: ms(size),
+                        hop: ms(hop),
+                    },
+                ),
+                WindowSpec::Session { key, gap } => (*key, Shape::Session { gap: ms(gap) }),
+            };
+            WindowDef {
+                name: name.clone(),
+                key,
+                shape,
+            }
+        })
+        .collect()
+}
+
 impl Pipeline {
     /// Starts the pipeline, loading restored state into the workers.
     ///
@@ -267,7 +341,8 @@ impl Pipeline {
             store,
             interval,
             last_id,
-            features: restored,
+            features,
+            windows,
             workers: stored_workers,
         } = durability;
         let workers = config.pipeline.worker_count();
@@ -278,32 +353,44 @@ impl Pipeline {
             let counters = counters.clone();
             move || run_sinks(out_rx, sinks, store, workers, &counters)
         })?;
-        // Restored keys go back to the worker that wrote them, or, when the
-        // worker count changed, to the worker their hash maps to.
-        let mut per_worker: Vec<Vec<(u8, u64, Vec<u8>)>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        for (kind, hash, worker, state) in restored {
-            let w = if usize::from(stored_workers) == workers {
+        // Restored state goes back to the worker that wrote it or, when the
+        // worker count changed, to the worker its hash maps to.
+        let same = usize::from(stored_workers) == workers;
+        let mut restored: Vec<Restore> = (0..workers).map(|_| Restore::default()).collect();
+        for (kind, hash, worker, state) in features {
+            let w = if same {
                 usize::from(worker)
             } else {
                 (hash % workers as u64) as usize
             };
-            per_worker[w.min(workers - 1)].push((kind, hash, state));
+            restored[w.min(workers - 1)]
+                .features
+                .push((kind, hash, state));
         }
+        for (worker, state) in windows {
+            restored[usize::from(worker) % workers].windows.push(state);
+        }
+        let defs = window_defs(config);
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
-        for (i, restored) in per_worker.into_iter().enumerate() {
+        for (i, restore) in restored.into_iter().enumerate() {
             let (tx, rx) = bounded::<WorkerMsg>(cap);
             worker_txs.push(tx);
-            let out_tx = out_tx.clone();
-            let registry = registry.clone();
-            let catalog = catalog.clone();
+            let worker = Worker {
+                index: i as u16,
+                out_tx: out_tx.clone(),
+                evaluator: Evaluator::new(registry.clone()),
+                features: FeatureEngine::new(catalog.clone()),
+                windows: Windows::new(defs.clone(), &config.watermark),
+                catalog: catalog.clone(),
+            };
             handles.push(spawn(&format!("vigil-worker-{i}"), move || {
-                run_worker(i as u16, rx, out_tx, registry, catalog, restored)
+                worker.run(rx, restore)
             })?);
         }
         let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
         let batch = config.pipeline.batch_size.get();
+        let ticks = !defs.is_empty();
         let source = spawn("vigil-source", move || {
             let mut run = SourceRun {
                 source,
@@ -314,6 +401,8 @@ impl Pipeline {
                 batch_size: batch,
                 checkpoints,
                 next_id: last_id + 1,
+                ticks,
+                newest_ms: i64::MIN,
             };
             run.run(&counters, &cancel)
         })?;
@@ -363,9 +452,18 @@ struct SourceRun {
     batch_size: usize,
     checkpoints: Option<Duration>,
     next_id: u64,
+    /// Whether workers keep windows and so need the source's event time.
+    ticks: bool,
+    newest_ms: i64,
 }
 
 impl SourceRun {
+    fn send(&self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
+        self.worker_txs[worker]
+            .send(msg)
+            .map_err(|_| anyhow::anyhow!("a worker stopped before the input was drained"))
+    }
+
     fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
         let mut records = Vec::with_capacity(self.batch_size);
         let mut last_checkpoint = Instant::now();
@@ -382,22 +480,34 @@ impl SourceRun {
             let mut rejected = Output::default();
             for record in &records {
                 match self.decoder.decode(&record.line) {
-                    Ok(payment) => jobs[self.partitioner.partition(&payment)].push(Job {
-                        payment,
-                        ingested_at_us: now,
-                    }),
+                    Ok(payment) => {
+                        self.newest_ms = self.newest_ms.max(payment.ts_ms);
+                        jobs[self.partitioner.partition(&payment)].push(Job {
+                            payment,
+                            ingested_at_us: now,
+                        });
+                    }
                     Err(e) => rejected.dead_letter(&e, self.source.name(), record, now),
                 }
             }
-            for (tx, batch) in self.worker_txs.iter().zip(jobs) {
-                if !batch.is_empty() && tx.send(WorkerMsg::Jobs(batch)).is_err() {
-                    anyhow::bail!("a worker stopped before the input was drained");
+            for (w, batch) in jobs.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    self.send(w, WorkerMsg::Jobs(batch))?;
+                } else if self.ticks && self.newest_ms > i64::MIN {
+                    self.send(w, WorkerMsg::Tick(self.newest_ms))?;
                 }
             }
-            if rejected.dead_count > 0 && self.out_tx.send(SinkMsg::Output(rejected)).is_err() {
+            if !rejected.is_empty() && self.out_tx.send(SinkMsg::Output(rejected)).is_err() {
                 anyhow::bail!("the sink stopped before the input was drained");
             }
             let done = !more || cancel.is_cancelled();
+            // Only a finished input closes every window; on shutdown they
+            // stay open in the checkpoint and carry on after the restart.
+            if !more && !cancel.is_cancelled() {
+                for w in 0..self.worker_txs.len() {
+                    self.send(w, WorkerMsg::EndOfInput)?;
+                }
+            }
             if let Some(every) = self.checkpoints
                 && (done || last_checkpoint.elapsed() >= every)
             {
@@ -415,10 +525,8 @@ impl SourceRun {
     fn barrier(&mut self) -> anyhow::Result<()> {
         let id = self.next_id;
         self.next_id += 1;
-        for tx in &self.worker_txs {
-            if tx.send(WorkerMsg::Barrier(id)).is_err() {
-                anyhow::bail!("a worker stopped before the input was drained");
-            }
+        for w in 0..self.worker_txs.len() {
+            self.send(w, WorkerMsg::Barrier(id))?;
         }
         let (dedup_added, dedup_removed) = self.decoder.dedup_mut().take_delta();
         let part = Checkpoint {
@@ -428,7 +536,7 @@ impl SourceRun {
             workers: self.worker_txs.len() as u16,
             dedup_added,
             dedup_removed,
-            features: Vec::new(),
+            ..Checkpoint::default()
         };
         if self.out_tx.send(SinkMsg::Source(part)).is_err() {
             anyhow::bail!("the sink stopped before the input was drained");
@@ -437,98 +545,136 @@ impl SourceRun {
     }
 }
 
-fn run_worker(
+/// State a worker starts from.
+#[derive(Default)]
+struct Restore {
+    features: Vec<(u8, u64, Vec<u8>)>,
+    windows: Vec<Vec<u8>>,
+}
+
+struct Worker {
     index: u16,
-    rx: Receiver<WorkerMsg>,
     out_tx: Sender<SinkMsg>,
-    registry: Arc<RuleRegistry>,
+    evaluator: Evaluator,
+    features: FeatureEngine,
+    windows: Windows,
     catalog: Arc<Catalog>,
-    restored: Vec<(u8, u64, Vec<u8>)>,
-) {
-    let mut evaluator = Evaluator::new(registry);
-    let mut features = FeatureEngine::new(catalog.clone());
-    for (kind, hash, state) in restored {
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<WorkerMsg>, restore: Restore) {
         // The app checked every record before starting; a record that no
         // longer fits is dropped with a log line rather than stopping work.
-        if let Err(e) = features.restore(kind, hash, &state) {
-            tracing::error!(worker = index, error = %e, "cannot restore a key's feature state");
+        for (kind, hash, state) in restore.features {
+            if let Err(e) = self.features.restore(kind, hash, &state) {
+                tracing::error!(worker = self.index, error = %e, "cannot restore a key's feature state");
+            }
+        }
+        for state in restore.windows {
+            if let Err(e) = self.windows.restore(&state) {
+                tracing::error!(worker = self.index, error = %e, "cannot restore window state");
+            }
+        }
+        let mut encoded = Vec::with_capacity(1024);
+        let mut outcomes = Vec::new();
+        // (name, catalog index) of the features live rules read; worker-local
+        // names so records do not touch shared reference counts.
+        let mut used: Vec<(Arc<str>, usize)> = Vec::new();
+        let mut used_generation = u64::MAX;
+        for msg in rx {
+            let mut out = Output::default();
+            match msg {
+                WorkerMsg::Jobs(jobs) => {
+                    // Rules first: a rule that declares a new feature adds it
+                    // to the catalog before it goes live, so the engine then
+                    // sees it too.
+                    self.evaluator.refresh();
+                    self.features.refresh();
+                    if self.evaluator.generation() != used_generation {
+                        let names = self.catalog.snapshot();
+                        used = self
+                            .evaluator
+                            .used_features()
+                            .into_iter()
+                            .filter_map(|i| names.get(i).map(|f| (Arc::from(&*f.name), i)))
+                            .collect();
+                        used_generation = self.evaluator.generation();
+                    }
+                    out.decisions.reserve(jobs.len() * 512);
+                    for job in &jobs {
+                        self.decide(job, &used, &mut encoded, &mut outcomes, &mut out);
+                    }
+                    self.windows.close(false, |c| out.closed(&c));
+                }
+                WorkerMsg::Tick(ts) => {
+                    self.windows.observe(ts);
+                    self.windows.close(false, |c| out.closed(&c));
+                }
+                WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
+                WorkerMsg::Barrier(id) => {
+                    let delta = self.features.take_delta(self.index);
+                    let windows = if self.windows.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.windows.snapshot()
+                    };
+                    let part = SinkMsg::Worker {
+                        id,
+                        worker: self.index,
+                        delta,
+                        windows,
+                    };
+                    if self.out_tx.send(part).is_err() {
+                        tracing::error!("the sink stopped; worker exiting");
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if !out.is_empty() && self.out_tx.send(SinkMsg::Output(out)).is_err() {
+                tracing::error!("the sink stopped; worker exiting");
+                return;
+            }
         }
     }
-    let mut encoded = Vec::with_capacity(1024);
-    let mut outcomes = Vec::new();
-    // (name, catalog index) of the features live rules read; worker-local
-    // names so records do not touch shared reference counts.
-    let mut used: Vec<(Arc<str>, usize)> = Vec::new();
-    let mut used_generation = u64::MAX;
-    for msg in rx {
-        let jobs = match msg {
-            WorkerMsg::Jobs(jobs) => jobs,
-            WorkerMsg::Barrier(id) => {
-                let delta = features.take_delta(index);
-                if out_tx.send(SinkMsg::Worker { id, delta }).is_err() {
-                    tracing::error!("the sink stopped; worker exiting");
-                    return;
-                }
-                continue;
-            }
-        };
-        // Rules first: a rule that declares a new feature adds it to the
-        // catalog before it goes live, so the engine then sees it too.
-        evaluator.refresh();
-        features.refresh();
-        if evaluator.generation() != used_generation {
-            let names = catalog.snapshot();
-            used = evaluator
-                .used_features()
-                .into_iter()
-                .filter_map(|i| names.get(i).map(|f| (Arc::from(&*f.name), i)))
-                .collect();
-            used_generation = evaluator.generation();
-        }
-        let mut out = Output {
-            decisions: Vec::with_capacity(jobs.len() * 512),
-            ..Output::default()
-        };
-        let mut record_features: Vec<(&str, f64)> = Vec::with_capacity(used.len());
-        for job in &jobs {
-            let p = &job.payment;
-            if let Err(e) = p.encode(&mut encoded) {
-                // Validation limits keep events far below the layout's
-                // limits, so this is a bug; the event still is accounted for.
-                tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
-                out.encode_failure(&p.id, &e.to_string());
-                continue;
-            }
-            let values = features.compute(p);
-            evaluator.evaluate(&encoded, values, &mut outcomes);
-            record_features.clear();
-            record_features.extend(used.iter().map(|(name, i)| (&**name, values[*i])));
-            let (action, score, reasons) = decide::combine(&outcomes);
-            let record = Decision {
-                id: &p.id,
-                action,
-                score,
-                reasons,
-                rules: &outcomes,
-                features: FeatureValues(&record_features),
-                event_ts_ms: p.ts_ms,
-                ingested_at_us: job.ingested_at_us,
-                decided_at_us: now_us(),
-            };
-            let start = out.decisions.len();
-            if serde_json::to_writer(&mut out.decisions, &record).is_err() {
-                out.decisions.truncate(start);
-                continue;
-            }
-            out.decisions.push(b'\n');
-            out.decision_count += 1;
-            if action != Action::Allow {
-                out.alerts.push(start..out.decisions.len());
-            }
-        }
-        if out_tx.send(SinkMsg::Output(out)).is_err() {
-            tracing::error!("the sink stopped; worker exiting");
+
+    fn decide(
+        &mut self,
+        job: &Job,
+        used: &[(Arc<str>, usize)],
+        encoded: &mut Vec<u8>,
+        outcomes: &mut Vec<decide::RuleOutcome>,
+        out: &mut Output,
+    ) {
+        let p = &job.payment;
+        if let Err(e) = p.encode(encoded) {
+            // Validation limits keep events far below the layout's limits,
+            // so this is a bug; the event still is accounted for.
+            tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
+            out.encode_failure(&p.id, &e.to_string());
             return;
+        }
+        self.windows.add(p, |l| out.late(&l));
+        let values = self.features.compute(p);
+        self.evaluator.evaluate(encoded, values, outcomes);
+        let record_features: Vec<(&str, f64)> =
+            used.iter().map(|(name, i)| (&**name, values[*i])).collect();
+        let (action, score, reasons) = decide::combine(outcomes);
+        let record = Decision {
+            id: &p.id,
+            action,
+            score,
+            reasons,
+            rules: outcomes,
+            features: FeatureValues(&record_features),
+            event_ts_ms: p.ts_ms,
+            ingested_at_us: job.ingested_at_us,
+            decided_at_us: now_us(),
+        };
+        let start = out.decisions.len();
+        push_line(&mut out.decisions, &mut out.decision_count, &record);
+        if action != Action::Allow && out.decisions.len() > start {
+            out.alerts.push(start..out.decisions.len());
         }
     }
 }
@@ -538,6 +684,7 @@ struct Pending {
     workers: usize,
     source: Option<Checkpoint>,
     features: Vec<FeatureDelta>,
+    windows: Vec<(u16, Vec<u8>)>,
 }
 
 fn run_sinks(
@@ -557,15 +704,14 @@ fn run_sinks(
                         sinks.alerts.write(&out.decisions[r.clone()])?;
                     }
                     sinks.dead_letters.write(&out.dead)?;
-                    counters
-                        .decided
-                        .fetch_add(out.decision_count, Ordering::Relaxed);
-                    counters
-                        .alerts
-                        .fetch_add(out.alerts.len() as u64, Ordering::Relaxed);
-                    counters
-                        .dead_lettered
-                        .fetch_add(out.dead_count, Ordering::Relaxed);
+                    sinks.aggregates.write(&out.aggregates)?;
+                    sinks.late.write(&out.late)?;
+                    let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+                    add(&counters.decided, out.decision_count);
+                    add(&counters.alerts, out.alerts.len() as u64);
+                    add(&counters.dead_lettered, out.dead_count);
+                    add(&counters.aggregates, out.aggregate_count);
+                    add(&counters.late, out.late_count);
                     // Flush when caught up, so a quiet stream still shows its
                     // decisions promptly while a busy one writes in large chunks.
                     if rx.is_empty() {
@@ -573,10 +719,16 @@ fn run_sinks(
                     }
                     continue;
                 }
-                SinkMsg::Worker { id, delta } => {
+                SinkMsg::Worker {
+                    id,
+                    worker,
+                    delta,
+                    windows,
+                } => {
                     let p = pending.entry(id).or_default();
                     p.workers += 1;
                     p.features.extend(delta);
+                    p.windows.push((worker, windows));
                     id
                 }
                 SinkMsg::Source(cp) => {
@@ -596,6 +748,7 @@ fn run_sinks(
             };
             let Some(mut cp) = p.source else { continue };
             cp.features = p.features;
+            cp.windows = p.windows;
             // Everything before the barrier is written; make it durable
             // before the checkpoint says it was processed.
             sinks.sync()?;

@@ -26,6 +26,7 @@ pub const FORMAT: u32 = 1;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
 const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
+const WINDOWS: TableDefinition<u16, &[u8]> = TableDefinition::new("windows");
 
 /// Why state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,8 @@ pub struct Checkpoint {
     pub dedup_removed: Vec<u128>,
     /// Feature state changes.
     pub features: Vec<FeatureDelta>,
+    /// Every worker's whole window state (it changes with every event).
+    pub windows: Vec<(u16, Vec<u8>)>,
 }
 
 /// What a restart resumes from.
@@ -109,6 +112,8 @@ pub struct Restored {
     pub dedup: Vec<(u128, i64)>,
     /// Every key's feature state: (kind, hash, worker, state).
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
+    /// Window state per worker.
+    pub windows: Vec<(u16, Vec<u8>)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -216,6 +221,16 @@ impl StateStore {
                 .features
                 .push((k[0], hash, worker, v[2..].to_vec()));
         }
+        match rx.open_table(WINDOWS) {
+            Ok(windows) => {
+                for entry in windows.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = entry.map_err(|e| self.err(e))?;
+                    restored.windows.push((k.value(), v.value().to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
+        }
         Ok(Some(restored))
     }
 
@@ -244,6 +259,13 @@ impl StateStore {
                         features.remove(key.as_slice()).map_err(|e| self.err(e))?;
                     }
                 }
+            }
+            let mut windows = tx.open_table(WINDOWS).map_err(|e| self.err(e))?;
+            windows.retain(|_, _| false).map_err(|e| self.err(e))?;
+            for (worker, state) in cp.windows.iter().filter(|(_, s)| !s.is_empty()) {
+                windows
+                    .insert(*worker, state.as_slice())
+                    .map_err(|e| self.err(e))?;
             }
             let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
             for (id, ts) in &cp.dedup_added {

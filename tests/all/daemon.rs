@@ -24,6 +24,24 @@ impl Daemon {
         Self { child, log }
     }
 
+    /// Polls `f` like [`wait_for`], failing at once if the daemon exits.
+    pub fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        wait_for(timeout, what, || {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "vigil exited with {status} while waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            f()
+        })
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -49,6 +67,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the vigil log ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

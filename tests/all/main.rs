@@ -14,3 +14,4 @@ mod hot_reload;
 mod malformed;
 mod recovery;
 mod registry;
+mod windows;

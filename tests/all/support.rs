@@ -107,6 +107,12 @@ impl Env {
         c.sinks.dead_letters = SinkConfig::File {
             path: self.dead_letters(),
         };
+        c.sinks.aggregates = SinkConfig::File {
+            path: self.path("out/aggregates.jsonl"),
+        };
+        c.sinks.late = SinkConfig::File {
+            path: self.path("out/late.jsonl"),
+        };
         c.rules.dir = self.rules();
         c.rules.debounce = Duration::from_millis(50);
         c.state.dir = self.path("state");
@@ -161,6 +167,14 @@ path = {alerts:?}
 type = "file"
 path = {dead:?}
 
+[sinks.aggregates]
+type = "file"
+path = {aggregates:?}
+
+[sinks.late]
+type = "file"
+path = {late:?}
+
 [state]
 dir = {state:?}
 {extra}
@@ -170,6 +184,8 @@ dir = {state:?}
             decisions = self.decisions(),
             alerts = self.alerts(),
             dead = self.dead_letters(),
+            aggregates = self.path("out/aggregates.jsonl"),
+            late = self.path("out/late.jsonl"),
             state = self.path("state"),
         );
         let path = self.path("vigil.toml");

@@ -5,8 +5,9 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The event field a feature is kept per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The event field a feature or window is kept per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KeyField {
     /// The card token.
     Card,
