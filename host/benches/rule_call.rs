@@ -89,6 +89,7 @@ fn bench(c: &mut Criterion) {
     let sandbox = vigil::app::sandbox(&Config {
         state: vigil::config::StateConfig {
             dir: std::env::temp_dir().join("vigil-bench-state"),
+            ..Default::default()
         },
         ..config.clone()
     })
