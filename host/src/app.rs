@@ -74,6 +74,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for name in registry.unmatched_settings() {
         tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name");
     }
+    let _list_watch = if config.rules.watch {
+        watch::watch_lists(
+            lists.clone(),
+            config.lists.clone(),
+            tokenizer.clone(),
+            config.rules.debounce,
+        )
+        .context("cannot watch the list files")?
+    } else {
+        None
+    };
     let _watch = if config.rules.watch {
         Some(
             watch::watch(registry.clone(), config.rules.debounce)

@@ -118,3 +118,46 @@ fn sighup_rescans_when_watching_is_off() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
+
+#[test]
+fn an_edited_list_takes_effect_without_a_restart() {
+    let env = Env::new();
+    env.install("blocklist", "blocklist.wasm");
+    for name in [
+        "blocked-cards",
+        "blocked-accounts",
+        "blocked-devices",
+        "blocked-ips",
+    ] {
+        std::fs::write(env.path(&format!("{name}.txt")), "# empty\n").expect("list");
+    }
+    let lists: String = [
+        "blocked-cards",
+        "blocked-accounts",
+        "blocked-devices",
+        "blocked-ips",
+    ]
+    .iter()
+    .map(|n| {
+        let kind = if *n == "blocked-cards" {
+            "kind = \"card\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "[lists.{n}]\npath = {:?}\n{kind}",
+            env.path(&format!("{n}.txt"))
+        )
+    })
+    .collect();
+    let daemon = Daemon::start(&env, &env.toml(&lists));
+    let mut feed = Feed { env: &env, next: 0 };
+    assert_eq!(feed.decide(1_000)["action"], "allow");
+    // The test payments' card goes on the blocklist.
+    std::fs::write(env.path("blocked-cards.txt"), "4000 0000 0000 0002\n").expect("list");
+    let d = feed.until("the card is blocked", 1_000, |d| d["action"] == "block");
+    assert_eq!(d["reasons"][0], "card_blocklisted");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("lists reloaded"), "{log}");
+}

@@ -45,3 +45,56 @@ pub fn watch(registry: Arc<RuleRegistry>, debounce: Duration) -> notify::Result<
         _debouncer: debouncer,
     })
 }
+
+/// Starts watching the list files; a changed file is reloaded whole and
+/// swapped in, and a file that fails to load keeps its previous contents.
+///
+/// # Errors
+/// When the operating system refuses a watch.
+pub fn watch_lists(
+    lists: Arc<super::lists::Lists>,
+    config: std::collections::BTreeMap<String, crate::config::ListConfig>,
+    tokenizer: crate::decode::Tokenizer,
+    debounce: Duration,
+) -> notify::Result<Option<Watch>> {
+    if config.is_empty() {
+        return Ok(None);
+    }
+    let files: Vec<std::path::PathBuf> = config
+        .values()
+        .map(|l| std::path::absolute(&l.path).unwrap_or_else(|_| l.path.clone()))
+        .collect();
+    let watched = files.clone();
+    let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
+        Ok(events) => {
+            let touched = events.iter().any(|e| {
+                let p = std::path::absolute(&e.path).unwrap_or_else(|_| e.path.clone());
+                watched.contains(&p)
+            });
+            if touched {
+                let errors = lists.reload(&config, &tokenizer);
+                for e in &errors {
+                    tracing::error!(error = %e, "list reload failed; keeping its previous contents");
+                }
+                if errors.is_empty() {
+                    tracing::info!("lists reloaded");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "list watch error"),
+    })?;
+    let mut dirs: Vec<std::path::PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in &dirs {
+        debouncer
+            .watcher()
+            .watch(dir, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok(Some(Watch {
+        _debouncer: debouncer,
+    }))
+}
