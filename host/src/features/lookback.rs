@@ -110,44 +110,125 @@ impl NumSeries {
     }
 }
 
-/// Distinct values (as 64-bit hashes) with the newest bucket each was seen in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DistinctSeries {
-    seen: Vec<(u64, i64)>,
-    newest: i64,
+/// Distinct values up to which counts are exact; beyond, a sketch.
+pub const EXACT_DISTINCT: usize = 256;
+
+/// HyperLogLog registers per bucket (2^8: about 6.5% standard error).
+const REGISTERS: usize = 256;
+
+/// Distinct values per key over the window: exact (value hash and newest
+/// bucket seen) for up to [`EXACT_DISTINCT`] values, then one HyperLogLog
+/// sketch per bucket, merged over the window's buckets when read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DistinctSeries {
+    /// Every value with the newest bucket it was seen in.
+    Exact {
+        /// (value hash, newest bucket).
+        seen: Vec<(u64, i64)>,
+        /// The newest bucket.
+        newest: i64,
+    },
+    /// Registers per bucket, oldest first.
+    Sketch {
+        /// (bucket, registers).
+        buckets: VecDeque<(i64, Vec<u8>)>,
+    },
+}
+
+impl Default for DistinctSeries {
+    fn default() -> Self {
+        DistinctSeries::Exact {
+            seen: Vec::new(),
+            newest: i64::MIN,
+        }
+    }
+}
+
+fn hll_add(registers: &mut [u8], value: u64) {
+    // xxh3 output is well mixed; the low bits pick the register, the rest
+    // give the rank.
+    let index = (value as usize) & (REGISTERS - 1);
+    let rest = value >> 8;
+    let rank = (rest.trailing_zeros().min(56) + 1) as u8;
+    registers[index] = registers[index].max(rank);
+}
+
+fn hll_estimate(registers: &[u8]) -> f64 {
+    let m = REGISTERS as f64;
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let sum: f64 = registers.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
+    let estimate = alpha * m * m / sum;
+    let zeros = registers.iter().filter(|&&r| r == 0).count();
+    if estimate <= 2.5 * m && zeros > 0 {
+        m * (m / zeros as f64).ln()
+    } else {
+        estimate
+    }
 }
 
 impl DistinctSeries {
-    /// Records `value` seen in bucket `idx`, forgetting values last seen
-    /// before a window of `span` buckets ending at the newest bucket.
+    /// Records `value` seen in bucket `idx`, forgetting what left a window
+    /// of `span` buckets ending at the newest bucket.
     pub fn add(&mut self, idx: i64, value: u64, span: i64) {
-        if self.seen.is_empty() {
-            self.newest = idx;
+        match self {
+            DistinctSeries::Exact { seen, newest } => {
+                *newest = (*newest).max(idx);
+                if idx <= *newest - span {
+                    return;
+                }
+                match seen.iter_mut().find(|(v, _)| *v == value) {
+                    Some((_, last)) => *last = (*last).max(idx),
+                    None => seen.push((value, idx)),
+                }
+                let cutoff = *newest - span;
+                seen.retain(|(_, last)| *last > cutoff);
+                if seen.len() > EXACT_DISTINCT {
+                    let mut sketch = DistinctSeries::Sketch {
+                        buckets: VecDeque::new(),
+                    };
+                    for &(v, last) in seen.iter() {
+                        sketch.add(last, v, span);
+                    }
+                    *self = sketch;
+                }
+            }
+            DistinctSeries::Sketch { buckets } => {
+                let newest = buckets.back().map_or(idx, |b| b.0.max(idx));
+                if idx <= newest - span {
+                    return;
+                }
+                let at = match buckets.binary_search_by_key(&idx, |b| b.0) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        buckets.insert(i, (idx, vec![0; REGISTERS]));
+                        i
+                    }
+                };
+                hll_add(&mut buckets[at].1, value);
+                while buckets.front().is_some_and(|b| b.0 <= newest - span) {
+                    buckets.pop_front();
+                }
+            }
         }
-        self.newest = self.newest.max(idx);
-        if idx <= self.newest - span {
-            return;
-        }
-        match self.seen.iter_mut().find(|(v, _)| *v == value) {
-            Some((_, last)) => *last = (*last).max(idx),
-            None => self.seen.push((value, idx)),
-        }
-        let cutoff = self.newest - span;
-        self.seen.retain(|(_, last)| *last > cutoff);
     }
 
     /// Distinct values seen in buckets after `idx - span` (values seen
     /// only after `idx`, possible for out-of-order events, count too).
     pub fn count(&self, idx: i64, span: i64) -> u64 {
-        self.seen
-            .iter()
-            .filter(|(_, last)| *last > idx - span)
-            .count() as u64
-    }
-
-    /// The newest bucket index, if any.
-    pub fn newest(&self) -> Option<i64> {
-        (!self.seen.is_empty()).then_some(self.newest)
+        match self {
+            DistinctSeries::Exact { seen, .. } => {
+                seen.iter().filter(|(_, last)| *last > idx - span).count() as u64
+            }
+            DistinctSeries::Sketch { buckets } => {
+                let mut merged = [0u8; REGISTERS];
+                for (_, registers) in buckets.iter().filter(|b| b.0 > idx - span) {
+                    for (m, r) in merged.iter_mut().zip(registers) {
+                        *m = (*m).max(*r);
+                    }
+                }
+                hll_estimate(&merged).round() as u64
+            }
+        }
     }
 }
 
@@ -212,6 +293,22 @@ mod tests {
             let newest = *idxs.iter().max().unwrap_or(&0);
             prop_assert_eq!(series.totals(newest, span).count, idxs.len() as u64);
         }
+    }
+
+    #[test]
+    fn large_distinct_counts_switch_to_a_sketch_within_its_error() {
+        use xxhash_rust::xxh3::xxh3_64;
+        let mut s = DistinctSeries::default();
+        for i in 0..20_000u64 {
+            s.add(i as i64 / 1_000, xxh3_64(&i.to_le_bytes()), 60);
+        }
+        assert!(matches!(s, DistinctSeries::Sketch { .. }));
+        let n = s.count(19, 60) as f64;
+        assert!((n - 20_000.0).abs() / 20_000.0 < 0.15, "estimate {n}");
+        // Ten buckets later the first ten thousand values have left a
+        // ten-bucket window.
+        let n = s.count(19, 10) as f64;
+        assert!((n - 10_000.0).abs() / 10_000.0 < 0.15, "estimate {n}");
     }
 
     #[test]
