@@ -525,9 +525,7 @@ pub struct Projection {
 
 impl fmt::Debug for Projection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Projection")
-            .field("mask", &self.mask)
-            .finish_non_exhaustive()
+        f.debug_struct("Projection").field("mask", &self.mask).finish_non_exhaustive()
     }
 }
 
@@ -553,11 +551,7 @@ impl Projection {
                 }
             }
         }
-        Self {
-            mask,
-            header,
-            slots,
-        }
+        Self { mask, header, slots }
     }
 
     /// The fields shown.
@@ -577,19 +571,13 @@ impl Projection {
             dst.copy_from_slice(src);
             return;
         }
-        for ((d, s), m) in dst[..HEADER_LEN]
-            .iter_mut()
-            .zip(&src[..HEADER_LEN])
-            .zip(&self.header)
-        {
+        for ((d, s), m) in dst[..HEADER_LEN].iter_mut().zip(&src[..HEADER_LEN]).zip(&self.header) {
             *d = s & m;
         }
         for &slot in &self.slots {
             let at = OFF_SLOTS + slot as usize * 8;
             let (start, len) = (read_u32(src, at) as usize, read_u32(src, at + 4) as usize);
-            if let (Some(from), Some(to)) =
-                (src.get(start..start + len), dst.get_mut(start..start + len))
-            {
+            if let (Some(from), Some(to)) = (src.get(start..start + len), dst.get_mut(start..start + len)) {
                 to.copy_from_slice(from);
             }
         }
@@ -628,21 +616,15 @@ pub fn set_feature_block(buf: &mut [u8], offset: u32, count: u32) {
 }
 
 fn read_u32(buf: &[u8], off: usize) -> u32 {
-    buf.get(off..off + 4)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_le_bytes)
+    buf.get(off..off + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
 
 fn read_u16(buf: &[u8], off: usize) -> u16 {
-    buf.get(off..off + 2)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u16::from_le_bytes)
+    buf.get(off..off + 2).and_then(|b| b.try_into().ok()).map_or(0, u16::from_le_bytes)
 }
 
 fn read_i64(buf: &[u8], off: usize) -> i64 {
-    buf.get(off..off + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, i64::from_le_bytes)
+    buf.get(off..off + 8).and_then(|b| b.try_into().ok()).map_or(0, i64::from_le_bytes)
 }
 
 fn read_f64(buf: &[u8], off: usize) -> f64 {
@@ -684,14 +666,8 @@ impl<'a> EventView<'a> {
 
     fn str_slot(&self, slot: StrSlot) -> &'a str {
         let at = OFF_SLOTS + slot as usize * 8;
-        let (start, len) = (
-            read_u32(self.buf, at) as usize,
-            read_u32(self.buf, at + 4) as usize,
-        );
-        self.buf
-            .get(start..start.saturating_add(len))
-            .and_then(|b| core::str::from_utf8(b).ok())
-            .unwrap_or("")
+        let (start, len) = (read_u32(self.buf, at) as usize, read_u32(self.buf, at + 4) as usize);
+        self.buf.get(start..start.saturating_add(len)).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("")
     }
 
     fn country_at(&self, off: usize) -> Option<Country> {
@@ -761,8 +737,7 @@ impl<'a> EventView<'a> {
     }
     /// Device id, if present and declared.
     pub fn device(&self) -> Option<&'a str> {
-        self.has(Field::Device)
-            .then(|| self.str_slot(StrSlot::Device))
+        self.has(Field::Device).then(|| self.str_slot(StrSlot::Device))
     }
     /// IP address, if present and declared.
     pub fn ip(&self) -> Option<&'a str> {
@@ -771,10 +746,7 @@ impl<'a> EventView<'a> {
     /// Geolocation, if present and declared.
     pub fn geo(&self) -> Option<GeoRef> {
         self.has(Field::Geo).then(|| {
-            let (lat, lon) = (
-                read_f64(self.buf, OFF_GEO_LAT),
-                read_f64(self.buf, OFF_GEO_LON),
-            );
+            let (lat, lon) = (read_f64(self.buf, OFF_GEO_LAT), read_f64(self.buf, OFF_GEO_LON));
             GeoRef {
                 country: self.country_at(OFF_GEO_COUNTRY),
                 lat_lon: (!lat.is_nan() && !lon.is_nan()).then_some((lat, lon)),
@@ -787,11 +759,7 @@ impl<'a> EventView<'a> {
     }
     /// All attributes, in event order.
     pub fn attrs(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let blob = if self.has(Field::Attrs) {
-            self.str_slot(StrSlot::Attrs).as_bytes()
-        } else {
-            &[]
-        };
+        let blob = if self.has(Field::Attrs) { self.str_slot(StrSlot::Attrs).as_bytes() } else { &[] };
         AttrIter { blob }
     }
     /// The per-rule feature values the host appended, in manifest order.
@@ -848,23 +816,12 @@ mod tests {
             amount: 12_345,
             currency: *b"EUR",
             account: "acct-9",
-            card: Some(CardRef {
-                token: "tok_abc",
-                country: Some(Country(*b"FR")),
-                present: Some(false),
-            }),
-            merchant: Some(PartyRef {
-                id: "m-1",
-                mcc: Some(5411),
-                country: Some(Country(*b"DE")),
-            }),
+            card: Some(CardRef { token: "tok_abc", country: Some(Country(*b"FR")), present: Some(false) }),
+            merchant: Some(PartyRef { id: "m-1", mcc: Some(5411), country: Some(Country(*b"DE")) }),
             counterparty: None,
             device: Some("dev-7"),
             ip: Some("10.0.0.1"),
-            geo: Some(GeoRef {
-                country: Some(Country(*b"DE")),
-                lat_lon: Some((52.5, 13.4)),
-            }),
+            geo: Some(GeoRef { country: Some(Country(*b"DE")), lat_lon: Some((52.5, 13.4)) }),
             attrs,
         }
     }
@@ -915,10 +872,7 @@ mod tests {
         assert!(!v.has(Field::Card) && v.has(Field::Amount));
         // No undeclared string survives anywhere in the copy.
         for secret in ["tok_abc", "acct-9", "dev-7", "tx-1", "10.0.0.1"] {
-            assert!(
-                !dst.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{secret} leaked"
-            );
+            assert!(!dst.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} leaked");
         }
     }
 
@@ -938,14 +892,7 @@ mod tests {
     fn garbage_buffers_read_as_empty_without_panicking() {
         for junk in [&[][..], &[1, 2, 3][..], &[0xff; 200][..]] {
             let v = EventView::new(junk);
-            let _ = (
-                v.id(),
-                v.card(),
-                v.geo(),
-                v.attrs().count(),
-                v.features().count(),
-                v.feature(3),
-            );
+            let _ = (v.id(), v.card(), v.geo(), v.attrs().count(), v.features().count(), v.feature(3));
         }
     }
 

@@ -37,10 +37,7 @@ pub mod event;
 pub mod manifest;
 pub mod params;
 
-pub use event::{
-    CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef,
-    Projection,
-};
+pub use event::{CardRef, Channel, Country, EventRef, EventView, Field, FieldMask, GeoRef, Kind, PartyRef, Projection};
 pub use manifest::{Manifest, ManifestDef, ParamDef, ParamDefault, ParamSpec, ParamType};
 pub use params::ParamValue;
 
@@ -54,6 +51,11 @@ pub const OUTPUT_CAPACITY: usize = 4096;
 /// followed by the message length (`u32`) and the UTF-8 message, so the host
 /// can say why a rule trapped. Reason codes are UTF-8 and never start with 0xFF.
 pub const PANIC_MAGIC: [u8; 4] = [0xff, b'P', b'N', b'C'];
+
+/// The longest key of a rule's keyed state, in bytes.
+pub const STATE_MAX_KEY: usize = 256;
+/// The longest value of a rule's keyed state, in bytes.
+pub const STATE_MAX_VALUE: usize = 4096;
 
 /// Names of the functions a rule module exports.
 pub mod exports {
@@ -81,6 +83,15 @@ pub mod imports {
     /// `ptr..ptr+len` is in the list with index `list` of the manifest's
     /// `lists`, else 0.
     pub const LIST_CONTAINS: &str = "list_contains";
+    /// `(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32`:
+    /// copies the rule's stored value for the key into `out` (up to
+    /// `out_cap` bytes) and returns its full length, or -1 when absent.
+    pub const STATE_GET: &str = "state_get";
+    /// `(key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> i32`:
+    /// stores the value for the key (an empty value removes it); 0, or -1
+    /// when the key or value is over [`super::STATE_MAX_KEY`] /
+    /// [`super::STATE_MAX_VALUE`] or the rule holds too many keys.
+    pub const STATE_PUT: &str = "state_put";
 }
 
 /// What a rule decided for one event.
@@ -140,11 +151,7 @@ impl Outcome {
 
     /// Unpacks the `i64` a guest returned.
     pub fn unpack(raw: i64) -> Self {
-        Self {
-            action: (raw & 0xff) as u8,
-            reasons_len: ((raw >> 8) & 0xffff) as u16,
-            score: (raw >> 32) as i32,
-        }
+        Self { action: (raw & 0xff) as u8, reasons_len: ((raw >> 8) & 0xffff) as u16, score: (raw >> 32) as i32 }
     }
 }
 
@@ -168,11 +175,7 @@ mod tests {
         for score in [i32::MIN, -1, 0, 1, 40, i32::MAX] {
             for reasons_len in [0u16, 1, 4096, u16::MAX] {
                 for action in 0u8..=2 {
-                    let o = Outcome {
-                        action,
-                        reasons_len,
-                        score,
-                    };
+                    let o = Outcome { action, reasons_len, score };
                     assert_eq!(Outcome::unpack(o.pack()), o);
                 }
             }

@@ -146,11 +146,7 @@ impl ManifestDef {
         json_str(s, self.version)?;
         s.push_str(",\"description\":");
         json_str(s, self.description)?;
-        for (key, list) in [
-            ("fields", self.fields),
-            ("lists", self.lists),
-            ("features", self.features),
-        ] {
+        for (key, list) in [("fields", self.fields), ("lists", self.lists), ("features", self.features)] {
             write!(s, ",\"{key}\":[")?;
             for (i, item) in list.iter().enumerate() {
                 if i > 0 {
@@ -210,22 +206,10 @@ mod tests {
             description: "tab\there",
             fields: &["amount", "currency"],
             params: &[
-                ParamDef {
-                    name: "max",
-                    default: ParamDefault::Int(-3),
-                },
-                ParamDef {
-                    name: "ratio",
-                    default: ParamDefault::Float(2.0),
-                },
-                ParamDef {
-                    name: "on",
-                    default: ParamDefault::Bool(true),
-                },
-                ParamDef {
-                    name: "mode",
-                    default: ParamDefault::Str("a\\b"),
-                },
+                ParamDef { name: "max", default: ParamDefault::Int(-3) },
+                ParamDef { name: "ratio", default: ParamDefault::Float(2.0) },
+                ParamDef { name: "on", default: ParamDefault::Bool(true) },
+                ParamDef { name: "mode", default: ParamDefault::Str("a\\b") },
             ],
             lists: &["blocked"],
             features: &[],
@@ -235,11 +219,7 @@ mod tests {
         assert_eq!(m.description, def.description);
         assert_eq!(m.fields, ["amount", "currency"]);
         assert_eq!(m.lists, ["blocked"]);
-        let got: Vec<_> = m
-            .params
-            .iter()
-            .map(|p| (p.name.as_str(), p.ty, p.default.clone()))
-            .collect();
+        let got: Vec<_> = m.params.iter().map(|p| (p.name.as_str(), p.ty, p.default.clone())).collect();
         assert_eq!(
             got,
             [

@@ -98,25 +98,21 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<(String, ParamValue)>, DecodeError> 
         Ok(head)
     }
     fn utf8(b: &[u8]) -> Result<String, DecodeError> {
-        core::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError)
+        core::str::from_utf8(b).map(str::to_owned).map_err(|_| DecodeError)
     }
     let mut out = Vec::new();
     while !buf.is_empty() {
         let tag = take(&mut buf, 1)?[0];
         let name_len = u16::from_le_bytes(take(&mut buf, 2)?.try_into().map_err(|_| DecodeError)?);
         let name = utf8(take(&mut buf, usize::from(name_len))?)?;
-        let eight = |buf: &mut &[u8]| -> Result<[u8; 8], DecodeError> {
-            take(buf, 8)?.try_into().map_err(|_| DecodeError)
-        };
+        let eight =
+            |buf: &mut &[u8]| -> Result<[u8; 8], DecodeError> { take(buf, 8)?.try_into().map_err(|_| DecodeError) };
         let value = match tag {
             0 => ParamValue::Int(i64::from_le_bytes(eight(&mut buf)?)),
             1 => ParamValue::Float(f64::from_le_bytes(eight(&mut buf)?)),
             2 => ParamValue::Bool(take(&mut buf, 1)?[0] != 0),
             3 => {
-                let len =
-                    u32::from_le_bytes(take(&mut buf, 4)?.try_into().map_err(|_| DecodeError)?);
+                let len = u32::from_le_bytes(take(&mut buf, 4)?.try_into().map_err(|_| DecodeError)?);
                 ParamValue::Str(utf8(take(&mut buf, len as usize)?)?)
             }
             _ => return Err(DecodeError),

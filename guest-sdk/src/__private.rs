@@ -4,7 +4,7 @@
 //! A rule module is single-threaded (wasm32 without the threads proposal) and
 //! the host never re-enters it, which is what makes the statics below sound.
 
-use crate::context::{Context, Lists};
+use crate::context::{self, Context, Lists};
 use crate::{Payment, Rule};
 use std::cell::{RefCell, UnsafeCell};
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, ParamValue, pack_ptr_len};
@@ -53,10 +53,7 @@ pub fn abi_version() -> i32 {
 pub fn manifest(rule: &Rule) -> i64 {
     STATE.with_borrow_mut(|st| {
         st.manifest = rule.manifest.to_json();
-        pack_ptr_len(
-            guest_ptr(st.manifest.as_ptr()) as u32,
-            st.manifest.len() as u32,
-        )
+        pack_ptr_len(guest_ptr(st.manifest.as_ptr()) as u32, st.manifest.len() as u32)
     })
 }
 
@@ -91,11 +88,7 @@ pub fn configure(rule: &Rule, len: i32) -> i32 {
             match params.iter().find(|(n, _)| n == def.name) {
                 Some((_, v)) if v.ty() == want => {}
                 Some((_, v)) => {
-                    return Err(format!(
-                        "parameter `{}` must be {want}, got {}",
-                        def.name,
-                        v.ty()
-                    ));
+                    return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty()));
                 }
                 None => return Err(format!("parameter `{}` is missing", def.name)),
             }
@@ -113,21 +106,14 @@ pub fn evaluate(rule: &Rule, len: i32) -> i64 {
     STATE.with_borrow(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
         let tx = Payment::from_bytes(&st.input[..len]);
-        let lists = Lists::Host {
-            names: rule.manifest.lists,
-        };
-        let ctx = Context::new(&st.params, lists, rule.manifest.features, tx.view());
+        let lists = Lists::Host { names: rule.manifest.lists };
+        let ctx = Context::new(&st.params, lists, rule.manifest.features, tx.view(), context::State::Host);
         let decision = (rule.evaluate)(&tx, &ctx);
         let mut reasons_len = 0;
         if !decision.reasons.is_empty() {
             reasons_len = write_reasons(decision.reasons.iter());
         }
-        Outcome {
-            action: decision.action as u8,
-            reasons_len: reasons_len as u16,
-            score: decision.score,
-        }
-        .pack()
+        Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
     })
 }
 
@@ -184,5 +170,46 @@ pub(crate) fn host_list_contains(index: usize, value: &str) -> bool {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn host_list_contains(_index: usize, _value: &str) -> bool {
     // Native builds only run rules through `testing`, which uses local lists.
+    false
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "vigil")]
+unsafe extern "C" {
+    fn state_get(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32;
+    fn state_put(key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> i32;
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host_state_get(key: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 64];
+    loop {
+        // SAFETY: the host reads `key` and writes at most `buf.len()` bytes
+        // into `buf`, both in this module's memory.
+        let n =
+            unsafe { state_get(guest_ptr(key.as_ptr()), key.len() as i32, guest_ptr(buf.as_ptr()), buf.len() as i32) };
+        let n = usize::try_from(n).ok()?;
+        if n <= buf.len() {
+            buf.truncate(n);
+            return Some(buf);
+        }
+        buf.resize(n, 0);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host_state_put(key: &[u8], value: &[u8]) -> bool {
+    // SAFETY: the host only reads `key` and `value` from this module's memory.
+    unsafe { state_put(guest_ptr(key.as_ptr()), key.len() as i32, guest_ptr(value.as_ptr()), value.len() as i32) == 0 }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn host_state_get(_key: &[u8]) -> Option<Vec<u8>> {
+    // Native builds only run rules through `testing`, which keeps state locally.
+    None
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn host_state_put(_key: &[u8], _value: &[u8]) -> bool {
     false
 }

@@ -1,5 +1,6 @@
 //! What a rule can ask the host besides the payment: parameters, lists, features.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use vigil_abi::{EventView, ParamValue};
 
@@ -10,6 +11,16 @@ pub struct Context<'a> {
     lists: Lists<'a>,
     features: &'static [&'static str],
     event: EventView<'a>,
+    state: State<'a>,
+}
+
+/// Where a rule's keyed state lives.
+#[derive(Debug)]
+pub(crate) enum State<'a> {
+    /// Inside the host: `vigil::state_get` / `vigil::state_put`.
+    Host,
+    /// In native tests: a map.
+    Local(&'a RefCell<HashMap<Vec<u8>, Vec<u8>>>),
 }
 
 #[derive(Debug)]
@@ -26,13 +37,9 @@ impl<'a> Context<'a> {
         lists: Lists<'a>,
         features: &'static [&'static str],
         event: EventView<'a>,
+        state: State<'a>,
     ) -> Self {
-        Self {
-            params,
-            lists,
-            features,
-            event,
-        }
+        Self { params, lists, features, event, state }
     }
 
     fn param(&self, name: &str) -> Option<&'a ParamValue> {
@@ -114,5 +121,51 @@ impl<'a> Context<'a> {
             panic!("rule declares no feature `{name}`");
         };
         self.event.feature(index).unwrap_or(0.0)
+    }
+
+    /// The value this rule stored for `key` (on the worker that owns the
+    /// event's partition key), if any. State is kept per rule name, survives
+    /// new versions of the rule and restarts (it is checkpointed).
+    pub fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.state {
+            State::Host => crate::__private::host_state_get(key.as_bytes()),
+            State::Local(map) => map.borrow().get(key.as_bytes()).cloned(),
+        }
+    }
+
+    /// Stores `value` for `key`; an empty value removes the key. Returns
+    /// false when the key is over 256 bytes, the value over 4 KiB, or the
+    /// rule holds too many keys.
+    pub fn state_put(&self, key: &str, value: &[u8]) -> bool {
+        if key.len() > vigil_abi::STATE_MAX_KEY || value.len() > vigil_abi::STATE_MAX_VALUE {
+            return false;
+        }
+        match &self.state {
+            State::Host => crate::__private::host_state_put(key.as_bytes(), value),
+            State::Local(map) => {
+                let mut map = map.borrow_mut();
+                if value.is_empty() {
+                    map.remove(key.as_bytes());
+                } else {
+                    map.insert(key.as_bytes().to_vec(), value.to_vec());
+                }
+                true
+            }
+        }
+    }
+
+    /// [`Context::state_get`] as UTF-8 text.
+    pub fn state_get_str(&self, key: &str) -> Option<String> {
+        self.state_get(key).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// [`Context::state_get`] as a little-endian `i64`.
+    pub fn state_get_i64(&self, key: &str) -> Option<i64> {
+        self.state_get(key).and_then(|v| v.try_into().ok()).map(i64::from_le_bytes)
+    }
+
+    /// [`Context::state_put`] of an `i64`.
+    pub fn state_put_i64(&self, key: &str, value: i64) -> bool {
+        self.state_put(key, &value.to_le_bytes())
     }
 }

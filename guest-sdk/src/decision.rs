@@ -30,20 +30,12 @@ impl Decision {
 
     /// Send the payment to a human, with `score` risk points.
     pub fn review(score: i32) -> Self {
-        Self {
-            action: Action::Review,
-            score,
-            reasons: Reasons::default(),
-        }
+        Self { action: Action::Review, score, reasons: Reasons::default() }
     }
 
     /// Stop the payment, with `score` risk points.
     pub fn block(score: i32) -> Self {
-        Self {
-            action: Action::Block,
-            score,
-            reasons: Reasons::default(),
-        }
+        Self { action: Action::Block, score, reasons: Reasons::default() }
     }
 
     /// Adds a reason code.
@@ -84,10 +76,7 @@ impl Reasons {
 
     /// The codes, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.inline[..self.len]
-            .iter()
-            .copied()
-            .chain(self.spilled.iter().map(|c| c.as_ref()))
+        self.inline[..self.len].iter().copied().chain(self.spilled.iter().map(|c| c.as_ref()))
     }
 
     /// How many codes.
@@ -125,13 +114,8 @@ mod tests {
 
     #[test]
     fn order_is_kept_across_inline_and_spilled_codes() {
-        let d = Decision::block(1)
-            .reason("a")
-            .reason(format!("dyn{}", 1))
-            .reason("b")
-            .reason("c")
-            .reason("d")
-            .reason("e");
+        let d =
+            Decision::block(1).reason("a").reason(format!("dyn{}", 1)).reason("b").reason("c").reason("d").reason("e");
         assert_eq!(d.reasons, ["a", "dyn1", "b", "c", "d", "e"]);
         assert_eq!(d.reasons.len(), 6);
     }

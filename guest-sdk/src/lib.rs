@@ -69,9 +69,7 @@ pub use context::Context;
 pub use decision::{Decision, Reasons};
 pub use payment::Payment;
 pub use vigil_abi as abi;
-pub use vigil_abi::{
-    Action, CardRef as Card, Channel, Country, GeoRef as Geo, Kind, PartyRef as Party,
-};
+pub use vigil_abi::{Action, CardRef as Card, Channel, Country, GeoRef as Geo, Kind, PartyRef as Party};
 pub use vigil_sdk_macros::rule;
 
 /// A compiled-in rule: its manifest and its function. Made by [`rule`].
@@ -85,7 +83,5 @@ pub struct Rule {
 
 /// Everything a rule file needs: `use vigil_sdk::prelude::*;`.
 pub mod prelude {
-    pub use crate::{
-        Action, Card, Channel, Context, Country, Decision, Geo, Kind, Party, Payment, rule,
-    };
+    pub use crate::{Action, Card, Channel, Context, Country, Decision, Geo, Kind, Party, Payment, rule};
 }

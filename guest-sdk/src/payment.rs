@@ -14,9 +14,7 @@ pub struct Payment<'a> {
 impl<'a> Payment<'a> {
     /// Wraps an encoded event (see [`vigil_abi::event`]).
     pub fn from_bytes(bytes: &'a [u8]) -> Self {
-        Self {
-            view: EventView::new(bytes),
-        }
+        Self { view: EventView::new(bytes) }
     }
 
     /// Transaction id.

@@ -14,9 +14,11 @@
 //! # let _ = ctx;
 //! ```
 
-use crate::context::{Context, Lists};
+use crate::context::{Context, Lists, State};
 use crate::{Decision, Payment, Rule};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use vigil_abi::event::{self, CardRef, EventRef, GeoRef, PartyRef};
 use vigil_abi::{Channel, Country, FieldMask, Kind, ParamValue};
 
@@ -73,10 +75,7 @@ impl PaymentBuilder {
     /// When `currency` is not three letters.
     pub fn amount(mut self, minor_units: i64, currency: &str) -> Self {
         let c = currency.as_bytes();
-        assert!(
-            c.len() == 3,
-            "currency codes have three letters, got {currency:?}"
-        );
+        assert!(c.len() == 3, "currency codes have three letters, got {currency:?}");
         self.amount = minor_units;
         self.currency = [c[0], c[1], c[2]];
         self
@@ -161,21 +160,9 @@ impl PaymentBuilder {
             amount: self.amount,
             currency: self.currency,
             account: &self.account,
-            card: self.card.as_ref().map(|(t, c, p)| CardRef {
-                token: t,
-                country: *c,
-                present: *p,
-            }),
-            merchant: self.merchant.as_ref().map(|(id, mcc, c)| PartyRef {
-                id,
-                mcc: *mcc,
-                country: *c,
-            }),
-            counterparty: self.counterparty.as_ref().map(|(id, c)| PartyRef {
-                id,
-                mcc: None,
-                country: *c,
-            }),
+            card: self.card.as_ref().map(|(t, c, p)| CardRef { token: t, country: *c, present: *p }),
+            merchant: self.merchant.as_ref().map(|(id, mcc, c)| PartyRef { id, mcc: *mcc, country: *c }),
+            counterparty: self.counterparty.as_ref().map(|(id, c)| PartyRef { id, mcc: None, country: *c }),
             device: self.device.as_deref(),
             ip: self.ip.as_deref(),
             geo: self.geo,
@@ -207,6 +194,9 @@ pub struct TestContext {
     params: Vec<(String, ParamValue)>,
     lists: HashMap<String, HashSet<String>>,
     features: HashMap<String, f64>,
+    /// Shared by every call with this context (and its clones), so a
+    /// sequence of calls sees what earlier ones stored.
+    state: Rc<RefCell<HashMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl TestContext {
@@ -225,12 +215,20 @@ impl TestContext {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.lists.insert(
-            name.to_owned(),
-            values.into_iter().map(Into::into).collect(),
-        );
+        self.lists.insert(name.to_owned(), values.into_iter().map(Into::into).collect());
         self
     }
+    /// Seeds the rule's keyed state.
+    pub fn state(self, key: &str, value: &[u8]) -> Self {
+        self.state.borrow_mut().insert(key.as_bytes().to_vec(), value.to_vec());
+        self
+    }
+
+    /// What the rule has stored for `key` so far.
+    pub fn stored(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.borrow().get(key.as_bytes()).cloned()
+    }
+
     /// Sets a feature value for this call.
     pub fn feature(mut self, name: &str, value: f64) -> Self {
         self.features.insert(name.to_owned(), value);
@@ -276,6 +274,7 @@ pub struct Prepared {
     bytes: Vec<u8>,
     params: Vec<(String, ParamValue)>,
     lists: HashMap<String, HashSet<String>>,
+    state: Rc<RefCell<HashMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl Prepared {
@@ -285,12 +284,7 @@ impl Prepared {
     /// As [`evaluate`].
     pub fn new(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Self {
         let (bytes, params) = prepare(rule, tx, ctx);
-        Self {
-            rule: *rule,
-            bytes,
-            params,
-            lists: ctx.lists.clone(),
-        }
+        Self { rule: *rule, bytes, params, lists: ctx.lists.clone(), state: ctx.state.clone() }
     }
 
     /// Calls the rule function.
@@ -302,6 +296,7 @@ impl Prepared {
             Lists::Local(&self.lists),
             m.features,
             payment.view(),
+            State::Local(&self.state),
         );
         (self.rule.evaluate)(&payment, &context)
     }
@@ -318,11 +313,7 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
     Prepared::new(rule, tx, ctx).run()
 }
 
-fn prepare(
-    rule: &Rule,
-    tx: &TestPayment,
-    ctx: &TestContext,
-) -> (Vec<u8>, Vec<(String, ParamValue)>) {
+fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<(String, ParamValue)>) {
     let m = &rule.manifest;
     let mask: FieldMask = m
         .fields
@@ -331,25 +322,14 @@ fn prepare(
         .collect();
     let mut bytes = vec![0; tx.bytes.len()];
     event::project(&tx.bytes, mask, &mut bytes);
-    let features: Vec<f64> = m
-        .features
-        .iter()
-        .map(|f| ctx.features.get(*f).copied().unwrap_or(0.0))
-        .collect();
+    let features: Vec<f64> = m.features.iter().map(|f| ctx.features.get(*f).copied().unwrap_or(0.0)).collect();
     for name in ctx.features.keys() {
-        assert!(
-            m.features.contains(&name.as_str()),
-            "rule `{}` declares no feature `{name}`",
-            m.name
-        );
+        assert!(m.features.contains(&name.as_str()), "rule `{}` declares no feature `{name}`", m.name);
     }
     event::append_features(&mut bytes, &features);
 
-    let mut params: Vec<(String, ParamValue)> = m
-        .params
-        .iter()
-        .map(|p| (p.name.to_owned(), p.default.to_value()))
-        .collect();
+    let mut params: Vec<(String, ParamValue)> =
+        m.params.iter().map(|p| (p.name.to_owned(), p.default.to_value())).collect();
     for (name, value) in &ctx.params {
         let Some(slot) = params.iter_mut().find(|(n, _)| n == name) else {
             panic!("rule `{}` declares no parameter `{name}`", m.name);
@@ -362,11 +342,7 @@ fn prepare(
         slot.1 = value;
     }
     for name in ctx.lists.keys() {
-        assert!(
-            m.lists.contains(&name.as_str()),
-            "rule `{}` declares no list `{name}`",
-            m.name
-        );
+        assert!(m.lists.contains(&name.as_str()), "rule `{}` declares no list `{name}`", m.name);
     }
     (bytes, params)
 }

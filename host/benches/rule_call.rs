@@ -40,10 +40,7 @@ fn payment(tokenizer: &Tokenizer) -> Payment {
         counterparty: None,
         device: Some("dev-7".into()),
         ip: Some("198.51.100.7".into()),
-        geo: Some(vigil_abi::GeoRef {
-            country: Some(Country(*b"RO")),
-            lat_lon: None,
-        }),
+        geo: Some(vigil_abi::GeoRef { country: Some(Country(*b"RO")), lat_lon: None }),
         attrs: Vec::new(),
     }
 }
@@ -52,11 +49,7 @@ fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
     PaymentBuilder::new("bench-tx-0001")
         .amount(50_000, "USD")
         .account("acct-042")
-        .card(
-            &tokenizer.token("4000000000000002"),
-            Some("US"),
-            Some(false),
-        )
+        .card(&tokenizer.token("4000000000000002"), Some("US"), Some(false))
         .device("dev-7")
         .ip("198.51.100.7")
         .geo_country("RO")
@@ -70,27 +63,15 @@ fn bench(c: &mut Criterion) {
     let mut config = Config::default();
     config.lists.insert(
         "blocked-cards".into(),
-        ListConfig {
-            path: root.join("examples/lists/blocked-cards.txt"),
-            kind: ListKind::Card,
-        },
+        ListConfig { path: root.join("examples/lists/blocked-cards.txt"), kind: ListKind::Card },
     );
     for name in ["blocked-accounts", "blocked-devices", "blocked-ips"] {
         let path = root.join(format!("examples/lists/{name}.txt"));
-        config.lists.insert(
-            name.into(),
-            ListConfig {
-                path,
-                kind: ListKind::Plain,
-            },
-        );
+        config.lists.insert(name.into(), ListConfig { path, kind: ListKind::Plain });
     }
     let lists = Lists::load(&config.lists, &tokenizer).expect("lists");
     let sandbox = vigil::app::sandbox(&Config {
-        state: vigil::config::StateConfig {
-            dir: std::env::temp_dir().join("vigil-bench-state"),
-            ..Default::default()
-        },
+        state: vigil::config::StateConfig { dir: std::env::temp_dir().join("vigil-bench-state"), ..Default::default() },
         ..config.clone()
     })
     .expect("sandbox");
@@ -105,14 +86,13 @@ fn bench(c: &mut Criterion) {
     };
     let mut encoded = Vec::new();
     let event = payment(&tokenizer);
-    c.bench_function("encode event (once per event)", |b| {
-        b.iter(|| black_box(&event).encode(&mut encoded))
-    });
+    c.bench_function("encode event (once per event)", |b| b.iter(|| black_box(&event).encode(&mut encoded)));
     event.encode(&mut encoded).expect("encode");
 
     // The floor: a hand-written module whose evaluate returns at once, so
     // this is the host's side of a call and nothing else.
-    let manifest = r#"{"abi":1,"name":"floor","version":"0","fields":["amount","currency"],"params":[],"lists":[],"features":[]}"#;
+    let manifest =
+        r#"{"abi":1,"name":"floor","version":"0","fields":["amount","currency"],"params":[],"lists":[],"features":[]}"#;
     let floor = wat::parse_str(format!(
         r#"(module (memory (export "memory") 1)
             (data (i32.const 16) "{}")
@@ -127,9 +107,7 @@ fn bench(c: &mut Criterion) {
     ))
     .expect("floor module");
     let path = Path::new("floor.wasm");
-    let loaded = loader
-        .load(path, &floor, &module_hash(&floor))
-        .expect("load floor");
+    let loaded = loader.load(path, &floor, &module_hash(&floor)).expect("load floor");
     let mut instance = loaded.instantiate(&sandbox).expect("instance");
     c.bench_function("abi floor: empty rule, 2 fields", |b| {
         b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
@@ -148,28 +126,18 @@ fn bench(c: &mut Criterion) {
     ];
     for (file, rule, ctx) in rules {
         let path = wasm_dir.join(format!("{file}.wasm"));
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `just rules`", path.display()));
-        let loaded = loader
-            .load(&path, &bytes, &module_hash(&bytes))
-            .expect("load");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run `just rules`", path.display()));
+        let loaded = loader.load(&path, &bytes, &module_hash(&bytes)).expect("load");
         let mut instance = loaded.instantiate(&sandbox).expect("instance");
-        let wasm_result = instance
-            .call(&encoded, &loaded.projection, &[])
-            .expect("call");
+        let wasm_result = instance.call(&encoded, &loaded.projection, &[]).expect("call");
         let prepared = Prepared::new(rule, &native_tx, &ctx);
         let native_result = prepared.run();
-        assert_eq!(
-            wasm_result.action, native_result.action,
-            "{file}: wasm and native disagree"
-        );
+        assert_eq!(wasm_result.action, native_result.action, "{file}: wasm and native disagree");
 
         let mut group = c.benchmark_group(file);
         let mut scratch = vec![0u8; encoded.len()];
         let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
-        group.bench_function("project only", |b| {
-            b.iter(|| loaded.projection.apply(black_box(&encoded), &mut scratch))
-        });
+        group.bench_function("project only", |b| b.iter(|| loaded.projection.apply(black_box(&encoded), &mut scratch)));
         group.bench_function("wasm, all fields", |b| {
             b.iter(|| black_box(instance.call(black_box(&encoded), &all, &[])))
         });

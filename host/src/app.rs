@@ -29,10 +29,7 @@ pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
         fuel_per_call: config.rules.cpu_budget,
         memory_cap: usize::try_from(config.rules.memory_cap.as_u64()).unwrap_or(usize::MAX),
     };
-    Ok(Sandbox::new(
-        &limits,
-        Some(config.state.dir.join("wasm-cache")),
-    )?)
+    Ok(Sandbox::new(&limits, Some(config.state.dir.join("wasm-cache")))?)
 }
 
 /// Runs the daemon until the source is exhausted or `shutdown` completes,
@@ -75,21 +72,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name");
     }
     let _list_watch = if config.rules.watch {
-        watch::watch_lists(
-            lists.clone(),
-            config.lists.clone(),
-            tokenizer.clone(),
-            config.rules.debounce,
-        )
-        .context("cannot watch the list files")?
+        watch::watch_lists(lists.clone(), config.lists.clone(), tokenizer.clone(), config.rules.debounce)
+            .context("cannot watch the list files")?
     } else {
         None
     };
     let _watch = if config.rules.watch {
-        Some(
-            watch::watch(registry.clone(), config.rules.debounce)
-                .context("cannot watch the rules folder")?,
-        )
+        Some(watch::watch(registry.clone(), config.rules.debounce).context("cannot watch the rules folder")?)
     } else {
         None
     };
@@ -101,13 +90,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let sinks = Sinks::open(&config.sinks)?;
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
-    let stages = Stages {
-        source,
-        decoder,
-        catalog,
-        registry: registry.clone(),
-        sinks,
-    };
+    let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks };
     let pipeline = Pipeline::start(
         &config,
         stages,
@@ -119,13 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
-    tokio::spawn(reload_on_sighup(
-        config.clone(),
-        registry,
-        lists,
-        tokenizer,
-        reload.clone(),
-    ));
+    tokio::spawn(reload_on_sighup(config.clone(), registry, lists, tokenizer, reload.clone()));
 
     let mut done = tokio::task::spawn_blocking(move || pipeline.join());
     tokio::pin!(shutdown);
@@ -160,6 +137,7 @@ struct Resumed {
     workers: u16,
     features: Vec<(u8, u64, u16, Vec<u8>)>,
     windows: Vec<(u16, Vec<u8>)>,
+    rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
 }
 
 impl Resumed {
@@ -170,6 +148,7 @@ impl Resumed {
             last_id: self.last_id,
             features: self.features,
             windows: self.windows,
+            rule_state: self.rule_state,
             workers: self.workers,
         }
     }
@@ -189,6 +168,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         workers: 0,
         features: Vec::new(),
         windows: Vec::new(),
+        rule_state: Vec::new(),
     };
     if !config.state.checkpoints {
         return Ok(none);
@@ -196,10 +176,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
     let store = StateStore::open(&config.state.dir)?;
     let Some(r) = store.load(&sources::name(&config.source))? else {
         tracing::info!(store = %config.state.dir.display(), "no checkpoint: starting from the beginning");
-        return Ok(Resumed {
-            store: Some(store),
-            ..none
-        });
+        return Ok(Resumed { store: Some(store), ..none });
     };
     for (_, _, _, state) in &r.features {
         features::check_stored(state)
@@ -224,6 +201,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         workers: r.workers,
         features: r.features,
         windows: r.windows,
+        rule_state: r.rule_state,
     })
 }
 
@@ -243,11 +221,7 @@ fn warn_split_features(config: &Config, catalog: &Catalog) {
         PartitionKey::Ip => KeyField::Ip,
         PartitionKey::Merchant => KeyField::Merchant,
     };
-    for f in catalog
-        .snapshot()
-        .iter()
-        .filter(|f| f.spec.key != partition)
-    {
+    for f in catalog.snapshot().iter().filter(|f| f.spec.key != partition) {
         tracing::warn!(
             feature = %f.name, key = f.spec.key.name(), partition_key = partition.name(),
             "feature is kept per a different key than events are partitioned by: with several workers a key \

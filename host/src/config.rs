@@ -43,10 +43,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self::Invalid {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        Self::Invalid { key: key.into(), problem: problem.into() }
     }
 }
 
@@ -107,10 +104,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, key and problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text, path)
     }
 
@@ -119,10 +114,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key and problem.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         config.validate()?;
         config.path = Some(path.to_owned());
         Ok(config)
@@ -134,16 +127,10 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.rules.cpu_budget == 0 {
-            return Err(ConfigError::invalid(
-                "rules.cpu-budget",
-                "must be greater than zero",
-            ));
+            return Err(ConfigError::invalid("rules.cpu-budget", "must be greater than zero"));
         }
         if self.rules.cpu_budget > 10_000_000_000 {
-            return Err(ConfigError::invalid(
-                "rules.cpu-budget",
-                "must be at most 10s; a rule runs per event",
-            ));
+            return Err(ConfigError::invalid("rules.cpu-budget", "must be at most 10s; a rule runs per event"));
         }
         if self.rules.memory_cap.as_u64() < 128 * 1024 {
             return Err(ConfigError::invalid(
@@ -152,19 +139,13 @@ impl Config {
             ));
         }
         if self.clean.max_field_bytes == 0 || self.clean.max_field_bytes > 65_535 {
-            return Err(ConfigError::invalid(
-                "clean.max-field-bytes",
-                "must be between 1 and 65535",
-            ));
+            return Err(ConfigError::invalid("clean.max-field-bytes", "must be between 1 and 65535"));
         }
         for (name, w) in &self.windows {
             let ms = |d: &Duration| d.as_millis();
             match w {
                 WindowSpec::Tumbling { size, .. } if ms(size) == 0 => {
-                    return Err(ConfigError::invalid(
-                        format!("windows.{name}.size"),
-                        "must be at least 1ms",
-                    ));
+                    return Err(ConfigError::invalid(format!("windows.{name}.size"), "must be at least 1ms"));
                 }
                 WindowSpec::Hopping { size, hop, .. } if ms(hop) == 0 || hop > size => {
                     return Err(ConfigError::invalid(
@@ -173,28 +154,19 @@ impl Config {
                     ));
                 }
                 WindowSpec::Session { gap, .. } if ms(gap) == 0 => {
-                    return Err(ConfigError::invalid(
-                        format!("windows.{name}.gap"),
-                        "must be at least 1ms",
-                    ));
+                    return Err(ConfigError::invalid(format!("windows.{name}.gap"), "must be at least 1ms"));
                 }
                 _ => {}
             }
         }
         for (name, list) in &self.lists {
             if list.path.as_os_str().is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("lists.{name}.path"),
-                    "must not be empty",
-                ));
+                return Err(ConfigError::invalid(format!("lists.{name}.path"), "must not be empty"));
             }
         }
         let SourceConfig::File(f) = &self.source;
         if f.poll_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "source.poll-interval",
-                "must be greater than zero",
-            ));
+            return Err(ConfigError::invalid("source.poll-interval", "must be greater than zero"));
         }
         Ok(())
     }
@@ -219,10 +191,7 @@ impl Config {
             }
         };
         if key.len() < 16 {
-            return Err(ConfigError::invalid(
-                "clean.pan-key",
-                "must be at least 16 bytes",
-            ));
+            return Err(ConfigError::invalid("clean.pan-key", "must be at least 16 bytes"));
         }
         Ok(key.into_bytes())
     }
@@ -484,10 +453,7 @@ pub struct WatermarkConfig {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        Self {
-            out_of_orderness: default_out_of_orderness(),
-            allowed_lateness: Duration::ZERO,
-        }
+        Self { out_of_orderness: default_out_of_orderness(), allowed_lateness: Duration::ZERO }
     }
 }
 
@@ -603,24 +569,16 @@ fn default_decisions() -> SinkConfig {
     SinkConfig::Stdout
 }
 fn default_alerts() -> SinkConfig {
-    SinkConfig::File {
-        path: PathBuf::from("out/alerts.jsonl"),
-    }
+    SinkConfig::File { path: PathBuf::from("out/alerts.jsonl") }
 }
 fn default_aggregates() -> SinkConfig {
-    SinkConfig::File {
-        path: PathBuf::from("out/aggregates.jsonl"),
-    }
+    SinkConfig::File { path: PathBuf::from("out/aggregates.jsonl") }
 }
 fn default_late() -> SinkConfig {
-    SinkConfig::File {
-        path: PathBuf::from("out/late.jsonl"),
-    }
+    SinkConfig::File { path: PathBuf::from("out/late.jsonl") }
 }
 fn default_dead_letters() -> SinkConfig {
-    SinkConfig::File {
-        path: PathBuf::from("out/dead-letters.jsonl"),
-    }
+    SinkConfig::File { path: PathBuf::from("out/dead-letters.jsonl") }
 }
 
 /// Local state.
@@ -643,11 +601,7 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self {
-            dir: default_state_dir(),
-            checkpoints: true,
-            checkpoint_interval: default_checkpoint_interval(),
-        }
+        Self { dir: default_state_dir(), checkpoints: true, checkpoint_interval: default_checkpoint_interval() }
     }
 }
 
@@ -684,10 +638,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::default(),
-            level: default_log_level(),
-        }
+        Self { format: LogFormat::default(), level: default_log_level() }
     }
 }
 
@@ -700,9 +651,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::parse(text, Path::new("t.toml"))
-            .expect_err("should be rejected")
-            .to_string()
+        Config::parse(text, Path::new("t.toml")).expect_err("should be rejected").to_string()
     }
 
     #[test]
@@ -736,23 +685,18 @@ mod tests {
             Path::new("t.toml"),
         );
         assert!(ok.is_ok(), "{ok:?}");
-        assert!(err("[windows.m1]\ntype = \"hopping\"\nkey = \"merchant\"\nsize = \"1m\"\nhop = \"2m\"\n").contains("windows.m1.hop"));
         assert!(
-            err("[windows.m1]\ntype = \"tumbling\"\nkey = \"pan\"\nsize = \"1m\"\n")
-                .contains("pan")
+            err("[windows.m1]\ntype = \"hopping\"\nkey = \"merchant\"\nsize = \"1m\"\nhop = \"2m\"\n")
+                .contains("windows.m1.hop")
         );
+        assert!(err("[windows.m1]\ntype = \"tumbling\"\nkey = \"pan\"\nsize = \"1m\"\n").contains("pan"));
     }
 
     #[test]
     fn pan_key_must_be_given_and_long_enough() {
         let mut c = Config::default();
         c.clean.pan_key_env = "VIGIL_TEST_SURELY_UNSET_VARIABLE".into();
-        assert!(
-            c.pan_key()
-                .expect_err("unset")
-                .to_string()
-                .contains("VIGIL_TEST_SURELY_UNSET_VARIABLE")
-        );
+        assert!(c.pan_key().expect_err("unset").to_string().contains("VIGIL_TEST_SURELY_UNSET_VARIABLE"));
         c.clean.pan_key = Some("short".into());
         assert!(c.pan_key().is_err());
         c.clean.pan_key = Some("0123456789abcdef".into());

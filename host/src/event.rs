@@ -70,11 +70,7 @@ impl Payment {
     /// limits make that unreachable for decoded events.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         fn party(p: &Party) -> PartyRef<'_> {
-            PartyRef {
-                id: &p.id,
-                mcc: p.mcc,
-                country: p.country,
-            }
+            PartyRef { id: &p.id, mcc: p.mcc, country: p.country }
         }
         let ev = EventRef {
             id: &self.id,
@@ -84,11 +80,7 @@ impl Payment {
             amount: self.amount,
             currency: self.currency,
             account: &self.account,
-            card: self.card.as_ref().map(|c| CardRef {
-                token: &c.token,
-                country: c.country,
-                present: c.present,
-            }),
+            card: self.card.as_ref().map(|c| CardRef { token: &c.token, country: c.country, present: c.present }),
             merchant: self.merchant.as_ref().map(party),
             counterparty: self.counterparty.as_ref().map(party),
             device: self.device.as_deref(),

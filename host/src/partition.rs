@@ -17,10 +17,7 @@ pub struct Partitioner {
 impl Partitioner {
     /// A partitioner over `parts` workers (at least one).
     pub fn new(key: PartitionKey, parts: usize) -> Self {
-        Self {
-            key,
-            parts: parts.max(1) as u64,
-        }
+        Self { key, parts: parts.max(1) as u64 }
     }
 
     /// The key an event is partitioned by; the account when the configured
@@ -70,9 +67,6 @@ mod tests {
             counts[p.partition_key(&format!("acct-{i}"))] += 1;
         }
         // Each worker gets its share within a generous tolerance.
-        assert!(
-            counts.iter().all(|&c| (700..1300).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(counts.iter().all(|&c| (700..1300).contains(&c)), "{counts:?}");
     }
 }

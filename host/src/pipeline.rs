@@ -35,7 +35,7 @@ use crate::partition::Partitioner;
 use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
 use crate::sources::{Record, Source};
-use crate::state::{Checkpoint, FeatureDelta, StateStore};
+use crate::state::{Checkpoint, FeatureDelta, RuleStateDelta, StateStore};
 use crate::window::{Closed, Late, Shape, WindowDef, Windows};
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
@@ -123,13 +123,7 @@ impl Sinks {
     }
 
     fn all(&mut self) -> [&mut Box<dyn Sink>; 5] {
-        [
-            &mut self.decisions,
-            &mut self.alerts,
-            &mut self.dead_letters,
-            &mut self.aggregates,
-            &mut self.late,
-        ]
+        [&mut self.decisions, &mut self.alerts, &mut self.dead_letters, &mut self.aggregates, &mut self.late]
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -158,6 +152,7 @@ enum SinkMsg {
         worker: u16,
         delta: Vec<FeatureDelta>,
         windows: Vec<u8>,
+        rule_state: Vec<RuleStateDelta>,
     },
     /// The source's part: position and de-duplication changes.
     Source(Checkpoint),
@@ -176,6 +171,8 @@ pub struct Durability {
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
     /// Window state per worker that wrote it.
     pub windows: Vec<(u16, Vec<u8>)>,
+    /// Rules' keyed state: (rule, key, worker that wrote it, value).
+    pub rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
     /// Workers when that state was written.
     pub workers: u16,
 }
@@ -285,9 +282,7 @@ pub struct Stages {
 
 impl std::fmt::Debug for Stages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stages")
-            .field("source", &self.source.name())
-            .finish_non_exhaustive()
+        f.debug_struct("Stages").field("source", &self.source.name()).finish_non_exhaustive()
     }
 }
 
@@ -300,20 +295,10 @@ pub fn window_defs(config: &Config) -> Vec<WindowDef> {
         .map(|(name, spec)| {
             let (key, shape) = match spec {
                 WindowSpec::Tumbling { key, size } => (*key, Shape::Tumbling { size: ms(size) }),
-                WindowSpec::Hopping { key, size, hop } => (
-                    *key,
-                    Shape::Hopping {
-                        size: ms(size),
-                        hop: ms(hop),
-                    },
-                ),
+                WindowSpec::Hopping { key, size, hop } => (*key, Shape::Hopping { size: ms(size), hop: ms(hop) }),
                 WindowSpec::Session { key, gap } => (*key, Shape::Session { gap: ms(gap) }),
             };
-            WindowDef {
-                name: name.clone(),
-                key,
-                shape,
-            }
+            WindowDef { name: name.clone(), key, shape }
         })
         .collect()
 }
@@ -330,21 +315,9 @@ impl Pipeline {
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
-        let Stages {
-            source,
-            decoder,
-            catalog,
-            registry,
-            sinks,
-        } = stages;
-        let Durability {
-            store,
-            interval,
-            last_id,
-            features,
-            windows,
-            workers: stored_workers,
-        } = durability;
+        let Stages { source, decoder, catalog, registry, sinks } = stages;
+        let Durability { store, interval, last_id, features, windows, rule_state, workers: stored_workers } =
+            durability;
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
         let checkpoints = store.as_ref().map(|_| interval);
@@ -358,17 +331,16 @@ impl Pipeline {
         let same = usize::from(stored_workers) == workers;
         let mut restored: Vec<Restore> = (0..workers).map(|_| Restore::default()).collect();
         for (kind, hash, worker, state) in features {
-            let w = if same {
-                usize::from(worker)
-            } else {
-                (hash % workers as u64) as usize
-            };
-            restored[w.min(workers - 1)]
-                .features
-                .push((kind, hash, state));
+            let w = if same { usize::from(worker) } else { (hash % workers as u64) as usize };
+            restored[w.min(workers - 1)].features.push((kind, hash, state));
         }
         for (worker, state) in windows {
             restored[usize::from(worker) % workers].windows.push(state);
+        }
+        for (rule, key, worker, value) in rule_state {
+            let hash = xxhash_rust::xxh3::xxh3_64(&key);
+            let w = if same { usize::from(worker) } else { (hash % workers as u64) as usize };
+            restored[w.min(workers - 1)].rule_state.push((rule, key, value));
         }
         let defs = window_defs(config);
         let mut worker_txs = Vec::with_capacity(workers);
@@ -384,9 +356,7 @@ impl Pipeline {
                 windows: Windows::new(defs.clone(), &config.watermark),
                 catalog: catalog.clone(),
             };
-            handles.push(spawn(&format!("vigil-worker-{i}"), move || {
-                worker.run(rx, restore)
-            })?);
+            handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, restore))?);
         }
         let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
         let batch = config.pipeline.batch_size.get();
@@ -406,11 +376,7 @@ impl Pipeline {
             };
             run.run(&counters, &cancel)
         })?;
-        Ok(Self {
-            source,
-            workers: handles,
-            sink,
-        })
+        Ok(Self { source, workers: handles, sink })
     }
 
     /// Waits until every stage has drained.
@@ -419,27 +385,17 @@ impl Pipeline {
     /// When the source, a sink or a checkpoint failed; events read are
     /// still accounted for in the counters up to the failure.
     pub fn join(self) -> anyhow::Result<()> {
-        let source = self
-            .source
-            .join()
-            .map_err(|_| anyhow::anyhow!("the source thread panicked"))?;
+        let source = self.source.join().map_err(|_| anyhow::anyhow!("the source thread panicked"))?;
         for w in self.workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+            w.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
         }
-        let sink = self
-            .sink
-            .join()
-            .map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
+        let sink = self.sink.join().map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
         source?;
         sink
     }
 }
 
-fn spawn<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<JoinHandle<T>> {
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<JoinHandle<T>> {
     std::thread::Builder::new().name(name.to_owned()).spawn(f)
 }
 
@@ -459,9 +415,7 @@ struct SourceRun {
 
 impl SourceRun {
     fn send(&self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
-        self.worker_txs[worker]
-            .send(msg)
-            .map_err(|_| anyhow::anyhow!("a worker stopped before the input was drained"))
+        self.worker_txs[worker].send(msg).map_err(|_| anyhow::anyhow!("a worker stopped before the input was drained"))
     }
 
     fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
@@ -469,12 +423,8 @@ impl SourceRun {
         let mut last_checkpoint = Instant::now();
         loop {
             records.clear();
-            let more = self
-                .source
-                .next_batch(&mut records, self.batch_size, cancel)?;
-            counters
-                .events_in
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            let more = self.source.next_batch(&mut records, self.batch_size, cancel)?;
+            counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
             let now = now_us();
             let mut jobs: Vec<Vec<Job>> = (0..self.worker_txs.len()).map(|_| Vec::new()).collect();
             let mut rejected = Output::default();
@@ -482,10 +432,7 @@ impl SourceRun {
                 match self.decoder.decode(&record.line) {
                     Ok(payment) => {
                         self.newest_ms = self.newest_ms.max(payment.ts_ms);
-                        jobs[self.partitioner.partition(&payment)].push(Job {
-                            payment,
-                            ingested_at_us: now,
-                        });
+                        jobs[self.partitioner.partition(&payment)].push(Job { payment, ingested_at_us: now });
                     }
                     Err(e) => rejected.dead_letter(&e, self.source.name(), record, now),
                 }
@@ -550,6 +497,7 @@ impl SourceRun {
 struct Restore {
     features: Vec<(u8, u64, Vec<u8>)>,
     windows: Vec<Vec<u8>>,
+    rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
 }
 
 struct Worker {
@@ -569,6 +517,9 @@ impl Worker {
             if let Err(e) = self.features.restore(kind, hash, &state) {
                 tracing::error!(worker = self.index, error = %e, "cannot restore a key's feature state");
             }
+        }
+        for (rule, key, value) in restore.rule_state {
+            self.evaluator.restore_state(&rule, &key, &value);
         }
         for state in restore.windows {
             if let Err(e) = self.windows.restore(&state) {
@@ -613,17 +564,14 @@ impl Worker {
                 WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
                 WorkerMsg::Barrier(id) => {
                     let delta = self.features.take_delta(self.index);
-                    let windows = if self.windows.is_empty() {
-                        Vec::new()
-                    } else {
-                        self.windows.snapshot()
-                    };
-                    let part = SinkMsg::Worker {
-                        id,
-                        worker: self.index,
-                        delta,
-                        windows,
-                    };
+                    let windows = if self.windows.is_empty() { Vec::new() } else { self.windows.snapshot() };
+                    let rule_state = self
+                        .evaluator
+                        .take_state_delta()
+                        .into_iter()
+                        .map(|(rule, key, value)| RuleStateDelta { rule, key, worker: self.index, value })
+                        .collect();
+                    let part = SinkMsg::Worker { id, worker: self.index, delta, windows, rule_state };
                     if self.out_tx.send(part).is_err() {
                         tracing::error!("the sink stopped; worker exiting");
                         return;
@@ -657,8 +605,7 @@ impl Worker {
         self.windows.add(p, |l| out.late(&l));
         let values = self.features.compute(p);
         self.evaluator.evaluate(encoded, values, outcomes);
-        let record_features: Vec<(&str, f64)> =
-            used.iter().map(|(name, i)| (&**name, values[*i])).collect();
+        let record_features: Vec<(&str, f64)> = used.iter().map(|(name, i)| (&**name, values[*i])).collect();
         let (action, score, reasons) = decide::combine(outcomes);
         let record = Decision {
             id: &p.id,
@@ -685,6 +632,7 @@ struct Pending {
     source: Option<Checkpoint>,
     features: Vec<FeatureDelta>,
     windows: Vec<(u16, Vec<u8>)>,
+    rule_state: Vec<RuleStateDelta>,
 }
 
 fn run_sinks(
@@ -719,15 +667,11 @@ fn run_sinks(
                     }
                     continue;
                 }
-                SinkMsg::Worker {
-                    id,
-                    worker,
-                    delta,
-                    windows,
-                } => {
+                SinkMsg::Worker { id, worker, delta, windows, rule_state } => {
                     let p = pending.entry(id).or_default();
                     p.workers += 1;
                     p.features.extend(delta);
+                    p.rule_state.extend(rule_state);
                     p.windows.push((worker, windows));
                     id
                 }
@@ -737,9 +681,7 @@ fn run_sinks(
                     id
                 }
             };
-            let complete = pending
-                .get(&id)
-                .is_some_and(|p| p.workers == workers && p.source.is_some());
+            let complete = pending.get(&id).is_some_and(|p| p.workers == workers && p.source.is_some());
             if !complete {
                 continue;
             }
@@ -749,6 +691,7 @@ fn run_sinks(
             let Some(mut cp) = p.source else { continue };
             cp.features = p.features;
             cp.windows = p.windows;
+            cp.rule_state = p.rule_state;
             // Everything before the barrier is written; make it durable
             // before the checkpoint says it was processed.
             sinks.sync()?;

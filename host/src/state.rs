@@ -27,6 +27,28 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
 const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
 const WINDOWS: TableDefinition<u16, &[u8]> = TableDefinition::new("windows");
+const RULE_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rule_state");
+
+/// A rule's keyed-state entry that changed, or went away (`value: None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStateDelta {
+    /// The rule's name.
+    pub rule: String,
+    /// The key the rule chose.
+    pub key: Vec<u8>,
+    /// The worker that owns it.
+    pub worker: u16,
+    /// The value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+fn rule_state_key(rule: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(rule.len() + 1 + key.len());
+    k.extend_from_slice(rule.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
 
 /// Why state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +119,8 @@ pub struct Checkpoint {
     pub features: Vec<FeatureDelta>,
     /// Every worker's whole window state (it changes with every event).
     pub windows: Vec<(u16, Vec<u8>)>,
+    /// Rules' keyed-state changes.
+    pub rule_state: Vec<RuleStateDelta>,
 }
 
 /// What a restart resumes from.
@@ -114,6 +138,8 @@ pub struct Restored {
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
     /// Window state per worker.
     pub windows: Vec<(u16, Vec<u8>)>,
+    /// Rules' keyed state: (rule, key, worker, value).
+    pub rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,20 +172,14 @@ impl StateStore {
     /// [`StateError::Store`] naming the file, e.g. when it is corrupt.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join("state.redb");
-        let err = |message: String| StateError::Store {
-            path: path.clone(),
-            message,
-        };
+        let err = |message: String| StateError::Store { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
         Ok(Self { db, path })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError::Store {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
+        StateError::Store { path: self.path.clone(), message: e.to_string() }
     }
 
     /// Reads the last checkpoint, if any, for the source named `source`.
@@ -177,13 +197,10 @@ impl StateStore {
         let Some(raw) = meta.get("checkpoint").map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let meta: Meta = postcard::from_bytes(raw.value())
-            .map_err(|e| self.err(format!("bad checkpoint record: {e}")))?;
+        let meta: Meta =
+            postcard::from_bytes(raw.value()).map_err(|e| self.err(format!("bad checkpoint record: {e}")))?;
         if meta.format != FORMAT {
-            return Err(StateError::Incompatible {
-                path: self.path.clone(),
-                found: meta.format,
-            });
+            return Err(StateError::Incompatible { path: self.path.clone(), found: meta.format });
         }
         if meta.source != source {
             return Err(StateError::OtherSource {
@@ -192,19 +209,12 @@ impl StateStore {
                 expected: source.to_owned(),
             });
         }
-        let mut restored = Restored {
-            id: meta.id,
-            position: meta.position,
-            workers: meta.workers,
-            ..Restored::default()
-        };
+        let mut restored =
+            Restored { id: meta.id, position: meta.position, workers: meta.workers, ..Restored::default() };
         let dedup = rx.open_table(DEDUP).map_err(|e| self.err(e))?;
         for entry in dedup.iter().map_err(|e| self.err(e))? {
             let (k, v) = entry.map_err(|e| self.err(e))?;
-            let k: [u8; 16] = k
-                .value()
-                .try_into()
-                .map_err(|_| self.err("bad dedup key"))?;
+            let k: [u8; 16] = k.value().try_into().map_err(|_| self.err("bad dedup key"))?;
             restored.dedup.push((u128::from_be_bytes(k), v.value()));
         }
         let features = rx.open_table(FEATURES).map_err(|e| self.err(e))?;
@@ -214,12 +224,26 @@ impl StateStore {
             if k.len() != 9 || v.len() < 2 {
                 return Err(self.err("bad feature record"));
             }
-            let hash =
-                u64::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
+            let hash = u64::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
             let worker = u16::from_le_bytes([v[0], v[1]]);
-            restored
-                .features
-                .push((k[0], hash, worker, v[2..].to_vec()));
+            restored.features.push((k[0], hash, worker, v[2..].to_vec()));
+        }
+        match rx.open_table(RULE_STATE) {
+            Ok(table) => {
+                for entry in table.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = entry.map_err(|e| self.err(e))?;
+                    let (k, v) = (k.value(), v.value());
+                    let split = k.iter().position(|&b| b == 0).ok_or_else(|| self.err("bad rule state key"))?;
+                    let rule = std::str::from_utf8(&k[..split]).map_err(|_| self.err("bad rule name"))?;
+                    if v.len() < 2 {
+                        return Err(self.err("bad rule state record"));
+                    }
+                    let worker = u16::from_le_bytes([v[0], v[1]]);
+                    restored.rule_state.push((rule.to_owned(), k[split + 1..].to_vec(), worker, v[2..].to_vec()));
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
         }
         match rx.open_table(WINDOWS) {
             Ok(windows) => {
@@ -251,9 +275,7 @@ impl StateStore {
                         value.clear();
                         value.extend_from_slice(&d.worker.to_le_bytes());
                         value.extend_from_slice(state);
-                        features
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(|e| self.err(e))?;
+                        features.insert(key.as_slice(), value.as_slice()).map_err(|e| self.err(e))?;
                     }
                     None => {
                         features.remove(key.as_slice()).map_err(|e| self.err(e))?;
@@ -263,20 +285,29 @@ impl StateStore {
             let mut windows = tx.open_table(WINDOWS).map_err(|e| self.err(e))?;
             windows.retain(|_, _| false).map_err(|e| self.err(e))?;
             for (worker, state) in cp.windows.iter().filter(|(_, s)| !s.is_empty()) {
-                windows
-                    .insert(*worker, state.as_slice())
-                    .map_err(|e| self.err(e))?;
+                windows.insert(*worker, state.as_slice()).map_err(|e| self.err(e))?;
+            }
+            let mut rule_state = tx.open_table(RULE_STATE).map_err(|e| self.err(e))?;
+            for d in &cp.rule_state {
+                let key = rule_state_key(&d.rule, &d.key);
+                match &d.value {
+                    Some(v) => {
+                        let mut value = Vec::with_capacity(2 + v.len());
+                        value.extend_from_slice(&d.worker.to_le_bytes());
+                        value.extend_from_slice(v);
+                        rule_state.insert(key.as_slice(), value.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        rule_state.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                }
             }
             let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
             for (id, ts) in &cp.dedup_added {
-                dedup
-                    .insert(id.to_be_bytes().as_slice(), *ts)
-                    .map_err(|e| self.err(e))?;
+                dedup.insert(id.to_be_bytes().as_slice(), *ts).map_err(|e| self.err(e))?;
             }
             for id in &cp.dedup_removed {
-                dedup
-                    .remove(id.to_be_bytes().as_slice())
-                    .map_err(|e| self.err(e))?;
+                dedup.remove(id.to_be_bytes().as_slice()).map_err(|e| self.err(e))?;
             }
             let meta = Meta {
                 format: FORMAT,
@@ -287,9 +318,7 @@ impl StateStore {
             };
             let raw = postcard::to_allocvec(&meta).map_err(|e| self.err(e))?;
             let mut table = tx.open_table(META).map_err(|e| self.err(e))?;
-            table
-                .insert("checkpoint", raw.as_slice())
-                .map_err(|e| self.err(e))?;
+            table.insert("checkpoint", raw.as_slice()).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -304,44 +333,23 @@ mod tests {
     #[test]
     fn an_empty_store_has_no_checkpoint() {
         let dir = tempfile::tempdir().expect("tmp");
-        assert!(
-            StateStore::open(dir.path())
-                .expect("open")
-                .load("s")
-                .expect("load")
-                .is_none()
-        );
+        assert!(StateStore::open(dir.path()).expect("open").load("s").expect("load").is_none());
     }
 
     #[test]
     fn another_source_or_format_is_refused_not_reset() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = StateStore::open(dir.path()).expect("open");
-        store
-            .commit(&Checkpoint {
-                id: 1,
-                source: "file:a".into(),
-                ..Checkpoint::default()
-            })
-            .expect("commit");
+        store.commit(&Checkpoint { id: 1, source: "file:a".into(), ..Checkpoint::default() }).expect("commit");
         let e = store.load("file:b").expect_err("other source");
-        assert!(
-            e.to_string().contains("file:a") && e.to_string().contains("move the state folder"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("file:a") && e.to_string().contains("move the state folder"), "{e}");
     }
 
     #[test]
     fn a_corrupt_store_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tmp");
-        std::fs::write(
-            dir.path().join("state.redb"),
-            b"this is not a database at all, not even close",
-        )
-        .expect("write");
-        let e = StateStore::open(dir.path())
-            .and_then(|s| s.load("x"))
-            .expect_err("corrupt");
+        std::fs::write(dir.path().join("state.redb"), b"this is not a database at all, not even close").expect("write");
+        let e = StateStore::open(dir.path()).and_then(|s| s.load("x")).expect_err("corrupt");
         assert!(e.to_string().contains("state.redb"), "{e}");
     }
 

@@ -92,14 +92,7 @@ pub struct Acc {
 
 impl Acc {
     fn new(start: i64, end: i64) -> Self {
-        Self {
-            start,
-            end,
-            count: 0,
-            sum: 0,
-            min: i64::MAX,
-            max: i64::MIN,
-        }
+        Self { start, end, count: 0, sum: 0, min: i64::MAX, max: i64::MIN }
     }
 
     fn add(&mut self, amount: i64) {
@@ -185,10 +178,7 @@ impl Windows {
             defs,
             out_of_orderness: config.out_of_orderness.as_millis() as i64,
             lateness: config.allowed_lateness.as_millis() as i64,
-            state: WindowState {
-                open,
-                newest_ms: None,
-            },
+            state: WindowState { open, newest_ms: None },
         }
     }
 
@@ -199,9 +189,7 @@ impl Windows {
 
     /// The watermark: newest event time minus out-of-orderness.
     pub fn watermark(&self) -> Option<i64> {
-        self.state
-            .newest_ms
-            .map(|t| t.saturating_sub(self.out_of_orderness))
+        self.state.newest_ms.map(|t| t.saturating_sub(self.out_of_orderness))
     }
 
     /// Raises the newest event time the watermark follows, e.g. to the
@@ -283,22 +271,13 @@ impl Windows {
 
     /// Open windows over all definitions and keys.
     pub fn open_count(&self) -> usize {
-        self.state
-            .open
-            .iter()
-            .flat_map(|m| m.values())
-            .map(Vec::len)
-            .sum()
+        self.state.open.iter().flat_map(|m| m.values()).map(Vec::len).sum()
     }
 
     /// The state, serialised for a checkpoint.
     pub fn snapshot(&self) -> Vec<u8> {
-        let named: Vec<(&str, &BTreeMap<String, Vec<Acc>>)> = self
-            .defs
-            .iter()
-            .map(|d| d.name.as_str())
-            .zip(&self.state.open)
-            .collect();
+        let named: Vec<(&str, &BTreeMap<String, Vec<Acc>>)> =
+            self.defs.iter().map(|d| d.name.as_str()).zip(&self.state.open).collect();
         postcard::to_allocvec(&(self.state.newest_ms, named)).unwrap_or_default()
     }
 
@@ -308,8 +287,7 @@ impl Windows {
     /// A message when the bytes are not window state.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
         type Stored = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
-        let (newest, named): Stored =
-            postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
+        let (newest, named): Stored = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
         if let Some(t) = newest {
             self.observe(t);
         }
@@ -330,9 +308,7 @@ impl Windows {
 /// A message when it is not.
 pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
     type Stored = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
-    postcard::from_bytes::<Stored>(bytes)
-        .map(drop)
-        .map_err(|e| format!("bad window state in checkpoint: {e}"))
+    postcard::from_bytes::<Stored>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
 }
 
 /// Adds an event at `[ts, ts + gap)` to a key's sessions, merging every
@@ -417,11 +393,7 @@ mod tests {
             currency: *b"USD",
             account: "a".into(),
             card: None,
-            merchant: Some(Party {
-                id: merchant.into(),
-                mcc: None,
-                country: None,
-            }),
+            merchant: Some(Party { id: merchant.into(), mcc: None, country: None }),
             counterparty: None,
             device: None,
             ip: None,
@@ -431,11 +403,7 @@ mod tests {
     }
 
     fn windows(ooo_ms: u64, lateness_ms: u64) -> Windows {
-        let def = WindowDef {
-            name: "m1".into(),
-            key: KeyField::Merchant,
-            shape: Shape::Tumbling { size: 60_000 },
-        };
+        let def = WindowDef { name: "m1".into(), key: KeyField::Merchant, shape: Shape::Tumbling { size: 60_000 } };
         let cfg = WatermarkConfig {
             out_of_orderness: Duration::from_millis(ooo_ms),
             allowed_lateness: Duration::from_millis(lateness_ms),

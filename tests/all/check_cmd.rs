@@ -4,22 +4,14 @@ use crate::support::*;
 use std::process::Command;
 
 fn check(path: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .arg("check")
-        .arg(path)
-        .output()
-        .expect("run vigil check")
+    Command::new(env!("CARGO_BIN_EXE_vigil")).arg("check").arg(path).output().expect("run vigil check")
 }
 
 #[test]
 fn check_prints_the_manifest_and_a_timing() {
     let out = check(&wasm("large_amount"));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for want in [
         "name:        large-amount",
         "version:     1.0.0",
@@ -37,10 +29,7 @@ fn check_lists_rules_needing_lists() {
     let out = check(&wasm("blocklist"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("lists:       blocked-cards, blocked-accounts, blocked-devices, blocked-ips"),
-        "{text}"
-    );
+    assert!(text.contains("lists:       blocked-cards, blocked-accounts, blocked-devices, blocked-ips"), "{text}");
 }
 
 #[test]
@@ -51,8 +40,5 @@ fn check_rejects_a_broken_file_naming_it_and_the_cause() {
     let out = check(&path);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("junk.wasm") && err.contains("not a WebAssembly module"),
-        "{err}"
-    );
+    assert!(err.contains("junk.wasm") && err.contains("not a WebAssembly module"), "{err}");
 }

@@ -25,18 +25,10 @@ impl Daemon {
     }
 
     /// Polls `f` like [`wait_for`], failing at once if the daemon exits.
-    pub fn wait_for<T>(
-        &mut self,
-        timeout: Duration,
-        what: &str,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
+    pub fn wait_for<T>(&mut self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         wait_for(timeout, what, || {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "vigil exited with {status} while waiting for {what}:\n{}",
-                    self.log()
-                );
+                panic!("vigil exited with {status} while waiting for {what}:\n{}", self.log());
             }
             f()
         })
@@ -47,19 +39,14 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill");
         assert!(ok.success());
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         self.signal("-TERM");
-        let status = wait_for(Duration::from_secs(30), "vigil to exit", || {
-            self.child.try_wait().expect("wait")
-        });
+        let status = wait_for(Duration::from_secs(30), "vigil to exit", || self.child.try_wait().expect("wait"));
         let log = self.log();
         (status, log)
     }
@@ -84,9 +71,7 @@ impl Drop for Daemon {
 fn sigterm_drains_in_flight_events_and_exits_zero() {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");
-    let events: Vec<_> = (0..500)
-        .map(|i| payment(&format!("e{i}"), 100 * i))
-        .collect();
+    let events: Vec<_> = (0..500).map(|i| payment(&format!("e{i}"), 100 * i)).collect();
     env.write_events(&events);
     let config = env.toml("");
     let daemon = Daemon::start(&env, &config);
@@ -96,10 +81,7 @@ fn sigterm_drains_in_flight_events_and_exits_zero() {
     let (status, log) = daemon.stop();
     assert!(status.success(), "exit status {status:?}\n{log}");
     assert!(log.contains("shutdown requested"), "{log}");
-    assert!(
-        log.contains("500 events in, 500 decided, 0 dead-lettered"),
-        "{log}"
-    );
+    assert!(log.contains("500 events in, 500 decided, 0 dead-lettered"), "{log}");
 }
 
 #[test]
@@ -107,11 +89,7 @@ fn a_bad_config_names_the_key_and_exits_non_zero() {
     let env = Env::new();
     let path = env.path("bad.toml");
     std::fs::write(&path, "[rules]\nmemory-cap = \"12 parsecs\"\n").expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["run", "--config"]).arg(&path).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory-cap"), "{err}");
@@ -124,21 +102,11 @@ fn a_missing_pan_key_is_a_clear_startup_error() {
     let path = env.path("nokey.toml");
     std::fs::write(
         &path,
-        format!(
-            "[rules]\ndir = {:?}\n[clean]\npan-key-env = \"VIGIL_TEST_NO_SUCH_KEY\"\n",
-            env.rules()
-        ),
+        format!("[rules]\ndir = {:?}\n[clean]\npan-key-env = \"VIGIL_TEST_NO_SUCH_KEY\"\n", env.rules()),
     )
     .expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["run", "--config"]).arg(&path).output().expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("clean.pan-key") && err.contains("VIGIL_TEST_NO_SUCH_KEY"),
-        "{err}"
-    );
+    assert!(err.contains("clean.pan-key") && err.contains("VIGIL_TEST_NO_SUCH_KEY"), "{err}");
 }

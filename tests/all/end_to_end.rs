@@ -29,34 +29,20 @@ fn every_sample_event_is_decided_or_dead_lettered() {
     let dead = read_jsonl(&env.dead_letters());
     assert_eq!(decisions.len() as u64, summary.decided);
     assert_eq!(dead.len() as u64, summary.dead_lettered);
-    assert!(
-        summary.dead_lettered >= 7,
-        "the sample holds 7 bad lines: {summary:?}"
-    );
+    assert!(summary.dead_lettered >= 7, "the sample holds 7 bad lines: {summary:?}");
 
     // One outcome per rule in every record; alerts are exactly the non-allow decisions.
     for d in &decisions {
-        assert_eq!(
-            rule_names(d),
-            ["blocklist", "geo-mismatch", "large-amount"],
-            "{d}"
-        );
+        assert_eq!(rule_names(d), ["blocklist", "geo-mismatch", "large-amount"], "{d}");
         for r in d["rules"].as_array().expect("rules") {
             assert!(r["module"].as_str().is_some_and(|m| m.len() == 16));
             assert!(r.get("error").is_none(), "{r}");
         }
     }
-    let non_allow: Vec<&Value> = decisions
-        .iter()
-        .filter(|d| d["action"] != "allow")
-        .collect();
+    let non_allow: Vec<&Value> = decisions.iter().filter(|d| d["action"] != "allow").collect();
     assert_eq!(alerts.len(), non_allow.len());
     assert!(!alerts.is_empty());
-    assert!(
-        alerts
-            .iter()
-            .all(|a| a["action"] == "review" || a["action"] == "block")
-    );
+    assert!(alerts.iter().all(|a| a["action"] == "review" || a["action"] == "block"));
 
     // Each rule fired somewhere on the sample.
     let reasons: Vec<&str> = decisions
@@ -64,23 +50,14 @@ fn every_sample_event_is_decided_or_dead_lettered() {
         .flat_map(|d| d["reasons"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
         .collect();
-    for want in [
-        "card_blocklisted",
-        "card_not_present_country_mismatch",
-        "amount_over_block_limit",
-    ] {
+    for want in ["card_blocklisted", "card_not_present_country_mismatch", "amount_over_block_limit"] {
         assert!(reasons.contains(&want), "no decision with reason {want}");
     }
 
     // No raw PAN anywhere in the outputs.
     for path in [env.decisions(), env.alerts(), env.dead_letters()] {
         let text = std::fs::read_to_string(&path).expect("output");
-        for pan in [
-            "4111 1111 1111 1111",
-            "4111111111111111",
-            "5500 0000 0000 0004",
-            "5500000000000004",
-        ] {
+        for pan in ["4111 1111 1111 1111", "4111111111111111", "5500 0000 0000 0004", "5500000000000004"] {
             assert!(!text.contains(pan), "raw PAN in {}", path.display());
         }
     }
@@ -91,28 +68,11 @@ fn a_decision_carries_the_audit_fields() {
     let (env, config) = example_env();
     run_to_end(config);
     let d = decision_for(&env.decisions(), "tx-00000").expect("decision");
-    for key in [
-        "id",
-        "action",
-        "score",
-        "reasons",
-        "rules",
-        "event_ts_ms",
-        "ingested_at_us",
-        "decided_at_us",
-    ] {
+    for key in ["id", "action", "score", "reasons", "rules", "event_ts_ms", "ingested_at_us", "decided_at_us"] {
         assert!(d.get(key).is_some(), "missing {key} in {d}");
     }
     let r = &d["rules"][0];
-    for key in [
-        "rule",
-        "version",
-        "module",
-        "mode",
-        "action",
-        "score",
-        "latency_ns",
-    ] {
+    for key in ["rule", "version", "module", "mode", "action", "score", "latency_ns"] {
         assert!(r.get(key).is_some(), "missing {key} in {r}");
     }
     assert!(d["decided_at_us"].as_i64() >= d["ingested_at_us"].as_i64());
@@ -125,19 +85,12 @@ fn parameters_come_from_config() {
     env.write_events(&[payment("small", 5_000), payment("mid", 50_000)]);
     let mut config = env.config(false);
     settings(&mut config, "large-amount", |s| {
-        s.params
-            .insert("review-above".into(), toml::Value::Integer(10_000));
+        s.params.insert("review-above".into(), toml::Value::Integer(10_000));
     });
     run_to_end(config);
     let decisions = env.decisions();
-    assert_eq!(
-        decision_for(&decisions, "small").expect("small")["action"],
-        "allow"
-    );
-    assert_eq!(
-        decision_for(&decisions, "mid").expect("mid")["action"],
-        "review"
-    );
+    assert_eq!(decision_for(&decisions, "small").expect("small")["action"], "allow");
+    assert_eq!(decision_for(&decisions, "mid").expect("mid")["action"], "review");
 }
 
 #[test]
@@ -162,23 +115,16 @@ fn a_rule_with_unknown_parameters_is_refused_with_the_key_named() {
     env.install("large_amount", "large_amount.wasm");
     let mut config = env.config(false);
     settings(&mut config, "large-amount", |s| {
-        s.params
-            .insert("reveiw-above".into(), toml::Value::Integer(1));
+        s.params.insert("reveiw-above".into(), toml::Value::Integer(1));
     });
     let registry = registry_for(&config);
     let report = registry.rescan();
     assert_eq!(report.rejected.len(), 1, "{report:?}");
-    assert!(
-        report.rejected[0]
-            .1
-            .contains("rule.large-amount.params.reveiw-above"),
-        "{report:?}"
-    );
+    assert!(report.rejected[0].1.contains("rule.large-amount.params.reveiw-above"), "{report:?}");
 
     settings(&mut config, "large-amount", |s| {
         s.params.clear();
-        s.params
-            .insert("review-above".into(), toml::Value::String("lots".into()));
+        s.params.insert("review-above".into(), toml::Value::String("lots".into()));
     });
     let report = registry_for(&config).rescan();
     assert!(report.rejected[0].1.contains("must be int"), "{report:?}");
@@ -189,10 +135,7 @@ fn a_rule_using_an_unconfigured_list_is_refused() {
     let env = Env::new();
     env.install("blocklist", "blocklist.wasm");
     let report = registry_for(&env.config(false)).rescan();
-    assert!(
-        report.rejected[0].1.contains("[lists.blocked-cards]"),
-        "{report:?}"
-    );
+    assert!(report.rejected[0].1.contains("[lists.blocked-cards]"), "{report:?}");
 }
 
 #[test]
@@ -202,10 +145,7 @@ fn duplicate_rule_names_are_refused() {
     env.install("large_amount_v2", "b.wasm");
     let report = registry_for(&env.config(false)).rescan();
     assert_eq!(report.loaded.len(), 1, "{report:?}");
-    assert!(
-        report.rejected[0].1.contains("already loaded"),
-        "{report:?}"
-    );
+    assert!(report.rejected[0].1.contains("already loaded"), "{report:?}");
 }
 
 pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistry {
@@ -218,8 +158,6 @@ pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistr
         config.rules.on_failure,
         config.rules.quarantine_after.get(),
         std::sync::Arc::new(lists),
-        std::sync::Arc::new(
-            vigil::features::Catalog::from_config(&config.features).expect("features"),
-        ),
+        std::sync::Arc::new(vigil::features::Catalog::from_config(&config.features).expect("features")),
     )
 }

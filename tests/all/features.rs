@@ -26,11 +26,7 @@ fn run(events: &[Value]) -> (Env, Vec<Value>) {
 }
 
 fn action(decisions: &[Value], id: &str) -> String {
-    decisions
-        .iter()
-        .find(|d| d["id"] == id)
-        .map(|d| d["action"].as_str().unwrap_or("").to_owned())
-        .expect(id)
+    decisions.iter().find(|d| d["id"] == id).map(|d| d["action"].as_str().unwrap_or("").to_owned()).expect(id)
 }
 
 #[test]
@@ -38,24 +34,12 @@ fn velocity_fires_on_bursts_in_event_time_not_arrival_time() {
     let mut events = Vec::new();
     // Card A: seven payments a minute apart: the sixth in ten minutes is a burst.
     for i in 0..7 {
-        events.push(card_payment(
-            &format!("a{i}"),
-            "4000 0000 0000 0002",
-            T0 + i * MIN,
-            1_000,
-            "US",
-        ));
+        events.push(card_payment(&format!("a{i}"), "4000 0000 0000 0002", T0 + i * MIN, 1_000, "US"));
     }
     // Card B: seven payments three minutes apart, all read in the same
     // instant: never more than four in any ten minutes of event time.
     for i in 0..7 {
-        events.push(card_payment(
-            &format!("b{i}"),
-            "4000 0000 0000 0010",
-            T0 + i * 3 * MIN,
-            1_000,
-            "US",
-        ));
+        events.push(card_payment(&format!("b{i}"), "4000 0000 0000 0010", T0 + i * 3 * MIN, 1_000, "US"));
     }
     let (_env, decisions) = run(&events);
     for i in 0..5 {
@@ -78,22 +62,10 @@ fn many_countries_in_an_hour_block_the_card() {
     let events: Vec<Value> = countries
         .iter()
         .enumerate()
-        .map(|(i, c)| {
-            card_payment(
-                &format!("c{i}"),
-                "4000 0000 0000 0028",
-                T0 + i as i64 * 15 * MIN,
-                500,
-                c,
-            )
-        })
+        .map(|(i, c)| card_payment(&format!("c{i}"), "4000 0000 0000 0028", T0 + i as i64 * 15 * MIN, 500, c))
         .collect();
     let (_env, decisions) = run(&events);
-    assert_eq!(
-        action(&decisions, "c2"),
-        "allow",
-        "three countries is the limit"
-    );
+    assert_eq!(action(&decisions, "c2"), "allow", "three countries is the limit");
     assert_eq!(action(&decisions, "c3"), "block");
     // An hour after the first payment, US has left the window: FR, BR, DE remain.
     assert_eq!(action(&decisions, "c4"), "allow");
@@ -106,9 +78,7 @@ fn a_rule_naming_an_unknown_feature_is_refused() {
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
     let mut config = env.config(false);
-    config
-        .features
-        .insert("typo".into(), "count(card, 10 minutes please)".into());
+    config.features.insert("typo".into(), "count(card, 10 minutes please)".into());
     let err = try_run_to_end(config).expect_err("bad feature config");
     assert!(err.to_string().contains("features.typo"), "{err}");
 }

@@ -29,11 +29,7 @@ fn compare(name: &str, mut got: Vec<Value>) {
     for (i, (g, w)) in text.lines().zip(want.lines()).enumerate() {
         assert_eq!(g, w, "{name}: line {} differs", i + 1);
     }
-    assert_eq!(
-        text.lines().count(),
-        want.lines().count(),
-        "{name}: line count differs"
-    );
+    assert_eq!(text.lines().count(), want.lines().count(), "{name}: line count differs");
 }
 
 #[test]
@@ -45,8 +41,7 @@ fn example_rules_decide_the_sample_as_recorded() {
     env.install("velocity", "velocity.wasm");
     std::fs::copy(root().join("examples/events.jsonl"), env.events()).expect("copy sample");
     // The example config's settings, so the golden file is what `just run` shows.
-    let mut config =
-        vigil::config::Config::load(&root().join("examples/vigil.toml")).expect("example config");
+    let mut config = vigil::config::Config::load(&root().join("examples/vigil.toml")).expect("example config");
     let test = env.config(false);
     config.source = test.source;
     config.sinks = test.sinks;
@@ -56,13 +51,7 @@ fn example_rules_decide_the_sample_as_recorded() {
         list.path = root().join(&list.path);
     }
     run_to_end(config);
-    compare(
-        "example-decisions.jsonl",
-        read_jsonl(&env.decisions())
-            .iter()
-            .map(stable_decision)
-            .collect(),
-    );
+    compare("example-decisions.jsonl", read_jsonl(&env.decisions()).iter().map(stable_decision).collect());
     let dead = read_jsonl(&env.dead_letters())
         .iter()
         .map(|d| json!({"line": d["line"], "code": d["code"], "reason": d["reason"]}))

@@ -40,22 +40,12 @@ fn run_chaos(behaviour: &str, on_failure: FailurePolicy) -> (Env, Vec<Value>) {
 
 fn check_isolated(behaviour: &str, expected_error: &str) {
     let (_env, decisions) = run_chaos(behaviour, FailurePolicy::Review);
-    let by_id = |id: &str| {
-        decisions
-            .iter()
-            .find(|d| d["id"] == id)
-            .unwrap_or_else(|| panic!("no decision for {id}"))
-    };
+    let by_id = |id: &str| decisions.iter().find(|d| d["id"] == id).unwrap_or_else(|| panic!("no decision for {id}"));
     for id in ["wild-1", "wild-2"] {
         let d = by_id(id);
         let chaos = rule_outcome(d, "chaos").expect("chaos outcome");
-        let err = chaos["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{behaviour}: no error on {id}: {d}"));
-        assert!(
-            err.contains(expected_error),
-            "{behaviour}: wanted {expected_error:?} in {err:?}"
-        );
+        let err = chaos["error"].as_str().unwrap_or_else(|| panic!("{behaviour}: no error on {id}: {d}"));
+        assert!(err.contains(expected_error), "{behaviour}: wanted {expected_error:?} in {err:?}");
         assert_eq!(chaos["action"], "review", "the failure policy applies");
         assert_eq!(d["action"], "review");
         let other = rule_outcome(d, "large-amount").expect("large-amount still runs");
@@ -63,19 +53,9 @@ fn check_isolated(behaviour: &str, expected_error: &str) {
     }
     // After each failure the instance is rebuilt: the next calm event is fine.
     let calm = by_id("calm-2");
-    assert!(
-        rule_outcome(calm, "chaos")
-            .expect("chaos")
-            .get("error")
-            .is_none(),
-        "{calm}"
-    );
+    assert!(rule_outcome(calm, "chaos").expect("chaos").get("error").is_none(), "{calm}");
     assert_eq!(calm["action"], "allow");
-    assert_eq!(
-        by_id("calm-1")["action"],
-        "review",
-        "large-amount keeps deciding"
-    );
+    assert_eq!(by_id("calm-1")["action"], "review", "large-amount keeps deciding");
 }
 
 #[test]
@@ -103,9 +83,7 @@ fn repeated_failures_quarantine_the_rule() {
     let env = Env::new();
     env.install("chaos", "chaos.wasm");
     env.install("large_amount", "large_amount.wasm");
-    let events: Vec<Value> = (0..8)
-        .map(|i| payment(&format!("t{i}"), 1_000 + i))
-        .collect();
+    let events: Vec<Value> = (0..8).map(|i| payment(&format!("t{i}"), 1_000 + i)).collect();
     env.write_events(&events);
     let mut config = env.config(false);
     config.rules.quarantine_after = std::num::NonZeroU32::new(3).expect("3");
@@ -118,25 +96,12 @@ fn repeated_failures_quarantine_the_rule() {
     let errors: Vec<String> = (0..8)
         .map(|i| {
             let d = decision_for(&env.decisions(), &format!("t{i}")).expect("decision");
-            rule_outcome(&d, "chaos").expect("chaos")["error"]
-                .as_str()
-                .expect("error")
-                .to_owned()
+            rule_outcome(&d, "chaos").expect("chaos")["error"].as_str().expect("error").to_owned()
         })
         .collect();
-    assert!(
-        errors[..3].iter().all(|e| e.contains("panicked")),
-        "{errors:?}"
-    );
-    assert!(
-        errors[3..].iter().all(|e| e.contains("quarantined")),
-        "{errors:?}"
-    );
-    assert!(
-        decisions
-            .iter()
-            .all(|d| rule_outcome(d, "large-amount").is_some_and(|o| o.get("error").is_none()))
-    );
+    assert!(errors[..3].iter().all(|e| e.contains("panicked")), "{errors:?}");
+    assert!(errors[3..].iter().all(|e| e.contains("quarantined")), "{errors:?}");
+    assert!(decisions.iter().all(|d| rule_outcome(d, "large-amount").is_some_and(|o| o.get("error").is_none())));
 }
 
 #[test]
@@ -144,11 +109,7 @@ fn broken_modules_are_rejected_by_name_and_the_good_ones_still_decide() {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");
     let wat = |text: &str| wat::parse_str(text).expect("wat");
-    std::fs::write(
-        env.rules().join("random.wasm"),
-        [0x42u8, 0x17, 0x99, 0x00, 0xff, 0x10, 0x20, 0x30],
-    )
-    .expect("write");
+    std::fs::write(env.rules().join("random.wasm"), [0x42u8, 0x17, 0x99, 0x00, 0xff, 0x10, 0x20, 0x30]).expect("write");
     std::fs::write(
         env.rules().join("uses-wasi.wasm"),
         wat(r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) (memory (export "memory") 1))"#),

@@ -19,9 +19,7 @@ impl Feed<'_> {
         self.next += 1;
         let id = format!("hr-{}", self.next);
         self.env.append_lines(&[payment(&id, amount).to_string()]);
-        wait_for(WAIT, &format!("decision {id}"), || {
-            decision_for(&self.env.decisions(), &id)
-        })
+        wait_for(WAIT, &format!("decision {id}"), || decision_for(&self.env.decisions(), &id))
     }
 
     /// Feeds events until one's decision satisfies `ok`.
@@ -32,10 +30,7 @@ impl Feed<'_> {
             if ok(&d) {
                 return d;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting until {what}; last: {d}"
-            );
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}; last: {d}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -54,9 +49,7 @@ fn rules_are_added_replaced_kept_when_broken_and_removed_live() {
 
     // Add a rule.
     env.install("geo_mismatch", "geo_mismatch.wasm");
-    feed.until("geo-mismatch is live", 150_000, |d| {
-        rule_names(d).contains(&"geo-mismatch".to_owned())
-    });
+    feed.until("geo-mismatch is live", 150_000, |d| rule_names(d).contains(&"geo-mismatch".to_owned()));
 
     // Replace large-amount with version 2: it takes over.
     env.install("large_amount_v2", "large_amount.wasm");
@@ -66,17 +59,11 @@ fn rules_are_added_replaced_kept_when_broken_and_removed_live() {
     assert_eq!(d["action"], "block", "v2 blocks above the review limit");
 
     // A broken file over it: logged with file and cause, v2 keeps running.
-    std::fs::write(
-        env.rules().join("large_amount.wasm"),
-        b"\0asm\x01\0\0\0garbage",
-    )
-    .expect("write");
+    std::fs::write(env.rules().join("large_amount.wasm"), b"\0asm\x01\0\0\0garbage").expect("write");
     wait_for(WAIT, "the rejection in the log", || {
         let log = daemon.log();
-        (log.contains("rule file rejected")
-            && log.contains("large_amount.wasm")
-            && log.contains("does not compile"))
-        .then_some(())
+        (log.contains("rule file rejected") && log.contains("large_amount.wasm") && log.contains("does not compile"))
+            .then_some(())
     });
     let d = feed.decide(150_000);
     let o = rule_outcome(&d, "large-amount").expect("large-amount still live");
@@ -85,9 +72,7 @@ fn rules_are_added_replaced_kept_when_broken_and_removed_live() {
 
     // Delete it: it is no longer called.
     std::fs::remove_file(env.rules().join("large_amount.wasm")).expect("remove");
-    let d = feed.until("large-amount is unloaded", 150_000, |d| {
-        rule_outcome(d, "large-amount").is_none()
-    });
+    let d = feed.until("large-amount is unloaded", 150_000, |d| rule_outcome(d, "large-amount").is_none());
     assert_eq!(rule_names(&d), ["geo-mismatch"]);
     assert!(daemon.log().contains("rule unloaded"));
 
@@ -100,9 +85,7 @@ fn sighup_rescans_when_watching_is_off() {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");
     let config = env.toml("");
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("debounce = \"50ms\"", "watch = false");
+    let text = std::fs::read_to_string(&config).expect("config").replace("debounce = \"50ms\"", "watch = false");
     std::fs::write(&config, text).expect("config");
     let daemon = Daemon::start(&env, &config);
     let mut feed = Feed { env: &env, next: 0 };
@@ -112,9 +95,7 @@ fn sighup_rescans_when_watching_is_off() {
     let d = feed.decide(1_000);
     assert_eq!(rule_names(&d), ["large-amount"], "no watch: not loaded yet");
     daemon.signal("-HUP");
-    feed.until("SIGHUP loaded geo-mismatch", 1_000, |d| {
-        rule_names(d).len() == 2
-    });
+    feed.until("SIGHUP loaded geo-mismatch", 1_000, |d| rule_names(d).len() == 2);
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
 }
@@ -123,33 +104,16 @@ fn sighup_rescans_when_watching_is_off() {
 fn an_edited_list_takes_effect_without_a_restart() {
     let env = Env::new();
     env.install("blocklist", "blocklist.wasm");
-    for name in [
-        "blocked-cards",
-        "blocked-accounts",
-        "blocked-devices",
-        "blocked-ips",
-    ] {
+    for name in ["blocked-cards", "blocked-accounts", "blocked-devices", "blocked-ips"] {
         std::fs::write(env.path(&format!("{name}.txt")), "# empty\n").expect("list");
     }
-    let lists: String = [
-        "blocked-cards",
-        "blocked-accounts",
-        "blocked-devices",
-        "blocked-ips",
-    ]
-    .iter()
-    .map(|n| {
-        let kind = if *n == "blocked-cards" {
-            "kind = \"card\"\n"
-        } else {
-            ""
-        };
-        format!(
-            "[lists.{n}]\npath = {:?}\n{kind}",
-            env.path(&format!("{n}.txt"))
-        )
-    })
-    .collect();
+    let lists: String = ["blocked-cards", "blocked-accounts", "blocked-devices", "blocked-ips"]
+        .iter()
+        .map(|n| {
+            let kind = if *n == "blocked-cards" { "kind = \"card\"\n" } else { "" };
+            format!("[lists.{n}]\npath = {:?}\n{kind}", env.path(&format!("{n}.txt")))
+        })
+        .collect();
     let daemon = Daemon::start(&env, &env.toml(&lists));
     let mut feed = Feed { env: &env, next: 0 };
     assert_eq!(feed.decide(1_000)["action"], "allow");

@@ -14,4 +14,5 @@ mod hot_reload;
 mod malformed;
 mod recovery;
 mod registry;
+mod rule_state;
 mod windows;

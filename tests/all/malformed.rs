@@ -15,7 +15,10 @@ fn each_bad_event_is_dead_lettered_with_its_reason() {
     };
     let cases: Vec<(String, &str)> = vec![
         ("{\"id\": \"broken\", \"amount\": ".into(), "EOF while parsing"),
-        (r#"{"id":"no-amount","ts":1,"channel":"card","kind":"purchase","currency":"USD","account":"a"}"#.into(), "missing field `amount`"),
+        (
+            r#"{"id":"no-amount","ts":1,"channel":"card","kind":"purchase","currency":"USD","account":"a"}"#.into(),
+            "missing field `amount`",
+        ),
         (with("amount", (-5).into()), "must not be negative"),
         (with("amount", 12.5.into()), "never a float"),
         (with("amount", "100".into()), "integer amount in minor units"),
@@ -36,10 +39,7 @@ fn each_bad_event_is_dead_lettered_with_its_reason() {
     std::fs::write(env.events(), lines.join("\n") + "\n").expect("events");
 
     let summary = run_to_end(env.config(false));
-    let decided: Vec<String> = read_jsonl(&env.decisions())
-        .iter()
-        .map(|d| d["id"].to_string())
-        .collect();
+    let decided: Vec<String> = read_jsonl(&env.decisions()).iter().map(|d| d["id"].to_string()).collect();
     assert_eq!(decided.len(), 2, "decided: {decided:?}");
     assert_eq!(summary.events_in, lines.len() as u64);
     assert_eq!(summary.decided, 2);
@@ -50,25 +50,13 @@ fn each_bad_event_is_dead_lettered_with_its_reason() {
     assert_eq!(dead.len(), cases.len());
     for (i, (_, reason)) in cases.iter().enumerate() {
         let line_no = (i + 2) as u64;
-        let dl = dead
-            .iter()
-            .find(|d| d["line"] == line_no)
-            .unwrap_or_else(|| panic!("no dead letter for line {line_no}"));
+        let dl =
+            dead.iter().find(|d| d["line"] == line_no).unwrap_or_else(|| panic!("no dead letter for line {line_no}"));
         let got = dl["reason"].as_str().expect("reason");
-        assert!(
-            got.contains(reason),
-            "line {line_no}: wanted {reason:?} in {got:?}"
-        );
-        assert!(
-            dl["source"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("file:"))
-        );
+        assert!(got.contains(reason), "line {line_no}: wanted {reason:?} in {got:?}");
+        assert!(dl["source"].as_str().is_some_and(|s| s.starts_with("file:")));
         assert!(dl["raw"].is_string());
     }
     let text = std::fs::read_to_string(env.dead_letters()).expect("dead letters");
-    assert!(
-        !text.contains("4000 0000 0000 0002"),
-        "raw PAN in dead letters"
-    );
+    assert!(!text.contains("4000 0000 0000 0002"), "raw PAN in dead letters");
 }

@@ -16,11 +16,7 @@ fn events() -> Vec<String> {
     let mut lines = Vec::with_capacity(N);
     for i in 0..N {
         // A replayed id now and then: it must stay a duplicate across restarts.
-        let id = if i % 997 == 996 {
-            format!("tx-{}", i - 5)
-        } else {
-            format!("tx-{i}")
-        };
+        let id = if i % 997 == 996 { format!("tx-{}", i - 5) } else { format!("tx-{i}") };
         let card = (i * 7919) % 300;
         lines.push(
             json!({
@@ -43,15 +39,9 @@ fn events() -> Vec<String> {
 fn outcomes(env: &Env) -> (HashMap<String, Vec<Value>>, HashSet<u64>) {
     let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
     for d in read_jsonl(&env.decisions()) {
-        by_id
-            .entry(d["id"].as_str().expect("id").to_owned())
-            .or_default()
-            .push(d["features"].clone());
+        by_id.entry(d["id"].as_str().expect("id").to_owned()).or_default().push(d["features"].clone());
     }
-    let dead = read_jsonl(&env.dead_letters())
-        .iter()
-        .filter_map(|d| d["line"].as_u64())
-        .collect();
+    let dead = read_jsonl(&env.dead_letters()).iter().filter_map(|d| d["line"].as_u64()).collect();
     (by_id, dead)
 }
 
@@ -82,10 +72,7 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     config.pipeline.partition_key = vigil::config::PartitionKey::Card;
     config.windows.insert(
         "card-5m".into(),
-        vigil::config::WindowSpec::Tumbling {
-            key: vigil::features::KeyField::Card,
-            size: Duration::from_secs(300),
-        },
+        vigil::config::WindowSpec::Tumbling { key: vigil::features::KeyField::Card, size: Duration::from_secs(300) },
     );
     let summary = run_to_end(config);
     let want_windows = windows(&reference);
@@ -99,54 +86,31 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     env.install("velocity", "velocity.wasm");
     std::fs::write(env.events(), lines.join("\n") + "\n").expect("events");
     let config = env.toml(extra);
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace("[pipeline]\nworkers = 2\n", "");
+    let text = std::fs::read_to_string(&config).expect("config").replace("[pipeline]\nworkers = 2\n", "");
     let text = text.replace("[state]\n", "[state]\ncheckpoint-interval = \"10ms\"\n");
     std::fs::write(&config, text).expect("config");
 
     let mut kills = Vec::new();
     for kill_at in [N / 4, N * 3 / 5] {
         let mut daemon = Daemon::start(&env, &config);
-        daemon.wait_for(
-            Duration::from_secs(120),
-            "decisions to reach the kill point",
-            || {
-                (std::fs::metadata(env.decisions())
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-                    > (kill_at * 200) as u64)
-                    .then_some(())
-            },
-        );
+        daemon.wait_for(Duration::from_secs(120), "decisions to reach the kill point", || {
+            (std::fs::metadata(env.decisions()).map(|m| m.len()).unwrap_or(0) > (kill_at * 200) as u64).then_some(())
+        });
         daemon.child.kill().expect("kill -9");
         daemon.child.wait().expect("reap");
-        let decided = std::fs::read_to_string(env.decisions())
-            .expect("decisions")
-            .lines()
-            .count();
-        assert!(
-            decided < N - N / 10,
-            "killed too late to test anything: {decided} of {N} decided"
-        );
+        let decided = std::fs::read_to_string(env.decisions()).expect("decisions").lines().count();
+        assert!(decided < N - N / 10, "killed too late to test anything: {decided} of {N} decided");
         kills.push(decided);
     }
     let mut daemon = Daemon::start(&env, &config);
-    daemon.wait_for(
-        Duration::from_secs(120),
-        "every id decided or dead-lettered",
-        || {
-            let (got, dead) = outcomes(&env);
-            (got.len() == want.len() && dead.len() >= want_dead.len()).then_some(())
-        },
-    );
+    daemon.wait_for(Duration::from_secs(120), "every id decided or dead-lettered", || {
+        let (got, dead) = outcomes(&env);
+        (got.len() == want.len() && dead.len() >= want_dead.len()).then_some(())
+    });
     let (status, log) = daemon.stop();
     assert!(status.success(), "{log}");
     assert!(log.contains("resuming from the last checkpoint"), "{log}");
-    assert!(
-        kills[1] > kills[0],
-        "the second run made progress: {kills:?}"
-    );
+    assert!(kills[1] > kills[0], "the second run made progress: {kills:?}");
 
     let (got, dead) = outcomes(&env);
     assert_eq!(got.len(), want.len(), "every id has a decision");
@@ -155,10 +119,7 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     for (id, records) in &got {
         let expected = &want[id][0];
         for features in records {
-            assert_eq!(
-                features, expected,
-                "{id}: features differ from the uninterrupted run"
-            );
+            assert_eq!(features, expected, "{id}: features differ from the uninterrupted run");
         }
         repeated += records.len() - 1;
     }
@@ -172,10 +133,7 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     for (k, records) in &want_windows {
         match got_windows.get(k) {
             Some(got) => assert!(got.iter().all(|r| r == &records[0]), "window {k:?} differs"),
-            None => assert!(
-                records[0]["end_ms"].as_i64() > Some(last_ts - 5_000),
-                "window {k:?} lost"
-            ),
+            None => assert!(records[0]["end_ms"].as_i64() > Some(last_ts - 5_000), "window {k:?} lost"),
         }
     }
     assert!(got_windows.keys().all(|k| want_windows.contains_key(k)));

@@ -5,9 +5,8 @@ use crate::support::*;
 
 fn cache_files(env: &Env) -> Vec<std::path::PathBuf> {
     let dir = env.path("state/wasm-cache");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut files: Vec<_> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     files.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
     files
 }
@@ -20,27 +19,17 @@ fn compiled_modules_are_cached_and_a_bad_cache_entry_is_recompiled() {
     assert_eq!(registry_for(&config).rescan().loaded.len(), 1);
     let cached = cache_files(&env);
     assert_eq!(cached.len(), 1, "one artefact per module");
-    let written = std::fs::metadata(&cached[0])
-        .and_then(|m| m.modified())
-        .expect("mtime");
+    let written = std::fs::metadata(&cached[0]).and_then(|m| m.modified()).expect("mtime");
 
     // A second start loads the artefact instead of compiling again.
     assert_eq!(registry_for(&config).rescan().loaded.len(), 1);
-    assert_eq!(
-        std::fs::metadata(&cached[0])
-            .and_then(|m| m.modified())
-            .expect("mtime"),
-        written
-    );
+    assert_eq!(std::fs::metadata(&cached[0]).and_then(|m| m.modified()).expect("mtime"), written);
 
     // A corrupt artefact is not trusted: the module is compiled afresh.
     std::fs::write(&cached[0], b"garbage").expect("corrupt");
     let report = registry_for(&config).rescan();
     assert_eq!(report.loaded.len(), 1, "{report:?}");
-    assert!(
-        std::fs::metadata(&cached[0]).expect("meta").len() > 1000,
-        "rewritten"
-    );
+    assert!(std::fs::metadata(&cached[0]).expect("meta").len() > 1000, "rewritten");
 }
 
 #[test]
@@ -52,10 +41,7 @@ fn a_half_written_module_is_not_loaded_and_the_finished_one_is() {
     let registry = registry_for(&env.config(false));
     let report = registry.rescan();
     assert!(report.loaded.is_empty());
-    assert!(
-        registry.current().rules.is_empty(),
-        "a partial file never goes live"
-    );
+    assert!(registry.current().rules.is_empty(), "a partial file never goes live");
 
     std::fs::write(&path, &bytes).expect("whole");
     let report = registry.rescan();
@@ -67,11 +53,7 @@ fn a_half_written_module_is_not_loaded_and_the_finished_one_is() {
 fn dot_files_and_temporaries_are_ignored() {
     let env = Env::new();
     std::fs::copy(wasm("large_amount"), env.rules().join(".large_amount.wasm")).expect("copy");
-    std::fs::copy(
-        wasm("large_amount"),
-        env.rules().join("large_amount.wasm.part"),
-    )
-    .expect("copy");
+    std::fs::copy(wasm("large_amount"), env.rules().join("large_amount.wasm.part")).expect("copy");
     let report = registry_for(&env.config(false)).rescan();
     assert_eq!(report, vigil::rules::ScanReport::default());
 }

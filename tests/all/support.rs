@@ -6,29 +6,18 @@
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use vigil::config::{
-    Config, FileSourceConfig, ListConfig, ListKind, RuleSettings, SinkConfig, SourceConfig,
-};
+use vigil::config::{Config, FileSourceConfig, ListConfig, ListKind, RuleSettings, SinkConfig, SourceConfig};
 use vigil::pipeline::Summary;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
 /// A rule module built by `just rules`, e.g. `wasm("large_amount")`.
 pub fn wasm(name: &str) -> PathBuf {
-    let p = root()
-        .join("target/wasm32-unknown-unknown/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: build the rules first with `just rules` (or run `just test`)",
-        p.display()
-    );
+    let p = root().join("target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
+    assert!(p.exists(), "{} is missing: build the rules first with `just rules` (or run `just test`)", p.display());
     p
 }
 
@@ -39,9 +28,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Self {
-        let env = Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let env = Self { dir: tempfile::tempdir().expect("temp dir") };
         std::fs::create_dir_all(env.rules()).expect("rules dir");
         std::fs::write(env.events(), "").expect("events file");
         env
@@ -77,10 +64,7 @@ impl Env {
 
     pub fn append_lines(&self, lines: &[String]) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.events())
-            .expect("open events");
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.events()).expect("open events");
         for l in lines {
             writeln!(f, "{l}").expect("append");
         }
@@ -98,21 +82,11 @@ impl Env {
             }),
             ..Config::default()
         };
-        c.sinks.decisions = SinkConfig::File {
-            path: self.decisions(),
-        };
-        c.sinks.alerts = SinkConfig::File {
-            path: self.alerts(),
-        };
-        c.sinks.dead_letters = SinkConfig::File {
-            path: self.dead_letters(),
-        };
-        c.sinks.aggregates = SinkConfig::File {
-            path: self.path("out/aggregates.jsonl"),
-        };
-        c.sinks.late = SinkConfig::File {
-            path: self.path("out/late.jsonl"),
-        };
+        c.sinks.decisions = SinkConfig::File { path: self.decisions() };
+        c.sinks.alerts = SinkConfig::File { path: self.alerts() };
+        c.sinks.dead_letters = SinkConfig::File { path: self.dead_letters() };
+        c.sinks.aggregates = SinkConfig::File { path: self.path("out/aggregates.jsonl") };
+        c.sinks.late = SinkConfig::File { path: self.path("out/late.jsonl") };
         c.rules.dir = self.rules();
         c.rules.debounce = Duration::from_millis(50);
         c.state.dir = self.path("state");
@@ -196,10 +170,7 @@ dir = {state:?}
 
 /// Writes `src` to `dst` the safe way: a dot-file, then a rename.
 pub fn install_atomically(src: &Path, dst: &Path) {
-    let tmp = dst.with_file_name(format!(
-        ".{}.tmp",
-        dst.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
+    let tmp = dst.with_file_name(format!(".{}.tmp", dst.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
     std::fs::copy(src, &tmp).expect("copy module");
     std::fs::rename(&tmp, dst).expect("rename module");
 }
@@ -215,11 +186,7 @@ pub fn run_to_end(config: Config) -> Summary {
 }
 
 pub fn try_run_to_end(config: Config) -> anyhow::Result<Summary> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     rt.block_on(vigil::app::run(config, std::future::pending()))
 }
 
@@ -227,10 +194,7 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON line")).collect()
 }
 
 /// A valid card purchase.
@@ -259,30 +223,20 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// The outcome of rule `rule` in a decision record.
 pub fn rule_outcome<'a>(decision: &'a Value, rule: &str) -> Option<&'a Value> {
-    decision["rules"]
-        .as_array()?
-        .iter()
-        .find(|r| r["rule"] == rule)
+    decision["rules"].as_array()?.iter().find(|r| r["rule"] == rule)
 }
 
 /// Names of the rules in a decision record.
 pub fn rule_names(decision: &Value) -> Vec<String> {
     decision["rules"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["rule"].as_str().map(str::to_owned))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|r| r["rule"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
 }

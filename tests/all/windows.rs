@@ -40,19 +40,12 @@ fn tumbling_and_session_windows_match_a_recount_and_late_events_are_reported() {
     let mut config = env.config(false);
     config.pipeline.partition_key = vigil::config::PartitionKey::Merchant;
     config.watermark.out_of_orderness = Duration::from_secs(5);
-    config.windows.insert(
-        "merchant-1m".into(),
-        WindowSpec::Tumbling {
-            key: KeyField::Merchant,
-            size: Duration::from_secs(60),
-        },
-    );
+    config
+        .windows
+        .insert("merchant-1m".into(), WindowSpec::Tumbling { key: KeyField::Merchant, size: Duration::from_secs(60) });
     config.windows.insert(
         "merchant-session".into(),
-        WindowSpec::Session {
-            key: KeyField::Merchant,
-            gap: Duration::from_secs(30),
-        },
+        WindowSpec::Session { key: KeyField::Merchant, gap: Duration::from_secs(30) },
     );
     let summary = run_to_end(config);
     assert_eq!(summary.events_in, 301);
@@ -64,33 +57,17 @@ fn tumbling_and_session_windows_match_a_recount_and_late_events_are_reported() {
         .iter()
         .filter(|a| a["window"] == "merchant-1m")
         .map(|a| {
-            let key = (
-                a["key"].as_str().expect("key").to_owned(),
-                a["start_ms"].as_i64().expect("start"),
-            );
-            (
-                key,
-                (
-                    a["count"].as_u64().expect("count"),
-                    a["sum"].as_i64().expect("sum"),
-                ),
-            )
+            let key = (a["key"].as_str().expect("key").to_owned(), a["start_ms"].as_i64().expect("start"));
+            (key, (a["count"].as_u64().expect("count"), a["sum"].as_i64().expect("sum")))
         })
         .collect();
     assert_eq!(tumbling, expected);
     // One session per merchant: payments every three seconds, gap 30 s.
-    let sessions: Vec<&Value> = aggregates
-        .iter()
-        .filter(|a| a["window"] == "merchant-session")
-        .collect();
+    let sessions: Vec<&Value> = aggregates.iter().filter(|a| a["window"] == "merchant-session").collect();
     assert_eq!(sessions.len(), 3);
     assert!(sessions.iter().all(|s| s["count"] == 100));
 
     let late = read_jsonl(&env.path("out/late.jsonl"));
     assert_eq!(late.len(), 2);
-    assert!(
-        late.iter()
-            .all(|l| l["id"] == "late-1"
-                && l["reason"].as_str().is_some_and(|r| r.contains("closed")))
-    );
+    assert!(late.iter().all(|l| l["id"] == "late-1" && l["reason"].as_str().is_some_and(|r| r.contains("closed"))));
 }

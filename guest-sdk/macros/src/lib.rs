@@ -7,9 +7,7 @@ use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::{
-    Error, Expr, ExprLit, ExprUnary, Ident, ItemFn, Lit, LitStr, Result, Token, UnOp, parenthesized,
-};
+use syn::{Error, Expr, ExprLit, ExprUnary, Ident, ItemFn, Lit, LitStr, Result, Token, UnOp, parenthesized};
 
 /// Turns `fn(tx: &Payment, ctx: &Context) -> Decision` into a vigil rule.
 ///
@@ -49,14 +47,10 @@ impl Parse for Arg {
                 for f in &fields {
                     let name = f.to_string();
                     if vigil_abi::Field::from_name(&name).is_none() {
-                        let known: Vec<_> =
-                            vigil_abi::Field::ALL.iter().map(|f| f.name()).collect();
+                        let known: Vec<_> = vigil_abi::Field::ALL.iter().map(|f| f.name()).collect();
                         return Err(Error::new(
                             f.span(),
-                            format!(
-                                "unknown event field `{name}`; fields are: {}",
-                                known.join(", ")
-                            ),
+                            format!("unknown event field `{name}`; fields are: {}", known.join(", ")),
                         ));
                     }
                 }
@@ -93,24 +87,14 @@ impl Parse for Param {
         let value: Expr = input.parse()?;
         let (negative, lit) = match &value {
             Expr::Lit(ExprLit { lit, .. }) => (false, lit),
-            Expr::Unary(ExprUnary {
-                op: UnOp::Neg(_),
-                expr,
-                ..
-            }) => match &**expr {
+            Expr::Unary(ExprUnary { op: UnOp::Neg(_), expr, .. }) => match &**expr {
                 Expr::Lit(ExprLit { lit, .. }) => (true, lit),
                 _ => {
-                    return Err(Error::new_spanned(
-                        &value,
-                        "parameter defaults must be literals",
-                    ));
+                    return Err(Error::new_spanned(&value, "parameter defaults must be literals"));
                 }
             },
             _ => {
-                return Err(Error::new_spanned(
-                    &value,
-                    "parameter defaults must be literals",
-                ));
+                return Err(Error::new_spanned(&value, "parameter defaults must be literals"));
             }
         };
         let sign = if negative { quote!(-) } else { quote!() };
@@ -134,10 +118,7 @@ impl Parse for Param {
                 quote!(::vigil_sdk::__private::ParamDefault::Str(#s))
             }
             ("i64" | "f64" | "bool" | "str", _) => {
-                return Err(Error::new_spanned(
-                    &value,
-                    format!("default does not match type `{ty}`"),
-                ));
+                return Err(Error::new_spanned(&value, format!("default does not match type `{ty}`")));
             }
             (other, _) => {
                 return Err(Error::new(
@@ -156,10 +137,7 @@ fn check_signature(f: &ItemFn) -> Result<()> {
         return Err(Error::new_spanned(a, "a rule cannot be async"));
     }
     if !sig.generics.params.is_empty() {
-        return Err(Error::new_spanned(
-            &sig.generics,
-            "a rule cannot be generic",
-        ));
+        return Err(Error::new_spanned(&sig.generics, "a rule cannot be generic"));
     }
     if sig.inputs.len() != 2 {
         return Err(Error::new_spanned(
@@ -179,9 +157,7 @@ fn doc_line(f: &ItemFn) -> Option<String> {
             return None;
         }
         match &a.meta.require_name_value().ok()?.value {
-            Expr::Lit(ExprLit {
-                lit: Lit::Str(s), ..
-            }) => Some(s.value().trim().to_owned()),
+            Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Some(s.value().trim().to_owned()),
             _ => None,
         }
     })
@@ -214,19 +190,12 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
             Arg::Names(_, names) => set_once(&mut features, names, "features")?,
         }
     }
-    let fields: Vec<String> = fields
-        .unwrap_or_default()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let fields: Vec<String> = fields.unwrap_or_default().iter().map(ToString::to_string).collect();
     let params = params.unwrap_or_default();
     let mut seen = std::collections::HashSet::new();
     for p in &params {
         if !seen.insert(p.name.to_string()) {
-            return Err(Error::new(
-                p.name.span(),
-                format!("parameter `{}` declared twice", p.name),
-            ));
+            return Err(Error::new(p.name.span(), format!("parameter `{}` declared twice", p.name)));
         }
     }
     let param_names: Vec<String> = params.iter().map(|p| p.name.to_string()).collect();
@@ -284,10 +253,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
 
 fn set_once<T>(slot: &mut Option<T>, value: T, what: &str) -> Result<()> {
     if slot.replace(value).is_some() {
-        return Err(Error::new(
-            Span::call_site(),
-            format!("`{what}(...)` given twice"),
-        ));
+        return Err(Error::new(Span::call_site(), format!("`{what}(...)` given twice")));
     }
     Ok(())
 }

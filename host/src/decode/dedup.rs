@@ -63,10 +63,7 @@ impl Dedup {
     /// The ids added and forgotten since the last call, for a checkpoint
     /// (apply the additions first).
     pub fn take_delta(&mut self) -> (Vec<(u128, i64)>, Vec<u128>) {
-        (
-            std::mem::take(&mut self.added),
-            std::mem::take(&mut self.removed),
-        )
+        (std::mem::take(&mut self.added), std::mem::take(&mut self.removed))
     }
 
     /// Loads the set a checkpoint stored.

@@ -61,10 +61,7 @@ impl DecodeError {
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> DecodeError {
-    DecodeError::Invalid {
-        field,
-        problem: problem.into(),
-    }
+    DecodeError::Invalid { field, problem: problem.into() }
 }
 
 /// The event as written, before validation.
@@ -178,9 +175,7 @@ fn event_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
             i64::try_from(v).map_err(|_| E::custom(format!("ts {v} is out of range")))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
-            Err(E::custom(format!(
-                "ts must be integer epoch milliseconds, got {v}"
-            )))
+            Err(E::custom(format!("ts must be integer epoch milliseconds, got {v}")))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
             let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
@@ -226,13 +221,9 @@ impl Decoder {
     /// [`DecodeError`] saying exactly why the event is rejected.
     pub fn decode(&mut self, line: &str) -> Result<Payment, DecodeError> {
         if line.len() > self.max_event_bytes {
-            return Err(DecodeError::TooLarge {
-                len: line.len(),
-                limit: self.max_event_bytes,
-            });
+            return Err(DecodeError::TooLarge { len: line.len(), limit: self.max_event_bytes });
         }
-        let raw: RawEvent<'_> =
-            serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let raw: RawEvent<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
         let payment = self.validate(raw)?;
         if !self.dedup.insert(&payment.id, payment.ts_ms) {
             return Err(DecodeError::Duplicate(payment.id));
@@ -248,11 +239,7 @@ impl Decoder {
         if v.len() > self.max_field_bytes {
             return Err(invalid(
                 field,
-                format!(
-                    "is {} bytes; the limit is {} (clean.max-field-bytes)",
-                    v.len(),
-                    self.max_field_bytes
-                ),
+                format!("is {} bytes; the limit is {} (clean.max-field-bytes)", v.len(), self.max_field_bytes),
             ));
         }
         if v.chars().any(char::is_control) {
@@ -264,47 +251,23 @@ impl Decoder {
     fn validate(&self, raw: RawEvent<'_>) -> Result<Payment, DecodeError> {
         let id = self.text("id", &raw.id, true)?;
         let channel = Channel::from_name(raw.channel.trim()).ok_or_else(|| {
-            invalid(
-                "channel",
-                format!(
-                    "unknown channel {:?}; expected one of {}",
-                    raw.channel,
-                    names(Channel::ALL)
-                ),
-            )
+            invalid("channel", format!("unknown channel {:?}; expected one of {}", raw.channel, names(Channel::ALL)))
         })?;
         let kind = Kind::from_name(raw.kind.trim()).ok_or_else(|| {
-            invalid(
-                "kind",
-                format!(
-                    "unknown kind {:?}; expected one of {}",
-                    raw.kind,
-                    names(Kind::ALL)
-                ),
-            )
+            invalid("kind", format!("unknown kind {:?}; expected one of {}", raw.kind, names(Kind::ALL)))
         })?;
         let code = raw.currency.trim().to_ascii_uppercase();
         if iso_currency::Currency::from_code(&code).is_none() {
-            return Err(invalid(
-                "currency",
-                format!("{:?} is not an ISO 4217 currency code", raw.currency),
-            ));
+            return Err(invalid("currency", format!("{:?} is not an ISO 4217 currency code", raw.currency)));
         }
-        let currency: [u8; 3] = code
-            .as_bytes()
-            .try_into()
-            .map_err(|_| invalid("currency", "must be 3 letters"))?;
+        let currency: [u8; 3] = code.as_bytes().try_into().map_err(|_| invalid("currency", "must be 3 letters"))?;
         let account = self.text("account", &raw.account, true)?;
 
         let card = match raw.card {
             None => None,
             Some(c) => {
-                let digits = pan::pan_digits(&c.pan).ok_or_else(|| {
-                    invalid(
-                        "card.pan",
-                        "must be 12 to 19 digits (spaces and dashes allowed)",
-                    )
-                })?;
+                let digits = pan::pan_digits(&c.pan)
+                    .ok_or_else(|| invalid("card.pan", "must be 12 to 19 digits (spaces and dashes allowed)"))?;
                 Some(Card {
                     token: self.tokenizer.token(&digits),
                     country: country("card.country", c.country.as_deref())?,
@@ -312,26 +275,15 @@ impl Decoder {
                 })
             }
         };
-        let merchant = raw
-            .merchant
-            .map(|m| self.party("merchant.id", "merchant.country", m))
-            .transpose()?;
-        let counterparty = raw
-            .counterparty
-            .map(|m| self.party("counterparty.id", "counterparty.country", m))
-            .transpose()?;
+        let merchant = raw.merchant.map(|m| self.party("merchant.id", "merchant.country", m)).transpose()?;
+        let counterparty =
+            raw.counterparty.map(|m| self.party("counterparty.id", "counterparty.country", m)).transpose()?;
         if let Some(mcc) = merchant.as_ref().and_then(|m| m.mcc)
             && mcc > 9999
         {
-            return Err(invalid(
-                "merchant.mcc",
-                format!("{mcc} is not a 4-digit merchant category code"),
-            ));
+            return Err(invalid("merchant.mcc", format!("{mcc} is not a 4-digit merchant category code")));
         }
-        let device = raw
-            .device
-            .map(|d| self.text("device", &d, true))
-            .transpose()?;
+        let device = raw.device.map(|d| self.text("device", &d, true)).transpose()?;
         let ip = match raw.ip {
             None => None,
             Some(ip) => Some(
@@ -374,20 +326,13 @@ impl Decoder {
         })
     }
 
-    fn attrs(
-        &self,
-        attrs: Option<serde_json::Map<String, serde_json::Value>>,
-    ) -> Result<Vec<u8>, DecodeError> {
+    fn attrs(&self, attrs: Option<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<u8>, DecodeError> {
         let mut out = Vec::new();
         let Some(attrs) = attrs else { return Ok(out) };
         if attrs.len() > self.max_attrs {
             return Err(invalid(
                 "attrs",
-                format!(
-                    "has {} entries; the limit is {} (clean.max-attrs)",
-                    attrs.len(),
-                    self.max_attrs
-                ),
+                format!("has {} entries; the limit is {} (clean.max-attrs)", attrs.len(), self.max_attrs),
             ));
         }
         for (k, v) in attrs {
@@ -398,10 +343,7 @@ impl Decoder {
                 serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Null => continue,
                 _ => {
-                    return Err(invalid(
-                        "attrs",
-                        format!("`{key}` must be a string, number or boolean"),
-                    ));
+                    return Err(invalid("attrs", format!("`{key}` must be a string, number or boolean")));
                 }
             };
             let value = self.text("attrs", &value, false)?;
@@ -412,10 +354,7 @@ impl Decoder {
 }
 
 fn names<T: fmt::Display>(all: &[T]) -> String {
-    all.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+    all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn country(field: &'static str, raw: Option<&str>) -> Result<Option<Country>, DecodeError> {
@@ -423,10 +362,7 @@ fn country(field: &'static str, raw: Option<&str>) -> Result<Option<Country>, De
     let up = raw.trim().to_ascii_uppercase();
     match up.as_bytes() {
         [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => Ok(Some(Country([*a, *b]))),
-        _ => Err(invalid(
-            field,
-            format!("{raw:?} is not an ISO 3166-1 alpha-2 country code"),
-        )),
+        _ => Err(invalid(field, format!("{raw:?} is not an ISO 3166-1 alpha-2 country code"))),
     }
 }
 
@@ -444,10 +380,7 @@ fn geo(g: RawGeo<'_>) -> Result<GeoRef, DecodeError> {
         }
         _ => return Err(invalid("geo", "lat and lon must be given together")),
     };
-    Ok(GeoRef {
-        country: country("geo.country", g.country.as_deref())?,
-        lat_lon,
-    })
+    Ok(GeoRef { country: country("geo.country", g.country.as_deref())?, lat_lon })
 }
 
 /// A copy of a raw line safe to write to dead letters: the card PAN is
@@ -482,10 +415,7 @@ mod tests {
     use super::*;
 
     fn decoder() -> Decoder {
-        Decoder::new(
-            &CleanConfig::default(),
-            Tokenizer::new(b"test-key-0123456789"),
-        )
+        Decoder::new(&CleanConfig::default(), Tokenizer::new(b"test-key-0123456789"))
     }
 
     const GOOD: &str = r#"{"id":"t1","ts":"2024-05-01T12:00:00Z","channel":"card","kind":"purchase","amount":1250,"currency":"usd","account":"a1","card":{"pan":"4111 1111 1111 1111","country":"us","present":false},"merchant":{"id":"m1","mcc":5411,"country":"DE"},"ip":"::ffff:10.0.0.1","geo":{"country":"de","lat":52.5,"lon":13.4},"attrs":{"3ds":false,"bin":"411111","n":3}}"#;
@@ -500,17 +430,11 @@ mod tests {
         assert_eq!(card.country, Some(Country(*b"US")));
         assert_eq!(p.geo.and_then(|g| g.country), Some(Country(*b"DE")));
         assert_eq!(p.ip.as_deref(), Some("::ffff:10.0.0.1"));
-        assert!(
-            !format!("{p:?}").contains("4111"),
-            "the PAN must not survive decoding"
-        );
+        assert!(!format!("{p:?}").contains("4111"), "the PAN must not survive decoding");
     }
 
     fn reject(line: &str) -> String {
-        decoder()
-            .decode(line)
-            .expect_err("should be rejected")
-            .to_string()
+        decoder().decode(line).expect_err("should be rejected").to_string()
     }
 
     fn with(field: &str, value: &str) -> String {
@@ -531,10 +455,7 @@ mod tests {
         assert!(reject(&with("ts", "\"yesterday\"")).contains("RFC 3339"));
         assert!(reject(&with("ip", "\"999.1.1.1\"")).contains("ip"));
         assert!(reject(&with("id", "\"\"")).contains("field `id`: must not be empty"));
-        assert!(
-            reject(&with("id", &format!("\"{}\"", "x".repeat(300))))
-                .contains("clean.max-field-bytes")
-        );
+        assert!(reject(&with("id", &format!("\"{}\"", "x".repeat(300)))).contains("clean.max-field-bytes"));
         assert!(reject(&with("extra", "1")).contains("unknown field `extra`"));
         assert!(reject(&with("card", r#"{"pan":"4111-abc"}"#)).contains("card.pan"));
         assert!(reject(&with("attrs", r#"{"nested":{"a":1}}"#)).contains("attrs"));
@@ -553,12 +474,8 @@ mod tests {
     fn redaction_removes_the_pan_in_every_form() {
         assert!(!redact(GOOD).contains("4111 1111"));
         assert!(!redact(r#"{"card":"4111111111111111","x":1}"#).contains("4111111111111111"));
-        assert!(
-            !redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111111111111111")
-        );
-        assert!(
-            !redact(r#"{"attrs":{"note":"card 4111111111111111"}}"#).contains("4111111111111111")
-        );
+        assert!(!redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111111111111111"));
+        assert!(!redact(r#"{"attrs":{"note":"card 4111111111111111"}}"#).contains("4111111111111111"));
         assert!(redact(GOOD).contains("\"ts\""));
     }
 }

@@ -24,12 +24,7 @@ pub struct Totals {
 
 impl Default for Totals {
     fn default() -> Self {
-        Self {
-            count: 0,
-            sum: 0,
-            min: i64::MAX,
-            max: i64::MIN,
-        }
+        Self { count: 0, sum: 0, min: i64::MAX, max: i64::MIN }
     }
 }
 
@@ -65,16 +60,7 @@ impl NumSeries {
                 b.min = b.min.min(amount);
                 b.max = b.max.max(amount);
             }
-            Err(i) => self.buckets.insert(
-                i,
-                NumBucket {
-                    idx,
-                    count: 1,
-                    sum: amount,
-                    min: amount,
-                    max: amount,
-                },
-            ),
+            Err(i) => self.buckets.insert(i, NumBucket { idx, count: 1, sum: amount, min: amount, max: amount }),
         }
         while self.buckets.front().is_some_and(|b| b.idx <= newest - span) {
             self.buckets.pop_front();
@@ -137,10 +123,7 @@ pub enum DistinctSeries {
 
 impl Default for DistinctSeries {
     fn default() -> Self {
-        DistinctSeries::Exact {
-            seen: Vec::new(),
-            newest: i64::MIN,
-        }
+        DistinctSeries::Exact { seen: Vec::new(), newest: i64::MIN }
     }
 }
 
@@ -159,11 +142,7 @@ fn hll_estimate(registers: &[u8]) -> f64 {
     let sum: f64 = registers.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
     let estimate = alpha * m * m / sum;
     let zeros = registers.iter().filter(|&&r| r == 0).count();
-    if estimate <= 2.5 * m && zeros > 0 {
-        m * (m / zeros as f64).ln()
-    } else {
-        estimate
-    }
+    if estimate <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { estimate }
 }
 
 impl DistinctSeries {
@@ -183,9 +162,7 @@ impl DistinctSeries {
                 let cutoff = *newest - span;
                 seen.retain(|(_, last)| *last > cutoff);
                 if seen.len() > EXACT_DISTINCT {
-                    let mut sketch = DistinctSeries::Sketch {
-                        buckets: VecDeque::new(),
-                    };
+                    let mut sketch = DistinctSeries::Sketch { buckets: VecDeque::new() };
                     for &(v, last) in seen.iter() {
                         sketch.add(last, v, span);
                     }
@@ -216,9 +193,7 @@ impl DistinctSeries {
     /// only after `idx`, possible for out-of-order events, count too).
     pub fn count(&self, idx: i64, span: i64) -> u64 {
         match self {
-            DistinctSeries::Exact { seen, .. } => {
-                seen.iter().filter(|(_, last)| *last > idx - span).count() as u64
-            }
+            DistinctSeries::Exact { seen, .. } => seen.iter().filter(|(_, last)| *last > idx - span).count() as u64,
             DistinctSeries::Sketch { buckets } => {
                 let mut merged = [0u8; REGISTERS];
                 for (_, registers) in buckets.iter().filter(|b| b.0 > idx - span) {
@@ -317,14 +292,6 @@ mod tests {
         s.add(100, 5, 10);
         s.add(90, 7, 10);
         s.add(91, 9, 10);
-        assert_eq!(
-            s.totals(100, 10),
-            Totals {
-                count: 2,
-                sum: 14,
-                min: 5,
-                max: 9
-            }
-        );
+        assert_eq!(s.totals(100, 10), Totals { count: 2, sum: 14, min: 5, max: 9 });
     }
 }

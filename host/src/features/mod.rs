@@ -49,21 +49,14 @@ impl Catalog {
     pub fn from_config(features: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let catalog = Catalog::default();
         for (name, text) in features {
-            let spec = FeatureSpec::parse(text)
-                .map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
-            catalog.push(Feature {
-                name: name.as_str().into(),
-                spec,
-            });
+            let spec = FeatureSpec::parse(text).map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
+            catalog.push(Feature { name: name.as_str().into(), spec });
         }
         Ok(catalog)
     }
 
     fn push(&self, feature: Feature) -> usize {
-        let mut added = self
-            .added
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut added = self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         added.push(feature);
         self.snapshot.store(Arc::new(added.clone()));
         added.len() - 1
@@ -80,25 +73,15 @@ impl Catalog {
         if let Some(i) = current.iter().position(|f| &*f.name == name) {
             return Ok(i);
         }
-        let spec = FeatureSpec::parse(name).map_err(|e| {
-            format!("feature `{name}` is not configured under [features] and is not a spec: {e}")
-        })?;
+        let spec = FeatureSpec::parse(name)
+            .map_err(|e| format!("feature `{name}` is not configured under [features] and is not a spec: {e}"))?;
         // Re-check under the lock: another loader may have added it.
-        let added = self
-            .added
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = added
-            .iter()
-            .position(|f| f.spec == spec && &*f.name == name)
-        {
+        let added = self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = added.iter().position(|f| f.spec == spec && &*f.name == name) {
             return Ok(i);
         }
         drop(added);
-        Ok(self.push(Feature {
-            name: name.into(),
-            spec,
-        }))
+        Ok(self.push(Feature { name: name.into(), spec }))
     }
 
     /// The features now.
@@ -173,9 +156,7 @@ struct StoredKey {
 /// # Errors
 /// A message when it is not.
 pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
-    postcard::from_bytes::<StoredKey>(bytes)
-        .map(drop)
-        .map_err(|e| format!("bad feature state in checkpoint: {e}"))
+    postcard::from_bytes::<StoredKey>(bytes).map(drop).map_err(|e| format!("bad feature state in checkpoint: {e}"))
 }
 
 /// Events between sweeps for idle keys.
@@ -211,17 +192,9 @@ impl FeatureEngine {
                     let series = position_or_push(&mut kind.distinct, (field, bucket_ms, span));
                     Source::Distinct { series }
                 }
-                _ => Source::Num {
-                    series: position_or_push(&mut kind.num, (bucket_ms, span)),
-                },
+                _ => Source::Num { series: position_or_push(&mut kind.num, (bucket_ms, span)) },
             };
-            self.planned.push(Planned {
-                key: s.key,
-                agg: s.agg,
-                source,
-                bucket_ms,
-                span,
-            });
+            self.planned.push(Planned { key: s.key, agg: s.agg, source, bucket_ms, span });
         }
         self.values.resize(self.planned.len(), 0.0);
     }
@@ -258,25 +231,19 @@ impl FeatureEngine {
             let state = kind.states.entry(hash).or_default();
             state.newest_ms = state.newest_ms.max(t);
             state.num.resize_with(kind.num.len(), NumSeries::default);
-            state
-                .distinct
-                .resize_with(kind.distinct.len(), DistinctSeries::default);
+            state.distinct.resize_with(kind.distinct.len(), DistinctSeries::default);
             for (series, &(bucket_ms, span)) in state.num.iter_mut().zip(&kind.num) {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
-            for (series, &(field, bucket_ms, span)) in state.distinct.iter_mut().zip(&kind.distinct)
-            {
+            for (series, &(field, bucket_ms, span)) in state.distinct.iter_mut().zip(&kind.distinct) {
                 if let Some(v) = distinct_value(p, field) {
                     series.add(t.div_euclid(bucket_ms), xxh3_64(v.as_bytes()), span);
                 }
             }
         }
         for (value, plan) in self.values.iter_mut().zip(&self.planned) {
-            let state = key_of(p, plan.key).and_then(|k| {
-                self.kinds
-                    .get(&plan.key)
-                    .and_then(|kind| kind.states.get(&xxh3_64(k.as_bytes())))
-            });
+            let state = key_of(p, plan.key)
+                .and_then(|k| self.kinds.get(&plan.key).and_then(|kind| kind.states.get(&xxh3_64(k.as_bytes()))));
             *value = match state {
                 None => empty_value(plan.agg),
                 Some(state) => {
@@ -289,15 +256,11 @@ impl FeatureEngine {
                                 Agg::Sum => totals.sum as f64,
                                 Agg::Min if totals.count > 0 => totals.min as f64,
                                 Agg::Max if totals.count > 0 => totals.max as f64,
-                                Agg::Avg if totals.count > 0 => {
-                                    totals.sum as f64 / totals.count as f64
-                                }
+                                Agg::Avg if totals.count > 0 => totals.sum as f64 / totals.count as f64,
                                 _ => f64::NAN,
                             }
                         }
-                        Source::Distinct { series } => {
-                            state.distinct[series].count(idx, plan.span) as f64
-                        }
+                        Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
                     }
                 }
             };
@@ -342,12 +305,7 @@ impl FeatureEngine {
             };
             let stored = StoredKey {
                 newest_ms: state.newest_ms,
-                num: kind
-                    .num
-                    .iter()
-                    .zip(&state.num)
-                    .map(|(&(b, s), series)| (b, s, series.clone()))
-                    .collect(),
+                num: kind.num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series.clone())).collect(),
                 distinct: kind
                     .distinct
                     .iter()
@@ -357,20 +315,10 @@ impl FeatureEngine {
             };
             // Serialising plain data into a Vec cannot fail.
             let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
-            out.push(crate::state::FeatureDelta {
-                kind: code,
-                hash,
-                worker,
-                state: Some(bytes),
-            });
+            out.push(crate::state::FeatureDelta { kind: code, hash, worker, state: Some(bytes) });
         }
         for (kind, hash) in self.expired.drain(..) {
-            out.push(crate::state::FeatureDelta {
-                kind,
-                hash,
-                worker,
-                state: None,
-            });
+            out.push(crate::state::FeatureDelta { kind, hash, worker, state: None });
         }
         out
     }
@@ -380,8 +328,7 @@ impl FeatureEngine {
     /// # Errors
     /// A message when the bytes are not a stored key.
     pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8]) -> Result<(), String> {
-        let stored: StoredKey =
-            postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
+        let stored: StoredKey = postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
         let Some((_, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
             return Ok(()); // No feature uses this key kind any more.
         };
@@ -435,17 +382,9 @@ fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
 
 fn distinct_value(p: &Payment, field: DistinctField) -> Option<&str> {
     match field {
-        DistinctField::GeoCountry => p
-            .geo
-            .as_ref()
-            .and_then(|g| g.country.as_ref())
-            .map(|c| c.as_str()),
+        DistinctField::GeoCountry => p.geo.as_ref().and_then(|g| g.country.as_ref()).map(|c| c.as_str()),
         DistinctField::Merchant => p.merchant.as_ref().map(|m| m.id.as_str()),
-        DistinctField::MerchantCountry => p
-            .merchant
-            .as_ref()
-            .and_then(|m| m.country.as_ref())
-            .map(|c| c.as_str()),
+        DistinctField::MerchantCountry => p.merchant.as_ref().and_then(|m| m.country.as_ref()).map(|c| c.as_str()),
         DistinctField::Device => p.device.as_deref(),
         DistinctField::Ip => p.ip.as_deref(),
         DistinctField::Card => p.card.as_ref().map(|c| c.token.as_str()),
@@ -470,28 +409,18 @@ mod tests {
             amount,
             currency: *b"USD",
             account: "acct".into(),
-            card: Some(Card {
-                token: card.into(),
-                country: None,
-                present: None,
-            }),
+            card: Some(Card { token: card.into(), country: None, present: None }),
             merchant: None,
             counterparty: None,
             device: None,
             ip: None,
-            geo: Some(GeoRef {
-                country: Some(Country([c[0], c[1]])),
-                lat_lon: None,
-            }),
+            geo: Some(GeoRef { country: Some(Country([c[0], c[1]])), lat_lon: None }),
             attrs: Vec::new(),
         }
     }
 
     fn engine(features: &[(&str, &str)]) -> FeatureEngine {
-        let map = features
-            .iter()
-            .map(|(n, s)| (n.to_string(), s.to_string()))
-            .collect();
+        let map = features.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
         FeatureEngine::new(Arc::new(Catalog::from_config(&map).expect("catalog")))
     }
 
@@ -519,10 +448,7 @@ mod tests {
 
     #[test]
     fn missing_keys_read_as_empty() {
-        let mut e = engine(&[
-            ("c", "count(device, 10m)"),
-            ("m", "max(device, amount, 10m)"),
-        ]);
+        let mut e = engine(&[("c", "count(device, 10m)"), ("m", "max(device, amount, 10m)")]);
         let v = e.compute(&pay("a", 0, 100, "US")).to_vec();
         assert_eq!(v[0], 0.0);
         assert!(v[1].is_nan());
@@ -534,21 +460,13 @@ mod tests {
         let a = catalog.resolve("count(card, 10m)").expect("spec");
         let b = catalog.resolve("count(card, 10m)").expect("spec");
         assert_eq!(a, b);
-        assert!(
-            catalog
-                .resolve("card-count")
-                .expect_err("unknown")
-                .contains("not configured")
-        );
+        assert!(catalog.resolve("card-count").expect_err("unknown").contains("not configured"));
     }
 
     #[test]
     fn state_survives_a_checkpoint_round_trip() {
-        let features = [
-            ("c", "count(card, 10m)"),
-            ("n", "distinct(card, geo.country, 1h)"),
-            ("s", "sum(card, amount, 10m)"),
-        ];
+        let features =
+            [("c", "count(card, 10m)"), ("n", "distinct(card, geo.country, 1h)"), ("s", "sum(card, amount, 10m)")];
         let mut live = engine(&features);
         for (i, c) in ["US", "FR", "US", "BR"].iter().enumerate() {
             live.compute(&pay("a", i as i64 * MIN, 10, c));
@@ -558,15 +476,10 @@ mod tests {
         assert!(live.take_delta(0).is_empty(), "nothing changed since");
         let mut restored = engine(&features);
         for d in &delta {
-            restored
-                .restore(d.kind, d.hash, d.state.as_deref().expect("state"))
-                .expect("restore");
+            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state")).expect("restore");
         }
         let next = pay("a", 5 * MIN, 10, "DE");
-        assert_eq!(
-            live.compute(&next).to_vec(),
-            restored.compute(&next).to_vec()
-        );
+        assert_eq!(live.compute(&next).to_vec(), restored.compute(&next).to_vec());
     }
 
     #[test]

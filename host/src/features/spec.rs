@@ -32,10 +32,7 @@ impl KeyField {
 
     /// Its name in specs.
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("?", |(n, _)| n)
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |(n, _)| n)
     }
 
     /// A stable code for stored state.
@@ -79,10 +76,7 @@ impl DistinctField {
 
     /// Its name in specs.
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("?", |(n, _)| n)
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |(n, _)| n)
     }
 
     /// A stable code for stored state.
@@ -149,36 +143,23 @@ impl FeatureSpec {
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
         let (agg, rest) = t.split_once('(').ok_or_else(|| usage(t, "missing `(`"))?;
-        let args = rest
-            .strip_suffix(')')
-            .ok_or_else(|| usage(t, "missing `)` at the end"))?;
+        let args = rest.strip_suffix(')').ok_or_else(|| usage(t, "missing `)` at the end"))?;
         let args: Vec<&str> = args.split(',').map(str::trim).collect();
-        let key = |s: &str| {
-            KeyField::ALL
-                .iter()
-                .find(|(n, _)| *n == s)
-                .map(|(_, k)| *k)
-                .ok_or_else(|| {
-                    usage(
-                        t,
-                        &format!("unknown key `{s}`; keys are card, account, device, ip, merchant"),
-                    )
+        let key =
+            |s: &str| {
+                KeyField::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).ok_or_else(|| {
+                    usage(t, &format!("unknown key `{s}`; keys are card, account, device, ip, merchant"))
                 })
-        };
+            };
         let window = |s: &str| -> Result<i64, String> {
-            let d = humantime::parse_duration(s)
-                .map_err(|e| usage(t, &format!("bad window `{s}`: {e}")))?;
+            let d = humantime::parse_duration(s).map_err(|e| usage(t, &format!("bad window `{s}`: {e}")))?;
             if d.is_zero() || d > MAX_WINDOW {
                 return Err(usage(t, "the window must be between 1ms and 30 days"));
             }
             Ok(d.as_millis() as i64)
         };
         let spec = match (agg.trim(), args.as_slice()) {
-            ("count", [k, w]) => FeatureSpec {
-                agg: Agg::Count,
-                key: key(k)?,
-                window_ms: window(w)?,
-            },
+            ("count", [k, w]) => FeatureSpec { agg: Agg::Count, key: key(k)?, window_ms: window(w)? },
             (a @ ("sum" | "min" | "max" | "avg"), [k, f, w]) => {
                 if *f != "amount" {
                     return Err(usage(t, &format!("`{a}` works on `amount`, not `{f}`")));
@@ -189,32 +170,14 @@ impl FeatureSpec {
                     "max" => Agg::Max,
                     _ => Agg::Avg,
                 };
-                FeatureSpec {
-                    agg,
-                    key: key(k)?,
-                    window_ms: window(w)?,
-                }
+                FeatureSpec { agg, key: key(k)?, window_ms: window(w)? }
             }
             ("distinct", [k, f, w]) => {
-                let field = DistinctField::ALL
-                    .iter()
-                    .find(|(n, _)| n == f)
-                    .map(|(_, d)| *d)
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = DistinctField::ALL.iter().map(|(n, _)| *n).collect();
-                        usage(
-                            t,
-                            &format!(
-                                "cannot count distinct `{f}`; fields are {}",
-                                names.join(", ")
-                            ),
-                        )
-                    })?;
-                FeatureSpec {
-                    agg: Agg::Distinct(field),
-                    key: key(k)?,
-                    window_ms: window(w)?,
-                }
+                let field = DistinctField::ALL.iter().find(|(n, _)| n == f).map(|(_, d)| *d).ok_or_else(|| {
+                    let names: Vec<&str> = DistinctField::ALL.iter().map(|(n, _)| *n).collect();
+                    usage(t, &format!("cannot count distinct `{f}`; fields are {}", names.join(", ")))
+                })?;
+                FeatureSpec { agg: Agg::Distinct(field), key: key(k)?, window_ms: window(w)? }
             }
             _ => return Err(usage(t, "wrong aggregate or number of arguments")),
         };
@@ -277,11 +240,7 @@ mod tests {
     #[test]
     fn buckets_cover_the_window() {
         for w in [1, 59, 60, 61, 600_000, 2_592_000_000] {
-            let s = FeatureSpec {
-                agg: Agg::Count,
-                key: KeyField::Card,
-                window_ms: w,
-            };
+            let s = FeatureSpec { agg: Agg::Count, key: KeyField::Card, window_ms: w };
             assert!(s.buckets() * s.bucket_ms() >= w);
             assert!((s.buckets() - 1) * s.bucket_ms() < w);
         }

@@ -45,9 +45,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
     let (manifest, _) = read_manifest(&sandbox, &pre).map_err(rejected)?;
     // Lists hold PANs only as tokens; a throwaway key is enough to load them here.
-    let key = config
-        .pan_key()
-        .unwrap_or_else(|_| b"vigil-check-placeholder-key".to_vec());
+    let key = config.pan_key().unwrap_or_else(|_| b"vigil-check-placeholder-key".to_vec());
     let mut lists = Lists::load(&config.lists, &Tokenizer::new(&key))?;
     let placeholder_lists = lists.add_placeholders(&manifest.lists);
     let catalog = Catalog::from_config(&config.features)?;
@@ -83,10 +81,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     times.sort_unstable();
     let params = {
         let decoded = vigil_abi::params::decode(&rule.params).unwrap_or_default();
-        decoded
-            .into_iter()
-            .map(|(n, v)| (n, v.to_string()))
-            .collect()
+        decoded.into_iter().map(|(n, v)| (n, v.to_string())).collect()
     };
     Ok(CheckReport {
         file: path.display().to_string(),
@@ -118,11 +113,7 @@ fn sample_payment() -> Payment {
             country: Some(Country(*b"US")),
             present: Some(false),
         }),
-        merchant: Some(Party {
-            id: "merchant-sample".into(),
-            mcc: Some(5999),
-            country: Some(Country(*b"US")),
-        }),
+        merchant: Some(Party { id: "merchant-sample".into(), mcc: Some(5999), country: Some(Country(*b"US")) }),
         counterparty: None,
         device: Some("device-sample".into()),
         ip: Some("192.0.2.10".into()),
@@ -134,54 +125,22 @@ fn sample_payment() -> Payment {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.manifest;
-        writeln!(
-            f,
-            "ok: {} is a valid vigil rule (ABI v{})",
-            self.file, m.abi
-        )?;
+        writeln!(f, "ok: {} is a valid vigil rule (ABI v{})", self.file, m.abi)?;
         writeln!(f, "  name:        {}", m.name)?;
         writeln!(f, "  version:     {}", m.version)?;
         if !m.description.is_empty() {
             writeln!(f, "  description: {}", m.description)?;
         }
-        writeln!(
-            f,
-            "  module:      sha256:{} ({} bytes)",
-            self.hash, self.size
-        )?;
-        writeln!(
-            f,
-            "  fields read: {}",
-            if m.fields.is_empty() {
-                "none".into()
-            } else {
-                m.fields.join(", ")
-            }
-        )?;
-        writeln!(
-            f,
-            "  features:    {}",
-            if m.features.is_empty() {
-                "none".into()
-            } else {
-                m.features.join(", ")
-            }
-        )?;
+        writeln!(f, "  module:      sha256:{} ({} bytes)", self.hash, self.size)?;
+        writeln!(f, "  fields read: {}", if m.fields.is_empty() { "none".into() } else { m.fields.join(", ") })?;
+        writeln!(f, "  features:    {}", if m.features.is_empty() { "none".into() } else { m.features.join(", ") })?;
         if m.params.is_empty() {
             writeln!(f, "  params:      none")?;
         } else {
             writeln!(f, "  params:")?;
             for p in &m.params {
-                let value = self
-                    .params
-                    .iter()
-                    .find(|(n, _)| *n == p.name)
-                    .map_or("?", |(_, v)| v.as_str());
-                writeln!(
-                    f,
-                    "    {} ({}) = {value}   [default {}]",
-                    p.name, p.ty, p.default
-                )?;
+                let value = self.params.iter().find(|(n, _)| *n == p.name).map_or("?", |(_, v)| v.as_str());
+                writeln!(f, "    {} ({}) = {value}   [default {}]", p.name, p.ty, p.default)?;
             }
         }
         if !m.lists.is_empty() {

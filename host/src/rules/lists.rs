@@ -70,30 +70,18 @@ impl Lists {
     ///
     /// # Errors
     /// [`ListError`] naming the list, file and line.
-    pub fn load(
-        config: &BTreeMap<String, ListConfig>,
-        tokenizer: &Tokenizer,
-    ) -> Result<Self, ListError> {
+    pub fn load(config: &BTreeMap<String, ListConfig>, tokenizer: &Tokenizer) -> Result<Self, ListError> {
         let mut lists = BTreeMap::new();
         for (name, cfg) in config {
             let values = read_list(name, cfg, tokenizer)?;
-            lists.insert(
-                name.clone(),
-                Arc::new(List {
-                    values: ArcSwap::from_pointee(values),
-                }),
-            );
+            lists.insert(name.clone(), Arc::new(List { values: ArcSwap::from_pointee(values) }));
         }
         Ok(Self { lists })
     }
 
     /// Reloads every list from its file; a list that fails keeps its
     /// previous contents and the error is returned.
-    pub fn reload(
-        &self,
-        config: &BTreeMap<String, ListConfig>,
-        tokenizer: &Tokenizer,
-    ) -> Vec<ListError> {
+    pub fn reload(&self, config: &BTreeMap<String, ListConfig>, tokenizer: &Tokenizer) -> Vec<ListError> {
         let mut errors = Vec::new();
         for (name, list) in &self.lists {
             let Some(cfg) = config.get(name) else {
@@ -109,19 +97,11 @@ impl Lists {
 
     /// Adds an empty list for each name not configured (for `vigil check`);
     /// returns the names added.
-    pub fn add_placeholders<'a>(
-        &mut self,
-        names: impl IntoIterator<Item = &'a String>,
-    ) -> Vec<String> {
+    pub fn add_placeholders<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
         let mut added = Vec::new();
         for name in names {
             if !self.lists.contains_key(name) {
-                self.lists.insert(
-                    name.clone(),
-                    Arc::new(List {
-                        values: ArcSwap::from_pointee(HashSet::new()),
-                    }),
-                );
+                self.lists.insert(name.clone(), Arc::new(List { values: ArcSwap::from_pointee(HashSet::new()) }));
                 added.push(name.clone());
             }
         }
@@ -139,16 +119,8 @@ impl Lists {
     }
 }
 
-fn read_list(
-    name: &str,
-    cfg: &ListConfig,
-    tokenizer: &Tokenizer,
-) -> Result<HashSet<Box<str>>, ListError> {
-    let read_err = |source| ListError::Read {
-        name: name.to_owned(),
-        path: cfg.path.clone(),
-        source,
-    };
+fn read_list(name: &str, cfg: &ListConfig, tokenizer: &Tokenizer) -> Result<HashSet<Box<str>>, ListError> {
+    let read_err = |source| ListError::Read { name: name.to_owned(), path: cfg.path.clone(), source };
     let text = std::fs::read_to_string(&cfg.path).map_err(read_err)?;
     parse_list(name, &cfg.path, &text, cfg.kind, tokenizer)
 }
@@ -189,14 +161,8 @@ mod tests {
     #[test]
     fn card_lists_hold_tokens_not_pans() {
         let t = Tokenizer::new(b"list-test-key-0123");
-        let set = parse_list(
-            "c",
-            Path::new("c.txt"),
-            "# bad cards\n4111 1111 1111 1111\n\n",
-            ListKind::Card,
-            &t,
-        )
-        .expect("parses");
+        let set = parse_list("c", Path::new("c.txt"), "# bad cards\n4111 1111 1111 1111\n\n", ListKind::Card, &t)
+            .expect("parses");
         assert!(set.contains(t.token("4111111111111111").as_str()));
         assert!(!set.iter().any(|v| v.contains("4111")));
     }
@@ -204,28 +170,16 @@ mod tests {
     #[test]
     fn a_bad_card_line_is_named() {
         let t = Tokenizer::new(b"list-test-key-0123");
-        let e = parse_list(
-            "c",
-            Path::new("c.txt"),
-            "4111111111111111\nnope\n",
-            ListKind::Card,
-            &t,
-        )
-        .expect_err("rejects");
+        let e =
+            parse_list("c", Path::new("c.txt"), "4111111111111111\nnope\n", ListKind::Card, &t).expect_err("rejects");
         assert!(e.to_string().contains("c.txt:2"), "{e}");
     }
 
     #[test]
     fn plain_lists_strip_comments_and_blanks() {
         let t = Tokenizer::new(b"list-test-key-0123");
-        let set = parse_list(
-            "p",
-            Path::new("p.txt"),
-            "dev-1 # seen in fraud ring\n  dev-2\n#x\n",
-            ListKind::Plain,
-            &t,
-        )
-        .expect("parses");
+        let set = parse_list("p", Path::new("p.txt"), "dev-1 # seen in fraud ring\n  dev-2\n#x\n", ListKind::Plain, &t)
+            .expect("parses");
         assert_eq!(set.len(), 2);
         assert!(set.contains("dev-1") && set.contains("dev-2"));
     }

@@ -27,7 +27,7 @@ use crate::config::RuleSettings;
 use crate::decide::{FailurePolicy, Mode, RuleOutcome};
 use crate::features::Catalog;
 use lists::{List, Lists};
-use sandbox::{HostState, RuleInstance, Sandbox};
+use sandbox::{HostState, RuleInstance, RuleState, Sandbox};
 
 /// Why a rule could not be loaded or a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,9 +167,7 @@ pub struct RuleRegistry {
 
 impl std::fmt::Debug for RuleRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleRegistry")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("RuleRegistry").field("dir", &self.dir).finish_non_exhaustive()
     }
 }
 
@@ -248,11 +246,7 @@ impl RuleRegistry {
 
     /// Replaces per-rule settings (on config reload); every rule is reloaded
     /// with them at the next rescan.
-    pub fn set_settings(
-        &self,
-        settings: BTreeMap<String, RuleSettings>,
-        default_on_failure: FailurePolicy,
-    ) {
+    pub fn set_settings(&self, settings: BTreeMap<String, RuleSettings>, default_on_failure: FailurePolicy) {
         *lock(&self.settings) = settings;
         *lock(&self.default_on_failure) = default_on_failure;
         lock(&self.files).values_mut().for_each(|f| f.stale = true);
@@ -267,10 +261,7 @@ impl RuleRegistry {
         let present = match list_rule_files(&self.dir) {
             Ok(p) => p,
             Err(e) => {
-                report.rejected.push((
-                    self.dir.clone(),
-                    format!("cannot list the rules folder: {e}"),
-                ));
+                report.rejected.push((self.dir.clone(), format!("cannot list the rules folder: {e}")));
                 return report;
             }
         };
@@ -289,9 +280,7 @@ impl RuleRegistry {
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,
                 Err(e) => {
-                    report
-                        .rejected
-                        .push((path.clone(), RuleError::Io(e.to_string()).to_string()));
+                    report.rejected.push((path.clone(), RuleError::Io(e.to_string()).to_string()));
                     continue;
                 }
             };
@@ -320,68 +309,38 @@ impl RuleRegistry {
             });
             match result {
                 Ok(rule) => {
-                    report.loaded.push((
-                        rule.name.to_string(),
-                        rule.version.to_string(),
-                        path.clone(),
-                    ));
+                    report.loaded.push((rule.name.to_string(), rule.version.to_string(), path.clone()));
                     files.insert(
                         path.clone(),
-                        FileEntry {
-                            len,
-                            modified,
-                            hash,
-                            stale: false,
-                            rule: Some(Arc::new(rule)),
-                        },
+                        FileEntry { len, modified, hash, stale: false, rule: Some(Arc::new(rule)) },
                     );
                 }
                 Err(e) => {
                     // A file still being written fails to compile; it is not
                     // broken yet, so wait for the write to finish.
-                    let changed = std::fs::metadata(path)
-                        .map(|m| (m.len(), m.modified().ok()))
-                        .ok()
-                        != Some((len, modified));
+                    let changed =
+                        std::fs::metadata(path).map(|m| (m.len(), m.modified().ok())).ok() != Some((len, modified));
                     if changed {
                         continue;
                     }
                     let keep = previous.and_then(|p| p.rule.clone());
                     report.rejected.push((path.clone(), e.to_string()));
-                    files.insert(
-                        path.clone(),
-                        FileEntry {
-                            len,
-                            modified,
-                            hash,
-                            stale: false,
-                            rule: keep,
-                        },
-                    );
+                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rule: keep });
                 }
             }
         }
-        let gone: Vec<PathBuf> = files
-            .keys()
-            .filter(|p| !present.contains(*p))
-            .cloned()
-            .collect();
+        let gone: Vec<PathBuf> = files.keys().filter(|p| !present.contains(*p)).cloned().collect();
         for path in gone {
             if let Some(rule) = files.remove(&path).and_then(|e| e.rule) {
                 report.removed.push((rule.name.to_string(), path));
             }
         }
-        let mut rules: Vec<Arc<LoadedRule>> =
-            files.values().filter_map(|e| e.rule.clone()).collect();
+        let mut rules: Vec<Arc<LoadedRule>> = files.values().filter_map(|e| e.rule.clone()).collect();
         rules.sort_by(|a, b| a.name.cmp(&b.name));
         let old = self.current.load();
-        let same = old.rules.len() == rules.len()
-            && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
+        let same = old.rules.len() == rules.len() && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
-            self.current.store(Arc::new(RuleSet {
-                generation: old.generation + 1,
-                rules,
-            }));
+            self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules }));
         }
         report
     }
@@ -405,11 +364,7 @@ impl RuleRegistry {
     /// The names configured under `[rule.*]` that no loaded rule has.
     pub fn unmatched_settings(&self) -> Vec<String> {
         let set = self.current();
-        lock(&self.settings)
-            .keys()
-            .filter(|k| !set.rules.iter().any(|r| *r.name == **k))
-            .cloned()
-            .collect()
+        lock(&self.settings).keys().filter(|k| !set.rules.iter().any(|r| *r.name == **k)).cloned().collect()
     }
 }
 
@@ -418,13 +373,9 @@ impl RuleRegistry {
 ///
 /// # Errors
 /// [`RuleError`] when the module does not instantiate or its manifest is bad.
-pub fn read_manifest(
-    sandbox: &Sandbox,
-    pre: &InstancePre<HostState>,
-) -> Result<(Manifest, FieldMask), RuleError> {
+pub fn read_manifest(sandbox: &Sandbox, pre: &InstancePre<HostState>) -> Result<(Manifest, FieldMask), RuleError> {
     let json = sandbox.instantiate_unconfigured(pre)?.manifest_json()?;
-    let manifest: Manifest =
-        serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
+    let manifest: Manifest = serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
     let mask = check_manifest(&manifest)?;
     Ok((manifest, mask))
 }
@@ -451,13 +402,7 @@ impl Loader<'_> {
     /// # Errors
     /// [`RuleError`] saying why the module cannot run.
     pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
-        let Loader {
-            sandbox,
-            lists,
-            catalog,
-            settings,
-            default_on_failure,
-        } = *self;
+        let Loader { sandbox, lists, catalog, settings, default_on_failure } = *self;
         let pre = sandbox.prepare(bytes, hash)?;
         let (manifest, mask) = read_manifest(sandbox, &pre)?;
         let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
@@ -517,17 +462,10 @@ fn list_rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     if m.abi != vigil_abi::ABI_VERSION {
-        return Err(RuleError::Manifest(format!(
-            "manifest is for ABI v{}",
-            m.abi
-        )));
+        return Err(RuleError::Manifest(format!("manifest is for ABI v{}", m.abi)));
     }
-    let valid_name = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
+    let valid_name =
+        |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid_name(&m.name) {
         return Err(RuleError::Manifest(format!(
             "rule name {:?} must be 1-64 characters of letters, digits, `-`, `_` or `.`",
@@ -536,8 +474,7 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     }
     let mut mask = FieldMask::NONE;
     for f in &m.fields {
-        let field = Field::from_name(f)
-            .ok_or_else(|| RuleError::Manifest(format!("unknown field `{f}`")))?;
+        let field = Field::from_name(f).ok_or_else(|| RuleError::Manifest(format!("unknown field `{f}`")))?;
         mask = mask.with(field);
     }
     Ok(mask)
@@ -554,30 +491,18 @@ fn resolve_params(m: &Manifest, settings: &RuleSettings) -> Result<Vec<u8>, Rule
             return Err(RuleError::Config(format!(
                 "`rule.{}.params.{key}`: the rule has no such parameter (it has: {})",
                 m.name,
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
+                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             )));
         }
     }
     let mut out = Vec::new();
     for p in &m.params {
-        let given = settings
-            .params
-            .iter()
-            .find(|(k, _)| norm(k) == norm(&p.name))
-            .map(|(_, v)| v);
+        let given = settings.params.iter().find(|(k, _)| norm(k) == norm(&p.name)).map(|(_, v)| v);
         let value = match given {
-            None => coerce(&p.default, p.ty).ok_or_else(|| {
-                RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty))
-            })?,
+            None => coerce(&p.default, p.ty)
+                .ok_or_else(|| RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty)))?,
             Some(v) => toml_param(v, p.ty).ok_or_else(|| {
-                RuleError::Config(format!(
-                    "`rule.{}.params.{}` must be {}, got {v}",
-                    m.name, p.name, p.ty
-                ))
+                RuleError::Config(format!("`rule.{}.params.{}` must be {}, got {v}", m.name, p.name, p.ty))
             })?,
         };
         vigil_abi::params::encode_one(&p.name, &value, &mut out);
@@ -613,6 +538,8 @@ struct Slot {
     name: Arc<str>,
     version: Arc<str>,
     module: Arc<str>,
+    /// The rule's keyed state on this worker; it outlives versions.
+    state: RuleState,
 }
 
 impl LoadedRule {
@@ -630,24 +557,21 @@ pub struct Evaluator {
     registry: Arc<RuleRegistry>,
     generation: u64,
     slots: Vec<Slot>,
+    /// Keyed state of rules not loaded now, kept for when they come back
+    /// (and still checkpointed).
+    parked: BTreeMap<String, RuleState>,
 }
 
 impl std::fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Evaluator")
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+        f.debug_struct("Evaluator").field("generation", &self.generation).finish_non_exhaustive()
     }
 }
 
 impl Evaluator {
     /// A runner that follows `registry`'s live rule set.
     pub fn new(registry: Arc<RuleRegistry>) -> Self {
-        let mut e = Self {
-            registry,
-            generation: u64::MAX,
-            slots: Vec::new(),
-        };
+        let mut e = Self { registry, generation: u64::MAX, slots: Vec::new(), parked: BTreeMap::new() };
         e.refresh();
         e
     }
@@ -663,18 +587,50 @@ impl Evaluator {
             let reuse = old.iter().position(|s| Arc::ptr_eq(&s.rule, rule));
             let slot = match reuse {
                 Some(i) => old.swap_remove(i),
-                None => Slot {
-                    features: Vec::with_capacity(rule.features.len()),
-                    name: rule.name.to_string().into(),
-                    version: rule.version.to_string().into(),
-                    module: rule.short_hash().into(),
-                    instance: None,
-                    rule: rule.clone(),
-                },
+                None => {
+                    // A new version takes over the keyed state of the old.
+                    let state = match old.iter().position(|s| s.name == rule.name) {
+                        Some(i) => std::mem::take(&mut old[i].state),
+                        None => self.parked.remove(&*rule.name).unwrap_or_default(),
+                    };
+                    Slot {
+                        features: Vec::with_capacity(rule.features.len()),
+                        name: rule.name.to_string().into(),
+                        version: rule.version.to_string().into(),
+                        module: rule.short_hash().into(),
+                        instance: None,
+                        rule: rule.clone(),
+                        state,
+                    }
+                }
             };
             self.slots.push(slot);
         }
+        for gone in old {
+            if !gone.state.is_empty() && !self.slots.iter().any(|s| s.name == gone.name) {
+                self.parked.insert(gone.name.to_string(), gone.state);
+            }
+        }
         self.generation = set.generation;
+    }
+
+    /// Keyed-state changes of every rule since the last call, for a
+    /// checkpoint: (rule, key, value or `None` if removed).
+    pub fn take_state_delta(&mut self) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        let named = self.slots.iter_mut().map(|s| (s.name.to_string(), &mut s.state));
+        for (rule, state) in named.chain(self.parked.iter_mut().map(|(n, s)| (n.clone(), s))) {
+            out.extend(state.take_dirty().into_iter().map(|(k, v)| (rule.clone(), k, v)));
+        }
+        out
+    }
+
+    /// Loads one keyed-state entry from a checkpoint.
+    pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8]) {
+        match self.slots.iter_mut().find(|s| &*s.name == rule) {
+            Some(slot) => slot.state.restore(key, value),
+            None => self.parked.entry(rule.to_owned()).or_default().restore(key, value),
+        }
     }
 
     /// The generation of the rule set in use.
@@ -689,11 +645,7 @@ impl Evaluator {
 
     /// Catalog indices of the features some live rule reads.
     pub fn used_features(&self) -> Vec<usize> {
-        let mut used: Vec<usize> = self
-            .slots
-            .iter()
-            .flat_map(|s| s.rule.features.iter().copied())
-            .collect();
+        let mut used: Vec<usize> = self.slots.iter().flat_map(|s| s.rule.features.iter().copied()).collect();
         used.sort_unstable();
         used.dedup();
         used
@@ -705,12 +657,7 @@ impl Evaluator {
         out.clear();
         for slot in &mut self.slots {
             slot.features.clear();
-            slot.features.extend(
-                slot.rule
-                    .features
-                    .iter()
-                    .map(|&i| features.get(i).copied().unwrap_or(f64::NAN)),
-            );
+            slot.features.extend(slot.rule.features.iter().map(|&i| features.get(i).copied().unwrap_or(f64::NAN)));
             let start = Instant::now();
             let result = run_slot(&self.registry, slot, event);
             let latency_ns = start.elapsed().as_nanos() as u64;
@@ -755,11 +702,7 @@ impl Evaluator {
     }
 }
 
-fn run_slot(
-    registry: &RuleRegistry,
-    slot: &mut Slot,
-    event: &[u8],
-) -> Result<sandbox::CallResult, RuleError> {
+fn run_slot(registry: &RuleRegistry, slot: &mut Slot, event: &[u8]) -> Result<sandbox::CallResult, RuleError> {
     if slot.rule.is_quarantined() {
         return Err(RuleError::Quarantined);
     }
@@ -767,7 +710,12 @@ fn run_slot(
         slot.instance = Some(slot.rule.instantiate(&registry.sandbox)?);
     }
     match slot.instance.as_mut() {
-        Some(inst) => inst.call(event, &slot.rule.projection, &slot.features),
+        Some(inst) => {
+            inst.lend_state(std::mem::take(&mut slot.state));
+            let result = inst.call(event, &slot.rule.projection, &slot.features);
+            slot.state = inst.take_state();
+            result
+        }
         None => Err(RuleError::Abi("no instance".into())),
     }
 }
@@ -785,9 +733,7 @@ impl RuleRegistry {
                 "rule call failed; applied its failure outcome"
             );
         }
-        if consecutive >= self.quarantine_after
-            && !rule.health.quarantined.swap(true, Ordering::Relaxed)
-        {
+        if consecutive >= self.quarantine_after && !rule.health.quarantined.swap(true, Ordering::Relaxed) {
             tracing::error!(
                 rule = %rule.name, version = %rule.version, file = %rule.path.display(),
                 consecutive, last_error = %e,

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
 use wasmtime::{
-    Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap,
-    TypedFunc, ValType,
+    Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
 use super::RuleError;
@@ -28,13 +27,69 @@ pub struct HostState {
     limiter: Limiter,
     lists: Arc<[Arc<List>]>,
     memory: Option<Memory>,
+    /// The rule's keyed state, lent by the worker for the length of a call.
+    rule_state: RuleState,
+}
+
+/// One rule's keyed state on one worker, and what changed since the last
+/// checkpoint.
+#[derive(Debug, Default)]
+pub struct RuleState {
+    entries: std::collections::HashMap<Box<[u8]>, Box<[u8]>>,
+    dirty: std::collections::HashSet<Box<[u8]>>,
+}
+
+/// The most keys one rule may hold per worker.
+pub const STATE_MAX_KEYS: usize = 1_000_000;
+
+impl RuleState {
+    /// The value stored for `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.entries.get(key).map(|v| &**v)
+    }
+
+    /// Stores (or, with an empty value, removes) a value; false when over a limit.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
+        if key.len() > vigil_abi::STATE_MAX_KEY || value.len() > vigil_abi::STATE_MAX_VALUE {
+            return false;
+        }
+        if value.is_empty() {
+            self.entries.remove(key);
+        } else {
+            if self.entries.len() >= STATE_MAX_KEYS && !self.entries.contains_key(key) {
+                return false;
+            }
+            self.entries.insert(key.into(), value.into());
+        }
+        self.dirty.insert(key.into());
+        true
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The changes since the last call: (key, value or `None` if removed).
+    pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().map(|k| (k.to_vec(), self.entries.get(&k).map(|v| v.to_vec()))).collect()
+    }
+
+    /// Loads an entry from a checkpoint.
+    pub fn restore(&mut self, key: &[u8], value: &[u8]) {
+        self.entries.insert(key.into(), value.into());
+    }
 }
 
 impl std::fmt::Debug for HostState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostState")
-            .field("lists", &self.lists.len())
-            .finish_non_exhaustive()
+        f.debug_struct("HostState").field("lists", &self.lists.len()).finish_non_exhaustive()
     }
 }
 
@@ -44,12 +99,7 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.denied = true;
             return Ok(false);
@@ -57,12 +107,7 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -101,27 +146,20 @@ impl Sandbox {
     /// [`RuleError::Compile`] when wasmtime cannot be configured.
     pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
         let mut cfg = wasmtime::Config::new();
-        cfg.consume_fuel(true)
-            .cranelift_opt_level(wasmtime::OptLevel::Speed)
-            .max_wasm_stack(512 * 1024);
-        let engine =
-            Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))?;
+        cfg.consume_fuel(true).cranelift_opt_level(wasmtime::OptLevel::Speed).max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))?;
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
+            .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_GET, state_get))
+            .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_PUT, state_put))
             .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
         if let Some(dir) = &cache_dir
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
         }
-        Ok(Self {
-            engine,
-            linker,
-            cache_dir,
-            memory_cap: limits.memory_cap,
-            fuel: limits.fuel_per_call,
-        })
+        Ok(Self { engine, linker, cache_dir, memory_cap: limits.memory_cap, fuel: limits.fuel_per_call })
     }
 
     /// Compiles `bytes` (or loads the cached artefact) and checks the module's
@@ -133,20 +171,15 @@ impl Sandbox {
         let module = self.compile(bytes, hash)?;
         check_imports(&module)?;
         check_exports(&module)?;
-        self.linker
-            .instantiate_pre(&module)
-            .map_err(|e| RuleError::Abi(e.to_string()))
+        self.linker.instantiate_pre(&module).map_err(|e| RuleError::Abi(e.to_string()))
     }
 
     fn compile(&self, bytes: &[u8], hash: &str) -> Result<Module, RuleError> {
         if !bytes.starts_with(b"\0asm") {
-            return Err(RuleError::Compile(
-                "not a WebAssembly module (no \\0asm header)".into(),
-            ));
+            return Err(RuleError::Compile("not a WebAssembly module (no \\0asm header)".into()));
         }
         let Some(dir) = &self.cache_dir else {
-            return Module::new(&self.engine, bytes)
-                .map_err(|e| RuleError::Compile(format!("{e:#}")));
+            return Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")));
         };
         let mut h = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -163,14 +196,10 @@ impl Sandbox {
                 }
             }
         }
-        let module =
-            Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
         if let Ok(art) = module.serialize() {
             let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, art)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .is_err()
-            {
+            if std::fs::write(&tmp, art).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
         }
@@ -198,10 +227,7 @@ impl Sandbox {
     ///
     /// # Errors
     /// [`RuleError`] when instantiation or the ABI handshake fails.
-    pub fn instantiate_unconfigured(
-        &self,
-        pre: &InstancePre<HostState>,
-    ) -> Result<RuleInstance, RuleError> {
+    pub fn instantiate_unconfigured(&self, pre: &InstancePre<HostState>) -> Result<RuleInstance, RuleError> {
         self.instantiate_with(pre, Arc::from(Vec::new()))
     }
 
@@ -211,50 +237,30 @@ impl Sandbox {
         lists: Arc<[Arc<List>]>,
     ) -> Result<RuleInstance, RuleError> {
         let state = HostState {
-            limiter: Limiter {
-                cap: self.memory_cap,
-                denied: false,
-            },
+            limiter: Limiter { cap: self.memory_cap, denied: false },
             lists,
             memory: None,
+            rule_state: RuleState::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         set_fuel(&mut store, self.fuel);
-        let instance = pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(&store, &e, None))?;
+        let instance = pre.instantiate(&mut store).map_err(|e| self.classify(&store, &e, None))?;
         let memory = instance
             .get_memory(&mut store, exports::MEMORY)
             .ok_or_else(|| RuleError::Abi("no exported memory".into()))?;
         store.data_mut().memory = Some(memory);
         let func = |store: &mut Store<HostState>, name: &str| {
-            instance
-                .get_func(&mut *store, name)
-                .ok_or_else(|| RuleError::Abi(format!("missing export `{name}`")))
+            instance.get_func(&mut *store, name).ok_or_else(|| RuleError::Abi(format!("missing export `{name}`")))
         };
-        let abi = func(&mut store, exports::ABI_VERSION)?
-            .typed::<(), i32>(&store)
-            .map_err(abi_err)?;
-        let manifest = func(&mut store, exports::MANIFEST)?
-            .typed::<(), i64>(&store)
-            .map_err(abi_err)?;
-        let buffer = func(&mut store, exports::BUFFER)?
-            .typed::<i32, i32>(&store)
-            .map_err(abi_err)?;
-        let output = func(&mut store, exports::OUTPUT)?
-            .typed::<(), i32>(&store)
-            .map_err(abi_err)?;
-        let configure = func(&mut store, exports::CONFIGURE)?
-            .typed::<i32, i32>(&store)
-            .map_err(abi_err)?;
-        let evaluate = func(&mut store, exports::EVALUATE)?
-            .typed::<i32, i64>(&store)
-            .map_err(abi_err)?;
+        let abi = func(&mut store, exports::ABI_VERSION)?.typed::<(), i32>(&store).map_err(abi_err)?;
+        let manifest = func(&mut store, exports::MANIFEST)?.typed::<(), i64>(&store).map_err(abi_err)?;
+        let buffer = func(&mut store, exports::BUFFER)?.typed::<i32, i32>(&store).map_err(abi_err)?;
+        let output = func(&mut store, exports::OUTPUT)?.typed::<(), i32>(&store).map_err(abi_err)?;
+        let configure = func(&mut store, exports::CONFIGURE)?.typed::<i32, i32>(&store).map_err(abi_err)?;
+        let evaluate = func(&mut store, exports::EVALUATE)?.typed::<i32, i64>(&store).map_err(abi_err)?;
 
-        let version = abi
-            .call(&mut store, ())
-            .map_err(|e| self.classify(&store, &e, None))?;
+        let version = abi.call(&mut store, ()).map_err(|e| self.classify(&store, &e, None))?;
         if version != ABI_VERSION {
             return Err(RuleError::Abi(format!(
                 "built for rule ABI v{version}; this vigil speaks v{ABI_VERSION} (rebuild with a matching vigil-sdk)"
@@ -275,29 +281,15 @@ impl Sandbox {
             reason_cache: Vec::new(),
         };
         set_fuel(&mut inst.store, self.fuel);
-        inst.output_ptr = output
-            .call(&mut inst.store, ())
-            .map_err(|e| inst.classify(&e))? as u32 as usize;
-        if inst
-            .output_ptr
-            .checked_add(OUTPUT_CAPACITY)
-            .is_none_or(|end| end > inst.memory.data_size(&inst.store))
-        {
-            return Err(RuleError::Abi(format!(
-                "`{}` returned an out-of-bounds buffer",
-                exports::OUTPUT
-            )));
+        inst.output_ptr = output.call(&mut inst.store, ()).map_err(|e| inst.classify(&e))? as u32 as usize;
+        if inst.output_ptr.checked_add(OUTPUT_CAPACITY).is_none_or(|end| end > inst.memory.data_size(&inst.store)) {
+            return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::OUTPUT)));
         }
         inst.ensure_input(INITIAL_INPUT)?;
         Ok(inst)
     }
 
-    fn classify(
-        &self,
-        store: &Store<HostState>,
-        e: &wasmtime::Error,
-        panic: Option<String>,
-    ) -> RuleError {
+    fn classify(&self, store: &Store<HostState>, e: &wasmtime::Error, panic: Option<String>) -> RuleError {
         classify(store, e, panic, self.fuel, self.memory_cap)
     }
 }
@@ -323,9 +315,7 @@ fn classify(
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RuleError::OutOfFuel(budget),
-        Some(Trap::StackOverflow) => {
-            RuleError::Trap("stack overflow (call stack exhausted)".into())
-        }
+        Some(Trap::StackOverflow) => RuleError::Trap("stack overflow (call stack exhausted)".into()),
         Some(trap) => match panic {
             Some(msg) => RuleError::Trap(format!("panicked: {msg}")),
             None => RuleError::Trap(trap.to_string()),
@@ -335,12 +325,7 @@ fn classify(
 }
 
 /// `vigil::list_contains(list, ptr, len) -> i32`.
-fn list_contains(
-    mut caller: Caller<'_, HostState>,
-    list: i32,
-    ptr: i32,
-    len: i32,
-) -> wasmtime::Result<i32> {
+fn list_contains(mut caller: Caller<'_, HostState>, list: i32, ptr: i32, len: i32) -> wasmtime::Result<i32> {
     let Some(memory) = caller.data().memory else {
         wasmtime::bail!("list_contains called before the module was ready");
     };
@@ -356,6 +341,55 @@ fn list_contains(
         return Ok(0);
     };
     Ok(i32::from(list.contains(value)))
+}
+
+/// `vigil::state_get(key_ptr, key_len, out_ptr, out_cap) -> i32`.
+fn state_get(
+    mut caller: Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    out_ptr: i32,
+    out_cap: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.data().memory else {
+        wasmtime::bail!("state_get called before the module was ready");
+    };
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let (kp, kl) = (key_ptr as u32 as usize, key_len as u32 as usize);
+    let Some(key) = data.get(kp..kp.saturating_add(kl)) else {
+        wasmtime::bail!("state_get: key out of bounds");
+    };
+    let Some(value) = state.rule_state.get(key) else {
+        return Ok(-1);
+    };
+    let value = value.to_vec();
+    let (op, oc) = (out_ptr as u32 as usize, out_cap as u32 as usize);
+    let n = value.len().min(oc);
+    let Some(out) = data.get_mut(op..op.saturating_add(n)) else {
+        wasmtime::bail!("state_get: output out of bounds");
+    };
+    out.copy_from_slice(&value[..n]);
+    Ok(value.len() as i32)
+}
+
+/// `vigil::state_put(key_ptr, key_len, val_ptr, val_len) -> i32`.
+fn state_put(
+    mut caller: Caller<'_, HostState>,
+    key_ptr: i32,
+    key_len: i32,
+    val_ptr: i32,
+    val_len: i32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.data().memory else {
+        wasmtime::bail!("state_put called before the module was ready");
+    };
+    let (data, state) = memory.data_and_store_mut(&mut caller);
+    let (kp, kl) = (key_ptr as u32 as usize, key_len as u32 as usize);
+    let (vp, vl) = (val_ptr as u32 as usize, val_len as u32 as usize);
+    let (Some(key), Some(value)) = (data.get(kp..kp.saturating_add(kl)), data.get(vp..vp.saturating_add(vl))) else {
+        wasmtime::bail!("state_put: key or value out of bounds");
+    };
+    Ok(if state.rule_state.put(key, value) { 0 } else { -1 })
 }
 
 fn describe(ty: &ExternType) -> String {
@@ -387,15 +421,13 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
     let mut bad = Vec::new();
     for imp in module.imports() {
         let ok = imp.module() == imports::MODULE
-            && imp.name() == imports::LIST_CONTAINS
-            && is_func(&imp.ty(), &[I32, I32, I32], &[I32]);
+            && match imp.name() {
+                imports::LIST_CONTAINS => is_func(&imp.ty(), &[I32, I32, I32], &[I32]),
+                imports::STATE_GET | imports::STATE_PUT => is_func(&imp.ty(), &[I32, I32, I32, I32], &[I32]),
+                _ => false,
+            };
         if !ok {
-            bad.push(format!(
-                "`{}::{}` ({})",
-                imp.module(),
-                imp.name(),
-                describe(&imp.ty())
-            ));
+            bad.push(format!("`{}::{}` ({})", imp.module(), imp.name(), describe(&imp.ty())));
         }
     }
     if bad.is_empty() {
@@ -403,15 +435,13 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
     }
     let wasi = bad.iter().any(|b| b.contains("wasi"));
     Err(RuleError::Abi(format!(
-        "imports {}; a rule may import only vigil's host functions (`{}::{}`){}",
+        "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`){}",
         bad.join(", "),
-        imports::MODULE,
         imports::LIST_CONTAINS,
-        if wasi {
-            " — WASI is not available: build for wasm32-unknown-unknown"
-        } else {
-            ""
-        }
+        imports::STATE_GET,
+        imports::STATE_PUT,
+        if wasi { " — WASI is not available: build for wasm32-unknown-unknown" } else { "" },
+        m = imports::MODULE,
     )))
 }
 
@@ -430,18 +460,12 @@ fn check_exports(module: &Module) -> Result<(), RuleError> {
         match module.get_export(name) {
             None => missing.push(format!("`{name}`")),
             Some(ty) if !is_func(&ty, params, results) => {
-                return Err(RuleError::Abi(format!(
-                    "export `{name}` has the wrong type: {}",
-                    describe(&ty)
-                )));
+                return Err(RuleError::Abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
             }
             Some(_) => {}
         }
     }
-    if !matches!(
-        module.get_export(exports::MEMORY),
-        Some(ExternType::Memory(_))
-    ) {
+    if !matches!(module.get_export(exports::MEMORY), Some(ExternType::Memory(_))) {
         missing.push(format!("`{}` (memory)", exports::MEMORY));
     }
     if missing.is_empty() {
@@ -485,9 +509,7 @@ fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
 
 impl std::fmt::Debug for RuleInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleInstance")
-            .field("input_cap", &self.input_cap)
-            .finish_non_exhaustive()
+        f.debug_struct("RuleInstance").field("input_cap", &self.input_cap).finish_non_exhaustive()
     }
 }
 
@@ -515,8 +537,7 @@ impl RuleInstance {
             return None;
         }
         let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
-        let msg =
-            data.get(self.output_ptr + 8..self.output_ptr + 8 + len.min(OUTPUT_CAPACITY - 8))?;
+        let msg = data.get(self.output_ptr + 8..self.output_ptr + 8 + len.min(OUTPUT_CAPACITY - 8))?;
         Some(String::from_utf8_lossy(msg).into_owned())
     }
 
@@ -525,21 +546,11 @@ impl RuleInstance {
             return Ok(());
         }
         let want = len.next_power_of_two();
-        let cap = i32::try_from(want)
-            .map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
+        let cap = i32::try_from(want).map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
         set_fuel(&mut self.store, self.fuel);
-        let ptr = self
-            .buffer
-            .call(&mut self.store, cap)
-            .map_err(|e| self.classify(&e))? as u32 as usize;
-        if ptr
-            .checked_add(want)
-            .is_none_or(|end| end > self.memory.data_size(&self.store))
-        {
-            return Err(RuleError::Abi(format!(
-                "`{}` returned an out-of-bounds buffer",
-                exports::BUFFER
-            )));
+        let ptr = self.buffer.call(&mut self.store, cap).map_err(|e| self.classify(&e))? as u32 as usize;
+        if ptr.checked_add(want).is_none_or(|end| end > self.memory.data_size(&self.store)) {
+            return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::BUFFER)));
         }
         self.input_ptr = ptr;
         self.input_cap = want;
@@ -557,8 +568,7 @@ impl RuleInstance {
 
     fn read_output(&self, len: usize) -> Option<String> {
         let data = self.memory.data(&self.store);
-        let bytes =
-            data.get(self.output_ptr..self.output_ptr.checked_add(len.min(OUTPUT_CAPACITY))?)?;
+        let bytes = data.get(self.output_ptr..self.output_ptr.checked_add(len.min(OUTPUT_CAPACITY))?)?;
         Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
@@ -566,19 +576,22 @@ impl RuleInstance {
         self.ensure_input(params.len())?;
         self.write_input(params)?;
         set_fuel(&mut self.store, self.fuel);
-        let err_len = self
-            .configure
-            .call(&mut self.store, params.len() as i32)
-            .map_err(|e| self.classify(&e))?;
+        let err_len = self.configure.call(&mut self.store, params.len() as i32).map_err(|e| self.classify(&e))?;
         if err_len != 0 {
-            let msg = self
-                .read_output(err_len as usize)
-                .unwrap_or_else(|| "(unreadable message)".into());
-            return Err(RuleError::Config(format!(
-                "the rule refused its parameters: {msg}"
-            )));
+            let msg = self.read_output(err_len as usize).unwrap_or_else(|| "(unreadable message)".into());
+            return Err(RuleError::Config(format!("the rule refused its parameters: {msg}")));
         }
         Ok(())
+    }
+
+    /// Lends a rule's keyed state to the instance for the next calls.
+    pub fn lend_state(&mut self, state: RuleState) {
+        self.store.data_mut().rule_state = state;
+    }
+
+    /// Takes the keyed state back.
+    pub fn take_state(&mut self) -> RuleState {
+        std::mem::take(&mut self.store.data_mut().rule_state)
     }
 
     /// Fuel the last call used.
@@ -592,17 +605,13 @@ impl RuleInstance {
     /// [`RuleError`] when the call fails or the pointer is out of bounds.
     pub fn manifest_json(&mut self) -> Result<String, RuleError> {
         set_fuel(&mut self.store, self.fuel);
-        let raw = self
-            .manifest
-            .call(&mut self.store, ())
-            .map_err(|e| self.classify(&e))?;
+        let raw = self.manifest.call(&mut self.store, ()).map_err(|e| self.classify(&e))?;
         let (ptr, len) = vigil_abi::unpack_ptr_len(raw);
         let data = self.memory.data(&self.store);
         let bytes = data
             .get(ptr as usize..(ptr as usize).saturating_add(len as usize))
             .ok_or_else(|| RuleError::Abi("manifest pointer out of bounds".into()))?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| RuleError::Manifest("manifest is not UTF-8".into()))
+        String::from_utf8(bytes.to_vec()).map_err(|_| RuleError::Manifest("manifest is not UTF-8".into()))
     }
 
     /// Evaluates one encoded event, showing the rule only the fields in `mask`.
@@ -628,14 +637,10 @@ impl RuleInstance {
         }
         vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
         set_fuel(&mut self.store, self.fuel);
-        let raw = self
-            .evaluate
-            .call(&mut self.store, len as i32)
-            .map_err(|e| self.classify(&e))?;
+        let raw = self.evaluate.call(&mut self.store, len as i32).map_err(|e| self.classify(&e))?;
         let out = Outcome::unpack(raw);
-        let action = vigil_abi::Action::from_code(out.action).ok_or_else(|| {
-            RuleError::Abi(format!("returned unknown action code {}", out.action))
-        })?;
+        let action = vigil_abi::Action::from_code(out.action)
+            .ok_or_else(|| RuleError::Abi(format!("returned unknown action code {}", out.action)))?;
         let mut reasons = Vec::new();
         if out.reasons_len > 0 {
             let data = self.memory.data(&self.store);
@@ -648,11 +653,7 @@ impl RuleInstance {
                 reasons.push(intern(&mut self.reason_cache, code));
             }
         }
-        Ok(CallResult {
-            action,
-            score: out.score,
-            reasons,
-        })
+        Ok(CallResult { action, score: out.score, reasons })
     }
 }
 
@@ -661,10 +662,7 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        let limits = Limits {
-            fuel_per_call: 1_000_000,
-            memory_cap: 2 << 20,
-        };
+        let limits = Limits { fuel_per_call: 1_000_000, memory_cap: 2 << 20 };
         Sandbox::new(&limits, None).expect("sandbox")
     }
 
@@ -674,10 +672,7 @@ mod tests {
 
     #[test]
     fn random_bytes_are_not_a_module() {
-        let e = sandbox()
-            .prepare(&[0x13, 0x37, 0, 1, 2, 3], "h")
-            .err()
-            .expect("rejected");
+        let e = sandbox().prepare(&[0x13, 0x37, 0, 1, 2, 3], "h").err().expect("rejected");
         assert!(e.to_string().contains("not a WebAssembly module"), "{e}");
         let mut fake = b"\0asm".to_vec();
         fake.extend([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
@@ -690,11 +685,7 @@ mod tests {
         let m = wat(
             r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))) (memory (export "memory") 1))"#,
         );
-        let e = sandbox()
-            .prepare(&m, "h")
-            .err()
-            .expect("rejected")
-            .to_string();
+        let e = sandbox().prepare(&m, "h").err().expect("rejected").to_string();
         assert!(e.contains("wasi_snapshot_preview1::fd_write"), "{e}");
         assert!(e.contains("WASI is not available"), "{e}");
     }
@@ -704,15 +695,8 @@ mod tests {
         let m = wat(
             r#"(module (memory (export "memory") 1) (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#,
         );
-        let e = sandbox()
-            .prepare(&m, "h")
-            .err()
-            .expect("rejected")
-            .to_string();
-        assert!(
-            e.contains("vigil_abi_version") && e.contains("vigil_manifest"),
-            "{e}"
-        );
+        let e = sandbox().prepare(&m, "h").err().expect("rejected").to_string();
+        assert!(e.contains("vigil_abi_version") && e.contains("vigil_manifest"), "{e}");
         assert!(!e.contains("`vigil_evaluate`"), "{e}");
     }
 
@@ -725,14 +709,7 @@ mod tests {
             (func (export "vigil_output") (result i32) i32.const 0)
             (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
             (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#);
-        let e = sandbox()
-            .prepare(&m, "h")
-            .err()
-            .expect("rejected")
-            .to_string();
-        assert!(
-            e.contains("vigil_abi_version") && e.contains("wrong type"),
-            "{e}"
-        );
+        let e = sandbox().prepare(&m, "h").err().expect("rejected").to_string();
+        assert!(e.contains("vigil_abi_version") && e.contains("wrong type"), "{e}");
     }
 }

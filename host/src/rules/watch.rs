@@ -37,13 +37,9 @@ pub fn watch(registry: Arc<RuleRegistry>, debounce: Duration) -> notify::Result<
         }
         Err(e) => tracing::error!(error = %e, "rules folder watch error"),
     })?;
-    debouncer
-        .watcher()
-        .watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    debouncer.watcher().watch(&dir, notify::RecursiveMode::NonRecursive)?;
     tracing::info!(dir = %dir.display(), "watching the rules folder for changes");
-    Ok(Watch {
-        _debouncer: debouncer,
-    })
+    Ok(Watch { _debouncer: debouncer })
 }
 
 /// Starts watching the list files; a changed file is reloaded whole and
@@ -60,10 +56,8 @@ pub fn watch_lists(
     if config.is_empty() {
         return Ok(None);
     }
-    let files: Vec<std::path::PathBuf> = config
-        .values()
-        .map(|l| std::path::absolute(&l.path).unwrap_or_else(|_| l.path.clone()))
-        .collect();
+    let files: Vec<std::path::PathBuf> =
+        config.values().map(|l| std::path::absolute(&l.path).unwrap_or_else(|_| l.path.clone())).collect();
     let watched = files.clone();
     let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
         Ok(events) => {
@@ -83,18 +77,12 @@ pub fn watch_lists(
         }
         Err(e) => tracing::error!(error = %e, "list watch error"),
     })?;
-    let mut dirs: Vec<std::path::PathBuf> = files
-        .iter()
-        .filter_map(|f| f.parent().map(std::path::Path::to_path_buf))
-        .collect();
+    let mut dirs: Vec<std::path::PathBuf> =
+        files.iter().filter_map(|f| f.parent().map(std::path::Path::to_path_buf)).collect();
     dirs.sort();
     dirs.dedup();
     for dir in &dirs {
-        debouncer
-            .watcher()
-            .watch(dir, notify::RecursiveMode::NonRecursive)?;
+        debouncer.watcher().watch(dir, notify::RecursiveMode::NonRecursive)?;
     }
-    Ok(Some(Watch {
-        _debouncer: debouncer,
-    }))
+    Ok(Some(Watch { _debouncer: debouncer }))
 }

@@ -23,11 +23,7 @@ impl FileSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
         let len = file.metadata()?.len();
         if len > 0 {
             let keep = whole_lines_len(&mut file, len)?;
@@ -36,9 +32,7 @@ impl FileSink {
                 file.set_len(keep)?;
             }
         }
-        Ok(Self {
-            out: BufWriter::with_capacity(256 * 1024, file),
-        })
+        Ok(Self { out: BufWriter::with_capacity(256 * 1024, file) })
     }
 }
 
@@ -84,10 +78,7 @@ mod tests {
         let mut sink = FileSink::create(&path).expect("open");
         sink.write(b"{\"id\":3}\n").expect("write");
         sink.flush().expect("flush");
-        assert_eq!(
-            std::fs::read_to_string(&path).expect("read"),
-            "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n"
-        );
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
     }
 }
 
@@ -99,9 +90,7 @@ pub struct StdoutSink {
 
 impl Default for StdoutSink {
     fn default() -> Self {
-        Self {
-            out: BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-        }
+        Self { out: BufWriter::with_capacity(64 * 1024, std::io::stdout()) }
     }
 }
 

@@ -39,11 +39,10 @@ pub trait Sink: Send {
 /// When a file cannot be created; the message names it.
 pub fn open(config: &SinkConfig, role: &str) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match config {
-        SinkConfig::File { path } => {
-            Box::new(FileSink::create(path).map_err(|e| {
-                anyhow::anyhow!("cannot open the {role} file {}: {e}", path.display())
-            })?)
-        }
+        SinkConfig::File { path } => Box::new(
+            FileSink::create(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the {role} file {}: {e}", path.display()))?,
+        ),
         SinkConfig::Stdout => Box::new(StdoutSink::default()),
         SinkConfig::Discard => Box::new(DiscardSink),
     })

@@ -40,19 +40,10 @@ impl FileSource {
     ///
     /// # Errors
     /// [`SourceError::Io`] naming the file, also when it is shorter than `at`.
-    pub fn open_at(
-        path: &Path,
-        follow: bool,
-        poll: Duration,
-        at: Position,
-    ) -> Result<Self, SourceError> {
+    pub fn open_at(path: &Path, follow: bool, poll: Duration, at: Position) -> Result<Self, SourceError> {
         let io = |what: String| move |source| SourceError::Io { what, source };
-        let mut file =
-            File::open(path).map_err(io(format!("cannot open source file {}", path.display())))?;
-        let len = file
-            .metadata()
-            .map_err(io(format!("cannot read {}", path.display())))?
-            .len();
+        let mut file = File::open(path).map_err(io(format!("cannot open source file {}", path.display())))?;
+        let len = file.metadata().map_err(io(format!("cannot read {}", path.display())))?.len();
         if at.offset > len {
             return Err(SourceError::Io {
                 what: format!(
@@ -64,8 +55,7 @@ impl FileSource {
                 source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
             });
         }
-        file.seek(SeekFrom::Start(at.offset))
-            .map_err(io(format!("cannot seek in {}", path.display())))?;
+        file.seek(SeekFrom::Start(at.offset)).map_err(io(format!("cannot seek in {}", path.display())))?;
         Ok(Self {
             path: path.to_owned(),
             name: name(path),
@@ -89,10 +79,7 @@ impl FileSource {
         }
         // Blank lines are not events: skipped, not dead-lettered.
         if !line.trim().is_empty() {
-            batch.push(Record {
-                line,
-                line_no: self.line_no,
-            });
+            batch.push(Record { line, line_no: self.line_no });
         }
     }
 }
@@ -113,10 +100,7 @@ impl Source for FileSource {
             let n = self
                 .reader
                 .read_line(&mut line)
-                .map_err(|source| SourceError::Io {
-                    what: format!("cannot read {}", self.path.display()),
-                    source,
-                })?;
+                .map_err(|source| SourceError::Io { what: format!("cannot read {}", self.path.display()), source })?;
             if n > 0 && line.ends_with('\n') {
                 self.push(batch, line);
                 continue;
@@ -147,10 +131,7 @@ impl Source for FileSource {
     }
 
     fn position(&self) -> Position {
-        Position {
-            offset: self.offset,
-            line_no: self.line_no,
-        }
+        Position { offset: self.offset, line_no: self.line_no }
     }
 }
 
@@ -165,9 +146,7 @@ mod tests {
         write!(f, "a\n\nb\r\nc").expect("write");
         let mut src = FileSource::open(f.path(), false, Duration::from_millis(1)).expect("open");
         let mut batch = Vec::new();
-        let more = src
-            .next_batch(&mut batch, 100, &CancellationToken::new())
-            .expect("read");
+        let more = src.next_batch(&mut batch, 100, &CancellationToken::new()).expect("read");
         assert!(!more);
         let got: Vec<_> = batch.iter().map(|r| (r.line.as_str(), r.line_no)).collect();
         assert_eq!(got, [("a", 1), ("b", 3), ("c", 4)]);
@@ -182,34 +161,13 @@ mod tests {
         let mut batch = Vec::new();
         src.next_batch(&mut batch, 2, &cancel).expect("read");
         let at = src.position();
-        assert_eq!(
-            at,
-            Position {
-                offset: 8,
-                line_no: 2
-            }
-        );
-        let mut src =
-            FileSource::open_at(f.path(), false, Duration::from_millis(1), at).expect("reopen");
+        assert_eq!(at, Position { offset: 8, line_no: 2 });
+        let mut src = FileSource::open_at(f.path(), false, Duration::from_millis(1), at).expect("reopen");
         batch.clear();
         src.next_batch(&mut batch, 10, &cancel).expect("read");
-        assert_eq!(
-            batch,
-            [Record {
-                line: "three".into(),
-                line_no: 3
-            }]
-        );
-        let e = FileSource::open_at(
-            f.path(),
-            false,
-            Duration::from_millis(1),
-            Position {
-                offset: 999,
-                line_no: 9,
-            },
-        )
-        .expect_err("past the end");
+        assert_eq!(batch, [Record { line: "three".into(), line_no: 3 }]);
+        let e = FileSource::open_at(f.path(), false, Duration::from_millis(1), Position { offset: 999, line_no: 9 })
+            .expect_err("past the end");
         assert!(e.to_string().contains("truncated"), "{e}");
     }
 

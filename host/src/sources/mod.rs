@@ -69,17 +69,11 @@ pub trait Source: Send {
 ///
 /// # Errors
 /// [`SourceError`] when it cannot be opened or the position is past its end.
-pub fn open(
-    config: &SourceConfig,
-    resume: Option<Position>,
-) -> Result<Box<dyn Source>, SourceError> {
+pub fn open(config: &SourceConfig, resume: Option<Position>) -> Result<Box<dyn Source>, SourceError> {
     match config {
-        SourceConfig::File(f) => Ok(Box::new(FileSource::open_at(
-            &f.path,
-            f.follow,
-            f.poll_interval,
-            resume.unwrap_or_default(),
-        )?)),
+        SourceConfig::File(f) => {
+            Ok(Box::new(FileSource::open_at(&f.path, f.follow, f.poll_interval, resume.unwrap_or_default())?))
+        }
     }
 }
 

@@ -13,19 +13,13 @@ use vigil_sdk::prelude::*;
     lists("blocked-cards", "blocked-accounts", "blocked-devices", "blocked-ips")
 )]
 fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
-    if tx
-        .card()
-        .is_some_and(|card| ctx.in_list("blocked-cards", card.token))
-    {
+    if tx.card().is_some_and(|card| ctx.in_list("blocked-cards", card.token)) {
         return Decision::block(100).reason("card_blocklisted");
     }
     if ctx.in_list("blocked-accounts", tx.account()) {
         return Decision::block(100).reason("account_blocklisted");
     }
-    if tx
-        .device()
-        .is_some_and(|d| ctx.in_list("blocked-devices", d))
-    {
+    if tx.device().is_some_and(|d| ctx.in_list("blocked-devices", d)) {
         return Decision::block(100).reason("device_blocklisted");
     }
     if tx.ip().is_some_and(|ip| ctx.in_list("blocked-ips", ip)) {
@@ -51,18 +45,9 @@ mod tests {
     #[test]
     fn each_list_blocks_with_its_own_reason() {
         let cases = [
-            (
-                PaymentBuilder::new("1").card("tok_bad", None, None),
-                "card_blocklisted",
-            ),
-            (
-                PaymentBuilder::new("2").account("acct-bad"),
-                "account_blocklisted",
-            ),
-            (
-                PaymentBuilder::new("3").device("dev-bad"),
-                "device_blocklisted",
-            ),
+            (PaymentBuilder::new("1").card("tok_bad", None, None), "card_blocklisted"),
+            (PaymentBuilder::new("2").account("acct-bad"), "account_blocklisted"),
+            (PaymentBuilder::new("3").device("dev-bad"), "device_blocklisted"),
             (PaymentBuilder::new("4").ip("203.0.113.9"), "ip_blocklisted"),
         ];
         for (tx, reason) in cases {
@@ -74,11 +59,7 @@ mod tests {
 
     #[test]
     fn clean_payments_pass() {
-        let tx = PaymentBuilder::new("5")
-            .card("tok_ok", None, None)
-            .device("dev-ok")
-            .ip("198.51.100.1")
-            .build();
+        let tx = PaymentBuilder::new("5").card("tok_ok", None, None).device("dev-ok").ip("198.51.100.1").build();
         assert_eq!(evaluate(&RULE, &tx, &lists()).action, Action::Allow);
     }
 }

@@ -40,19 +40,13 @@ mod tests {
     use vigil_sdk::testing::{PaymentBuilder, TestContext, evaluate};
 
     fn run(present: Option<bool>, issued: &str, seen: &str, ctx: &TestContext) -> Action {
-        let tx = PaymentBuilder::new("t")
-            .card("tok", Some(issued), present)
-            .geo_country(seen)
-            .build();
+        let tx = PaymentBuilder::new("t").card("tok", Some(issued), present).geo_country(seen).build();
         evaluate(&RULE, &tx, ctx).action
     }
 
     #[test]
     fn card_not_present_abroad_is_reviewed() {
-        assert_eq!(
-            run(Some(false), "US", "RO", &TestContext::new()),
-            Action::Review
-        );
+        assert_eq!(run(Some(false), "US", "RO", &TestContext::new()), Action::Review);
     }
 
     #[test]

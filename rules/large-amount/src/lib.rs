@@ -44,9 +44,7 @@ mod tests {
 
     #[test]
     fn limits_come_from_parameters() {
-        let ctx = TestContext::new()
-            .param("review_above", 10)
-            .param("block_above", 20);
+        let ctx = TestContext::new().param("review_above", 10).param("block_above", 20);
         assert_eq!(action(15, &ctx), Action::Review);
         assert_eq!(action(21, &ctx), Action::Block);
     }

@@ -36,38 +36,27 @@ mod tests {
     use vigil_sdk::testing::{PaymentBuilder, TestContext, evaluate};
 
     fn run(ctx: TestContext) -> Decision {
-        let tx = PaymentBuilder::new("t")
-            .card("tok_1", Some("US"), Some(false))
-            .build();
+        let tx = PaymentBuilder::new("t").card("tok_1", Some("US"), Some(false)).build();
         evaluate(&RULE, &tx, &ctx)
     }
 
     #[test]
     fn quiet_cards_pass() {
-        let ctx = TestContext::new()
-            .feature(COUNT_10M, 2.0)
-            .feature(SUM_10M, 1_000.0)
-            .feature(COUNTRIES_1H, 1.0);
+        let ctx = TestContext::new().feature(COUNT_10M, 2.0).feature(SUM_10M, 1_000.0).feature(COUNTRIES_1H, 1.0);
         assert_eq!(run(ctx).action, Action::Allow);
     }
 
     #[test]
     fn bursts_by_count_or_amount_are_reviewed() {
-        let by_count = TestContext::new()
-            .feature(COUNT_10M, 6.0)
-            .feature(COUNTRIES_1H, 1.0);
+        let by_count = TestContext::new().feature(COUNT_10M, 6.0).feature(COUNTRIES_1H, 1.0);
         assert_eq!(run(by_count).reasons, ["card_velocity_10m"]);
-        let by_sum = TestContext::new()
-            .feature(COUNT_10M, 2.0)
-            .feature(SUM_10M, 600_000.0);
+        let by_sum = TestContext::new().feature(COUNT_10M, 2.0).feature(SUM_10M, 600_000.0);
         assert_eq!(run(by_sum).action, Action::Review);
     }
 
     #[test]
     fn many_countries_block() {
-        let ctx = TestContext::new()
-            .feature(COUNTRIES_1H, 4.0)
-            .param("max_countries_1h", 3);
+        let ctx = TestContext::new().feature(COUNTRIES_1H, 4.0).param("max_countries_1h", 3);
         assert_eq!(run(ctx).action, Action::Block);
     }
 

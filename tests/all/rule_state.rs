@@ -1,0 +1,41 @@
+//! Rules' keyed state: kept per rule on the worker, checkpointed, restored.
+
+use crate::daemon::Daemon;
+use crate::support::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn login(id: &str, device: &str) -> String {
+    json!({
+        "id": id, "ts": 1_717_200_000_000i64, "channel": "wallet", "kind": "transfer",
+        "amount": 50_000, "currency": "EUR", "account": "acct-7", "device": device,
+    })
+    .to_string()
+}
+
+fn action(env: &Env, id: &str) -> Value {
+    wait_for(Duration::from_secs(30), id, || decision_for(&env.decisions(), id))["action"].clone()
+}
+
+#[test]
+fn rule_state_survives_a_restart() {
+    let env = Env::new();
+    env.install("new_device", "new_device.wasm");
+    let config = env.toml("");
+    env.append_lines(&[login("a", "d1"), login("b", "d1")]);
+    let daemon = Daemon::start(&env, &config);
+    assert_eq!(action(&env, "a"), "allow");
+    assert_eq!(action(&env, "b"), "allow");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+
+    // After the restart the rule still knows acct-7's device.
+    env.append_lines(&[login("c", "d1"), login("d", "d2")]);
+    let daemon = Daemon::start(&env, &config);
+    assert_eq!(action(&env, "c"), "allow", "d1 is remembered");
+    assert_eq!(action(&env, "d"), "review", "d2 is new");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("resuming from the last checkpoint"), "{log}");
+    assert_eq!(read_jsonl(&env.decisions()).len(), 4, "no event decided twice after a clean stop");
+}
