@@ -7,6 +7,7 @@
 //! and reading never rescan raw events.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 
 /// Count, sum, min and max of amounts over a range of buckets.
@@ -40,7 +41,8 @@ struct NumBucket {
 /// Amounts per bucket, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumSeries {
-    buckets: VecDeque<NumBucket>,
+    // Inline for the common key with one bucket in its window: no heap.
+    buckets: SmallVec<[NumBucket; 1]>,
 }
 
 impl NumSeries {
@@ -48,7 +50,7 @@ impl NumSeries {
     /// `span` buckets ending at the newest bucket. An event older than that
     /// window is not recorded.
     pub fn add(&mut self, idx: i64, amount: i64, span: i64) {
-        let newest = self.buckets.back().map_or(idx, |b| b.idx.max(idx));
+        let newest = self.buckets.last().map_or(idx, |b| b.idx.max(idx));
         if idx <= newest - span {
             return;
         }
@@ -60,10 +62,15 @@ impl NumSeries {
                 b.min = b.min.min(amount);
                 b.max = b.max.max(amount);
             }
-            Err(i) => self.buckets.insert(i, NumBucket { idx, count: 1, sum: amount, min: amount, max: amount }),
+            Err(i) => {
+                // Most keys hold one or two buckets: grow exactly, not by doubling.
+                self.buckets.reserve_exact(1);
+                self.buckets.insert(i, NumBucket { idx, count: 1, sum: amount, min: amount, max: amount });
+            }
         }
-        while self.buckets.front().is_some_and(|b| b.idx <= newest - span) {
-            self.buckets.pop_front();
+        let stale = self.buckets.iter().take_while(|b| b.idx <= newest - span).count();
+        if stale > 0 {
+            self.buckets.drain(..stale);
         }
     }
 
@@ -87,7 +94,7 @@ impl NumSeries {
 
     /// The newest bucket index, if any.
     pub fn newest(&self) -> Option<i64> {
-        self.buckets.back().map(|b| b.idx)
+        self.buckets.last().map(|b| b.idx)
     }
 
     /// Whether nothing is held.
@@ -110,7 +117,7 @@ pub enum DistinctSeries {
     /// Every value with the newest bucket it was seen in.
     Exact {
         /// (value hash, newest bucket).
-        seen: Vec<(u64, i64)>,
+        seen: SmallVec<[(u64, i64); 1]>,
         /// The newest bucket.
         newest: i64,
     },
@@ -123,7 +130,7 @@ pub enum DistinctSeries {
 
 impl Default for DistinctSeries {
     fn default() -> Self {
-        DistinctSeries::Exact { seen: Vec::new(), newest: i64::MIN }
+        DistinctSeries::Exact { seen: SmallVec::new(), newest: i64::MIN }
     }
 }
 
@@ -157,7 +164,10 @@ impl DistinctSeries {
                 }
                 match seen.iter_mut().find(|(v, _)| *v == value) {
                     Some((_, last)) => *last = (*last).max(idx),
-                    None => seen.push((value, idx)),
+                    None => {
+                        seen.reserve_exact(1);
+                        seen.push((value, idx));
+                    }
                 }
                 let cutoff = *newest - span;
                 seen.retain(|(_, last)| *last > cutoff);

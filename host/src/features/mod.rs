@@ -110,8 +110,10 @@ struct Planned {
 #[derive(Debug, Default)]
 struct KeyState {
     newest_ms: i64,
-    num: Vec<NumSeries>,
-    distinct: Vec<DistinctSeries>,
+    // Inline for the usual handful of series: a key is one allocation-free
+    // map entry until it holds several buckets.
+    num: smallvec::SmallVec<[NumSeries; 2]>,
+    distinct: smallvec::SmallVec<[DistinctSeries; 1]>,
 }
 
 #[derive(Debug, Default)]
@@ -230,8 +232,14 @@ impl FeatureEngine {
             self.dirty.insert((key_field.code(), hash));
             let state = kind.states.entry(hash).or_default();
             state.newest_ms = state.newest_ms.max(t);
-            state.num.resize_with(kind.num.len(), NumSeries::default);
-            state.distinct.resize_with(kind.distinct.len(), DistinctSeries::default);
+            if state.num.len() < kind.num.len() {
+                state.num.reserve_exact(kind.num.len() - state.num.len());
+                state.num.resize_with(kind.num.len(), NumSeries::default);
+            }
+            if state.distinct.len() < kind.distinct.len() {
+                state.distinct.reserve_exact(kind.distinct.len() - state.distinct.len());
+                state.distinct.resize_with(kind.distinct.len(), DistinctSeries::default);
+            }
             for (series, &(bucket_ms, span)) in state.num.iter_mut().zip(&kind.num) {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
@@ -334,8 +342,8 @@ impl FeatureEngine {
         };
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
-            num: vec![NumSeries::default(); kind.num.len()],
-            distinct: vec![DistinctSeries::default(); kind.distinct.len()],
+            num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
+            distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
         };
         for (b, s, series) in stored.num {
             if let Some(i) = kind.num.iter().position(|&x| x == (b, s)) {

@@ -1,0 +1,151 @@
+//! Stream-core figures: memory per tracked key, checkpoint and restore of a
+//! million keys, and pipeline throughput with look-back features on and off.
+//!
+//! Run: `cargo bench -p vigil --bench state` (after `just rules`). Prints a
+//! table; it measures and never fails on time. `VIGIL_BENCH_KEYS` and
+//! `VIGIL_BENCH_EVENTS` shrink it for a quick run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use vigil::config::{Config, FileSourceConfig, PartitionKey, SinkConfig, SourceConfig};
+use vigil::event::{Card, Payment};
+use vigil::features::{Catalog, FeatureEngine};
+use vigil::state::{Checkpoint, StateStore};
+use vigil_abi::{Channel, Country, GeoRef, Kind};
+
+const FEATURES: [(&str, &str); 4] = [
+    ("count-10m", "count(card, 10m)"),
+    ("sum-10m", "sum(card, amount, 10m)"),
+    ("countries-1h", "distinct(card, geo.country, 1h)"),
+    ("max-24h", "max(card, amount, 24h)"),
+];
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn payment(i: usize, card: usize) -> Payment {
+    Payment {
+        id: format!("b-{i}"),
+        ts_ms: 1_717_200_000_000 + i as i64,
+        channel: Channel::Card,
+        kind: Kind::Purchase,
+        amount: 1_000 + (i % 5_000) as i64,
+        currency: *b"USD",
+        account: "acct".into(),
+        card: Some(Card { token: format!("tok_{card:024}"), country: None, present: None }),
+        merchant: None,
+        counterparty: None,
+        device: None,
+        ip: None,
+        geo: Some(GeoRef { country: Some(Country(*b"US")), lat_lon: None }),
+        attrs: Vec::new(),
+    }
+}
+
+fn catalog() -> Arc<Catalog> {
+    let map: BTreeMap<String, String> = FEATURES.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+    Arc::new(Catalog::from_config(&map).expect("features"))
+}
+
+fn main() {
+    let keys = env_usize("VIGIL_BENCH_KEYS", 1_000_000);
+    let events = env_usize("VIGIL_BENCH_EVENTS", 300_000);
+    println!("vigil stream-core figures ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("{:<58} {:>14} {:>12}", "measure", "figure", "target");
+
+    // Memory per key: one event per card, four features.
+    let mut engine = FeatureEngine::new(catalog());
+    let base = rss_bytes();
+    for k in 0..keys {
+        engine.compute(&payment(k, k));
+    }
+    let per_key = (rss_bytes().saturating_sub(base)) as f64 / keys as f64;
+    println!("{:<58} {:>12.0} B {:>12}", format!("RSS per tracked key, 4 features, {keys} keys"), per_key, "<= 200 B");
+    println!("{:<58} {:>12.1} MB", format!("RSS at {keys} keys"), rss_bytes() as f64 / 1e6);
+
+    // Checkpoint and restore of every key.
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = StateStore::open(dir.path()).expect("store");
+    let t = Instant::now();
+    let delta = engine.take_delta(0);
+    let cp = Checkpoint { id: 1, source: "bench".into(), workers: 1, features: delta, ..Checkpoint::default() };
+    store.commit(&cp).expect("commit");
+    println!("{:<58} {:>12.2} s", format!("checkpoint of {keys} keys (serialise + commit)"), t.elapsed().as_secs_f64());
+    drop(engine);
+    drop(store);
+    let t = Instant::now();
+    let store = StateStore::open(dir.path()).expect("store");
+    let restored = store.load("bench").expect("load").expect("checkpoint");
+    let mut engine = FeatureEngine::new(catalog());
+    for (kind, hash, _, state) in &restored.features {
+        engine.restore(*kind, *hash, state).expect("restore");
+    }
+    println!(
+        "{:<58} {:>12.2} s {:>12}",
+        format!("restore of {} keys (read + load)", engine.tracked_keys()),
+        t.elapsed().as_secs_f64(),
+        "<= 2 s"
+    );
+    drop(engine);
+
+    // Pipeline throughput with features on and off, same input, same rule.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = root.join("target/wasm32-unknown-unknown/release/large_amount.wasm");
+    let work = tempfile::tempdir().expect("tmp");
+    let rules = work.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("rules");
+    std::fs::copy(&wasm, rules.join("large_amount.wasm")).expect("run `just rules` first");
+    let input = work.path().join("events.jsonl");
+    let mut text = String::with_capacity(events * 200);
+    for i in 0..events {
+        let card = (i * 7919) % 50_000;
+        text.push_str(&format!(
+            "{{\"id\":\"e{i}\",\"ts\":{},\"channel\":\"card\",\"kind\":\"purchase\",\"amount\":{},\"currency\":\"USD\",\
+             \"account\":\"a{}\",\"card\":{{\"pan\":\"4{:015}\",\"country\":\"US\"}},\"geo\":{{\"country\":\"US\"}}}}\n",
+            1_717_200_000_000i64 + i as i64 * 10,
+            100 + i % 90_000,
+            card % 997,
+            card
+        ));
+    }
+    std::fs::write(&input, text).expect("input");
+    let mut rates = Vec::new();
+    for features in [false, true] {
+        let mut c = Config::default();
+        c.source = SourceConfig::File(FileSourceConfig {
+            path: input.clone(),
+            follow: false,
+            poll_interval: std::time::Duration::from_millis(10),
+        });
+        c.sinks.decisions = SinkConfig::Discard;
+        c.sinks.alerts = SinkConfig::Discard;
+        c.sinks.dead_letters = SinkConfig::Discard;
+        c.sinks.aggregates = SinkConfig::Discard;
+        c.sinks.late = SinkConfig::Discard;
+        c.rules.dir = rules.clone();
+        c.rules.watch = false;
+        c.state.dir = work.path().join(format!("state-{features}"));
+        c.clean.pan_key = Some("bench-key-0123456789abcdef".into());
+        c.pipeline.partition_key = PartitionKey::Card;
+        c.pipeline.workers = std::num::NonZeroU32::new(2);
+        if features {
+            c.features = FEATURES.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+        let t = Instant::now();
+        let summary = rt.block_on(vigil::app::run(c, std::future::pending())).expect("run");
+        let rate = summary.decided as f64 / t.elapsed().as_secs_f64();
+        rates.push(rate);
+        let label = if features { "4 features on" } else { "features off" };
+        println!("{:<58} {:>10.0} ev/s", format!("pipeline, {events} events, 2 workers, {label}"), rate);
+    }
+    println!("{:<58} {:>14.2} {:>12}", "throughput ratio features on / off", rates[1] / rates[0], ">= 0.5");
+}
