@@ -119,12 +119,14 @@ fn main() {
     std::fs::write(&input, text).expect("input");
     let mut rates = Vec::new();
     for features in [false, true] {
-        let mut c = Config::default();
-        c.source = SourceConfig::File(FileSourceConfig {
-            path: input.clone(),
-            follow: false,
-            poll_interval: std::time::Duration::from_millis(10),
-        });
+        let mut c = Config {
+            source: SourceConfig::File(FileSourceConfig {
+                path: input.clone(),
+                follow: false,
+                poll_interval: std::time::Duration::from_millis(10),
+            }),
+            ..Config::default()
+        };
         c.sinks.decisions = SinkConfig::Discard;
         c.sinks.alerts = SinkConfig::Discard;
         c.sinks.dead_letters = SinkConfig::Discard;
