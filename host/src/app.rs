@@ -228,6 +228,13 @@ fn warn_split_features(config: &Config, catalog: &Catalog) {
              seen under several partition keys has its history split; set pipeline.partition-key to match"
         );
     }
+    for def in crate::pipeline::window_defs(config).iter().filter(|d| d.key != partition) {
+        tracing::warn!(
+            window = %def.name, key = def.key.name(), partition_key = partition.name(),
+            "window is kept per a different key than events are partitioned by: with several workers each \
+             worker emits its own partial window for such a key; set pipeline.partition-key to match"
+        );
+    }
 }
 
 /// SIGHUP: re-read the config file's rule settings and lists, and rescan

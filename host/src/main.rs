@@ -94,8 +94,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             let summary = rt.block_on(vigil::app::run(config, shutdown_signal()))?;
             eprintln!(
-                "vigil: {} events in, {} decided, {} dead-lettered, {} alerts",
-                summary.events_in, summary.decided, summary.dead_lettered, summary.alerts
+                "vigil: {} events in, {} decided, {} dead-lettered, {} alerts, {} windows closed, {} late, {} checkpoints",
+                summary.events_in,
+                summary.decided,
+                summary.dead_lettered,
+                summary.alerts,
+                summary.aggregates,
+                summary.late,
+                summary.checkpoints
             );
             Ok(())
         }
