@@ -124,7 +124,9 @@ struct KeyKindPlan {
     distinct: Vec<(DistinctField, i64, i64)>,
     /// The longest window, for expiry.
     longest_ms: i64,
-    states: HashMap<u64, KeyState>,
+    // Boxed: the map doubles its slots as it grows, and a slot is then a
+    // pointer rather than a whole key state.
+    states: HashMap<u64, Box<KeyState>>,
 }
 
 /// One worker's feature state.
@@ -304,7 +306,7 @@ impl FeatureEngine {
     /// every key touched, and the keys expired.
     pub fn take_delta(&mut self, worker: u16) -> Vec<crate::state::FeatureDelta> {
         let mut out = Vec::with_capacity(self.dirty.len() + self.expired.len());
-        for (code, hash) in self.dirty.drain() {
+        for (code, hash) in std::mem::take(&mut self.dirty) {
             let Some((_, kind)) = self.kinds.iter().find(|(k, _)| k.code() == code) else {
                 continue;
             };
@@ -359,7 +361,7 @@ impl FeatureEngine {
             }
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
-        kind.states.insert(hash, state);
+        kind.states.insert(hash, Box::new(state));
         Ok(())
     }
 }
