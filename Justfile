@@ -1,6 +1,6 @@
 # vigil's tasks. `just --list` shows them.
 
-rules_wasm := "target/wasm32-unknown-unknown/release"
+rules_wasm := "rules/target/wasm32-unknown-unknown/release"
 
 # Build the example rules to wasm32 and install them in rules/dist/.
 rules:

@@ -58,7 +58,7 @@ fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm_dir = root.join("target/wasm32-unknown-unknown/release");
+    let wasm_dir = root.join("rules/target/wasm32-unknown-unknown/release");
     let tokenizer = Tokenizer::new(KEY);
     let mut config = Config::default();
     config.lists.insert(

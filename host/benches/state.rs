@@ -143,7 +143,7 @@ fn main() {
 
     // Pipeline throughput with features on and off, same input, same rule.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = root.join("target/wasm32-unknown-unknown/release/large_amount.wasm");
+    let wasm = root.join("rules/target/wasm32-unknown-unknown/release/large_amount.wasm");
     let work = tempfile::tempdir().expect("tmp");
     let rules = work.path().join("rules");
     std::fs::create_dir_all(&rules).expect("rules");

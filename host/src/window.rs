@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::config::WatermarkConfig;
 use crate::event::Payment;
-use crate::features::KeyField;
+use crate::features::{KeyField, key_of};
 
 /// The kind of window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,11 +269,6 @@ impl Windows {
         }
     }
 
-    /// Open windows over all definitions and keys.
-    pub fn open_count(&self) -> usize {
-        self.state.open.iter().flat_map(|m| m.values()).map(Vec::len).sum()
-    }
-
     /// The state, serialised for a checkpoint.
     pub fn snapshot(&self) -> Vec<u8> {
         let named: Vec<(&str, &BTreeMap<String, Vec<Acc>>)> =
@@ -325,16 +320,6 @@ fn add_to_session(sessions: &mut Vec<Acc>, start: i64, end: i64, amount: i64) {
     });
     let at = sessions.partition_point(|s| s.start < acc.start);
     sessions.insert(at, acc);
-}
-
-fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
-    match key {
-        KeyField::Card => p.card.as_ref().map(|c| c.token.as_str()),
-        KeyField::Account => Some(&p.account),
-        KeyField::Device => p.device.as_deref(),
-        KeyField::Ip => p.ip.as_deref(),
-        KeyField::Merchant => p.merchant.as_ref().map(|m| m.id.as_str()),
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub fn root() -> PathBuf {
 
 /// A rule module built by `just rules`, e.g. `wasm("large_amount")`.
 pub fn wasm(name: &str) -> PathBuf {
-    let p = root().join("target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
+    let p = root().join("rules/target/wasm32-unknown-unknown/release").join(format!("{name}.wasm"));
     assert!(p.exists(), "{} is missing: build the rules first with `just rules` (or run `just test`)", p.display());
     p
 }

@@ -92,11 +92,6 @@ impl NumSeries {
         t
     }
 
-    /// The newest bucket index, if any.
-    pub fn newest(&self) -> Option<i64> {
-        self.buckets.last().map(|b| b.idx)
-    }
-
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()

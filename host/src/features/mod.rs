@@ -380,7 +380,8 @@ fn empty_value(agg: Agg) -> f64 {
     }
 }
 
-fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
+/// The value of `key` in `p`, if the event has it.
+pub(crate) fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
     match key {
         KeyField::Card => p.card.as_ref().map(|c| c.token.as_str()),
         KeyField::Account => Some(&p.account),

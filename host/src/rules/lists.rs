@@ -112,11 +112,6 @@ impl Lists {
     pub fn get(&self, name: &str) -> Option<Arc<List>> {
         self.lists.get(name).cloned()
     }
-
-    /// The names of all lists.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.lists.keys().map(String::as_str)
-    }
 }
 
 fn read_list(name: &str, cfg: &ListConfig, tokenizer: &Tokenizer) -> Result<HashSet<Box<str>>, ListError> {

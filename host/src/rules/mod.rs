@@ -110,11 +110,6 @@ impl LoadedRule {
         self.health.quarantined.load(Ordering::Relaxed)
     }
 
-    /// Failed calls since this version was loaded.
-    pub fn failures(&self) -> u64 {
-        self.health.failures.load(Ordering::Relaxed)
-    }
-
     /// The short module hash used in logs and records.
     pub fn short_hash(&self) -> &str {
         &self.hash[..16]
@@ -237,11 +232,6 @@ impl RuleRegistry {
     /// The watched folder.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// The sandbox rules run in.
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
     }
 
     /// Replaces per-rule settings (on config reload); every rule is reloaded
@@ -636,11 +626,6 @@ impl Evaluator {
     /// The generation of the rule set in use.
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// Rules this evaluator runs.
-    pub fn rule_count(&self) -> usize {
-        self.slots.len()
     }
 
     /// Catalog indices of the features some live rule reads.
