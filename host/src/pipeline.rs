@@ -552,8 +552,9 @@ impl Worker {
                         used_generation = self.evaluator.generation();
                     }
                     out.decisions.reserve(jobs.len() * 512);
+                    let mut record_features = Vec::with_capacity(used.len());
                     for job in &jobs {
-                        self.decide(job, &used, &mut encoded, &mut outcomes, &mut out);
+                        self.decide(job, &used, &mut record_features, &mut encoded, &mut outcomes, &mut out);
                     }
                     self.windows.close(false, |c| out.closed(&c));
                 }
@@ -586,10 +587,11 @@ impl Worker {
         }
     }
 
-    fn decide(
+    fn decide<'u>(
         &mut self,
         job: &Job,
-        used: &[(Arc<str>, usize)],
+        used: &'u [(Arc<str>, usize)],
+        record_features: &mut Vec<(&'u str, f64)>,
         encoded: &mut Vec<u8>,
         outcomes: &mut Vec<decide::RuleOutcome>,
         out: &mut Output,
@@ -605,7 +607,8 @@ impl Worker {
         self.windows.add(p, |l| out.late(&l));
         let values = self.features.compute(p);
         self.evaluator.evaluate(encoded, values, outcomes);
-        let record_features: Vec<(&str, f64)> = used.iter().map(|(name, i)| (&**name, values[*i])).collect();
+        record_features.clear();
+        record_features.extend(used.iter().map(|(name, i)| (&**name, values[*i])));
         let (action, score, reasons) = decide::combine(outcomes);
         let record = Decision {
             id: &p.id,
@@ -613,7 +616,7 @@ impl Worker {
             score,
             reasons,
             rules: outcomes,
-            features: FeatureValues(&record_features),
+            features: FeatureValues(record_features),
             event_ts_ms: p.ts_ms,
             ingested_at_us: job.ingested_at_us,
             decided_at_us: now_us(),
