@@ -421,6 +421,9 @@ impl SourceRun {
     fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
         let mut records = Vec::with_capacity(self.batch_size);
         let mut last_checkpoint = Instant::now();
+        // Whether anything was read since the last checkpoint: a quiet
+        // input does not write the same checkpoint again and again.
+        let mut changed = false;
         loop {
             records.clear();
             let more = self.source.next_batch(&mut records, self.batch_size, cancel)?;
@@ -455,11 +458,13 @@ impl SourceRun {
                     self.send(w, WorkerMsg::EndOfInput)?;
                 }
             }
+            changed |= !records.is_empty();
             if let Some(every) = self.checkpoints
-                && (done || last_checkpoint.elapsed() >= every)
+                && (done || (changed && last_checkpoint.elapsed() >= every))
             {
                 self.barrier()?;
                 last_checkpoint = Instant::now();
+                changed = false;
             }
             if done {
                 tracing::info!(source = self.source.name(), "source finished");

@@ -12,11 +12,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env, config: &std::path::Path) -> Self {
+        Self::start_logging(env, config, "info")
+    }
+
+    /// Starts with a `RUST_LOG` filter, e.g. `vigil=debug` to see checkpoints.
+    pub fn start_logging(env: &Env, config: &std::path::Path, filter: &str) -> Self {
         let log = env.path("vigil.log");
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

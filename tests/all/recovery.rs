@@ -140,3 +140,33 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     // Only events after a checkpoint are decided again.
     assert!(repeated < N / 4, "{repeated} repeated decisions");
 }
+
+#[test]
+fn a_quiet_daemon_checkpoints_what_it_read_before_a_kill() {
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    let lines: Vec<String> = events().into_iter().take(100).collect();
+    std::fs::write(env.events(), lines.join("\n") + "\n").expect("events");
+    let config = env.toml("");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("[state]\n", "[state]\ncheckpoint-interval = \"50ms\"\n");
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = Daemon::start_logging(&env, &config, "vigil=debug");
+    // The input goes quiet after 100 lines; the checkpoint still comes.
+    daemon.wait_for(Duration::from_secs(60), "a checkpoint covering all 100 lines", || {
+        daemon_log_has(&env, "line=100").then_some(())
+    });
+    daemon.child.kill().expect("kill -9");
+    daemon.child.wait().expect("reap");
+    let decided = read_jsonl(&env.decisions()).len();
+    let mut daemon = Daemon::start(&env, &config);
+    env.append_lines(&[lines[0].replace("tx-0", "tx-after")]);
+    daemon.wait_for(Duration::from_secs(60), "the new event", || decision_for(&env.decisions(), "tx-after"));
+    drop(daemon);
+    assert_eq!(read_jsonl(&env.decisions()).len(), decided + 1, "nothing before the kill was decided again");
+}
+
+fn daemon_log_has(env: &Env, text: &str) -> bool {
+    std::fs::read_to_string(env.path("vigil.log")).is_ok_and(|l| l.contains(text))
+}

@@ -47,7 +47,8 @@ pub enum SourceError {
 pub trait Source: Send {
     /// Appends up to `max` records to `batch`. Returns `false` once the
     /// source is exhausted (never, for a followed file) or `cancel` fired;
-    /// the records appended on that call still count.
+    /// the records appended on that call still count. A source waiting for
+    /// input returns an empty batch from time to time.
     ///
     /// # Errors
     /// [`SourceError`] when the input cannot be read.
