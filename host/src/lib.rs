@@ -32,16 +32,16 @@
 //! - [`pipeline`]: the threads and bounded channels between the stages.
 //! - [`app`]: the daemon: startup, signals, drain.
 
-pub mod app;
 pub mod config;
-pub mod decide;
+pub mod sources;
 pub mod decode;
 pub mod event;
-pub mod features;
 pub mod partition;
-pub mod pipeline;
-pub mod rules;
-pub mod sinks;
-pub mod sources;
-pub mod state;
+pub mod features;
 pub mod window;
+pub mod state;
+pub mod rules;
+pub mod decide;
+pub mod sinks;
+pub mod pipeline;
+pub mod app;
