@@ -28,7 +28,7 @@
 //! - [`state`]: checkpoints in an embedded store, and restore.
 //! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
 //! - [`decide`]: combining outcomes into the decision record.
-//! - [`sinks`]: decisions, alerts and dead letters out.
+//! - [`sinks`]: decisions, alerts, aggregates, late events and dead letters out.
 //! - [`pipeline`]: the threads and bounded channels between the stages.
 //! - [`app`]: the daemon: startup, signals, drain.
 

@@ -1,4 +1,5 @@
-//! Sinks: where decisions, alerts and dead letters go.
+//! Sinks: where decisions, alerts, window aggregates, late events and dead
+//! letters go.
 //!
 //! Records arrive already serialised as JSON lines, in batches; a sink only
 //! writes bytes. Alerts and dead letters are roles, not kinds: any sink kind
