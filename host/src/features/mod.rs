@@ -99,7 +99,6 @@ enum Source {
 
 #[derive(Debug, Clone, Copy)]
 struct Planned {
-    key: KeyField,
     agg: Agg,
     source: Source,
     bucket_ms: i64,
@@ -124,6 +123,8 @@ struct KeyKindPlan {
     distinct: Vec<(DistinctField, i64, i64)>,
     /// The longest window, for expiry.
     longest_ms: i64,
+    /// Indices (in catalog order) of the features kept per this key.
+    features: Vec<usize>,
     // Boxed: the map doubles its slots as it grows, and a slot is then a
     // pointer rather than a whole key state.
     states: HashMap<u64, Box<KeyState>>,
@@ -198,7 +199,8 @@ impl FeatureEngine {
                 }
                 _ => Source::Num { series: position_or_push(&mut kind.num, (bucket_ms, span)) },
             };
-            self.planned.push(Planned { key: s.key, agg: s.agg, source, bucket_ms, span });
+            kind.features.push(self.planned.len());
+            self.planned.push(Planned { agg: s.agg, source, bucket_ms, span });
         }
         self.values.resize(self.planned.len(), 0.0);
     }
@@ -226,12 +228,18 @@ impl FeatureEngine {
         }
         let t = p.ts_ms;
         self.newest_ms = self.newest_ms.max(t);
-        for (&key_field, kind) in &mut self.kinds {
+        let Self { kinds, planned, values, dirty, .. } = self;
+        // One pass per key kind: find the key's state once, update its
+        // series, then read every feature kept per that key from it.
+        for (&key_field, kind) in kinds.iter_mut() {
             let Some(key) = key_of(p, key_field) else {
+                for &i in &kind.features {
+                    values[i] = empty_value(planned[i].agg);
+                }
                 continue;
             };
             let hash = xxh3_64(key.as_bytes());
-            self.dirty.insert((key_field.code(), hash));
+            dirty.insert((key_field.code(), hash));
             let state = kind.states.entry(hash).or_default();
             state.newest_ms = state.newest_ms.max(t);
             if state.num.len() < kind.num.len() {
@@ -250,30 +258,24 @@ impl FeatureEngine {
                     series.add(t.div_euclid(bucket_ms), xxh3_64(v.as_bytes()), span);
                 }
             }
-        }
-        for (value, plan) in self.values.iter_mut().zip(&self.planned) {
-            let state = key_of(p, plan.key)
-                .and_then(|k| self.kinds.get(&plan.key).and_then(|kind| kind.states.get(&xxh3_64(k.as_bytes()))));
-            *value = match state {
-                None => empty_value(plan.agg),
-                Some(state) => {
-                    let idx = t.div_euclid(plan.bucket_ms);
-                    match plan.source {
-                        Source::Num { series } => {
-                            let totals = state.num[series].totals(idx, plan.span);
-                            match plan.agg {
-                                Agg::Count => totals.count as f64,
-                                Agg::Sum => totals.sum as f64,
-                                Agg::Min if totals.count > 0 => totals.min as f64,
-                                Agg::Max if totals.count > 0 => totals.max as f64,
-                                Agg::Avg if totals.count > 0 => totals.sum as f64 / totals.count as f64,
-                                _ => f64::NAN,
-                            }
+            for &i in &kind.features {
+                let plan = &planned[i];
+                let idx = t.div_euclid(plan.bucket_ms);
+                values[i] = match plan.source {
+                    Source::Num { series } => {
+                        let totals = state.num[series].totals(idx, plan.span);
+                        match plan.agg {
+                            Agg::Count => totals.count as f64,
+                            Agg::Sum => totals.sum as f64,
+                            Agg::Min if totals.count > 0 => totals.min as f64,
+                            Agg::Max if totals.count > 0 => totals.max as f64,
+                            Agg::Avg if totals.count > 0 => totals.sum as f64 / totals.count as f64,
+                            _ => f64::NAN,
                         }
-                        Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
                     }
-                }
-            };
+                    Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
+                };
+            }
         }
         self.events += 1;
         if self.events.is_multiple_of(SWEEP_EVERY) {

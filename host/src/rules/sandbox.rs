@@ -324,14 +324,24 @@ fn classify(
     }
 }
 
+/// The module's memory and the store data, for a host function.
+fn guest<'a>(caller: &'a mut Caller<'_, HostState>, func: &str) -> wasmtime::Result<(&'a mut [u8], &'a mut HostState)> {
+    let Some(memory) = caller.data().memory else {
+        wasmtime::bail!("{func} called before the module was ready");
+    };
+    Ok(memory.data_and_store_mut(caller))
+}
+
+/// The guest byte range `ptr..ptr + len`, as the ABI passes it.
+fn range(ptr: i32, len: i32) -> std::ops::Range<usize> {
+    let start = ptr as u32 as usize;
+    start..start.saturating_add(len as u32 as usize)
+}
+
 /// `vigil::list_contains(list, ptr, len) -> i32`.
 fn list_contains(mut caller: Caller<'_, HostState>, list: i32, ptr: i32, len: i32) -> wasmtime::Result<i32> {
-    let Some(memory) = caller.data().memory else {
-        wasmtime::bail!("list_contains called before the module was ready");
-    };
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
-    let Some(bytes) = data.get(ptr..ptr.saturating_add(len)) else {
+    let (data, state) = guest(&mut caller, "list_contains")?;
+    let Some(bytes) = data.get(range(ptr, len)) else {
         wasmtime::bail!("list_contains: value out of bounds");
     };
     let Some(list) = state.lists.get(list as u32 as usize) else {
@@ -351,21 +361,15 @@ fn state_get(
     out_ptr: i32,
     out_cap: i32,
 ) -> wasmtime::Result<i32> {
-    let Some(memory) = caller.data().memory else {
-        wasmtime::bail!("state_get called before the module was ready");
-    };
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    let (kp, kl) = (key_ptr as u32 as usize, key_len as u32 as usize);
-    let Some(key) = data.get(kp..kp.saturating_add(kl)) else {
+    let (data, state) = guest(&mut caller, "state_get")?;
+    let Some(key) = data.get(range(key_ptr, key_len)) else {
         wasmtime::bail!("state_get: key out of bounds");
     };
     let Some(value) = state.rule_state.get(key) else {
         return Ok(-1);
     };
-    let value = value.to_vec();
-    let (op, oc) = (out_ptr as u32 as usize, out_cap as u32 as usize);
-    let n = value.len().min(oc);
-    let Some(out) = data.get_mut(op..op.saturating_add(n)) else {
+    let n = value.len().min(out_cap as u32 as usize);
+    let Some(out) = data.get_mut(range(out_ptr, n as i32)) else {
         wasmtime::bail!("state_get: output out of bounds");
     };
     out.copy_from_slice(&value[..n]);
@@ -380,13 +384,8 @@ fn state_put(
     val_ptr: i32,
     val_len: i32,
 ) -> wasmtime::Result<i32> {
-    let Some(memory) = caller.data().memory else {
-        wasmtime::bail!("state_put called before the module was ready");
-    };
-    let (data, state) = memory.data_and_store_mut(&mut caller);
-    let (kp, kl) = (key_ptr as u32 as usize, key_len as u32 as usize);
-    let (vp, vl) = (val_ptr as u32 as usize, val_len as u32 as usize);
-    let (Some(key), Some(value)) = (data.get(kp..kp.saturating_add(kl)), data.get(vp..vp.saturating_add(vl))) else {
+    let (data, state) = guest(&mut caller, "state_put")?;
+    let (Some(key), Some(value)) = (data.get(range(key_ptr, key_len)), data.get(range(val_ptr, val_len))) else {
         wasmtime::bail!("state_put: key or value out of bounds");
     };
     Ok(if state.rule_state.put(key, value) { 0 } else { -1 })
