@@ -6,7 +6,7 @@ rules_wasm := "rules/target/wasm32-unknown-unknown/release"
 rules:
     cd rules && cargo build --release --target wasm32-unknown-unknown
     mkdir -p rules/dist
-    cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm {{rules_wasm}}/velocity.wasm rules/dist/
+    cp {{rules_wasm}}/large_amount.wasm {{rules_wasm}}/blocklist.wasm {{rules_wasm}}/geo_mismatch.wasm {{rules_wasm}}/velocity.wasm {{rules_wasm}}/spend_spike.wasm rules/dist/
 
 # Run the daemon on the example config (Ctrl-C stops it after draining).
 # The demo replays the sample from the start, so it drops the checkpoint a
@@ -18,6 +18,16 @@ run: rules
 # Validate a rule module and print its manifest.
 check module:
     cargo run --release -p vigil -- check {{module}} --config examples/vigil.toml
+
+# Backtest the example rules on the bundled card-transaction sample:
+# summary with precision/recall, decisions and report.html in out/replay/.
+replay *args: rules
+    cargo run --release -p vigil -- replay --config examples/vigil.toml \
+        --mapping examples/card-transactions.mapping.toml examples/data/card-transactions-sample.csv {{args}}
+
+# Create a rule crate from the template in the rules workspace.
+new-rule name:
+    cargo run --release -p vigil -- new-rule {{name}}
 
 # The whole test suite: host, SDK, ABI, and the rules' native unit tests;
 # ends with the total over every test binary.

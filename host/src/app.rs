@@ -40,6 +40,41 @@ pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
 /// Startup problems (config, PAN key, lists, rules folder, sinks) and I/O
 /// failures of the source or sinks.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
+    run_with(config, shutdown, Overrides::default()).await
+}
+
+/// What a caller other than the daemon may swap in: `vigil replay` feeds
+/// events it has already read and watches progress.
+#[derive(Default)]
+pub struct Overrides {
+    /// Read events from here instead of `[source]`; checkpoints are then off.
+    pub source: Option<Box<dyn sources::Source>>,
+    /// Counters to update, for a progress display; fresh ones otherwise.
+    pub counters: Option<Arc<Counters>>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("source", &self.source.as_ref().map(|s| s.name().to_owned()))
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+/// [`run`], with parts swapped in by `overrides`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    mut config: Config,
+    shutdown: impl Future<Output = ()>,
+    overrides: Overrides,
+) -> anyhow::Result<Summary> {
+    if overrides.source.is_some() {
+        // A checkpoint records a position in the configured source; there is none.
+        config.state.checkpoints = false;
+    }
     let tokenizer = Tokenizer::new(&config.pan_key()?);
     let catalog = Arc::new(Catalog::from_config(&config.features)?);
     warn_split_features(&config, &catalog);
@@ -86,9 +121,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut decoder = Decoder::new(&config.clean, tokenizer.clone());
     let durability = restore(&config, &mut decoder)?;
     let resume = durability.store.as_ref().map(|_| durability.position);
-    let source = sources::open(&config.source, resume.filter(|p| *p != Position::default()))?;
+    let source = match overrides.source {
+        Some(source) => source,
+        None => sources::open(&config.source, resume.filter(|p| *p != Position::default()))?,
+    };
     let sinks = Sinks::open(&config.sinks)?;
-    let counters = Arc::new(Counters::default());
+    let counters = overrides.counters.unwrap_or_default();
     let cancel = CancellationToken::new();
     let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks };
     let pipeline = Pipeline::start(

@@ -19,7 +19,7 @@
 //!
 //! # Layout
 //! - [`config`]: `vigil.toml`, documented field by field.
-//! - [`sources`]: where raw records come from (file; more to come).
+//! - [`sources`]: where raw records come from (a file, or records in memory for replays).
 //! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
 //! - [`event`]: the canonical payment event.
 //! - [`partition`]: key → worker.
@@ -31,6 +31,8 @@
 //! - [`sinks`]: decisions, alerts, aggregates, late events and dead letters out.
 //! - [`pipeline`]: the threads and bounded channels between the stages.
 //! - [`app`]: the daemon: startup, signals, drain.
+//! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
+//! - [`scaffold`]: `vigil new-rule`, a rule crate from the template.
 
 pub mod config;
 pub mod sources;
@@ -45,3 +47,5 @@ pub mod decide;
 pub mod sinks;
 pub mod pipeline;
 pub mod app;
+pub mod replay;
+pub mod scaffold;

@@ -30,6 +30,44 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Replay a history file through the full pipeline as fast as it goes,
+    /// and judge the rules against its labels.
+    Replay {
+        /// The history: JSON lines of canonical events, or CSV with --mapping.
+        input: PathBuf,
+        /// The config whose rules, features, lists and PAN key apply; its
+        /// source and sinks are replaced.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A CSV column mapping (see examples/card-transactions.mapping.toml).
+        #[arg(long, short)]
+        mapping: Option<PathBuf>,
+        /// The label: a CSV column (overrides the mapping's), or a top-level
+        /// key of each JSON event; true/1/yes means fraud.
+        #[arg(long, short)]
+        label: Option<String>,
+        /// Rules folder to use instead of the config's rules.dir.
+        #[arg(long, short)]
+        rules: Option<PathBuf>,
+        /// Where decisions, dead letters, summary.json and report.html go.
+        #[arg(long, short, default_value = "out/replay")]
+        out: PathBuf,
+        /// Replay twice, with rules A then B (each a .wasm module run alone,
+        /// or a rules folder), and report where the decisions differ.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        compare: Option<Vec<PathBuf>>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Create a rule crate from the template in a rules workspace.
+    NewRule {
+        /// The rule's name, kebab-case (e.g. card-testing).
+        name: String,
+        /// The rules workspace: a folder whose Cargo.toml has [workspace].
+        #[arg(long, short, default_value = "rules")]
+        workspace: PathBuf,
+    },
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -37,6 +75,29 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     })
+}
+
+fn read_replay_input(
+    config: &Config,
+    input: &Path,
+    mapping: Option<&Path>,
+    label: Option<&str>,
+) -> anyhow::Result<vigil::replay::Input> {
+    use vigil::replay::{Input, mapping::Mapping};
+    match mapping {
+        Some(m) => {
+            let mut mapping = Mapping::load(m)?;
+            if let Some(label) = label {
+                mapping.label = Some(label.to_owned());
+            }
+            Input::csv(input, &mapping, vigil::decode::Tokenizer::new(&config.pan_key()?))
+        }
+        None if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => anyhow::bail!(
+            "{} looks like CSV: give a column mapping with --mapping (see examples/card-transactions.mapping.toml)",
+            input.display()
+        ),
+        None => Input::jsonl(input, label),
+    }
 }
 
 fn init_tracing(config: &Config) {
@@ -112,6 +173,40 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&config);
             let report = vigil::rules::check::check(&config, &module)?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Replay { input, config, mapping, label, rules, out, compare, quiet } => {
+            let mut config = load_config(config.as_deref())?;
+            config.log.level = "warn".into();
+            init_tracing(&config);
+            if let Some(rules) = rules {
+                config.rules.dir = rules;
+            }
+            let input = read_replay_input(&config, &input, mapping.as_deref(), label.as_deref())?;
+            let progress = !quiet;
+            match compare.as_deref() {
+                Some([a, b]) => {
+                    let c = vigil::replay::compare::compare(&config, input, a, b, &out, progress)?;
+                    print!("{c}");
+                    eprintln!("outputs and reports of each side: {}/a, {}/b", out.display(), out.display());
+                }
+                _ => {
+                    let outputs = vigil::replay::Outputs { dir: out };
+                    let analysis = vigil::replay::replay(&config, input, &outputs, progress)?;
+                    print!("{analysis}");
+                    eprintln!(
+                        "decisions: {}\nreport:    {}",
+                        outputs.decisions().display(),
+                        outputs.report().display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::NewRule { name, workspace } => {
+            let created = vigil::scaffold::new_rule(&workspace, &name)?;
+            println!("created {}", created.display());
+            println!("next: read {}/README.md", created.display());
             Ok(())
         }
     }

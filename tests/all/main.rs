@@ -14,5 +14,7 @@ mod hot_reload;
 mod malformed;
 mod recovery;
 mod registry;
+mod replay;
 mod rule_state;
+mod scaffold;
 mod windows;

@@ -5,8 +5,10 @@
 //! where to resume.
 
 mod file;
+mod memory;
 
 pub use file::FileSource;
+pub use memory::MemorySource;
 
 use tokio_util::sync::CancellationToken;
 

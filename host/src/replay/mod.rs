@@ -1,0 +1,259 @@
+//! `vigil replay`: run a history file through the full pipeline in batch
+//! mode and judge the rules against known outcomes.
+//!
+//! The events go through the same decoder, features, windows, rules and
+//! sinks as live traffic — only the source (events read up front, in event
+//! time) and the outputs (a folder per run) differ — so a backtest decides
+//! as production would have. Labels never reach the rules: they are kept
+//! apart by transaction id and joined with the decision records afterwards.
+
+pub mod analysis;
+pub mod compare;
+pub mod mapping;
+pub mod report;
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::{self, Overrides};
+use crate::config::{Config, SinkConfig, SinksConfig};
+use crate::decode::Tokenizer;
+use crate::pipeline::Counters;
+use crate::sources::{MemorySource, Record};
+pub use analysis::{Analysis, Counts, Labels};
+
+/// The input of a replay: events in the order they will be fed, and labels.
+#[derive(Debug)]
+pub struct Input {
+    /// What was read, for messages.
+    pub name: String,
+    /// One canonical event line per record.
+    pub records: Vec<Record>,
+    /// Known outcomes, when a label was given.
+    pub labels: Option<Labels>,
+}
+
+impl Input {
+    /// Reads a CSV file through a column mapping.
+    ///
+    /// # Errors
+    /// When the file or mapping cannot be read, or the mapping does not fit
+    /// the file's header.
+    pub fn csv(path: &Path, mapping: &mapping::Mapping, tokenizer: Tokenizer) -> anyhow::Result<Input> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(mapping.csv.delimiter as u8)
+            .flexible(true)
+            .from_path(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let header = reader.headers().with_context(|| format!("cannot read the header of {}", path.display()))?.clone();
+        let mapper = mapping.bind(path, &header, tokenizer)?;
+        let mut labels = mapping.label.as_ref().map(|name| Labels { name: name.clone(), ..Labels::default() });
+        let mut rows = Vec::new();
+        let mut record = csv::StringRecord::new();
+        loop {
+            let line_no = reader.position().line();
+            match reader.read_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => anyhow::bail!("{} line {line_no}: {e}", path.display()),
+            }
+            let row = mapper.convert(&record);
+            if let Some(labels) = labels.as_mut() {
+                match (row.label, &row.id) {
+                    (Some(l), Some(id)) => {
+                        labels.by_id.entry(id.clone()).or_insert(l);
+                    }
+                    _ => labels.unlabelled += 1,
+                }
+            }
+            rows.push((row.ts_ms, Record { line: row.line, line_no }));
+        }
+        if mapping.csv.sort_by_time {
+            // Stable: rows at the same time keep file order; rows without a
+            // readable time go first and are dead-lettered there.
+            rows.sort_by_key(|(ts, _)| *ts);
+        }
+        Ok(Input {
+            name: format!("replay:{}", path.display()),
+            records: rows.into_iter().map(|(_, r)| r).collect(),
+            labels,
+        })
+    }
+
+    /// Reads a JSONL file of canonical events in file order. With `label`,
+    /// that top-level key is taken out of each event (rules never see it)
+    /// and kept as the event's label.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn jsonl(path: &Path, label: Option<&str>) -> anyhow::Result<Input> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut labels = label.map(|name| Labels { name: name.to_owned(), ..Labels::default() });
+        let mut records = Vec::new();
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let mut line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            if let (Some(labels), Some(key)) = (labels.as_mut(), label) {
+                line = take_label(line, key, labels);
+            }
+            records.push(Record { line, line_no: n as u64 + 1 });
+        }
+        Ok(Input { name: format!("replay:{}", path.display()), records, labels })
+    }
+}
+
+/// Takes `key` out of a JSON event line and files its value under the
+/// event's id. A line that is not a JSON object is left for the decoder.
+fn take_label(line: String, key: &str, labels: &mut Labels) -> String {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str::<serde_json::Value>(&line) else {
+        labels.unlabelled += 1;
+        return line;
+    };
+    let label = event.remove(key).and_then(|v| match v {
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::Number(n) => n.as_i64().and_then(|n| mapping::parse_label(&n.to_string())),
+        serde_json::Value::String(s) => mapping::parse_label(&s),
+        _ => None,
+    });
+    match (label, event.get("id").and_then(|v| v.as_str())) {
+        (Some(l), Some(id)) => {
+            labels.by_id.entry(id.to_owned()).or_insert(l);
+        }
+        _ => labels.unlabelled += 1,
+    }
+    serde_json::Value::Object(event).to_string()
+}
+
+/// The output files of one run, in `dir`.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// The folder.
+    pub dir: PathBuf,
+}
+
+impl Outputs {
+    /// Decision records.
+    pub fn decisions(&self) -> PathBuf {
+        self.dir.join("decisions.jsonl")
+    }
+    /// Dead letters.
+    pub fn dead_letters(&self) -> PathBuf {
+        self.dir.join("dead-letters.jsonl")
+    }
+    /// The HTML report.
+    pub fn report(&self) -> PathBuf {
+        self.dir.join("report.html")
+    }
+    /// The summary as JSON.
+    pub fn summary(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+    fn sinks(&self) -> SinksConfig {
+        let file = |name: &str| SinkConfig::File { path: self.dir.join(name) };
+        SinksConfig {
+            decisions: file("decisions.jsonl"),
+            alerts: file("alerts.jsonl"),
+            dead_letters: file("dead-letters.jsonl"),
+            aggregates: file("aggregates.jsonl"),
+            late: file("late.jsonl"),
+        }
+    }
+    /// Empties the folder's outputs from an earlier run (sinks append).
+    fn reset(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        for name in ["decisions.jsonl", "alerts.jsonl", "dead-letters.jsonl", "aggregates.jsonl", "late.jsonl"] {
+            match std::fs::remove_file(self.dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot clear {}", self.dir.join(name).display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One run of the pipeline over `records` with the rules in `rules_dir`,
+/// writing to `out`. Starts from empty state: no checkpoint is read or
+/// written, and rule folders are not watched.
+///
+/// # Errors
+/// As `vigil run`: rules, lists or sinks that cannot be set up.
+pub fn run_once(
+    config: &Config,
+    name: &str,
+    records: Vec<Record>,
+    rules_dir: &Path,
+    out: &Outputs,
+    progress: bool,
+) -> anyhow::Result<(Counts, Duration)> {
+    let mut config = config.clone();
+    config.rules.dir = rules_dir.to_owned();
+    config.rules.watch = false;
+    config.sinks = out.sinks();
+    out.reset()?;
+    let total = records.len() as u64;
+    let counters = Arc::new(Counters::default());
+    let bar = if progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} events, {per_sec}, eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(rules_dir.display().to_string());
+    let done = tokio_util::sync::CancellationToken::new();
+    let ticker = {
+        let (bar, counters, done) = (bar.clone(), counters.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.is_cancelled() {
+                let s = counters.summary();
+                bar.set_position(s.decided + s.dead_lettered);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
+    let start = Instant::now();
+    let overrides =
+        Overrides { source: Some(Box::new(MemorySource::new(name, records))), counters: Some(counters.clone()) };
+    let result = rt.block_on(app::run_with(config, std::future::pending(), overrides));
+    let elapsed = start.elapsed();
+    done.cancel();
+    let _ = ticker.join();
+    let summary = result?;
+    bar.set_position(summary.decided + summary.dead_lettered);
+    bar.finish_and_clear();
+    let counts = Counts {
+        events_in: summary.events_in,
+        decided: summary.decided,
+        dead_lettered: summary.dead_lettered,
+        late: summary.late,
+    };
+    Ok((counts, elapsed))
+}
+
+/// Replays `input` once with the configured rules: writes the outputs, the
+/// summary and the report to `out`, and returns the analysis.
+///
+/// # Errors
+/// As [`run_once`], and when an output cannot be written.
+pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> anyhow::Result<Analysis> {
+    let rules_dir = config.rules.dir.clone();
+    let (counts, elapsed) = run_once(config, &input.name, input.records, &rules_dir, out, progress)?;
+    eprintln!(
+        "replayed {} events in {:.2} s ({:.0} events/s)",
+        counts.events_in,
+        elapsed.as_secs_f64(),
+        counts.events_in as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    let decisions = analysis::read_decisions(&out.decisions())?;
+    let analysis = Analysis::new(counts, &decisions, input.labels.as_ref());
+    let json = serde_json::to_string_pretty(&analysis).context("cannot serialise the summary")?;
+    std::fs::write(out.summary(), json).with_context(|| format!("cannot write {}", out.summary().display()))?;
+    let html = report::render(&input.name, &analysis);
+    std::fs::write(out.report(), html).with_context(|| format!("cannot write {}", out.report().display()))?;
+    Ok(analysis)
+}
