@@ -32,6 +32,7 @@
 //! - [`pipeline`]: the threads and bounded channels between the stages.
 //! - [`app`]: the daemon: startup, signals, drain.
 //! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
+//! - [`generate`]: `vigil gen`, synthetic payment streams with injected fraud patterns.
 //! - [`scaffold`]: `vigil new-rule`, a rule crate from the template.
 
 pub mod config;
@@ -48,4 +49,5 @@ pub mod sinks;
 pub mod pipeline;
 pub mod app;
 pub mod replay;
+pub mod generate;
 pub mod scaffold;

@@ -60,6 +60,38 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Generate synthetic payments with injected fraud patterns, as JSON lines.
+    Gen {
+        /// How many events.
+        #[arg(long, short = 'n', default_value_t = 10_000)]
+        events: u64,
+        /// Accounts, one card each: the key cardinality.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u32,
+        /// Share of events in fraud patterns (card testing, account takeover,
+        /// structuring, velocity spikes).
+        #[arg(long, default_value_t = 0.02)]
+        fraud_share: f64,
+        /// Everyday payments per account per day of event time, on average.
+        #[arg(long, default_value_t = 5.0)]
+        per_day: f64,
+        /// Write at most this many events per second of wall time (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// First event time, epoch milliseconds (default 2025-01-01T00:00:00Z).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Seed: the same seed gives the same stream.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Add this top-level key with true/false for fraud (for `vigil replay --label`;
+        /// the daemon refuses unknown keys).
+        #[arg(long)]
+        label: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
     /// Create a rule crate from the template in a rules workspace.
     NewRule {
         /// The rule's name, kebab-case (e.g. card-testing).
@@ -201,6 +233,50 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Gen { events, accounts, fraud_share, per_day, rate, start_ms, seed, label, out } => {
+            use std::io::Write as _;
+            let defaults = vigil::generate::GenOptions::default();
+            let opts = vigil::generate::GenOptions {
+                events,
+                accounts,
+                fraud_share,
+                per_day,
+                pace: rate,
+                start_ms: start_ms.unwrap_or(defaults.start_ms),
+                seed,
+                label,
+            };
+            let generator = vigil::generate::Generator::new(opts)?;
+            let summary = match &out {
+                Some(path) => {
+                    let file =
+                        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+                    let s = generator.write(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+                    w.flush().with_context(|| format!("cannot write {}", path.display()))?;
+                    s
+                }
+                None => {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+                    match generator.write(&mut w) {
+                        Ok(s) => s,
+                        // A closed pipe (`vigil gen | head`) is a normal end.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        Err(e) => return Err(e).context("cannot write to standard output"),
+                    }
+                }
+            };
+            eprintln!(
+                "vigil gen: {} events, {} in fraud patterns (card testing {}, account takeover {}, structuring {}, velocity spikes {})",
+                summary.events,
+                summary.fraud,
+                summary.patterns[0],
+                summary.patterns[1],
+                summary.patterns[2],
+                summary.patterns[3]
+            );
             Ok(())
         }
         Command::NewRule { name, workspace } => {

@@ -304,3 +304,51 @@ params = { review-above = 25000, block-above = 999999999 }
     let reviewed = read_jsonl(&out.join("decisions.jsonl")).iter().filter(|d| d["action"] == "review").count();
     assert_eq!(reviewed, want, "{text}");
 }
+
+#[test]
+fn generated_events_replay_with_their_labels() {
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    let events = env.path("gen.jsonl");
+    let made = vigil(&[
+        "gen".as_ref(),
+        "--events".as_ref(),
+        "5000".as_ref(),
+        "--accounts".as_ref(),
+        "300".as_ref(),
+        "--fraud-share".as_ref(),
+        "0.05".as_ref(),
+        "--label".as_ref(),
+        "is_fraud".as_ref(),
+        "--out".as_ref(),
+        events.as_os_str(),
+    ]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let fraud = std::fs::read_to_string(&events)
+        .expect("generated")
+        .lines()
+        .filter(|l| l.contains("\"is_fraud\":true"))
+        .count();
+    let config = env.toml("");
+    let out = env.path("replay");
+    let rules = env.rules();
+    let text = ok(&vigil(&[
+        "replay".as_ref(),
+        "--quiet".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--label".as_ref(),
+        "is_fraud".as_ref(),
+        "--rules".as_ref(),
+        rules.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        events.as_os_str(),
+    ]));
+    assert!(text.contains("events      5000 read, 5000 decided, 0 dead-lettered"), "{text}");
+    assert!(text.contains(&format!("`is_fraud`: {fraud} fraud, {} legitimate", 5000 - fraud)), "{text}");
+    // Velocity spikes and card-testing bursts are what the velocity rule is for.
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary")).expect("json");
+    assert!(summary["rules"]["velocity"]["confusion"]["tp"].as_u64().expect("tp") > 0, "{text}");
+}
