@@ -28,14 +28,20 @@ fn example_rules(env: &Env) {
     }
 }
 
-/// Replays the sample through the example config and rules into `out`.
+/// Replays the sample through the example config and the rules installed
+/// in `env` into `out`.
 fn replay_sample(env: &Env, out: &Path) -> String {
+    replay_csv(Path::new("examples/vigil.toml"), env, out)
+}
+
+/// Replays the sample with `config` and the rules installed in `env`.
+fn replay_csv(config: &Path, env: &Env, out: &Path) -> String {
     let rules = env.rules();
-    let args: Vec<&std::ffi::OsStr> = vec![
+    ok(&vigil(&[
         "replay".as_ref(),
         "--quiet".as_ref(),
         "--config".as_ref(),
-        "examples/vigil.toml".as_ref(),
+        config.as_os_str(),
         "--mapping".as_ref(),
         MAPPING.as_ref(),
         "--rules".as_ref(),
@@ -43,8 +49,7 @@ fn replay_sample(env: &Env, out: &Path) -> String {
         "--out".as_ref(),
         out.as_os_str(),
         SAMPLE.as_ref(),
-    ];
-    ok(&vigil(&args))
+    ]))
 }
 
 fn golden(name: &str, got: &str) {
@@ -284,20 +289,7 @@ params = { review-above = 25000, block-above = 999999999 }
 "#,
     );
     let out = env.path("replay");
-    let rules = env.rules();
-    let text = ok(&vigil(&[
-        "replay".as_ref(),
-        "--quiet".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--mapping".as_ref(),
-        MAPPING.as_ref(),
-        "--rules".as_ref(),
-        rules.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        SAMPLE.as_ref(),
-    ]));
+    let text = replay_csv(&config, &env, &out);
     let decided: std::collections::HashSet<String> =
         read_jsonl(&out.join("decisions.jsonl")).iter().map(|d| d["id"].as_str().expect("id").to_owned()).collect();
     let want = csv_rows().iter().filter(|r| decided.contains(&r.id) && r.cents > 25_000).count();
