@@ -36,8 +36,15 @@ test: rules
     set -euo pipefail
     log=$(mktemp)
     { cargo test --workspace; (cd rules && cargo test); } 2>&1 | tee "$log"
+    # The benchmark suite on tiny sizes, to prove it still runs.
+    cargo test -p vigil --bench suite -- --quick
     awk '/^test result:/ { p += $4; f += $6 } END { print p " passed, " f " failed" }' "$log"
     rm -f "$log"
+
+# The benchmark suite: one run, one table of figures with their targets and
+# ratios (see BENCHMARKS.md). Takes about a minute.
+bench: rules
+    cargo bench -p vigil --bench suite
 
 # Formatting and lints, as CI would want them.
 lint:

@@ -314,12 +314,20 @@ async fn reload_on_sighup(
                 tracing::error!(error = %e, "list reload failed; keeping its previous contents");
             }
             let registry = registry.clone();
+            // A thread of its own at background priority, so compiling does
+            // not take a core from the workers (see watch::background_priority).
             let report = tokio::task::spawn_blocking(move || {
-                let r = registry.rescan();
-                log_report(&r, &registry);
+                std::thread::scope(|s| {
+                    s.spawn(|| {
+                        watch::background_priority();
+                        let r = registry.rescan();
+                        log_report(&r, &registry);
+                    })
+                    .join()
+                })
             })
             .await;
-            if report.is_err() {
+            if !matches!(report, Ok(Ok(()))) {
                 tracing::error!("rule rescan panicked");
             }
         }

@@ -10,6 +10,25 @@ use std::time::Duration;
 
 use super::{RuleRegistry, is_rule_file, log_report};
 
+/// Puts the calling thread in the idle scheduling class (Linux
+/// `SCHED_IDLE`), for background work that should not take a core from the
+/// event path: compiling a new rule module takes tens of milliseconds of
+/// CPU. (It does not remove the whole hot-swap stall: `just bench` still
+/// sees a few milliseconds when the new module must be compiled, and under
+/// one when its compiled artefact is cached, e.g. by `vigil check` with the
+/// daemon's config.) Elsewhere it does nothing.
+pub fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 means the calling thread; `param` outlives the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
+        }
+    }
+}
+
 /// A running watch; dropping it stops watching.
 pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher>,
@@ -31,6 +50,7 @@ pub fn watch(registry: Arc<RuleRegistry>, debounce: Duration) -> notify::Result<
     let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
         Ok(events) => {
             if events.iter().any(|e| is_rule_file(&e.path)) {
+                background_priority();
                 let report = reg.rescan();
                 log_report(&report, &reg);
             }
@@ -66,6 +86,7 @@ pub fn watch_lists(
                 watched.contains(&p)
             });
             if touched {
+                background_priority();
                 let errors = lists.reload(&config, &tokenizer);
                 for e in &errors {
                     tracing::error!(error = %e, "list reload failed; keeping its previous contents");
