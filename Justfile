@@ -29,22 +29,29 @@ replay *args: rules
 new-rule name:
     cargo run --release -p vigil -- new-rule {{name}}
 
+# Install tansu, the Kafka tests' broker, if it is not there yet.
+broker:
+    scripts/install-tansu
+
 # The whole test suite: host, SDK, ABI, and the rules' native unit tests;
-# ends with the total over every test binary.
-test: rules
+# ends with the total over every test binary. The Kafka tests start tansu.
+test: rules broker
     #!/usr/bin/env bash
     set -euo pipefail
     log=$(mktemp)
     { cargo test --workspace; (cd rules && cargo test); } 2>&1 | tee "$log"
-    # The benchmark suite on tiny sizes, to prove it still runs.
+    # The benchmark suites on tiny sizes, to prove they still run.
     cargo test -p vigil --bench suite -- --quick
+    cargo test -p vigil --bench kafka -- --quick
     awk '/^test result:/ { p += $4; f += $6 } END { print p " passed, " f " failed" }' "$log"
     rm -f "$log"
 
-# The benchmark suite: one run, one table of figures with their targets and
-# ratios (see BENCHMARKS.md). Takes about a minute.
-bench: rules
+# The benchmark suites: one run each, one table of figures with their
+# targets and ratios (see BENCHMARKS.md): the engine (about a minute), then
+# vigil through a Kafka-protocol broker (tansu) against the broker alone.
+bench: rules broker
     cargo bench -p vigil --bench suite
+    cargo bench -p vigil --bench kafka
 
 # Formatting and lints, as CI would want them.
 lint:

@@ -230,7 +230,7 @@ fn records_of(path: &Path) -> Vec<Record> {
         .expect("input")
         .lines()
         .enumerate()
-        .map(|(i, l)| Record { line: l.to_owned(), line_no: i as u64 + 1 })
+        .map(|(i, l)| Record { line: l.to_owned(), line_no: i as u64 + 1, partition: 0 })
         .collect()
 }
 

@@ -8,17 +8,18 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::decode::{Decoder, Tokenizer};
 use crate::features;
 use crate::features::Catalog;
+use crate::kafka;
 use crate::pipeline::{Counters, Durability, Pipeline, Sinks, Stages, Summary};
 use crate::rules::lists::Lists;
 use crate::rules::sandbox::{Limits, Sandbox};
 use crate::rules::{RuleRegistry, log_report, watch};
 use crate::sources;
 use crate::sources::Position;
-use crate::state::StateStore;
+use crate::state::{Durable, StateStore};
 
 /// Builds the sandbox configured by `[rules]`.
 ///
@@ -119,13 +120,22 @@ pub async fn run_with(
     };
 
     let mut decoder = Decoder::new(&config.clean, tokenizer.clone());
-    let durability = restore(&config, &mut decoder)?;
+    let mut durability = restore(&config, &mut decoder)?;
     let resume = durability.store.as_ref().map(|_| durability.position);
-    let source = match overrides.source {
-        Some(source) => source,
-        None => sources::open(&config.source, resume.filter(|p| *p != Position::default()))?,
+    let producer = kafka_producer(&config)?;
+    let source = match (overrides.source, &config.source) {
+        (Some(source), _) => source,
+        (None, SourceConfig::Kafka(k)) => {
+            let (Some(cluster), Some(producer)) = (&config.kafka, &producer) else {
+                anyhow::bail!("kafka.brokers: a Kafka source needs [kafka]");
+            };
+            let (source, committer) = kafka::KafkaSource::open(cluster, &k.topic, producer.clone())?;
+            durability.store = Some(Box::new(committer));
+            Box::new(source)
+        }
+        (None, SourceConfig::File(_)) => sources::open(&config.source, resume.filter(|p| *p != Position::default()))?,
     };
-    let sinks = Sinks::open(&config.sinks)?;
+    let sinks = Sinks::open(&config.sinks, producer.as_ref())?;
     let counters = overrides.counters.unwrap_or_default();
     let cancel = CancellationToken::new();
     let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks };
@@ -167,9 +177,19 @@ pub async fn run_with(
     Ok(summary)
 }
 
+/// The shared producer, when a Kafka source or sink is configured.
+fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<kafka::Producer>>> {
+    let uses = matches!(config.source, SourceConfig::Kafka(_))
+        || config.sinks.all().iter().any(|(_, s)| matches!(s, SinkConfig::Kafka { .. }));
+    match &config.kafka {
+        Some(k) if uses => Ok(Some(kafka::Producer::new(k)?)),
+        _ => Ok(None),
+    }
+}
+
 /// What a restart resumes from.
 struct Resumed {
-    store: Option<StateStore>,
+    store: Option<Box<dyn Durable>>,
     position: Position,
     last_id: u64,
     workers: u16,
@@ -208,13 +228,14 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         windows: Vec::new(),
         rule_state: Vec::new(),
     };
-    if !config.state.checkpoints {
+    // With Kafka, state comes from the changelog as partitions are assigned.
+    if !config.state.checkpoints || matches!(config.source, SourceConfig::Kafka(_)) {
         return Ok(none);
     }
     let store = StateStore::open(&config.state.dir)?;
     let Some(r) = store.load(&sources::name(&config.source))? else {
         tracing::info!(store = %config.state.dir.display(), "no checkpoint: starting from the beginning");
-        return Ok(Resumed { store: Some(store), ..none });
+        return Ok(Resumed { store: Some(Box::new(store)), ..none });
     };
     for (_, _, _, state) in &r.features {
         features::check_stored(state)
@@ -233,7 +254,7 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         "resuming from the last checkpoint"
     );
     Ok(Resumed {
-        store: Some(store),
+        store: Some(Box::new(store)),
         position: r.position,
         last_id: r.id,
         workers: r.workers,

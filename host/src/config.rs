@@ -57,6 +57,9 @@ pub struct Config {
     /// Where payment events come from.
     #[serde(default)]
     pub source: SourceConfig,
+    /// The Kafka cluster, for a Kafka source or sinks.
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
     /// How events are spread over worker threads.
     #[serde(default)]
     pub pipeline: PipelineConfig,
@@ -164,9 +167,46 @@ impl Config {
                 return Err(ConfigError::invalid(format!("lists.{name}.path"), "must not be empty"));
             }
         }
-        let SourceConfig::File(f) = &self.source;
-        if f.poll_interval.is_zero() {
-            return Err(ConfigError::invalid("source.poll-interval", "must be greater than zero"));
+        match &self.source {
+            SourceConfig::File(f) if f.poll_interval.is_zero() => {
+                return Err(ConfigError::invalid("source.poll-interval", "must be greater than zero"));
+            }
+            SourceConfig::File(_) => {}
+            SourceConfig::Kafka(k) => {
+                if k.topic.is_empty() {
+                    return Err(ConfigError::invalid("source.topic", "must not be empty"));
+                }
+                if !self.state.checkpoints {
+                    return Err(ConfigError::invalid(
+                        "state.checkpoints",
+                        "must be true with a Kafka source: offsets are committed by checkpoints",
+                    ));
+                }
+            }
+        }
+        let uses_kafka = matches!(self.source, SourceConfig::Kafka(_))
+            || self.sinks.all().iter().any(|(_, s)| matches!(s, SinkConfig::Kafka { .. }));
+        match &self.kafka {
+            None if uses_kafka => {
+                return Err(ConfigError::invalid(
+                    "kafka.brokers",
+                    "a Kafka source or sink is configured but [kafka] is missing; set kafka.brokers",
+                ));
+            }
+            Some(k) if k.brokers.trim().is_empty() => {
+                return Err(ConfigError::invalid("kafka.brokers", "must list at least one host:port"));
+            }
+            Some(k) if k.group_id.trim().is_empty() => {
+                return Err(ConfigError::invalid("kafka.group-id", "must not be empty"));
+            }
+            _ => {}
+        }
+        for (role, sink) in self.sinks.all() {
+            if let SinkConfig::Kafka { topic } = sink
+                && topic.is_empty()
+            {
+                return Err(ConfigError::invalid(format!("sinks.{role}.topic"), "must not be empty"));
+            }
         }
         Ok(())
     }
@@ -203,6 +243,66 @@ impl Config {
 pub enum SourceConfig {
     /// A file of JSON lines, read from the start.
     File(FileSourceConfig),
+    /// A Kafka topic read as a member of the consumer group `kafka.group-id`;
+    /// values are JSON events.
+    Kafka(KafkaSourceConfig),
+}
+
+/// A Kafka topic source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaSourceConfig {
+    /// The input topic. Producers should key events by the partition key
+    /// (`pipeline.partition-key`, e.g. the card or account) so that every
+    /// event of a key, and so its state, lives in one partition.
+    pub topic: String,
+}
+
+/// The Kafka cluster and client settings shared by the source and sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Consumer group: daemons with the same group id share the input's
+    /// partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// The compacted topic keyed state is written to at each checkpoint and
+    /// restored from when a partition moves; it needs as many partitions as
+    /// the input topic. Default: `<group-id>-state`.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// How long startup waits for the brokers before failing.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Extra librdkafka settings for every client, passed through as they
+    /// are: `"security.protocol" = "sasl_plaintext"`, `"sasl.username" = …`,
+    /// `"session.timeout.ms" = "10000"`. They override vigil's own.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka settings for the consumers only (over `client`), e.g.
+    /// `"session.timeout.ms"`: how soon a dead daemon's partitions move.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only (over `client`).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The changelog topic's name.
+    pub fn changelog_topic(&self) -> String {
+        self.changelog_topic.clone().unwrap_or_else(|| format!("{}-state", self.group_id))
+    }
+}
+
+fn default_group_id() -> String {
+    "vigil".into()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for SourceConfig {
@@ -530,6 +630,11 @@ pub enum SinkConfig {
     Stdout,
     /// Drop the records (they are still counted).
     Discard,
+    /// Produce each record to a Kafka topic, keyed by its transaction id.
+    Kafka {
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// The outputs.
@@ -551,6 +656,19 @@ pub struct SinksConfig {
     /// Events too late for a window, with the reason.
     #[serde(default = "default_late")]
     pub late: SinkConfig,
+}
+
+impl SinksConfig {
+    /// Every output with its role name, as in `[sinks.<role>]`.
+    pub fn all(&self) -> [(&'static str, &SinkConfig); 5] {
+        [
+            ("decisions", &self.decisions),
+            ("alerts", &self.alerts),
+            ("dead-letters", &self.dead_letters),
+            ("aggregates", &self.aggregates),
+            ("late", &self.late),
+        ]
+    }
 }
 
 impl Default for SinksConfig {
@@ -660,6 +778,37 @@ mod tests {
         assert_eq!(c.sinks.decisions, SinkConfig::Stdout);
         assert_eq!(c.rules.cpu_budget, 5_000_000);
         assert_eq!(c.pipeline.partition_key, PartitionKey::Account);
+    }
+
+    #[test]
+    fn the_kafka_example_parses_with_its_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/vigil.kafka.toml");
+        let c = Config::load(&path).expect("valid");
+        let k = c.kafka.expect("[kafka]");
+        assert_eq!(k.group_id, "vigil");
+        assert_eq!(k.changelog_topic(), "vigil-state");
+        assert_eq!(k.connect_timeout, Duration::from_secs(10));
+        assert!(matches!(c.source, SourceConfig::Kafka(ref s) if s.topic == "payments"));
+        assert_eq!(c.sinks.decisions, SinkConfig::Kafka { topic: "decisions".into() });
+    }
+
+    #[test]
+    fn kafka_mistakes_name_the_key() {
+        let source = "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n";
+        assert!(err(source).contains("kafka.brokers"), "a Kafka source needs [kafka]");
+        let sink = "[sinks.alerts]\ntype = \"kafka\"\ntopic = \"alerts\"\n";
+        assert!(err(sink).contains("kafka.brokers"), "so does a Kafka sink");
+        let cluster = "[kafka]\nbrokers = \"b:9092\"\n";
+        assert!(err(&format!("{source}{cluster}[state]\ncheckpoints = false\n")).contains("state.checkpoints"));
+        assert!(err("[kafka]\nbrokers = \" \"\n").contains("kafka.brokers"));
+        assert!(err("[kafka]\nbrokers = \"b:9092\"\ngroup-id = \"\"\n").contains("kafka.group-id"));
+        assert!(
+            err(&format!("{cluster}[sinks.alerts]\ntype = \"kafka\"\ntopic = \"\"\n")).contains("sinks.alerts.topic")
+        );
+        assert!(
+            err("[source]\ntype = \"kafka\"\ntopic = \"\"\n[kafka]\nbrokers = \"b:9092\"\n").contains("source.topic")
+        );
+        assert!(err("[kafka]\nbroker = \"b:9092\"\n").contains("broker"), "a misspelt key is named");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod state;
 pub mod rules;
 pub mod decide;
 pub mod sinks;
+pub mod kafka;
 pub mod pipeline;
 pub mod app;
 pub mod replay;

@@ -34,8 +34,8 @@ use crate::features::{Catalog, FeatureEngine};
 use crate::partition::Partitioner;
 use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
-use crate::sources::{Record, Source};
-use crate::state::{Checkpoint, FeatureDelta, RuleStateDelta, StateStore};
+use crate::sources::{PartitionState, Rebalance, Record, Source};
+use crate::state::{Checkpoint, Durable, FeatureDelta, RuleStateDelta};
 use crate::window::{Closed, Late, Shape, WindowDef, Windows};
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
@@ -112,13 +112,16 @@ impl Sinks {
     ///
     /// # Errors
     /// When one cannot be opened; the message names it.
-    pub fn open(config: &crate::config::SinksConfig) -> anyhow::Result<Self> {
+    pub fn open(
+        config: &crate::config::SinksConfig,
+        producer: Option<&Arc<crate::kafka::Producer>>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            decisions: sinks::open(&config.decisions, "decisions")?,
-            alerts: sinks::open(&config.alerts, "alerts")?,
-            dead_letters: sinks::open(&config.dead_letters, "dead-letters")?,
-            aggregates: sinks::open(&config.aggregates, "aggregates")?,
-            late: sinks::open(&config.late, "late")?,
+            decisions: sinks::open(&config.decisions, "decisions", producer)?,
+            alerts: sinks::open(&config.alerts, "alerts", producer)?,
+            dead_letters: sinks::open(&config.dead_letters, "dead-letters", producer)?,
+            aggregates: sinks::open(&config.aggregates, "aggregates", producer)?,
+            late: sinks::open(&config.late, "late", producer)?,
         })
     }
 
@@ -142,6 +145,11 @@ enum WorkerMsg {
     Tick(i64),
     /// The input is exhausted: close every window.
     EndOfInput,
+    /// These input partitions moved away: forget their keyed state.
+    Drop(Vec<u32>),
+    /// An input partition's keyed state, read back from the changelog,
+    /// before its events.
+    Restore(Box<PartitionState>),
 }
 
 enum SinkMsg {
@@ -161,8 +169,8 @@ enum SinkMsg {
 /// Where and how often to checkpoint, and what to resume from.
 #[derive(Debug, Default)]
 pub struct Durability {
-    /// The store; `None` runs without checkpoints.
-    pub store: Option<StateStore>,
+    /// Where checkpoints go; `None` runs without them.
+    pub store: Option<Box<dyn Durable>>,
     /// Time between checkpoints.
     pub interval: Duration,
     /// The id of the checkpoint resumed from.
@@ -180,6 +188,8 @@ pub struct Durability {
 struct Job {
     payment: Payment,
     ingested_at_us: i64,
+    /// The input partition it came from (Kafka); 0 otherwise.
+    partition: u32,
 }
 
 /// A batch of serialised output lines.
@@ -359,6 +369,7 @@ impl Pipeline {
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, restore))?);
         }
         let partitioner = Partitioner::new(config.pipeline.partition_key, workers);
+        let by_partition = source.partitioned();
         let batch = config.pipeline.batch_size.get();
         let ticks = !defs.is_empty();
         let source = spawn("vigil-source", move || {
@@ -373,6 +384,7 @@ impl Pipeline {
                 next_id: last_id + 1,
                 ticks,
                 newest_ms: i64::MIN,
+                by_partition,
             };
             run.run(&counters, &cancel)
         })?;
@@ -411,6 +423,8 @@ struct SourceRun {
     /// Whether workers keep windows and so need the source's event time.
     ticks: bool,
     newest_ms: i64,
+    /// Spread events by input partition rather than by key (Kafka).
+    by_partition: bool,
 }
 
 impl SourceRun {
@@ -431,11 +445,18 @@ impl SourceRun {
             let now = now_us();
             let mut jobs: Vec<Vec<Job>> = (0..self.worker_txs.len()).map(|_| Vec::new()).collect();
             let mut rejected = Output::default();
+            let workers = self.worker_txs.len();
             for record in &records {
+                self.decoder.dedup_mut().set_partition(record.partition);
                 match self.decoder.decode(&record.line) {
                     Ok(payment) => {
                         self.newest_ms = self.newest_ms.max(payment.ts_ms);
-                        jobs[self.partitioner.partition(&payment)].push(Job { payment, ingested_at_us: now });
+                        let w = if self.by_partition {
+                            record.partition as usize % workers
+                        } else {
+                            self.partitioner.partition(&payment)
+                        };
+                        jobs[w].push(Job { payment, ingested_at_us: now, partition: record.partition });
                     }
                     Err(e) => rejected.dead_letter(&e, self.source.name(), record, now),
                 }
@@ -450,6 +471,7 @@ impl SourceRun {
             if !rejected.is_empty() && self.out_tx.send(SinkMsg::Output(rejected)).is_err() {
                 anyhow::bail!("the sink stopped before the input was drained");
             }
+            self.rebalance()?;
             let done = !more || cancel.is_cancelled();
             // Only a finished input closes every window; on shutdown they
             // stay open in the checkpoint and carry on after the restart.
@@ -473,6 +495,26 @@ impl SourceRun {
         }
     }
 
+    /// Passes partition ownership changes on: workers forget what moved
+    /// away and load what arrived, before any event of it.
+    fn rebalance(&mut self) -> anyhow::Result<()> {
+        for change in self.source.take_rebalance()? {
+            match change {
+                Rebalance::Revoked(partitions) => {
+                    self.decoder.dedup_mut().drop_partitions(&partitions);
+                    for w in 0..self.worker_txs.len() {
+                        self.send(w, WorkerMsg::Drop(partitions.clone()))?;
+                    }
+                }
+                Rebalance::Assigned(state) => {
+                    let w = state.partition as usize % self.worker_txs.len();
+                    self.send(w, WorkerMsg::Restore(Box::new(state)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Starts checkpoint `next_id` covering everything sent so far.
     fn barrier(&mut self) -> anyhow::Result<()> {
         let id = self.next_id;
@@ -481,7 +523,10 @@ impl SourceRun {
             self.send(w, WorkerMsg::Barrier(id))?;
         }
         let (dedup_added, dedup_removed) = self.decoder.dedup_mut().take_delta();
+        let (epoch, offsets) = self.source.offsets();
         let part = Checkpoint {
+            epoch,
+            offsets,
             id,
             position: self.source.position(),
             source: self.source.name().to_owned(),
@@ -568,15 +613,19 @@ impl Worker {
                     self.windows.close(false, |c| out.closed(&c));
                 }
                 WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
+                WorkerMsg::Drop(partitions) => {
+                    self.features.drop_partitions(&partitions);
+                    self.evaluator.drop_partitions(&partitions);
+                    continue;
+                }
+                WorkerMsg::Restore(state) => {
+                    self.restore_partition(*state);
+                    continue;
+                }
                 WorkerMsg::Barrier(id) => {
                     let delta = self.features.take_delta(self.index);
                     let windows = if self.windows.is_empty() { Vec::new() } else { self.windows.snapshot() };
-                    let rule_state = self
-                        .evaluator
-                        .take_state_delta()
-                        .into_iter()
-                        .map(|(rule, key, value)| RuleStateDelta { rule, key, worker: self.index, value })
-                        .collect();
+                    let rule_state = self.evaluator.take_state_delta(self.index);
                     let part = SinkMsg::Worker { id, worker: self.index, delta, windows, rule_state };
                     if self.out_tx.send(part).is_err() {
                         tracing::error!("the sink stopped; worker exiting");
@@ -592,6 +641,19 @@ impl Worker {
         }
     }
 
+    fn restore_partition(&mut self, state: PartitionState) {
+        self.features.set_partition(state.partition);
+        self.evaluator.set_partition(state.partition);
+        for (kind, hash, bytes) in &state.features {
+            if let Err(e) = self.features.restore(*kind, *hash, bytes) {
+                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's feature state");
+            }
+        }
+        for (rule, key, value) in &state.rule_state {
+            self.evaluator.restore_state(rule, key, value);
+        }
+    }
+
     fn decide<'u>(
         &mut self,
         job: &Job,
@@ -602,6 +664,8 @@ impl Worker {
         out: &mut Output,
     ) {
         let p = &job.payment;
+        self.features.set_partition(job.partition);
+        self.evaluator.set_partition(job.partition);
         if let Err(e) = p.encode(encoded) {
             // Validation limits keep events far below the layout's limits,
             // so this is a bug; the event still is accounted for.
@@ -646,7 +710,7 @@ struct Pending {
 fn run_sinks(
     rx: Receiver<SinkMsg>,
     mut sinks: Sinks,
-    store: Option<StateStore>,
+    mut store: Option<Box<dyn Durable>>,
     workers: usize,
     counters: &Counters,
 ) -> anyhow::Result<()> {
@@ -703,7 +767,7 @@ fn run_sinks(
             // Everything before the barrier is written; make it durable
             // before the checkpoint says it was processed.
             sinks.sync()?;
-            if let Some(store) = &store {
+            if let Some(store) = &mut store {
                 store.commit(&cp)?;
                 counters.checkpoints.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(

@@ -38,6 +38,8 @@ pub struct RuleStateDelta {
     pub key: Vec<u8>,
     /// The worker that owns it.
     pub worker: u16,
+    /// The input partition whose event last wrote it (0 for files).
+    pub partition: u32,
     /// The value, or `None` to delete.
     pub value: Option<Vec<u8>>,
 }
@@ -96,6 +98,8 @@ pub struct FeatureDelta {
     pub hash: u64,
     /// The worker that owns it.
     pub worker: u16,
+    /// The input partition whose events last touched it (0 for files).
+    pub partition: u32,
     /// Serialised state, or `None` to delete.
     pub state: Option<Vec<u8>>,
 }
@@ -121,6 +125,27 @@ pub struct Checkpoint {
     pub windows: Vec<(u16, Vec<u8>)>,
     /// Rules' keyed-state changes.
     pub rule_state: Vec<RuleStateDelta>,
+    /// Kafka: the rebalance epoch the checkpoint was taken in; one from an
+    /// earlier epoch is not committed.
+    pub epoch: u64,
+    /// Kafka: the next offset of each partition read, to commit.
+    pub offsets: Vec<(u32, i64)>,
+}
+
+/// Where a checkpoint is made durable: the local store, or Kafka (the
+/// state changelog and the group's offsets).
+pub trait Durable: Send + std::fmt::Debug {
+    /// Makes `cp` durable; the outputs before it are already synced.
+    ///
+    /// # Errors
+    /// When it cannot be written; the previous checkpoint stays the latest.
+    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()>;
+}
+
+impl Durable for StateStore {
+    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
+        Ok(StateStore::commit(self, cp)?)
+    }
 }
 
 /// What a restart resumes from.
@@ -375,7 +400,7 @@ mod tests {
                         Some(s) => { model_features.insert(hash, s.clone()); }
                         None => { model_features.remove(&hash); }
                     }
-                    cp.features.push(FeatureDelta { kind: 0, hash, worker: 1, state });
+                    cp.features.push(FeatureDelta { kind: 0, hash, worker: 1, partition: 0, state });
                 }
                 // Within one checkpoint, removals apply after additions.
                 for &(id, add) in &dedup {

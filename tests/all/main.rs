@@ -3,6 +3,7 @@
 //! They need the rule modules built to wasm32 first; `just test` does that.
 
 mod support;
+mod broker;
 
 mod check_cmd;
 mod daemon;
@@ -11,6 +12,7 @@ mod features;
 mod golden;
 mod hostile;
 mod hot_reload;
+mod kafka;
 mod malformed;
 mod recovery;
 mod registry;

@@ -11,13 +11,16 @@ use xxhash_rust::xxh3::xxh3_128;
 #[derive(Debug)]
 pub struct Dedup {
     horizon_ms: i64,
-    seen: HashMap<u128, i64>,
+    /// Id hash → (event time, input partition it came from).
+    seen: HashMap<u128, (i64, u32)>,
     order: VecDeque<(i64, u128)>,
     newest_ms: i64,
     /// Ids added since the last checkpoint.
     added: Vec<(u128, i64)>,
     /// Ids forgotten since the last checkpoint.
     removed: Vec<u128>,
+    /// The input partition of the events being inserted.
+    partition: u32,
 }
 
 impl Dedup {
@@ -30,7 +33,21 @@ impl Dedup {
             newest_ms: i64::MIN,
             added: Vec::new(),
             removed: Vec::new(),
+            partition: 0,
         }
+    }
+
+    /// Sets the input partition of the ids inserted next.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.partition = partition;
+    }
+
+    /// Forgets the ids seen from `partitions` (moved to another daemon, or
+    /// about to be read again from their last committed offset).
+    pub fn drop_partitions(&mut self, partitions: &[u32]) {
+        self.seen.retain(|_, (_, p)| !partitions.contains(p));
+        let seen = &self.seen;
+        self.order.retain(|(_, key)| seen.contains_key(key));
     }
 
     /// Records `id` seen at `ts_ms`; returns false when it was already seen
@@ -42,7 +59,7 @@ impl Dedup {
         if self.seen.contains_key(&key) {
             return false;
         }
-        self.seen.insert(key, ts_ms);
+        self.seen.insert(key, (ts_ms, self.partition));
         self.order.push_back((ts_ms, key));
         self.added.push((key, ts_ms));
         true
@@ -71,7 +88,7 @@ impl Dedup {
         let mut ids = ids.to_vec();
         ids.sort_by_key(|&(key, ts)| (ts, key));
         for (key, ts) in ids {
-            self.seen.insert(key, ts);
+            self.seen.insert(key, (ts, self.partition));
             self.order.push_back((ts, key));
             self.newest_ms = self.newest_ms.max(ts);
         }

@@ -109,6 +109,9 @@ struct Planned {
 #[derive(Debug, Default)]
 struct KeyState {
     newest_ms: i64,
+    /// The input partition of the event that last touched the key: with
+    /// Kafka, the partition whose changelog carries this state.
+    partition: u32,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
     num: smallvec::SmallVec<[NumSeries; 2]>,
@@ -141,8 +144,10 @@ pub struct FeatureEngine {
     events: u64,
     /// Keys changed since the last checkpoint: (kind code, key hash).
     dirty: HashSet<(u8, u64)>,
-    /// Keys expired since the last checkpoint.
-    expired: Vec<(u8, u64)>,
+    /// Keys expired since the last checkpoint: (kind code, hash, partition).
+    expired: Vec<(u8, u64, u32)>,
+    /// The input partition of the events being computed.
+    partition: u32,
 }
 
 /// One key's state as stored in a checkpoint. Series carry their shape
@@ -179,6 +184,7 @@ impl FeatureEngine {
             events: 0,
             dirty: HashSet::new(),
             expired: Vec::new(),
+            partition: 0,
         };
         e.refresh();
         e
@@ -220,6 +226,21 @@ impl FeatureEngine {
         self.kinds.values().map(|k| k.states.len()).sum()
     }
 
+    /// Sets the input partition the next events come from; the keys they
+    /// touch are then that partition's state.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.partition = partition;
+    }
+
+    /// Forgets every key last touched from one of `partitions` (moved to
+    /// another daemon), with its pending changes.
+    pub fn drop_partitions(&mut self, partitions: &[u32]) {
+        for kind in self.kinds.values_mut() {
+            kind.states.retain(|_, s| !partitions.contains(&s.partition));
+        }
+        self.expired.retain(|(_, _, p)| !partitions.contains(p));
+    }
+
     /// Adds `p` to its keys' state and returns every feature's value for it,
     /// in catalog order.
     pub fn compute(&mut self, p: &Payment) -> &[f64] {
@@ -228,7 +249,7 @@ impl FeatureEngine {
         }
         let t = p.ts_ms;
         self.newest_ms = self.newest_ms.max(t);
-        let Self { kinds, planned, values, dirty, .. } = self;
+        let Self { kinds, planned, values, dirty, partition, .. } = self;
         // One pass per key kind: find the key's state once, update its
         // series, then read every feature kept per that key from it.
         for (&key_field, kind) in kinds.iter_mut() {
@@ -242,6 +263,7 @@ impl FeatureEngine {
             dirty.insert((key_field.code(), hash));
             let state = kind.states.entry(hash).or_default();
             state.newest_ms = state.newest_ms.max(t);
+            state.partition = *partition;
             if state.num.len() < kind.num.len() {
                 state.num.reserve_exact(kind.num.len() - state.num.len());
                 state.num.resize_with(kind.num.len(), NumSeries::default);
@@ -294,13 +316,13 @@ impl FeatureEngine {
             kind.states.retain(|hash, s| {
                 let keep = s.newest_ms >= cutoff;
                 if !keep {
-                    expired.push((code, *hash));
+                    expired.push((code, *hash, s.partition));
                 }
                 keep
             });
         }
-        for gone in &self.expired {
-            self.dirty.remove(gone);
+        for (code, hash, _) in &self.expired {
+            self.dirty.remove(&(*code, *hash));
         }
     }
 
@@ -327,10 +349,16 @@ impl FeatureEngine {
             };
             // Serialising plain data into a Vec cannot fail.
             let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
-            out.push(crate::state::FeatureDelta { kind: code, hash, worker, state: Some(bytes) });
+            out.push(crate::state::FeatureDelta {
+                kind: code,
+                hash,
+                worker,
+                partition: state.partition,
+                state: Some(bytes),
+            });
         }
-        for (kind, hash) in self.expired.drain(..) {
-            out.push(crate::state::FeatureDelta { kind, hash, worker, state: None });
+        for (kind, hash, partition) in self.expired.drain(..) {
+            out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
         }
         out
     }
@@ -346,6 +374,7 @@ impl FeatureEngine {
         };
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
+            partition: self.partition,
             num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
         };

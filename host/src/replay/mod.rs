@@ -70,7 +70,7 @@ impl Input {
                     _ => labels.unlabelled += 1,
                 }
             }
-            rows.push((row.ts_ms, Record { line: row.line, line_no }));
+            rows.push((row.ts_ms, Record { line: row.line, line_no, partition: 0 }));
         }
         if mapping.csv.sort_by_time {
             // Stable: rows at the same time keep file order; rows without a
@@ -99,7 +99,7 @@ impl Input {
             if let (Some(labels), Some(key)) = (labels.as_mut(), label) {
                 line = take_label(line, key, labels);
             }
-            records.push(Record { line, line_no: n as u64 + 1 });
+            records.push(Record { line, line_no: n as u64 + 1, partition: 0 });
         }
         Ok(Input { name: format!("replay:{}", path.display()), records, labels })
     }

@@ -550,6 +550,8 @@ pub struct Evaluator {
     /// Keyed state of rules not loaded now, kept for when they come back
     /// (and still checkpointed).
     parked: BTreeMap<String, RuleState>,
+    /// The input partition of the events being decided.
+    partition: u32,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -561,7 +563,7 @@ impl std::fmt::Debug for Evaluator {
 impl Evaluator {
     /// A runner that follows `registry`'s live rule set.
     pub fn new(registry: Arc<RuleRegistry>) -> Self {
-        let mut e = Self { registry, generation: u64::MAX, slots: Vec::new(), parked: BTreeMap::new() };
+        let mut e = Self { registry, generation: u64::MAX, slots: Vec::new(), parked: BTreeMap::new(), partition: 0 };
         e.refresh();
         e
     }
@@ -605,21 +607,45 @@ impl Evaluator {
     }
 
     /// Keyed-state changes of every rule since the last call, for a
-    /// checkpoint: (rule, key, value or `None` if removed).
-    pub fn take_state_delta(&mut self) -> Vec<(String, Vec<u8>, Option<Vec<u8>>)> {
+    /// checkpoint, each with the input partition that wrote it.
+    pub fn take_state_delta(&mut self, worker: u16) -> Vec<crate::state::RuleStateDelta> {
         let mut out = Vec::new();
         let named = self.slots.iter_mut().map(|s| (s.name.to_string(), &mut s.state));
         for (rule, state) in named.chain(self.parked.iter_mut().map(|(n, s)| (n.clone(), s))) {
-            out.extend(state.take_dirty().into_iter().map(|(k, v)| (rule.clone(), k, v)));
+            out.extend(state.take_dirty().into_iter().map(|(key, partition, value)| crate::state::RuleStateDelta {
+                rule: rule.clone(),
+                key,
+                worker,
+                partition,
+                value,
+            }));
         }
         out
     }
 
-    /// Loads one keyed-state entry from a checkpoint.
+    /// Loads one keyed-state entry from a checkpoint, as written from the
+    /// current partition (see [`Evaluator::set_partition`]).
     pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8]) {
-        match self.slots.iter_mut().find(|s| &*s.name == rule) {
-            Some(slot) => slot.state.restore(key, value),
-            None => self.parked.entry(rule.to_owned()).or_default().restore(key, value),
+        let partition = self.partition;
+        let state = match self.slots.iter_mut().find(|s| &*s.name == rule) {
+            Some(slot) => &mut slot.state,
+            None => self.parked.entry(rule.to_owned()).or_default(),
+        };
+        state.set_partition(partition);
+        state.restore(key, value);
+    }
+
+    /// Sets the input partition of the events that follow: the keyed state
+    /// rules write is then that partition's.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.partition = partition;
+    }
+
+    /// Forgets every rule's keyed state last written from one of
+    /// `partitions` (moved to another daemon).
+    pub fn drop_partitions(&mut self, partitions: &[u32]) {
+        for state in self.slots.iter_mut().map(|s| &mut s.state).chain(self.parked.values_mut()) {
+            state.drop_partitions(partitions);
         }
     }
 
@@ -641,6 +667,7 @@ impl Evaluator {
     pub fn evaluate(&mut self, event: &[u8], features: &[f64], out: &mut Vec<RuleOutcome>) {
         out.clear();
         for slot in &mut self.slots {
+            slot.state.set_partition(self.partition);
             slot.features.clear();
             slot.features.extend(slot.rule.features.iter().map(|&i| features.get(i).copied().unwrap_or(f64::NAN)));
             let start = Instant::now();

@@ -32,12 +32,20 @@ pub struct HostState {
 }
 
 /// One rule's keyed state on one worker, and what changed since the last
-/// checkpoint.
+/// checkpoint. Each entry remembers the input partition of the event that
+/// wrote it: with Kafka, the partition whose changelog carries it.
 #[derive(Debug, Default)]
 pub struct RuleState {
-    entries: std::collections::HashMap<Box<[u8]>, Box<[u8]>>,
-    dirty: std::collections::HashSet<Box<[u8]>>,
+    /// Key → (partition that wrote it, value).
+    entries: std::collections::HashMap<Box<[u8]>, Owned>,
+    /// Changed keys, with the partition that changed them.
+    dirty: std::collections::HashMap<Box<[u8]>, u32>,
+    /// The input partition of the event being decided.
+    partition: u32,
 }
+
+/// A rule-state value with the input partition that wrote it.
+type Owned = (u32, Box<[u8]>);
 
 /// The most keys one rule may hold per worker.
 pub const STATE_MAX_KEYS: usize = 1_000_000;
@@ -45,7 +53,7 @@ pub const STATE_MAX_KEYS: usize = 1_000_000;
 impl RuleState {
     /// The value stored for `key`.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|v| &**v)
+        self.entries.get(key).map(|(_, v)| &**v)
     }
 
     /// Stores (or, with an empty value, removes) a value; false when over a limit.
@@ -59,10 +67,21 @@ impl RuleState {
             if self.entries.len() >= STATE_MAX_KEYS && !self.entries.contains_key(key) {
                 return false;
             }
-            self.entries.insert(key.into(), value.into());
+            self.entries.insert(key.into(), (self.partition, value.into()));
         }
-        self.dirty.insert(key.into());
+        self.dirty.insert(key.into(), self.partition);
         true
+    }
+
+    /// Sets the input partition of the events that follow.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.partition = partition;
+    }
+
+    /// Forgets the entries last written from one of `partitions`.
+    pub fn drop_partitions(&mut self, partitions: &[u32]) {
+        self.entries.retain(|_, (p, _)| !partitions.contains(p));
+        self.dirty.retain(|_, p| !partitions.contains(p));
     }
 
     /// Keys held.
@@ -75,15 +94,17 @@ impl RuleState {
         self.entries.is_empty()
     }
 
-    /// The changes since the last call: (key, value or `None` if removed).
-    pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    /// The changes since the last call: (key, partition, value or `None`
+    /// if removed).
+    pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, u32, Option<Vec<u8>>)> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().map(|k| (k.to_vec(), self.entries.get(&k).map(|v| v.to_vec()))).collect()
+        dirty.into_iter().map(|(k, p)| (k.to_vec(), p, self.entries.get(&k).map(|(_, v)| v.to_vec()))).collect()
     }
 
-    /// Loads an entry from a checkpoint.
+    /// Loads an entry from a checkpoint or changelog, as written from the
+    /// current partition.
     pub fn restore(&mut self, key: &[u8], value: &[u8]) {
-        self.entries.insert(key.into(), value.into());
+        self.entries.insert(key.into(), (self.partition, value.into()));
     }
 }
 

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use super::{RuleRegistry, is_rule_file, log_report};
 
-/// Puts the calling thread in the idle scheduling class (Linux
-/// `SCHED_IDLE`), for background work that should not take a core from the
-/// event path: compiling a new rule module takes tens of milliseconds of
+/// Lowers the calling thread's priority (Linux niceness 10), for background
+/// work that should not take a core from the event path: compiling a new rule module takes tens of milliseconds of
 /// CPU. (It does not remove the whole hot-swap stall: `just bench` still
 /// sees a few milliseconds when the new module must be compiled, and under
 /// one when its compiled artefact is cached, e.g. by `vigil check` with the
@@ -20,9 +19,16 @@ use super::{RuleRegistry, is_rule_file, log_report};
 pub fn background_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 means the calling thread; `param` outlives the call.
-        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+        // A niceness, not SCHED_IDLE: an idle-class thread gets no CPU at
+        // all while the workers are busy, so under sustained load a new
+        // rule would never go live. Nice 10 still gets about a tenth of a
+        // core against a busy worker.
+        // SAFETY: gettid has no preconditions; setpriority on our own
+        // thread id only changes this thread's niceness.
+        let rc = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+        };
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
         }

@@ -38,7 +38,11 @@ pub trait Sink: Send {
 ///
 /// # Errors
 /// When a file cannot be created; the message names it.
-pub fn open(config: &SinkConfig, role: &str) -> anyhow::Result<Box<dyn Sink>> {
+pub fn open(
+    config: &SinkConfig,
+    role: &str,
+    producer: Option<&std::sync::Arc<crate::kafka::Producer>>,
+) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match config {
         SinkConfig::File { path } => Box::new(
             FileSink::create(path)
@@ -46,5 +50,11 @@ pub fn open(config: &SinkConfig, role: &str) -> anyhow::Result<Box<dyn Sink>> {
         ),
         SinkConfig::Stdout => Box::new(StdoutSink::default()),
         SinkConfig::Discard => Box::new(DiscardSink),
+        SinkConfig::Kafka { topic } => {
+            let Some(producer) = producer else {
+                anyhow::bail!("sinks.{role}: a Kafka sink needs [kafka] with kafka.brokers");
+            };
+            Box::new(crate::kafka::KafkaSink::new(producer.clone(), topic.clone()))
+        }
     })
 }

@@ -79,7 +79,7 @@ impl FileSource {
         }
         // Blank lines are not events: skipped, not dead-lettered.
         if !line.trim().is_empty() {
-            batch.push(Record { line, line_no: self.line_no });
+            batch.push(Record { line, line_no: self.line_no, partition: 0 });
         }
     }
 }
@@ -165,7 +165,7 @@ mod tests {
         let mut src = FileSource::open_at(f.path(), false, Duration::from_millis(1), at).expect("reopen");
         batch.clear();
         src.next_batch(&mut batch, 10, &cancel).expect("read");
-        assert_eq!(batch, [Record { line: "three".into(), line_no: 3 }]);
+        assert_eq!(batch, [Record { line: "three".into(), line_no: 3, partition: 0 }]);
         let e = FileSource::open_at(f.path(), false, Duration::from_millis(1), Position { offset: 999, line_no: 9 })
             .expect_err("past the end");
         assert!(e.to_string().contains("truncated"), "{e}");

@@ -19,8 +19,32 @@ use crate::config::SourceConfig;
 pub struct Record {
     /// The line, without its newline.
     pub line: String,
-    /// 1-based line number in the source.
+    /// 1-based line number in the source; for Kafka, the offset.
     pub line_no: u64,
+    /// The input partition (Kafka); 0 for other sources.
+    pub partition: u32,
+}
+
+/// A change of the partitions this daemon owns (Kafka).
+#[derive(Debug)]
+pub enum Rebalance {
+    /// These partitions were taken away: forget their state; whoever gets
+    /// them next restores it from the changelog.
+    Revoked(Vec<u32>),
+    /// This partition was given to this daemon, with its state as the
+    /// changelog holds it. Its events follow.
+    Assigned(PartitionState),
+}
+
+/// One partition's keyed state, read back from the changelog.
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    /// The partition.
+    pub partition: u32,
+    /// Feature state: (key kind, key hash, state).
+    pub features: Vec<(u8, u64, Vec<u8>)>,
+    /// Rules' keyed state: (rule, key, value).
+    pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
 }
 
 /// Where a source is: what a checkpoint stores to resume from.
@@ -43,6 +67,9 @@ pub enum SourceError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Kafka failed in a way retries do not fix.
+    #[error("{0}")]
+    Kafka(String),
 }
 
 /// A producer of raw records.
@@ -66,6 +93,27 @@ pub trait Source: Send {
 
     /// The position after the last record handed out.
     fn position(&self) -> Position;
+
+    /// Whether records' partitions own keyed state (Kafka): events are then
+    /// spread over workers by partition, and state follows partitions.
+    fn partitioned(&self) -> bool {
+        false
+    }
+
+    /// Partition ownership changes since the last call, in order. Records
+    /// handed out before a change came before it.
+    ///
+    /// # Errors
+    /// [`SourceError`] when moved state cannot be read back.
+    fn take_rebalance(&mut self) -> Result<Vec<Rebalance>, SourceError> {
+        Ok(Vec::new())
+    }
+
+    /// The rebalance epoch and the next offset of each owned partition,
+    /// for a checkpoint (Kafka).
+    fn offsets(&self) -> (u64, Vec<(u32, i64)>) {
+        (0, Vec::new())
+    }
 }
 
 /// Opens the configured source, resuming at `resume` when given.
@@ -77,6 +125,9 @@ pub fn open(config: &SourceConfig, resume: Option<Position>) -> Result<Box<dyn S
         SourceConfig::File(f) => {
             Ok(Box::new(FileSource::open_at(&f.path, f.follow, f.poll_interval, resume.unwrap_or_default())?))
         }
+        SourceConfig::Kafka(_) => {
+            Err(SourceError::Kafka("a Kafka source is opened with its cluster settings: kafka::KafkaSource".into()))
+        }
     }
 }
 
@@ -84,5 +135,6 @@ pub fn open(config: &SourceConfig, resume: Option<Position>) -> Result<Box<dyn S
 pub fn name(config: &SourceConfig) -> String {
     match config {
         SourceConfig::File(f) => file::name(&f.path),
+        SourceConfig::Kafka(k) => format!("kafka:{}", k.topic),
     }
 }

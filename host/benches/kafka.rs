@@ -1,0 +1,333 @@
+//! `just bench` (second table): vigil through a real Kafka-protocol broker
+//! (tansu, in memory, on loopback), in one run so the ratios hold.
+//!
+//! Rows:
+//! 1. the broker alone: a plain consumer → producer copy of N preloaded
+//!    events to another topic (what vigil's Kafka I/O costs with no engine);
+//! 2. vigil on the same N events with the example rules, decisions to a
+//!    topic; the ratio of the two says whether vigil is the bottleneck;
+//! 3. event-to-decision latency at a steady 10,000 events/s: from the test
+//!    producer handing an event to librdkafka to its decision arriving on
+//!    the decisions topic (p50/p99/p99.9).
+//!
+//! Needs tansu (`just broker`) and the rules (`just rules`). `--quick`
+//! shrinks the sizes so CI proves it runs; its figures mean nothing.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+struct Tansu(Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    std::env::var_os("TANSU").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+        home.join("bin/tansu")
+    })
+}
+
+fn start_tansu() -> (Tansu, String) {
+    let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu_bin())
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start tansu ({}): {e}; run `just broker`", tansu_bin().display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen within 30s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Tansu(child), format!("127.0.0.1:{port}"))
+}
+
+fn client(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c
+}
+
+fn create_topics(rt: &tokio::runtime::Runtime, brokers: &str, topics: &[(&str, i32, bool)]) {
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().expect("admin");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|&(n, p, compact)| {
+            let t = NewTopic::new(n, p, TopicReplication::Fixed(1));
+            if compact { t.set("cleanup.policy", "compact") } else { t }
+        })
+        .collect();
+    for r in rt.block_on(admin.create_topics(&new, &AdminOptions::new())).expect("create") {
+        r.expect("topic");
+    }
+}
+
+fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    client(brokers).set("linger.ms", "5").set("queue.buffering.max.messages", "1000000").create().expect("producer")
+}
+
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &[u8], value: &[u8]) {
+    let mut rec = BaseRecord::to(topic).key(key).payload(value);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// (account key, line) of `n` generated events.
+fn events(n: u64, seed: u64) -> Vec<(String, String)> {
+    let opts = vigil::generate::GenOptions { events: n, accounts: 20_000, seed, ..Default::default() };
+    let mut out = Vec::new();
+    vigil::generate::Generator::new(opts).expect("generator").write(&mut out).expect("generate");
+    String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (v["account"].as_str().unwrap_or_default().to_owned(), l.to_owned())
+        })
+        .collect()
+}
+
+fn preload(brokers: &str, topic: &str, events: &[(String, String)]) {
+    let p = producer(brokers);
+    for (k, v) in events {
+        send(&p, topic, k.as_bytes(), v.as_bytes());
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// Copies `n` records from `from` to `to` with a plain consumer and
+/// producer; the time from the first record read to the last acknowledged.
+fn passthrough(brokers: &str, from: &str, to: &str, n: u64) -> Duration {
+    let consumer: BaseConsumer =
+        client(brokers).set("group.id", "bench-copy").set("auto.offset.reset", "earliest").create().expect("consumer");
+    consumer.subscribe(&[from]).expect("subscribe");
+    let p = producer(brokers);
+    let mut start = None;
+    let mut copied = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while copied < n {
+        assert!(Instant::now() < deadline, "copy stalled at {copied}");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("message");
+            start.get_or_insert_with(Instant::now);
+            send(&p, to, m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+            copied += 1;
+        }
+    }
+    p.flush(Duration::from_secs(120)).expect("flush");
+    start.map(|s| s.elapsed()).unwrap_or_default()
+}
+
+fn config(work: &Path, brokers: &str, group: &str) -> vigil::config::Config {
+    let text = format!(
+        r#"
+[source]
+type = "kafka"
+topic = "payments"
+[kafka]
+brokers = "{brokers}"
+group-id = "{group}"
+[pipeline]
+workers = 2
+[clean]
+pan-key = "bench-key-0123456789abcdef"
+[rules]
+dir = {rules:?}
+watch = false
+[sinks.decisions]
+type = "kafka"
+topic = "decisions"
+[sinks.alerts]
+type = "discard"
+[sinks.dead-letters]
+type = "kafka"
+topic = "dead-letters"
+[sinks.aggregates]
+type = "discard"
+[sinks.late]
+type = "discard"
+[state]
+dir = {state:?}
+"#,
+        rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/dist"),
+        state = work.join(group),
+    );
+    let path = work.join(format!("{group}.toml"));
+    std::fs::write(&path, text).expect("config");
+    vigil::config::Config::load(&path).expect("config")
+}
+
+/// Runs vigil until `n` events are decided or dead-lettered; the time from
+/// the first event read to the last output counted.
+fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64) -> Duration {
+    let counters = Arc::new(vigil::pipeline::Counters::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
+    let run = rt.spawn(vigil::app::run_with(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        overrides,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut start = None;
+    loop {
+        let c = counters.summary();
+        if c.events_in > 0 {
+            start.get_or_insert_with(Instant::now);
+        }
+        if c.decided + c.dead_lettered >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vigil stalled at {c:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let took = start.map(|s| s.elapsed()).unwrap_or_default();
+    let _ = stop_tx.send(());
+    rt.block_on(run).expect("join").expect("vigil run");
+    took
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Event-to-decision latency in ms at `rate` events/s for `secs`.
+fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, secs: f64) -> Vec<f64> {
+    let config = config(work, brokers, "bench-latency");
+    let counters = Arc::new(vigil::pipeline::Counters::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
+    let run = rt.spawn(vigil::app::run_with(
+        config,
+        async move {
+            let _ = stop_rx.await;
+        },
+        overrides,
+    ));
+    // The reader of decisions, positioned at the end before anything is sent.
+    let reader: BaseConsumer = client(brokers)
+        .set("group.id", "bench-latency-reader")
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "1")
+        .create()
+        .expect("reader");
+    reader.subscribe(&["decisions"]).expect("subscribe");
+    let warm = Instant::now();
+    while reader.assignment().map(|a| a.count()).unwrap_or(0) == 0 && warm.elapsed() < Duration::from_secs(30) {
+        let _ = reader.poll(Duration::from_millis(50));
+    }
+    // Wait for vigil to own its partitions: a first event decided.
+    let p = producer(brokers);
+    let all = events((rate * secs) as u64 + 1, 7);
+    send(&p, "payments", all[0].0.as_bytes(), all[0].1.as_bytes());
+    while counters.decided.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent_at: HashMap<String, Instant> = {
+        let mut m = HashMap::new();
+        let start = Instant::now();
+        for (i, (k, v)) in all.iter().enumerate().skip(1) {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            let id =
+                serde_json::from_str::<serde_json::Value>(v).expect("json")["id"].as_str().unwrap_or("").to_owned();
+            m.insert(id, Instant::now());
+            send(&p, "payments", k.as_bytes(), v.as_bytes());
+        }
+        m
+    };
+    let mut lat = Vec::with_capacity(sent_at.len());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lat.len() < sent_at.len() && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+            let at = Instant::now();
+            if let Some(sent) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| sent_at.get(k)) {
+                lat.push(at.duration_since(*sent).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    rt.block_on(run).expect("join").expect("vigil run");
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("VIGIL_BENCH_QUICK").is_some();
+    let (n, lat_secs) = if quick { (5_000, 1.0) } else { (200_000, 5.0) };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let work = tempfile::tempdir().expect("temp dir");
+    let work = work.path();
+    let (_tansu, brokers) = start_tansu();
+    create_topics(
+        &rt,
+        &brokers,
+        &[
+            ("payments", 4, false),
+            ("copy", 4, false),
+            ("decisions", 4, false),
+            ("dead-letters", 1, false),
+            ("bench-vigil-state", 4, true),
+            ("bench-latency-state", 4, true),
+        ],
+    );
+    eprintln!("vigil Kafka bench (tansu in memory on loopback{}): measuring…", if quick { ", quick" } else { "" });
+    let input = events(n, 1);
+    preload(&brokers, "payments", &input);
+    let copy = passthrough(&brokers, "payments", "copy", n);
+    let vigil = run_vigil(&rt, config(work, &brokers, "bench-vigil"), n);
+    let rate = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let lat = latency(&rt, &brokers, work, 10_000.0, lat_secs);
+    let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
+
+    println!("{:44}  {:>16}  {:>16}  {:>8}", "measure", "figure", "target", "ratio");
+    println!("{:44}  {:>13.0}/s  {:>16}  {:>8}", format!("K1. broker alone: copy {n} events"), rate(copy), "", "");
+    println!(
+        "{:44}  {:>13.0}/s  {:>16}  {:>8.2}",
+        format!("K2. vigil through the broker, {n} events"),
+        rate(vigil),
+        "≈ broker alone",
+        rate(vigil) / rate(copy)
+    );
+    println!(
+        "{:44}  {:>16}  {:>16}  {:>8.2}",
+        format!("K3. latency p50/p99/p99.9 at 10k/s ({} ev)", lat.len()),
+        format!("{p50:.1}/{p99:.1}/{p999:.1} ms"),
+        "p99 ≤ 20 ms",
+        p99 / 20.0
+    );
+}

@@ -1,0 +1,263 @@
+//! The state changelog: one compacted topic, partitioned like the input,
+//! holding the latest value of every piece of keyed state.
+//!
+//! Record keys: `f` + key kind + key hash (big-endian) for a key's feature
+//! series; `r` + rule name + NUL + the rule's key for rules' state. The
+//! value is the state as the local store keeps it; a tombstone (no value)
+//! deletes.
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Fence, Logging, Producer};
+use crate::config::KafkaConfig;
+use crate::sources::PartitionState;
+use crate::state::{Checkpoint, Durable};
+
+fn feature_key(kind: u8, hash: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(b'f');
+    k.push(kind);
+    k.extend_from_slice(&hash.to_be_bytes());
+    k
+}
+
+fn rule_key(rule: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + rule.len() + key.len());
+    k.push(b'r');
+    k.extend_from_slice(rule.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Sorts one changelog record into `state`.
+fn apply(state: &mut HashMap<Vec<u8>, Vec<u8>>, key: &[u8], value: Option<&[u8]>) {
+    match value {
+        Some(v) => {
+            state.insert(key.to_vec(), v.to_vec());
+        }
+        None => {
+            state.remove(key);
+        }
+    }
+}
+
+fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> PartitionState {
+    let mut out = PartitionState { partition, ..PartitionState::default() };
+    for (key, value) in entries {
+        match key.split_first() {
+            Some((b'f', rest)) if rest.len() == 9 => {
+                let mut hash = [0u8; 8];
+                hash.copy_from_slice(&rest[1..]);
+                out.features.push((rest[0], u64::from_be_bytes(hash), value));
+            }
+            Some((b'r', rest)) => {
+                if let Some(nul) = rest.iter().position(|&b| b == 0) {
+                    let rule = String::from_utf8_lossy(&rest[..nul]).into_owned();
+                    out.rule_state.push((rule, rest[nul + 1..].to_vec(), value));
+                }
+            }
+            _ => tracing::warn!(partition, "ignoring a changelog record with an unknown key"),
+        }
+    }
+    out
+}
+
+/// Reads `partitions` of the changelog from the start to their current end.
+///
+/// # Errors
+/// When the changelog cannot be read within the outage limit.
+pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<PartitionState>, String> {
+    let started = Instant::now();
+    let mut c = super::client_config(k);
+    for (key, value) in &k.consumer {
+        c.set(key, value);
+    }
+    c.set("group.id", format!("{}-restore", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        // An empty fetch at the end comes back at once, not after 500 ms.
+        .set("fetch.wait.max.ms", "10");
+    let consumer: BaseConsumer<Logging> =
+        c.create_with_context(Logging).map_err(|e| format!("kafka.client: cannot create a consumer: {e}"))?;
+    // Read to the end as each fetch reports it (partition EOF), not to a
+    // listed end offset: that is what the brokers last said they hold.
+    let mut open: HashSet<u32> = partitions.iter().copied().collect();
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+            .map_err(|e| format!("changelog `{topic}` partition {p}: {e}"))?;
+    }
+    let mut entries: HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> =
+        partitions.iter().map(|&p| (p, HashMap::new())).collect();
+    let mut records = 0u64;
+    if !open.is_empty() {
+        consumer.assign(&tpl).map_err(|e| format!("changelog `{topic}`: {e}"))?;
+    }
+    while !open.is_empty() {
+        if started.elapsed() > super::OUTAGE_LIMIT {
+            return Err(format!(
+                "cannot read the state changelog `{topic}` to its end within {}",
+                humantime::format_duration(super::OUTAGE_LIMIT)
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let p = m.partition() as u32;
+                if let (Some(key), Some(state)) = (m.key(), entries.get_mut(&p)) {
+                    apply(state, key, m.payload());
+                    records += 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&(p as u32));
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "reading the state changelog; retrying"),
+        }
+    }
+    let out: Vec<PartitionState> = entries.into_iter().map(|(p, e)| into_partition_state(p, e)).collect();
+    tracing::info!(
+        partitions = ?partitions,
+        records,
+        keys = out.iter().map(|s| s.features.len() + s.rule_state.len()).sum::<usize>(),
+        ms = started.elapsed().as_millis() as u64,
+        "restored keyed state from the changelog"
+    );
+    Ok(out)
+}
+
+/// Whether an error is the cluster being unreachable for now (worth
+/// retrying) rather than a refusal.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NetworkException
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+        )
+    )
+}
+
+/// Calls `f` until it succeeds, fails for good, or the outage limit passes.
+fn retry<T>(mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> rdkafka::error::KafkaResult<T> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if !transient(&e) || started.elapsed() + wait > super::OUTAGE_LIMIT => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka request failed; retrying in {}", humantime::format_duration(wait));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Makes checkpoints durable in Kafka: changed state to the changelog, then
+/// the group's offsets.
+pub struct Committer {
+    producer: Arc<Producer>,
+    consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+    fence: Fence,
+    input: String,
+    changelog: String,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").field("changelog", &self.changelog).finish_non_exhaustive()
+    }
+}
+
+impl Committer {
+    pub(super) fn new(
+        producer: Arc<Producer>,
+        consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+        fence: Fence,
+        input: String,
+        changelog: String,
+    ) -> Self {
+        Self { producer, consumer, fence, input, changelog }
+    }
+}
+
+impl Durable for Committer {
+    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
+        let owned = self.fence.lock();
+        if cp.epoch != owned.epoch {
+            // Partitions moved since the barrier: what it covers is read
+            // again by whoever owns them now, from the last commit.
+            tracing::debug!(checkpoint = cp.id, "partitions moved since this checkpoint began: not committed");
+            return Ok(());
+        }
+        let mut produced = 0usize;
+        for d in cp.features.iter().filter(|d| owned.partitions.contains(&d.partition)) {
+            let key = feature_key(d.kind, d.hash);
+            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
+            produced += 1;
+        }
+        for d in cp.rule_state.iter().filter(|d| owned.partitions.contains(&d.partition)) {
+            let key = rule_key(&d.rule, &d.key);
+            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
+            produced += 1;
+        }
+        self.producer.flush()?;
+        let mut tpl = TopicPartitionList::new();
+        for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.partitions.contains(p)) {
+            tpl.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
+        }
+        if tpl.count() > 0 {
+            match retry(|| self.consumer.commit(&tpl, CommitMode::Sync)) {
+                Ok(()) => {}
+                // The group is rebalancing or this member was replaced: the
+                // partitions' next owner reads from the previous commit.
+                Err(e) if !transient(&e) => {
+                    tracing::warn!(error = %e, checkpoint = cp.id, "offsets not committed; the group is rebalancing");
+                }
+                Err(e) => anyhow::bail!("cannot commit offsets of `{}`: {e}", self.input),
+            }
+        }
+        tracing::debug!(
+            checkpoint = cp.id,
+            changelog_records = produced,
+            partitions = tpl.count(),
+            "checkpoint committed to Kafka"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_keys_sort_back_into_features_and_rule_state() {
+        let mut entries = HashMap::new();
+        apply(&mut entries, &feature_key(3, 0xdead_beef), Some(b"series"));
+        apply(&mut entries, &rule_key("velocity", b"card\0x"), Some(b"v1"));
+        apply(&mut entries, &rule_key("velocity", b"gone"), Some(b"v"));
+        apply(&mut entries, &rule_key("velocity", b"gone"), None);
+        let s = into_partition_state(7, entries);
+        assert_eq!(s.partition, 7);
+        assert_eq!(s.features, vec![(3, 0xdead_beef, b"series".to_vec())]);
+        assert_eq!(s.rule_state, vec![("velocity".to_owned(), b"card\0x".to_vec(), b"v1".to_vec())]);
+    }
+}

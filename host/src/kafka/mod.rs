@@ -1,0 +1,163 @@
+//! Kafka: a consumer-group source, producers for the outputs, and keyed
+//! state that follows its partition from daemon to daemon.
+//!
+//! Partitions are the unit of ownership. Each event's partition decides its
+//! worker, and every piece of keyed state (feature series, rules' state,
+//! de-duplication ids) remembers the partition of the event that last
+//! touched it. A checkpoint writes the changed state to a compacted
+//! changelog topic, keyed by state key and in the same partition as the
+//! input, then commits the consumer group's offsets: state and offsets
+//! describe the same point of the input. When a partition moves, its old
+//! owner forgets its state and the new one reads it back from the changelog
+//! before processing the partition's events, starting at the committed
+//! offset. This is the mechanism Kafka Streams uses.
+//!
+//! The guarantee is at-least-once: events after the last checkpoint are
+//! processed again after a crash or a rebalance, and their decisions carry
+//! the same transaction id, so downstream consumers de-duplicate by key.
+
+mod changelog;
+mod sink;
+mod source;
+
+pub use sink::{KafkaSink, Producer};
+pub use source::KafkaSource;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::config::KafkaConfig;
+
+/// The partitions this daemon owns, and a counter bumped at every change.
+///
+/// The source's rebalance callbacks and the sink's checkpoint commits take
+/// the same lock, so a commit finishes before its partitions are handed
+/// over, and a checkpoint taken before a change is never committed after it.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// Bumped on every assignment or revocation.
+    pub epoch: u64,
+    /// The input partitions owned now.
+    pub partitions: BTreeSet<u32>,
+}
+
+/// [`Ownership`], shared by the source and the committer.
+#[derive(Debug, Clone, Default)]
+pub struct Fence(Arc<Mutex<Ownership>>);
+
+impl Fence {
+    /// Locks it; a poisoned lock (a panicked holder) still hands out the data.
+    pub fn lock(&self) -> MutexGuard<'_, Ownership> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The client settings every vigil Kafka client starts from: the brokers,
+/// then `kafka.client` on top.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    // Say more than librdkafka's default about lost brokers, less about the rest.
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &k.client {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Forwards librdkafka's logs and errors to tracing, so a broker outage is
+/// in vigil's log with its cause.
+#[derive(Debug, Clone, Default)]
+pub struct Logging;
+
+impl rdkafka::consumer::ConsumerContext for Logging {}
+
+impl ClientContext for Logging {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "vigil::kafka", facility = fac, "{message}");
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "vigil::kafka", facility = fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "vigil::kafka", facility = fac, "{message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "vigil::kafka", facility = fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => {
+                tracing::warn!(target: "vigil::kafka", "all Kafka brokers are down: {reason}; retrying with backoff");
+            }
+            Some(RDKafkaErrorCode::BrokerTransportFailure) => {
+                tracing::warn!(target: "vigil::kafka", "lost a Kafka broker: {reason}; reconnecting with backoff");
+            }
+            Some(RDKafkaErrorCode::Authentication) => {
+                tracing::error!(
+                    target: "vigil::kafka",
+                    "Kafka authentication failed: {reason}; check the sasl.* settings in [kafka.client]"
+                );
+            }
+            _ => tracing::error!(target: "vigil::kafka", "Kafka client error: {error}: {reason}"),
+        }
+    }
+}
+
+/// Turns a failure to reach the cluster into a message that says which
+/// setting to look at.
+pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
+    match err.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => format!(
+            "kafka.client: authentication with {} failed ({err}); check sasl.mechanism, sasl.username and \
+             sasl.password",
+            k.brokers
+        ),
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed) => {
+            format!("kafka.client: the credentials are not allowed this ({err}); check the cluster's ACLs")
+        }
+        _ => format!(
+            "kafka.brokers: cannot reach {} within {} ({err}); check kafka.brokers and that the brokers are up",
+            k.brokers,
+            humantime::format_duration(k.connect_timeout)
+        ),
+    }
+}
+
+/// The number of partitions of `topic`, or a message naming the setting
+/// to fix when the cluster cannot be reached or the topic is missing.
+///
+/// # Errors
+/// Unreachable brokers, bad credentials or a missing topic.
+pub fn partitions_of<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    key: &str,
+    k: &KafkaConfig,
+) -> Result<u32, String> {
+    let metadata = client.fetch_metadata(Some(topic), k.connect_timeout).map_err(|e| explain(&e, k))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+    };
+    if let Some(err) = t.error() {
+        let code = RDKafkaErrorCode::from(err);
+        if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
+            return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+        }
+        return Err(format!("{key}: topic `{topic}`: {code}"));
+    }
+    if t.partitions().is_empty() {
+        return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+    }
+    Ok(t.partitions().len() as u32)
+}
+
+/// How long a flush or commit may wait through a broker outage before the
+/// pipeline gives up and stops (uncommitted input is read again on restart).
+pub const OUTAGE_LIMIT: Duration = Duration::from_secs(300);

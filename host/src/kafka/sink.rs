@@ -1,0 +1,175 @@
+//! Producing outputs and changelog records.
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Logging, OUTAGE_LIMIT};
+use crate::config::KafkaConfig;
+use crate::sinks::Sink;
+
+/// Records the first delivery failure; librdkafka retries everything else.
+#[derive(Debug, Default)]
+struct Delivery {
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for Delivery {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        Logging.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Logging.error(error, reason);
+    }
+}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::Message as _;
+            let mut slot = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(format!("cannot produce to topic `{}`: {e}", m.topic()));
+            }
+        }
+    }
+}
+
+/// The daemon's one idempotent producer, shared by every Kafka output and
+/// the state changelog, so one flush covers them all before a checkpoint.
+pub struct Producer {
+    inner: ThreadedProducer<Delivery>,
+    context: Arc<Delivery>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Producer")
+    }
+}
+
+impl Producer {
+    /// An idempotent producer for the cluster of `k`.
+    ///
+    /// # Errors
+    /// When a `kafka.client` setting is invalid.
+    pub fn new(k: &KafkaConfig) -> anyhow::Result<Arc<Self>> {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &k.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            // Ride out broker outages: delivery is retried for this long.
+            .set("message.timeout.ms", OUTAGE_LIMIT.as_millis().to_string());
+        c.set_log_level(RDKafkaLogLevel::Warning);
+        for (key, value) in k.client.iter().chain(&k.producer) {
+            c.set(key, value);
+        }
+        let context = Delivery::default();
+        let inner: ThreadedProducer<Delivery> = c
+            .create_with_context(context)
+            .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a producer: {e}"))?;
+        let context = inner.context().clone();
+        Ok(Arc::new(Self { inner, context }))
+    }
+
+    /// Queues one record; waits while librdkafka's queue is full.
+    ///
+    /// # Errors
+    /// When the record cannot be queued (too large, unknown topic).
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> std::io::Result<()> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = payload {
+            record = record.payload(v);
+        }
+        loop {
+            match self.inner.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    return Err(std::io::Error::other(format!("cannot produce to topic `{topic}`: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged by the brokers.
+    ///
+    /// # Errors
+    /// When a record could not be delivered within the outage limit.
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush(OUTAGE_LIMIT).map_err(|e| {
+            std::io::Error::other(format!(
+                "Kafka did not acknowledge the outputs within {}: {e}",
+                humantime::format_duration(OUTAGE_LIMIT)
+            ))
+        })?;
+        if let Some(failure) = self.context.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            return Err(std::io::Error::other(failure));
+        }
+        Ok(())
+    }
+}
+
+/// An output role written to a topic, each record keyed by its `id`.
+#[derive(Debug)]
+pub struct KafkaSink {
+    producer: Arc<Producer>,
+    topic: String,
+}
+
+impl KafkaSink {
+    /// A sink producing to `topic`.
+    pub fn new(producer: Arc<Producer>, topic: String) -> Self {
+        Self { producer, topic }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Keyed<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let keyed: Option<Keyed<'_>> = serde_json::from_slice(line).ok();
+            let key = keyed.as_ref().and_then(|k| k.id.as_deref());
+            self.producer.send(&self.topic, None, key.map(str::as_bytes), Some(line))?;
+        }
+        Ok(())
+    }
+
+    /// librdkafka sends in the background within `linger.ms`.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.producer.flush()
+    }
+}

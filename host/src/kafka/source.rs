@@ -1,0 +1,244 @@
+//! The consumer-group source.
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance as KafkaRebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message as _, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::changelog::{self, Committer};
+use super::{Fence, Logging, Producer};
+use crate::config::KafkaConfig;
+use crate::sources::{Position, Rebalance, Record, Source, SourceError};
+
+/// An ownership change seen in a rebalance callback, not yet handled.
+#[derive(Debug)]
+enum Change {
+    Revoked(Vec<u32>),
+    Assigned(Vec<u32>),
+}
+
+/// The consumer's callbacks: they run inside `poll` on the source thread.
+#[derive(Debug)]
+pub struct SourceContext {
+    topic: String,
+    fence: Fence,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl SourceContext {
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
+        tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition() as u32).collect()
+    }
+
+    fn pending(&self) -> bool {
+        !self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+    }
+
+    fn push(&self, change: Change) {
+        self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(change);
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        Logging.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        Logging.error(error, reason);
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
+        if let KafkaRebalance::Revoke(tpl) = rebalance {
+            let partitions = self.partitions(tpl);
+            // Waits for a checkpoint being committed: it finishes before
+            // the partitions are handed over.
+            let mut owned = self.fence.lock();
+            owned.epoch += 1;
+            for p in &partitions {
+                owned.partitions.remove(p);
+            }
+            drop(owned);
+            tracing::info!(topic = %self.topic, ?partitions, "partitions revoked");
+            self.push(Change::Revoked(partitions));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
+        match rebalance {
+            KafkaRebalance::Assign(tpl) => {
+                let partitions = self.partitions(tpl);
+                let mut owned = self.fence.lock();
+                owned.epoch += 1;
+                owned.partitions.extend(partitions.iter().copied());
+                drop(owned);
+                tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
+                self.push(Change::Assigned(partitions));
+            }
+            KafkaRebalance::Revoke(_) => {}
+            KafkaRebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed; retrying"),
+        }
+    }
+}
+
+/// Reads the input topic as a member of the consumer group.
+pub struct KafkaSource {
+    consumer: Arc<BaseConsumer<SourceContext>>,
+    config: KafkaConfig,
+    name: String,
+    changelog: String,
+    /// The next offset to hand out, per owned partition.
+    next: BTreeMap<u32, i64>,
+    /// A record polled after an ownership change, handed out after it.
+    carry: Option<(Record, i64)>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// Joins the group on `topic` after checking that the input and
+    /// changelog topics exist; returns the source and the committer that
+    /// makes its checkpoints durable.
+    ///
+    /// # Errors
+    /// Unreachable brokers, bad credentials, missing topics or a changelog
+    /// with too few partitions, each naming the setting to fix.
+    pub fn open(k: &KafkaConfig, topic: &str, producer: Arc<Producer>) -> anyhow::Result<(Self, Committer)> {
+        let fence = Fence::default();
+        let mut c = super::client_config(k);
+        c.set("group.id", &k.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        for (key, value) in k.client.iter().chain(&k.consumer) {
+            c.set(key, value);
+        }
+        let context = SourceContext { topic: topic.to_owned(), fence: fence.clone(), changes: Mutex::new(Vec::new()) };
+        let consumer: BaseConsumer<SourceContext> = c
+            .create_with_context(context)
+            .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a consumer: {e}"))?;
+        let input = super::partitions_of(consumer.client(), topic, "source.topic", k).map_err(anyhow::Error::msg)?;
+        let changelog = k.changelog_topic();
+        let kept = super::partitions_of(consumer.client(), &changelog, "kafka.changelog-topic", k)
+            .map_err(|e| anyhow::anyhow!("{e} (compacted, with {input} partitions like `{topic}`)"))?;
+        if kept < input {
+            anyhow::bail!(
+                "kafka.changelog-topic: topic `{changelog}` has {kept} partitions; it needs {input}, as many as \
+                 source.topic `{topic}`"
+            );
+        }
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| anyhow::anyhow!("source.topic: cannot subscribe to `{topic}`: {e}"))?;
+        tracing::info!(topic, group = %k.group_id, partitions = input, changelog = %changelog, "joining the consumer group");
+        let consumer = Arc::new(consumer);
+        let committer = Committer::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone());
+        let source = Self {
+            consumer,
+            config: k.clone(),
+            name: format!("kafka:{topic}"),
+            changelog,
+            next: BTreeMap::new(),
+            carry: None,
+        };
+        Ok((source, committer))
+    }
+
+    fn hand_out(&mut self, batch: &mut Vec<Record>, record: Record, next: i64) {
+        self.next.insert(record.partition, next);
+        batch.push(record);
+    }
+}
+
+impl Source for KafkaSource {
+    fn next_batch(
+        &mut self,
+        batch: &mut Vec<Record>,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<bool, SourceError> {
+        if let Some((record, next)) = self.carry.take() {
+            self.hand_out(batch, record, next);
+        }
+        while batch.len() < max {
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
+            // An ownership change is handled before anything polled after it.
+            if self.consumer.context().pending() {
+                break;
+            }
+            let wait = if batch.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Ok(m)) => {
+                    let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                    let record = Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 };
+                    let next = m.offset() + 1;
+                    drop(m);
+                    if self.consumer.context().pending() {
+                        self.carry = Some((record, next));
+                        break;
+                    }
+                    self.hand_out(batch, record, next);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying");
+                    break;
+                }
+            }
+        }
+        Ok(!cancel.is_cancelled())
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn position(&self) -> Position {
+        Position::default()
+    }
+
+    fn partitioned(&self) -> bool {
+        true
+    }
+
+    fn take_rebalance(&mut self) -> Result<Vec<Rebalance>, SourceError> {
+        let changes = std::mem::take(
+            &mut *self.consumer.context().changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut out = Vec::new();
+        for change in changes {
+            match change {
+                Change::Revoked(ps) => {
+                    for p in &ps {
+                        self.next.remove(p);
+                    }
+                    out.push(Rebalance::Revoked(ps));
+                }
+                Change::Assigned(ps) => {
+                    let states = changelog::read(&self.config, &self.changelog, &ps).map_err(SourceError::Kafka)?;
+                    out.extend(states.into_iter().map(Rebalance::Assigned));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn offsets(&self) -> (u64, Vec<(u32, i64)>) {
+        let epoch = self.consumer.context().fence.lock().epoch;
+        (epoch, self.next.iter().map(|(&p, &o)| (p, o)).collect())
+    }
+}

@@ -1,0 +1,315 @@
+//! vigil against a real Kafka-protocol broker: consume, decide, produce;
+//! two daemons in one group; a broker outage.
+
+use crate::broker::Broker;
+use crate::daemon::Daemon;
+use crate::support::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// The feature the velocity rule reads, in every decision it takes part in.
+const COUNT: &str = "count(card, 10m)";
+
+/// `per_card` events for each of `cards` cards, a second apart per card,
+/// keyed by card as a producer keyed by the partition key would; ids are
+/// `{prefix}-{card}-{n}` with n counting from `first`.
+fn card_events(prefix: &str, cards: usize, first: usize, per_card: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for n in first..first + per_card {
+        for c in 0..cards {
+            let e = json!({
+                "id": format!("{prefix}-{c}-{n}"),
+                "ts": 1_717_200_000_000i64 + n as i64 * 1000,
+                "channel": "card",
+                "kind": "purchase",
+                "amount": 1000 + c as i64,
+                "currency": "USD",
+                "account": format!("acct-{c}"),
+                "card": {"pan": format!("4000{c:012}"), "country": "US", "present": true},
+            });
+            out.push((format!("acct-{c}"), e.to_string()));
+        }
+    }
+    out
+}
+
+/// (card, n) of an id made by [`card_events`].
+fn card_and_n(id: &str) -> (usize, usize) {
+    let mut parts = id.rsplit('-');
+    let n = parts.next().and_then(|s| s.parse().ok()).expect("n");
+    let c = parts.next().and_then(|s| s.parse().ok()).expect("card");
+    (c, n)
+}
+
+fn decisions(broker: &Broker) -> Vec<(String, Value)> {
+    broker
+        .read_all("decisions")
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).expect("decision JSON")))
+        .collect()
+}
+
+fn decided_ids(broker: &Broker) -> HashSet<String> {
+    decisions(broker).into_iter().map(|(k, _)| k).collect()
+}
+
+async fn topics(broker: &Broker, group: &str) {
+    broker
+        .create_topics(&[
+            ("payments", 4, false),
+            ("decisions", 2, false),
+            ("alerts", 1, false),
+            ("dead-letters", 1, false),
+            (&format!("{group}-state"), 4, true),
+        ])
+        .await;
+}
+
+/// A config file for a daemon in `group` reading `payments`.
+fn kafka_toml(env: &Env, broker: &Broker, group: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[source]
+type = "kafka"
+topic = "payments"
+
+[kafka]
+brokers = "{brokers}"
+group-id = "{group}"
+
+[kafka.consumer]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[pipeline]
+workers = 2
+partition-key = "account"
+
+[clean]
+pan-key = "integration-test-key-0123456789"
+
+[rules]
+dir = {rules:?}
+
+[sinks.decisions]
+type = "kafka"
+topic = "decisions"
+
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+
+[sinks.dead-letters]
+type = "kafka"
+topic = "dead-letters"
+
+[state]
+dir = {state:?}
+checkpoint-interval = "200ms"
+"#,
+        brokers = broker.addr,
+        rules = env.rules(),
+        state = env.path("state"),
+    );
+    let path = env.path("vigil.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn feature(decision: &Value) -> f64 {
+    decision["features"][COUNT].as_f64().unwrap_or_else(|| panic!("no {COUNT} in {decision}"))
+}
+
+#[test]
+fn every_event_read_from_kafka_gets_a_decision_on_the_decisions_topic() {
+    let broker = Broker::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(topics(&broker, "e2e"));
+    let mut events = card_events("e2e", 20, 1, 30);
+    let want: HashSet<String> = events.iter().map(|(_, v)| id_of(v)).collect();
+    let bad = ["{not json", r#"{"id":"no-amount","ts":1717200000000}"#, ""];
+    events.extend(bad.iter().map(|b| ("bad".to_owned(), (*b).to_owned())));
+    broker.produce("payments", &events);
+
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    let config = vigil::config::Config::load(&kafka_toml(&env, &broker, "e2e")).expect("config");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = rt.spawn(vigil::app::run(config, async move {
+        let _ = stop_rx.await;
+    }));
+    wait_for(Duration::from_secs(120), "a decision for every event", || {
+        want.is_subset(&decided_ids(&broker)).then_some(())
+    });
+    let _ = stop_tx.send(());
+    let summary = rt.block_on(daemon).expect("join").expect("vigil run");
+    assert_eq!(summary.events_in, 603);
+    assert_eq!(summary.dead_lettered, 3);
+
+    let decided = decisions(&broker);
+    let keys: HashSet<String> = decided.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, want, "one decision per valid event, keyed by its id");
+    for (key, d) in &decided {
+        assert_eq!(d["id"].as_str(), Some(key.as_str()), "the key is the transaction id");
+        let (_, n) = card_and_n(key);
+        // One daemon, no restart: each card's count is exact, so its state
+        // lived in one worker.
+        assert_eq!(feature(d), n as f64, "{key}: {d}");
+    }
+    let dead = broker.read_all("dead-letters");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for (_, v) in &dead {
+        let d: Value = serde_json::from_str(v).expect("dead letter JSON");
+        assert!(d["reason"].as_str().is_some_and(|r| !r.is_empty()), "{d}");
+        assert!(d["source"].as_str().is_some_and(|s| s == "kafka:payments"), "{d}");
+    }
+    let (committed, end) = broker.committed("e2e", "payments");
+    assert_eq!(committed, end, "a clean stop commits everything read");
+    let changelog = broker.read_all("e2e-state");
+    assert!(changelog.len() >= 20, "the changelog holds every card's state: {} records", changelog.len());
+}
+
+/// Two daemons in one group split the partitions; when `stop` (a signal)
+/// ends one, the other takes its partitions over with their state.
+fn pair_takes_over(broker: &Broker, stop: &str) {
+    tokio::runtime::Runtime::new().expect("runtime").block_on(topics(broker, "pair"));
+    let (env_a, env_b) = (Env::new(), Env::new());
+    for env in [&env_a, &env_b] {
+        env.install("velocity", "velocity.wasm");
+    }
+    let mut a = Daemon::start(&env_a, &kafka_toml(&env_a, broker, "pair"));
+    let mut b = Daemon::start(&env_b, &kafka_toml(&env_b, broker, "pair"));
+    let owned = |d: &Daemon| {
+        d.log().lines().rfind(|l| l.contains("partitions assigned")).is_some_and(|l| !l.contains("partitions=[]"))
+    };
+    wait_for(Duration::from_secs(60), "both daemons to own partitions", || (owned(&a) && owned(&b)).then_some(()));
+
+    let first = card_events("pair", 16, 1, 20);
+    broker.produce("payments", &first);
+    let first_ids: HashSet<String> = first.iter().map(|(_, v)| id_of(v)).collect();
+    await_decisions(&mut a, broker, &first_ids, "decisions for the first half");
+    assert!(b.child.try_wait().expect("try_wait").is_none(), "the second daemon is running");
+    b.signal(stop);
+    let _ = b.child.wait();
+
+    let second = card_events("pair", 16, 21, 20);
+    broker.produce("payments", &second);
+    let second_ids: HashSet<String> = second.iter().map(|(_, v)| id_of(v)).collect();
+    await_decisions(&mut a, broker, &second_ids, "the survivor to decide the second half");
+    let log = a.log();
+    let last = log.lines().rfind(|l| l.contains("partitions assigned")).unwrap_or_default();
+    assert!(last.contains("partitions=[0, 1, 2, 3]"), "the survivor owns every partition: {last}\n{log}");
+    assert!(log.contains("restored keyed state from the changelog"), "{log}");
+
+    // Every event decided; no card's count went back, as it would if a
+    // moved partition's state were lost.
+    let mut lowest: BTreeMap<String, f64> = BTreeMap::new();
+    for (key, d) in decisions(broker) {
+        let v = feature(&d);
+        lowest.entry(key).and_modify(|x| *x = x.min(v)).or_insert(v);
+    }
+    for id in first_ids.iter().chain(&second_ids) {
+        let (_, n) = card_and_n(id);
+        let got = lowest.get(id).unwrap_or_else(|| panic!("no decision for {id}"));
+        assert!(*got >= n as f64, "{id}: count {got} < {n}: the card's state was reset\n{log}");
+    }
+}
+
+#[test]
+fn two_daemons_share_the_partitions_and_one_takes_over_with_state_when_the_other_stops() {
+    pair_takes_over(&Broker::start(), "-TERM");
+}
+
+/// On the mock cluster: tansu does not reassign a killed member's
+/// partitions (see [`Broker::mock`]).
+#[test]
+fn when_a_daemon_is_killed_the_other_takes_its_partitions_with_state() {
+    pair_takes_over(&Broker::mock(), "-KILL");
+}
+
+#[test]
+fn a_thirty_second_broker_outage_is_logged_and_ridden_out_without_losing_an_event() {
+    let broker = Broker::start();
+    tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "outage"));
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    let mut vigil = Daemon::start(&env, &kafka_toml(&env, &broker, "outage"));
+    let first = card_events("out", 50, 1, 60);
+    broker.produce("payments", &first);
+    vigil.wait_for(Duration::from_secs(60), "the first decisions", || (!decided_ids(&broker).is_empty()).then_some(()));
+    // In the middle of the stream: decisions are being produced and
+    // offsets committed when the broker goes away.
+    broker.proxy().cut();
+    std::thread::sleep(Duration::from_secs(30));
+    broker.proxy().restore();
+    let second = card_events("out", 50, 61, 10);
+    broker.produce("payments", &second);
+    let want: HashSet<String> = first.iter().chain(&second).map(|(_, v)| id_of(v)).collect();
+    await_decisions(&mut vigil, &broker, &want, "every event decided after the outage");
+    let log = vigil.log();
+    assert!(
+        log.contains("all Kafka brokers are down") || log.contains("lost a Kafka broker"),
+        "the outage is logged:\n{log}"
+    );
+}
+
+/// Waits until every id in `want` has a decision, failing with the
+/// daemon's log (or its exit) after `timeout`.
+fn await_decisions(daemon: &mut Daemon, broker: &Broker, want: &HashSet<String>, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = daemon.child.try_wait().expect("try_wait") {
+            panic!("vigil exited with {status} while waiting for {what}:\n{}", daemon.log());
+        }
+        let missing = want.difference(&decided_ids(broker)).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {missing} of {} ids undecided\n--- vigil log ---\n{}\n--- broker log ---\n{}",
+            want.len(),
+            daemon.log(),
+            broker.log().lines().rev().take(40).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn run_err(config: &std::path::Path) -> String {
+    let config = vigil::config::Config::load(config).expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match rt.block_on(vigil::app::run(config, std::future::pending())) {
+        Ok(s) => panic!("vigil started: {s:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn unreachable_brokers_and_missing_topics_stop_startup_naming_the_setting() {
+    let env = Env::new();
+    let broker = Broker::start();
+    let path = kafka_toml(&env, &broker, "errs");
+    let text = std::fs::read_to_string(&path).expect("config");
+    // Nothing listens on port 1.
+    let nowhere = text
+        .replace(&broker.addr, "127.0.0.1:1")
+        .replace("[kafka.consumer]", "connect-timeout = \"2s\"\n[kafka.consumer]");
+    std::fs::write(&path, nowhere).expect("write");
+    let e = run_err(&path);
+    assert!(e.contains("kafka.brokers") && e.contains("cannot reach 127.0.0.1:1"), "{e}");
+
+    std::fs::write(&path, &text).expect("write");
+    let e = run_err(&path);
+    assert!(e.contains("source.topic") && e.contains("`payments` does not exist"), "{e}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(broker.create_topics(&[("payments", 4, false), ("errs-state", 2, true)]));
+    let e = run_err(&path);
+    assert!(e.contains("kafka.changelog-topic") && e.contains("needs 4"), "{e}");
+}
+
+fn id_of(v: &str) -> String {
+    serde_json::from_str::<Value>(v).expect("json")["id"].as_str().expect("id").to_owned()
+}
