@@ -145,15 +145,20 @@ fn passthrough(brokers: &str, from: &str, to: &str, n: u64) -> Duration {
     start.map(|s| s.elapsed()).unwrap_or_default()
 }
 
-fn config(work: &Path, brokers: &str, group: &str) -> vigil::config::Config {
+fn config(work: &Path, brokers: &str, group: &str, topic: &str) -> vigil::config::Config {
     let text = format!(
         r#"
 [source]
 type = "kafka"
-topic = "payments"
+topic = "{topic}"
 [kafka]
 brokers = "{brokers}"
 group-id = "{group}"
+[kafka.consumer]
+# tansu answers a fetch only after its max wait, data or not.
+"fetch.wait.max.ms" = "5"
+[kafka.producer]
+{producer}
 [pipeline]
 workers = 2
 [clean]
@@ -175,7 +180,10 @@ type = "discard"
 type = "discard"
 [state]
 dir = {state:?}
+checkpoint-interval = "{interval}"
 "#,
+        producer = std::env::var("VIGIL_BENCH_PRODUCER").unwrap_or_default(),
+        interval = std::env::var("VIGIL_BENCH_CHECKPOINT").unwrap_or_else(|_| "1s".into()),
         rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/dist"),
         state = work.join(group),
     );
@@ -225,7 +233,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Event-to-decision latency in ms at `rate` events/s for `secs`.
 fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, secs: f64) -> Vec<f64> {
-    let config = config(work, brokers, "bench-latency");
+    // Its own input topic: the throughput run's backlog would come first.
+    let config = config(work, brokers, "bench-latency", "live");
     let counters = Arc::new(vigil::pipeline::Counters::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
@@ -240,7 +249,7 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
     let reader: BaseConsumer = client(brokers)
         .set("group.id", "bench-latency-reader")
         .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "1")
+        .set("fetch.wait.max.ms", "5")
         .create()
         .expect("reader");
     reader.subscribe(&["decisions"]).expect("subscribe");
@@ -251,35 +260,65 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
     // Wait for vigil to own its partitions: a first event decided.
     let p = producer(brokers);
     let all = events((rate * secs) as u64 + 1, 7);
-    send(&p, "payments", all[0].0.as_bytes(), all[0].1.as_bytes());
+    send(&p, "live", all[0].0.as_bytes(), all[0].1.as_bytes());
     while counters.decided.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let sent_at: HashMap<String, Instant> = {
-        let mut m = HashMap::new();
-        let start = Instant::now();
-        for (i, (k, v)) in all.iter().enumerate().skip(1) {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            while Instant::now() < due {
-                std::hint::spin_loop();
+    // The producer paces events on its own thread while this one reads
+    // decisions as they come.
+    let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let total = all.len() - 1;
+    let pacer = std::thread::spawn({
+        let sent_at = sent_at.clone();
+        move || {
+            let start = Instant::now();
+            for (i, (k, v)) in all.iter().enumerate().skip(1) {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let id =
+                    serde_json::from_str::<serde_json::Value>(v).expect("json")["id"].as_str().unwrap_or("").to_owned();
+                sent_at.lock().expect("sent").insert(id, Instant::now());
+                send(&p, "live", k.as_bytes(), v.as_bytes());
             }
-            let id =
-                serde_json::from_str::<serde_json::Value>(v).expect("json")["id"].as_str().unwrap_or("").to_owned();
-            m.insert(id, Instant::now());
-            send(&p, "payments", k.as_bytes(), v.as_bytes());
+            p
         }
-        m
-    };
-    let mut lat = Vec::with_capacity(sent_at.len());
+    });
+    let mut lat = Vec::with_capacity(total);
+    // Where the time goes: producer → vigil's intake, intake → decision,
+    // decision → arrival on the decisions topic (wall clock, ms).
+    let mut stages: [Vec<f64>; 4] = Default::default();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while lat.len() < sent_at.len() && Instant::now() < deadline {
+    let deadline = deadline + Duration::from_secs_f64(secs);
+    while lat.len() < total && Instant::now() < deadline {
         if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
             let at = Instant::now();
-            if let Some(sent) = m.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| sent_at.get(k)) {
-                lat.push(at.duration_since(*sent).as_secs_f64() * 1e3);
+            let key = m.key().and_then(|k| std::str::from_utf8(k).ok()).unwrap_or_default();
+            let sent = sent_at.lock().expect("sent").get(key).copied();
+            if let Some(sent) = sent {
+                lat.push(at.duration_since(sent).as_secs_f64() * 1e3);
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64);
+                let sent_us = now_us - at.duration_since(sent).as_micros() as i64;
+                let d: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                let (ing, dec) = (d["ingested_at_us"].as_i64().unwrap_or(0), d["decided_at_us"].as_i64().unwrap_or(0));
+                stages[0].push((ing - sent_us) as f64 / 1e3);
+                stages[1].push((dec - ing) as f64 / 1e3);
+                let created_us = m.timestamp().to_millis().unwrap_or(0) * 1000;
+                stages[2].push((created_us - dec) as f64 / 1e3);
+                stages[3].push((now_us - created_us) as f64 / 1e3);
             }
         }
     }
+    for (name, v) in
+        ["producer → intake", "intake → decided", "decided → produced", "produced → read"].iter().zip(&mut stages)
+    {
+        v.sort_by(f64::total_cmp);
+        eprintln!("  {name}: p50 {:.1} ms, p99 {:.1} ms", percentile(v, 0.5), percentile(v, 0.99));
+    }
+    drop(pacer.join().expect("pacer"));
     let _ = stop_tx.send(());
     rt.block_on(run).expect("join").expect("vigil run");
     lat.sort_by(f64::total_cmp);
@@ -289,6 +328,7 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("VIGIL_BENCH_QUICK").is_some();
     let (n, lat_secs) = if quick { (5_000, 1.0) } else { (200_000, 5.0) };
+    let n: u64 = std::env::var("VIGIL_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let work = tempfile::tempdir().expect("temp dir");
     let work = work.path();
@@ -298,6 +338,7 @@ fn main() {
         &brokers,
         &[
             ("payments", 4, false),
+            ("live", 4, false),
             ("copy", 4, false),
             ("decisions", 4, false),
             ("dead-letters", 1, false),
@@ -309,7 +350,7 @@ fn main() {
     let input = events(n, 1);
     preload(&brokers, "payments", &input);
     let copy = passthrough(&brokers, "payments", "copy", n);
-    let vigil = run_vigil(&rt, config(work, &brokers, "bench-vigil"), n);
+    let vigil = run_vigil(&rt, config(work, &brokers, "bench-vigil", "payments"), n);
     let rate = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     let lat = latency(&rt, &brokers, work, 10_000.0, lat_secs);
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));

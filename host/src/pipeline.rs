@@ -779,6 +779,9 @@ fn run_sinks(
             }
         }
         sinks.flush()?;
+        if let Some(store) = &mut store {
+            store.finish()?;
+        }
         Ok(())
     })();
     if let Err(e) = &result {

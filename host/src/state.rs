@@ -140,6 +140,14 @@ pub trait Durable: Send + std::fmt::Debug {
     /// # Errors
     /// When it cannot be written; the previous checkpoint stays the latest.
     fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()>;
+
+    /// Finishes the commits still under way, at shutdown.
+    ///
+    /// # Errors
+    /// When one of them failed.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 impl Durable for StateStore {

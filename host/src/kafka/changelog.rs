@@ -171,13 +171,26 @@ fn retry<T>(mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> rdkafka::e
 }
 
 /// Makes checkpoints durable in Kafka: changed state to the changelog, then
-/// the group's offsets.
+/// — once those records and every output before them are acknowledged —
+/// the group's offsets. The waiting and the offset commit happen on a
+/// thread of their own, so the outputs keep flowing meanwhile.
 pub struct Committer {
     producer: Arc<Producer>,
-    consumer: Arc<BaseConsumer<super::source::SourceContext>>,
     fence: Fence,
-    input: String,
     changelog: String,
+    input: String,
+    jobs: Option<crossbeam_channel::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// A checkpoint whose changelog records are sent.
+struct Pending {
+    id: u64,
+    epoch: u64,
+    /// Every record before this mark must be acknowledged first.
+    mark: u64,
+    offsets: TopicPartitionList,
 }
 
 impl std::fmt::Debug for Committer {
@@ -194,13 +207,83 @@ impl Committer {
         input: String,
         changelog: String,
     ) -> Self {
-        Self { producer, consumer, fence, input, changelog }
+        producer.committer_waits();
+        // One checkpoint waiting behind the one being committed; the sink
+        // holds back beyond that.
+        let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
+        let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let thread = std::thread::Builder::new()
+            .name("vigil-kafka-commit".into())
+            .spawn({
+                let (producer, fence, failure, input) =
+                    (producer.clone(), fence.clone(), failure.clone(), input.clone());
+                move || {
+                    for job in rx.iter() {
+                        let result = commit_offsets(&producer, &consumer, &fence, &input, &job);
+                        let mut owned = fence.lock();
+                        owned.committing = owned.committing.saturating_sub(1);
+                        drop(owned);
+                        fence.notify();
+                        if let Err(e) = result {
+                            *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                            // Later checkpoints stay uncommitted: their input is read again.
+                            for _ in rx.iter() {
+                                let mut owned = fence.lock();
+                                owned.committing = owned.committing.saturating_sub(1);
+                                drop(owned);
+                                fence.notify();
+                            }
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self { producer, fence, changelog, input, jobs: Some(tx), thread, failure }
+    }
+
+    fn failed(&self) -> anyhow::Result<()> {
+        match self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Waits for the checkpoint's records, then commits its offsets unless
+/// its partitions moved meanwhile.
+fn commit_offsets(
+    producer: &Producer,
+    consumer: &BaseConsumer<super::source::SourceContext>,
+    fence: &Fence,
+    input: &str,
+    job: &Pending,
+) -> Result<(), String> {
+    producer.wait(job.mark).map_err(|e| e.to_string())?;
+    let owned = fence.lock();
+    if owned.epoch != job.epoch || job.offsets.count() == 0 {
+        return Ok(());
+    }
+    drop(owned);
+    match retry(|| consumer.commit(&job.offsets, CommitMode::Sync)) {
+        Ok(()) => {
+            tracing::debug!(checkpoint = job.id, partitions = job.offsets.count(), "offsets committed");
+            Ok(())
+        }
+        // The group is rebalancing or this member was replaced: the
+        // partitions' next owner reads from the previous commit.
+        Err(e) if !transient(&e) => {
+            tracing::warn!(error = %e, checkpoint = job.id, "offsets not committed; the group is rebalancing");
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot commit offsets of `{input}`: {e}")),
     }
 }
 
 impl Durable for Committer {
     fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
-        let owned = self.fence.lock();
+        self.failed()?;
+        let mut owned = self.fence.lock();
         if cp.epoch != owned.epoch {
             // Partitions moved since the barrier: what it covers is read
             // again by whoever owns them now, from the last commit.
@@ -218,29 +301,32 @@ impl Durable for Committer {
             self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
             produced += 1;
         }
-        self.producer.flush()?;
-        let mut tpl = TopicPartitionList::new();
+        let mut offsets = TopicPartitionList::new();
         for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.partitions.contains(p)) {
-            tpl.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
+            offsets.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
         }
-        if tpl.count() > 0 {
-            match retry(|| self.consumer.commit(&tpl, CommitMode::Sync)) {
-                Ok(()) => {}
-                // The group is rebalancing or this member was replaced: the
-                // partitions' next owner reads from the previous commit.
-                Err(e) if !transient(&e) => {
-                    tracing::warn!(error = %e, checkpoint = cp.id, "offsets not committed; the group is rebalancing");
-                }
-                Err(e) => anyhow::bail!("cannot commit offsets of `{}`: {e}", self.input),
-            }
+        owned.committing += 1;
+        drop(owned);
+        tracing::debug!(checkpoint = cp.id, changelog_records = produced, "checkpoint sent to Kafka");
+        let job = Pending { id: cp.id, epoch: cp.epoch, mark: self.producer.mark(), offsets };
+        let sent = self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            let mut owned = self.fence.lock();
+            owned.committing = owned.committing.saturating_sub(1);
+            drop(owned);
+            self.fence.notify();
+            self.failed()?;
+            anyhow::bail!("the Kafka commit thread stopped");
         }
-        tracing::debug!(
-            checkpoint = cp.id,
-            changelog_records = produced,
-            partitions = tpl.count(),
-            "checkpoint committed to Kafka"
-        );
         Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow::anyhow!("the Kafka commit thread panicked"))?;
+        }
+        self.failed()
     }
 }
 

@@ -28,32 +28,53 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::config::KafkaConfig;
 
 /// The partitions this daemon owns, and a counter bumped at every change.
 ///
-/// The source's rebalance callbacks and the sink's checkpoint commits take
-/// the same lock, so a commit finishes before its partitions are handed
-/// over, and a checkpoint taken before a change is never committed after it.
+/// The source's rebalance callbacks and the checkpoint commits share it: a
+/// revocation waits until the checkpoints already started (changelog
+/// written, offsets not yet committed) are committed, so state and offsets
+/// are handed over together; and a checkpoint taken before a change is
+/// never committed after it.
 #[derive(Debug, Default)]
 pub struct Ownership {
     /// Bumped on every assignment or revocation.
     pub epoch: u64,
     /// The input partitions owned now.
     pub partitions: BTreeSet<u32>,
+    /// Checkpoints whose changelog records are sent but whose offsets are
+    /// not committed yet.
+    pub committing: usize,
 }
 
 /// [`Ownership`], shared by the source and the committer.
 #[derive(Debug, Clone, Default)]
-pub struct Fence(Arc<Mutex<Ownership>>);
+pub struct Fence(Arc<(Mutex<Ownership>, Condvar)>);
 
 impl Fence {
     /// Locks it; a poisoned lock (a panicked holder) still hands out the data.
     pub fn lock(&self) -> MutexGuard<'_, Ownership> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Locks it once no checkpoint is half committed (or `limit` passed).
+    pub fn lock_settled(&self, limit: Duration) -> MutexGuard<'_, Ownership> {
+        let guard = self.lock();
+        let (guard, _) = self
+            .0
+            .1
+            .wait_timeout_while(guard, limit, |o| o.committing > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard
+    }
+
+    /// Wakes a revocation waiting in [`Fence::lock_settled`].
+    pub fn notify(&self) {
+        self.0.1.notify_all();
     }
 }
 

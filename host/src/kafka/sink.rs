@@ -4,18 +4,22 @@ use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
-use std::sync::{Arc, Mutex};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::{Logging, OUTAGE_LIMIT};
 use crate::config::KafkaConfig;
 use crate::sinks::Sink;
 
-/// Records the first delivery failure; librdkafka retries everything else.
+/// Tracks the records not yet acknowledged, by sequence number, and the
+/// first delivery failure (librdkafka retries everything else).
 #[derive(Debug, Default)]
 struct Delivery {
     failure: Mutex<Option<String>>,
+    in_flight: Mutex<std::collections::BTreeSet<u64>>,
+    acked: Condvar,
 }
 
 impl ClientContext for Delivery {
@@ -29,9 +33,13 @@ impl ClientContext for Delivery {
 }
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Box<u64>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_flight.remove(&*seq);
+        drop(in_flight);
+        self.acked.notify_all();
         if let Err((e, m)) = result {
             use rdkafka::Message as _;
             let mut slot = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -47,6 +55,11 @@ impl ProducerContext for Delivery {
 pub struct Producer {
     inner: ThreadedProducer<Delivery>,
     context: Arc<Delivery>,
+    /// Sequence number of the next record.
+    next: AtomicU64,
+    /// Set when a Kafka committer waits for the outputs before committing,
+    /// so the sinks need not.
+    committer_waits: AtomicBool,
 }
 
 impl std::fmt::Debug for Producer {
@@ -77,8 +90,8 @@ impl Producer {
         let inner: ThreadedProducer<Delivery> = c
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a producer: {e}"))?;
-        let context = inner.context().clone();
-        Ok(Arc::new(Self { inner, context }))
+        let context = rdkafka::producer::Producer::context(&inner).clone();
+        Ok(Arc::new(Self { inner, context, next: AtomicU64::new(0), committer_waits: AtomicBool::new(false) }))
     }
 
     /// Queues one record; waits while librdkafka's queue is full.
@@ -92,7 +105,9 @@ impl Producer {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> std::io::Result<()> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq);
+        let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> = BaseRecord::with_opaque_to(topic, Box::new(seq));
         if let Some(p) = partition {
             record = record.partition(p);
         }
@@ -110,27 +125,54 @@ impl Producer {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
+                    self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
                     return Err(std::io::Error::other(format!("cannot produce to topic `{topic}`: {e}")));
                 }
             }
         }
     }
 
-    /// Waits until every queued record is acknowledged by the brokers.
+    /// A mark covering every record sent so far, for [`Producer::wait`].
+    pub fn mark(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every record sent before `mark` is acknowledged by the
+    /// brokers; records sent since do not hold it up.
     ///
     /// # Errors
-    /// When a record could not be delivered within the outage limit.
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.inner.flush(OUTAGE_LIMIT).map_err(|e| {
-            std::io::Error::other(format!(
-                "Kafka did not acknowledge the outputs within {}: {e}",
-                humantime::format_duration(OUTAGE_LIMIT)
-            ))
-        })?;
+    /// When a record could not be delivered, or not within the outage limit.
+    pub fn wait(&self, mark: u64) -> std::io::Result<()> {
+        let in_flight = self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (in_flight, timeout) = self
+            .context
+            .acked
+            .wait_timeout_while(in_flight, OUTAGE_LIMIT, |f| f.first().is_some_and(|&first| first < mark))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(in_flight);
         if let Some(failure) = self.context.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             return Err(std::io::Error::other(failure));
         }
+        if timeout.timed_out() {
+            return Err(std::io::Error::other(format!(
+                "Kafka did not acknowledge the outputs within {}",
+                humantime::format_duration(OUTAGE_LIMIT)
+            )));
+        }
         Ok(())
+    }
+
+    /// Waits until every record sent so far is acknowledged.
+    ///
+    /// # Errors
+    /// As [`Producer::wait`].
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.wait(self.mark())
+    }
+
+    /// Leaves waiting for outputs before a checkpoint to the committer.
+    pub(super) fn committer_waits(&self) {
+        self.committer_waits.store(true, Ordering::Relaxed);
     }
 }
 
@@ -169,7 +211,12 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
+    /// With a Kafka committer, it waits for these records before it
+    /// commits offsets, off the output path; otherwise wait here.
     fn sync(&mut self) -> std::io::Result<()> {
+        if self.producer.committer_waits.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         self.producer.flush()
     }
 }

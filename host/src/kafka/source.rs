@@ -58,9 +58,9 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
         if let KafkaRebalance::Revoke(tpl) = rebalance {
             let partitions = self.partitions(tpl);
-            // Waits for a checkpoint being committed: it finishes before
+            // Waits for checkpoints being committed: they finish before
             // the partitions are handed over.
-            let mut owned = self.fence.lock();
+            let mut owned = self.fence.lock_settled(super::OUTAGE_LIMIT);
             owned.epoch += 1;
             for p in &partitions {
                 owned.partitions.remove(p);
