@@ -130,7 +130,7 @@ pub async fn run_with(
                 anyhow::bail!("kafka.brokers: a Kafka source needs [kafka]");
             };
             let (source, committer) = kafka::KafkaSource::open(cluster, &k.topic, producer.clone())?;
-            durability.store = Some(Box::new(committer));
+            durability.store = Some(committer);
             Box::new(source)
         }
         (None, SourceConfig::File(_)) => sources::open(&config.source, resume.filter(|p| *p != Position::default()))?,
@@ -182,7 +182,10 @@ fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<kafka::Producer>
     let uses = matches!(config.source, SourceConfig::Kafka(_))
         || config.sinks.all().iter().any(|(_, s)| matches!(s, SinkConfig::Kafka { .. }));
     match &config.kafka {
-        Some(k) if uses => Ok(Some(kafka::Producer::new(k)?)),
+        Some(k) if uses => {
+            let txn = k.exactly_once.then(|| k.transactional_id(&config.state.dir));
+            Ok(Some(kafka::Producer::new(k, txn.as_deref())?))
+        }
         _ => Ok(None),
     }
 }

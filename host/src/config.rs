@@ -199,6 +199,12 @@ impl Config {
             Some(k) if k.group_id.trim().is_empty() => {
                 return Err(ConfigError::invalid("kafka.group-id", "must not be empty"));
             }
+            Some(k) if k.exactly_once && !matches!(self.source, SourceConfig::Kafka(_)) => {
+                return Err(ConfigError::invalid(
+                    "kafka.exactly-once",
+                    "needs a Kafka source: a transaction commits the input offsets with the outputs",
+                ));
+            }
             _ => {}
         }
         for (role, sink) in self.sinks.all() {
@@ -288,9 +294,36 @@ pub struct KafkaConfig {
     /// librdkafka settings for the producer only (over `client`).
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// Exactly-once: each checkpoint is one Kafka transaction holding the
+    /// outputs since the previous one, the state changelog records and the
+    /// input offsets; consumers of the outputs read with
+    /// `isolation.level=read_committed`. Off: at-least-once, outputs after
+    /// the last checkpoint may repeat (with the same id) after a crash.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// The producer's transactional id with `exactly-once`: stable across
+    /// restarts of one daemon and different between daemons, so a restarted
+    /// daemon fences off its old self. Default: the group id and a hash of
+    /// the host name and the state folder.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
 }
 
 impl KafkaConfig {
+    /// The transactional id with `exactly-once` (see `transactional-id`).
+    pub fn transactional_id(&self, state_dir: &Path) -> String {
+        if let Some(id) = &self.transactional_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
+        let hash = xxhash_rust::xxh3::xxh3_64(format!("{}\0{}", host.trim(), dir.display()).as_bytes());
+        format!("{}-{hash:016x}", self.group_id)
+    }
+
     /// The changelog topic's name.
     pub fn changelog_topic(&self) -> String {
         self.changelog_topic.clone().unwrap_or_else(|| format!("{}-state", self.group_id))
@@ -809,6 +842,9 @@ mod tests {
             err("[source]\ntype = \"kafka\"\ntopic = \"\"\n[kafka]\nbrokers = \"b:9092\"\n").contains("source.topic")
         );
         assert!(err("[kafka]\nbroker = \"b:9092\"\n").contains("broker"), "a misspelt key is named");
+        let eos =
+            "[kafka]\nbrokers = \"b:9092\"\nexactly-once = true\n[sinks.alerts]\ntype = \"kafka\"\ntopic = \"a\"\n";
+        assert!(err(eos).contains("kafka.exactly-once"), "exactly-once needs a Kafka source");
     }
 
     #[test]

@@ -498,7 +498,9 @@ impl SourceRun {
     /// Passes partition ownership changes on: workers forget what moved
     /// away and load what arrived, before any event of it.
     fn rebalance(&mut self) -> anyhow::Result<()> {
-        for change in self.source.take_rebalance()? {
+        let changes = self.source.take_rebalance()?;
+        let moved = !changes.is_empty();
+        for change in changes {
             match change {
                 Rebalance::Revoked(partitions) => {
                     self.decoder.dedup_mut().drop_partitions(&partitions);
@@ -512,11 +514,21 @@ impl SourceRun {
                 }
             }
         }
+        // A marker in the output stream between the work before the change
+        // and the work after it: a transaction open across it is aborted.
+        if moved && self.checkpoints.is_some() {
+            self.barrier_marked(true)?;
+        }
         Ok(())
     }
 
     /// Starts checkpoint `next_id` covering everything sent so far.
     fn barrier(&mut self) -> anyhow::Result<()> {
+        self.barrier_marked(false)
+    }
+
+    /// A barrier; `abort` makes it a rebalance marker (see [`Checkpoint::abort`]).
+    fn barrier_marked(&mut self, abort: bool) -> anyhow::Result<()> {
         let id = self.next_id;
         self.next_id += 1;
         for w in 0..self.worker_txs.len() {
@@ -527,6 +539,7 @@ impl SourceRun {
         let part = Checkpoint {
             epoch,
             offsets,
+            abort,
             id,
             position: self.source.position(),
             source: self.source.name().to_owned(),
@@ -769,7 +782,7 @@ fn run_sinks(
             sinks.sync()?;
             if let Some(store) = &mut store {
                 store.commit(&cp)?;
-                counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
                 tracing::debug!(
                     id = cp.id,
                     line = cp.position.line_no,

@@ -130,6 +130,10 @@ pub struct Checkpoint {
     pub epoch: u64,
     /// Kafka: the next offset of each partition read, to commit.
     pub offsets: Vec<(u32, i64)>,
+    /// Kafka: partitions moved just before this barrier; what was produced
+    /// since the last checkpoint is discarded (exactly-once) or left
+    /// uncommitted, and read again from the committed offsets.
+    pub abort: bool,
 }
 
 /// Where a checkpoint is made durable: the local store, or Kafka (the

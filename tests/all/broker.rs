@@ -139,21 +139,7 @@ impl Broker {
 
     /// Produces `(key, value)` records to `topic` and waits for them all.
     pub fn produce(&self, topic: &str, records: &[(String, String)]) {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            self.client().set("linger.ms", "5").create().expect("producer");
-        for (k, v) in records {
-            let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, back)) => {
-                        rec = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(30)).expect("flush");
+        produce_to(&self.addr, topic, records);
     }
 
     /// Every record of `topic` so far: (key, value).
@@ -230,6 +216,25 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// Produces `(key, value)` records to `topic` at `addr` and waits for them.
+pub fn produce_to(addr: &str, topic: &str, records: &[(String, String)]) {
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", addr).set("linger.ms", "5").create().expect("producer");
+    for (k, v) in records {
+        let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
 /// Forwards a port to the broker; [`Proxy::cut`] drops every connection

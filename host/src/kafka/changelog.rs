@@ -284,7 +284,7 @@ impl Durable for Committer {
     fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
         self.failed()?;
         let mut owned = self.fence.lock();
-        if cp.epoch != owned.epoch {
+        if cp.abort || cp.epoch != owned.epoch {
             // Partitions moved since the barrier: what it covers is read
             // again by whoever owns them now, from the last commit.
             tracing::debug!(checkpoint = cp.id, "partitions moved since this checkpoint began: not committed");
@@ -327,6 +327,87 @@ impl Durable for Committer {
             t.join().map_err(|_| anyhow::anyhow!("the Kafka commit thread panicked"))?;
         }
         self.failed()
+    }
+}
+
+/// Exactly-once: each checkpoint commits one transaction holding the
+/// outputs since the previous one, the changelog records and the offsets.
+/// A rebalance marker aborts the open transaction: the work in it is read
+/// again from the committed offsets by whoever owns the partitions now.
+pub struct Transactions {
+    producer: Arc<Producer>,
+    consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+    fence: Fence,
+    input: String,
+    changelog: String,
+}
+
+impl std::fmt::Debug for Transactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactions").field("changelog", &self.changelog).finish_non_exhaustive()
+    }
+}
+
+impl Transactions {
+    pub(super) fn new(
+        producer: Arc<Producer>,
+        consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+        fence: Fence,
+        input: String,
+        changelog: String,
+    ) -> Self {
+        // The transaction commit waits for the outputs.
+        producer.committer_waits();
+        Self { producer, consumer, fence, input, changelog }
+    }
+
+    fn settle(&self) {
+        let mut owned = self.fence.lock();
+        owned.committing = owned.committing.saturating_sub(1);
+        drop(owned);
+        self.fence.notify();
+    }
+}
+
+impl Durable for Transactions {
+    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
+        let mut owned = self.fence.lock();
+        if cp.abort {
+            drop(owned);
+            tracing::info!(checkpoint = cp.id, "partitions moved: aborting the open transaction");
+            return self.producer.abort_transaction();
+        }
+        if cp.epoch != owned.epoch {
+            // Its marker follows and aborts the transaction.
+            return Ok(());
+        }
+        let mut produced = 0usize;
+        for d in cp.features.iter().filter(|d| owned.partitions.contains(&d.partition)) {
+            let key = feature_key(d.kind, d.hash);
+            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
+            produced += 1;
+        }
+        for d in cp.rule_state.iter().filter(|d| owned.partitions.contains(&d.partition)) {
+            let key = rule_key(&d.rule, &d.key);
+            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
+            produced += 1;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.partitions.contains(p)) {
+            offsets.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
+        }
+        owned.committing += 1;
+        drop(owned);
+        let group = self.consumer.group_metadata();
+        let result = self.producer.commit_transaction(&offsets, group.as_ref());
+        self.settle();
+        result?;
+        tracing::debug!(checkpoint = cp.id, changelog_records = produced, "transaction committed");
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 

@@ -114,6 +114,8 @@ impl ClientContext for Logging {
 
     fn error(&self, error: KafkaError, reason: &str) {
         match error.rdkafka_error_code() {
+            // The changelog reader asks for end-of-partition events.
+            Some(RDKafkaErrorCode::PartitionEOF) => {}
             Some(RDKafkaErrorCode::AllBrokersDown) => {
                 tracing::warn!(target: "vigil::kafka", "all Kafka brokers are down: {reason}; retrying with backoff");
             }

@@ -73,7 +73,7 @@ impl Producer {
     ///
     /// # Errors
     /// When a `kafka.client` setting is invalid.
-    pub fn new(k: &KafkaConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(k: &KafkaConfig, transactional_id: Option<&str>) -> anyhow::Result<Arc<Self>> {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &k.brokers)
             .set("enable.idempotence", "true")
@@ -82,15 +82,35 @@ impl Producer {
             .set("queue.buffering.max.messages", "1000000")
             // Ride out broker outages: delivery is retried for this long.
             .set("message.timeout.ms", OUTAGE_LIMIT.as_millis().to_string());
+        if transactional_id.is_some() {
+            // librdkafka wants a transaction to outlive its messages' retries.
+            c.set("transaction.timeout.ms", OUTAGE_LIMIT.as_millis().to_string());
+        }
         c.set_log_level(RDKafkaLogLevel::Warning);
         for (key, value) in k.client.iter().chain(&k.producer) {
             c.set(key, value);
+        }
+        if let Some(id) = transactional_id {
+            c.set("transactional.id", id);
         }
         let context = Delivery::default();
         let inner: ThreadedProducer<Delivery> = c
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a producer: {e}"))?;
         let context = rdkafka::producer::Producer::context(&inner).clone();
+        if let Some(id) = transactional_id {
+            use rdkafka::producer::Producer as _;
+            inner.init_transactions(k.connect_timeout).map_err(|e| {
+                anyhow::anyhow!(
+                    "kafka.exactly-once: cannot start transactions as `{id}` on {}: {e}; the brokers must support \
+                     transactions",
+                    k.brokers
+                )
+            })?;
+            inner
+                .begin_transaction()
+                .map_err(|e| anyhow::anyhow!("kafka.exactly-once: cannot begin a transaction: {e}"))?;
+        }
         Ok(Arc::new(Self { inner, context, next: AtomicU64::new(0), committer_waits: AtomicBool::new(false) }))
     }
 
@@ -168,6 +188,45 @@ impl Producer {
     /// As [`Producer::wait`].
     pub fn flush(&self) -> std::io::Result<()> {
         self.wait(self.mark())
+    }
+
+    /// Commits the open transaction with `offsets` as the group's, and
+    /// begins the next.
+    ///
+    /// # Errors
+    /// When the commit fails; the transaction is then aborted.
+    pub(super) fn commit_transaction(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
+    ) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer as _;
+        let result = (|| {
+            if let (Some(group), true) = (group, offsets.count() > 0) {
+                self.inner.send_offsets_to_transaction(offsets, group, OUTAGE_LIMIT)?;
+            }
+            self.inner.commit_transaction(OUTAGE_LIMIT)
+        })();
+        if let Err(e) = result {
+            let _ = self.inner.abort_transaction(OUTAGE_LIMIT);
+            let _ = self.inner.begin_transaction();
+            anyhow::bail!("cannot commit the Kafka transaction: {e}");
+        }
+        self.inner.begin_transaction().map_err(|e| anyhow::anyhow!("cannot begin a Kafka transaction: {e}"))?;
+        Ok(())
+    }
+
+    /// Discards the open transaction and begins the next.
+    ///
+    /// # Errors
+    /// When the brokers cannot be told.
+    pub(super) fn abort_transaction(&self) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer as _;
+        self.inner
+            .abort_transaction(OUTAGE_LIMIT)
+            .map_err(|e| anyhow::anyhow!("cannot abort the Kafka transaction: {e}"))?;
+        self.inner.begin_transaction().map_err(|e| anyhow::anyhow!("cannot begin a Kafka transaction: {e}"))?;
+        Ok(())
     }
 
     /// Leaves waiting for outputs before a checkpoint to the committer.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use super::changelog::{self, Committer};
+use super::changelog::{self, Committer, Transactions};
 use super::{Fence, Logging, Producer};
 use crate::config::KafkaConfig;
 use crate::sources::{Position, Rebalance, Record, Source, SourceError};
@@ -114,7 +114,11 @@ impl KafkaSource {
     /// # Errors
     /// Unreachable brokers, bad credentials, missing topics or a changelog
     /// with too few partitions, each naming the setting to fix.
-    pub fn open(k: &KafkaConfig, topic: &str, producer: Arc<Producer>) -> anyhow::Result<(Self, Committer)> {
+    pub fn open(
+        k: &KafkaConfig,
+        topic: &str,
+        producer: Arc<Producer>,
+    ) -> anyhow::Result<(Self, Box<dyn crate::state::Durable>)> {
         let fence = Fence::default();
         let mut c = super::client_config(k);
         c.set("group.id", &k.group_id)
@@ -144,7 +148,11 @@ impl KafkaSource {
             .map_err(|e| anyhow::anyhow!("source.topic: cannot subscribe to `{topic}`: {e}"))?;
         tracing::info!(topic, group = %k.group_id, partitions = input, changelog = %changelog, "joining the consumer group");
         let consumer = Arc::new(consumer);
-        let committer = Committer::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone());
+        let committer: Box<dyn crate::state::Durable> = if k.exactly_once {
+            Box::new(Transactions::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone()))
+        } else {
+            Box::new(Committer::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone()))
+        };
         let source = Self {
             consumer,
             config: k.clone(),
