@@ -192,9 +192,14 @@ checkpoint-interval = "{interval}"
     vigil::config::Config::load(&path).expect("config")
 }
 
-/// Runs vigil until `n` events are decided or dead-lettered; the time from
-/// the first event read to the last output counted.
-fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64) -> Duration {
+/// vigil running in-process.
+struct Running {
+    counters: Arc<vigil::pipeline::Counters>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<anyhow::Result<vigil::pipeline::Summary>>,
+}
+
+fn start_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config) -> Running {
     let counters = Arc::new(vigil::pipeline::Counters::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
@@ -205,6 +210,13 @@ fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64
         },
         overrides,
     ));
+    Running { counters, stop_tx, run }
+}
+
+/// Runs vigil until `n` events are decided or dead-lettered; the time from
+/// the first event read to the last output counted.
+fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64) -> Duration {
+    let Running { counters, stop_tx, run } = start_vigil(rt, config);
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut start = None;
     loop {
@@ -235,16 +247,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, secs: f64) -> Vec<f64> {
     // Its own input topic: the throughput run's backlog would come first.
     let config = config(work, brokers, "bench-latency", "live");
-    let counters = Arc::new(vigil::pipeline::Counters::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
-    let run = rt.spawn(vigil::app::run_with(
-        config,
-        async move {
-            let _ = stop_rx.await;
-        },
-        overrides,
-    ));
+    let Running { counters, stop_tx, run } = start_vigil(rt, config);
     // The reader of decisions, positioned at the end before anything is sent.
     let reader: BaseConsumer = client(brokers)
         .set("group.id", "bench-latency-reader")

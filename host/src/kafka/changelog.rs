@@ -250,6 +250,33 @@ impl Committer {
     }
 }
 
+/// Sends a checkpoint's state changes of the owned partitions to the
+/// changelog; returns how many, and the offsets to commit with them.
+fn send_changes(
+    producer: &Producer,
+    changelog: &str,
+    input: &str,
+    cp: &Checkpoint,
+    owned: &std::collections::BTreeSet<u32>,
+) -> anyhow::Result<(usize, TopicPartitionList)> {
+    let mut produced = 0usize;
+    for d in cp.features.iter().filter(|d| owned.contains(&d.partition)) {
+        let key = feature_key(d.kind, d.hash);
+        producer.send(changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
+        produced += 1;
+    }
+    for d in cp.rule_state.iter().filter(|d| owned.contains(&d.partition)) {
+        let key = rule_key(&d.rule, &d.key);
+        producer.send(changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
+        produced += 1;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.contains(p)) {
+        offsets.add_partition_offset(input, p as i32, Offset::Offset(next))?;
+    }
+    Ok((produced, offsets))
+}
+
 /// Waits for the checkpoint's records, then commits its offsets unless
 /// its partitions moved meanwhile.
 fn commit_offsets(
@@ -290,21 +317,7 @@ impl Durable for Committer {
             tracing::debug!(checkpoint = cp.id, "partitions moved since this checkpoint began: not committed");
             return Ok(());
         }
-        let mut produced = 0usize;
-        for d in cp.features.iter().filter(|d| owned.partitions.contains(&d.partition)) {
-            let key = feature_key(d.kind, d.hash);
-            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
-            produced += 1;
-        }
-        for d in cp.rule_state.iter().filter(|d| owned.partitions.contains(&d.partition)) {
-            let key = rule_key(&d.rule, &d.key);
-            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
-            produced += 1;
-        }
-        let mut offsets = TopicPartitionList::new();
-        for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.partitions.contains(p)) {
-            offsets.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
-        }
+        let (produced, offsets) = send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions)?;
         owned.committing += 1;
         drop(owned);
         tracing::debug!(checkpoint = cp.id, changelog_records = produced, "checkpoint sent to Kafka");
@@ -381,21 +394,7 @@ impl Durable for Transactions {
             // Its marker follows and aborts the transaction.
             return Ok(());
         }
-        let mut produced = 0usize;
-        for d in cp.features.iter().filter(|d| owned.partitions.contains(&d.partition)) {
-            let key = feature_key(d.kind, d.hash);
-            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
-            produced += 1;
-        }
-        for d in cp.rule_state.iter().filter(|d| owned.partitions.contains(&d.partition)) {
-            let key = rule_key(&d.rule, &d.key);
-            self.producer.send(&self.changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
-            produced += 1;
-        }
-        let mut offsets = TopicPartitionList::new();
-        for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.partitions.contains(p)) {
-            offsets.add_partition_offset(&self.input, p as i32, Offset::Offset(next))?;
-        }
+        let (produced, offsets) = send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions)?;
         owned.committing += 1;
         drop(owned);
         let group = self.consumer.group_metadata();

@@ -33,11 +33,11 @@ impl ClientContext for Delivery {
 }
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = Box<u64>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        in_flight.remove(&*seq);
+        in_flight.remove(&(seq as u64));
         drop(in_flight);
         self.acked.notify_all();
         if let Err((e, m)) = result {
@@ -127,7 +127,7 @@ impl Producer {
     ) -> std::io::Result<()> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq);
-        let mut record: BaseRecord<'_, [u8], [u8], Box<u64>> = BaseRecord::with_opaque_to(topic, Box::new(seq));
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, seq as usize);
         if let Some(p) = partition {
             record = record.partition(p);
         }
@@ -255,12 +255,26 @@ struct Keyed<'a> {
     id: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// A record's `id`, the Kafka key. Decision records start with it, so the
+/// usual case is a prefix scan; anything else (an escaped id, a record
+/// with `id` elsewhere or none) is parsed.
+fn key_of(line: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    const PREFIX: &[u8] = b"{\"id\":\"";
+    if let Some(rest) = line.strip_prefix(PREFIX)
+        && let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\')
+        && rest[end] == b'"'
+    {
+        return Some(std::borrow::Cow::Borrowed(&rest[..end]));
+    }
+    let keyed: Keyed<'_> = serde_json::from_slice(line).ok()?;
+    keyed.id.map(|id| std::borrow::Cow::Owned(id.into_owned().into_bytes()))
+}
+
 impl Sink for KafkaSink {
     fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
         for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let keyed: Option<Keyed<'_>> = serde_json::from_slice(line).ok();
-            let key = keyed.as_ref().and_then(|k| k.id.as_deref());
-            self.producer.send(&self.topic, None, key.map(str::as_bytes), Some(line))?;
+            let key = key_of(line);
+            self.producer.send(&self.topic, None, key.as_deref(), Some(line))?;
         }
         Ok(())
     }
@@ -277,5 +291,19 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         self.producer.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_the_records_id_however_it_is_written() {
+        let key = |l: &str| key_of(l.as_bytes()).map(|k| String::from_utf8(k.into_owned()).expect("utf-8"));
+        assert_eq!(key(r#"{"id":"tx-1","action":"allow"}"#).as_deref(), Some("tx-1"));
+        assert_eq!(key(r#"{"id":"a\"b","action":"allow"}"#).as_deref(), Some("a\"b"), "escaped: parsed");
+        assert_eq!(key(r#"{"action":"allow","id":"tx-2"}"#).as_deref(), Some("tx-2"), "not first: parsed");
+        assert_eq!(key(r#"{"reason":"bad json","raw":"{"}"#), None, "a dead letter has no id");
     }
 }
