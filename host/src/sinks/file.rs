@@ -10,6 +10,9 @@ use super::Sink;
 #[derive(Debug)]
 pub struct FileSink {
     out: BufWriter<File>,
+    /// A regular file, which `sync` makes durable; a named pipe or device
+    /// has nothing to sync.
+    regular: bool,
 }
 
 impl FileSink {
@@ -32,7 +35,8 @@ impl FileSink {
                 file.set_len(keep)?;
             }
         }
-        Ok(Self { out: BufWriter::with_capacity(256 * 1024, file) })
+        let regular = file.metadata()?.file_type().is_file();
+        Ok(Self { out: BufWriter::with_capacity(256 * 1024, file), regular })
     }
 }
 
@@ -62,7 +66,7 @@ impl Sink for FileSink {
     }
     fn sync(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()
+        if self.regular { self.out.get_ref().sync_data() } else { Ok(()) }
     }
 }
 
