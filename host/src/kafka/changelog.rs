@@ -220,18 +220,12 @@ impl Committer {
                 move || {
                     for job in rx.iter() {
                         let result = commit_offsets(&producer, &consumer, &fence, &input, &job);
-                        let mut owned = fence.lock();
-                        owned.committing = owned.committing.saturating_sub(1);
-                        drop(owned);
-                        fence.notify();
+                        fence.settle();
                         if let Err(e) = result {
                             *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
                             // Later checkpoints stay uncommitted: their input is read again.
                             for _ in rx.iter() {
-                                let mut owned = fence.lock();
-                                owned.committing = owned.committing.saturating_sub(1);
-                                drop(owned);
-                                fence.notify();
+                                fence.settle();
                             }
                             return;
                         }
@@ -324,10 +318,7 @@ impl Durable for Committer {
         let job = Pending { id: cp.id, epoch: cp.epoch, mark: self.producer.mark(), offsets };
         let sent = self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
         if !sent {
-            let mut owned = self.fence.lock();
-            owned.committing = owned.committing.saturating_sub(1);
-            drop(owned);
-            self.fence.notify();
+            self.fence.settle();
             self.failed()?;
             anyhow::bail!("the Kafka commit thread stopped");
         }
@@ -373,13 +364,6 @@ impl Transactions {
         producer.committer_waits();
         Self { producer, consumer, fence, input, changelog }
     }
-
-    fn settle(&self) {
-        let mut owned = self.fence.lock();
-        owned.committing = owned.committing.saturating_sub(1);
-        drop(owned);
-        self.fence.notify();
-    }
 }
 
 impl Durable for Transactions {
@@ -399,7 +383,7 @@ impl Durable for Transactions {
         drop(owned);
         let group = self.consumer.group_metadata();
         let result = self.producer.commit_transaction(&offsets, group.as_ref());
-        self.settle();
+        self.fence.settle();
         result?;
         tracing::debug!(checkpoint = cp.id, changelog_records = produced, "transaction committed");
         Ok(())

@@ -72,8 +72,12 @@ impl Fence {
         guard
     }
 
-    /// Wakes a revocation waiting in [`Fence::lock_settled`].
-    pub fn notify(&self) {
+    /// Records that a checkpoint counted in `committing` is done, and wakes
+    /// a revocation waiting in [`Fence::lock_settled`].
+    pub fn settle(&self) {
+        let mut owned = self.lock();
+        owned.committing = owned.committing.saturating_sub(1);
+        drop(owned);
         self.0.1.notify_all();
     }
 }
