@@ -82,24 +82,27 @@ pub fn configure(rule: &Rule, len: i32) -> i32 {
     }));
     let result = STATE.with_borrow_mut(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
-        let params = vigil_abi::params::decode(&st.input[..len]).map_err(|e| e.to_string())?;
-        for def in rule.manifest.params {
-            let want = def.default.to_value().ty();
-            match params.iter().find(|(n, _)| n == def.name) {
-                Some((_, v)) if v.ty() == want => {}
-                Some((_, v)) => {
-                    return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty()));
-                }
-                None => return Err(format!("parameter `{}` is missing", def.name)),
-            }
-        }
-        st.params = params;
-        Ok(())
+        st.params = checked_params(rule, &st.input[..len])?;
+        Ok::<(), String>(())
     });
     match result {
         Ok(()) => 0,
         Err(msg) => write_text(&msg) as i32,
     }
+}
+
+/// Decodes parameters and checks them against the rule's declarations.
+pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<(String, ParamValue)>, String> {
+    let params = vigil_abi::params::decode(encoded).map_err(|e| e.to_string())?;
+    for def in rule.manifest.params {
+        let want = def.default.to_value().ty();
+        match params.iter().find(|(n, _)| n == def.name) {
+            Some((_, v)) if v.ty() == want => {}
+            Some((_, v)) => return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty())),
+            None => return Err(format!("parameter `{}` is missing", def.name)),
+        }
+    }
+    Ok(params)
 }
 
 pub fn evaluate(rule: &Rule, len: i32) -> i64 {

@@ -15,20 +15,41 @@ pub struct Context<'a> {
 }
 
 /// Where a rule's keyed state lives.
-#[derive(Debug)]
 pub(crate) enum State<'a> {
     /// Inside the host: `vigil::state_get` / `vigil::state_put`.
     Host,
     /// In native tests: a map.
     Local(&'a RefCell<HashMap<Vec<u8>, Vec<u8>>>),
+    /// Compiled into a host process: through its [`crate::native::Host`].
+    Native(&'a dyn crate::native::Host),
 }
 
-#[derive(Debug)]
 pub(crate) enum Lists<'a> {
     /// Inside the host: look-ups go through the `vigil::list_contains` import.
     Host { names: &'static [&'static str] },
     /// In native tests: lists held in memory.
     Local(&'a HashMap<String, HashSet<String>>),
+    /// Compiled into a host process: through its [`crate::native::Host`].
+    Native { names: &'static [&'static str], host: &'a dyn crate::native::Host },
+}
+
+impl std::fmt::Debug for State<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Host => "Host",
+            State::Local(_) => "Local",
+            State::Native(_) => "Native",
+        })
+    }
+}
+
+impl std::fmt::Debug for Lists<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lists::Host { names } | Lists::Native { names, .. } => f.debug_list().entries(names.iter()).finish(),
+            Lists::Local(lists) => f.debug_list().entries(lists.keys()).finish(),
+        }
+    }
 }
 
 impl<'a> Context<'a> {
@@ -109,6 +130,12 @@ impl<'a> Context<'a> {
                 Some(set) => set.contains(value),
                 None => panic!("test context has no list `{list}`"),
             },
+            Lists::Native { names, host } => {
+                let Some(index) = names.iter().position(|n| *n == list) else {
+                    panic!("rule declares no list `{list}`");
+                };
+                host.list_contains(index, value)
+            }
         }
     }
 
@@ -130,6 +157,7 @@ impl<'a> Context<'a> {
         match &self.state {
             State::Host => crate::__private::host_state_get(key.as_bytes()),
             State::Local(map) => map.borrow().get(key.as_bytes()).cloned(),
+            State::Native(host) => host.state_get(key.as_bytes()),
         }
     }
 
@@ -142,6 +170,7 @@ impl<'a> Context<'a> {
         }
         match &self.state {
             State::Host => crate::__private::host_state_put(key.as_bytes(), value),
+            State::Native(host) => host.state_put(key.as_bytes(), value),
             State::Local(map) => {
                 let mut map = map.borrow_mut();
                 if value.is_empty() {

@@ -60,6 +60,7 @@
 mod context;
 mod decision;
 mod payment;
+pub mod native;
 pub mod testing;
 
 #[doc(hidden)]

@@ -202,7 +202,7 @@ struct Running {
 fn start_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config) -> Running {
     let counters = Arc::new(vigil::pipeline::Counters::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let overrides = vigil::app::Overrides { source: None, counters: Some(counters.clone()) };
+    let overrides = vigil::app::Overrides { counters: Some(counters.clone()), ..Default::default() };
     let run = rt.spawn(vigil::app::run_with(
         config,
         async move {

@@ -52,6 +52,9 @@ pub struct Overrides {
     pub source: Option<Box<dyn sources::Source>>,
     /// Counters to update, for a progress display; fresh ones otherwise.
     pub counters: Option<Arc<Counters>>,
+    /// Rule crates linked into the caller, run beside the rules folder's
+    /// (see [`crate::rules::native`]): for measuring the sandbox's cost.
+    pub native_rules: Vec<vigil_sdk::Rule>,
 }
 
 impl std::fmt::Debug for Overrides {
@@ -59,6 +62,7 @@ impl std::fmt::Debug for Overrides {
         f.debug_struct("Overrides")
             .field("source", &self.source.as_ref().map(|s| s.name().to_owned()))
             .field("counters", &self.counters)
+            .field("native_rules", &self.native_rules.iter().map(|r| r.manifest.name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -97,6 +101,7 @@ pub async fn run_with(
     ));
     let report = registry.rescan();
     log_report(&report, &registry);
+    registry.add_native(&overrides.native_rules).map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {e}"))?;
     let live = registry.current();
     tracing::info!(
         rules = live.rules.len(),

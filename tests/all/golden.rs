@@ -32,15 +32,10 @@ fn compare(name: &str, mut got: Vec<Value>) {
     assert_eq!(text.lines().count(), want.lines().count(), "{name}: line count differs");
 }
 
-#[test]
-fn example_rules_decide_the_sample_as_recorded() {
-    let env = Env::new();
-    env.install("large_amount", "large_amount.wasm");
-    env.install("blocklist", "blocklist.wasm");
-    env.install("geo_mismatch", "geo_mismatch.wasm");
-    env.install("velocity", "velocity.wasm");
+/// The example config's settings over `env`, so the golden file is what
+/// `just run` shows.
+fn example_config(env: &Env) -> vigil::config::Config {
     std::fs::copy(root().join("examples/events.jsonl"), env.events()).expect("copy sample");
-    // The example config's settings, so the golden file is what `just run` shows.
     let mut config = vigil::config::Config::load(&root().join("examples/vigil.toml")).expect("example config");
     let test = env.config(false);
     config.source = test.source;
@@ -50,11 +45,53 @@ fn example_rules_decide_the_sample_as_recorded() {
     for list in config.lists.values_mut() {
         list.path = root().join(&list.path);
     }
-    run_to_end(config);
+    config
+}
+
+fn check_outputs(env: &Env) {
     compare("example-decisions.jsonl", read_jsonl(&env.decisions()).iter().map(stable_decision).collect());
     let dead = read_jsonl(&env.dead_letters())
         .iter()
         .map(|d| json!({"line": d["line"], "code": d["code"], "reason": d["reason"]}))
         .collect();
     compare("example-dead-letters.jsonl", dead);
+}
+
+#[test]
+fn example_rules_decide_the_sample_as_recorded() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.install("blocklist", "blocklist.wasm");
+    env.install("geo_mismatch", "geo_mismatch.wasm");
+    env.install("velocity", "velocity.wasm");
+    run_to_end(example_config(&env));
+    check_outputs(&env);
+}
+
+/// The bench's "native rules" row is only a fair comparison if the linked-in
+/// crates decide exactly as their wasm builds: same projection, features,
+/// parameters, lists and keyed state.
+#[test]
+fn the_rule_crates_linked_in_natively_decide_the_sample_as_their_wasm_builds() {
+    let env = Env::new();
+    let natives = vec![large_amount::RULE, blocklist::RULE, geo_mismatch::RULE, velocity::RULE];
+    let overrides = vigil::app::Overrides { native_rules: natives, ..Default::default() };
+    try_run_with(example_config(&env), overrides).expect("vigil run with native rules");
+    check_outputs(&env);
+    let decisions = read_jsonl(&env.decisions());
+    let first = decisions.first().expect("decisions");
+    let modules: Vec<&str> =
+        first["rules"].as_array().expect("rules").iter().filter_map(|r| r["module"].as_str()).collect();
+    assert_eq!(modules.len(), 4, "four rules ran: {first}");
+}
+
+#[test]
+fn a_native_rule_named_like_a_folder_rule_is_refused() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let overrides = vigil::app::Overrides { native_rules: vec![large_amount::RULE], ..Default::default() };
+    let err = try_run_with(example_config(&env), overrides).expect_err("two rules with one name");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("native rule `large-amount`") && msg.contains("already loaded from"), "{msg}");
+    assert!(msg.contains("large_amount.wasm"), "{msg}");
 }

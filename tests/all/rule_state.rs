@@ -39,3 +39,24 @@ fn rule_state_survives_a_restart() {
     assert!(log.contains("resuming from the last checkpoint"), "{log}");
     assert_eq!(read_jsonl(&env.decisions()).len(), 4, "no event decided twice after a clean stop");
 }
+
+/// The native path (the bench's row 3) hands keyed state to a linked-in rule
+/// crate as the wasm imports do.
+#[test]
+fn a_natively_linked_rule_keeps_keyed_state_as_its_wasm_build() {
+    let actions = |native: bool| {
+        let env = Env::new();
+        let mut overrides = vigil::app::Overrides::default();
+        if native {
+            overrides.native_rules = vec![new_device::RULE];
+        } else {
+            env.install("new_device", "new_device.wasm");
+        }
+        env.append_lines(&[login("a", "d1"), login("b", "d1"), login("c", "d2"), login("d", "d2")]);
+        try_run_with(env.config(false), overrides).expect("vigil run");
+        ["a", "b", "c", "d"].map(|id| decision_for(&env.decisions(), id).expect("decided")["action"].clone())
+    };
+    let wasm = actions(false);
+    assert_eq!(wasm, [json!("allow"), json!("allow"), json!("review"), json!("allow")], "wasm build");
+    assert_eq!(actions(true), wasm, "native build");
+}

@@ -186,8 +186,12 @@ pub fn run_to_end(config: Config) -> Summary {
 }
 
 pub fn try_run_to_end(config: Config) -> anyhow::Result<Summary> {
+    try_run_with(config, vigil::app::Overrides::default())
+}
+
+pub fn try_run_with(config: Config, overrides: vigil::app::Overrides) -> anyhow::Result<Summary> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    rt.block_on(vigil::app::run(config, std::future::pending()))
+    rt.block_on(vigil::app::run_with(config, std::future::pending(), overrides))
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<Value> {

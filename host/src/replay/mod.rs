@@ -217,8 +217,11 @@ pub fn run_once(
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
     let start = Instant::now();
-    let overrides =
-        Overrides { source: Some(Box::new(MemorySource::new(name, records))), counters: Some(counters.clone()) };
+    let overrides = Overrides {
+        source: Some(Box::new(MemorySource::new(name, records))),
+        counters: Some(counters.clone()),
+        ..Overrides::default()
+    };
     let result = rt.block_on(app::run_with(config, std::future::pending(), overrides));
     let elapsed = start.elapsed();
     done.cancel();

@@ -73,7 +73,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         match r {
             Ok(r) => {
                 sample_action = r.action.as_str().to_owned();
-                fuel = instance.last_fuel_used();
+                fuel = instance.last_fuel_used().unwrap_or(0);
             }
             Err(e) => anyhow::bail!("{} fails on a sample event: {e}", path.display()),
         }

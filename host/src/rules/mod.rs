@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod lists;
+pub mod native;
 pub mod sandbox;
 pub mod watch;
 
@@ -83,8 +84,17 @@ pub struct LoadedRule {
     pub features: Vec<usize>,
     params: Vec<u8>,
     lists: Arc<[Arc<List>]>,
-    pre: InstancePre<HostState>,
+    code: Code,
     health: Health,
+}
+
+/// What runs a rule.
+#[derive(Clone)]
+enum Code {
+    /// A WebAssembly module, compiled and linked.
+    Wasm(InstancePre<HostState>),
+    /// A rule crate linked into the host (see [`native`]).
+    Native(vigil_sdk::Rule),
 }
 
 impl std::fmt::Debug for LoadedRule {
@@ -156,6 +166,8 @@ pub struct RuleRegistry {
     lists: Arc<Lists>,
     catalog: Arc<Catalog>,
     files: Mutex<BTreeMap<PathBuf, FileEntry>>,
+    /// Rules linked into the host (see [`native`]), live beside the folder's.
+    natives: Mutex<Vec<Arc<LoadedRule>>>,
     current: ArcSwap<RuleSet>,
     quarantine_after: u32,
 }
@@ -219,6 +231,7 @@ impl RuleRegistry {
             lists,
             catalog,
             files: Mutex::new(BTreeMap::new()),
+            natives: Mutex::new(Vec::new()),
             current: ArcSwap::from_pointee(RuleSet::default()),
             quarantine_after: quarantine_after.max(1),
         }
@@ -282,11 +295,14 @@ impl RuleRegistry {
                 }
                 continue;
             }
+            let natives = lock(&self.natives);
             let other_names: Vec<(String, PathBuf)> = files
                 .iter()
                 .filter(|(p, _)| *p != path && present.contains(p))
                 .filter_map(|(p, e)| e.rule.as_ref().map(|r| (r.name.to_string(), p.clone())))
+                .chain(natives.iter().map(|r| (r.name.to_string(), r.path.clone())))
                 .collect();
+            drop(natives);
             let result = self.load(path, &bytes, &hash).and_then(|rule| {
                 match other_names.iter().find(|(n, _)| **n == *rule.name) {
                     Some((_, other)) => Err(RuleError::Manifest(format!(
@@ -325,14 +341,54 @@ impl RuleRegistry {
                 report.removed.push((rule.name.to_string(), path));
             }
         }
+        self.publish(&files);
+        report
+    }
+
+    /// Publishes the folder's rules and the native ones, if they changed.
+    fn publish(&self, files: &BTreeMap<PathBuf, FileEntry>) {
         let mut rules: Vec<Arc<LoadedRule>> = files.values().filter_map(|e| e.rule.clone()).collect();
+        rules.extend(lock(&self.natives).iter().cloned());
         rules.sort_by(|a, b| a.name.cmp(&b.name));
         let old = self.current.load();
         let same = old.rules.len() == rules.len() && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
             self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules }));
         }
-        report
+    }
+
+    /// Adds rule crates linked into the host (see [`native`]) to the live
+    /// set, beside the folder's rules. They stay until the registry goes.
+    ///
+    /// # Errors
+    /// The rule's name and why it cannot run, or that a live rule has its name.
+    pub fn add_native(&self, rules: &[vigil_sdk::Rule]) -> Result<(), (String, RuleError)> {
+        let files = lock(&self.files);
+        for rule in rules {
+            let name = rule.manifest.name.to_owned();
+            let loaded = self.loader(&lock(&self.settings)).load_native(rule).map_err(|e| (name.clone(), e))?;
+            let mut natives = lock(&self.natives);
+            let taken =
+                files.values().filter_map(|e| e.rule.as_ref()).chain(natives.iter()).find(|r| r.name == loaded.name);
+            if let Some(other) = taken {
+                let e =
+                    RuleError::Manifest(format!("rule name `{name}` is already loaded from {}", other.path.display()));
+                return Err((name, e));
+            }
+            natives.push(Arc::new(loaded));
+        }
+        self.publish(&files);
+        Ok(())
+    }
+
+    fn loader<'a>(&'a self, settings: &'a BTreeMap<String, RuleSettings>) -> Loader<'a> {
+        Loader {
+            sandbox: &self.sandbox,
+            lists: &self.lists,
+            catalog: &self.catalog,
+            settings,
+            default_on_failure: *lock(&self.default_on_failure),
+        }
     }
 
     /// Loads and validates one module without publishing it.
@@ -341,14 +397,7 @@ impl RuleRegistry {
     /// [`RuleError`] saying why the module cannot run.
     pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
         let settings = lock(&self.settings).clone();
-        let loader = Loader {
-            sandbox: &self.sandbox,
-            lists: &self.lists,
-            catalog: &self.catalog,
-            settings: &settings,
-            default_on_failure: *lock(&self.default_on_failure),
-        };
-        loader.load(path, bytes, hash)
+        self.loader(&settings).load(path, bytes, hash)
     }
 
     /// The names configured under `[rule.*]` that no loaded rule has.
@@ -392,14 +441,39 @@ impl Loader<'_> {
     /// # Errors
     /// [`RuleError`] saying why the module cannot run.
     pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
-        let Loader { sandbox, lists, catalog, settings, default_on_failure } = *self;
-        let pre = sandbox.prepare(bytes, hash)?;
-        let (manifest, mask) = read_manifest(sandbox, &pre)?;
-        let settings = settings.get(&manifest.name).cloned().unwrap_or_default();
+        let pre = self.sandbox.prepare(bytes, hash)?;
+        let (manifest, mask) = read_manifest(self.sandbox, &pre)?;
+        self.finish(path, hash, manifest, mask, Code::Wasm(pre))
+    }
+
+    /// Validates and configures a rule crate linked into the host, as
+    /// [`Loader::load`] does a module; its path reads `native:NAME`.
+    ///
+    /// # Errors
+    /// [`RuleError`] saying why the rule cannot run.
+    pub fn load_native(&self, rule: &vigil_sdk::Rule) -> Result<LoadedRule, RuleError> {
+        let json = rule.manifest.to_json();
+        let manifest: Manifest =
+            serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
+        let mask = check_manifest(&manifest)?;
+        let path = PathBuf::from(format!("native:{}", manifest.name));
+        self.finish(&path, &module_hash(json.as_bytes()), manifest, mask, Code::Native(*rule))
+    }
+
+    /// Resolves a rule's settings, parameters, lists and features.
+    fn finish(
+        &self,
+        path: &Path,
+        hash: &str,
+        manifest: Manifest,
+        mask: FieldMask,
+        code: Code,
+    ) -> Result<LoadedRule, RuleError> {
+        let settings = self.settings.get(&manifest.name).cloned().unwrap_or_default();
         let params = resolve_params(&manifest, &settings)?;
         let mut resolved = Vec::with_capacity(manifest.lists.len());
         for name in &manifest.lists {
-            let list = lists.get(name).ok_or_else(|| {
+            let list = self.lists.get(name).ok_or_else(|| {
                 RuleError::Config(format!(
                     "uses list `{name}`, which is not configured; add [lists.{name}] with a path to the config"
                 ))
@@ -410,25 +484,26 @@ impl Loader<'_> {
         let features = manifest
             .features
             .iter()
-            .map(|f| catalog.resolve(f).map_err(RuleError::Manifest))
+            .map(|f| self.catalog.resolve(f).map_err(RuleError::Manifest))
             .collect::<Result<Vec<usize>, RuleError>>()?;
-        // Instantiate once with the real parameters, exactly as workers will.
-        sandbox.instantiate(&pre, lists.clone(), &params)?;
-        Ok(LoadedRule {
+        let rule = LoadedRule {
             name: manifest.name.as_str().into(),
             version: manifest.version.as_str().into(),
             hash: hash.into(),
             path: path.to_owned(),
             mode: settings.mode,
-            on_failure: settings.on_failure.unwrap_or(default_on_failure),
+            on_failure: settings.on_failure.unwrap_or(self.default_on_failure),
             projection: Projection::new(mask),
             features,
             params,
             lists,
-            pre,
+            code,
             health: Health::default(),
             manifest,
-        })
+        };
+        // Configure once with the real parameters, exactly as workers will.
+        rule.instantiate(self.sandbox)?;
+        Ok(rule)
     }
 }
 
@@ -523,7 +598,7 @@ struct Slot {
     rule: Arc<LoadedRule>,
     /// This rule's feature values for the current event.
     features: Vec<f64>,
-    instance: Option<RuleInstance>,
+    instance: Option<Instance>,
     // Worker-local copies, so building records does not touch shared counters.
     name: Arc<str>,
     version: Arc<str>,
@@ -537,8 +612,70 @@ impl LoadedRule {
     ///
     /// # Errors
     /// [`RuleError`] when instantiation fails.
-    pub fn instantiate(&self, sandbox: &Sandbox) -> Result<RuleInstance, RuleError> {
-        sandbox.instantiate(&self.pre, self.lists.clone(), &self.params)
+    pub fn instantiate(&self, sandbox: &Sandbox) -> Result<Instance, RuleError> {
+        match &self.code {
+            Code::Wasm(pre) => sandbox.instantiate(pre, self.lists.clone(), &self.params).map(Instance::Wasm),
+            Code::Native(rule) => {
+                native::NativeInstance::new(rule, &self.params, self.lists.clone()).map(Instance::Native)
+            }
+        }
+    }
+
+    /// Whether the rule is linked into the host rather than a wasm module.
+    pub fn is_native(&self) -> bool {
+        matches!(self.code, Code::Native(_))
+    }
+}
+
+/// One worker's instance of a rule.
+#[derive(Debug)]
+pub enum Instance {
+    /// A wasm instance in its sandbox.
+    Wasm(RuleInstance),
+    /// A rule linked into the host.
+    Native(native::NativeInstance),
+}
+
+impl Instance {
+    /// Evaluates one encoded event, showing the rule only the fields in
+    /// `projection`, with the rule's feature values.
+    ///
+    /// # Errors
+    /// [`RuleError`] on a failed call; the instance must not be used again.
+    pub fn call(
+        &mut self,
+        event: &[u8],
+        projection: &Projection,
+        features: &[f64],
+    ) -> Result<sandbox::CallResult, RuleError> {
+        match self {
+            Instance::Wasm(i) => i.call(event, projection, features),
+            Instance::Native(i) => i.call(event, projection, features),
+        }
+    }
+
+    /// Lends a rule's keyed state to the instance for the next calls.
+    pub fn lend_state(&mut self, state: RuleState) {
+        match self {
+            Instance::Wasm(i) => i.lend_state(state),
+            Instance::Native(i) => i.lend_state(state),
+        }
+    }
+
+    /// Takes the keyed state back.
+    pub fn take_state(&mut self) -> RuleState {
+        match self {
+            Instance::Wasm(i) => i.take_state(),
+            Instance::Native(i) => i.take_state(),
+        }
+    }
+
+    /// Fuel the last call used; none for a native rule.
+    pub fn last_fuel_used(&self) -> Option<u64> {
+        match self {
+            Instance::Wasm(i) => Some(i.last_fuel_used()),
+            Instance::Native(_) => None,
+        }
     }
 }
 

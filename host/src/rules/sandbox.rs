@@ -516,7 +516,7 @@ pub struct RuleInstance {
 }
 
 /// The cached copy of `code`, adding it while the cache is small.
-fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
+pub(crate) fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
     if let Some(c) = cache.iter().find(|c| ***c == *code) {
         return c.clone();
     }

@@ -1,0 +1,91 @@
+//! Rules compiled into the host instead of loaded as WebAssembly.
+//!
+//! The same rule crate, linked into the process: it gets the same projected
+//! event, feature block, parameters, lists and keyed state as its wasm build,
+//! through [`vigil_sdk::native`]. What it lacks is the sandbox — no CPU
+//! budget, no memory cap, no hot reload — so it is not a way to deploy
+//! rules. It exists to measure what the sandbox costs end to end: `just
+//! bench` runs the pipeline with the example rules both ways.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use vigil_abi::Projection;
+use vigil_sdk::native::{Configured, Host};
+
+use super::RuleError;
+use super::lists::List;
+use super::sandbox::{CallResult, RuleState, intern};
+
+/// One worker's native rule: the configured rule and its input buffer.
+#[derive(Debug)]
+pub struct NativeInstance {
+    rule: Configured,
+    lists: Arc<[Arc<List>]>,
+    state: RuleState,
+    input: Vec<u8>,
+    reason_cache: Vec<Arc<str>>,
+}
+
+/// Lists and keyed state as the rule sees them during one call.
+struct Bridge<'a> {
+    lists: &'a [Arc<List>],
+    state: RefCell<&'a mut RuleState>,
+}
+
+impl Host for Bridge<'_> {
+    fn list_contains(&self, list: usize, value: &str) -> bool {
+        self.lists.get(list).is_some_and(|l| l.contains(value))
+    }
+    fn state_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.state.borrow().get(key).map(<[u8]>::to_vec)
+    }
+    fn state_put(&self, key: &[u8], value: &[u8]) -> bool {
+        self.state.borrow_mut().put(key, value)
+    }
+}
+
+impl NativeInstance {
+    /// Configures `rule` with its resolved, encoded parameters.
+    ///
+    /// # Errors
+    /// [`RuleError::Config`] when the rule refuses them.
+    pub fn new(rule: &vigil_sdk::Rule, params: &[u8], lists: Arc<[Arc<List>]>) -> Result<Self, RuleError> {
+        let rule = Configured::new(rule, params)
+            .map_err(|msg| RuleError::Config(format!("the rule refused its parameters: {msg}")))?;
+        Ok(Self { rule, lists, state: RuleState::default(), input: Vec::new(), reason_cache: Vec::new() })
+    }
+
+    /// Evaluates one encoded event as [`super::sandbox::RuleInstance::call`]
+    /// does: projected, with the feature block appended.
+    ///
+    /// # Errors
+    /// [`RuleError::Trap`] when the rule panics.
+    pub fn call(&mut self, event: &[u8], projection: &Projection, features: &[f64]) -> Result<CallResult, RuleError> {
+        let len = event.len() + features.len() * 8;
+        self.input.resize(len, 0);
+        projection.apply(event, &mut self.input[..event.len()]);
+        for (chunk, v) in self.input[event.len()..].chunks_exact_mut(8).zip(features) {
+            chunk.copy_from_slice(&v.to_le_bytes());
+        }
+        vigil_abi::event::set_feature_block(&mut self.input, event.len() as u32, features.len() as u32);
+        let bridge = Bridge { lists: &self.lists, state: RefCell::new(&mut self.state) };
+        let (rule, input) = (&self.rule, &self.input);
+        let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rule.evaluate(input, &bridge)))
+            .map_err(|p| {
+                let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
+                RuleError::Trap(format!("panicked: {}", msg.unwrap_or("(non-text panic payload)")))
+            })?;
+        let reasons = decision.reasons.iter().map(|code| intern(&mut self.reason_cache, code)).collect();
+        Ok(CallResult { action: decision.action, score: decision.score, reasons })
+    }
+
+    /// Lends a rule's keyed state to the instance for the next calls.
+    pub fn lend_state(&mut self, state: RuleState) {
+        self.state = state;
+    }
+
+    /// Takes the keyed state back.
+    pub fn take_state(&mut self) -> RuleState {
+        std::mem::take(&mut self.state)
+    }
+}
