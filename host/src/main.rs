@@ -92,6 +92,13 @@ enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+    /// Compile a rule module read from standard input to an artefact at OUT
+    /// (the daemon runs this in a child process; not for people).
+    #[command(hide = true)]
+    CompileRule {
+        /// Where the compiled artefact goes.
+        out: PathBuf,
+    },
     /// Create a rule crate from the template in a rules workspace.
     NewRule {
         /// The rule's name, kebab-case (e.g. card-testing).
@@ -178,6 +185,10 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
+    // Rule modules compile in a child process: see `set_compiler`.
+    if let Ok(exe) = std::env::current_exe() {
+        vigil::rules::sandbox::set_compiler(exe);
+    }
     match cli.command {
         Command::Run { config } => {
             let config = load_config(config.as_deref())?;
@@ -278,6 +289,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 summary.patterns[3]
             );
             Ok(())
+        }
+        Command::CompileRule { out } => {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("cannot read the module from standard input")?;
+            Ok(vigil::rules::sandbox::compile_to(&bytes, &out)?)
         }
         Command::NewRule { name, workspace } => {
             let created = vigil::scaffold::new_rule(&workspace, &name)?;

@@ -55,6 +55,9 @@ pub struct Counters {
     pub aggregates: AtomicU64,
     /// Events too late for a window.
     pub late: AtomicU64,
+    /// The longest a worker spent taking up a new rule set (swapping its
+    /// rules and instantiating new versions), µs: the pause a deploy causes.
+    pub rule_swap_max_us: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -74,6 +77,8 @@ pub struct Summary {
     pub aggregates: u64,
     /// Events too late for a window.
     pub late: u64,
+    /// The longest pause a rule-set swap caused a worker, µs.
+    pub rule_swap_max_us: u64,
 }
 
 impl Counters {
@@ -88,6 +93,7 @@ impl Counters {
             checkpoints: get(&self.checkpoints),
             aggregates: get(&self.aggregates),
             late: get(&self.late),
+            rule_swap_max_us: get(&self.rule_swap_max_us),
         }
     }
 }
@@ -360,6 +366,7 @@ impl Pipeline {
             worker_txs.push(tx);
             let worker = Worker {
                 index: i as u16,
+                counters: counters.clone(),
                 out_tx: out_tx.clone(),
                 evaluator: Evaluator::new(registry.clone()),
                 features: FeatureEngine::new(catalog.clone()),
@@ -565,6 +572,7 @@ struct Restore {
 
 struct Worker {
     index: u16,
+    counters: Arc<Counters>,
     out_tx: Sender<SinkMsg>,
     evaluator: Evaluator,
     features: FeatureEngine,
@@ -602,7 +610,13 @@ impl Worker {
                     // Rules first: a rule that declares a new feature adds it
                     // to the catalog before it goes live, so the engine then
                     // sees it too.
-                    self.evaluator.refresh();
+                    let start = Instant::now();
+                    if self.evaluator.refresh() {
+                        let us = start.elapsed().as_micros() as u64;
+                        self.counters.rule_swap_max_us.fetch_max(us, Ordering::Relaxed);
+                        let generation = self.evaluator.generation();
+                        tracing::debug!(worker = self.index, generation, pause_us = us, "rule set swapped in");
+                    }
                     self.features.refresh();
                     if self.evaluator.generation() != used_generation {
                         let names = self.catalog.snapshot();

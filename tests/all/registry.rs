@@ -57,3 +57,25 @@ fn dot_files_and_temporaries_are_ignored() {
     let report = registry_for(&env.config(false)).rescan();
     assert_eq!(report, vigil::rules::ScanReport::default());
 }
+
+/// The daemon compiles modules in a child process (`vigil compile-rule`);
+/// what the child says about a broken module reaches the log as the cause,
+/// and the good module it compiled goes live from the cache.
+#[test]
+fn the_daemon_compiles_in_a_child_process_and_relays_its_errors() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    std::fs::write(env.rules().join("broken.wasm"), b"\0asm\x01\0\0\0\x01\x7f\x7f").expect("broken module");
+    let config = env.toml("");
+    env.append_lines(&[payment("a", 2_000_000).to_string()]);
+    let daemon = crate::daemon::Daemon::start(&env, &config);
+    let decision = wait_for(std::time::Duration::from_secs(30), "a", || decision_for(&env.decisions(), "a"));
+    assert_eq!(decision["action"], "block", "large-amount decided: {decision}");
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    let line =
+        log.lines().find(|l| l.contains("broken.wasm")).unwrap_or_else(|| panic!("no line names the file:\n{log}"));
+    assert!(line.contains("rule file rejected") && line.contains("does not compile:"), "{line}");
+    assert!(!line.contains("compiler process"), "the child's own message, not how it ended: {line}");
+    assert_eq!(cache_files(&env).len(), 1, "the good module's artefact, written by the child");
+}

@@ -705,11 +705,12 @@ impl Evaluator {
         e
     }
 
-    /// Picks up a new rule set, if any. Call between events only.
-    pub fn refresh(&mut self) {
+    /// Picks up a new rule set, if any, and instantiates its new rules;
+    /// true when it did. Call between events only.
+    pub fn refresh(&mut self) -> bool {
         let set = self.registry.current.load();
         if set.generation == self.generation {
-            return;
+            return false;
         }
         let mut old = std::mem::take(&mut self.slots);
         for rule in &set.rules {
@@ -727,7 +728,9 @@ impl Evaluator {
                         name: rule.name.to_string().into(),
                         version: rule.version.to_string().into(),
                         module: rule.short_hash().into(),
-                        instance: None,
+                        // Now rather than at the first call; a failure is
+                        // retried, and accounted for, at the call.
+                        instance: rule.instantiate(&self.registry.sandbox).ok(),
                         rule: rule.clone(),
                         state,
                     }
@@ -741,6 +744,7 @@ impl Evaluator {
             }
         }
         self.generation = set.generation;
+        true
     }
 
     /// Keyed-state changes of every rule since the last call, for a

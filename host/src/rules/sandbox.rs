@@ -8,8 +8,11 @@
 //! as a [`RuleError`] and never escapes as a panic.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
 use wasmtime::{
@@ -160,15 +163,94 @@ pub struct Limits {
     pub memory_cap: usize,
 }
 
+/// The program that compiles modules out of process (see [`set_compiler`]).
+static COMPILER: OnceLock<PathBuf> = OnceLock::new();
+
+/// Longest a compile in a child process may take before it is killed.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Compile modules in a child process from now on: `program compile-rule
+/// OUT` reads the module on its standard input and writes the compiled
+/// artefact to OUT (the `vigil` binary does; see [`compile_to`]).
+///
+/// Why: a module is untrusted input to the compiler too. In a child, a
+/// module that crashes the compiler, makes it eat memory or run for minutes
+/// costs that child (killed after two minutes), not the engine, and its
+/// rejection names the file and the cause like any other. Only used with a
+/// compile cache, where the artefact lands; without a call to this (library
+/// users, in-process tests) modules compile in-process.
+pub fn set_compiler(program: PathBuf) {
+    let _ = COMPILER.set(program);
+}
+
+/// The engine settings: one function, so a child compiler produces
+/// artefacts the engine accepts.
+fn engine() -> Result<Engine, RuleError> {
+    let mut cfg = wasmtime::Config::new();
+    cfg.consume_fuel(true).cranelift_opt_level(wasmtime::OptLevel::Speed).max_wasm_stack(512 * 1024);
+    Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))
+}
+
+/// `vigil compile-rule OUT`: compiles `bytes` with the engine's settings and
+/// writes the artefact to `out` (whole: a temporary file renamed into place).
+///
+/// # Errors
+/// [`RuleError::Compile`] saying why.
+pub fn compile_to(bytes: &[u8], out: &Path) -> Result<(), RuleError> {
+    let art = engine()?.precompile_module(bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
+    write_whole(out, &art).map_err(|e| RuleError::Compile(format!("cannot write {}: {e}", out.display())))
+}
+
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Runs the child compiler on `bytes`, leaving the artefact at `out`.
+fn compile_in_child(program: &Path, bytes: &[u8], out: &Path) -> Result<(), RuleError> {
+    let failed = |why: String| RuleError::Compile(format!("compiler process {}: {why}", program.display()));
+    let mut child = Command::new(program)
+        .arg("compile-rule")
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot start: {e}")))?;
+    // A child that dies early closes the pipe; its exit status says why.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(bytes);
+    }
+    let start = Instant::now();
+    while child.try_wait().map_err(|e| failed(e.to_string()))?.is_none() {
+        if start.elapsed() > COMPILE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!("still compiling after {COMPILE_TIMEOUT:?}; killed")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let msg = stderr.trim().trim_start_matches("error: ").trim_start_matches("does not compile: ");
+    Err(match output.status.code() {
+        Some(_) if !msg.is_empty() => RuleError::Compile(msg.to_owned()),
+        _ => failed(format!("{} {msg}", output.status).trim_end().to_owned()),
+    })
+}
+
 impl Sandbox {
     /// Starts an engine with `limits`, caching compiled modules in `cache_dir`.
     ///
     /// # Errors
     /// [`RuleError::Compile`] when wasmtime cannot be configured.
     pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
-        let mut cfg = wasmtime::Config::new();
-        cfg.consume_fuel(true).cranelift_opt_level(wasmtime::OptLevel::Speed).max_wasm_stack(512 * 1024);
-        let engine = Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))?;
+        let engine = engine()?;
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
@@ -217,12 +299,15 @@ impl Sandbox {
                 }
             }
         }
+        if let Some(program) = COMPILER.get() {
+            compile_in_child(program, bytes, &path)?;
+            // SAFETY: as above; the child wrote it with this engine's settings.
+            return unsafe { Module::deserialize_file(&self.engine, &path) }
+                .map_err(|e| RuleError::Compile(format!("compiled artefact {}: {e:#}", path.display())));
+        }
         let module = Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
         if let Ok(art) = module.serialize() {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, art).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
+            let _ = write_whole(&path, &art);
         }
         Ok(module)
     }
