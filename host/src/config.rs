@@ -395,6 +395,11 @@ pub struct PipelineConfig {
     /// The field events are partitioned by; per-key order is preserved.
     #[serde(default)]
     pub partition_key: PartitionKey,
+    /// Threads that parse and validate events, a batch at a time, keeping
+    /// their order. Default: the number of CPU cores; 1 parses on the
+    /// source thread.
+    #[serde(default)]
+    pub decode_threads: Option<NonZeroU32>,
     /// Events handed between threads at once.
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
@@ -409,6 +414,7 @@ impl Default for PipelineConfig {
         Self {
             workers: None,
             partition_key: PartitionKey::default(),
+            decode_threads: None,
             batch_size: default_batch_size(),
             channel_capacity: default_channel_capacity(),
         }
@@ -419,6 +425,13 @@ impl PipelineConfig {
     /// The number of workers to run.
     pub fn worker_count(&self) -> usize {
         self.workers
+            .map(|w| w.get() as usize)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+    }
+
+    /// The number of threads that parse events.
+    pub fn decode_thread_count(&self) -> usize {
+        self.decode_threads
             .map(|w| w.get() as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
     }

@@ -379,10 +379,22 @@ impl Pipeline {
         let by_partition = source.partitioned();
         let batch = config.pipeline.batch_size.get();
         let ticks = !defs.is_empty();
+        let parsers = match config.pipeline.decode_thread_count() {
+            1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("vigil-decode-{i}"))
+                    .build()
+                    .map_err(std::io::Error::other)?,
+            ),
+        };
         let source = spawn("vigil-source", move || {
             let mut run = SourceRun {
                 source,
                 decoder,
+                parsers,
+                parsed: Vec::new(),
                 partitioner,
                 worker_txs,
                 out_tx,
@@ -421,6 +433,10 @@ fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) 
 struct SourceRun {
     source: Box<dyn Source>,
     decoder: Decoder,
+    /// Threads that parse a batch's lines in parallel; none: this thread.
+    parsers: Option<rayon::ThreadPool>,
+    /// The current batch, parsed (not yet de-duplicated), in input order.
+    parsed: Vec<Result<Payment, DecodeError>>,
     partitioner: Partitioner,
     worker_txs: Vec<Sender<WorkerMsg>>,
     out_tx: Sender<SinkMsg>,
@@ -453,9 +469,10 @@ impl SourceRun {
             let mut jobs: Vec<Vec<Job>> = (0..self.worker_txs.len()).map(|_| Vec::new()).collect();
             let mut rejected = Output::default();
             let workers = self.worker_txs.len();
-            for record in &records {
+            self.parse(&records);
+            for (record, parsed) in records.iter().zip(self.parsed.drain(..)) {
                 self.decoder.dedup_mut().set_partition(record.partition);
-                match self.decoder.decode(&record.line) {
+                match parsed.and_then(|p| self.decoder.admit(p)) {
                     Ok(payment) => {
                         self.newest_ms = self.newest_ms.max(payment.ts_ms);
                         let w = if self.by_partition {
@@ -499,6 +516,22 @@ impl SourceRun {
                 tracing::info!(source = self.source.name(), "source finished");
                 return Ok(());
             }
+        }
+    }
+
+    /// Parses `records` into `self.parsed`, in order: on the parser
+    /// threads when there are enough to share, else here.
+    fn parse(&mut self, records: &[Record]) {
+        use rayon::prelude::*;
+        /// Below this a batch is parsed faster than it is handed over.
+        const SHARED_FROM: usize = 32;
+        let decoder = &self.decoder;
+        self.parsed.clear();
+        match &self.parsers {
+            Some(pool) if records.len() >= SHARED_FROM => pool.install(|| {
+                records.par_iter().map(|r| decoder.parse(&r.line)).collect_into_vec(&mut self.parsed);
+            }),
+            _ => self.parsed.extend(records.iter().map(|r| decoder.parse(&r.line))),
         }
     }
 

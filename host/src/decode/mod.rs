@@ -220,11 +220,28 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError`] saying exactly why the event is rejected.
     pub fn decode(&mut self, line: &str) -> Result<Payment, DecodeError> {
+        let payment = self.parse(line)?;
+        self.admit(payment)
+    }
+
+    /// Decodes, validates and tokenises one line: everything but the
+    /// de-duplication, so lines can be parsed on several threads at once.
+    ///
+    /// # Errors
+    /// [`DecodeError`] saying exactly why the event is rejected.
+    pub fn parse(&self, line: &str) -> Result<Payment, DecodeError> {
         if line.len() > self.max_event_bytes {
             return Err(DecodeError::TooLarge { len: line.len(), limit: self.max_event_bytes });
         }
         let raw: RawEvent<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
-        let payment = self.validate(raw)?;
+        self.validate(raw)
+    }
+
+    /// De-duplicates a parsed event: call in input order.
+    ///
+    /// # Errors
+    /// [`DecodeError::Duplicate`] when its id was seen within the horizon.
+    pub fn admit(&mut self, payment: Payment) -> Result<Payment, DecodeError> {
         if !self.dedup.insert(&payment.id, payment.ts_ms) {
             return Err(DecodeError::Duplicate(payment.id));
         }

@@ -16,7 +16,7 @@ pub mod spec;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -112,6 +112,8 @@ struct KeyState {
     /// The input partition of the event that last touched the key: with
     /// Kafka, the partition whose changelog carries this state.
     partition: u32,
+    /// Changed since the last checkpoint (and listed in its kind's `dirty`).
+    dirty: bool,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
     num: smallvec::SmallVec<[NumSeries; 2]>,
@@ -131,6 +133,10 @@ struct KeyKindPlan {
     // Boxed: the map doubles its slots as it grows, and a slot is then a
     // pointer rather than a whole key state.
     states: HashMap<u64, Box<KeyState>>,
+    /// Keys changed since the last checkpoint, each listed once while its
+    /// state's `dirty` flag is set: 8 bytes a key instead of a hash-set
+    /// entry (a stale hash of a key since expired or moved is skipped).
+    dirty: Vec<u64>,
 }
 
 /// One worker's feature state.
@@ -142,8 +148,6 @@ pub struct FeatureEngine {
     values: Vec<f64>,
     newest_ms: i64,
     events: u64,
-    /// Keys changed since the last checkpoint: (kind code, key hash).
-    dirty: HashSet<(u8, u64)>,
     /// Keys expired since the last checkpoint: (kind code, hash, partition).
     expired: Vec<(u8, u64, u32)>,
     /// The input partition of the events being computed.
@@ -182,7 +186,6 @@ impl FeatureEngine {
             values: Vec::new(),
             newest_ms: i64::MIN,
             events: 0,
-            dirty: HashSet::new(),
             expired: Vec::new(),
             partition: 0,
         };
@@ -249,7 +252,7 @@ impl FeatureEngine {
         }
         let t = p.ts_ms;
         self.newest_ms = self.newest_ms.max(t);
-        let Self { kinds, planned, values, dirty, partition, .. } = self;
+        let Self { kinds, planned, values, partition, .. } = self;
         // One pass per key kind: find the key's state once, update its
         // series, then read every feature kept per that key from it.
         for (&key_field, kind) in kinds.iter_mut() {
@@ -260,8 +263,11 @@ impl FeatureEngine {
                 continue;
             };
             let hash = xxh3_64(key.as_bytes());
-            dirty.insert((key_field.code(), hash));
             let state = kind.states.entry(hash).or_default();
+            if !state.dirty {
+                state.dirty = true;
+                kind.dirty.push(hash);
+            }
             state.newest_ms = state.newest_ms.max(t);
             state.partition = *partition;
             if state.num.len() < kind.num.len() {
@@ -321,44 +327,44 @@ impl FeatureEngine {
                 keep
             });
         }
-        for (code, hash, _) in &self.expired {
-            self.dirty.remove(&(*code, *hash));
-        }
     }
 
     /// The changes since the last call, for a checkpoint: the state of
     /// every key touched, and the keys expired.
     pub fn take_delta(&mut self, worker: u16) -> Vec<crate::state::FeatureDelta> {
-        let mut out = Vec::with_capacity(self.dirty.len() + self.expired.len());
-        for (code, hash) in std::mem::take(&mut self.dirty) {
-            let Some((_, kind)) = self.kinds.iter().find(|(k, _)| k.code() == code) else {
-                continue;
-            };
-            let Some(state) = kind.states.get(&hash) else {
-                continue;
-            };
-            let stored = StoredKey {
-                newest_ms: state.newest_ms,
-                num: kind.num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series.clone())).collect(),
-                distinct: kind
-                    .distinct
-                    .iter()
-                    .zip(&state.distinct)
-                    .map(|(&(f, b, s), series)| (f.code(), b, s, series.clone()))
-                    .collect(),
-            };
-            // Serialising plain data into a Vec cannot fail.
-            let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
-            out.push(crate::state::FeatureDelta {
-                kind: code,
-                hash,
-                worker,
-                partition: state.partition,
-                state: Some(bytes),
-            });
-        }
+        let dirty: usize = self.kinds.values().map(|k| k.dirty.len()).sum();
+        let mut out = Vec::with_capacity(dirty + self.expired.len());
+        // Expiries first: a key that expired and came back since the last
+        // checkpoint is then stored, not deleted, when the delta is applied.
         for (kind, hash, partition) in self.expired.drain(..) {
             out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
+        }
+        for (key_field, kind) in &mut self.kinds {
+            for hash in std::mem::take(&mut kind.dirty) {
+                let Some(state) = kind.states.get_mut(&hash).filter(|s| s.dirty) else {
+                    continue;
+                };
+                state.dirty = false;
+                let stored = StoredKey {
+                    newest_ms: state.newest_ms,
+                    num: kind.num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series.clone())).collect(),
+                    distinct: kind
+                        .distinct
+                        .iter()
+                        .zip(&state.distinct)
+                        .map(|(&(f, b, s), series)| (f.code(), b, s, series.clone()))
+                        .collect(),
+                };
+                // Serialising plain data into a Vec cannot fail.
+                let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
+                out.push(crate::state::FeatureDelta {
+                    kind: key_field.code(),
+                    hash,
+                    worker,
+                    partition: state.partition,
+                    state: Some(bytes),
+                });
+            }
         }
         out
     }
@@ -375,6 +381,7 @@ impl FeatureEngine {
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
             partition: self.partition,
+            dirty: false,
             num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
         };
@@ -533,5 +540,25 @@ mod tests {
         e.expire();
         // Event time ran 10,000 s; only keys seen in the last 10 minutes remain.
         assert!(e.tracked_keys() <= 601, "{}", e.tracked_keys());
+    }
+
+    #[test]
+    fn a_key_that_expires_and_returns_between_checkpoints_is_stored_not_deleted() {
+        let mut e = engine(&[("c", "count(card, 10m)")]);
+        e.compute(&pay("a", 0, 1, "US"));
+        e.take_delta(0);
+        e.compute(&pay("b", 30 * MIN, 1, "US"));
+        e.expire();
+        e.compute(&pay("a", 31 * MIN, 1, "US"));
+        // Applied in order, as a checkpoint store or the changelog does.
+        let mut stored = HashMap::new();
+        for d in e.take_delta(0) {
+            match d.state {
+                Some(bytes) => stored.insert(d.hash, bytes),
+                None => stored.remove(&d.hash),
+            };
+        }
+        assert_eq!(stored.len(), 2, "both a and b are live");
+        assert!(e.take_delta(0).is_empty(), "each change goes out once");
     }
 }
