@@ -62,11 +62,73 @@ pub struct RuleOutcome {
     /// The rule's reason codes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<Arc<str>>,
-    /// Time spent in the call, nanoseconds.
+    /// Time spent on the rule for this event, nanoseconds: the call and
+    /// the host's handling of it.
     pub latency_ns: u64,
     /// Why the call failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `rule`, `version`, `module` and `mode` rendered as the start of the
+    /// JSON object, once per rule version (see [`rendered_head`]); empty:
+    /// rendered per record.
+    #[serde(skip)]
+    pub json_head: Arc<str>,
+}
+
+/// The constant start of a rule outcome's JSON object, up to and including
+/// the comma after `mode`.
+pub fn rendered_head(rule: &str, version: &str, module: &str, mode: Mode) -> String {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        rule: &'a str,
+        version: &'a str,
+        module: &'a str,
+        mode: Mode,
+    }
+    let mut json = serde_json::to_string(&Head { rule, version, module, mode }).unwrap_or_default();
+    json.pop(); // the closing brace
+    json.push(',');
+    json
+}
+
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+fn json_int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+impl RuleOutcome {
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        if self.json_head.is_empty() {
+            buf.extend_from_slice(rendered_head(&self.rule, &self.version, &self.module, self.mode).as_bytes());
+        } else {
+            buf.extend_from_slice(self.json_head.as_bytes());
+        }
+        buf.extend_from_slice(b"\"action\":\"");
+        buf.extend_from_slice(self.action.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"score\":");
+        json_int(buf, self.score);
+        if !self.reasons.is_empty() {
+            buf.extend_from_slice(b",\"reasons\":[");
+            for (i, r) in self.reasons.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                json_str(buf, r);
+            }
+            buf.push(b']');
+        }
+        buf.extend_from_slice(b",\"latency_ns\":");
+        json_int(buf, self.latency_ns);
+        if let Some(e) = &self.error {
+            buf.extend_from_slice(b",\"error\":");
+            json_str(buf, e);
+        }
+        buf.push(b'}');
+    }
 }
 
 /// The audit record of one decision.
@@ -91,6 +153,54 @@ pub struct Decision<'a> {
     pub ingested_at_us: i64,
     /// When the decision was made, epoch microseconds.
     pub decided_at_us: i64,
+}
+
+impl Decision<'_> {
+    /// Appends the record as one line of JSON — the bytes serde_json writes
+    /// for it, without escaping each rule's constant fields again for every
+    /// event (that escaping was the workers' largest single cost).
+    pub fn write_json_line(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(b"{\"id\":");
+        json_str(buf, self.id);
+        buf.extend_from_slice(b",\"action\":\"");
+        buf.extend_from_slice(self.action.as_str().as_bytes());
+        buf.extend_from_slice(b"\",\"score\":");
+        json_int(buf, self.score);
+        buf.extend_from_slice(b",\"reasons\":[");
+        for (i, r) in self.reasons.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            json_str(buf, r);
+        }
+        buf.extend_from_slice(b"],\"rules\":[");
+        for (i, o) in self.rules.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            o.write_json(buf);
+        }
+        buf.push(b']');
+        if !self.features.is_empty() {
+            buf.extend_from_slice(b",\"features\":{");
+            for (i, (name, value)) in self.features.0.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                json_str(buf, name);
+                buf.push(b':');
+                let _ = serde_json::to_writer(&mut *buf, value);
+            }
+            buf.push(b'}');
+        }
+        buf.extend_from_slice(b",\"event_ts_ms\":");
+        json_int(buf, self.event_ts_ms);
+        buf.extend_from_slice(b",\"ingested_at_us\":");
+        json_int(buf, self.ingested_at_us);
+        buf.extend_from_slice(b",\"decided_at_us\":");
+        json_int(buf, self.decided_at_us);
+        buf.extend_from_slice(b"}\n");
+    }
 }
 
 /// Feature values by name, written as a JSON object (NaN as null).
@@ -150,6 +260,39 @@ mod tests {
             reasons: vec![reason.into()],
             latency_ns: 0,
             error: None,
+            json_head: Arc::from(""),
+        }
+    }
+
+    #[test]
+    fn the_hand_written_record_is_what_serde_json_writes() {
+        let mut shadow = outcome(Mode::Shadow, Action::Block, 90, "new \"device\"");
+        shadow.reasons.push("second".into());
+        shadow.error = Some("trapped: panicked at \"x\"\n(at src/lib.rs:3)".into());
+        let mut quiet = outcome(Mode::Enforce, Action::Allow, 0, "");
+        quiet.reasons.clear();
+        quiet.rule = "geo-mismatch".into();
+        quiet.latency_ns = 1_234_567;
+        quiet.json_head = rendered_head(&quiet.rule, &quiet.version, &quiet.module, quiet.mode).into();
+        let rules = [shadow, quiet];
+        let features = [("count(card, 10m)", 3.0), ("avg(card, amount, 1h)", f64::NAN), ("é\"", -0.5)];
+        for (id, features) in [("tx-1", &features[..]), ("odd \"id\" \\ \u{1}", &[][..])] {
+            let d = Decision {
+                id,
+                action: Action::Review,
+                score: -7,
+                reasons: vec!["a", "b\tc"],
+                rules: &rules,
+                features: FeatureValues(features),
+                event_ts_ms: 1_717_200_000_000,
+                ingested_at_us: i64::MIN,
+                decided_at_us: 42,
+            };
+            let mut want = serde_json::to_vec(&d).expect("serde_json");
+            want.push(b'\n');
+            let mut got = Vec::new();
+            d.write_json_line(&mut got);
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
         }
     }
 

@@ -751,7 +751,8 @@ impl Worker {
             decided_at_us: now_us(),
         };
         let start = out.decisions.len();
-        push_line(&mut out.decisions, &mut out.decision_count, &record);
+        record.write_json_line(&mut out.decisions);
+        out.decision_count += 1;
         if action != Action::Allow && out.decisions.len() > start {
             out.alerts.push(start..out.decisions.len());
         }
