@@ -65,8 +65,9 @@ impl ConsumerContext for SourceContext {
             for p in &partitions {
                 owned.partitions.remove(p);
             }
+            let now: Vec<u32> = owned.partitions.iter().copied().collect();
             drop(owned);
-            tracing::info!(topic = %self.topic, ?partitions, "partitions revoked");
+            tracing::info!(topic = %self.topic, ?partitions, owned = ?now, "partitions revoked");
             self.push(Change::Revoked(partitions));
         }
     }
@@ -78,8 +79,12 @@ impl ConsumerContext for SourceContext {
                 let mut owned = self.fence.lock();
                 owned.epoch += 1;
                 owned.partitions.extend(partitions.iter().copied());
+                let now: Vec<u32> = owned.partitions.iter().copied().collect();
                 drop(owned);
-                tracing::info!(topic = %self.topic, ?partitions, "partitions assigned");
+                // With cooperative rebalancing (`partition.assignment.strategy
+                // = "cooperative-sticky"` under [kafka.consumer]) `partitions`
+                // are only the new ones; `owned` is the whole assignment.
+                tracing::info!(topic = %self.topic, ?partitions, owned = ?now, "partitions assigned");
                 self.push(Change::Assigned(partitions));
             }
             KafkaRebalance::Revoke(_) => {}
