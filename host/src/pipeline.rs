@@ -450,9 +450,46 @@ struct SourceRun {
     by_partition: bool,
 }
 
+/// Sends `msg`, waiting while the channel is full and letting `source` keep
+/// its connection alive meanwhile (see [`Source::stalled`]); false when the
+/// receiver is gone.
+fn send_or_stall<T>(tx: &Sender<T>, msg: T, source: &mut dyn Source) -> anyhow::Result<bool> {
+    const POLL: Duration = Duration::from_millis(100);
+    let mut msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(true),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(false),
+        Err(crossbeam_channel::TrySendError::Full(m)) => m,
+    };
+    let since = Instant::now();
+    let sent = loop {
+        match tx.send_timeout(msg, POLL) {
+            Ok(()) => break true,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break false,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                msg = m;
+                source.stalled()?;
+            }
+        }
+    };
+    if since.elapsed() >= POLL {
+        source.unstalled()?;
+    }
+    Ok(sent)
+}
+
 impl SourceRun {
-    fn send(&self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
-        self.worker_txs[worker].send(msg).map_err(|_| anyhow::anyhow!("a worker stopped before the input was drained"))
+    fn send(&mut self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
+        if !send_or_stall(&self.worker_txs[worker], msg, &mut *self.source)? {
+            anyhow::bail!("a worker stopped before the input was drained");
+        }
+        Ok(())
+    }
+
+    fn send_out(&mut self, msg: SinkMsg) -> anyhow::Result<()> {
+        if !send_or_stall(&self.out_tx, msg, &mut *self.source)? {
+            anyhow::bail!("the sink stopped before the input was drained");
+        }
+        Ok(())
     }
 
     fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
@@ -492,8 +529,8 @@ impl SourceRun {
                     self.send(w, WorkerMsg::Tick(self.newest_ms))?;
                 }
             }
-            if !rejected.is_empty() && self.out_tx.send(SinkMsg::Output(rejected)).is_err() {
-                anyhow::bail!("the sink stopped before the input was drained");
+            if !rejected.is_empty() {
+                self.send_out(SinkMsg::Output(rejected))?;
             }
             self.rebalance()?;
             let done = !more || cancel.is_cancelled();
@@ -588,10 +625,7 @@ impl SourceRun {
             dedup_removed,
             ..Checkpoint::default()
         };
-        if self.out_tx.send(SinkMsg::Source(part)).is_err() {
-            anyhow::bail!("the sink stopped before the input was drained");
-        }
-        Ok(())
+        self.send_out(SinkMsg::Source(part))
     }
 }
 

@@ -5,9 +5,10 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance as KafkaRebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::changelog::{self, Committer, Transactions};
@@ -28,6 +29,9 @@ pub struct SourceContext {
     topic: String,
     fence: Fence,
     changes: Mutex<Vec<Change>>,
+    /// Consumption is paused for back-pressure: partitions assigned
+    /// meanwhile are paused as they arrive.
+    paused: AtomicBool,
 }
 
 impl SourceContext {
@@ -72,9 +76,14 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
         match rebalance {
             KafkaRebalance::Assign(tpl) => {
+                if self.paused.load(Ordering::Relaxed)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(error = %e, "cannot pause newly assigned partitions during back-pressure");
+                }
                 let partitions = self.partitions(tpl);
                 let mut owned = self.fence.lock();
                 owned.epoch += 1;
@@ -101,8 +110,11 @@ pub struct KafkaSource {
     changelog: String,
     /// The next offset to hand out, per owned partition.
     next: BTreeMap<u32, i64>,
-    /// A record polled after an ownership change, handed out after it.
-    carry: Option<(Record, i64)>,
+    /// Records polled after an ownership change (or while paused), handed
+    /// out after it.
+    carry: VecDeque<(Record, i64)>,
+    /// When consumption was paused for back-pressure.
+    paused_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -134,7 +146,12 @@ impl KafkaSource {
         for (key, value) in k.client.iter().chain(&k.consumer) {
             c.set(key, value);
         }
-        let context = SourceContext { topic: topic.to_owned(), fence: fence.clone(), changes: Mutex::new(Vec::new()) };
+        let context = SourceContext {
+            topic: topic.to_owned(),
+            fence: fence.clone(),
+            changes: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
+        };
         let consumer: BaseConsumer<SourceContext> = c
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a consumer: {e}"))?;
@@ -164,7 +181,8 @@ impl KafkaSource {
             name: format!("kafka:{topic}"),
             changelog,
             next: BTreeMap::new(),
-            carry: None,
+            carry: VecDeque::new(),
+            paused_at: None,
         };
         Ok((source, committer))
     }
@@ -182,7 +200,9 @@ impl Source for KafkaSource {
         max: usize,
         cancel: &CancellationToken,
     ) -> Result<bool, SourceError> {
-        if let Some((record, next)) = self.carry.take() {
+        while batch.len() < max
+            && let Some((record, next)) = self.carry.pop_front()
+        {
             self.hand_out(batch, record, next);
         }
         while batch.len() < max {
@@ -202,7 +222,7 @@ impl Source for KafkaSource {
                     let next = m.offset() + 1;
                     drop(m);
                     if self.consumer.context().pending() {
-                        self.carry = Some((record, next));
+                        self.carry.push_back((record, next));
                         break;
                     }
                     self.hand_out(batch, record, next);
@@ -242,7 +262,8 @@ impl Source for KafkaSource {
                     out.push(Rebalance::Revoked(ps));
                 }
                 Change::Assigned(ps) => {
-                    let states = changelog::read(&self.config, &self.changelog, &ps).map_err(SourceError::Kafka)?;
+                    let states = changelog::read(&self.config, &self.changelog, &ps)
+                        .map_err(|e| SourceError::Kafka(e.to_string()))?;
                     out.extend(states.into_iter().map(Rebalance::Assigned));
                 }
             }
@@ -253,5 +274,56 @@ impl Source for KafkaSource {
     fn offsets(&self) -> (u64, Vec<(u32, i64)>) {
         let epoch = self.consumer.context().fence.lock().epoch;
         (epoch, self.next.iter().map(|(&p, &o)| (p, o)).collect())
+    }
+
+    fn stalled(&mut self) -> Result<(), SourceError> {
+        if self.paused_at.is_none() {
+            // Stop fetching (librdkafka drops what it prefetched and fetches
+            // again from the next offset on resume) but keep polling below,
+            // so the group does not take the partitions away after
+            // `max.poll.interval.ms`.
+            let context = self.consumer.context();
+            context.paused.store(true, Ordering::Relaxed);
+            let assigned = self.consumer.assignment().map_err(|e| SourceError::Kafka(e.to_string()))?;
+            self.consumer.pause(&assigned).map_err(|e| SourceError::Kafka(e.to_string()))?;
+            self.paused_at = Some(Instant::now());
+            tracing::info!(topic = %context.topic, "the pipeline is full: pausing consumption, staying in the group");
+        }
+        // Serves rebalances and keeps the membership; paused partitions
+        // return no records, but keep anything that comes all the same.
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Ok(m)) => {
+                let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+                let next = m.offset() + 1;
+                self.carry
+                    .push_back((Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 }, next));
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error while paused; retrying"),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn unstalled(&mut self) -> Result<(), SourceError> {
+        let Some(since) = self.paused_at.take() else {
+            return Ok(());
+        };
+        let context = self.consumer.context();
+        context.paused.store(false, Ordering::Relaxed);
+        let assigned = self.consumer.assignment().map_err(|e| SourceError::Kafka(e.to_string()))?;
+        self.consumer.resume(&assigned).map_err(|e| SourceError::Kafka(e.to_string()))?;
+        // Where fetching resumes is ours to say: librdkafka's own resume
+        // position was seen to re-read some records and skip others when
+        // the pause came with records in flight. Each partition goes on
+        // right after the last record handed out.
+        for (&partition, &next) in &self.next {
+            self.consumer
+                .seek(&context.topic, partition as i32, rdkafka::Offset::Offset(next), Duration::from_secs(10))
+                .map_err(|e| SourceError::Kafka(format!("cannot resume partition {partition} at {next}: {e}")))?;
+        }
+        let next = &self.next;
+        self.carry.retain(|(r, _)| !next.contains_key(&r.partition));
+        tracing::info!(topic = %context.topic, paused_ms = since.elapsed().as_millis() as u64, "resuming consumption");
+        Ok(())
     }
 }

@@ -114,6 +114,24 @@ pub trait Source: Send {
     fn offsets(&self) -> (u64, Vec<(u32, i64)>) {
         (0, Vec::new())
     }
+
+    /// Called about every 100 ms while the pipeline cannot take what was
+    /// read (back-pressure). A source that must keep talking to a server to
+    /// keep its input (a Kafka group member) does so here, reading nothing.
+    ///
+    /// # Errors
+    /// [`SourceError`] when the source cannot pause.
+    fn stalled(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// The pipeline took what was waiting: reading may go on.
+    ///
+    /// # Errors
+    /// [`SourceError`] when the source cannot resume.
+    fn unstalled(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// Opens the configured source, resuming at `resume` when given.
