@@ -96,6 +96,18 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
+/// A JSON array of strings.
+fn json_strs<'s>(buf: &mut Vec<u8>, strings: impl Iterator<Item = &'s str>) {
+    buf.push(b'[');
+    for (i, s) in strings.enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        json_str(buf, s);
+    }
+    buf.push(b']');
+}
+
 fn json_int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
@@ -112,14 +124,8 @@ impl RuleOutcome {
         buf.extend_from_slice(b"\",\"score\":");
         json_int(buf, self.score);
         if !self.reasons.is_empty() {
-            buf.extend_from_slice(b",\"reasons\":[");
-            for (i, r) in self.reasons.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                json_str(buf, r);
-            }
-            buf.push(b']');
+            buf.extend_from_slice(b",\"reasons\":");
+            json_strs(buf, self.reasons.iter().map(|r| &**r));
         }
         buf.extend_from_slice(b",\"latency_ns\":");
         json_int(buf, self.latency_ns);
@@ -166,14 +172,9 @@ impl Decision<'_> {
         buf.extend_from_slice(self.action.as_str().as_bytes());
         buf.extend_from_slice(b"\",\"score\":");
         json_int(buf, self.score);
-        buf.extend_from_slice(b",\"reasons\":[");
-        for (i, r) in self.reasons.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            json_str(buf, r);
-        }
-        buf.extend_from_slice(b"],\"rules\":[");
+        buf.extend_from_slice(b",\"reasons\":");
+        json_strs(buf, self.reasons.iter().copied());
+        buf.extend_from_slice(b",\"rules\":[");
         for (i, o) in self.rules.iter().enumerate() {
             if i > 0 {
                 buf.push(b',');

@@ -193,6 +193,12 @@ impl KafkaSource {
     }
 }
 
+/// A polled message as a record, with the offset after it.
+fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> (Record, i64) {
+    let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+    (Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 }, m.offset() + 1)
+}
+
 impl Source for KafkaSource {
     fn next_batch(
         &mut self,
@@ -217,9 +223,7 @@ impl Source for KafkaSource {
             match self.consumer.poll(wait) {
                 None => break,
                 Some(Ok(m)) => {
-                    let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-                    let record = Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 };
-                    let next = m.offset() + 1;
+                    let (record, next) = record_of(&m);
                     drop(m);
                     if self.consumer.context().pending() {
                         self.carry.push_back((record, next));
@@ -292,12 +296,7 @@ impl Source for KafkaSource {
         // Serves rebalances and keeps the membership; paused partitions
         // return no records, but keep anything that comes all the same.
         match self.consumer.poll(Duration::ZERO) {
-            Some(Ok(m)) => {
-                let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-                let next = m.offset() + 1;
-                self.carry
-                    .push_back((Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 }, next));
-            }
+            Some(Ok(m)) => self.carry.push_back(record_of(&m)),
             Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error while paused; retrying"),
             None => {}
         }
