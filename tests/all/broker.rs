@@ -52,6 +52,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Broker::start`] with more `tansu broker` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let (listen, advertised) = (free_port(), free_port());
         let log = dir.path().join("tansu.log");
@@ -66,6 +71,7 @@ impl Broker {
                 "--storage-engine",
                 "memory://tansu/",
             ])
+            .args(extra)
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))
             .spawn()

@@ -383,6 +383,29 @@ fn unreachable_brokers_and_missing_topics_stop_startup_naming_the_setting() {
     assert!(e.contains("kafka.changelog-topic") && e.contains("needs 4"), "{e}");
 }
 
+/// A broker that requires authentication (tansu: SCRAM only) and a client
+/// configured for SASL/PLAIN, the mechanism vigil's lean librdkafka build
+/// has: startup fails naming the credentials settings, not the brokers.
+/// (A wrong password with the right mechanism needs SCRAM, hence OpenSSL,
+/// which the build leaves out.)
+#[test]
+fn refused_credentials_stop_startup_naming_the_sasl_settings() {
+    let env = Env::new();
+    let broker = Broker::start_with(&["--authentication"]);
+    let path = kafka_toml(&env, &broker, "auth");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let with_sasl = text.replace(
+        "[kafka.consumer]",
+        "connect-timeout = \"3s\"\n[kafka.client]\n\"security.protocol\" = \"sasl_plaintext\"\n\
+         \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"alice\"\n\"sasl.password\" = \"wrong\"\n\
+         [kafka.consumer]",
+    );
+    std::fs::write(&path, with_sasl).expect("write");
+    let e = run_err(&path);
+    assert!(e.contains("kafka.client: authentication with") && e.contains("sasl.password"), "{e}");
+    assert!(!e.contains("kafka.brokers: cannot reach"), "{e}");
+}
+
 fn id_of(v: &str) -> String {
     serde_json::from_str::<Value>(v).expect("json")["id"].as_str().expect("id").to_owned()
 }

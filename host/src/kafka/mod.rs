@@ -95,6 +95,12 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The last authentication failure a client of this process saw: (the
+/// brokers it was for, why). librdkafka reports it through the error
+/// callback while the request that fails reports only a transport error,
+/// so a startup error uses it to name the setting that needs fixing.
+static AUTH_FAILURE: Mutex<Option<(String, String)>> = Mutex::new(None);
+
 /// Forwards librdkafka's logs and errors to tracing, so a broker outage is
 /// in vigil's log with its cause.
 #[derive(Debug, Clone, Default)]
@@ -127,6 +133,9 @@ impl ClientContext for Logging {
                 tracing::warn!(target: "vigil::kafka", "lost a Kafka broker: {reason}; reconnecting with backoff");
             }
             Some(RDKafkaErrorCode::Authentication) => {
+                let brokers = reason.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
+                *AUTH_FAILURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((brokers.to_owned(), reason.to_owned()));
                 tracing::error!(
                     target: "vigil::kafka",
                     "Kafka authentication failed: {reason}; check the sasl.* settings in [kafka.client]"
@@ -149,12 +158,24 @@ pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
         Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed) => {
             format!("kafka.client: the credentials are not allowed this ({err}); check the cluster's ACLs")
         }
+        _ if let Some(reason) = auth_failure(&k.brokers) => format!(
+            "kafka.client: authentication with {} failed ({reason}); check security.protocol, sasl.mechanism, \
+             sasl.username and sasl.password",
+            k.brokers
+        ),
         _ => format!(
             "kafka.brokers: cannot reach {} within {} ({err}); check kafka.brokers and that the brokers are up",
             k.brokers,
             humantime::format_duration(k.connect_timeout)
         ),
     }
+}
+
+/// Why authentication with one of `brokers` last failed, if it did.
+fn auth_failure(brokers: &str) -> Option<String> {
+    let last = AUTH_FAILURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (host, reason) = last.as_ref()?;
+    brokers.split(',').any(|b| b.trim() == host).then(|| reason.clone())
 }
 
 /// The number of partitions of `topic`, or a message naming the setting
