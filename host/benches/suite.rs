@@ -8,7 +8,9 @@
 //!
 //! Rows:
 //! 1. per-rule call cost, each example rule as wasm vs the same crate
-//!    compiled natively (event encoding shared, counted once);
+//!    compiled natively (event encoding shared, counted once), and vs the
+//!    crate called through the host's native path (same projection and
+//!    feature copy: the difference is the sandbox alone);
 //! 2. pipeline throughput, JSONL file in → decisions file out, five rules
 //!    and four look-back features, 1 and 2 workers, next to the codec floor
 //!    (the same pipeline with no rules and no features);
@@ -395,6 +397,22 @@ fn main() {
             format!("{:.1} ns", wasm - native),
             "<= 40 ns",
             format!("{:.2}", (wasm - native) / 40.0),
+        );
+        // The same crate through the host's native path (`rules::native`):
+        // the same projection and feature copy as the wasm call, so the
+        // difference is the sandbox alone.
+        let linked = loader.load_native(rule).expect("native rule");
+        let mut linked_instance = linked.instantiate(&sandbox).expect("native instance");
+        let linked_out = linked_instance.call(&encoded, &linked.projection, &features).expect("native call");
+        assert_eq!(linked_out.action, wasm_out.action, "{file}: wasm and the host's native path disagree");
+        let via_host = ns_per_call(sizes.batch, || {
+            let _ = black_box(linked_instance.call(black_box(&encoded), &linked.projection, &features));
+        });
+        table.row(
+            format!("1. {file}: native through the host's call path {via_host:.1} ns; the sandbox alone"),
+            format!("{:.1} ns", wasm - via_host),
+            "-",
+            "-",
         );
     }
 
