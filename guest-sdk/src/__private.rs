@@ -18,7 +18,8 @@ pub use vigil_abi::PANIC_MAGIC;
 #[derive(Default)]
 struct State {
     input: Vec<u8>,
-    params: Vec<(String, ParamValue)>,
+    /// Values of the declared parameters, in manifest order.
+    params: Vec<ParamValue>,
     manifest: String,
 }
 
@@ -91,18 +92,20 @@ pub fn configure(rule: &Rule, len: i32) -> i32 {
     }
 }
 
-/// Decodes parameters and checks them against the rule's declarations.
-pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<(String, ParamValue)>, String> {
-    let params = vigil_abi::params::decode(encoded).map_err(|e| e.to_string())?;
+/// Decodes parameters and checks them against the rule's declarations; the
+/// values come back in the manifest's order (see [`Context::new`]).
+pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<ParamValue>, String> {
+    let mut params = vigil_abi::params::decode(encoded).map_err(|e| e.to_string())?;
+    let mut ordered = Vec::with_capacity(rule.manifest.params.len());
     for def in rule.manifest.params {
         let want = def.default.to_value().ty();
-        match params.iter().find(|(n, _)| n == def.name) {
-            Some((_, v)) if v.ty() == want => {}
-            Some((_, v)) => return Err(format!("parameter `{}` must be {want}, got {}", def.name, v.ty())),
+        match params.iter().position(|(n, _)| n == def.name) {
+            Some(i) if params[i].1.ty() == want => ordered.push(params.swap_remove(i).1),
+            Some(i) => return Err(format!("parameter `{}` must be {want}, got {}", def.name, params[i].1.ty())),
             None => return Err(format!("parameter `{}` is missing", def.name)),
         }
     }
-    Ok(params)
+    Ok(ordered)
 }
 
 pub fn evaluate(rule: &Rule, len: i32) -> i64 {
@@ -110,7 +113,8 @@ pub fn evaluate(rule: &Rule, len: i32) -> i64 {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
         let tx = Payment::from_bytes(&st.input[..len]);
         let lists = Lists::Host { names: rule.manifest.lists };
-        let ctx = Context::new(&st.params, lists, rule.manifest.features, tx.view(), context::State::Host);
+        let m = &rule.manifest;
+        let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);
         let decision = (rule.evaluate)(&tx, &ctx);
         let mut reasons_len = 0;
         if !decision.reasons.is_empty() {

@@ -2,12 +2,14 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use vigil_abi::{EventView, ParamValue};
+use vigil_abi::{EventView, ParamDef, ParamValue};
 
 /// The rule's view of the host during one call.
 #[derive(Debug)]
 pub struct Context<'a> {
-    params: &'a [(String, ParamValue)],
+    /// Declared parameters, and their values in the same order.
+    param_defs: &'static [ParamDef],
+    params: &'a [ParamValue],
     lists: Lists<'a>,
     features: &'static [&'static str],
     event: EventView<'a>,
@@ -53,18 +55,22 @@ impl std::fmt::Debug for Lists<'_> {
 }
 
 impl<'a> Context<'a> {
+    /// `params` holds a value for each of `param_defs`, in their order.
     pub(crate) fn new(
-        params: &'a [(String, ParamValue)],
+        param_defs: &'static [ParamDef],
+        params: &'a [ParamValue],
         lists: Lists<'a>,
         features: &'static [&'static str],
         event: EventView<'a>,
         state: State<'a>,
     ) -> Self {
-        Self { params, lists, features, event, state }
+        debug_assert_eq!(param_defs.len(), params.len());
+        Self { param_defs, params, lists, features, event, state }
     }
 
     fn param(&self, name: &str) -> Option<&'a ParamValue> {
-        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        let index = self.param_defs.iter().position(|d| same_name(d.name, name))?;
+        self.params.get(index)
     }
 
     /// The integer parameter `name`.
@@ -121,7 +127,7 @@ impl<'a> Context<'a> {
     pub fn in_list(&self, list: &str, value: &str) -> bool {
         match &self.lists {
             Lists::Host { names } => {
-                let Some(index) = names.iter().position(|n| *n == list) else {
+                let Some(index) = names.iter().position(|n| same_name(n, list)) else {
                     panic!("rule declares no list `{list}`");
                 };
                 crate::__private::host_list_contains(index, value)
@@ -131,7 +137,7 @@ impl<'a> Context<'a> {
                 None => panic!("test context has no list `{list}`"),
             },
             Lists::Native { names, host } => {
-                let Some(index) = names.iter().position(|n| *n == list) else {
+                let Some(index) = names.iter().position(|n| same_name(n, list)) else {
                     panic!("rule declares no list `{list}`");
                 };
                 host.list_contains(index, value)
@@ -144,7 +150,7 @@ impl<'a> Context<'a> {
     /// # Panics
     /// When the rule did not declare the feature in `features(...)`.
     pub fn feature(&self, name: &str) -> f64 {
-        let Some(index) = self.features.iter().position(|n| *n == name) else {
+        let Some(index) = self.features.iter().position(|n| same_name(n, name)) else {
             panic!("rule declares no feature `{name}`");
         };
         self.event.feature(index).unwrap_or(0.0)
@@ -196,5 +202,53 @@ impl<'a> Context<'a> {
     /// [`Context::state_put`] of an `i64`.
     pub fn state_put_i64(&self, key: &str, value: i64) -> bool {
         self.state_put(key, &value.to_le_bytes())
+    }
+}
+
+/// Whether a declared name (from the manifest) is the one a rule asks for.
+///
+/// The hot path of every parameter, feature and list look-up. A rule usually
+/// passes the very literal its manifest holds (the compiler merges equal
+/// string constants), so the pointers are compared first; otherwise the bytes
+/// are compared eight at a time. In wasm, `==` on `str` calls a `memcmp` that
+/// walks byte by byte, which cost a simple rule a third of its call time.
+#[inline]
+fn same_name(declared: &str, asked: &str) -> bool {
+    let (a, b) = (declared.as_bytes(), asked.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.as_ptr() == b.as_ptr() {
+        return true;
+    }
+    let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in a8.by_ref().zip(b8.by_ref()) {
+        if u64::from_ne_bytes(x.try_into().unwrap_or_default()) != u64::from_ne_bytes(y.try_into().unwrap_or_default())
+        {
+            return false;
+        }
+    }
+    a8.remainder().iter().zip(b8.remainder()).all(|(x, y)| x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn names_match_only_when_equal() {
+        let declared = "distinct(card, geo.country, 1h)";
+        let asked = String::from(declared);
+        assert!(same_name(declared, declared));
+        assert!(same_name(declared, &asked), "equal text at another address");
+        for (i, _) in declared.char_indices() {
+            let mut other = asked.clone().into_bytes();
+            other[i] ^= 1;
+            let other = String::from_utf8(other).unwrap();
+            assert!(!same_name(declared, &other), "differs at byte {i}");
+        }
+        assert!(!same_name(declared, &declared[..declared.len() - 1]));
+        assert!(!same_name("", "a"));
+        assert!(same_name("", ""));
     }
 }

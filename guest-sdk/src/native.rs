@@ -28,7 +28,8 @@ pub trait Host {
 #[derive(Debug, Clone)]
 pub struct Configured {
     rule: Rule,
-    params: Vec<(String, ParamValue)>,
+    /// In manifest order.
+    params: Vec<ParamValue>,
 }
 
 impl Configured {
@@ -53,6 +54,7 @@ impl Configured {
         let m = &self.rule.manifest;
         let tx = Payment::from_bytes(input);
         let ctx = Context::new(
+            m.params,
             &self.params,
             Lists::Native { names: m.lists, host },
             m.features,
@@ -60,5 +62,79 @@ impl Configured {
             State::Native(host),
         );
         (self.rule.evaluate)(&tx, &ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Configured, Host};
+    use crate::abi::{ManifestDef, ParamDef, ParamDefault, ParamValue, params};
+    use crate::testing::PaymentBuilder;
+    use crate::{Context, Decision, Payment, Rule};
+
+    struct NoHost;
+    impl Host for NoHost {
+        fn list_contains(&self, _: usize, _: &str) -> bool {
+            false
+        }
+        fn state_get(&self, _: &[u8]) -> Option<Vec<u8>> {
+            None
+        }
+        fn state_put(&self, _: &[u8], _: &[u8]) -> bool {
+            false
+        }
+    }
+
+    /// Scores with `high` when `flag` is set, else `low`, so each value is
+    /// told apart.
+    fn evaluate(_: &Payment, ctx: &Context) -> Decision {
+        let score = if ctx.param_bool("flag") { ctx.param_i64("high") } else { ctx.param_i64("low") };
+        Decision::review(score as i32)
+    }
+
+    const RULE: Rule = Rule {
+        manifest: ManifestDef {
+            name: "order",
+            version: "1",
+            description: "",
+            fields: &[],
+            params: &[
+                ParamDef { name: "low", default: ParamDefault::Int(1) },
+                ParamDef { name: "high", default: ParamDefault::Int(2) },
+                ParamDef { name: "flag", default: ParamDefault::Bool(false) },
+            ],
+            lists: &[],
+            features: &[],
+        },
+        evaluate,
+    };
+
+    fn encoded(values: &[(&str, ParamValue)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in values {
+            params::encode_one(name, value, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn parameters_sent_in_any_order_are_read_by_name() {
+        let input = PaymentBuilder::new("t").build().payment().view().as_bytes().to_vec();
+        let sent =
+            encoded(&[("flag", ParamValue::Bool(true)), ("high", ParamValue::Int(70)), ("low", ParamValue::Int(10))]);
+        let rule = Configured::new(&RULE, &sent).unwrap();
+        assert_eq!(rule.evaluate(&input, &NoHost).score, 70);
+        let sent =
+            encoded(&[("low", ParamValue::Int(10)), ("flag", ParamValue::Bool(false)), ("high", ParamValue::Int(70))]);
+        assert_eq!(Configured::new(&RULE, &sent).unwrap().evaluate(&input, &NoHost).score, 10);
+    }
+
+    #[test]
+    fn missing_or_mistyped_parameters_are_refused_by_name() {
+        let sent = encoded(&[("low", ParamValue::Int(1)), ("flag", ParamValue::Bool(true))]);
+        assert_eq!(Configured::new(&RULE, &sent).unwrap_err(), "parameter `high` is missing");
+        let sent =
+            encoded(&[("low", ParamValue::Int(1)), ("high", ParamValue::Bool(true)), ("flag", ParamValue::Bool(true))]);
+        assert_eq!(Configured::new(&RULE, &sent).unwrap_err(), "parameter `high` must be int, got bool");
     }
 }

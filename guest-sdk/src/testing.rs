@@ -272,7 +272,8 @@ impl From<&str> for TestParam {
 pub struct Prepared {
     rule: Rule,
     bytes: Vec<u8>,
-    params: Vec<(String, ParamValue)>,
+    /// In manifest order.
+    params: Vec<ParamValue>,
     lists: HashMap<String, HashSet<String>>,
     state: Rc<RefCell<HashMap<Vec<u8>, Vec<u8>>>>,
 }
@@ -292,6 +293,7 @@ impl Prepared {
         let m = &self.rule.manifest;
         let payment = Payment::from_bytes(&self.bytes);
         let context = Context::new(
+            m.params,
             &self.params,
             Lists::Local(&self.lists),
             m.features,
@@ -313,7 +315,7 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
     Prepared::new(rule, tx, ctx).run()
 }
 
-fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<(String, ParamValue)>) {
+fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<ParamValue>) {
     let m = &rule.manifest;
     let mask: FieldMask = m
         .fields
@@ -344,5 +346,5 @@ fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<(S
     for name in ctx.lists.keys() {
         assert!(m.lists.contains(&name.as_str()), "rule `{}` declares no list `{name}`", m.name);
     }
-    (bytes, params)
+    (bytes, params.into_iter().map(|(_, v)| v).collect())
 }
