@@ -122,19 +122,19 @@ mod tests {
         let input = PaymentBuilder::new("t").build().payment().view().as_bytes().to_vec();
         let sent =
             encoded(&[("flag", ParamValue::Bool(true)), ("high", ParamValue::Int(70)), ("low", ParamValue::Int(10))]);
-        let rule = Configured::new(&RULE, &sent).unwrap();
+        let rule = Configured::new(&RULE, &sent).expect("configured");
         assert_eq!(rule.evaluate(&input, &NoHost).score, 70);
         let sent =
             encoded(&[("low", ParamValue::Int(10)), ("flag", ParamValue::Bool(false)), ("high", ParamValue::Int(70))]);
-        assert_eq!(Configured::new(&RULE, &sent).unwrap().evaluate(&input, &NoHost).score, 10);
+        assert_eq!(Configured::new(&RULE, &sent).expect("configured").evaluate(&input, &NoHost).score, 10);
     }
 
     #[test]
     fn missing_or_mistyped_parameters_are_refused_by_name() {
         let sent = encoded(&[("low", ParamValue::Int(1)), ("flag", ParamValue::Bool(true))]);
-        assert_eq!(Configured::new(&RULE, &sent).unwrap_err(), "parameter `high` is missing");
+        assert_eq!(Configured::new(&RULE, &sent).expect_err("refused"), "parameter `high` is missing");
         let sent =
             encoded(&[("low", ParamValue::Int(1)), ("high", ParamValue::Bool(true)), ("flag", ParamValue::Bool(true))]);
-        assert_eq!(Configured::new(&RULE, &sent).unwrap_err(), "parameter `high` must be int, got bool");
+        assert_eq!(Configured::new(&RULE, &sent).expect_err("refused"), "parameter `high` must be int, got bool");
     }
 }
