@@ -145,6 +145,13 @@ fn bench(c: &mut Criterion) {
         group.bench_function("wasm", |b| {
             b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
         });
+        // The same crate linked in, called as the pipeline calls a rule: the
+        // host's share of a call without the sandbox.
+        let linked = loader.load_native(rule).expect("native rule");
+        let mut linked_instance = linked.instantiate(&sandbox).expect("native instance");
+        group.bench_function("native, host's call path", |b| {
+            b.iter(|| black_box(linked_instance.call(black_box(&encoded), &linked.projection, &[])))
+        });
         group.finish();
     }
     let _ = Arc::new(());

@@ -11,17 +11,19 @@
 //! A feature is computed for each event including that event. A feature
 //! whose key the event lacks (e.g. no card) reads 0, or NaN for min/max/avg.
 
+mod keys;
 pub mod lookback;
 pub mod spec;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::ConfigError;
 use crate::event::Payment;
+use keys::{KeyTable, Slot};
 use lookback::{DistinctSeries, NumSeries};
 pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
 
@@ -130,13 +132,13 @@ struct KeyKindPlan {
     longest_ms: i64,
     /// Indices (in catalog order) of the features kept per this key.
     features: Vec<usize>,
-    // Boxed: the map doubles its slots as it grows, and a slot is then a
-    // pointer rather than a whole key state.
-    states: HashMap<u64, Box<KeyState>>,
-    /// Keys changed since the last checkpoint, each listed once while its
-    /// state's `dirty` flag is set: 8 bytes a key instead of a hash-set
-    /// entry (a stale hash of a key since expired or moved is skipped).
-    dirty: Vec<u64>,
+    states: KeyTable<KeyState>,
+    /// Slots of the keys changed since the last checkpoint, each listed once
+    /// while its state's `dirty` flag is set: 4 bytes a key instead of a
+    /// hash-set entry. A slot freed since (key expired or moved) reads as a
+    /// clean state and is skipped; one reused by a new key is listed again
+    /// and taken once.
+    dirty: Vec<Slot>,
 }
 
 /// One worker's feature state.
@@ -262,11 +264,13 @@ impl FeatureEngine {
                 }
                 continue;
             };
-            let hash = xxh3_64(key.as_bytes());
-            let state = kind.states.entry(hash).or_default();
+            let slot = kind.states.find_or_insert(xxh3_64(key.as_bytes()));
+            let Some((_, state)) = kind.states.slot_mut(slot) else {
+                continue; // find_or_insert returns a slot it holds
+            };
             if !state.dirty {
                 state.dirty = true;
-                kind.dirty.push(hash);
+                kind.dirty.push(slot);
             }
             state.newest_ms = state.newest_ms.max(t);
             state.partition = *partition;
@@ -322,7 +326,7 @@ impl FeatureEngine {
             kind.states.retain(|hash, s| {
                 let keep = s.newest_ms >= cutoff;
                 if !keep {
-                    expired.push((code, *hash, s.partition));
+                    expired.push((code, hash, s.partition));
                 }
                 keep
             });
@@ -340,8 +344,8 @@ impl FeatureEngine {
             out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
         }
         for (key_field, kind) in &mut self.kinds {
-            for hash in std::mem::take(&mut kind.dirty) {
-                let Some(state) = kind.states.get_mut(&hash).filter(|s| s.dirty) else {
+            for slot in std::mem::take(&mut kind.dirty) {
+                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.dirty) else {
                     continue;
                 };
                 state.dirty = false;
@@ -399,7 +403,7 @@ impl FeatureEngine {
             }
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
-        kind.states.insert(hash, Box::new(state));
+        kind.states.insert(hash, state);
         Ok(())
     }
 }
@@ -551,7 +555,7 @@ mod tests {
         e.expire();
         e.compute(&pay("a", 31 * MIN, 1, "US"));
         // Applied in order, as a checkpoint store or the changelog does.
-        let mut stored = HashMap::new();
+        let mut stored = std::collections::HashMap::new();
         for d in e.take_delta(0) {
             match d.state {
                 Some(bytes) => stored.insert(d.hash, bytes),
