@@ -615,18 +615,22 @@ pub fn set_feature_block(buf: &mut [u8], offset: u32, count: u32) {
     put(buf, OFF_FEATURES_COUNT, &count.to_le_bytes());
 }
 
+#[inline]
 fn read_u32(buf: &[u8], off: usize) -> u32 {
     buf.get(off..off + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
 
+#[inline]
 fn read_u16(buf: &[u8], off: usize) -> u16 {
     buf.get(off..off + 2).and_then(|b| b.try_into().ok()).map_or(0, u16::from_le_bytes)
 }
 
+#[inline]
 fn read_i64(buf: &[u8], off: usize) -> i64 {
     buf.get(off..off + 8).and_then(|b| b.try_into().ok()).map_or(0, i64::from_le_bytes)
 }
 
+#[inline]
 fn read_f64(buf: &[u8], off: usize) -> f64 {
     f64::from_bits(read_i64(buf, off) as u64)
 }
@@ -650,44 +654,53 @@ impl fmt::Debug for EventView<'_> {
 
 impl<'a> EventView<'a> {
     /// Wraps an encoded event.
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Self { buf }
     }
 
     /// The raw bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.buf
     }
 
     /// Whether `field` is present in this view (set in the event and declared by the rule).
+    #[inline]
     pub fn has(&self, field: Field) -> bool {
         read_u32(self.buf, OFF_PRESENT) & field.bit() != 0
     }
 
+    #[inline]
     fn str_slot(&self, slot: StrSlot) -> &'a str {
         let at = OFF_SLOTS + slot as usize * 8;
         let (start, len) = (read_u32(self.buf, at) as usize, read_u32(self.buf, at + 4) as usize);
         self.buf.get(start..start.saturating_add(len)).and_then(|b| core::str::from_utf8(b).ok()).unwrap_or("")
     }
 
+    #[inline]
     fn country_at(&self, off: usize) -> Option<Country> {
         let c = [*self.buf.get(off)?, *self.buf.get(off + 1)?];
         (c != [0, 0]).then_some(Country(c))
     }
 
     /// Transaction id.
+    #[inline]
     pub fn id(&self) -> &'a str {
         self.str_slot(StrSlot::Id)
     }
     /// Event time, epoch milliseconds.
+    #[inline]
     pub fn ts_ms(&self) -> i64 {
         read_i64(self.buf, OFF_TS)
     }
     /// Amount in minor units.
+    #[inline]
     pub fn amount(&self) -> i64 {
         read_i64(self.buf, OFF_AMOUNT)
     }
     /// ISO 4217 code; empty when not declared.
+    #[inline]
     pub fn currency(&self) -> &'a str {
         self.buf
             .get(OFF_CURRENCY..OFF_CURRENCY + 3)
@@ -696,18 +709,22 @@ impl<'a> EventView<'a> {
             .unwrap_or("")
     }
     /// Channel, if declared.
+    #[inline]
     pub fn channel(&self) -> Option<Channel> {
         Channel::from_code(*self.buf.get(OFF_CHANNEL)?)
     }
     /// Kind, if declared.
+    #[inline]
     pub fn kind(&self) -> Option<Kind> {
         Kind::from_code(*self.buf.get(OFF_KIND)?)
     }
     /// Account id.
+    #[inline]
     pub fn account(&self) -> &'a str {
         self.str_slot(StrSlot::Account)
     }
     /// Card, if present and declared.
+    #[inline]
     pub fn card(&self) -> Option<CardRef<'a>> {
         self.has(Field::Card).then(|| CardRef {
             token: self.str_slot(StrSlot::Card),
@@ -720,6 +737,7 @@ impl<'a> EventView<'a> {
         })
     }
     /// Merchant, if present and declared.
+    #[inline]
     pub fn merchant(&self) -> Option<PartyRef<'a>> {
         self.has(Field::Merchant).then(|| PartyRef {
             id: self.str_slot(StrSlot::Merchant),
@@ -728,6 +746,7 @@ impl<'a> EventView<'a> {
         })
     }
     /// Counterparty, if present and declared.
+    #[inline]
     pub fn counterparty(&self) -> Option<PartyRef<'a>> {
         self.has(Field::Counterparty).then(|| PartyRef {
             id: self.str_slot(StrSlot::Counterparty),
@@ -736,14 +755,17 @@ impl<'a> EventView<'a> {
         })
     }
     /// Device id, if present and declared.
+    #[inline]
     pub fn device(&self) -> Option<&'a str> {
         self.has(Field::Device).then(|| self.str_slot(StrSlot::Device))
     }
     /// IP address, if present and declared.
+    #[inline]
     pub fn ip(&self) -> Option<&'a str> {
         self.has(Field::Ip).then(|| self.str_slot(StrSlot::Ip))
     }
     /// Geolocation, if present and declared.
+    #[inline]
     pub fn geo(&self) -> Option<GeoRef> {
         self.has(Field::Geo).then(|| {
             let (lat, lon) = (read_f64(self.buf, OFF_GEO_LAT), read_f64(self.buf, OFF_GEO_LON));
@@ -754,25 +776,30 @@ impl<'a> EventView<'a> {
         })
     }
     /// The attribute `key`, if present and declared.
+    #[inline]
     pub fn attr(&self, key: &str) -> Option<&'a str> {
         self.attrs().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
     /// All attributes, in event order.
+    #[inline]
     pub fn attrs(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let blob = if self.has(Field::Attrs) { self.str_slot(StrSlot::Attrs).as_bytes() } else { &[] };
         AttrIter { blob }
     }
     /// The per-rule feature values the host appended, in manifest order.
+    #[inline]
     pub fn features(&self) -> impl Iterator<Item = f64> + 'a {
         let (off, count) = self.feature_block();
         let buf = self.buf;
         (0..count).map(move |i| read_f64(buf, off + i * 8))
     }
     /// The feature at `index` in manifest order, if the host sent it.
+    #[inline]
     pub fn feature(&self, index: usize) -> Option<f64> {
         let (off, count) = self.feature_block();
         (index < count).then(|| read_f64(self.buf, off + index * 8))
     }
+    #[inline]
     fn feature_block(&self) -> (usize, usize) {
         let off = read_u32(self.buf, OFF_FEATURES) as usize;
         let count = read_u32(self.buf, OFF_FEATURES_COUNT) as usize;

@@ -78,6 +78,7 @@ impl<'a> Context<'a> {
     /// # Panics
     /// When the rule declared no `i64` parameter of that name. Inside the host
     /// a panic is a rule failure: the rule's failure policy applies.
+    #[inline]
     pub fn param_i64(&self, name: &str) -> i64 {
         match self.param(name) {
             Some(ParamValue::Int(v)) => *v,
@@ -89,6 +90,7 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule declared no `f64` parameter of that name.
+    #[inline]
     pub fn param_f64(&self, name: &str) -> f64 {
         match self.param(name) {
             Some(ParamValue::Float(v)) => *v,
@@ -100,6 +102,7 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule declared no `bool` parameter of that name.
+    #[inline]
     pub fn param_bool(&self, name: &str) -> bool {
         match self.param(name) {
             Some(ParamValue::Bool(v)) => *v,
@@ -111,6 +114,7 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule declared no `str` parameter of that name.
+    #[inline]
     pub fn param_str(&self, name: &str) -> &'a str {
         match self.param(name) {
             Some(ParamValue::Str(v)) => v,
@@ -124,6 +128,7 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule did not declare the list in `lists(...)`.
+    #[inline]
     pub fn in_list(&self, list: &str, value: &str) -> bool {
         match &self.lists {
             Lists::Host { names } => {
@@ -149,6 +154,7 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule did not declare the feature in `features(...)`.
+    #[inline]
     pub fn feature(&self, name: &str) -> f64 {
         let Some(index) = self.features.iter().position(|n| same_name(n, name)) else {
             panic!("rule declares no feature `{name}`");

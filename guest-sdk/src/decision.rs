@@ -24,27 +24,32 @@ pub struct Decision {
 
 impl Decision {
     /// Let the payment through, score 0.
+    #[inline]
     pub fn allow() -> Self {
         Self::default()
     }
 
     /// Send the payment to a human, with `score` risk points.
+    #[inline]
     pub fn review(score: i32) -> Self {
         Self { action: Action::Review, score, reasons: Reasons::default() }
     }
 
     /// Stop the payment, with `score` risk points.
+    #[inline]
     pub fn block(score: i32) -> Self {
         Self { action: Action::Block, score, reasons: Reasons::default() }
     }
 
     /// Adds a reason code.
+    #[inline]
     pub fn reason(mut self, code: impl Into<Cow<'static, str>>) -> Self {
         self.reasons.push(code.into());
         self
     }
 
     /// Sets the score.
+    #[inline]
     pub fn score(mut self, score: i32) -> Self {
         self.score = score;
         self
@@ -64,27 +69,38 @@ pub struct Reasons {
 
 impl Reasons {
     /// Adds a code.
+    #[inline]
     pub fn push(&mut self, code: Cow<'static, str>) {
         match code {
             Cow::Borrowed(s) if self.len < INLINE && self.spilled.is_empty() => {
                 self.inline[self.len] = s;
                 self.len += 1;
             }
-            other => self.spilled.push(other),
+            other => self.spill(other),
         }
     }
 
+    // Out of line, so the common case above inlines into the rule.
+    #[cold]
+    #[inline(never)]
+    fn spill(&mut self, code: Cow<'static, str>) {
+        self.spilled.push(code);
+    }
+
     /// The codes, in order.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.inline[..self.len].iter().copied().chain(self.spilled.iter().map(|c| c.as_ref()))
     }
 
     /// How many codes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len + self.spilled.len()
     }
 
     /// Whether there are none.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -44,6 +44,10 @@ impl FailurePolicy {
     }
 }
 
+/// A rule's reason codes for one event: one without a heap allocation (a
+/// firing rule usually gives one).
+pub type Reasons = smallvec::SmallVec<[Arc<str>; 1]>;
+
 /// What one rule said about one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleOutcome {
@@ -60,8 +64,8 @@ pub struct RuleOutcome {
     /// The rule's score.
     pub score: i32,
     /// The rule's reason codes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reasons: Vec<Arc<str>>,
+    #[serde(skip_serializing_if = "Reasons::is_empty")]
+    pub reasons: Reasons,
     /// Time spent on the rule for this event, nanoseconds: the call and
     /// the host's handling of it.
     pub latency_ns: u64,
@@ -147,7 +151,7 @@ pub struct Decision<'a> {
     /// Sum of the enforcing rules' scores.
     pub score: i64,
     /// Reason codes of the enforcing rules, in rule order.
-    pub reasons: Vec<&'a str>,
+    pub reasons: smallvec::SmallVec<[&'a str; 2]>,
     /// Every rule's outcome, enforcing and shadow.
     pub rules: &'a [RuleOutcome],
     /// The feature values the live rules read for this event.
@@ -227,10 +231,10 @@ impl Serialize for FeatureValues<'_> {
 }
 
 /// Combines outcomes into the final action, score and reasons.
-pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, Vec<&str>) {
+pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, smallvec::SmallVec<[&str; 2]>) {
     let mut action = Action::Allow;
     let mut score = 0i64;
-    let mut reasons = Vec::new();
+    let mut reasons = smallvec::SmallVec::new();
     for o in outcomes.iter().filter(|o| o.mode == Mode::Enforce) {
         action = action.max(o.action);
         score += i64::from(o.score);
@@ -258,7 +262,7 @@ mod tests {
             mode,
             action,
             score,
-            reasons: vec![reason.into()],
+            reasons: smallvec::smallvec![reason.into()],
             latency_ns: 0,
             error: None,
             json_head: Arc::from(""),
@@ -282,7 +286,7 @@ mod tests {
                 id,
                 action: Action::Review,
                 score: -7,
-                reasons: vec!["a", "b\tc"],
+                reasons: smallvec::smallvec!["a", "b\tc"],
                 rules: &rules,
                 features: FeatureValues(features),
                 event_ts_ms: 1_717_200_000_000,
@@ -307,11 +311,11 @@ mod tests {
         let (action, score, reasons) = combine(&o);
         assert_eq!(action, Action::Review);
         assert_eq!(score, 35);
-        assert_eq!(reasons, ["a", "b"]);
+        assert_eq!(reasons.as_slice(), ["a", "b"]);
     }
 
     #[test]
     fn no_rules_means_allow() {
-        assert_eq!(combine(&[]), (Action::Allow, 0, vec![]));
+        assert_eq!(combine(&[]), (Action::Allow, 0, smallvec::SmallVec::new()));
     }
 }

@@ -857,7 +857,7 @@ impl Evaluator {
                         mode: rule.mode,
                         action: rule.on_failure.action(),
                         score: 0,
-                        reasons: Vec::new(),
+                        reasons: crate::decide::Reasons::new(),
                         latency_ns,
                         error: Some(e.to_string()),
                         json_head: slot.json_head.clone(),

@@ -626,7 +626,7 @@ pub struct CallResult {
     /// Score.
     pub score: i32,
     /// Reason codes.
-    pub reasons: Vec<Arc<str>>,
+    pub reasons: crate::decide::Reasons,
 }
 
 impl RuleInstance {
@@ -746,7 +746,7 @@ impl RuleInstance {
         let out = Outcome::unpack(raw);
         let action = vigil_abi::Action::from_code(out.action)
             .ok_or_else(|| RuleError::Abi(format!("returned unknown action code {}", out.action)))?;
-        let mut reasons = Vec::new();
+        let mut reasons = crate::decide::Reasons::new();
         if out.reasons_len > 0 {
             let data = self.memory.data(&self.store);
             let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
