@@ -585,7 +585,11 @@ impl SourceRun {
                         self.send(w, WorkerMsg::Drop(partitions.clone()))?;
                     }
                 }
-                Rebalance::Assigned(state) => {
+                Rebalance::Assigned(mut state) => {
+                    // The ids its previous owner saw, so a payment sent
+                    // again after the move is still caught.
+                    let dedup = std::mem::take(&mut state.dedup);
+                    self.decoder.dedup_mut().restore_partition(state.partition, &dedup);
                     let w = state.partition as usize % self.worker_txs.len();
                     self.send(w, WorkerMsg::Restore(Box::new(state)))?;
                 }

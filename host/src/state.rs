@@ -115,10 +115,11 @@ pub struct Checkpoint {
     pub source: String,
     /// Number of workers when written.
     pub workers: u16,
-    /// Ids added to the de-duplication set, with their event time.
-    pub dedup_added: Vec<(u128, i64)>,
-    /// Ids dropped from it.
-    pub dedup_removed: Vec<u128>,
+    /// Ids added to the de-duplication set: (id hash, event time, input
+    /// partition).
+    pub dedup_added: Vec<(u128, i64, u32)>,
+    /// Ids dropped from it: (id hash, input partition).
+    pub dedup_removed: Vec<(u128, u32)>,
     /// Feature state changes.
     pub features: Vec<FeatureDelta>,
     /// Every worker's whole window state (it changes with every event).
@@ -340,10 +341,10 @@ impl StateStore {
                 }
             }
             let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
-            for (id, ts) in &cp.dedup_added {
+            for (id, ts, _) in &cp.dedup_added {
                 dedup.insert(id.to_be_bytes().as_slice(), *ts).map_err(|e| self.err(e))?;
             }
-            for id in &cp.dedup_removed {
+            for (id, _) in &cp.dedup_removed {
                 dedup.remove(id.to_be_bytes().as_slice()).map_err(|e| self.err(e))?;
             }
             let meta = Meta {
@@ -418,13 +419,13 @@ mod tests {
                 for &(id, add) in &dedup {
                     if add {
                         model_dedup.insert(id, i as i64);
-                        cp.dedup_added.push((id, i as i64));
+                        cp.dedup_added.push((id, i as i64, 0));
                     }
                 }
                 for &(id, add) in &dedup {
                     if !add {
                         model_dedup.remove(&id);
-                        cp.dedup_removed.push(id);
+                        cp.dedup_removed.push((id, 0));
                     }
                 }
                 store.commit(&cp).expect("commit");

@@ -227,6 +227,24 @@ fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
         let got = lowest.get(id).unwrap_or_else(|| panic!("no decision for {id}"));
         assert!(*got >= n as f64, "{id}: count {got} < {n}: the card's state was reset\n{log}");
     }
+
+    // The de-duplication set moves with its partitions too: the first half
+    // sent again is caught as duplicates, also for the partitions the
+    // survivor did not own when those payments were first decided.
+    broker.produce("payments", &first);
+    let duplicates = || -> HashSet<String> {
+        broker
+            .read_all("dead-letters")
+            .iter()
+            .filter_map(|(_, v)| {
+                let d: Value = serde_json::from_str(v).ok()?;
+                (d["code"].as_str() == Some("duplicate")).then(|| d["raw"].as_str().map(id_of))?
+            })
+            .collect()
+    };
+    a.wait_for(Duration::from_secs(120), "the first half, sent again, dead-lettered as duplicates", || {
+        duplicates().is_superset(&first_ids).then_some(())
+    });
 }
 
 #[test]

@@ -7,6 +7,10 @@
 use std::collections::{HashMap, VecDeque};
 use xxhash_rust::xxh3::xxh3_128;
 
+/// Ids added since a checkpoint, as (id hash, event time, input partition),
+/// and ids forgotten, as (id hash, input partition).
+pub type Delta = (Vec<(u128, i64, u32)>, Vec<(u128, u32)>);
+
 /// The set of recently seen ids.
 #[derive(Debug)]
 pub struct Dedup {
@@ -15,10 +19,10 @@ pub struct Dedup {
     seen: HashMap<u128, (i64, u32)>,
     order: VecDeque<(i64, u128)>,
     newest_ms: i64,
-    /// Ids added since the last checkpoint.
-    added: Vec<(u128, i64)>,
-    /// Ids forgotten since the last checkpoint.
-    removed: Vec<u128>,
+    /// Ids added since the last checkpoint: (id hash, event time, partition).
+    added: Vec<(u128, i64, u32)>,
+    /// Ids forgotten since the last checkpoint: (id hash, partition).
+    removed: Vec<(u128, u32)>,
     /// The input partition of the events being inserted.
     partition: u32,
 }
@@ -61,7 +65,7 @@ impl Dedup {
         }
         self.seen.insert(key, (ts_ms, self.partition));
         self.order.push_back((ts_ms, key));
-        self.added.push((key, ts_ms));
+        self.added.push((key, ts_ms, self.partition));
         true
     }
 
@@ -72,24 +76,38 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            self.seen.remove(&key);
-            self.removed.push(key);
+            if let Some((_, partition)) = self.seen.remove(&key) {
+                self.removed.push((key, partition));
+            }
         }
     }
 
-    /// The ids added and forgotten since the last call, for a checkpoint
-    /// (apply the additions first).
-    pub fn take_delta(&mut self) -> (Vec<(u128, i64)>, Vec<u128>) {
-        (std::mem::take(&mut self.added), std::mem::take(&mut self.removed))
+    /// The ids added and forgotten since the last call, for a checkpoint.
+    /// An id both added and forgotten since the last call is listed once,
+    /// as what it is now: kept if it is remembered, else removed.
+    pub fn take_delta(&mut self) -> Delta {
+        let seen = &self.seen;
+        let mut added = std::mem::take(&mut self.added);
+        let mut removed = std::mem::take(&mut self.removed);
+        added.retain(|(key, ts, _)| seen.get(key).is_some_and(|(t, _)| t == ts));
+        removed.retain(|(key, _)| !seen.contains_key(key));
+        (added, removed)
     }
 
-    /// Loads the set a checkpoint stored.
+    /// Loads the set a checkpoint stored, as ids of the current partition.
     pub fn restore(&mut self, ids: &[(u128, i64)]) {
+        self.restore_partition(self.partition, ids);
+    }
+
+    /// Loads the ids a partition's changelog holds (the partition has just
+    /// moved here), so a payment replayed after the move is still caught.
+    pub fn restore_partition(&mut self, partition: u32, ids: &[(u128, i64)]) {
         let mut ids = ids.to_vec();
         ids.sort_by_key(|&(key, ts)| (ts, key));
         for (key, ts) in ids {
-            self.seen.insert(key, (ts, self.partition));
-            self.order.push_back((ts, key));
+            if self.seen.insert(key, (ts, partition)).is_none() {
+                self.order.push_back((ts, key));
+            }
             self.newest_ms = self.newest_ms.max(ts);
         }
     }
@@ -126,11 +144,41 @@ mod tests {
         let (added, removed) = d.take_delta();
         assert_eq!((added.len(), removed.len()), (2, 0));
         let mut r = Dedup::new(1_000);
-        r.restore(&added);
+        r.restore(&added.iter().map(|&(id, ts, _)| (id, ts)).collect::<Vec<_>>());
         assert!(!r.insert("a", 20) && !r.insert("b", 20));
         assert!(r.insert("c", 20));
         d.insert("z", 2_000);
         assert_eq!(d.take_delta().1.len(), 2, "a and b were forgotten");
+    }
+
+    #[test]
+    fn a_delta_lists_each_id_as_it_ends_up() {
+        let mut d = Dedup::new(1_000);
+        d.set_partition(4);
+        d.insert("a", 0);
+        d.insert("z", 2_000); // forgets a
+        let (added, removed) = d.take_delta();
+        let a = xxh3_128(b"a");
+        assert_eq!(added, vec![(xxh3_128(b"z"), 2_000, 4)], "a came and went");
+        assert_eq!(removed, vec![(a, 4)]);
+        d.insert("b", 2_001);
+        d.insert("a", 4_000); // forgets z and b, a is back
+        let (added, removed) = d.take_delta();
+        assert_eq!(added, vec![(a, 4_000, 4)]);
+        assert_eq!(removed.len(), 2, "z and b, not a: {removed:?}");
+        assert!(!removed.iter().any(|(id, _)| *id == a));
+    }
+
+    #[test]
+    fn a_moved_partition_s_ids_are_restored_and_dropped_with_it() {
+        let mut d = Dedup::new(1_000);
+        d.set_partition(1);
+        assert!(d.insert("local", 100));
+        d.restore_partition(3, &[(xxh3_128(b"moved"), 90)]);
+        assert!(!d.insert("moved", 110), "an id seen by the previous owner is a duplicate");
+        d.drop_partitions(&[3]);
+        assert!(d.insert("moved", 120), "forgotten with its partition");
+        assert!(!d.insert("local", 130));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! holding the latest value of every piece of keyed state.
 //!
 //! Record keys: `f` + key kind + key hash (big-endian) for a key's feature
-//! series; `r` + rule name + NUL + the rule's key for rules' state. The
+//! series; `r` + rule name + NUL + the rule's key for rules' state; `d` +
+//! the 128-bit id hash (big-endian) for a transaction id in the
+//! de-duplication set, whose value is its event time (i64, big-endian). The
 //! value is the state as the local store keeps it; a tombstone (no value)
 //! deletes.
 
@@ -23,6 +25,13 @@ fn feature_key(kind: u8, hash: u64) -> Vec<u8> {
     k.push(b'f');
     k.push(kind);
     k.extend_from_slice(&hash.to_be_bytes());
+    k
+}
+
+fn dedup_key(id: u128) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'd');
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 
@@ -62,6 +71,10 @@ fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> P
                     out.rule_state.push((rule, rest[nul + 1..].to_vec(), value));
                 }
             }
+            Some((b'd', rest)) => match (<[u8; 16]>::try_from(rest), <[u8; 8]>::try_from(value.as_slice())) {
+                (Ok(id), Ok(ts)) => out.dedup.push((u128::from_be_bytes(id), i64::from_be_bytes(ts))),
+                _ => tracing::warn!(partition, "ignoring a malformed de-duplication record in the changelog"),
+            },
             _ => tracing::warn!(partition, "ignoring a changelog record with an unknown key"),
         }
     }
@@ -264,6 +277,15 @@ fn send_changes(
         producer.send(changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
         produced += 1;
     }
+    // Removals first: an id forgotten and seen again is then kept.
+    for &(id, partition) in cp.dedup_removed.iter().filter(|(_, p)| owned.contains(p)) {
+        producer.send(changelog, Some(partition as i32), Some(&dedup_key(id)), None)?;
+        produced += 1;
+    }
+    for &(id, ts, partition) in cp.dedup_added.iter().filter(|(_, _, p)| owned.contains(p)) {
+        producer.send(changelog, Some(partition as i32), Some(&dedup_key(id)), Some(&ts.to_be_bytes()))?;
+        produced += 1;
+    }
     let mut offsets = TopicPartitionList::new();
     for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.contains(p)) {
         offsets.add_partition_offset(input, p as i32, Offset::Offset(next))?;
@@ -405,9 +427,13 @@ mod tests {
         apply(&mut entries, &rule_key("velocity", b"card\0x"), Some(b"v1"));
         apply(&mut entries, &rule_key("velocity", b"gone"), Some(b"v"));
         apply(&mut entries, &rule_key("velocity", b"gone"), None);
+        apply(&mut entries, &dedup_key(u128::MAX - 5), Some(&1_717_000_000_123i64.to_be_bytes()));
+        apply(&mut entries, &dedup_key(9), Some(&5i64.to_be_bytes()));
+        apply(&mut entries, &dedup_key(9), None);
         let s = into_partition_state(7, entries);
         assert_eq!(s.partition, 7);
         assert_eq!(s.features, vec![(3, 0xdead_beef, b"series".to_vec())]);
         assert_eq!(s.rule_state, vec![("velocity".to_owned(), b"card\0x".to_vec(), b"v1".to_vec())]);
+        assert_eq!(s.dedup, vec![(u128::MAX - 5, 1_717_000_000_123)]);
     }
 }
