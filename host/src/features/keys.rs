@@ -42,11 +42,17 @@ impl<S: Default> KeyTable<S> {
         self.index.find(hash, |&s| slots[s as usize].0 == hash).copied()
     }
 
-    /// The slot of the key with `hash`, given a fresh default state when new.
-    pub fn find_or_insert(&mut self, hash: u64) -> Slot {
-        if let Some(slot) = self.find(hash) {
-            return slot;
-        }
+    /// The slot and state of the key with `hash`, a fresh default state
+    /// when new.
+    pub fn find_or_insert(&mut self, hash: u64) -> (Slot, &mut S) {
+        let slot = match self.find(hash) {
+            Some(slot) => slot,
+            None => self.insert_new(hash),
+        };
+        (slot, &mut self.slots[slot as usize].1)
+    }
+
+    fn insert_new(&mut self, hash: u64) -> Slot {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize].0 = hash;
@@ -67,8 +73,7 @@ impl<S: Default> KeyTable<S> {
 
     /// Puts `state` under `hash`, replacing any state held.
     pub fn insert(&mut self, hash: u64, state: S) {
-        let slot = self.find_or_insert(hash);
-        self.slots[slot as usize].1 = state;
+        *self.find_or_insert(hash).1 = state;
     }
 
     /// The key hash and state in `slot`. A freed slot reads as a default
@@ -106,10 +111,9 @@ mod tests {
         let mut model: HashMap<u64, u64> = HashMap::new();
         for round in 0..4u64 {
             for k in 0..2_000u64 {
-                let slot = table.find_or_insert(hash(k));
-                let (h, v) = table.slot_mut(slot).expect("slot");
-                assert_eq!(h, hash(k));
+                let (slot, v) = table.find_or_insert(hash(k));
                 *v += k + round;
+                assert_eq!(table.slot_mut(slot).map(|(h, _)| h), Some(hash(k)));
                 *model.entry(hash(k)).or_default() += k + round;
             }
             // Drop a different third of the keys each round.
@@ -132,8 +136,8 @@ mod tests {
         table.insert(42, vec![1, 2, 3]);
         table.retain(|_, _| false);
         assert_eq!(table.len(), 0);
-        let slot = table.find_or_insert(43);
-        assert_eq!(table.slot_mut(slot), Some((43, &mut Vec::new())));
+        let (slot, state) = table.find_or_insert(43);
+        assert!(state.is_empty());
         table.insert(43, vec![9]);
         assert_eq!(table.len(), 1);
         assert_eq!(table.slot_mut(slot), Some((43, &mut vec![9])));

@@ -264,10 +264,7 @@ impl FeatureEngine {
                 }
                 continue;
             };
-            let slot = kind.states.find_or_insert(xxh3_64(key.as_bytes()));
-            let Some((_, state)) = kind.states.slot_mut(slot) else {
-                continue; // find_or_insert returns a slot it holds
-            };
+            let (slot, state) = kind.states.find_or_insert(xxh3_64(key.as_bytes()));
             if !state.dirty {
                 state.dirty = true;
                 kind.dirty.push(slot);
