@@ -277,7 +277,8 @@ fn send_changes(
         producer.send(changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
         produced += 1;
     }
-    // Removals first: an id forgotten and seen again is then kept.
+    // The delta lists each id once, as it ends up (`Dedup::take_delta`), so
+    // the order of the two loops does not matter.
     for &(id, partition) in cp.dedup_removed.iter().filter(|(_, p)| owned.contains(p)) {
         producer.send(changelog, Some(partition as i32), Some(&dedup_key(id)), None)?;
         produced += 1;
