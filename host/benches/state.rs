@@ -131,7 +131,7 @@ fn main() {
     let restored = store.load("bench").expect("load").expect("checkpoint");
     let mut engine = FeatureEngine::new(catalog());
     for (kind, hash, _, state) in &restored.features {
-        engine.restore(*kind, *hash, state).expect("restore");
+        engine.restore(*kind, *hash, state, false).expect("restore");
     }
     println!(
         "{:<58} {:>12.2} s {:>12}",

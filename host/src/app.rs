@@ -202,7 +202,9 @@ struct Resumed {
     last_id: u64,
     workers: u16,
     features: Vec<(u8, u64, u16, Vec<u8>)>,
-    windows: Vec<(u16, Vec<u8>)>,
+    windows: Vec<crate::window::WindowDelta>,
+    legacy_windows: Vec<(u16, Vec<u8>)>,
+    watermark: Option<i64>,
     rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
 }
 
@@ -214,6 +216,8 @@ impl Resumed {
             last_id: self.last_id,
             features: self.features,
             windows: self.windows,
+            legacy_windows: self.legacy_windows,
+            watermark: self.watermark,
             rule_state: self.rule_state,
             workers: self.workers,
         }
@@ -234,6 +238,8 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         workers: 0,
         features: Vec::new(),
         windows: Vec::new(),
+        legacy_windows: Vec::new(),
+        watermark: None,
         rule_state: Vec::new(),
     };
     // With Kafka, state comes from the changelog as partitions are assigned.
@@ -249,8 +255,12 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         features::check_stored(state)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
-    for (_, state) in &r.windows {
-        crate::window::check_stored(state)
+    for d in &r.windows {
+        crate::window::check_stored(d.windows.as_deref().unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
+    }
+    for (_, state) in &r.legacy_windows {
+        crate::window::check_legacy(state)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
     decoder.dedup_mut().restore(&r.dedup);
@@ -268,6 +278,8 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         workers: r.workers,
         features: r.features,
         windows: r.windows,
+        legacy_windows: r.legacy_windows,
+        watermark: r.watermark,
         rule_state: r.rule_state,
     })
 }

@@ -25,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use vigil_abi::Action;
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{Config, WindowSpec};
 use crate::decide::{self, Decision, FeatureValues, now_us};
@@ -36,7 +37,7 @@ use crate::rules::{Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
 use crate::sources::{PartitionState, Rebalance, Record, Source};
 use crate::state::{Checkpoint, Durable, FeatureDelta, RuleStateDelta};
-use crate::window::{Closed, Late, Shape, WindowDef, Windows};
+use crate::window::{Closed, Late, Shape, WindowDef, WindowDelta, Windows};
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
 #[derive(Debug, Default)]
@@ -163,9 +164,9 @@ enum SinkMsg {
     /// A worker's part of checkpoint `id`.
     Worker {
         id: u64,
-        worker: u16,
         delta: Vec<FeatureDelta>,
-        windows: Vec<u8>,
+        windows: Vec<WindowDelta>,
+        newest_ms: Option<i64>,
         rule_state: Vec<RuleStateDelta>,
     },
     /// The source's part: position and de-duplication changes.
@@ -183,8 +184,12 @@ pub struct Durability {
     pub last_id: u64,
     /// Feature state to load: (kind, hash, worker that wrote it, state).
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
-    /// Window state per worker that wrote it.
-    pub windows: Vec<(u16, Vec<u8>)>,
+    /// Every key's open windows, with the worker that wrote them.
+    pub windows: Vec<WindowDelta>,
+    /// Windows stored whole per worker by an earlier vigil.
+    pub legacy_windows: Vec<(u16, Vec<u8>)>,
+    /// The newest event time the watermarks followed.
+    pub watermark: Option<i64>,
     /// Rules' keyed state: (rule, key, worker that wrote it, value).
     pub rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
     /// Workers when that state was written.
@@ -332,8 +337,17 @@ impl Pipeline {
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
         let Stages { source, decoder, catalog, registry, sinks } = stages;
-        let Durability { store, interval, last_id, features, windows, rule_state, workers: stored_workers } =
-            durability;
+        let Durability {
+            store,
+            interval,
+            last_id,
+            features,
+            windows,
+            legacy_windows,
+            watermark,
+            rule_state,
+            workers: stored_workers,
+        } = durability;
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
         let checkpoints = store.as_ref().map(|_| interval);
@@ -350,11 +364,21 @@ impl Pipeline {
             let w = if same { usize::from(worker) } else { (hash % workers as u64) as usize };
             restored[w.min(workers - 1)].features.push((kind, hash, state));
         }
-        for (worker, state) in windows {
-            restored[usize::from(worker) % workers].windows.push(state);
+        for d in windows {
+            let w = if same { usize::from(d.worker) } else { (xxh3_64(d.key.as_bytes()) % workers as u64) as usize };
+            restored[w.min(workers - 1)].windows.push(d);
+        }
+        for (worker, state) in legacy_windows {
+            restored[usize::from(worker) % workers].legacy_windows.push(state);
+        }
+        for r in &mut restored {
+            r.watermark = watermark;
+            // With another worker count every key is stored again, under the
+            // worker that now holds it.
+            r.moved = !same;
         }
         for (rule, key, worker, value) in rule_state {
-            let hash = xxhash_rust::xxh3::xxh3_64(&key);
+            let hash = xxh3_64(&key);
             let w = if same { usize::from(worker) } else { (hash % workers as u64) as usize };
             restored[w.min(workers - 1)].rule_state.push((rule, key, value));
         }
@@ -637,7 +661,11 @@ impl SourceRun {
 #[derive(Default)]
 struct Restore {
     features: Vec<(u8, u64, Vec<u8>)>,
-    windows: Vec<Vec<u8>>,
+    windows: Vec<WindowDelta>,
+    legacy_windows: Vec<Vec<u8>>,
+    watermark: Option<i64>,
+    /// The worker count changed since the state was stored.
+    moved: bool,
     rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
 }
 
@@ -656,15 +684,24 @@ impl Worker {
         // The app checked every record before starting; a record that no
         // longer fits is dropped with a log line rather than stopping work.
         for (kind, hash, state) in restore.features {
-            if let Err(e) = self.features.restore(kind, hash, &state) {
+            if let Err(e) = self.features.restore(kind, hash, &state, restore.moved) {
                 tracing::error!(worker = self.index, error = %e, "cannot restore a key's feature state");
             }
         }
         for (rule, key, value) in restore.rule_state {
-            self.evaluator.restore_state(&rule, &key, &value);
+            self.evaluator.restore_state(&rule, &key, &value, restore.moved);
         }
-        for state in restore.windows {
-            if let Err(e) = self.windows.restore(&state) {
+        if let Some(t) = restore.watermark {
+            self.windows.observe(t);
+        }
+        for d in restore.windows {
+            let bytes = d.windows.as_deref().unwrap_or_default();
+            if let Err(e) = self.windows.restore_key(&d.window, &d.key, d.partition, bytes, restore.moved) {
+                tracing::error!(worker = self.index, error = %e, "cannot restore a key's windows");
+            }
+        }
+        for state in restore.legacy_windows {
+            if let Err(e) = self.windows.restore_legacy(&state) {
                 tracing::error!(worker = self.index, error = %e, "cannot restore window state");
             }
         }
@@ -713,6 +750,7 @@ impl Worker {
                 WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
                 WorkerMsg::Drop(partitions) => {
                     self.features.drop_partitions(&partitions);
+                    self.windows.drop_partitions(&partitions);
                     self.evaluator.drop_partitions(&partitions);
                     continue;
                 }
@@ -722,9 +760,10 @@ impl Worker {
                 }
                 WorkerMsg::Barrier(id) => {
                     let delta = self.features.take_delta(self.index);
-                    let windows = if self.windows.is_empty() { Vec::new() } else { self.windows.snapshot() };
+                    let windows = self.windows.take_delta(self.index);
+                    let newest_ms = self.windows.newest();
                     let rule_state = self.evaluator.take_state_delta(self.index);
-                    let part = SinkMsg::Worker { id, worker: self.index, delta, windows, rule_state };
+                    let part = SinkMsg::Worker { id, delta, windows, newest_ms, rule_state };
                     if self.out_tx.send(part).is_err() {
                         tracing::error!("the sink stopped; worker exiting");
                         return;
@@ -742,13 +781,18 @@ impl Worker {
     fn restore_partition(&mut self, state: PartitionState) {
         self.features.set_partition(state.partition);
         self.evaluator.set_partition(state.partition);
+        for (window, key, bytes) in &state.windows {
+            if let Err(e) = self.windows.restore_key(window, key, state.partition, bytes, false) {
+                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's windows");
+            }
+        }
         for (kind, hash, bytes) in &state.features {
-            if let Err(e) = self.features.restore(*kind, *hash, bytes) {
+            if let Err(e) = self.features.restore(*kind, *hash, bytes, false) {
                 tracing::error!(partition = state.partition, error = %e, "cannot restore a key's feature state");
             }
         }
         for (rule, key, value) in &state.rule_state {
-            self.evaluator.restore_state(rule, key, value);
+            self.evaluator.restore_state(rule, key, value, false);
         }
     }
 
@@ -764,6 +808,7 @@ impl Worker {
         let p = &job.payment;
         self.features.set_partition(job.partition);
         self.evaluator.set_partition(job.partition);
+        self.windows.set_partition(job.partition);
         if let Err(e) = p.encode(encoded) {
             // Validation limits keep events far below the layout's limits,
             // so this is a bug; the event still is accounted for.
@@ -802,7 +847,8 @@ struct Pending {
     workers: usize,
     source: Option<Checkpoint>,
     features: Vec<FeatureDelta>,
-    windows: Vec<(u16, Vec<u8>)>,
+    windows: Vec<WindowDelta>,
+    watermark: Option<i64>,
     rule_state: Vec<RuleStateDelta>,
 }
 
@@ -838,12 +884,13 @@ fn run_sinks(
                     }
                     continue;
                 }
-                SinkMsg::Worker { id, worker, delta, windows, rule_state } => {
+                SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
                     let p = pending.entry(id).or_default();
                     p.workers += 1;
                     p.features.extend(delta);
                     p.rule_state.extend(rule_state);
-                    p.windows.push((worker, windows));
+                    p.windows.extend(windows);
+                    p.watermark = p.watermark.max(newest_ms);
                     id
                 }
                 SinkMsg::Source(cp) => {
@@ -862,6 +909,7 @@ fn run_sinks(
             let Some(mut cp) = p.source else { continue };
             cp.features = p.features;
             cp.windows = p.windows;
+            cp.watermark = p.watermark;
             cp.rule_state = p.rule_state;
             // Everything before the barrier is written; make it durable
             // before the checkpoint says it was processed.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use crate::sources::Position;
+use crate::window::WindowDelta;
 
 /// Bumped when the stored layout changes incompatibly.
 pub const FORMAT: u32 = 1;
@@ -26,7 +27,11 @@ pub const FORMAT: u32 = 1;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
 const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
+/// Each worker's windows whole, as checkpoints stored them before
+/// `WINDOW_KEYS`; read once, then replaced.
 const WINDOWS: TableDefinition<u16, &[u8]> = TableDefinition::new("windows");
+/// Window name, NUL, key → worker (u16 LE), partition (u32 LE), open windows.
+const WINDOW_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("window_keys");
 const RULE_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rule_state");
 
 /// A rule's keyed-state entry that changed, or went away (`value: None`).
@@ -44,9 +49,10 @@ pub struct RuleStateDelta {
     pub value: Option<Vec<u8>>,
 }
 
-fn rule_state_key(rule: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(rule.len() + 1 + key.len());
-    k.extend_from_slice(rule.as_bytes());
+/// `name`, NUL, `key`: the store's key for rule state and for windows.
+fn named_key(name: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1 + key.len());
+    k.extend_from_slice(name.as_bytes());
     k.push(0);
     k.extend_from_slice(key);
     k
@@ -122,8 +128,10 @@ pub struct Checkpoint {
     pub dedup_removed: Vec<(u128, u32)>,
     /// Feature state changes.
     pub features: Vec<FeatureDelta>,
-    /// Every worker's whole window state (it changes with every event).
-    pub windows: Vec<(u16, Vec<u8>)>,
+    /// Open windows of the keys whose windows changed.
+    pub windows: Vec<WindowDelta>,
+    /// The newest event time the workers' watermarks follow.
+    pub watermark: Option<i64>,
     /// Rules' keyed-state changes.
     pub rule_state: Vec<RuleStateDelta>,
     /// Kafka: the rebalance epoch the checkpoint was taken in; one from an
@@ -174,8 +182,12 @@ pub struct Restored {
     pub dedup: Vec<(u128, i64)>,
     /// Every key's feature state: (kind, hash, worker, state).
     pub features: Vec<(u8, u64, u16, Vec<u8>)>,
-    /// Window state per worker.
-    pub windows: Vec<(u16, Vec<u8>)>,
+    /// Every key's open windows (`windows` always `Some`).
+    pub windows: Vec<WindowDelta>,
+    /// Windows stored whole per worker by an earlier vigil.
+    pub legacy_windows: Vec<(u16, Vec<u8>)>,
+    /// The newest event time the watermarks followed.
+    pub watermark: Option<i64>,
     /// Rules' keyed state: (rule, key, worker, value).
     pub rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
 }
@@ -227,12 +239,12 @@ impl StateStore {
     /// for another source — never a silent reset.
     pub fn load(&self, source: &str) -> Result<Option<Restored>, StateError> {
         let rx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let meta = match rx.open_table(META) {
+        let meta_table = match rx.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        let Some(raw) = meta.get("checkpoint").map_err(|e| self.err(e))? else {
+        let Some(raw) = meta_table.get("checkpoint").map_err(|e| self.err(e))? else {
             return Ok(None);
         };
         let meta: Meta =
@@ -287,11 +299,39 @@ impl StateStore {
             Ok(windows) => {
                 for entry in windows.iter().map_err(|e| self.err(e))? {
                     let (k, v) = entry.map_err(|e| self.err(e))?;
-                    restored.windows.push((k.value(), v.value().to_vec()));
+                    restored.legacy_windows.push((k.value(), v.value().to_vec()));
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(self.err(e)),
+        }
+        match rx.open_table(WINDOW_KEYS) {
+            Ok(table) => {
+                for entry in table.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = entry.map_err(|e| self.err(e))?;
+                    let (k, v) = (k.value(), v.value());
+                    let bad = || self.err("bad window record");
+                    let split = k.iter().position(|&b| b == 0).ok_or_else(bad)?;
+                    let window = std::str::from_utf8(&k[..split]).map_err(|_| bad())?;
+                    let key = std::str::from_utf8(&k[split + 1..]).map_err(|_| bad())?;
+                    let (Some(worker), Some(partition)) = (v.get(..2), v.get(2..6)) else {
+                        return Err(bad());
+                    };
+                    restored.windows.push(WindowDelta {
+                        window: window.to_owned(),
+                        key: key.to_owned(),
+                        worker: u16::from_le_bytes([worker[0], worker[1]]),
+                        partition: u32::from_le_bytes([partition[0], partition[1], partition[2], partition[3]]),
+                        windows: Some(v[6..].to_vec()),
+                    });
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        if let Some(raw) = meta_table.get("watermark").map_err(|e| self.err(e))? {
+            let raw: [u8; 8] = raw.value().try_into().map_err(|_| self.err("bad watermark record"))?;
+            restored.watermark = Some(i64::from_le_bytes(raw));
         }
         Ok(Some(restored))
     }
@@ -320,14 +360,28 @@ impl StateStore {
                     }
                 }
             }
-            let mut windows = tx.open_table(WINDOWS).map_err(|e| self.err(e))?;
-            windows.retain(|_, _| false).map_err(|e| self.err(e))?;
-            for (worker, state) in cp.windows.iter().filter(|(_, s)| !s.is_empty()) {
-                windows.insert(*worker, state.as_slice()).map_err(|e| self.err(e))?;
+            // Windows stored whole were loaded into the workers, which list
+            // every key of them in their first delta: this one.
+            tx.delete_table(WINDOWS).map_err(|e| self.err(e))?;
+            let mut windows = tx.open_table(WINDOW_KEYS).map_err(|e| self.err(e))?;
+            for d in &cp.windows {
+                let key = named_key(&d.window, d.key.as_bytes());
+                match &d.windows {
+                    Some(w) => {
+                        value.clear();
+                        value.extend_from_slice(&d.worker.to_le_bytes());
+                        value.extend_from_slice(&d.partition.to_le_bytes());
+                        value.extend_from_slice(w);
+                        windows.insert(key.as_slice(), value.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        windows.remove(key.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                }
             }
             let mut rule_state = tx.open_table(RULE_STATE).map_err(|e| self.err(e))?;
             for d in &cp.rule_state {
-                let key = rule_state_key(&d.rule, &d.key);
+                let key = named_key(&d.rule, &d.key);
                 match &d.value {
                     Some(v) => {
                         let mut value = Vec::with_capacity(2 + v.len());
@@ -357,6 +411,9 @@ impl StateStore {
             let raw = postcard::to_allocvec(&meta).map_err(|e| self.err(e))?;
             let mut table = tx.open_table(META).map_err(|e| self.err(e))?;
             table.insert("checkpoint", raw.as_slice()).map_err(|e| self.err(e))?;
+            if let Some(t) = cp.watermark {
+                table.insert("watermark", t.to_le_bytes().as_slice()).map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -389,6 +446,59 @@ mod tests {
         std::fs::write(dir.path().join("state.redb"), b"this is not a database at all, not even close").expect("write");
         let e = StateStore::open(dir.path()).and_then(|s| s.load("x")).expect_err("corrupt");
         assert!(e.to_string().contains("state.redb"), "{e}");
+    }
+
+    #[test]
+    fn windows_are_stored_per_key_and_replace_the_whole_worker_form() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StateStore::open(dir.path()).expect("open");
+        // A store written before per-key windows: one blob per worker.
+        {
+            let tx = store.db.begin_write().expect("tx");
+            tx.open_table(WINDOWS).expect("table").insert(1u16, b"whole".as_slice()).expect("insert");
+            tx.commit().expect("commit");
+        }
+        let delta = |key: &str, windows: Option<&[u8]>| WindowDelta {
+            window: "card-5m".into(),
+            key: key.into(),
+            worker: 1,
+            partition: 3,
+            windows: windows.map(<[u8]>::to_vec),
+        };
+        // The old form is read until the next checkpoint replaces it.
+        store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
+        let r = store.load("s").expect("load").expect("some");
+        assert!(r.legacy_windows.is_empty(), "replaced by the first checkpoint");
+        let cp = Checkpoint {
+            id: 2,
+            source: "s".into(),
+            windows: vec![delta("a", Some(b"wa")), delta("b", Some(b"wb"))],
+            watermark: Some(-5),
+            ..Checkpoint::default()
+        };
+        store.commit(&cp).expect("commit");
+        let r = store.load("s").expect("load").expect("some");
+        assert_eq!(r.windows, cp.windows);
+        assert_eq!(r.watermark, Some(-5));
+        let cp = Checkpoint { id: 3, source: "s".into(), windows: vec![delta("a", None)], ..Checkpoint::default() };
+        store.commit(&cp).expect("commit");
+        let r = store.load("s").expect("load").expect("some");
+        assert_eq!(r.windows, [delta("b", Some(b"wb"))]);
+        assert_eq!(r.watermark, Some(-5), "kept while no worker has seen an event");
+    }
+
+    #[test]
+    fn windows_stored_whole_are_read_back() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StateStore::open(dir.path()).expect("open");
+        store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
+        {
+            let tx = store.db.begin_write().expect("tx");
+            tx.open_table(WINDOWS).expect("table").insert(1u16, b"whole".as_slice()).expect("insert");
+            tx.commit().expect("commit");
+        }
+        let r = store.load("s").expect("load").expect("some");
+        assert_eq!(r.legacy_windows, [(1, b"whole".to_vec())]);
     }
 
     proptest! {

@@ -152,13 +152,32 @@ pub struct Late<'a> {
     pub reason: String,
 }
 
-/// Open windows of every definition and key, for one worker.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct WindowState {
-    /// Per definition index: key → open windows, oldest first.
-    open: Vec<BTreeMap<String, Vec<Acc>>>,
-    /// Newest event time seen.
-    newest_ms: Option<i64>,
+/// One key's open windows of one definition.
+#[derive(Debug, Default)]
+struct Keyed {
+    /// Oldest first.
+    windows: Vec<Acc>,
+    /// The input partition whose event last touched them (0 for files).
+    partition: u32,
+    /// Changed since the last delta, and listed in `Windows::dirty`.
+    dirty: bool,
+}
+
+/// One key's open windows that changed, or went away (`windows: None`),
+/// for a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowDelta {
+    /// The window definition's name.
+    pub window: String,
+    /// The key.
+    pub key: String,
+    /// The worker that owns it.
+    pub worker: u16,
+    /// The input partition whose event last touched it (0 for files).
+    pub partition: u32,
+    /// Its open windows, serialised ([`check_stored`] reads them), or
+    /// `None` when it has none left.
+    pub windows: Option<Vec<u8>>,
 }
 
 /// One worker's windows.
@@ -167,18 +186,37 @@ pub struct Windows {
     defs: Vec<WindowDef>,
     out_of_orderness: i64,
     lateness: i64,
-    state: WindowState,
+    /// Per definition index: key → its open windows.
+    open: Vec<BTreeMap<String, Keyed>>,
+    /// Newest event time seen.
+    newest_ms: Option<i64>,
+    /// The input partition the next events come from.
+    partition: u32,
+    /// Keys changed since the last delta: (definition index, key, its
+    /// partition when it changed). A key gone from `open` is deleted.
+    dirty: Vec<(usize, String, u32)>,
+}
+
+/// Marks `keyed` changed, listing it once per delta.
+fn mark(dirty: &mut Vec<(usize, String, u32)>, def: usize, key: &str, keyed: &mut Keyed) {
+    if !keyed.dirty {
+        keyed.dirty = true;
+        dirty.push((def, key.to_owned(), keyed.partition));
+    }
 }
 
 impl Windows {
     /// Windows for `defs`.
     pub fn new(defs: Vec<WindowDef>, config: &WatermarkConfig) -> Self {
-        let open = vec![BTreeMap::new(); defs.len()];
+        let open = defs.iter().map(|_| BTreeMap::new()).collect();
         Self {
             defs,
             out_of_orderness: config.out_of_orderness.as_millis() as i64,
             lateness: config.allowed_lateness.as_millis() as i64,
-            state: WindowState { open, newest_ms: None },
+            open,
+            newest_ms: None,
+            partition: 0,
+            dirty: Vec::new(),
         }
     }
 
@@ -189,13 +227,24 @@ impl Windows {
 
     /// The watermark: newest event time minus out-of-orderness.
     pub fn watermark(&self) -> Option<i64> {
-        self.state.newest_ms.map(|t| t.saturating_sub(self.out_of_orderness))
+        self.newest_ms.map(|t| t.saturating_sub(self.out_of_orderness))
+    }
+
+    /// The newest event time seen, kept with a checkpoint.
+    pub fn newest(&self) -> Option<i64> {
+        self.newest_ms
     }
 
     /// Raises the newest event time the watermark follows, e.g. to the
     /// source's while this worker is idle.
     pub fn observe(&mut self, ts: i64) {
-        self.state.newest_ms = Some(self.state.newest_ms.map_or(ts, |n| n.max(ts)));
+        self.newest_ms = Some(self.newest_ms.map_or(ts, |n| n.max(ts)));
+    }
+
+    /// Sets the input partition the next events come from; the keys they
+    /// touch are then that partition's.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.partition = partition;
     }
 
     /// Adds an event to its windows; calls `late` for each window it is too
@@ -205,13 +254,14 @@ impl Windows {
             return;
         }
         let watermark = self.watermark();
-        for (def, open) in self.defs.iter().zip(&mut self.state.open) {
+        let Self { defs, open, dirty, partition, lateness, .. } = self;
+        for (i, (def, open)) in defs.iter().zip(open.iter_mut()).enumerate() {
             let Some(key) = key_of(p, def.key) else {
                 continue;
             };
             for (start, end) in def.shape.windows_of(p.ts_ms) {
                 if let Some(wm) = watermark
-                    && end.saturating_add(self.lateness) <= wm
+                    && end.saturating_add(*lateness) <= wm
                 {
                     late(Late {
                         id: &p.id,
@@ -225,7 +275,13 @@ impl Windows {
                     });
                     continue;
                 }
-                let windows = open.entry(key.to_owned()).or_default();
+                if !open.contains_key(key) {
+                    open.insert(key.to_owned(), Keyed::default());
+                }
+                let Some(keyed) = open.get_mut(key) else { continue };
+                keyed.partition = *partition;
+                mark(dirty, i, key, keyed);
+                let windows = &mut keyed.windows;
                 match def.shape {
                     Shape::Session { .. } => add_to_session(windows, start, end, p.amount),
                     _ => {
@@ -244,11 +300,16 @@ impl Windows {
     /// Emits and forgets every window the watermark has passed (all of
     /// them with `flush_all`, at the end of the input).
     pub fn close(&mut self, flush_all: bool, mut emit: impl FnMut(Closed<'_>)) {
-        let Some(wm) = self.watermark() else { return };
-        for (def, open) in self.defs.iter().zip(&mut self.state.open) {
-            open.retain(|key, windows| {
-                windows.retain(|w| {
-                    let due = flush_all || w.end.saturating_add(self.lateness) <= wm;
+        let wm = self.watermark();
+        if wm.is_none() && !flush_all {
+            return;
+        }
+        let Self { defs, open, dirty, lateness, .. } = self;
+        for (i, (def, open)) in defs.iter().zip(open.iter_mut()).enumerate() {
+            open.retain(|key, keyed| {
+                let before = keyed.windows.len();
+                keyed.windows.retain(|w| {
+                    let due = flush_all || wm.is_some_and(|wm| w.end.saturating_add(*lateness) <= wm);
                     if due {
                         emit(Closed {
                             window: &def.name,
@@ -264,32 +325,94 @@ impl Windows {
                     }
                     !due
                 });
-                !windows.is_empty()
+                if keyed.windows.len() != before {
+                    mark(dirty, i, key, keyed);
+                }
+                !keyed.windows.is_empty()
             });
         }
     }
 
-    /// The state, serialised for a checkpoint.
-    pub fn snapshot(&self) -> Vec<u8> {
-        let named: Vec<(&str, &BTreeMap<String, Vec<Acc>>)> =
-            self.defs.iter().map(|d| d.name.as_str()).zip(&self.state.open).collect();
-        postcard::to_allocvec(&(self.state.newest_ms, named)).unwrap_or_default()
+    /// Forgets every key last touched from one of `partitions` (moved to
+    /// another daemon), with its pending changes.
+    pub fn drop_partitions(&mut self, partitions: &[u32]) {
+        for open in &mut self.open {
+            open.retain(|_, k| !partitions.contains(&k.partition));
+        }
+        let open = &self.open;
+        self.dirty.retain(|(def, key, p)| open[*def].contains_key(key) || !partitions.contains(p));
     }
 
-    /// Loads state a checkpoint holds; definitions are matched by name.
+    /// The changes since the last call, for a checkpoint: the open windows
+    /// of every key that changed, and the keys left with none.
+    pub fn take_delta(&mut self, worker: u16) -> Vec<WindowDelta> {
+        let mut out = Vec::with_capacity(self.dirty.len());
+        for (def, key, partition) in self.dirty.drain(..) {
+            let windows = match self.open[def].get_mut(&key) {
+                // Listed twice (deleted, then opened again): sent once.
+                Some(k) if !k.dirty => continue,
+                Some(k) => {
+                    k.dirty = false;
+                    // Serialising plain data into a Vec cannot fail.
+                    Some((k.partition, postcard::to_allocvec(&k.windows).unwrap_or_default()))
+                }
+                None => None,
+            };
+            out.push(WindowDelta {
+                window: self.defs[def].name.clone(),
+                key,
+                worker,
+                partition: windows.as_ref().map_or(partition, |(p, _)| *p),
+                windows: windows.map(|(_, w)| w),
+            });
+        }
+        out
+    }
+
+    /// Loads one key's open windows of the definition named `window`, as a
+    /// [`WindowDelta`] or the changelog holds them, for `partition`.
+    /// `changed` lists them in the next delta (when they were stored in
+    /// another form). A definition no longer configured is skipped.
+    ///
+    /// # Errors
+    /// A message when the bytes are not open windows.
+    pub fn restore_key(
+        &mut self,
+        window: &str,
+        key: &str,
+        partition: u32,
+        bytes: &[u8],
+        changed: bool,
+    ) -> Result<(), String> {
+        let windows: Vec<Acc> = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
+        let Some(def) = self.defs.iter().position(|d| d.name == window) else {
+            return Ok(());
+        };
+        let keyed = self.open[def].entry(key.to_owned()).or_default();
+        keyed.partition = partition;
+        keyed.windows = windows;
+        if changed {
+            mark(&mut self.dirty, def, key, keyed);
+        }
+        Ok(())
+    }
+
+    /// Loads a whole worker's windows as checkpoints before per-key
+    /// records stored them; they go into the next delta per key.
     ///
     /// # Errors
     /// A message when the bytes are not window state.
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        type Stored = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
-        let (newest, named): Stored = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
+    pub fn restore_legacy(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let (newest, named): Legacy = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
         if let Some(t) = newest {
             self.observe(t);
         }
         for (name, open) in named {
-            if let Some(i) = self.defs.iter().position(|d| d.name == name) {
+            if let Some(def) = self.defs.iter().position(|d| d.name == name) {
                 for (key, windows) in open {
-                    self.state.open[i].entry(key).or_default().extend(windows);
+                    let keyed = self.open[def].entry(key.clone()).or_default();
+                    keyed.windows.extend(windows);
+                    mark(&mut self.dirty, def, &key, keyed);
                 }
             }
         }
@@ -297,13 +420,24 @@ impl Windows {
     }
 }
 
-/// Checks that `bytes` is window state.
+/// A whole worker's windows, as checkpoints stored them before per-key
+/// records: newest event time, and per definition name key → windows.
+type Legacy = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
+
+/// Checks that `bytes` is one key's open windows.
 ///
 /// # Errors
 /// A message when it is not.
 pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
-    type Stored = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
-    postcard::from_bytes::<Stored>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
+    postcard::from_bytes::<Vec<Acc>>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
+}
+
+/// Checks that `bytes` is a whole worker's windows in the earlier form.
+///
+/// # Errors
+/// A message when it is not.
+pub fn check_legacy(bytes: &[u8]) -> Result<(), String> {
+    postcard::from_bytes::<Legacy>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
 }
 
 /// Adds an event at `[ts, ts + gap)` to a key's sessions, merging every
@@ -418,16 +552,125 @@ mod tests {
         w.add(&pay("m", 61_000, 1), |_| panic!("not late"));
     }
 
+    /// Replays `deltas` onto `model` as a store or the changelog would.
+    fn apply(model: &mut BTreeMap<(String, String), (u32, Vec<u8>)>, deltas: Vec<WindowDelta>) {
+        for d in deltas {
+            match d.windows {
+                Some(w) => model.insert((d.window, d.key), (d.partition, w)),
+                None => model.remove(&(d.window, d.key)),
+            };
+        }
+    }
+
+    fn restored(model: &BTreeMap<(String, String), (u32, Vec<u8>)>) -> Windows {
+        let mut r = windows(0, 0);
+        for ((window, key), (partition, bytes)) in model {
+            r.restore_key(window, key, *partition, bytes, false).expect("restore");
+        }
+        r
+    }
+
+    fn drain(w: &mut Windows) -> Vec<(String, i64, u64, i64)> {
+        let mut out = Vec::new();
+        w.close(true, |c| out.push((c.key.to_owned(), c.start_ms, c.count, c.sum)));
+        out
+    }
+
+    proptest! {
+        /// The deltas taken between steps of adding, closing and dropping
+        /// partitions, applied in order as the changelog would, restore
+        /// exactly the open windows of the partitions held; a partition
+        /// that comes back is restored from them first, as on assignment.
+        #[test]
+        fn deltas_restore_the_open_windows(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec((0u8..6, 0u32..3, 0i64..400_000, 1i64..100), 0..12),
+                 proptest::option::of(0u32..3)),
+                1..10),
+        ) {
+            let mut w = windows(0, 0);
+            let mut model: BTreeMap<(String, String), (u32, Vec<u8>)> = BTreeMap::new();
+            let mut away = std::collections::BTreeSet::new();
+            let mut newest = 0;
+            for (events, drop) in steps {
+                for (m, partition, ts, amount) in events {
+                    // A key stays in one partition.
+                    let (m, partition) = (m + 6 * partition as u8, partition);
+                    if away.remove(&partition) {
+                        for ((window, key), (p, bytes)) in model.iter().filter(|(_, (p, _))| *p == partition) {
+                            w.restore_key(window, key, *p, bytes, false).expect("restore");
+                        }
+                    }
+                    // In order, so nothing is late.
+                    newest = newest.max(ts);
+                    w.set_partition(partition);
+                    w.add(&pay(&format!("m{m}"), newest, amount), |_| panic!("not late"));
+                }
+                w.close(false, |_| {});
+                if let Some(p) = drop {
+                    w.drop_partitions(&[p]);
+                    away.insert(p);
+                }
+                apply(&mut model, w.take_delta(0));
+                let stored: Vec<(&String, u32)> =
+                    model.iter().filter(|(_, (p, _))| !away.contains(p)).map(|((_, key), (p, _))| (key, *p)).collect();
+                let held: Vec<(&String, u32)> = w.open[0].iter().map(|(key, k)| (key, k.partition)).collect();
+                prop_assert_eq!(stored, held);
+                // The same open windows, compared by closing copies of both.
+                let mut want = windows(0, 0);
+                for (key, keyed) in &w.open[0] {
+                    let bytes = postcard::to_allocvec(&keyed.windows).expect("encode");
+                    want.restore_key("m1", key, keyed.partition, &bytes, false).expect("restore");
+                }
+                let here: BTreeMap<_, _> = model.clone().into_iter().filter(|(_, (p, _))| !away.contains(p)).collect();
+                prop_assert_eq!(drain(&mut restored(&here)), drain(&mut want));
+            }
+        }
+    }
+
     #[test]
-    fn state_survives_a_snapshot() {
+    fn a_key_closed_is_deleted_and_a_moved_key_is_not() {
+        let mut w = windows(0, 0);
+        w.set_partition(1);
+        w.add(&pay("a", 1_000, 10), |_| {});
+        w.set_partition(2);
+        w.add(&pay("b", 1_000, 20), |_| {});
+        let first = w.take_delta(3);
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|d| d.worker == 3 && d.windows.is_some()), "{first:?}");
+        // Nothing changed: nothing to send.
+        assert!(w.take_delta(3).is_empty());
+        // `b` moves away with its partition; `a`'s window closes.
+        w.add(&pay("b", 2_000, 5), |_| {});
+        w.drop_partitions(&[2]);
+        w.observe(200_000);
+        let mut closed = Vec::new();
+        w.close(false, |c| closed.push(c.key.to_owned()));
+        assert_eq!(closed, ["a"], "a moved key is not emitted by its old owner");
+        let second = w.take_delta(3);
+        assert_eq!(
+            second,
+            [WindowDelta { window: "m1".into(), key: "a".into(), worker: 3, partition: 1, windows: None }],
+            "the closed key is deleted; the moved one is left to its new owner"
+        );
+    }
+
+    #[test]
+    fn windows_stored_whole_per_worker_load_and_are_written_again_per_key() {
         let mut w = windows(0, 0);
         w.add(&pay("m", 1_000, 10), |_| {});
+        w.add(&pay("n", 2_000, 7), |_| {});
+        let legacy: Vec<(&str, BTreeMap<String, Vec<Acc>>)> =
+            vec![("m1", w.open[0].iter().map(|(k, v)| (k.clone(), v.windows.clone())).collect())];
+        let bytes = postcard::to_allocvec(&(Some(2_000i64), legacy)).expect("encode");
+        check_legacy(&bytes).expect("legacy form");
         let mut r = windows(0, 0);
-        r.restore(&w.snapshot()).expect("restore");
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        w.close(true, |c| a.push((c.key.to_owned(), c.count, c.sum)));
-        r.close(true, |c| b.push((c.key.to_owned(), c.count, c.sum)));
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 1);
+        r.restore_legacy(&bytes).expect("restore");
+        assert_eq!(r.newest(), Some(2_000));
+        let mut model = BTreeMap::new();
+        apply(&mut model, r.take_delta(0));
+        assert_eq!(model.len(), 2, "every key goes into the next delta");
+        assert_eq!(drain(&mut restored(&model)), drain(&mut w));
+        assert!(check_stored(b"\xff\xff\xff").is_err());
     }
 }

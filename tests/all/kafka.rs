@@ -182,11 +182,24 @@ fn every_event_read_from_kafka_gets_a_decision_on_the_decisions_topic() {
 fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
     tokio::runtime::Runtime::new().expect("runtime").block_on(topics(broker, "pair"));
     let (env_a, env_b) = (Env::new(), Env::new());
+    let mut configs = Vec::new();
     for env in [&env_a, &env_b] {
         env.install("velocity", "velocity.wasm");
+        // An hour's aggregates per account: every event of the test falls
+        // into one window, which stays open until the end.
+        let config = kafka_toml_with(env, broker, "pair", consumer);
+        let windows = format!(
+            "\n[windows.acct-1h]\ntype = \"tumbling\"\nkey = \"account\"\nsize = \"1h\"\n\n\
+             [sinks.aggregates]\ntype = \"file\"\npath = {:?}\n\n[sinks.late]\ntype = \"file\"\npath = {:?}\n",
+            env.path("aggregates.jsonl"),
+            env.path("late.jsonl"),
+        );
+        let text = std::fs::read_to_string(&config).expect("config") + &windows;
+        std::fs::write(&config, text).expect("config");
+        configs.push(config);
     }
-    let mut a = Daemon::start(&env_a, &kafka_toml_with(&env_a, broker, "pair", consumer));
-    let mut b = Daemon::start(&env_b, &kafka_toml_with(&env_b, broker, "pair", consumer));
+    let mut a = Daemon::start(&env_a, &configs[0]);
+    let mut b = Daemon::start(&env_b, &configs[1]);
     let owned = |d: &Daemon| {
         d.log().lines().rfind(|l| l.contains("partitions assigned")).is_some_and(|l| !l.contains("owned=[]"))
     };
@@ -245,6 +258,38 @@ fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
     a.wait_for(Duration::from_secs(120), "the first half, sent again, dead-lettered as duplicates", || {
         duplicates().is_superset(&first_ids).then_some(())
     });
+
+    // Open windows move with their partitions too: an event two hours on
+    // for every account closes the hour that holds both halves, and the
+    // survivor emits it with all 40 events, also for the accounts whose
+    // first half the stopped daemon counted.
+    let hour = first.iter().map(|(_, v)| ts_of(v)).min().expect("events").div_euclid(3_600_000) * 3_600_000;
+    let closers: Vec<(String, String)> = card_events("pair-closer", 16, 7200, 1);
+    broker.produce("payments", &closers);
+    let aggregates = |env: &Env| -> Vec<Value> {
+        read_jsonl(&env.path("aggregates.jsonl")).into_iter().filter(|a| a["start_ms"].as_i64() == Some(hour)).collect()
+    };
+    let closer_ids: HashSet<String> = closers.iter().map(|(_, v)| id_of(v)).collect();
+    await_decisions(&mut a, broker, &closer_ids, "decisions for the events two hours on");
+    // A window is emitted with the batch whose event closes it; give the
+    // file a moment to catch up with the decisions topic.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut closed = aggregates(&env_a);
+    while closed.len() < 16 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        closed = aggregates(&env_a);
+    }
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for w in &closed {
+        *counts.entry(w["key"].as_str().expect("key").to_owned()).or_default() += w["count"].as_u64().expect("count");
+    }
+    let want: BTreeMap<String, u64> = (0..16).map(|c| (format!("acct-{c}"), 40)).collect();
+    assert_eq!(counts, want, "each account's hour counted once, with both halves:\n{closed:?}\n{}", a.log());
+    assert!(aggregates(&env_b).is_empty(), "the stopped daemon emitted no window it held");
+}
+
+fn ts_of(v: &str) -> i64 {
+    serde_json::from_str::<Value>(v).ok().and_then(|v| v["ts"].as_i64()).expect("ts")
 }
 
 #[test]

@@ -71,11 +71,6 @@ impl<S: Default> KeyTable<S> {
         slot
     }
 
-    /// Puts `state` under `hash`, replacing any state held.
-    pub fn insert(&mut self, hash: u64, state: S) {
-        *self.find_or_insert(hash).1 = state;
-    }
-
     /// The key hash and state in `slot`. A freed slot reads as a default
     /// state (its hash is stale).
     pub fn slot_mut(&mut self, slot: Slot) -> Option<(u64, &mut S)> {
@@ -133,12 +128,12 @@ mod tests {
     #[test]
     fn a_dropped_key_comes_back_empty() {
         let mut table: KeyTable<Vec<u8>> = KeyTable::default();
-        table.insert(42, vec![1, 2, 3]);
+        *table.find_or_insert(42).1 = vec![1, 2, 3];
         table.retain(|_, _| false);
         assert_eq!(table.len(), 0);
         let (slot, state) = table.find_or_insert(43);
         assert!(state.is_empty());
-        table.insert(43, vec![9]);
+        *table.find_or_insert(43).1 = vec![9];
         assert_eq!(table.len(), 1);
         assert_eq!(table.slot_mut(slot), Some((43, &mut vec![9])));
     }

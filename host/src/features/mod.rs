@@ -374,7 +374,7 @@ impl FeatureEngine {
     ///
     /// # Errors
     /// A message when the bytes are not a stored key.
-    pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8]) -> Result<(), String> {
+    pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8], changed: bool) -> Result<(), String> {
         let stored: StoredKey = postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
         let Some((_, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
             return Ok(()); // No feature uses this key kind any more.
@@ -382,7 +382,7 @@ impl FeatureEngine {
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
             partition: self.partition,
-            dirty: false,
+            dirty: changed,
             num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
         };
@@ -400,7 +400,12 @@ impl FeatureEngine {
             }
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
-        kind.states.insert(hash, state);
+        let (slot, held) = kind.states.find_or_insert(hash);
+        let listed = held.dirty;
+        *held = state;
+        if changed && !listed {
+            kind.dirty.push(slot);
+        }
         Ok(())
     }
 }
@@ -526,7 +531,7 @@ mod tests {
         assert!(live.take_delta(0).is_empty(), "nothing changed since");
         let mut restored = engine(&features);
         for d in &delta {
-            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state")).expect("restore");
+            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
         }
         let next = pay("a", 5 * MIN, 10, "DE");
         assert_eq!(live.compute(&next).to_vec(), restored.compute(&next).to_vec());

@@ -2,11 +2,11 @@
 //! holding the latest value of every piece of keyed state.
 //!
 //! Record keys: `f` + key kind + key hash (big-endian) for a key's feature
-//! series; `r` + rule name + NUL + the rule's key for rules' state; `d` +
-//! the 128-bit id hash (big-endian) for a transaction id in the
-//! de-duplication set, whose value is its event time (i64, big-endian). The
-//! value is the state as the local store keeps it; a tombstone (no value)
-//! deletes.
+//! series; `r` + rule name + NUL + the rule's key for rules' state; `w` +
+//! window name + NUL + key for a key's open windows; `d` + the 128-bit id
+//! hash (big-endian) for a transaction id in the de-duplication set, whose
+//! value is its event time (i64, big-endian). The value is the state as the
+//! local store keeps it; a tombstone (no value) deletes.
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
@@ -35,10 +35,11 @@ fn dedup_key(id: u128) -> Vec<u8> {
     k
 }
 
-fn rule_key(rule: &str, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + rule.len() + key.len());
-    k.push(b'r');
-    k.extend_from_slice(rule.as_bytes());
+/// `tag`, `name`, NUL, `key`: rule state (`r`) and windows (`w`).
+fn named_key(tag: u8, name: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + name.len() + key.len());
+    k.push(tag);
+    k.extend_from_slice(name.as_bytes());
     k.push(0);
     k.extend_from_slice(key);
     k
@@ -69,6 +70,13 @@ fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> P
                 if let Some(nul) = rest.iter().position(|&b| b == 0) {
                     let rule = String::from_utf8_lossy(&rest[..nul]).into_owned();
                     out.rule_state.push((rule, rest[nul + 1..].to_vec(), value));
+                }
+            }
+            Some((b'w', rest)) => {
+                let split = rest.iter().position(|&b| b == 0);
+                match split.map(|nul| (std::str::from_utf8(&rest[..nul]), std::str::from_utf8(&rest[nul + 1..]))) {
+                    Some((Ok(window), Ok(key))) => out.windows.push((window.to_owned(), key.to_owned(), value)),
+                    _ => tracing::warn!(partition, "ignoring a malformed window record in the changelog"),
                 }
             }
             Some((b'd', rest)) => match (<[u8; 16]>::try_from(rest), <[u8; 8]>::try_from(value.as_slice())) {
@@ -138,7 +146,7 @@ pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<Part
     tracing::info!(
         partitions = ?partitions,
         records,
-        keys = out.iter().map(|s| s.features.len() + s.rule_state.len()).sum::<usize>(),
+        keys = out.iter().map(|s| s.features.len() + s.rule_state.len() + s.windows.len()).sum::<usize>(),
         ms = started.elapsed().as_millis() as u64,
         "restored keyed state from the changelog"
     );
@@ -273,8 +281,13 @@ fn send_changes(
         produced += 1;
     }
     for d in cp.rule_state.iter().filter(|d| owned.contains(&d.partition)) {
-        let key = rule_key(&d.rule, &d.key);
+        let key = named_key(b'r', &d.rule, &d.key);
         producer.send(changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
+        produced += 1;
+    }
+    for d in cp.windows.iter().filter(|d| owned.contains(&d.partition)) {
+        let key = named_key(b'w', &d.window, d.key.as_bytes());
+        producer.send(changelog, Some(d.partition as i32), Some(&key), d.windows.as_deref())?;
         produced += 1;
     }
     // The delta lists each id once, as it ends up (`Dedup::take_delta`), so
@@ -422,19 +435,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changelog_keys_sort_back_into_features_and_rule_state() {
+    fn changelog_keys_sort_back_into_their_kinds_of_state() {
         let mut entries = HashMap::new();
         apply(&mut entries, &feature_key(3, 0xdead_beef), Some(b"series"));
-        apply(&mut entries, &rule_key("velocity", b"card\0x"), Some(b"v1"));
-        apply(&mut entries, &rule_key("velocity", b"gone"), Some(b"v"));
-        apply(&mut entries, &rule_key("velocity", b"gone"), None);
+        apply(&mut entries, &named_key(b'r', "velocity", b"card\0x"), Some(b"v1"));
+        apply(&mut entries, &named_key(b'r', "velocity", b"gone"), Some(b"v"));
+        apply(&mut entries, &named_key(b'r', "velocity", b"gone"), None);
         apply(&mut entries, &dedup_key(u128::MAX - 5), Some(&1_717_000_000_123i64.to_be_bytes()));
         apply(&mut entries, &dedup_key(9), Some(&5i64.to_be_bytes()));
         apply(&mut entries, &dedup_key(9), None);
+        apply(&mut entries, &named_key(b'w', "card-5m", b"tok-1"), Some(b"open"));
+        apply(&mut entries, &named_key(b'w', "card-5m", b"tok-2"), Some(b"closed"));
+        apply(&mut entries, &named_key(b'w', "card-5m", b"tok-2"), None);
+        apply(&mut entries, &named_key(b'w', "card-5m", b"\xff"), Some(b"not utf-8"));
         let s = into_partition_state(7, entries);
         assert_eq!(s.partition, 7);
         assert_eq!(s.features, vec![(3, 0xdead_beef, b"series".to_vec())]);
         assert_eq!(s.rule_state, vec![("velocity".to_owned(), b"card\0x".to_vec(), b"v1".to_vec())]);
         assert_eq!(s.dedup, vec![(u128::MAX - 5, 1_717_000_000_123)]);
+        assert_eq!(s.windows, vec![("card-5m".to_owned(), "tok-1".to_owned(), b"open".to_vec())]);
     }
 }

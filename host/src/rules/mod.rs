@@ -775,14 +775,14 @@ impl Evaluator {
 
     /// Loads one keyed-state entry from a checkpoint, as written from the
     /// current partition (see [`Evaluator::set_partition`]).
-    pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8]) {
+    pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8], changed: bool) {
         let partition = self.partition;
         let state = match self.slots.iter_mut().find(|s| &*s.name == rule) {
             Some(slot) => &mut slot.state,
             None => self.parked.entry(rule.to_owned()).or_default(),
         };
         state.set_partition(partition);
-        state.restore(key, value);
+        state.restore(key, value, changed);
     }
 
     /// Sets the input partition of the events that follow: the keyed state

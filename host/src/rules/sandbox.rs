@@ -105,9 +105,12 @@ impl RuleState {
     }
 
     /// Loads an entry from a checkpoint or changelog, as written from the
-    /// current partition.
-    pub fn restore(&mut self, key: &[u8], value: &[u8]) {
+    /// current partition; `changed` lists it in the next changes.
+    pub fn restore(&mut self, key: &[u8], value: &[u8], changed: bool) {
         self.entries.insert(key.into(), (self.partition, value.into()));
+        if changed {
+            self.dirty.insert(key.into(), self.partition);
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct PartitionState {
     pub features: Vec<(u8, u64, Vec<u8>)>,
     /// Rules' keyed state: (rule, key, value).
     pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Open windows: (window name, key, windows).
+    pub windows: Vec<(String, String, Vec<u8>)>,
     /// Transaction ids seen, for de-duplication: (id hash, event time).
     pub dedup: Vec<(u128, i64)>,
 }
