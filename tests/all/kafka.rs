@@ -312,6 +312,75 @@ fn with_cooperative_rebalancing_the_survivor_is_handed_only_the_moved_partitions
     pair_takes_over(&Broker::mock(), "-KILL", r#""partition.assignment.strategy" = "cooperative-sticky""#);
 }
 
+/// (changelog records read, keys loaded from the local snapshot) of the
+/// last restore in `log`.
+fn last_restore(log: &str) -> (u64, u64) {
+    let line = log.lines().rfind(|l| l.contains("restored keyed state from the changelog")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the restore line: {line}\n{log}"))
+    };
+    (field("records"), field("local_keys"))
+}
+
+/// A daemon taking its partitions back starts from its local snapshot and
+/// reads only the changelog written since — including what another
+/// daemon wrote while it was away.
+#[test]
+fn a_restart_reads_only_the_changelog_written_since_its_local_snapshot() {
+    let broker = Broker::start();
+    tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "snap"));
+    let (env_a, env_b) = (Env::new(), Env::new());
+    for env in [&env_a, &env_b] {
+        env.install("velocity", "velocity.wasm");
+    }
+    let (config_a, config_b) = (kafka_toml(&env_a, &broker, "snap"), kafka_toml(&env_b, &broker, "snap"));
+    // Runs one daemon alone over `phase` (cards 0–7, event numbers
+    // `first..first + 10`) and stops it; returns its log.
+    let run = |env: &Env, config: &std::path::Path, first: usize| -> String {
+        let mut d = Daemon::start(env, config);
+        let log = d.log.clone();
+        d.wait_for(Duration::from_secs(60), "the partitions and their state", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("restored keyed state from the changelog").then_some(())
+        });
+        let events = card_events("snap", 8, first, 10);
+        broker.produce("payments", &events);
+        let ids: HashSet<String> = events.iter().map(|(_, v)| id_of(v)).collect();
+        await_decisions(&mut d, &broker, &ids, "the phase's decisions");
+        let (status, log) = d.stop();
+        assert!(status.success(), "{log}");
+        log
+    };
+    let first = run(&env_a, &config_a, 1);
+    let (records, local) = last_restore(&first);
+    assert_eq!((records, local), (0, 0), "a first start has nothing to restore:\n{first}");
+
+    // The same daemon again: its snapshot holds everything it wrote.
+    let again = run(&env_a, &config_a, 11);
+    let (records, local) = last_restore(&again);
+    assert!(local > 0, "the state came from the local snapshot:\n{again}");
+    assert_eq!(records, 0, "nothing was written to the changelog since:\n{again}");
+
+    // Another daemon, with no snapshot, reads the changelog whole and adds to it.
+    let other = run(&env_b, &config_b, 21);
+    let (records, local) = last_restore(&other);
+    assert!(records > 0 && local == 0, "a daemon without a snapshot reads the whole changelog:\n{other}");
+
+    // Back to the first: its snapshot plus what the other wrote meanwhile.
+    let back = run(&env_a, &config_a, 31);
+    let (records, local) = last_restore(&back);
+    assert!(local > 0 && records > 0, "snapshot plus the other daemon's records:\n{back}");
+    // Every card's count went on from where the other daemon left it.
+    for (id, d) in decisions(&broker) {
+        let (_, n) = card_and_n(&id);
+        assert_eq!(feature(&d), n as f64, "{id}: the card's count is not its {n} events so far\n{back}");
+    }
+}
+
 #[test]
 fn a_thirty_second_broker_outage_is_logged_and_ridden_out_without_losing_an_event() {
     let broker = Broker::start();

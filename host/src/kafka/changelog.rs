@@ -9,12 +9,13 @@
 //! local store keeps it; a tombstone (no value) deletes.
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::snapshot::{self, Snapshots};
 use super::{Fence, Logging, Producer};
 use crate::config::KafkaConfig;
 use crate::sources::PartitionState;
@@ -89,11 +90,18 @@ fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> P
     out
 }
 
-/// Reads `partitions` of the changelog from the start to their current end.
+/// Reads `partitions` of the changelog to their current end: from the
+/// local snapshot's mark where there is a usable one, else from the start.
+/// What was read goes into the snapshots.
 ///
 /// # Errors
 /// When the changelog cannot be read within the outage limit.
-pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<PartitionState>, String> {
+pub fn read(
+    k: &KafkaConfig,
+    topic: &str,
+    partitions: &[u32],
+    snapshots: Option<&Snapshots>,
+) -> Result<Vec<PartitionState>, String> {
     let started = Instant::now();
     let mut c = super::client_config(k);
     for (key, value) in &k.consumer {
@@ -102,6 +110,9 @@ pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<Part
     c.set("group.id", format!("{}-restore", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
+        // A snapshot's offset beyond the partition's end is an error, not a
+        // silent jump: the topic was recreated, and the snapshot is void.
+        .set("auto.offset.reset", "error")
         // An empty fetch at the end comes back at once, not after 500 ms.
         .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<Logging> =
@@ -110,12 +121,32 @@ pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<Part
     // listed end offset: that is what the brokers last said they hold.
     let mut open: HashSet<u32> = partitions.iter().copied().collect();
     let mut tpl = TopicPartitionList::new();
+    let mut entries: HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> = HashMap::new();
+    // Per partition: the offset after the last record reflected, and the
+    // keys read on top of a local snapshot (`None`: read whole).
+    let mut next: HashMap<u32, i64> = HashMap::new();
+    let mut touched: HashMap<u32, Option<HashSet<Vec<u8>>>> = HashMap::new();
+    let mut local_keys = 0usize;
     for &p in partitions {
-        tpl.add_partition_offset(topic, p as i32, Offset::Beginning)
+        let local = snapshots.and_then(|s| usable_snapshot(s, p));
+        let start = match local {
+            Some((from, held)) => {
+                local_keys += held.len();
+                entries.insert(p, held);
+                touched.insert(p, Some(HashSet::new()));
+                next.insert(p, from);
+                Offset::Offset(from)
+            }
+            None => {
+                entries.insert(p, HashMap::new());
+                touched.insert(p, None);
+                next.insert(p, 0);
+                Offset::Beginning
+            }
+        };
+        tpl.add_partition_offset(topic, p as i32, start)
             .map_err(|e| format!("changelog `{topic}` partition {p}: {e}"))?;
     }
-    let mut entries: HashMap<u32, HashMap<Vec<u8>, Vec<u8>>> =
-        partitions.iter().map(|&p| (p, HashMap::new())).collect();
     let mut records = 0u64;
     if !open.is_empty() {
         consumer.assign(&tpl).map_err(|e| format!("changelog `{topic}`: {e}"))?;
@@ -133,24 +164,72 @@ pub fn read(k: &KafkaConfig, topic: &str, partitions: &[u32]) -> Result<Vec<Part
                 let p = m.partition() as u32;
                 if let (Some(key), Some(state)) = (m.key(), entries.get_mut(&p)) {
                     apply(state, key, m.payload());
+                    if let Some(Some(keys)) = touched.get_mut(&p) {
+                        keys.insert(key.to_vec());
+                    }
                     records += 1;
                 }
+                next.insert(p, m.offset() + 1);
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&(p as u32));
             }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                // librdkafka does not say which partition: read them all whole.
+                tracing::warn!(
+                    "a local state snapshot is ahead of the changelog `{topic}` (was the topic recreated?); \
+                     reading the whole changelog"
+                );
+                let mut all = TopicPartitionList::new();
+                for &p in partitions {
+                    entries.insert(p, HashMap::new());
+                    touched.insert(p, None);
+                    next.insert(p, 0);
+                    all.add_partition_offset(topic, p as i32, Offset::Beginning)
+                        .map_err(|e| format!("changelog `{topic}` partition {p}: {e}"))?;
+                }
+                open = partitions.iter().copied().collect();
+                (records, local_keys) = (0, 0);
+                consumer.assign(&all).map_err(|e| format!("changelog `{topic}`: {e}"))?;
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "reading the state changelog; retrying"),
+        }
+    }
+    if let Some(s) = snapshots {
+        for (&p, state) in &entries {
+            let result = match touched.get(&p) {
+                Some(Some(keys)) => {
+                    s.restored(p, false, keys.iter().map(|k| (k.as_slice(), state.get(k).map(Vec::as_slice))), next[&p])
+                }
+                _ => s.restored(p, true, state.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))), next[&p]),
+            };
+            if let Err(e) = result {
+                tracing::warn!(partition = p, error = %e, "cannot store the local state snapshot");
+            }
         }
     }
     let out: Vec<PartitionState> = entries.into_iter().map(|(p, e)| into_partition_state(p, e)).collect();
     tracing::info!(
         partitions = ?partitions,
         records,
+        local_keys,
         keys = out.iter().map(|s| s.features.len() + s.rule_state.len() + s.windows.len()).sum::<usize>(),
         ms = started.elapsed().as_millis() as u64,
         "restored keyed state from the changelog"
     );
     Ok(out)
+}
+
+/// A partition's local snapshot, if usable: the offset to read on from,
+/// and the records up to it.
+fn usable_snapshot(snapshots: &Snapshots, p: u32) -> Option<snapshot::Snapshot> {
+    match snapshots.load(p) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "cannot read the local state snapshot; reading the whole changelog");
+            None
+        }
+    }
 }
 
 /// Whether an error is the cluster being unreachable for now (worth
@@ -203,6 +282,7 @@ pub struct Committer {
     jobs: Option<crossbeam_channel::Sender<Pending>>,
     thread: Option<std::thread::JoinHandle<()>>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 /// A checkpoint whose changelog records are sent.
@@ -212,6 +292,8 @@ struct Pending {
     /// Every record before this mark must be acknowledged first.
     mark: u64,
     offsets: TopicPartitionList,
+    /// Its changelog records, for the local snapshots.
+    sent: Option<Sent>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -227,6 +309,7 @@ impl Committer {
         fence: Fence,
         input: String,
         changelog: String,
+        snapshots: Option<Arc<Snapshots>>,
     ) -> Self {
         producer.committer_waits();
         // One checkpoint waiting behind the one being committed; the sink
@@ -236,11 +319,11 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("vigil-kafka-commit".into())
             .spawn({
-                let (producer, fence, failure, input) =
-                    (producer.clone(), fence.clone(), failure.clone(), input.clone());
+                let (producer, fence, failure, input, snapshots) =
+                    (producer.clone(), fence.clone(), failure.clone(), input.clone(), snapshots.clone());
                 move || {
                     for job in rx.iter() {
-                        let result = commit_offsets(&producer, &consumer, &fence, &input, &job);
+                        let result = commit_offsets(&producer, &consumer, &fence, &input, snapshots.as_deref(), job);
                         fence.settle();
                         if let Err(e) = result {
                             *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
@@ -254,7 +337,7 @@ impl Committer {
                 }
             })
             .ok();
-        Self { producer, fence, changelog, input, jobs: Some(tx), thread, failure }
+        Self { producer, fence, changelog, input, jobs: Some(tx), thread, failure, snapshots }
     }
 
     fn failed(&self) -> anyhow::Result<()> {
@@ -265,46 +348,75 @@ impl Committer {
     }
 }
 
+/// A checkpoint's changelog records, kept for the local snapshots with
+/// the producer's sequence number of each.
+#[derive(Default)]
+struct Sent {
+    records: Vec<snapshot::Record>,
+    seqs: Vec<u64>,
+}
+
 /// Sends a checkpoint's state changes of the owned partitions to the
-/// changelog; returns how many, and the offsets to commit with them.
+/// changelog; returns how many, and the offsets to commit with them. With
+/// `keep`, the records are kept there for the local snapshots.
 fn send_changes(
     producer: &Producer,
     changelog: &str,
     input: &str,
     cp: &Checkpoint,
     owned: &std::collections::BTreeSet<u32>,
+    mut keep: Option<&mut Sent>,
 ) -> anyhow::Result<(usize, TopicPartitionList)> {
     let mut produced = 0usize;
-    for d in cp.features.iter().filter(|d| owned.contains(&d.partition)) {
-        let key = feature_key(d.kind, d.hash);
-        producer.send(changelog, Some(d.partition as i32), Some(&key), d.state.as_deref())?;
+    let mut send = |partition: u32, key: Vec<u8>, value: Option<&[u8]>| -> std::io::Result<()> {
         produced += 1;
+        match keep.as_deref_mut() {
+            Some(sent) => {
+                let seq = producer.send_tracked(changelog, Some(partition as i32), Some(&key), value)?;
+                sent.seqs.push(seq);
+                sent.records.push((partition, key, value.map(<[u8]>::to_vec)));
+                Ok(())
+            }
+            None => producer.send(changelog, Some(partition as i32), Some(&key), value),
+        }
+    };
+    for d in cp.features.iter().filter(|d| owned.contains(&d.partition)) {
+        send(d.partition, feature_key(d.kind, d.hash), d.state.as_deref())?;
     }
     for d in cp.rule_state.iter().filter(|d| owned.contains(&d.partition)) {
-        let key = named_key(b'r', &d.rule, &d.key);
-        producer.send(changelog, Some(d.partition as i32), Some(&key), d.value.as_deref())?;
-        produced += 1;
+        send(d.partition, named_key(b'r', &d.rule, &d.key), d.value.as_deref())?;
     }
     for d in cp.windows.iter().filter(|d| owned.contains(&d.partition)) {
-        let key = named_key(b'w', &d.window, d.key.as_bytes());
-        producer.send(changelog, Some(d.partition as i32), Some(&key), d.windows.as_deref())?;
-        produced += 1;
+        send(d.partition, named_key(b'w', &d.window, d.key.as_bytes()), d.windows.as_deref())?;
     }
     // The delta lists each id once, as it ends up (`Dedup::take_delta`), so
     // the order of the two loops does not matter.
     for &(id, partition) in cp.dedup_removed.iter().filter(|(_, p)| owned.contains(p)) {
-        producer.send(changelog, Some(partition as i32), Some(&dedup_key(id)), None)?;
-        produced += 1;
+        send(partition, dedup_key(id), None)?;
     }
     for &(id, ts, partition) in cp.dedup_added.iter().filter(|(_, _, p)| owned.contains(p)) {
-        producer.send(changelog, Some(partition as i32), Some(&dedup_key(id)), Some(&ts.to_be_bytes()))?;
-        produced += 1;
+        send(partition, dedup_key(id), Some(&ts.to_be_bytes()))?;
     }
     let mut offsets = TopicPartitionList::new();
     for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.contains(p)) {
         offsets.add_partition_offset(input, p as i32, Offset::Offset(next))?;
     }
     Ok((produced, offsets))
+}
+
+/// Stores a checkpoint's acknowledged changelog records in the local
+/// snapshots. A failure costs only a longer restore later: the snapshot's
+/// mark does not move past records it lacks.
+fn keep_locally(producer: &Producer, snapshots: &Snapshots, sent: Sent) {
+    let offsets = producer.take_offsets(&sent.seqs);
+    let mut written: HashMap<u32, Vec<i64>> = HashMap::new();
+    for ((partition, _, _), offset) in sent.records.iter().zip(offsets) {
+        // Not acknowledged with an offset: a gap that keeps the mark put.
+        written.entry(*partition).or_default().push(offset.unwrap_or(-1));
+    }
+    if let Err(e) = snapshots.apply(&sent.records, &written) {
+        tracing::warn!(error = %e, "cannot update the local state snapshots; restores will read more of the changelog");
+    }
 }
 
 /// Waits for the checkpoint's records, then commits its offsets unless
@@ -314,9 +426,14 @@ fn commit_offsets(
     consumer: &BaseConsumer<super::source::SourceContext>,
     fence: &Fence,
     input: &str,
-    job: &Pending,
+    snapshots: Option<&Snapshots>,
+    mut job: Pending,
 ) -> Result<(), String> {
     producer.wait(job.mark).map_err(|e| e.to_string())?;
+    // The records are in the changelog whatever happens to the offsets.
+    if let (Some(snapshots), Some(sent)) = (snapshots, job.sent.take()) {
+        keep_locally(producer, snapshots, sent);
+    }
     let owned = fence.lock();
     if owned.epoch != job.epoch || job.offsets.count() == 0 {
         return Ok(());
@@ -347,11 +464,13 @@ impl Durable for Committer {
             tracing::debug!(checkpoint = cp.id, "partitions moved since this checkpoint began: not committed");
             return Ok(());
         }
-        let (produced, offsets) = send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions)?;
+        let mut sent = self.snapshots.as_ref().map(|_| Sent::default());
+        let (produced, offsets) =
+            send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions, sent.as_mut())?;
         owned.committing += 1;
         drop(owned);
         tracing::debug!(checkpoint = cp.id, changelog_records = produced, "checkpoint sent to Kafka");
-        let job = Pending { id: cp.id, epoch: cp.epoch, mark: self.producer.mark(), offsets };
+        let job = Pending { id: cp.id, epoch: cp.epoch, mark: self.producer.mark(), offsets, sent };
         let sent = self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
         if !sent {
             self.fence.settle();
@@ -414,7 +533,8 @@ impl Durable for Transactions {
             // Its marker follows and aborts the transaction.
             return Ok(());
         }
-        let (produced, offsets) = send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions)?;
+        let (produced, offsets) =
+            send_changes(&self.producer, &self.changelog, &self.input, cp, &owned.partitions, None)?;
         owned.committing += 1;
         drop(owned);
         let group = self.consumer.group_metadata();
@@ -454,5 +574,52 @@ mod tests {
         assert_eq!(s.rule_state, vec![("velocity".to_owned(), b"card\0x".to_vec(), b"v1".to_vec())]);
         assert_eq!(s.dedup, vec![(u128::MAX - 5, 1_717_000_000_123)]);
         assert_eq!(s.windows, vec![("card-5m".to_owned(), "tok-1".to_owned(), b"open".to_vec())]);
+    }
+
+    /// Reading with a local snapshot, on librdkafka's mock cluster: the
+    /// snapshot plus the records after its mark; a snapshot ahead of the
+    /// topic's end is dropped and the partition read whole.
+    #[test]
+    fn a_restore_starts_from_the_snapshot_and_drops_one_ahead_of_the_topic() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("cl", 1, 1).expect("topic");
+        let k: KafkaConfig = toml::from_str(&format!("brokers = {:?}", mock.bootstrap_servers())).expect("config");
+        let producer: BaseProducer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().expect("producer");
+        let produce = |hashes: std::ops::Range<u64>| {
+            for h in hashes {
+                let key = feature_key(1, h);
+                let value = h.to_be_bytes();
+                producer.send(BaseRecord::to("cl").partition(0).key(&key).payload(&value)).expect("send");
+            }
+            producer.flush(Duration::from_secs(10)).expect("flush");
+        };
+        let hashes = |states: &[PartitionState]| -> Vec<u64> {
+            let mut h: Vec<u64> = states[0].features.iter().map(|(_, h, _)| *h).collect();
+            h.sort_unstable();
+            h
+        };
+        produce(0..3);
+        let dir = tempfile::tempdir().expect("tmp");
+        let snapshots = Snapshots::open(dir.path(), "mock", "cl").expect("snapshots");
+        // A snapshot whose mark is past the end, as after the topic was
+        // recreated: its key must not come back.
+        let stale = feature_key(1, 99);
+        snapshots.restored(0, true, [(stale.as_slice(), Some(&b"old"[..]))].into_iter(), 1_000).expect("stale");
+        let states = read(&k, "cl", &[0], Some(&snapshots)).expect("read");
+        assert_eq!(hashes(&states), [0, 1, 2]);
+        let (next, held) = snapshots.load(0).expect("load").expect("a snapshot now");
+        assert_eq!((next, held.len()), (3, 3), "the snapshot is replaced by the changelog's contents");
+        // Two more records: read on top of the snapshot, from its mark.
+        produce(3..5);
+        let states = read(&k, "cl", &[0], Some(&snapshots)).expect("read");
+        assert_eq!(hashes(&states), [0, 1, 2, 3, 4]);
+        assert_eq!(snapshots.load(0).expect("load").map(|(n, h)| (n, h.len())), Some((5, 5)));
+        // The snapshot alone answers: drop a record from the snapshot only
+        // and it stays dropped, proving records before the mark are not read.
+        snapshots.restored(0, false, [(feature_key(1, 0).as_slice(), None)].into_iter(), 5).expect("edit");
+        let states = read(&k, "cl", &[0], Some(&snapshots)).expect("read");
+        assert_eq!(hashes(&states), [1, 2, 3, 4]);
     }
 }

@@ -2,15 +2,17 @@
 //! state that follows its partition from daemon to daemon.
 //!
 //! Partitions are the unit of ownership. Each event's partition decides its
-//! worker, and every piece of keyed state (feature series, rules' state,
-//! de-duplication ids) remembers the partition of the event that last
-//! touched it. A checkpoint writes the changed state to a compacted
+//! worker, and every piece of keyed state (feature series, open windows,
+//! rules' state, de-duplication ids) remembers the partition of the event
+//! that last touched it. A checkpoint writes the changed state to a compacted
 //! changelog topic, keyed by state key and in the same partition as the
 //! input, then commits the consumer group's offsets: state and offsets
 //! describe the same point of the input. When a partition moves, its old
 //! owner forgets its state and the new one reads it back from the changelog
 //! before processing the partition's events, starting at the committed
-//! offset. This is the mechanism Kafka Streams uses.
+//! offset. This is the mechanism Kafka Streams uses, local snapshots
+//! included: a daemon keeps a copy of the changelog of the partitions it had
+//! and, taking one back, reads only the records written since its copy.
 //!
 //! The guarantee is at-least-once: events after the last checkpoint are
 //! processed again after a crash or a rebalance, and their decisions carry
@@ -18,6 +20,7 @@
 
 mod changelog;
 mod sink;
+mod snapshot;
 mod source;
 
 pub use sink::{KafkaSink, Producer};

@@ -20,6 +20,9 @@ struct Delivery {
     failure: Mutex<Option<String>>,
     in_flight: Mutex<std::collections::BTreeSet<u64>>,
     acked: Condvar,
+    /// Records whose offset is wanted (sent with [`Producer::send_tracked`]),
+    /// by sequence number: the offset once acknowledged.
+    tracked: Mutex<std::collections::HashMap<u64, Option<i64>>>,
 }
 
 impl ClientContext for Delivery {
@@ -36,6 +39,13 @@ impl ProducerContext for Delivery {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        if let Ok(m) = result {
+            use rdkafka::Message as _;
+            let mut tracked = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(offset) = tracked.get_mut(&(seq as u64)) {
+                *offset = Some(m.offset());
+            }
+        }
         let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         in_flight.remove(&(seq as u64));
         drop(in_flight);
@@ -125,7 +135,43 @@ impl Producer {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
     ) -> std::io::Result<()> {
+        self.send_seq(topic, partition, key, payload, false).map(drop)
+    }
+
+    /// Queues one record whose offset [`Producer::take_offsets`] tells once
+    /// it is acknowledged; returns its sequence number.
+    ///
+    /// # Errors
+    /// As [`Producer::send`].
+    pub fn send_tracked(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> std::io::Result<u64> {
+        self.send_seq(topic, partition, key, payload, true)
+    }
+
+    /// The offsets tracked records of `seqs` landed at (`None` where not
+    /// acknowledged), forgetting them.
+    pub fn take_offsets(&self, seqs: &[u64]) -> Vec<Option<i64>> {
+        let mut tracked = self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seqs.iter().map(|s| tracked.remove(s).flatten()).collect()
+    }
+
+    fn send_seq(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        track: bool,
+    ) -> std::io::Result<u64> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        if track {
+            self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq, None);
+        }
         self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq);
         let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, seq as usize);
         if let Some(p) = partition {
@@ -139,13 +185,14 @@ impl Producer {
         }
         loop {
             match self.inner.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(seq),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
                     self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
+                    self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
                     return Err(std::io::Error::other(format!("cannot produce to topic `{topic}`: {e}")));
                 }
             }

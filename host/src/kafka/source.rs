@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::changelog::{self, Committer, Transactions};
+use super::snapshot::Snapshots;
 use super::{Fence, Logging, Producer};
 use crate::config::KafkaConfig;
 use crate::sources::{Position, Rebalance, Record, Source, SourceError};
@@ -108,6 +109,8 @@ pub struct KafkaSource {
     config: KafkaConfig,
     name: String,
     changelog: String,
+    /// Local snapshots of the changelog (at-least-once mode with a state folder).
+    snapshots: Option<Arc<Snapshots>>,
     /// The next offset to hand out, per owned partition.
     next: BTreeMap<u32, i64>,
     /// Records polled after an ownership change (or while paused), handed
@@ -126,15 +129,18 @@ impl std::fmt::Debug for KafkaSource {
 impl KafkaSource {
     /// Joins the group on `topic` after checking that the input and
     /// changelog topics exist; returns the source and the committer that
-    /// makes its checkpoints durable.
+    /// makes its checkpoints durable. With `state_dir`, local snapshots of
+    /// the changelog are kept there (not in exactly-once mode).
     ///
     /// # Errors
     /// Unreachable brokers, bad credentials, missing topics or a changelog
-    /// with too few partitions, each naming the setting to fix.
+    /// with too few partitions, each naming the setting to fix; a state
+    /// folder in use by another daemon.
     pub fn open(
         k: &KafkaConfig,
         topic: &str,
         producer: Arc<Producer>,
+        state_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<(Self, Box<dyn crate::state::Durable>)> {
         let fence = Fence::default();
         let mut c = super::client_config(k);
@@ -169,17 +175,32 @@ impl KafkaSource {
             .subscribe(&[topic])
             .map_err(|e| anyhow::anyhow!("source.topic: cannot subscribe to `{topic}`: {e}"))?;
         tracing::info!(topic, group = %k.group_id, partitions = input, changelog = %changelog, "joining the consumer group");
+        let snapshots = match state_dir {
+            Some(dir) if !k.exactly_once => {
+                let cluster = consumer.client().fetch_cluster_id(k.connect_timeout).unwrap_or_default();
+                Some(Arc::new(Snapshots::open(dir, &cluster, &changelog).map_err(anyhow::Error::msg)?))
+            }
+            _ => None,
+        };
         let consumer = Arc::new(consumer);
         let committer: Box<dyn crate::state::Durable> = if k.exactly_once {
             Box::new(Transactions::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone()))
         } else {
-            Box::new(Committer::new(producer, consumer.clone(), fence, topic.to_owned(), changelog.clone()))
+            Box::new(Committer::new(
+                producer,
+                consumer.clone(),
+                fence,
+                topic.to_owned(),
+                changelog.clone(),
+                snapshots.clone(),
+            ))
         };
         let source = Self {
             consumer,
             config: k.clone(),
             name: format!("kafka:{topic}"),
             changelog,
+            snapshots,
             next: BTreeMap::new(),
             carry: VecDeque::new(),
             paused_at: None,
@@ -266,7 +287,7 @@ impl Source for KafkaSource {
                     out.push(Rebalance::Revoked(ps));
                 }
                 Change::Assigned(ps) => {
-                    let states = changelog::read(&self.config, &self.changelog, &ps)
+                    let states = changelog::read(&self.config, &self.changelog, &ps, self.snapshots.as_deref())
                         .map_err(|e| SourceError::Kafka(e.to_string()))?;
                     out.extend(states.into_iter().map(Rebalance::Assigned));
                 }
