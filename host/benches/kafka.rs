@@ -236,6 +236,32 @@ fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64
     took
 }
 
+/// Restarts the daemon of the throughput run on its state: first with an
+/// empty state folder (the whole changelog is read, and a local snapshot
+/// written), then again with that folder (the snapshot is loaded and only
+/// the changelog since is read). Each time one new event is waiting; the
+/// time from start to its decision.
+fn restarts(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path) -> (Duration, Duration) {
+    let mut took = Vec::new();
+    let mut config = config(work, brokers, "bench-vigil", "payments");
+    config.state.dir = work.join("bench-vigil-restart");
+    // Ids of another seed: new to the de-duplication set.
+    for event in events(2, 99) {
+        preload(brokers, "payments", &[event]);
+        let started = Instant::now();
+        let Running { counters, stop_tx, run } = start_vigil(rt, config.clone());
+        let deadline = started + Duration::from_secs(600);
+        while counters.summary().decided == 0 {
+            assert!(Instant::now() < deadline, "no decision after a restart: {:?}", counters.summary());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        took.push(started.elapsed());
+        let _ = stop_tx.send(());
+        rt.block_on(run).expect("join").expect("vigil run");
+    }
+    (took[0], took[1])
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -266,6 +292,18 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
     send(&p, "live", all[0].0.as_bytes(), all[0].1.as_bytes());
     while counters.decided.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(5));
+    }
+    // And for the reader to read its decision: positioned and caught up
+    // (resolving "latest" takes tansu about half a second).
+    let first_id =
+        serde_json::from_str::<serde_json::Value>(&all[0].1).expect("json")["id"].as_str().unwrap_or("").to_owned();
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50))
+            && m.key() == Some(first_id.as_bytes())
+        {
+            break;
+        }
     }
     // The producer paces events on its own thread while this one reads
     // decisions as they come.
@@ -329,6 +367,10 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
 }
 
 fn main() {
+    // vigil's log on stderr, e.g. RUST_LOG=vigil=info to follow a run.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    }
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("VIGIL_BENCH_QUICK").is_some();
     let (n, lat_secs) = if quick { (5_000, 1.0) } else { (200_000, 5.0) };
     let n: u64 = std::env::var("VIGIL_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
@@ -355,6 +397,7 @@ fn main() {
     let copy = passthrough(&brokers, "payments", "copy", n);
     let vigil = run_vigil(&rt, config(work, &brokers, "bench-vigil", "payments"), n);
     let rate = |d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
+    let (whole, local) = restarts(&rt, &brokers, work);
     let lat = latency(&rt, &brokers, work, 10_000.0, lat_secs);
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
 
@@ -373,5 +416,12 @@ fn main() {
         format!("{p50:.1}/{p99:.1}/{p999:.1} ms"),
         "p99 ≤ 20 ms",
         p99 / 20.0
+    );
+    println!(
+        "{:44}  {:>16}  {:>16}  {:>8.2}",
+        "K4. restart to first decision: whole / local",
+        format!("{} / {} ms", whole.as_millis(), local.as_millis()),
+        "",
+        local.as_secs_f64() / whole.as_secs_f64().max(1e-9)
     );
 }

@@ -141,7 +141,7 @@ pub fn read(
                 entries.insert(p, HashMap::new());
                 touched.insert(p, None);
                 next.insert(p, 0);
-                Offset::Beginning
+                Offset::Offset(0)
             }
         };
         tpl.add_partition_offset(topic, p as i32, start)
