@@ -154,6 +154,7 @@ topic = "{topic}"
 [kafka]
 brokers = "{brokers}"
 group-id = "{group}"
+local-snapshots = {snapshots}
 [kafka.consumer]
 # tansu answers a fetch only after its max wait, data or not.
 "fetch.wait.max.ms" = "5"
@@ -184,6 +185,7 @@ checkpoint-interval = "{interval}"
 "#,
         producer = std::env::var("VIGIL_BENCH_PRODUCER").unwrap_or_default(),
         interval = std::env::var("VIGIL_BENCH_CHECKPOINT").unwrap_or_else(|_| "1s".into()),
+        snapshots = std::env::var_os("VIGIL_BENCH_NO_SNAPSHOTS").is_none(),
         rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/dist"),
         state = work.join(group),
     );

@@ -134,7 +134,7 @@ pub async fn run_with(
             let (Some(cluster), Some(producer)) = (&config.kafka, &producer) else {
                 anyhow::bail!("kafka.brokers: a Kafka source needs [kafka]");
             };
-            let snapshots = config.state.checkpoints.then_some(config.state.dir.as_path());
+            let snapshots = (config.state.checkpoints && cluster.local_snapshots).then_some(config.state.dir.as_path());
             let (source, committer) = kafka::KafkaSource::open(cluster, &k.topic, producer.clone(), snapshots)?;
             durability.store = Some(committer);
             Box::new(source)

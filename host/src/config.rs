@@ -307,6 +307,11 @@ pub struct KafkaConfig {
     /// the host name and the state folder.
     #[serde(default)]
     pub transactional_id: Option<String>,
+    /// Keep local snapshots of the changelog in `state.dir`, so a partition
+    /// taken back reads only the changelog written since (at-least-once
+    /// mode). Off: every restore reads its partitions' changelog whole.
+    #[serde(default = "default_true")]
+    pub local_snapshots: bool,
 }
 
 impl KafkaConfig {
