@@ -226,8 +226,17 @@ impl Drop for Broker {
 
 /// Produces `(key, value)` records to `topic` at `addr` and waits for them.
 pub fn produce_to(addr: &str, topic: &str, records: &[(String, String)]) {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        ClientConfig::new().set("bootstrap.servers", addr).set("linger.ms", "5").create().expect("producer");
+    produce_with(addr, topic, records, &[]);
+}
+
+/// [`produce_to`] with more producer settings, e.g. `compression.type`.
+pub fn produce_with(addr: &str, topic: &str, records: &[(String, String)], settings: &[(&str, &str)]) {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", addr).set("linger.ms", "5");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     for (k, v) in records {
         let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
         loop {

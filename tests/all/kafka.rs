@@ -312,6 +312,29 @@ fn with_cooperative_rebalancing_the_survivor_is_handed_only_the_moved_partitions
     pair_takes_over(&Broker::mock(), "-KILL", r#""partition.assignment.strategy" = "cooperative-sticky""#);
 }
 
+/// Input compressed with any of Kafka's codecs is read, and outputs can be
+/// compressed too.
+#[test]
+fn compressed_input_of_every_codec_is_decided() {
+    let broker = Broker::start();
+    tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "zip"));
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    let config = kafka_toml(&env, &broker, "zip");
+    let text = std::fs::read_to_string(&config).expect("config")
+        + "\n[kafka.producer]\n\"compression.type\" = \"zstd\"\n";
+    std::fs::write(&config, text).expect("config");
+    let mut vigil = Daemon::start(&env, &config);
+    let mut want = HashSet::new();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let events = card_events(&format!("zip-{codec}"), 10, 1, 20);
+        crate::broker::produce_with(&broker.addr, "payments", &events, &[("compression.type", codec)]);
+        want.extend(events.iter().map(|(_, v)| id_of(v)));
+    }
+    await_decisions(&mut vigil, &broker, &want, "decisions for input in every codec");
+    assert!(!vigil.log().contains("ERROR"), "{}", vigil.log());
+}
+
 /// (changelog records read, keys loaded from the local snapshot) of the
 /// last restore in `log`.
 fn last_restore(log: &str) -> (u64, u64) {
