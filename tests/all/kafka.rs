@@ -321,8 +321,8 @@ fn compressed_input_of_every_codec_is_decided() {
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
     let config = kafka_toml(&env, &broker, "zip");
-    let text = std::fs::read_to_string(&config).expect("config")
-        + "\n[kafka.producer]\n\"compression.type\" = \"zstd\"\n";
+    let text =
+        std::fs::read_to_string(&config).expect("config") + "\n[kafka.producer]\n\"compression.type\" = \"zstd\"\n";
     std::fs::write(&config, text).expect("config");
     let mut vigil = Daemon::start(&env, &config);
     let mut want = HashSet::new();
