@@ -220,11 +220,6 @@ impl Windows {
         }
     }
 
-    /// Whether any window is defined.
-    pub fn is_empty(&self) -> bool {
-        self.defs.is_empty()
-    }
-
     /// The watermark: newest event time minus out-of-orderness.
     pub fn watermark(&self) -> Option<i64> {
         self.newest_ms.map(|t| t.saturating_sub(self.out_of_orderness))

@@ -35,11 +35,18 @@ impl ClientContext for Delivery {
     }
 }
 
+/// Set in a record's opaque when its offset is tracked, so the delivery
+/// of every other record skips the tracking lock.
+const TRACKED: usize = 1 << (usize::BITS - 1);
+
 impl ProducerContext for Delivery {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        if let Ok(m) = result {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let seq = opaque & !TRACKED;
+        if opaque & TRACKED != 0
+            && let Ok(m) = result
+        {
             use rdkafka::Message as _;
             let mut tracked = self.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(offset) = tracked.get_mut(&(seq as u64)) {
@@ -173,7 +180,8 @@ impl Producer {
             self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq, None);
         }
         self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(seq);
-        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, seq as usize);
+        let opaque = if track { seq as usize | TRACKED } else { seq as usize };
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, opaque);
         if let Some(p) = partition {
             record = record.partition(p);
         }
