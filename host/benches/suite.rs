@@ -236,7 +236,7 @@ fn records_of(path: &Path) -> Vec<Record> {
         .expect("input")
         .lines()
         .enumerate()
-        .map(|(i, l)| Record { line: l.to_owned(), line_no: i as u64 + 1, partition: 0 })
+        .map(|(i, l)| Record { line: l.to_owned(), line_no: i as u64 + 1, ..Record::default() })
         .collect()
 }
 

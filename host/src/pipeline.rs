@@ -587,12 +587,16 @@ impl SourceRun {
         /// Below this a batch is parsed faster than it is handed over.
         const SHARED_FROM: usize = 32;
         let decoder = &self.decoder;
+        let parse = |r: &Record| match r.not_utf8_at {
+            None => decoder.parse(&r.line),
+            Some(at) => Err(DecodeError::NotUtf8 { at }),
+        };
         self.parsed.clear();
         match &self.parsers {
             Some(pool) if records.len() >= SHARED_FROM => pool.install(|| {
-                records.par_iter().map(|r| decoder.parse(&r.line)).collect_into_vec(&mut self.parsed);
+                records.par_iter().map(parse).collect_into_vec(&mut self.parsed);
             }),
-            _ => self.parsed.extend(records.iter().map(|r| decoder.parse(&r.line))),
+            _ => self.parsed.extend(records.iter().map(parse)),
         }
     }
 
@@ -639,6 +643,7 @@ impl SourceRun {
         for w in 0..self.worker_txs.len() {
             self.send(w, WorkerMsg::Barrier(id))?;
         }
+        let dedup_cutoff = self.decoder.dedup_mut().cutoff();
         let (dedup_added, dedup_removed) = self.decoder.dedup_mut().take_delta();
         let (epoch, offsets) = self.source.offsets();
         let part = Checkpoint {
@@ -651,6 +656,7 @@ impl SourceRun {
             workers: self.worker_txs.len() as u16,
             dedup_added,
             dedup_removed,
+            dedup_cutoff,
             ..Checkpoint::default()
         };
         self.send_out(SinkMsg::Source(part))
@@ -711,6 +717,9 @@ impl Worker {
         // names so records do not touch shared reference counts.
         let mut used: Vec<(Arc<str>, usize)> = Vec::new();
         let mut used_generation = u64::MAX;
+        // Bytes per decision record in the last batch: each batch's buffer
+        // is sized from it, so it is not grown (and copied) as it fills.
+        let mut record_bytes = 512;
         for msg in rx {
             let mut out = Output::default();
             match msg {
@@ -736,10 +745,13 @@ impl Worker {
                             .collect();
                         used_generation = self.evaluator.generation();
                     }
-                    out.decisions.reserve(jobs.len() * 512);
+                    out.decisions.reserve(jobs.len() * (record_bytes + record_bytes / 8));
                     let mut record_features = Vec::with_capacity(used.len());
                     for job in &jobs {
                         self.decide(job, &used, &mut record_features, &mut encoded, &mut outcomes, &mut out);
+                    }
+                    if out.decision_count > 0 {
+                        record_bytes = out.decisions.len() / out.decision_count as usize;
                     }
                     self.windows.close(false, |c| out.closed(&c));
                 }

@@ -16,6 +16,7 @@
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::sources::Position;
@@ -26,7 +27,28 @@ pub const FORMAT: u32 = 1;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
+/// One record per id, as stores kept the de-duplication set before
+/// `DEDUP_CHUNKS`; moved into one chunk when the store is opened.
 const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
+/// The ids each checkpoint added, in one record: (newest event time among
+/// them, checkpoint id) → [id hash (u128 LE), event time (i64 LE)]…. A
+/// chunk is deleted once its newest id is past the horizon. Writing one
+/// record per checkpoint instead of one per event is what keeps
+/// checkpoints cheap: per-id records in a B-tree, keyed by a hash, cost
+/// more than the rest of a checkpoint together.
+const DEDUP_CHUNKS: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("dedup_chunks");
+const DEDUP_ENTRY: usize = 24;
+
+fn dedup_chunk(ids: impl Iterator<Item = (u128, i64)>) -> (i64, Vec<u8>) {
+    let mut newest = i64::MIN;
+    let mut bytes = Vec::with_capacity(ids.size_hint().0 * DEDUP_ENTRY);
+    for (id, ts) in ids {
+        newest = newest.max(ts);
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend_from_slice(&ts.to_le_bytes());
+    }
+    (newest, bytes)
+}
 /// Each worker's windows whole, as checkpoints stored them before
 /// `WINDOW_KEYS`; read once, then replaced.
 const WINDOWS: TableDefinition<u16, &[u8]> = TableDefinition::new("windows");
@@ -126,6 +148,9 @@ pub struct Checkpoint {
     pub dedup_added: Vec<(u128, i64, u32)>,
     /// Ids dropped from it: (id hash, input partition).
     pub dedup_removed: Vec<(u128, u32)>,
+    /// Ids with an event time before this are forgotten (the local store
+    /// drops its chunks of ids all older than this).
+    pub dedup_cutoff: i64,
     /// Feature state changes.
     pub features: Vec<FeatureDelta>,
     /// Open windows of the keys whose windows changed.
@@ -225,7 +250,36 @@ impl StateStore {
         let err = |message: String| StateError::Store { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
-        Ok(Self { db, path })
+        let store = Self { db, path };
+        store.move_dedup_records_into_a_chunk()?;
+        Ok(store)
+    }
+
+    /// A store written by an earlier vigil keeps one record per id: they
+    /// become one chunk, in one transaction.
+    fn move_dedup_records_into_a_chunk(&self) -> Result<(), StateError> {
+        let mut ids = Vec::new();
+        {
+            let rx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let table = match rx.open_table(DEDUP) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(self.err(e)),
+            };
+            for entry in table.iter().map_err(|e| self.err(e))? {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                let k: [u8; 16] = k.value().try_into().map_err(|_| self.err("bad dedup key"))?;
+                ids.push((u128::from_be_bytes(k), v.value()));
+            }
+        }
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.delete_table(DEDUP).map_err(|e| self.err(e))?;
+        if !ids.is_empty() {
+            let (newest, bytes) = dedup_chunk(ids.into_iter());
+            let mut chunks = tx.open_table(DEDUP_CHUNKS).map_err(|e| self.err(e))?;
+            chunks.insert((newest, 0), bytes.as_slice()).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -261,11 +315,27 @@ impl StateStore {
         }
         let mut restored =
             Restored { id: meta.id, position: meta.position, workers: meta.workers, ..Restored::default() };
-        let dedup = rx.open_table(DEDUP).map_err(|e| self.err(e))?;
-        for entry in dedup.iter().map_err(|e| self.err(e))? {
-            let (k, v) = entry.map_err(|e| self.err(e))?;
-            let k: [u8; 16] = k.value().try_into().map_err(|_| self.err("bad dedup key"))?;
-            restored.dedup.push((u128::from_be_bytes(k), v.value()));
+        match rx.open_table(DEDUP_CHUNKS) {
+            Ok(chunks) => {
+                // An id can be in several chunks (seen, forgotten, seen
+                // again): the latest time counts.
+                let mut ids: HashMap<u128, i64> = HashMap::new();
+                for entry in chunks.iter().map_err(|e| self.err(e))? {
+                    let (_, v) = entry.map_err(|e| self.err(e))?;
+                    let v = v.value();
+                    if v.len() % DEDUP_ENTRY != 0 {
+                        return Err(self.err("bad dedup chunk"));
+                    }
+                    for e in v.chunks_exact(DEDUP_ENTRY) {
+                        let id = u128::from_le_bytes(e[..16].try_into().expect("16 bytes"));
+                        let ts = i64::from_le_bytes(e[16..].try_into().expect("8 bytes"));
+                        ids.entry(id).and_modify(|t| *t = (*t).max(ts)).or_insert(ts);
+                    }
+                }
+                restored.dedup = ids.into_iter().collect();
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.err(e)),
         }
         let features = rx.open_table(FEATURES).map_err(|e| self.err(e))?;
         for entry in features.iter().map_err(|e| self.err(e))? {
@@ -346,7 +416,11 @@ impl StateStore {
         {
             let mut features = tx.open_table(FEATURES).map_err(|e| self.err(e))?;
             let mut value = Vec::new();
-            for d in &cp.features {
+            // In key order, each insert lands next to the last one in the
+            // B-tree (a stable sort: a key listed twice keeps its last state).
+            let mut in_order: Vec<&FeatureDelta> = cp.features.iter().collect();
+            in_order.sort_by_key(|d| (d.kind, d.hash));
+            for d in in_order {
                 let key = feature_key(d.kind, d.hash);
                 match &d.state {
                     Some(state) => {
@@ -394,13 +468,13 @@ impl StateStore {
                     }
                 }
             }
-            let mut dedup = tx.open_table(DEDUP).map_err(|e| self.err(e))?;
-            for (id, ts, _) in &cp.dedup_added {
-                dedup.insert(id.to_be_bytes().as_slice(), *ts).map_err(|e| self.err(e))?;
+            // `dedup_removed` needs nothing here: whole chunks expire.
+            let mut chunks = tx.open_table(DEDUP_CHUNKS).map_err(|e| self.err(e))?;
+            if !cp.dedup_added.is_empty() {
+                let (newest, bytes) = dedup_chunk(cp.dedup_added.iter().map(|&(id, ts, _)| (id, ts)));
+                chunks.insert((newest, cp.id), bytes.as_slice()).map_err(|e| self.err(e))?;
             }
-            for (id, _) in &cp.dedup_removed {
-                dedup.remove(id.to_be_bytes().as_slice()).map_err(|e| self.err(e))?;
-            }
+            chunks.retain_in(..(cp.dedup_cutoff, 0), |_, _| false).map_err(|e| self.err(e))?;
             let meta = Meta {
                 format: FORMAT,
                 id: cp.id,
@@ -488,6 +562,32 @@ mod tests {
     }
 
     #[test]
+    fn ids_stored_one_per_record_are_moved_into_a_chunk() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let store = StateStore::open(dir.path()).expect("open");
+            store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
+            let tx = store.db.begin_write().expect("tx");
+            let mut old = tx.open_table(DEDUP).expect("table");
+            old.insert(7u128.to_be_bytes().as_slice(), 1_000).expect("insert");
+            old.insert(9u128.to_be_bytes().as_slice(), 1_500).expect("insert");
+            drop(old);
+            tx.commit().expect("commit");
+        }
+        let store = StateStore::open(dir.path()).expect("reopen");
+        let mut ids = store.load("s").expect("load").expect("some").dedup;
+        ids.sort_unstable();
+        assert_eq!(ids, [(7, 1_000), (9, 1_500)]);
+        let rx = store.db.begin_read().expect("read");
+        assert!(matches!(rx.open_table(DEDUP), Err(redb::TableError::TableDoesNotExist(_))), "the old table is gone");
+        drop(rx);
+        // The moved chunk expires like any other.
+        let cp = Checkpoint { id: 2, source: "s".into(), dedup_cutoff: 1_501, ..Checkpoint::default() };
+        store.commit(&cp).expect("commit");
+        assert!(store.load("s").expect("load").expect("some").dedup.is_empty());
+    }
+
+    #[test]
     fn windows_stored_whole_are_read_back() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = StateStore::open(dir.path()).expect("open");
@@ -508,13 +608,15 @@ mod tests {
         fn checkpoints_accumulate_like_a_map(
             steps in proptest::collection::vec(
                 (proptest::collection::vec((0u64..20, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))), 0..10),
-                 proptest::collection::vec((0u128..20, any::<bool>()), 0..10)),
+                 proptest::collection::vec((0u8..20, 0i64..40), 0..10)),
                 1..8),
         ) {
             let dir = tempfile::tempdir().expect("tmp");
             let store = StateStore::open(dir.path()).expect("open");
             let mut model_features: HashMap<u64, Vec<u8>> = HashMap::new();
             let mut model_dedup: HashMap<u128, i64> = HashMap::new();
+            let mut dedup_set = crate::decode::Dedup::new(100);
+            let mut ts = 0;
             for (i, (features, dedup)) in steps.into_iter().enumerate() {
                 let mut cp = Checkpoint { id: i as u64, source: "s".into(), workers: 2, ..Checkpoint::default() };
                 cp.position = Position { offset: i as u64 * 10, line_no: i as u64 };
@@ -525,27 +627,35 @@ mod tests {
                     }
                     cp.features.push(FeatureDelta { kind: 0, hash, worker: 1, partition: 0, state });
                 }
-                // Within one checkpoint, removals apply after additions.
-                for &(id, add) in &dedup {
-                    if add {
-                        model_dedup.insert(id, i as i64);
-                        cp.dedup_added.push((id, i as i64, 0));
-                    }
+                // The set the source keeps: ids come in time order; those
+                // older than the horizon are forgotten.
+                for &(id, step) in &dedup {
+                    ts += step;
+                    dedup_set.insert(&id.to_string(), ts);
                 }
-                for &(id, add) in &dedup {
-                    if !add {
-                        model_dedup.remove(&id);
-                        cp.dedup_removed.push((id, 0));
-                    }
+                cp.dedup_cutoff = dedup_set.cutoff();
+                (cp.dedup_added, cp.dedup_removed) = dedup_set.take_delta();
+                for &(id, ts, _) in &cp.dedup_added {
+                    model_dedup.insert(id, ts);
                 }
+                model_dedup.retain(|_, ts| *ts >= cp.dedup_cutoff);
                 store.commit(&cp).expect("commit");
                 let r = store.load("s").expect("load").expect("some");
                 prop_assert_eq!(r.id, i as u64);
                 prop_assert_eq!(r.position, cp.position);
                 let got: HashMap<u64, Vec<u8>> = r.features.into_iter().map(|(_, h, _, s)| (h, s)).collect();
                 prop_assert_eq!(&got, &model_features);
-                let got: HashMap<u128, i64> = r.dedup.into_iter().collect();
+                // Chunks still kept may hold ids already forgotten, which the
+                // restored set forgets in turn; every remembered id is there.
+                let got: HashMap<u128, i64> = r.dedup.into_iter().filter(|&(_, ts)| ts >= cp.dedup_cutoff).collect();
                 prop_assert_eq!(&got, &model_dedup);
+                // And a chunk goes once all its ids are forgotten.
+                let rx = store.db.begin_read().expect("read");
+                let chunks = rx.open_table(DEDUP_CHUNKS).expect("chunks");
+                for chunk in chunks.iter().expect("iter") {
+                    let (newest, _) = chunk.expect("chunk").0.value();
+                    prop_assert!(newest >= cp.dedup_cutoff, "{} < {}", newest, cp.dedup_cutoff);
+                }
             }
         }
     }

@@ -61,6 +61,34 @@ fn each_bad_event_is_dead_lettered_with_its_reason() {
     assert!(!text.contains("4000 0000 0000 0002"), "raw PAN in dead letters");
 }
 
+/// A line that is not UTF-8 (a Latin-1 name, a truncated multi-byte
+/// character) is one dead letter, not the end of the run.
+#[test]
+fn a_line_that_is_not_utf8_is_dead_lettered_and_the_run_goes_on() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let mut bytes = payment("good-1", 1_000).to_string().into_bytes();
+    bytes.push(b'\n');
+    let mut latin1 = payment("bad-latin1", 1_000);
+    latin1["account"] = "Jos\u{e9}".into();
+    let latin1 = latin1.to_string().replace("Jos\u{e9}", "Jos\u{1}");
+    let at = latin1.find('\u{1}').expect("marker");
+    bytes.extend(latin1.bytes().map(|b| if b == 1 { 0xe9 } else { b }));
+    bytes.push(b'\n');
+    bytes.extend_from_slice(payment("good-2", 2_000).to_string().as_bytes());
+    bytes.push(b'\n');
+    std::fs::write(env.events(), bytes).expect("events");
+
+    let summary = run_to_end(env.config(false));
+    assert_eq!((summary.events_in, summary.decided, summary.dead_lettered), (3, 2, 1));
+    let dead = read_jsonl(&env.dead_letters());
+    assert_eq!(dead[0]["line"], 2);
+    assert_eq!(dead[0]["code"], "not_utf8");
+    let reason = dead[0]["reason"].as_str().expect("reason");
+    assert_eq!(reason, format!("not UTF-8: invalid byte sequence at byte {at}"));
+    assert!(dead[0]["raw"].as_str().is_some_and(|r| r.contains("Jos\u{fffd}")), "{}", dead[0]["raw"]);
+}
+
 /// Parsing is spread over threads a batch at a time; what comes out must not
 /// depend on it: the same decisions with the same per-card feature values
 /// (each card's events in input order), and each duplicate caught at its

@@ -5,7 +5,28 @@
 //! seen is more than the horizon past them.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use xxhash_rust::xxh3::xxh3_128;
+
+/// Keys are xxh3 hashes already: hashing them again (std's SipHash) only
+/// costs time, so the map takes their low bits as they are.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; this keeps any other key well spread.
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= v as u64;
+    }
+}
+
+type IdMap = HashMap<u128, (i64, u32), BuildHasherDefault<Prehashed>>;
 
 /// Ids added since a checkpoint, as (id hash, event time, input partition),
 /// and ids forgotten, as (id hash, input partition).
@@ -16,7 +37,7 @@ pub type Delta = (Vec<(u128, i64, u32)>, Vec<(u128, u32)>);
 pub struct Dedup {
     horizon_ms: i64,
     /// Id hash → (event time, input partition it came from).
-    seen: HashMap<u128, (i64, u32)>,
+    seen: IdMap,
     order: VecDeque<(i64, u128)>,
     newest_ms: i64,
     /// Ids added since the last checkpoint: (id hash, event time, partition).
@@ -32,7 +53,7 @@ impl Dedup {
     pub fn new(horizon_ms: i64) -> Self {
         Self {
             horizon_ms,
-            seen: HashMap::new(),
+            seen: IdMap::default(),
             order: VecDeque::new(),
             newest_ms: i64::MIN,
             added: Vec::new(),
@@ -69,8 +90,14 @@ impl Dedup {
         true
     }
 
+    /// Event time before which ids are forgotten: the newest seen less the
+    /// horizon.
+    pub fn cutoff(&self) -> i64 {
+        self.newest_ms.saturating_sub(self.horizon_ms)
+    }
+
     fn expire(&mut self) {
-        let cutoff = self.newest_ms.saturating_sub(self.horizon_ms);
+        let cutoff = self.cutoff();
         while let Some(&(ts, key)) = self.order.front() {
             if ts >= cutoff {
                 break;

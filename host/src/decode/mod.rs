@@ -32,6 +32,12 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// The raw bytes are not UTF-8, so not JSON text.
+    #[error("not UTF-8: invalid byte sequence at byte {at}")]
+    NotUtf8 {
+        /// Offset of the first invalid byte.
+        at: usize,
+    },
     /// Not valid JSON, or not the event schema.
     #[error("{0}")]
     Json(String),
@@ -53,6 +59,7 @@ impl DecodeError {
     pub fn code(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::NotUtf8 { .. } => "not_utf8",
             DecodeError::Json(_) => "schema",
             DecodeError::Invalid { .. } => "invalid_field",
             DecodeError::Duplicate(_) => "duplicate",
@@ -259,7 +266,7 @@ impl Decoder {
                 format!("is {} bytes; the limit is {} (clean.max-field-bytes)", v.len(), self.max_field_bytes),
             ));
         }
-        if v.chars().any(char::is_control) {
+        if has_control(v) {
             return Err(invalid(field, "contains control characters"));
         }
         Ok(v.to_owned())
@@ -273,11 +280,7 @@ impl Decoder {
         let kind = Kind::from_name(raw.kind.trim()).ok_or_else(|| {
             invalid("kind", format!("unknown kind {:?}; expected one of {}", raw.kind, names(Kind::ALL)))
         })?;
-        let code = raw.currency.trim().to_ascii_uppercase();
-        if iso_currency::Currency::from_code(&code).is_none() {
-            return Err(invalid("currency", format!("{:?} is not an ISO 4217 currency code", raw.currency)));
-        }
-        let currency: [u8; 3] = code.as_bytes().try_into().map_err(|_| invalid("currency", "must be 3 letters"))?;
+        let currency = currency(&raw.currency)?;
         let account = self.text("account", &raw.account, true)?;
 
         let card = match raw.card {
@@ -370,15 +373,34 @@ impl Decoder {
     }
 }
 
+/// Whether `s` holds a control character (`char::is_control`: U+0000–U+001F
+/// and U+007F–U+009F), checked on bytes: in UTF-8 the first are single
+/// bytes, and U+0080–U+009F are 0xC2 followed by 0x80–0x9F.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .enumerate()
+        .any(|(i, &c)| c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n))))
+}
+
 fn names<T: fmt::Display>(all: &[T]) -> String {
     all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+fn currency(raw: &str) -> Result<[u8; 3], DecodeError> {
+    let not_iso = || invalid("currency", format!("{raw:?} is not an ISO 4217 currency code"));
+    let code: [u8; 3] = raw.trim().as_bytes().try_into().map_err(|_| not_iso())?;
+    let code = code.map(|b| b.to_ascii_uppercase());
+    let known = std::str::from_utf8(&code).ok().and_then(iso_currency::Currency::from_code).is_some();
+    if known { Ok(code) } else { Err(not_iso()) }
+}
+
 fn country(field: &'static str, raw: Option<&str>) -> Result<Option<Country>, DecodeError> {
     let Some(raw) = raw else { return Ok(None) };
-    let up = raw.trim().to_ascii_uppercase();
-    match up.as_bytes() {
-        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => Ok(Some(Country([*a, *b]))),
+    match raw.trim().as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Ok(Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()])))
+        }
         _ => Err(invalid(field, format!("{raw:?} is not an ISO 3166-1 alpha-2 country code"))),
     }
 }
@@ -436,6 +458,40 @@ mod tests {
     }
 
     const GOOD: &str = r#"{"id":"t1","ts":"2024-05-01T12:00:00Z","channel":"card","kind":"purchase","amount":1250,"currency":"usd","account":"a1","card":{"pan":"4111 1111 1111 1111","country":"us","present":false},"merchant":{"id":"m1","mcc":5411,"country":"DE"},"ip":"::ffff:10.0.0.1","geo":{"country":"de","lat":52.5,"lon":13.4},"attrs":{"3ds":false,"bin":"411111","n":3}}"#;
+
+    proptest::proptest! {
+        /// The byte-wise check agrees with `char::is_control` on any text,
+        /// C1 controls (two bytes in UTF-8) included.
+        #[test]
+        fn control_characters_are_found_as_char_is_control_finds_them(
+            s in proptest::string::string_regex("[\\x00-\\x{2000}]{0,12}").expect("regex")
+        ) {
+            proptest::prop_assert_eq!(has_control(&s), s.chars().any(char::is_control), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn currencies_and_countries_are_upper_cased_and_checked() {
+        assert_eq!(currency(" eur ").expect("EUR"), *b"EUR");
+        for bad in ["EU", "EURO", "XYZ", "€", "e\u{301}u"] {
+            let e = currency(bad).expect_err(bad);
+            assert!(e.to_string().contains("not an ISO 4217"), "{e}");
+        }
+        assert_eq!(country("geo.country", Some("fr")).expect("FR"), Some(Country(*b"FR")));
+        assert_eq!(country("geo.country", None).expect("none"), None);
+        for bad in ["F", "FRA", "F1", "ü"] {
+            assert!(country("geo.country", Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_named_as_such() {
+        let r = crate::sources::Record::from_bytes(b"{\"id\":\"a\xff\"}".to_vec(), 7, 0);
+        assert_eq!(r.not_utf8_at, Some(8));
+        assert_eq!(r.line, "{\"id\":\"a\u{fffd}\"}");
+        let e = DecodeError::NotUtf8 { at: 8 };
+        assert_eq!((e.to_string().as_str(), e.code()), ("not UTF-8: invalid byte sequence at byte 8", "not_utf8"));
+    }
 
     #[test]
     fn a_good_event_is_normalised_and_tokenised() {

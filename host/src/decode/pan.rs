@@ -28,22 +28,48 @@ impl Tokenizer {
         let mut mac = self.mac.clone();
         mac.update(digits.as_bytes());
         let tag = mac.finalize().into_bytes();
-        format!("tok_{}", hex::encode(&tag[..12]))
+        let mut token = *b"tok_000000000000000000000000";
+        hex::encode_to_slice(&tag[..12], &mut token[4..]).expect("24 hex digits for 12 bytes");
+        String::from_utf8(token.to_vec()).expect("ASCII")
+    }
+}
+
+/// The digits of a PAN, kept on the stack (see [`pan_digits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PanDigits {
+    digits: [u8; 19],
+    len: u8,
+}
+
+impl PanDigits {
+    /// The digits as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).expect("ASCII digits")
+    }
+}
+
+impl std::ops::Deref for PanDigits {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
     }
 }
 
 /// The digits of a PAN written with optional spaces or dashes, if it has
 /// 12 to 19 digits and nothing else.
-pub fn pan_digits(raw: &str) -> Option<String> {
-    let mut digits = String::with_capacity(19);
-    for c in raw.chars() {
-        match c {
-            '0'..='9' => digits.push(c),
-            ' ' | '-' => {}
+pub fn pan_digits(raw: &str) -> Option<PanDigits> {
+    let mut out = PanDigits { digits: [0; 19], len: 0 };
+    for &b in raw.as_bytes() {
+        match b {
+            b'0'..=b'9' => {
+                *out.digits.get_mut(usize::from(out.len))? = b;
+                out.len += 1;
+            }
+            b' ' | b'-' => {}
             _ => return None,
         }
     }
-    (12..=19).contains(&digits.len()).then_some(digits)
+    (out.len >= 12).then_some(out)
 }
 
 /// Replaces every run of 12–19 digits (optionally split by spaces or dashes)
@@ -93,11 +119,18 @@ mod tests {
         assert_ne!(t, a.token("4111111111111112"));
         assert!(t.starts_with("tok_") && t.len() == 28);
         assert!(!t.contains("4111111111111111"));
+        // The form tokens already stored in state and lists have.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"key-one-0123456789").expect("key");
+        mac.update(b"4111111111111111");
+        assert_eq!(t, format!("tok_{}", hex::encode(&mac.finalize().into_bytes()[..12])));
     }
 
     #[test]
     fn pan_digits_accepts_separators_only() {
         assert_eq!(pan_digits("4111 1111-1111 1111").as_deref(), Some("4111111111111111"));
+        assert_eq!(pan_digits("411111111111").as_deref(), Some("411111111111"));
+        assert_eq!(pan_digits("4111111111111111111").as_deref(), Some("4111111111111111111"));
+        assert_eq!(pan_digits("41111111111"), None);
         assert_eq!(pan_digits("4111x1111111111111"), None);
         assert_eq!(pan_digits("12345"), None);
         assert_eq!(pan_digits("12345678901234567890"), None);

@@ -216,8 +216,8 @@ impl KafkaSource {
 
 /// A polled message as a record, with the offset after it.
 fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> (Record, i64) {
-    let line = m.payload().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-    (Record { line, line_no: m.offset() as u64, partition: m.partition() as u32 }, m.offset() + 1)
+    let bytes = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
+    (Record::from_bytes(bytes, m.offset() as u64, m.partition() as u32), m.offset() + 1)
 }
 
 impl Source for KafkaSource {

@@ -70,7 +70,7 @@ impl Input {
                     _ => labels.unlabelled += 1,
                 }
             }
-            rows.push((row.ts_ms, Record { line: row.line, line_no, partition: 0 }));
+            rows.push((row.ts_ms, Record { line: row.line, line_no, ..Record::default() }));
         }
         if mapping.csv.sort_by_time {
             // Stable: rows at the same time keep file order; rows without a
@@ -94,12 +94,22 @@ impl Input {
         let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut labels = label.map(|name| Labels { name: name.to_owned(), ..Labels::default() });
         let mut records = Vec::new();
-        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        // Split on bytes: a line that is not UTF-8 becomes a dead letter
+        // instead of ending the replay.
+        for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
             let mut line = line.with_context(|| format!("cannot read {}", path.display()))?;
-            if let (Some(labels), Some(key)) = (labels.as_mut(), label) {
-                line = take_label(line, key, labels);
+            if line.last() == Some(&b'\r') {
+                line.pop();
             }
-            records.push(Record { line, line_no: n as u64 + 1, partition: 0 });
+            let mut record = Record::from_bytes(line, n as u64 + 1, 0);
+            if let (Some(labels), Some(key)) = (labels.as_mut(), label) {
+                if record.not_utf8_at.is_some() {
+                    labels.unlabelled += 1;
+                } else {
+                    record.line = take_label(std::mem::take(&mut record.line), key, labels);
+                }
+            }
+            records.push(record);
         }
         Ok(Input { name: format!("replay:{}", path.display()), records, labels })
     }

@@ -36,7 +36,10 @@ impl FileSink {
             }
         }
         let regular = file.metadata()?.file_type().is_file();
-        Ok(Self { out: BufWriter::with_capacity(256 * 1024, file), regular })
+        // Small writes (a few dead letters) are gathered; a worker's batch
+        // of decisions is larger than this and goes to the file directly,
+        // without a copy through the buffer.
+        Ok(Self { out: BufWriter::with_capacity(64 * 1024, file), regular })
     }
 }
 

@@ -23,8 +23,10 @@ pub struct FileSource {
     line_no: u64,
     /// Bytes of the lines handed out (or skipped as blank).
     offset: u64,
-    /// A line read without its newline yet (the writer is mid-line).
-    partial: String,
+    /// A line read without its newline yet (the writer is mid-line), or
+    /// the line being read: one buffer reused for every line, so each
+    /// record is allocated once at its final size.
+    partial: Vec<u8>,
 }
 
 impl FileSource {
@@ -64,23 +66,23 @@ impl FileSource {
             poll,
             line_no: at.line_no,
             offset: at.offset,
-            partial: String::new(),
+            partial: Vec::with_capacity(1024),
         })
     }
 
-    fn push(&mut self, batch: &mut Vec<Record>, mut line: String) {
+    /// Hands out the line in `partial` and empties it.
+    fn push(&mut self, batch: &mut Vec<Record>) {
         self.line_no += 1;
-        self.offset += line.len() as u64;
-        if line.ends_with('\n') {
-            line.pop();
-            if line.ends_with('\r') {
-                line.pop();
-            }
+        self.offset += self.partial.len() as u64;
+        let mut line = &self.partial[..];
+        if let Some(rest) = line.strip_suffix(b"\n") {
+            line = rest.strip_suffix(b"\r").unwrap_or(rest);
         }
         // Blank lines are not events: skipped, not dead-lettered.
-        if !line.trim().is_empty() {
-            batch.push(Record { line, line_no: self.line_no, partition: 0 });
+        if !line.trim_ascii().is_empty() {
+            batch.push(Record::from_bytes(line.to_vec(), self.line_no, 0));
         }
+        self.partial.clear();
     }
 }
 
@@ -96,23 +98,21 @@ impl Source for FileSource {
             if batch.len() - start >= max {
                 return Ok(true);
             }
-            let mut line = std::mem::take(&mut self.partial);
             let n = self
                 .reader
-                .read_line(&mut line)
+                .read_until(b'\n', &mut self.partial)
                 .map_err(|source| SourceError::Io { what: format!("cannot read {}", self.path.display()), source })?;
-            if n > 0 && line.ends_with('\n') {
-                self.push(batch, line);
+            if n > 0 && self.partial.ends_with(b"\n") {
+                self.push(batch);
                 continue;
             }
             // End of the file for now.
             if !self.follow {
-                if !line.is_empty() {
-                    self.push(batch, line);
+                if !self.partial.is_empty() {
+                    self.push(batch);
                 }
                 return Ok(false);
             }
-            self.partial = line;
             if batch.len() > start {
                 return Ok(true);
             }
@@ -165,7 +165,7 @@ mod tests {
         let mut src = FileSource::open_at(f.path(), false, Duration::from_millis(1), at).expect("reopen");
         batch.clear();
         src.next_batch(&mut batch, 10, &cancel).expect("read");
-        assert_eq!(batch, [Record { line: "three".into(), line_no: 3, partition: 0 }]);
+        assert_eq!(batch, [Record { line: "three".into(), line_no: 3, ..Record::default() }]);
         let e = FileSource::open_at(f.path(), false, Duration::from_millis(1), Position { offset: 999, line_no: 9 })
             .expect_err("past the end");
         assert!(e.to_string().contains("truncated"), "{e}");

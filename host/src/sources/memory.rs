@@ -52,7 +52,7 @@ mod tests {
     #[test]
     fn hands_out_every_record_in_order_then_ends() {
         let records: Vec<Record> =
-            (1..=5).map(|n| Record { line: format!("l{n}"), line_no: n, partition: 0 }).collect();
+            (1..=5).map(|n| Record { line: format!("l{n}"), line_no: n, ..Record::default() }).collect();
         let mut source = MemorySource::new("memory:test", records.clone());
         let cancel = CancellationToken::new();
         let mut got = Vec::new();

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceConfig;
 
 /// One raw record: a line and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
     /// The line, without its newline.
     pub line: String,
@@ -23,6 +23,26 @@ pub struct Record {
     pub line_no: u64,
     /// The input partition (Kafka); 0 for other sources.
     pub partition: u32,
+    /// Where the raw bytes stopped being valid UTF-8, if they did; `line`
+    /// then holds them with U+FFFD in place of the bad bytes, and the
+    /// record is dead-lettered rather than decoded.
+    pub not_utf8_at: Option<usize>,
+}
+
+impl Record {
+    /// A record of raw bytes, which should be UTF-8; see
+    /// [`Record::not_utf8_at`] for those that are not.
+    pub fn from_bytes(bytes: Vec<u8>, line_no: u64, partition: u32) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(line) => Self { line, line_no, partition, not_utf8_at: None },
+            Err(e) => Self {
+                not_utf8_at: Some(e.utf8_error().valid_up_to()),
+                line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                line_no,
+                partition,
+            },
+        }
+    }
 }
 
 /// A change of the partitions this daemon owns (Kafka).
