@@ -17,7 +17,8 @@
 //! 3. the same pipeline with the five rule crates linked into the host
 //!    (`rules::native`) instead of loaded as wasm, and the ratio of times;
 //! 4. decision latency p50/p99/p99.9 at a steady 50 % of the measured
-//!    2-worker maximum;
+//!    2-worker maximum, from each event's arrival to its decision, with
+//!    checkpoints every second as the daemon takes them;
 //! 5. RSS per tracked key with four features at 1M keys;
 //! 6. the longest pause while a rule is replaced under that load;
 //! 7. restart to first decision with 50 rule modules (compile cache warm)
@@ -27,7 +28,9 @@
 //! the hot swap; `VIGIL_BENCH_WARM_V2=1` compiles the swapped-in module
 //! beforehand, so the swap row shows the pause without compiling;
 //! `VIGIL_BENCH_COMPILE_IN_PROCESS=1` compiles modules in the engine's
-//! process instead of a child process (as the daemon does).
+//! process instead of a child process (as the daemon does);
+//! `VIGIL_BENCH_LATENCY_CSV=FILE` writes row 4's decisions as
+//! `decided_at_us,latency_us` lines, to see when the slow ones happen.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -168,6 +171,12 @@ fn run(config: Config, source: Option<Box<dyn Source>>) -> (vigil::pipeline::Sum
     run_with(config, vigil::app::Overrides { source, ..Default::default() })
 }
 
+/// As [`run`], with checkpoints every `state.checkpoint-interval`, as the
+/// daemon takes them: latency rows count their pauses.
+fn run_checkpointed(config: Config, source: Box<dyn Source>) -> (vigil::pipeline::Summary, Duration) {
+    run_with(config, vigil::app::Overrides { source: Some(source), keep_checkpoints: true, ..Default::default() })
+}
+
 fn run_with(config: Config, overrides: vigil::app::Overrides) -> (vigil::pipeline::Summary, Duration) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let t = Instant::now();
@@ -181,6 +190,23 @@ struct Paced {
     per_sec: f64,
     start: Option<Instant>,
     handed: u64,
+    /// When the first record arrived, epoch µs: record `i` arrives
+    /// `i / per_sec` later, whether or not the pipeline is ready for it.
+    started_at_us: Arc<std::sync::OnceLock<i64>>,
+}
+
+impl Paced {
+    fn new(records: Vec<Record>, per_sec: f64) -> (Self, Arc<std::sync::OnceLock<i64>>) {
+        let started_at_us = Arc::new(std::sync::OnceLock::new());
+        let source = Self {
+            records: records.into_iter(),
+            per_sec,
+            start: None,
+            handed: 0,
+            started_at_us: started_at_us.clone(),
+        };
+        (source, started_at_us)
+    }
 }
 
 impl Source for Paced {
@@ -193,7 +219,10 @@ impl Source for Paced {
         if cancel.is_cancelled() {
             return Ok(false);
         }
-        let start = *self.start.get_or_insert_with(Instant::now);
+        let start = *self.start.get_or_insert_with(|| {
+            self.started_at_us.get_or_init(vigil::decide::now_us);
+            Instant::now()
+        });
         let due = (start.elapsed().as_secs_f64() * self.per_sec) as u64;
         if due <= self.handed {
             std::thread::sleep(Duration::from_micros(100));
@@ -220,15 +249,31 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Decision records' (decided − ingested) in µs, and each record.
-fn latencies(work: &Path) -> (Vec<i64>, Vec<serde_json::Value>) {
-    let text = std::fs::read_to_string(work.join("out/decisions.jsonl")).unwrap_or_default();
-    let records: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let lat = records
+/// Each decision record's latency in µs — from when its event arrived at
+/// the paced source (`records[i]` at `started_at_us + i / per_sec`) to the
+/// decision — and the records. Measured from arrival, not from when the
+/// pipeline read the event (`ingested_at_us`): an event held back while
+/// a stage was busy counts its wait.
+fn latencies(work: &Path, records: &[Record], started_at_us: i64, per_sec: f64) -> (Vec<i64>, Vec<serde_json::Value>) {
+    let arrival: std::collections::HashMap<String, i64> = records
         .iter()
-        .map(|d| d["decided_at_us"].as_i64().unwrap_or(0) - d["ingested_at_us"].as_i64().unwrap_or(0))
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let v: serde_json::Value = serde_json::from_str(&r.line).ok()?;
+            Some((v["id"].as_str()?.to_owned(), started_at_us + (i as f64 * 1e6 / per_sec) as i64))
+        })
         .collect();
-    (lat, records)
+    let text = std::fs::read_to_string(work.join("out/decisions.jsonl")).unwrap_or_default();
+    let decisions: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let lat = decisions
+        .iter()
+        .map(|d| {
+            let arrived = d["id"].as_str().and_then(|id| arrival.get(id)).copied();
+            let arrived = arrived.unwrap_or_else(|| d["ingested_at_us"].as_i64().unwrap_or(0));
+            d["decided_at_us"].as_i64().unwrap_or(0) - arrived
+        })
+        .collect();
+    (lat, decisions)
 }
 
 fn records_of(path: &Path) -> Vec<Record> {
@@ -492,9 +537,19 @@ fn main() {
     let mut records = records_of(&input);
     records.truncate(n);
     fresh(work);
-    let source = Paced { records: records.clone().into_iter(), per_sec: paced_rate, start: None, handed: 0 };
-    run(config(work, &rules_dir, &input, 2, true), Some(Box::new(source)));
-    let (mut lat, _) = latencies(work);
+    let (source, started) = Paced::new(records.clone(), paced_rate);
+    let (paced_summary, _) = run_checkpointed(config(work, &rules_dir, &input, 2, true), Box::new(source));
+    assert!(quick || paced_summary.checkpoints >= 2, "the paced run checkpoints as the daemon does");
+    let started = started.get().copied().unwrap_or_default();
+    let (mut lat, decisions) = latencies(work, &records, started, paced_rate);
+    if let Some(path) = std::env::var_os("VIGIL_BENCH_LATENCY_CSV") {
+        let rows: String = decisions
+            .iter()
+            .zip(&lat)
+            .map(|(d, l)| format!("{},{l}\n", d["decided_at_us"].as_i64().unwrap_or(0)))
+            .collect();
+        std::fs::write(path, rows).expect("latency csv");
+    }
     lat.sort_unstable();
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
     table.row(
@@ -530,10 +585,11 @@ fn main() {
             std::fs::rename(&tmp, &target).expect("install v2");
         })
     };
-    let source = Paced { records: records.into_iter(), per_sec: paced_rate, start: None, handed: 0 };
-    let (swap_summary, _) = run(c, Some(Box::new(source)));
+    let (source, started) = Paced::new(records.clone(), paced_rate);
+    let (swap_summary, _) = run_checkpointed(c, Box::new(source));
     swapper.join().expect("swapper");
-    let (lat, decisions) = latencies(work);
+    let started = started.get().copied().unwrap_or_default();
+    let (lat, decisions) = latencies(work, &records, started, paced_rate);
     let swapped = decisions.iter().position(|d| {
         d["rules"]
             .as_array()

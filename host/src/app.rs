@@ -55,6 +55,10 @@ pub struct Overrides {
     /// Rule crates linked into the caller, run beside the rules folder's
     /// (see [`crate::rules::native`]): for measuring the sandbox's cost.
     pub native_rules: Vec<vigil_sdk::Rule>,
+    /// With `source`: checkpoint all the same, as the daemon does, under the
+    /// configured source's name (for measuring what checkpoints cost; such
+    /// a checkpoint cannot be resumed from).
+    pub keep_checkpoints: bool,
 }
 
 impl std::fmt::Debug for Overrides {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Overrides {
             .field("source", &self.source.as_ref().map(|s| s.name().to_owned()))
             .field("counters", &self.counters)
             .field("native_rules", &self.native_rules.iter().map(|r| r.manifest.name).collect::<Vec<_>>())
+            .field("keep_checkpoints", &self.keep_checkpoints)
             .finish()
     }
 }
@@ -76,7 +81,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     overrides: Overrides,
 ) -> anyhow::Result<Summary> {
-    if overrides.source.is_some() {
+    if overrides.source.is_some() && !overrides.keep_checkpoints {
         // A checkpoint records a position in the configured source; there is none.
         config.state.checkpoints = false;
     }

@@ -48,15 +48,29 @@ impl FailurePolicy {
 /// firing rule usually gives one).
 pub type Reasons = smallvec::SmallVec<[Arc<str>; 1]>;
 
+/// Which rule version an outcome is from: the same for all its outcomes,
+/// so each outcome holds it by one shared pointer.
+#[derive(Debug, Serialize)]
+pub struct RuleLabel {
+    /// Rule name.
+    pub rule: Box<str>,
+    /// Rule version.
+    pub version: Box<str>,
+    /// SHA-256 of the module, hex.
+    pub module: Box<str>,
+    /// `rule`, `version`, `module` and the outcomes' `mode` rendered as the
+    /// start of the JSON object, once per rule version (see
+    /// [`rendered_head`]); empty: rendered per record.
+    #[serde(skip)]
+    pub json_head: Box<str>,
+}
+
 /// What one rule said about one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleOutcome {
-    /// Rule name.
-    pub rule: Arc<str>,
-    /// Rule version.
-    pub version: Arc<str>,
-    /// SHA-256 of the module, hex.
-    pub module: Arc<str>,
+    /// The rule version.
+    #[serde(flatten)]
+    pub label: Arc<RuleLabel>,
     /// Enforce or shadow.
     pub mode: Mode,
     /// The rule's action (its failure outcome if it failed).
@@ -72,11 +86,6 @@ pub struct RuleOutcome {
     /// Why the call failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `rule`, `version`, `module` and `mode` rendered as the start of the
-    /// JSON object, once per rule version (see [`rendered_head`]); empty:
-    /// rendered per record.
-    #[serde(skip)]
-    pub json_head: Arc<str>,
 }
 
 /// The constant start of a rule outcome's JSON object, up to and including
@@ -118,10 +127,11 @@ fn json_int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
 
 impl RuleOutcome {
     fn write_json(&self, buf: &mut Vec<u8>) {
-        if self.json_head.is_empty() {
-            buf.extend_from_slice(rendered_head(&self.rule, &self.version, &self.module, self.mode).as_bytes());
+        let l = &*self.label;
+        if l.json_head.is_empty() {
+            buf.extend_from_slice(rendered_head(&l.rule, &l.version, &l.module, self.mode).as_bytes());
         } else {
-            buf.extend_from_slice(self.json_head.as_bytes());
+            buf.extend_from_slice(l.json_head.as_bytes());
         }
         buf.extend_from_slice(b"\"action\":\"");
         buf.extend_from_slice(self.action.as_str().as_bytes());
@@ -256,16 +266,18 @@ mod tests {
 
     fn outcome(mode: Mode, action: Action, score: i32, reason: &str) -> RuleOutcome {
         RuleOutcome {
-            rule: "r".into(),
-            version: "1".into(),
-            module: "h".into(),
+            label: Arc::new(RuleLabel {
+                rule: "r".into(),
+                version: "1".into(),
+                module: "h".into(),
+                json_head: "".into(),
+            }),
             mode,
             action,
             score,
             reasons: smallvec::smallvec![reason.into()],
             latency_ns: 0,
             error: None,
-            json_head: Arc::from(""),
         }
     }
 
@@ -276,9 +288,13 @@ mod tests {
         shadow.error = Some("trapped: panicked at \"x\"\n(at src/lib.rs:3)".into());
         let mut quiet = outcome(Mode::Enforce, Action::Allow, 0, "");
         quiet.reasons.clear();
-        quiet.rule = "geo-mismatch".into();
         quiet.latency_ns = 1_234_567;
-        quiet.json_head = rendered_head(&quiet.rule, &quiet.version, &quiet.module, quiet.mode).into();
+        quiet.label = Arc::new(RuleLabel {
+            rule: "geo-mismatch".into(),
+            version: "1".into(),
+            module: "h".into(),
+            json_head: rendered_head("geo-mismatch", "1", "h", quiet.mode).into(),
+        });
         let rules = [shadow, quiet];
         let features = [("count(card, 10m)", 3.0), ("avg(card, amount, 1h)", f64::NAN), ("é\"", -0.5)];
         for (id, features) in [("tx-1", &features[..]), ("odd \"id\" \\ \u{1}", &[][..])] {

@@ -140,9 +140,38 @@ impl Sinks {
         self.all().into_iter().try_for_each(|s| s.flush())
     }
 
-    fn sync(&mut self) -> std::io::Result<()> {
-        self.all().into_iter().try_for_each(|s| s.sync())
+    /// Handles to make what was written so far durable from another thread
+    /// (see [`Sink::sync_handle`]).
+    fn sync_handles(&mut self) -> std::io::Result<Vec<std::fs::File>> {
+        let mut files = Vec::new();
+        for s in self.all() {
+            files.extend(s.sync_handle()?);
+        }
+        Ok(files)
     }
+}
+
+/// Makes checkpoints durable on a thread of its own, in order: the output
+/// files' data, then the store's transaction. Commits take tens of
+/// milliseconds (a sync of the files, and of the store); done on the sink
+/// thread, they held every output behind them — and, once the channels
+/// filled, every worker and the source.
+fn run_committer(
+    rx: Receiver<(Vec<std::fs::File>, Checkpoint)>,
+    mut store: Box<dyn Durable>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    for (files, cp) in rx {
+        // Everything before the barrier is written; make it durable
+        // before the checkpoint says it was processed.
+        for f in &files {
+            f.sync_data()?;
+        }
+        store.commit(&cp)?;
+        counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
+        tracing::debug!(id = cp.id, line = cp.position.line_no, keys = cp.features.len(), "checkpoint committed");
+    }
+    store.finish()
 }
 
 enum WorkerMsg {
@@ -867,13 +896,48 @@ struct Pending {
 fn run_sinks(
     rx: Receiver<SinkMsg>,
     mut sinks: Sinks,
-    mut store: Option<Box<dyn Durable>>,
+    store: Option<Box<dyn Durable>>,
     workers: usize,
     counters: &Counters,
 ) -> anyhow::Result<()> {
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-    let result = (|| -> anyhow::Result<()> {
-        for msg in &rx {
+    // One checkpoint may wait while the previous one commits; then the
+    // sink waits, so commits keep their order and never pile up.
+    let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
+    let result = std::thread::scope(|scope| {
+        let committer = store.map(|store| {
+            std::thread::Builder::new()
+                .name("vigil-commit".into())
+                .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
+        });
+        let committer = committer.transpose()?;
+        let written =
+            write_outputs(&rx, &mut sinks, committer.is_some().then_some(&commit_tx), &mut pending, workers, counters);
+        drop(commit_tx);
+        let committed = match committer {
+            Some(c) => c.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint committer panicked"))),
+            None => Ok(()),
+        };
+        // A failed commit closes the channel: the writer's error then only
+        // says so, and the committer's says why.
+        committed.and(written)
+    });
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "writing output or a checkpoint failed; stopping");
+    }
+    result
+}
+
+fn write_outputs(
+    rx: &Receiver<SinkMsg>,
+    sinks: &mut Sinks,
+    commits: Option<&Sender<(Vec<std::fs::File>, Checkpoint)>>,
+    pending: &mut BTreeMap<u64, Pending>,
+    workers: usize,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    {
+        for msg in rx {
             let id = match msg {
                 SinkMsg::Output(out) => {
                     sinks.decisions.write(&out.decisions)?;
@@ -923,28 +987,17 @@ fn run_sinks(
             cp.windows = p.windows;
             cp.watermark = p.watermark;
             cp.rule_state = p.rule_state;
-            // Everything before the barrier is written; make it durable
-            // before the checkpoint says it was processed.
-            sinks.sync()?;
-            if let Some(store) = &mut store {
-                store.commit(&cp)?;
-                counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
-                tracing::debug!(
-                    id = cp.id,
-                    line = cp.position.line_no,
-                    keys = cp.features.len(),
-                    "checkpoint committed"
-                );
+            match commits {
+                Some(tx) => {
+                    let files = sinks.sync_handles()?;
+                    if tx.send((files, cp)).is_err() {
+                        anyhow::bail!("the checkpoint committer stopped");
+                    }
+                }
+                None => sinks.flush()?,
             }
         }
         sinks.flush()?;
-        if let Some(store) = &mut store {
-            store.finish()?;
-        }
         Ok(())
-    })();
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "writing output or a checkpoint failed; stopping");
     }
-    result
 }

@@ -167,6 +167,27 @@ struct StoredKey {
     distinct: Vec<(u8, i64, i64, DistinctSeries)>,
 }
 
+/// [`StoredKey`]'s fields, borrowed: serialises to the same bytes.
+#[derive(Serialize)]
+struct StoredKeyRef<N, D> {
+    newest_ms: i64,
+    num: N,
+    distinct: D,
+}
+
+/// A sequence serialised straight from an iterator.
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item: Serialize>,
+{
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
 /// Checks that `bytes` is a stored key's state, as a checkpoint holds it.
 ///
 /// # Errors
@@ -346,15 +367,15 @@ impl FeatureEngine {
                     continue;
                 };
                 state.dirty = false;
-                let stored = StoredKey {
+                // A `StoredKey` as postcard writes it, serialised from the
+                // live series: no copy of them, one allocation per key.
+                let (num, distinct) = (&kind.num, &kind.distinct);
+                let stored = StoredKeyRef {
                     newest_ms: state.newest_ms,
-                    num: kind.num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series.clone())).collect(),
-                    distinct: kind
-                        .distinct
-                        .iter()
-                        .zip(&state.distinct)
-                        .map(|(&(f, b, s), series)| (f.code(), b, s, series.clone()))
-                        .collect(),
+                    num: Seq(|| num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series))),
+                    distinct: Seq(|| {
+                        distinct.iter().zip(&state.distinct).map(|(&(f, b, s), series)| (f.code(), b, s, series))
+                    }),
                 };
                 // Serialising plain data into a Vec cannot fail.
                 let bytes = postcard::to_allocvec(&stored).unwrap_or_default();

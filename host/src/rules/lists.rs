@@ -4,7 +4,8 @@
 //! list. Card lists hold PANs on disk and tokens in memory.
 
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashSet};
+use hashbrown::HashSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,6 +15,9 @@ use crate::decode::{Tokenizer, pan};
 /// One named list.
 #[derive(Debug)]
 pub struct List {
+    /// foldhash rather than std's SipHash: a look-up is a few nanoseconds
+    /// instead of tens. Events only look values up; the table is built from
+    /// the list file, so crafted values cannot lengthen its probe chains.
     values: ArcSwap<HashSet<Box<str>>>,
 }
 

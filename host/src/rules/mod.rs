@@ -599,12 +599,9 @@ struct Slot {
     /// This rule's feature values for the current event.
     features: Vec<f64>,
     instance: Option<Instance>,
-    // Worker-local copies, so building records does not touch shared counters.
-    name: Arc<str>,
-    version: Arc<str>,
-    module: Arc<str>,
-    /// The constant start of its outcomes' JSON (see [`crate::decide::rendered_head`]).
-    json_head: Arc<str>,
+    /// What its outcomes carry; worker-local, so building records does not
+    /// touch counters shared with other workers.
+    label: Arc<crate::decide::RuleLabel>,
     /// The rule's keyed state on this worker; it outlives versions.
     state: RuleState,
 }
@@ -721,22 +718,24 @@ impl Evaluator {
                 Some(i) => old.swap_remove(i),
                 None => {
                     // A new version takes over the keyed state of the old.
-                    let state = match old.iter().position(|s| s.name == rule.name) {
+                    let state = match old.iter().position(|s| *s.label.rule == *rule.name) {
                         Some(i) => std::mem::take(&mut old[i].state),
                         None => self.parked.remove(&*rule.name).unwrap_or_default(),
                     };
                     Slot {
-                        json_head: crate::decide::rendered_head(
-                            &rule.name,
-                            &rule.version,
-                            rule.short_hash(),
-                            rule.mode,
-                        )
-                        .into(),
+                        label: Arc::new(crate::decide::RuleLabel {
+                            rule: rule.name.to_string().into(),
+                            version: rule.version.to_string().into(),
+                            module: rule.short_hash().into(),
+                            json_head: crate::decide::rendered_head(
+                                &rule.name,
+                                &rule.version,
+                                rule.short_hash(),
+                                rule.mode,
+                            )
+                            .into(),
+                        }),
                         features: Vec::with_capacity(rule.features.len()),
-                        name: rule.name.to_string().into(),
-                        version: rule.version.to_string().into(),
-                        module: rule.short_hash().into(),
                         // Now rather than at the first call; a failure is
                         // retried, and accounted for, at the call.
                         instance: rule.instantiate(&self.registry.sandbox).ok(),
@@ -748,8 +747,8 @@ impl Evaluator {
             self.slots.push(slot);
         }
         for gone in old {
-            if !gone.state.is_empty() && !self.slots.iter().any(|s| s.name == gone.name) {
-                self.parked.insert(gone.name.to_string(), gone.state);
+            if !gone.state.is_empty() && !self.slots.iter().any(|s| s.label.rule == gone.label.rule) {
+                self.parked.insert(gone.label.rule.to_string(), gone.state);
             }
         }
         self.generation = set.generation;
@@ -760,7 +759,7 @@ impl Evaluator {
     /// checkpoint, each with the input partition that wrote it.
     pub fn take_state_delta(&mut self, worker: u16) -> Vec<crate::state::RuleStateDelta> {
         let mut out = Vec::new();
-        let named = self.slots.iter_mut().map(|s| (s.name.to_string(), &mut s.state));
+        let named = self.slots.iter_mut().map(|s| (s.label.rule.to_string(), &mut s.state));
         for (rule, state) in named.chain(self.parked.iter_mut().map(|(n, s)| (n.clone(), s))) {
             out.extend(state.take_dirty().into_iter().map(|(key, partition, value)| crate::state::RuleStateDelta {
                 rule: rule.clone(),
@@ -777,7 +776,7 @@ impl Evaluator {
     /// current partition (see [`Evaluator::set_partition`]).
     pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8], changed: bool) {
         let partition = self.partition;
-        let state = match self.slots.iter_mut().find(|s| &*s.name == rule) {
+        let state = match self.slots.iter_mut().find(|s| &*s.label.rule == rule) {
             Some(slot) => &mut slot.state,
             None => self.parked.entry(rule.to_owned()).or_default(),
         };
@@ -833,16 +832,13 @@ impl Evaluator {
                         rule.health.consecutive.store(0, Ordering::Relaxed);
                     }
                     RuleOutcome {
-                        rule: slot.name.clone(),
-                        version: slot.version.clone(),
-                        module: slot.module.clone(),
+                        label: slot.label.clone(),
                         mode: rule.mode,
                         action: r.action,
                         score: r.score,
                         reasons: r.reasons,
                         latency_ns,
                         error: None,
-                        json_head: slot.json_head.clone(),
                     }
                 }
                 Err(e) => {
@@ -851,16 +847,13 @@ impl Evaluator {
                         slot.instance = None;
                     }
                     RuleOutcome {
-                        rule: slot.name.clone(),
-                        version: slot.version.clone(),
-                        module: slot.module.clone(),
+                        label: slot.label.clone(),
                         mode: rule.mode,
                         action: rule.on_failure.action(),
                         score: 0,
                         reasons: crate::decide::Reasons::new(),
                         latency_ns,
                         error: Some(e.to_string()),
-                        json_head: slot.json_head.clone(),
                     }
                 }
             };

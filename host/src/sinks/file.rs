@@ -71,6 +71,10 @@ impl Sink for FileSink {
         self.out.flush()?;
         if self.regular { self.out.get_ref().sync_data() } else { Ok(()) }
     }
+    fn sync_handle(&mut self) -> std::io::Result<Option<File>> {
+        self.out.flush()?;
+        if self.regular { self.out.get_ref().try_clone().map(Some) } else { Ok(None) }
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,17 @@ pub trait Sink: Send {
     fn sync(&mut self) -> std::io::Result<()> {
         self.flush()
     }
+
+    /// Writes out what is buffered and hands back a handle whose
+    /// `sync_data` makes it durable, for another thread to call while
+    /// this one goes on writing; `None` when [`Sink::sync`] has done it
+    /// here (the default) or there is nothing to make durable.
+    ///
+    /// # Errors
+    /// When the destination cannot be written.
+    fn sync_handle(&mut self) -> std::io::Result<Option<std::fs::File>> {
+        self.sync().map(|()| None)
+    }
 }
 
 /// Opens the configured sink.
