@@ -900,7 +900,6 @@ fn run_sinks(
     workers: usize,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     // One checkpoint may wait while the previous one commits; then the
     // sink waits, so commits keep their order and never pile up.
     let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
@@ -911,8 +910,7 @@ fn run_sinks(
                 .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
         });
         let committer = committer.transpose()?;
-        let written =
-            write_outputs(&rx, &mut sinks, committer.is_some().then_some(&commit_tx), &mut pending, workers, counters);
+        let written = write_outputs(&rx, &mut sinks, committer.is_some().then_some(&commit_tx), workers, counters);
         drop(commit_tx);
         let committed = match committer {
             Some(c) => c.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint committer panicked"))),
@@ -932,72 +930,70 @@ fn write_outputs(
     rx: &Receiver<SinkMsg>,
     sinks: &mut Sinks,
     commits: Option<&Sender<(Vec<std::fs::File>, Checkpoint)>>,
-    pending: &mut BTreeMap<u64, Pending>,
     workers: usize,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    {
-        for msg in rx {
-            let id = match msg {
-                SinkMsg::Output(out) => {
-                    sinks.decisions.write(&out.decisions)?;
-                    for r in &out.alerts {
-                        sinks.alerts.write(&out.decisions[r.clone()])?;
-                    }
-                    sinks.dead_letters.write(&out.dead)?;
-                    sinks.aggregates.write(&out.aggregates)?;
-                    sinks.late.write(&out.late)?;
-                    let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
-                    add(&counters.decided, out.decision_count);
-                    add(&counters.alerts, out.alerts.len() as u64);
-                    add(&counters.dead_lettered, out.dead_count);
-                    add(&counters.aggregates, out.aggregate_count);
-                    add(&counters.late, out.late_count);
-                    // Flush when caught up, so a quiet stream still shows its
-                    // decisions promptly while a busy one writes in large chunks.
-                    if rx.is_empty() {
-                        sinks.flush()?;
-                    }
-                    continue;
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    for msg in rx {
+        let id = match msg {
+            SinkMsg::Output(out) => {
+                sinks.decisions.write(&out.decisions)?;
+                for r in &out.alerts {
+                    sinks.alerts.write(&out.decisions[r.clone()])?;
                 }
-                SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
-                    let p = pending.entry(id).or_default();
-                    p.workers += 1;
-                    p.features.extend(delta);
-                    p.rule_state.extend(rule_state);
-                    p.windows.extend(windows);
-                    p.watermark = p.watermark.max(newest_ms);
-                    id
+                sinks.dead_letters.write(&out.dead)?;
+                sinks.aggregates.write(&out.aggregates)?;
+                sinks.late.write(&out.late)?;
+                let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+                add(&counters.decided, out.decision_count);
+                add(&counters.alerts, out.alerts.len() as u64);
+                add(&counters.dead_lettered, out.dead_count);
+                add(&counters.aggregates, out.aggregate_count);
+                add(&counters.late, out.late_count);
+                // Flush when caught up, so a quiet stream still shows its
+                // decisions promptly while a busy one writes in large chunks.
+                if rx.is_empty() {
+                    sinks.flush()?;
                 }
-                SinkMsg::Source(cp) => {
-                    let id = cp.id;
-                    pending.entry(id).or_default().source = Some(cp);
-                    id
-                }
-            };
-            let complete = pending.get(&id).is_some_and(|p| p.workers == workers && p.source.is_some());
-            if !complete {
                 continue;
             }
-            let Some(p) = pending.remove(&id) else {
-                continue;
-            };
-            let Some(mut cp) = p.source else { continue };
-            cp.features = p.features;
-            cp.windows = p.windows;
-            cp.watermark = p.watermark;
-            cp.rule_state = p.rule_state;
-            match commits {
-                Some(tx) => {
-                    let files = sinks.sync_handles()?;
-                    if tx.send((files, cp)).is_err() {
-                        anyhow::bail!("the checkpoint committer stopped");
-                    }
-                }
-                None => sinks.flush()?,
+            SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
+                let p = pending.entry(id).or_default();
+                p.workers += 1;
+                p.features.extend(delta);
+                p.rule_state.extend(rule_state);
+                p.windows.extend(windows);
+                p.watermark = p.watermark.max(newest_ms);
+                id
             }
+            SinkMsg::Source(cp) => {
+                let id = cp.id;
+                pending.entry(id).or_default().source = Some(cp);
+                id
+            }
+        };
+        let complete = pending.get(&id).is_some_and(|p| p.workers == workers && p.source.is_some());
+        if !complete {
+            continue;
         }
-        sinks.flush()?;
-        Ok(())
+        let Some(p) = pending.remove(&id) else {
+            continue;
+        };
+        let Some(mut cp) = p.source else { continue };
+        cp.features = p.features;
+        cp.windows = p.windows;
+        cp.watermark = p.watermark;
+        cp.rule_state = p.rule_state;
+        match commits {
+            Some(tx) => {
+                let files = sinks.sync_handles()?;
+                if tx.send((files, cp)).is_err() {
+                    anyhow::bail!("the checkpoint committer stopped");
+                }
+            }
+            None => sinks.flush()?,
+        }
     }
+    sinks.flush()?;
+    Ok(())
 }
