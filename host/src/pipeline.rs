@@ -140,6 +140,10 @@ impl Sinks {
         self.all().into_iter().try_for_each(|s| s.flush())
     }
 
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.all().into_iter().try_for_each(|s| s.sync())
+    }
+
     /// Handles to make what was written so far durable from another thread
     /// (see [`Sink::sync_handle`]).
     fn sync_handles(&mut self) -> std::io::Result<Vec<std::fs::File>> {
@@ -903,14 +907,22 @@ fn run_sinks(
     // One checkpoint may wait while the previous one commits; then the
     // sink waits, so commits keep their order and never pile up.
     let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
+    let (off_thread, mut inline) = match store {
+        Some(s) if s.commits_off_thread() => (Some(s), None),
+        other => (None, other),
+    };
     let result = std::thread::scope(|scope| {
-        let committer = store.map(|store| {
+        let committer = off_thread.map(|store| {
             std::thread::Builder::new()
                 .name("vigil-commit".into())
                 .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
         });
         let committer = committer.transpose()?;
-        let written = write_outputs(&rx, &mut sinks, committer.is_some().then_some(&commit_tx), workers, counters);
+        let commits = match &committer {
+            Some(_) => Commits::OffThread(&commit_tx),
+            None => Commits::Inline(inline.take()),
+        };
+        let written = write_outputs(&rx, &mut sinks, commits, workers, counters);
         drop(commit_tx);
         let committed = match committer {
             Some(c) => c.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint committer panicked"))),
@@ -926,10 +938,19 @@ fn run_sinks(
     result
 }
 
+/// Where the output loop sends a complete checkpoint.
+enum Commits<'a> {
+    /// To the committer thread.
+    OffThread(&'a Sender<(Vec<std::fs::File>, Checkpoint)>),
+    /// Committed here, before the next output is written (Kafka), or not
+    /// at all.
+    Inline(Option<Box<dyn Durable>>),
+}
+
 fn write_outputs(
     rx: &Receiver<SinkMsg>,
     sinks: &mut Sinks,
-    commits: Option<&Sender<(Vec<std::fs::File>, Checkpoint)>>,
+    mut commits: Commits<'_>,
     workers: usize,
     counters: &Counters,
 ) -> anyhow::Result<()> {
@@ -984,16 +1005,28 @@ fn write_outputs(
         cp.windows = p.windows;
         cp.watermark = p.watermark;
         cp.rule_state = p.rule_state;
-        match commits {
-            Some(tx) => {
+        match &mut commits {
+            Commits::OffThread(tx) => {
                 let files = sinks.sync_handles()?;
                 if tx.send((files, cp)).is_err() {
                     anyhow::bail!("the checkpoint committer stopped");
                 }
             }
-            None => sinks.flush()?,
+            Commits::Inline(store) => {
+                // Everything before the barrier is written; make it durable
+                // before the checkpoint says it was processed.
+                sinks.sync()?;
+                if let Some(store) = store {
+                    store.commit(&cp)?;
+                    counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
+                    tracing::debug!(id = cp.id, line = cp.position.line_no, "checkpoint committed");
+                }
+            }
         }
     }
     sinks.flush()?;
+    if let Commits::Inline(Some(mut store)) = commits {
+        store.finish()?;
+    }
     Ok(())
 }

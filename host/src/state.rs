@@ -186,11 +186,22 @@ pub trait Durable: Send + std::fmt::Debug {
     fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Whether commits may run on a thread of their own while outputs go
+    /// on being written. Not for Kafka: there a commit ends the
+    /// transaction the outputs are produced in.
+    fn commits_off_thread(&self) -> bool {
+        false
+    }
 }
 
 impl Durable for StateStore {
     fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
         Ok(StateStore::commit(self, cp)?)
+    }
+
+    fn commits_off_thread(&self) -> bool {
+        true
     }
 }
 
