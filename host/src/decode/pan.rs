@@ -41,17 +41,11 @@ pub struct PanDigits {
     len: u8,
 }
 
-impl PanDigits {
-    /// The digits as text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[..usize::from(self.len)]).expect("ASCII digits")
-    }
-}
-
+/// The digits as text.
 impl std::ops::Deref for PanDigits {
     type Target = str;
     fn deref(&self) -> &str {
-        self.as_str()
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).expect("ASCII digits")
     }
 }
 
