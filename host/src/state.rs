@@ -193,6 +193,14 @@ pub trait Durable: Send + std::fmt::Debug {
     fn commits_off_thread(&self) -> bool {
         false
     }
+
+    /// Whether a commit takes in every output written before it, as a
+    /// Kafka transaction does: outputs of events after a checkpoint's
+    /// barrier must then wait for its commit, or a crash would leave them
+    /// committed with their input read again.
+    fn commit_takes_outputs(&self) -> bool {
+        false
+    }
 }
 
 impl Durable for StateStore {

@@ -116,6 +116,9 @@ struct KeyState {
     partition: u32,
     /// Changed since the last checkpoint (and listed in its kind's `dirty`).
     dirty: bool,
+    /// Changed before the checkpoint being taken and not yet serialised
+    /// into it (listed in its kind's `frozen`).
+    frozen: bool,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
     num: smallvec::SmallVec<[NumSeries; 2]>,
@@ -139,6 +142,9 @@ struct KeyKindPlan {
     /// clean state and is skipped; one reused by a new key is listed again
     /// and taken once.
     dirty: Vec<Slot>,
+    /// Slots of the keys the checkpoint being taken still has to serialise:
+    /// the `dirty` list at its barrier. Same rules as `dirty`.
+    frozen: Vec<Slot>,
 }
 
 /// One worker's feature state.
@@ -154,6 +160,51 @@ pub struct FeatureEngine {
     expired: Vec<(u8, u64, u32)>,
     /// The input partition of the events being computed.
     partition: u32,
+    /// The checkpoint being taken, if one is.
+    snapshot: Option<Snapshot>,
+}
+
+/// A checkpoint's feature changes, serialised a slice at a time after its
+/// barrier (see [`FeatureEngine::begin_snapshot`]).
+#[derive(Debug)]
+struct Snapshot {
+    worker: u16,
+    out: Vec<crate::state::FeatureDelta>,
+}
+
+impl Snapshot {
+    /// Adds `state` as it is now: the state at the barrier as long as it
+    /// is taken before the key next changes.
+    fn add(&mut self, key_field: KeyField, plan: &KindShape<'_>, hash: u64, state: &KeyState) {
+        self.out.push(crate::state::FeatureDelta {
+            kind: key_field.code(),
+            hash,
+            worker: self.worker,
+            partition: state.partition,
+            state: Some(plan.serialise(state)),
+        });
+    }
+}
+
+/// The series shapes of one key kind, which a stored key carries.
+struct KindShape<'a> {
+    num: &'a [(i64, i64)],
+    distinct: &'a [(DistinctField, i64, i64)],
+}
+
+impl KindShape<'_> {
+    /// `state` as a [`StoredKey`], serialised from the live series: no copy
+    /// of them, one allocation.
+    fn serialise(&self, state: &KeyState) -> Vec<u8> {
+        let (num, distinct) = (self.num, self.distinct);
+        let stored = StoredKeyRef {
+            newest_ms: state.newest_ms,
+            num: Seq(|| num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series))),
+            distinct: Seq(|| distinct.iter().zip(&state.distinct).map(|(&(f, b, s), series)| (f.code(), b, s, series))),
+        };
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_allocvec(&stored).unwrap_or_default()
+    }
 }
 
 /// One key's state as stored in a checkpoint. Series carry their shape
@@ -211,6 +262,7 @@ impl FeatureEngine {
             events: 0,
             expired: Vec::new(),
             partition: 0,
+            snapshot: None,
         };
         e.refresh();
         e
@@ -261,8 +313,19 @@ impl FeatureEngine {
     /// Forgets every key last touched from one of `partitions` (moved to
     /// another daemon), with its pending changes.
     pub fn drop_partitions(&mut self, partitions: &[u32]) {
-        for kind in self.kinds.values_mut() {
-            kind.states.retain(|_, s| !partitions.contains(&s.partition));
+        let snapshot = &mut self.snapshot;
+        for (&key_field, kind) in &mut self.kinds {
+            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
+            kind.states.retain(|hash, s| {
+                let keep = !partitions.contains(&s.partition);
+                if !keep && s.frozen {
+                    // The checkpoint being taken still holds it.
+                    if let Some(snap) = snapshot.as_mut() {
+                        snap.add(key_field, &shape, hash, s);
+                    }
+                }
+                keep
+            });
         }
         self.expired.retain(|(_, _, p)| !partitions.contains(p));
     }
@@ -275,7 +338,7 @@ impl FeatureEngine {
         }
         let t = p.ts_ms;
         self.newest_ms = self.newest_ms.max(t);
-        let Self { kinds, planned, values, partition, .. } = self;
+        let Self { kinds, planned, values, partition, snapshot, .. } = self;
         // One pass per key kind: find the key's state once, update its
         // series, then read every feature kept per that key from it.
         for (&key_field, kind) in kinds.iter_mut() {
@@ -285,7 +348,15 @@ impl FeatureEngine {
                 }
                 continue;
             };
-            let (slot, state) = kind.states.find_or_insert(xxh3_64(key.as_bytes()));
+            let hash = xxh3_64(key.as_bytes());
+            let (slot, state) = kind.states.find_or_insert(hash);
+            if state.frozen {
+                // About to change: the checkpoint being taken gets it first.
+                state.frozen = false;
+                if let Some(snap) = snapshot.as_mut() {
+                    snap.add(key_field, &KindShape { num: &kind.num, distinct: &kind.distinct }, hash, state);
+                }
+            }
             if !state.dirty {
                 state.dirty = true;
                 kind.dirty.push(slot);
@@ -340,10 +411,16 @@ impl FeatureEngine {
         for (key_field, kind) in &mut self.kinds {
             let cutoff = newest.saturating_sub(kind.longest_ms);
             let code = key_field.code();
-            let expired = &mut self.expired;
+            let (expired, snapshot) = (&mut self.expired, &mut self.snapshot);
+            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
             kind.states.retain(|hash, s| {
                 let keep = s.newest_ms >= cutoff;
                 if !keep {
+                    if s.frozen
+                        && let Some(snap) = snapshot.as_mut()
+                    {
+                        snap.add(*key_field, &shape, hash, s);
+                    }
                     expired.push((code, hash, s.partition));
                 }
                 keep
@@ -351,44 +428,97 @@ impl FeatureEngine {
         }
     }
 
-    /// The changes since the last call, for a checkpoint: the state of
+    /// The changes since the last checkpoint, all at once: the state of
     /// every key touched, and the keys expired.
     pub fn take_delta(&mut self, worker: u16) -> Vec<crate::state::FeatureDelta> {
+        self.begin_snapshot(worker);
+        self.finish_snapshot()
+    }
+
+    /// Starts the checkpoint at this barrier: marks the keys changed since
+    /// the last one, and serialises none yet. [`Self::snapshot_step`] then
+    /// serialises them a slice at a time, and an event about to change a
+    /// marked key serialises it first, so the checkpoint holds every key as
+    /// it was at the barrier while events keep flowing. Serialising all at
+    /// once held a worker for 15–35 ms a checkpoint here (0.5–1 µs a key).
+    ///
+    /// A snapshot still being taken must be finished first
+    /// ([`Self::finish_snapshot`]); it is then finished here, into this
+    /// one's changes.
+    pub fn begin_snapshot(&mut self, worker: u16) {
+        debug_assert!(self.snapshot.is_none(), "a feature snapshot is already being taken");
+        let mut snap = match self.snapshot.take() {
+            Some(mut old) => {
+                self.serialise_frozen(&mut old, usize::MAX);
+                old
+            }
+            None => Snapshot { worker, out: Vec::new() },
+        };
         let dirty: usize = self.kinds.values().map(|k| k.dirty.len()).sum();
-        let mut out = Vec::with_capacity(dirty + self.expired.len());
+        snap.out.reserve(dirty + self.expired.len());
         // Expiries first: a key that expired and came back since the last
         // checkpoint is then stored, not deleted, when the delta is applied.
         for (kind, hash, partition) in self.expired.drain(..) {
-            out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
+            snap.out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
         }
-        for (key_field, kind) in &mut self.kinds {
-            for slot in std::mem::take(&mut kind.dirty) {
-                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.dirty) else {
+        for kind in self.kinds.values_mut() {
+            for &slot in &kind.dirty {
+                if let Some((_, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.dirty) {
+                    state.dirty = false;
+                    state.frozen = true;
+                }
+            }
+            kind.frozen = std::mem::take(&mut kind.dirty);
+        }
+        self.snapshot = Some(snap);
+    }
+
+    /// Whether a snapshot is being taken.
+    pub fn snapshot_pending(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// Serialises up to `keys` more of the snapshot's keys; true when none
+    /// is left (or no snapshot is being taken).
+    pub fn snapshot_step(&mut self, keys: usize) -> bool {
+        let Some(mut snap) = self.snapshot.take() else {
+            return true;
+        };
+        let done = self.serialise_frozen(&mut snap, keys);
+        self.snapshot = Some(snap);
+        done
+    }
+
+    /// Serialises what is left of the snapshot and returns its changes:
+    /// empty when none is being taken.
+    pub fn finish_snapshot(&mut self) -> Vec<crate::state::FeatureDelta> {
+        let Some(mut snap) = self.snapshot.take() else {
+            return Vec::new();
+        };
+        self.serialise_frozen(&mut snap, usize::MAX);
+        snap.out
+    }
+
+    /// Serialises up to `budget` frozen keys into `snap`; true when none is
+    /// left.
+    fn serialise_frozen(&mut self, snap: &mut Snapshot, mut budget: usize) -> bool {
+        for (&key_field, kind) in &mut self.kinds {
+            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
+            while budget > 0 {
+                let Some(slot) = kind.frozen.pop() else { break };
+                // A slot freed since, or taken when its key changed, is clean.
+                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.frozen) else {
                     continue;
                 };
-                state.dirty = false;
-                // A `StoredKey` as postcard writes it, serialised from the
-                // live series: no copy of them, one allocation per key.
-                let (num, distinct) = (&kind.num, &kind.distinct);
-                let stored = StoredKeyRef {
-                    newest_ms: state.newest_ms,
-                    num: Seq(|| num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series))),
-                    distinct: Seq(|| {
-                        distinct.iter().zip(&state.distinct).map(|(&(f, b, s), series)| (f.code(), b, s, series))
-                    }),
-                };
-                // Serialising plain data into a Vec cannot fail.
-                let bytes = postcard::to_allocvec(&stored).unwrap_or_default();
-                out.push(crate::state::FeatureDelta {
-                    kind: key_field.code(),
-                    hash,
-                    worker,
-                    partition: state.partition,
-                    state: Some(bytes),
-                });
+                state.frozen = false;
+                snap.add(key_field, &shape, hash, state);
+                budget -= 1;
+            }
+            if !kind.frozen.is_empty() {
+                return false;
             }
         }
-        out
+        true
     }
 
     /// Loads one key's stored state.
@@ -397,13 +527,14 @@ impl FeatureEngine {
     /// A message when the bytes are not a stored key.
     pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8], changed: bool) -> Result<(), String> {
         let stored: StoredKey = postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
-        let Some((_, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
+        let Some((&key_field, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
             return Ok(()); // No feature uses this key kind any more.
         };
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
             partition: self.partition,
             dirty: changed,
+            frozen: false,
             num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
         };
@@ -422,6 +553,11 @@ impl FeatureEngine {
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
         let (slot, held) = kind.states.find_or_insert(hash);
+        if held.frozen
+            && let Some(snap) = self.snapshot.as_mut()
+        {
+            snap.add(key_field, &KindShape { num: &kind.num, distinct: &kind.distinct }, hash, held);
+        }
         let listed = held.dirty;
         *held = state;
         if changed && !listed {
@@ -587,5 +723,85 @@ mod tests {
         }
         assert_eq!(stored.len(), 2, "both a and b are live");
         assert!(e.take_delta(0).is_empty(), "each change goes out once");
+    }
+
+    /// Applies deltas in order, as a checkpoint store or the changelog does.
+    fn apply(stored: &mut std::collections::HashMap<(u8, u64), Vec<u8>>, deltas: Vec<crate::state::FeatureDelta>) {
+        for d in deltas {
+            match d.state {
+                Some(bytes) => stored.insert((d.kind, d.hash), bytes),
+                None => stored.remove(&(d.kind, d.hash)),
+            };
+        }
+    }
+
+    /// A step of the run below.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// An event for one of a few cards, at a minute offset.
+        Event {
+            card: u8,
+            minute: i64,
+        },
+        Expire,
+        /// Serialise up to this many keys of the snapshot being taken.
+        Slice(usize),
+        /// A barrier: the checkpoint being taken ends and another starts.
+        Barrier,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u8..12, 0i64..4).prop_map(|(card, minute)| Step::Event { card, minute }),
+            1 => Just(Step::Expire),
+            2 => (0usize..4).prop_map(Step::Slice),
+            1 => Just(Step::Barrier),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A snapshot taken a slice at a time while events go on changing
+        /// keys holds exactly what taking it all at the barrier holds.
+        #[test]
+        fn a_snapshot_taken_in_slices_holds_the_state_at_its_barrier(
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let features = [("c", "count(card, 10m)"), ("n", "distinct(card, geo.country, 1h)")];
+            let (mut whole, mut sliced) = (engine(&features), engine(&features));
+            let (mut stored_whole, mut stored_sliced) = (Default::default(), Default::default());
+            let mut t = 0;
+            for step in steps {
+                match step {
+                    Step::Event { card, minute } => {
+                        // Time runs on, so keys go idle and expire.
+                        t += minute * MIN;
+                        let p = pay(&format!("card-{card}"), t, 1, if card % 2 == 0 { "US" } else { "FR" });
+                        proptest::prop_assert_eq!(whole.compute(&p).to_vec(), sliced.compute(&p).to_vec());
+                    }
+                    Step::Expire => {
+                        whole.expire();
+                        sliced.expire();
+                    }
+                    Step::Slice(keys) => {
+                        sliced.snapshot_step(keys);
+                    }
+                    Step::Barrier => {
+                        // The snapshot begun at the previous barrier ends
+                        // holding what the whole one took there.
+                        apply(&mut stored_sliced, sliced.finish_snapshot());
+                        proptest::prop_assert_eq!(&stored_sliced, &stored_whole);
+                        apply(&mut stored_whole, whole.take_delta(0));
+                        sliced.begin_snapshot(0);
+                    }
+                }
+            }
+            apply(&mut stored_sliced, sliced.finish_snapshot());
+            proptest::prop_assert_eq!(&stored_sliced, &stored_whole);
+            // And nothing changed since is lost or taken twice.
+            apply(&mut stored_whole, whole.take_delta(0));
+            apply(&mut stored_sliced, sliced.take_delta(0));
+            proptest::prop_assert_eq!(&stored_sliced, &stored_whole);
+        }
     }
 }

@@ -548,6 +548,10 @@ impl Durable for Transactions {
     fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    fn commit_takes_outputs(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
