@@ -15,7 +15,7 @@
 //! sink thread has all parts, those outputs are already written: it syncs
 //! the files and commits the checkpoint in one transaction.
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -165,6 +165,10 @@ fn run_committer(
     mut store: Box<dyn Durable>,
     counters: &Counters,
 ) -> anyhow::Result<()> {
+    // Below the workers: a commit is ~100 ms of CPU a second at full load
+    // here, which taken at equal priority on a 2-core machine queued events
+    // for tens of milliseconds after each checkpoint.
+    crate::rules::watch::background_priority();
     for (files, cp) in rx {
         // Everything before the barrier is written; make it durable
         // before the checkpoint says it was processed.
@@ -376,7 +380,7 @@ impl Pipeline {
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
-        let Stages { source, decoder, catalog, registry, sinks } = stages;
+        let Stages { source, mut decoder, catalog, registry, sinks } = stages;
         let Durability {
             store,
             interval,
@@ -391,6 +395,7 @@ impl Pipeline {
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
         let checkpoints = store.as_ref().map(|_| interval);
+        decoder.dedup_mut().track_forgotten(store.as_ref().is_some_and(|s| s.needs_forgotten_ids()));
         let (out_tx, out_rx) = bounded::<SinkMsg>(cap * workers.max(1));
         let sink = spawn("vigil-sink", {
             let counters = counters.clone();
@@ -436,6 +441,8 @@ impl Pipeline {
                 features: FeatureEngine::new(catalog.clone()),
                 windows: Windows::new(defs.clone(), &config.watermark),
                 catalog: catalog.clone(),
+                // Half the interval: done well before the next barrier.
+                drain_within: (interval / 2).max(Duration::from_millis(1)),
             };
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, restore))?);
         }
@@ -715,13 +722,17 @@ struct Restore {
     rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
 }
 
-/// Feature keys a worker serialises between polls of an empty channel while
-/// it takes a checkpoint: ~30–60 µs here.
-const IDLE_SLICE: usize = 64;
+/// How often an idle worker wakes to serialise the keys due while it takes
+/// a checkpoint (see [`Worker::drain`]).
+const DRAIN_TICK: Duration = Duration::from_millis(1);
 
 /// A worker's part of a checkpoint while its feature state is serialised.
 struct Part {
     id: u64,
+    /// When the barrier reached the worker.
+    started: Instant,
+    /// Keys the snapshot had to look at then.
+    keys: usize,
     windows: Vec<WindowDelta>,
     newest_ms: Option<i64>,
     rule_state: Vec<RuleStateDelta>,
@@ -735,6 +746,8 @@ struct Worker {
     features: FeatureEngine,
     windows: Windows,
     catalog: Arc<Catalog>,
+    /// The time over which a checkpoint's feature state is serialised.
+    drain_within: Duration,
 }
 
 impl Worker {
@@ -776,17 +789,15 @@ impl Worker {
         let mut part: Option<Part> = None;
         loop {
             let msg = if part.is_some() {
-                match rx.try_recv() {
+                match rx.recv_timeout(DRAIN_TICK) {
                     Ok(msg) => msg,
-                    Err(TryRecvError::Empty) => {
-                        // Idle: serialise a slice, so a batch arriving
-                        // waits for one slice at most.
-                        if self.features.snapshot_step(IDLE_SLICE) && !self.send_part(&mut part) {
+                    Err(RecvTimeoutError::Timeout) => {
+                        if !self.drain(&mut part) {
                             return;
                         }
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 match rx.recv() {
@@ -833,9 +844,7 @@ impl Worker {
                         record_bytes = out.decisions.len() / out.decision_count as usize;
                     }
                     self.windows.close(false, |c| out.closed(&c));
-                    // A key a batch for each event: the snapshot ends within
-                    // a checkpoint interval even when the worker is never idle.
-                    if part.is_some() && self.features.snapshot_step(jobs.len()) && !self.send_part(&mut part) {
+                    if !self.drain(&mut part) {
                         return;
                     }
                 }
@@ -860,12 +869,17 @@ impl Worker {
                     self.features.begin_snapshot(self.index);
                     part = Some(Part {
                         id,
+                        started: Instant::now(),
+                        keys: self.features.snapshot_remaining(),
                         windows: self.windows.take_delta(self.index),
                         newest_ms: self.windows.newest(),
                         rule_state: self.evaluator.take_state_delta(self.index),
                     });
                     if self.out_tx.send(SinkMsg::Cut { from: usize::from(self.index), id }).is_err() {
                         tracing::error!("the sink stopped; worker exiting");
+                        return;
+                    }
+                    if !self.drain(&mut part) {
                         return;
                     }
                     continue;
@@ -880,11 +894,32 @@ impl Worker {
         self.send_part(&mut part);
     }
 
+    /// Serialises the keys of `part`'s snapshot that are due by now, and
+    /// sends the part once none is left; false when the sink stopped.
+    ///
+    /// The keys are spread evenly over `drain_within`: taken as fast as the
+    /// worker could (whenever it was idle, and a key an event) the snapshot
+    /// took 30–80 ms of a core per worker right after each barrier, which
+    /// with the source, the sink and the other worker on 2 cores queued
+    /// events for tens of milliseconds.
+    fn drain(&mut self, part: &mut Option<Part>) -> bool {
+        let Some(p) = part.as_ref() else {
+            return true;
+        };
+        let share = (p.started.elapsed().as_secs_f64() / self.drain_within.as_secs_f64()).min(1.0);
+        let due = (p.keys as f64 * share).ceil() as usize;
+        let done = p.keys.saturating_sub(self.features.snapshot_remaining());
+        if !self.features.snapshot_step(due.saturating_sub(done)) {
+            return true;
+        }
+        self.send_part(part)
+    }
+
     /// Finishes the feature snapshot of `part`, if one is being taken, and
     /// sends the worker's part of that checkpoint; false when the sink
     /// stopped.
     fn send_part(&mut self, part: &mut Option<Part>) -> bool {
-        let Some(Part { id, windows, newest_ms, rule_state }) = part.take() else {
+        let Some(Part { id, windows, newest_ms, rule_state, .. }) = part.take() else {
             return true;
         };
         let delta = self.features.finish_snapshot();

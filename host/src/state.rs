@@ -201,6 +201,13 @@ pub trait Durable: Send + std::fmt::Debug {
     fn commit_takes_outputs(&self) -> bool {
         false
     }
+
+    /// Whether a checkpoint must list the de-duplication ids forgotten
+    /// since the last one: a changelog writes a tombstone for each, while
+    /// the local store drops whole chunks of ids past the horizon.
+    fn needs_forgotten_ids(&self) -> bool {
+        false
+    }
 }
 
 impl Durable for StateStore {

@@ -44,6 +44,16 @@ pub struct Dedup {
     added: Vec<(u128, i64, u32)>,
     /// Ids forgotten since the last checkpoint: (id hash, partition).
     removed: Vec<(u128, u32)>,
+    /// Whether `removed` is kept (see [`Dedup::track_forgotten`]).
+    track_forgotten: bool,
+    /// Ids pushed onto and popped off `order` so far, and `pushed` at the
+    /// last checkpoint: an id popped at or past `mark` was added since.
+    pushed: u64,
+    popped: u64,
+    mark: u64,
+    /// Whether an id added since the last checkpoint may have been
+    /// forgotten since: `added` then needs checking against `seen`.
+    stale: bool,
     /// The input partition of the events being inserted.
     partition: u32,
 }
@@ -58,7 +68,22 @@ impl Dedup {
             newest_ms: i64::MIN,
             added: Vec::new(),
             removed: Vec::new(),
+            track_forgotten: true,
+            pushed: 0,
+            popped: 0,
+            mark: 0,
+            stale: false,
             partition: 0,
+        }
+    }
+
+    /// Whether checkpoints list the ids forgotten (on by default): a Kafka
+    /// changelog writes a tombstone for each, while the local store drops
+    /// whole chunks of ids once past the horizon and needs no list.
+    pub fn track_forgotten(&mut self, on: bool) {
+        self.track_forgotten = on;
+        if !on {
+            self.removed = Vec::new();
         }
     }
 
@@ -73,6 +98,10 @@ impl Dedup {
         self.seen.retain(|_, (_, p)| !partitions.contains(p));
         let seen = &self.seen;
         self.order.retain(|(_, key)| seen.contains_key(key));
+        // Positions in `order` moved: check every added id at the next
+        // checkpoint.
+        self.stale = true;
+        self.popped = self.pushed - self.order.len() as u64;
     }
 
     /// Records `id` seen at `ts_ms`; returns false when it was already seen
@@ -81,11 +110,12 @@ impl Dedup {
         self.newest_ms = self.newest_ms.max(ts_ms);
         self.expire();
         let key = xxh3_128(id.as_bytes());
-        if self.seen.contains_key(&key) {
-            return false;
-        }
-        self.seen.insert(key, (ts_ms, self.partition));
+        match self.seen.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Vacant(v) => v.insert((ts_ms, self.partition)),
+        };
         self.order.push_back((ts_ms, key));
+        self.pushed += 1;
         self.added.push((key, ts_ms, self.partition));
         true
     }
@@ -103,7 +133,11 @@ impl Dedup {
                 break;
             }
             self.order.pop_front();
-            if let Some((_, partition)) = self.seen.remove(&key) {
+            self.stale |= self.popped >= self.mark;
+            self.popped += 1;
+            if let Some((_, partition)) = self.seen.remove(&key)
+                && self.track_forgotten
+            {
                 self.removed.push((key, partition));
             }
         }
@@ -112,12 +146,22 @@ impl Dedup {
     /// The ids added and forgotten since the last call, for a checkpoint.
     /// An id both added and forgotten since the last call is listed once,
     /// as what it is now: kept if it is remembered, else removed.
+    ///
+    /// Runs on the source thread at each checkpoint, so it looks ids up
+    /// only when it must: an added id needs checking only when one may
+    /// have been forgotten since (rare: the horizon is far longer than a
+    /// checkpoint interval), and forgotten ids are listed only for Kafka.
     pub fn take_delta(&mut self) -> Delta {
         let seen = &self.seen;
         let mut added = std::mem::take(&mut self.added);
         let mut removed = std::mem::take(&mut self.removed);
-        added.retain(|(key, ts, _)| seen.get(key).is_some_and(|(t, _)| t == ts));
+        if self.stale {
+            added.retain(|(key, ts, _)| seen.get(key).is_some_and(|(t, _)| t == ts));
+        }
         removed.retain(|(key, _)| !seen.contains_key(key));
+        self.stale = false;
+        self.popped = self.pushed - self.order.len() as u64;
+        self.mark = self.pushed;
         (added, removed)
     }
 
@@ -134,6 +178,7 @@ impl Dedup {
         for (key, ts) in ids {
             if self.seen.insert(key, (ts, partition)).is_none() {
                 self.order.push_back((ts, key));
+                self.pushed += 1;
             }
             self.newest_ms = self.newest_ms.max(ts);
         }
@@ -234,6 +279,36 @@ mod tests {
                 prop_assert_eq!(fresh, !model_dup);
                 if fresh {
                     last_seen.insert(id, ts);
+                }
+            }
+        }
+
+        /// Checking added ids only when one may have been forgotten gives
+        /// the same delta as checking every one, as ids come, go, come back
+        /// and partitions move.
+        #[test]
+        fn a_delta_checks_added_ids_only_when_it_must(
+            steps in proptest::collection::vec((0u8..30, 0i64..300, 0u8..20), 1..300),
+        ) {
+            let mut d = Dedup::new(1_000);
+            let mut ts = 0;
+            for (id, step, action) in steps {
+                match action {
+                    0 => d.drop_partitions(&[u32::from(id % 2)]),
+                    1..=3 => {
+                        let expected: Vec<_> = d
+                            .added
+                            .iter()
+                            .filter(|(key, ts, _)| d.seen.get(key).is_some_and(|(t, _)| t == ts))
+                            .copied()
+                            .collect();
+                        prop_assert_eq!(d.take_delta().0, expected);
+                    }
+                    _ => {
+                        ts += step;
+                        d.set_partition(u32::from(id % 2));
+                        d.insert(&id.to_string(), ts);
+                    }
                 }
             }
         }

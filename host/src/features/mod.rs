@@ -473,9 +473,13 @@ impl FeatureEngine {
         self.snapshot = Some(snap);
     }
 
-    /// Whether a snapshot is being taken.
-    pub fn snapshot_pending(&self) -> bool {
-        self.snapshot.is_some()
+    /// Keys the snapshot being taken has still to look at (some of them
+    /// already taken when their key changed): 0 when none is being taken.
+    pub fn snapshot_remaining(&self) -> usize {
+        match self.snapshot {
+            Some(_) => self.kinds.values().map(|k| k.frozen.len()).sum(),
+            None => 0,
+        }
     }
 
     /// Serialises up to `keys` more of the snapshot's keys; true when none

@@ -487,6 +487,10 @@ impl Durable for Committer {
         }
         self.failed()
     }
+
+    fn needs_forgotten_ids(&self) -> bool {
+        true
+    }
 }
 
 /// Exactly-once: each checkpoint commits one transaction holding the
@@ -550,6 +554,10 @@ impl Durable for Transactions {
     }
 
     fn commit_takes_outputs(&self) -> bool {
+        true
+    }
+
+    fn needs_forgotten_ids(&self) -> bool {
         true
     }
 }

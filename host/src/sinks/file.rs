@@ -13,7 +13,17 @@ pub struct FileSink {
     /// A regular file, which `sync` makes durable; a named pipe or device
     /// has nothing to sync.
     regular: bool,
+    /// Bytes the file holds, counting those still in the buffer.
+    len: u64,
+    /// Bytes handed to the kernel's writeback so far (see [`Self::write_back`]).
+    written_back: u64,
+    /// Whether early writeback is done: a regular file, and the kernel
+    /// supports it.
+    early_writeback: bool,
 }
+
+/// Bytes written between two calls for their early writeback.
+const WRITE_BACK_EVERY: u64 = 1 << 20;
 
 impl FileSink {
     /// Opens `path` for appending. A last line cut short by a crash is
@@ -36,12 +46,52 @@ impl FileSink {
             }
         }
         let regular = file.metadata()?.file_type().is_file();
-        // Small writes (a few dead letters) are gathered; a worker's batch
-        // of decisions is larger than this and goes to the file directly,
-        // without a copy through the buffer.
-        Ok(Self { out: BufWriter::with_capacity(64 * 1024, file), regular })
+        let len = file.metadata()?.len();
+        Ok(Self {
+            out: BufWriter::with_capacity(BUFFER, file),
+            regular,
+            len,
+            written_back: len,
+            early_writeback: regular,
+        })
+    }
+
+    /// Starts the kernel writing what was written so far to disk, without
+    /// waiting for it (Linux's `sync_file_range`, as RocksDB's
+    /// `bytes_per_sync` does). Left to the checkpoint's `fdatasync`, the
+    /// whole second of output (~140 MB a second here at full load) was
+    /// written out at once: the sync took 60–110 ms, and a write appending
+    /// to the page being written out waited for it, stalling the sink for
+    /// up to 8 ms. The buffer's bytes and the last page are left alone, so
+    /// the next write never waits for this one.
+    fn write_back(&mut self) {
+        let end = self.len.saturating_sub(BUFFER as u64 + 4096) & !4095;
+        if !self.early_writeback || end < self.written_back.saturating_add(WRITE_BACK_EVERY) {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (from, bytes) = (self.written_back as libc::off64_t, (end - self.written_back) as libc::off64_t);
+            // SAFETY: the descriptor is this sink's open file; the call
+            // only asks the kernel to start writing a range of it.
+            let rc = unsafe {
+                libc::sync_file_range(self.out.get_ref().as_raw_fd(), from, bytes, libc::SYNC_FILE_RANGE_WRITE)
+            };
+            if rc != 0 {
+                // Only an optimisation: the checkpoint's sync still does it all.
+                tracing::debug!(error = %std::io::Error::last_os_error(), "early writeback not available");
+                self.early_writeback = false;
+                return;
+            }
+        }
+        self.written_back = end;
     }
 }
+
+/// The write buffer; a worker's batch of decisions is larger and goes to
+/// the file directly, without a copy through it.
+const BUFFER: usize = 64 * 1024;
 
 /// The length of `file` up to and including its last newline.
 fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
@@ -62,7 +112,10 @@ fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
 
 impl Sink for FileSink {
     fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(lines)
+        self.out.write_all(lines)?;
+        self.len += lines.len() as u64;
+        self.write_back();
+        Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
@@ -90,6 +143,30 @@ mod tests {
         sink.write(b"{\"id\":3}\n").expect("write");
         sink.flush().expect("flush");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
+    }
+
+    #[test]
+    fn early_writeback_leaves_the_buffer_and_last_page_and_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, "{\"id\":0}\n").expect("write");
+        let mut sink = FileSink::create(&path).expect("open");
+        let mut expected = std::fs::read(&path).expect("read");
+        let start = expected.len() as u64;
+        for i in 0..40_000 {
+            let line = format!("{{\"id\":{i},\"pad\":\"{}\"}}\n", "x".repeat(i % 200));
+            sink.write(line.as_bytes()).expect("write");
+            expected.extend_from_slice(line.as_bytes());
+            let (back, len) = (sink.written_back, sink.len);
+            assert!(back == start || back + BUFFER as u64 + 4096 <= len, "line {i}: {back} of {len}");
+        }
+        assert_eq!(sink.len, expected.len() as u64);
+        if cfg!(target_os = "linux") {
+            assert!(sink.written_back >= sink.len - WRITE_BACK_EVERY - BUFFER as u64 - 8192, "{}", sink.written_back);
+            assert_eq!(sink.written_back % 4096, 0);
+        }
+        sink.sync().expect("sync");
+        assert_eq!(std::fs::read(&path).expect("read"), expected);
     }
 }
 
