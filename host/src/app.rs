@@ -362,11 +362,11 @@ async fn reload_on_sighup(
             }
             let registry = registry.clone();
             // A thread of its own at background priority, so compiling does
-            // not take a core from the workers (see watch::background_priority).
+            // not take a core from the workers (see priority::background).
             let report = tokio::task::spawn_blocking(move || {
                 std::thread::scope(|s| {
                     s.spawn(|| {
-                        watch::background_priority();
+                        crate::priority::background();
                         let r = registry.rescan();
                         log_report(&r, &registry);
                     })

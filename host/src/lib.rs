@@ -30,6 +30,7 @@
 //! - [`decide`]: combining outcomes into the decision record.
 //! - [`sinks`]: decisions, alerts, aggregates, late events and dead letters out.
 //! - [`pipeline`]: the threads and bounded channels between the stages.
+//! - [`priority`]: lower thread priorities for background work.
 //! - [`app`]: the daemon: startup, signals, drain.
 //! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
 //! - [`generate`]: `vigil gen`, synthetic payment streams with injected fraud patterns.
@@ -48,6 +49,7 @@ pub mod decide;
 pub mod sinks;
 pub mod kafka;
 pub mod pipeline;
+pub mod priority;
 pub mod app;
 pub mod replay;
 pub mod generate;

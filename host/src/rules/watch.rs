@@ -10,31 +10,6 @@ use std::time::Duration;
 
 use super::{RuleRegistry, is_rule_file, log_report};
 
-/// Lowers the calling thread's priority (Linux niceness 10), for background
-/// work that should not take a core from the event path: compiling a new rule module takes tens of milliseconds of
-/// CPU. (It does not remove the whole hot-swap stall: `just bench` still
-/// sees a few milliseconds when the new module must be compiled, and under
-/// one when its compiled artefact is cached, e.g. by `vigil check` with the
-/// daemon's config.) Elsewhere it does nothing.
-pub fn background_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // A niceness, not SCHED_IDLE: an idle-class thread gets no CPU at
-        // all while the workers are busy, so under sustained load a new
-        // rule would never go live. Nice 10 still gets about a tenth of a
-        // core against a busy worker.
-        // SAFETY: gettid has no preconditions; setpriority on our own
-        // thread id only changes this thread's niceness.
-        let rc = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
-        };
-        if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
-        }
-    }
-}
-
 /// A running watch; dropping it stops watching.
 pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher>,
@@ -56,7 +31,7 @@ pub fn watch(registry: Arc<RuleRegistry>, debounce: Duration) -> notify::Result<
     let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
         Ok(events) => {
             if events.iter().any(|e| is_rule_file(&e.path)) {
-                background_priority();
+                crate::priority::background();
                 let report = reg.rescan();
                 log_report(&report, &reg);
             }
@@ -92,7 +67,7 @@ pub fn watch_lists(
                 watched.contains(&p)
             });
             if touched {
-                background_priority();
+                crate::priority::background();
                 let errors = lists.reload(&config, &tokenizer);
                 for e in &errors {
                     tracing::error!(error = %e, "list reload failed; keeping its previous contents");
