@@ -10,10 +10,15 @@
 //! Checkpoints are barriers: every `state.checkpoint-interval` the source
 //! sends a numbered barrier down each worker channel after the batches it
 //! covers, and its own part (position, de-duplication changes) to the sink.
-//! A worker answers with its feature changes and window state when the
-//! barrier reaches it, behind the outputs of every earlier event. When the
-//! sink thread has all parts, those outputs are already written: it syncs
-//! the files and commits the checkpoint in one transaction.
+//! When the barrier reaches a worker, behind every earlier event, it tells
+//! the sink (a cut in its output stream), takes its window and rule state,
+//! and marks the keys whose features changed; it serialises those over the
+//! next half interval while it goes on deciding, each before an event
+//! changes it, then sends its part. When the sink thread has all parts, the
+//! outputs before the barrier are written: the files are synced and the
+//! checkpoint committed in one transaction, on a committer thread for the
+//! local store. A Kafka transaction takes in every output produced before
+//! its commit, so there each stream's outputs after its cut wait for it.
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use serde::Serialize;
