@@ -449,8 +449,8 @@ impl Pipeline {
                 features: FeatureEngine::new(catalog.clone()),
                 windows: Windows::new(defs.clone(), &config.watermark),
                 catalog: catalog.clone(),
-                // Half the interval: done well before the next barrier.
-                drain_within: (interval / 2).max(Duration::from_millis(1)),
+                // Done well before the next barrier.
+                drain_within: interval / 2,
             };
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, restore))?);
         }
@@ -734,6 +734,10 @@ struct Restore {
 /// a checkpoint (see [`Worker::drain`]).
 const DRAIN_TICK: Duration = Duration::from_millis(1);
 
+/// Time a worker takes per key of a checkpoint's feature state, at most:
+/// at ~1 µs a key, about 5 % of a core.
+const DRAIN_PER_KEY: Duration = Duration::from_micros(20);
+
 /// A worker's part of a checkpoint while its feature state is serialised.
 struct Part {
     id: u64,
@@ -741,6 +745,8 @@ struct Part {
     started: Instant,
     /// Keys the snapshot had to look at then.
     keys: usize,
+    /// The time they are spread over.
+    within: Duration,
     windows: Vec<WindowDelta>,
     newest_ms: Option<i64>,
     rule_state: Vec<RuleStateDelta>,
@@ -754,7 +760,7 @@ struct Worker {
     features: FeatureEngine,
     windows: Windows,
     catalog: Arc<Catalog>,
-    /// The time over which a checkpoint's feature state is serialised.
+    /// The longest time a checkpoint's feature state is spread over.
     drain_within: Duration,
 }
 
@@ -875,10 +881,14 @@ impl Worker {
                     // Windows and rules' state are small and taken now; the
                     // feature state is serialised from here on.
                     self.features.begin_snapshot(self.index);
+                    let keys = self.features.snapshot_remaining();
                     part = Some(Part {
                         id,
                         started: Instant::now(),
-                        keys: self.features.snapshot_remaining(),
+                        keys,
+                        within: DRAIN_PER_KEY
+                            .saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX))
+                            .min(self.drain_within),
                         windows: self.windows.take_delta(self.index),
                         newest_ms: self.windows.newest(),
                         rule_state: self.evaluator.take_state_delta(self.index),
@@ -905,16 +915,22 @@ impl Worker {
     /// Serialises the keys of `part`'s snapshot that are due by now, and
     /// sends the part once none is left; false when the sink stopped.
     ///
-    /// The keys are spread evenly over `drain_within`: taken as fast as the
-    /// worker could (whenever it was idle, and a key an event) the snapshot
-    /// took 30–80 ms of a core per worker right after each barrier, which
-    /// with the source, the sink and the other worker on 2 cores queued
-    /// events for tens of milliseconds.
+    /// The keys are spread evenly over [`DRAIN_PER_KEY`] each, at most
+    /// half the checkpoint interval (so a checkpoint is durable well before
+    /// the next barrier): taken as fast as the worker could (whenever it
+    /// was idle, and a key an event) the snapshot took 30–80 ms of a core
+    /// per worker right after each barrier, which with the source, the sink
+    /// and the other worker on 2 cores queued events for tens of
+    /// milliseconds.
     fn drain(&mut self, part: &mut Option<Part>) -> bool {
         let Some(p) = part.as_ref() else {
             return true;
         };
-        let share = (p.started.elapsed().as_secs_f64() / self.drain_within.as_secs_f64()).min(1.0);
+        let share = if p.within.is_zero() {
+            1.0
+        } else {
+            (p.started.elapsed().as_secs_f64() / p.within.as_secs_f64()).min(1.0)
+        };
         let due = (p.keys as f64 * share).ceil() as usize;
         let done = p.keys.saturating_sub(self.features.snapshot_remaining());
         if !self.features.snapshot_step(due.saturating_sub(done)) {
@@ -1277,12 +1293,21 @@ mod tests {
     struct Store {
         log: Log,
         takes_outputs: bool,
+        /// Commits on the committer thread, failing from this id on.
+        fails_from: Option<u64>,
     }
 
     impl Durable for Store {
         fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
+            if self.fails_from.is_some_and(|id| cp.id >= id) {
+                anyhow::bail!("cannot write the store: no space left on device");
+            }
             self.log.lock().expect("log").push(format!("commit {}", cp.id));
             Ok(())
+        }
+
+        fn commits_off_thread(&self) -> bool {
+            self.fails_from.is_some()
         }
 
         fn commit_takes_outputs(&self) -> bool {
@@ -1331,7 +1356,7 @@ mod tests {
             tx.send(msg).expect("send");
         }
         drop(tx);
-        let store = Store { log: log.clone(), takes_outputs };
+        let store = Store { log: log.clone(), takes_outputs, fails_from: None };
         let counters = Counters::default();
         write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, &counters).expect("write");
         assert_eq!(counters.decided.load(Ordering::Relaxed), 7, "every output is written once");
@@ -1349,6 +1374,41 @@ mod tests {
         // Stream by stream, in order; checkpoint 2 never committed, so what
         // came after its barrier is written last, at the end of the run.
         assert_eq!(after[1..], ["w0 after", "w0 after 2", "source after", "w0 after the next barrier"], "{lines:?}");
+    }
+
+    #[test]
+    fn a_failed_commit_stops_the_sink_with_its_cause() {
+        let log = Log::default();
+        let recorded = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
+        let sinks = Sinks {
+            decisions: recorded(),
+            alerts: recorded(),
+            dead_letters: recorded(),
+            aggregates: recorded(),
+            late: recorded(),
+        };
+        let (tx, rx) = bounded(64);
+        let store = Store { log: log.clone(), takes_outputs: false, fails_from: Some(2) };
+        let counters = Counters::default();
+        std::thread::scope(|scope| {
+            let sink = scope.spawn(|| run_sinks(rx, sinks, Some(Box::new(store)), 1, &counters));
+            // Checkpoints go on being sent until the sink stops taking them.
+            let mut id = 1;
+            while id < 1_000
+                && tx.send(output(0, &format!("decision {id}"))).is_ok()
+                && tx.send(SinkMsg::Source(Checkpoint { id, ..Checkpoint::default() })).is_ok()
+                && tx.send(part(id)).is_ok()
+            {
+                id += 1;
+            }
+            drop(tx);
+            let e = sink.join().expect("sink thread").expect_err("the commit failed");
+            assert!(e.to_string().contains("no space left on device"), "{e:#}");
+            assert!(id < 1_000, "the sink stopped taking messages");
+        });
+        let lines = log.lock().expect("log").clone();
+        assert!(lines.contains(&"commit 1".to_owned()), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("commit 2")), "{lines:?}");
     }
 
     #[test]

@@ -270,3 +270,26 @@ pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> a
     std::fs::write(out.report(), html).with_context(|| format!("cannot write {}", out.report().display()))?;
     Ok(analysis)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jsonl_line_that_is_not_utf8_is_kept_for_the_dead_letters() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("events.jsonl");
+        let mut bytes = b"{\"id\":\"a\",\"fraud\":true}\n{\"id\":\"caf".to_vec();
+        bytes.extend_from_slice(b"\xe9\"}\r\n{\"id\":\"b\",\"fraud\":false}\n");
+        std::fs::write(&path, bytes).expect("write");
+        let input = Input::jsonl(&path, Some("fraud")).expect("read");
+        assert_eq!(input.records.len(), 3, "every line is a record");
+        let bad = &input.records[1];
+        assert_eq!((bad.not_utf8_at, bad.line_no), (Some(10), 2));
+        assert!(input.records.iter().enumerate().all(|(i, r)| i == 1 || r.not_utf8_at.is_none()));
+        let labels = input.labels.expect("labels");
+        assert_eq!(labels.unlabelled, 1);
+        assert_eq!(labels.by_id.get("a"), Some(&true));
+        assert_eq!(labels.by_id.get("b"), Some(&false));
+    }
+}
