@@ -1315,6 +1315,12 @@ mod tests {
         }
     }
 
+    /// Every output writing to `log`.
+    fn recorded(log: &Log) -> Sinks {
+        let sink = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
+        Sinks { decisions: sink(), alerts: sink(), dead_letters: sink(), aggregates: sink(), late: sink() }
+    }
+
     fn output(from: usize, line: &str) -> SinkMsg {
         let out = Output { decisions: format!("{line}\n").into_bytes(), decision_count: 1, ..Output::default() };
         SinkMsg::Output { from, out }
@@ -1328,14 +1334,7 @@ mod tests {
     /// decides an event after the barrier before worker 1 reaches it.
     fn run(takes_outputs: bool) -> Vec<String> {
         let log = Log::default();
-        let recorded = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
-        let mut sinks = Sinks {
-            decisions: recorded(),
-            alerts: recorded(),
-            dead_letters: recorded(),
-            aggregates: recorded(),
-            late: recorded(),
-        };
+        let mut sinks = recorded(&log);
         let (tx, rx) = bounded(64);
         let msgs = [
             output(0, "w0 before"),
@@ -1379,14 +1378,7 @@ mod tests {
     #[test]
     fn a_failed_commit_stops_the_sink_with_its_cause() {
         let log = Log::default();
-        let recorded = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
-        let sinks = Sinks {
-            decisions: recorded(),
-            alerts: recorded(),
-            dead_letters: recorded(),
-            aggregates: recorded(),
-            late: recorded(),
-        };
+        let sinks = recorded(&log);
         let (tx, rx) = bounded(64);
         let store = Store { log: log.clone(), takes_outputs: false, fails_from: Some(2) };
         let counters = Counters::default();

@@ -175,13 +175,13 @@ struct Snapshot {
 impl Snapshot {
     /// Adds `state` as it is now: the state at the barrier as long as it
     /// is taken before the key next changes.
-    fn add(&mut self, key_field: KeyField, plan: &KindShape<'_>, hash: u64, state: &KeyState) {
+    fn add(&mut self, key_field: KeyField, shape: &KindShape<'_>, hash: u64, state: &KeyState) {
         self.out.push(crate::state::FeatureDelta {
             kind: key_field.code(),
             hash,
             worker: self.worker,
             partition: state.partition,
-            state: Some(plan.serialise(state)),
+            state: Some(shape.serialise(state)),
         });
     }
 }
