@@ -117,7 +117,8 @@ struct KeyState {
     /// Changed since the last checkpoint (and listed in its kind's `dirty`).
     dirty: bool,
     /// Changed before the checkpoint being taken and not yet serialised
-    /// into it (listed in its kind's `frozen`).
+    /// into it (listed in its kind's `frozen`). Next to `dirty`, it takes
+    /// no room of its own.
     frozen: bool,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
