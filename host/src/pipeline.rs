@@ -170,7 +170,7 @@ fn run_committer(
     mut store: Box<dyn Durable>,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    // Only on CPU time the pipeline leaves: a commit is 70–150 ms of CPU
+    // Only on CPU time the pipeline leaves: a commit takes 60–125 ms
     // here, which even at niceness 10 held a core from the source's parse
     // threads and the workers for milliseconds at a time on a 2-core
     // machine. Under sustained full load the commit still gets its turn:
