@@ -22,7 +22,7 @@ pub fn background() {
             libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
         };
         if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a background thread's priority");
         }
     }
 }
