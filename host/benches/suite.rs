@@ -18,7 +18,9 @@
 //!    (`rules::native`) instead of loaded as wasm, and the ratio of times;
 //! 4. decision latency p50/p99/p99.9 at a steady 50 % of the measured
 //!    2-worker maximum, from each event's arrival to its decision, with
-//!    checkpoints every second as the daemon takes them;
+//!    checkpoints every second as the daemon takes them; next to it what
+//!    the machine takes from a thread spinning on each core, and the floor:
+//!    the same paced run with no rules or features;
 //! 5. RSS per tracked key with four features at 1M keys;
 //! 6. the longest pause while a rule is replaced under that load;
 //! 7. restart to first decision with 50 rule modules (compile cache warm)
@@ -30,7 +32,9 @@
 //! `VIGIL_BENCH_COMPILE_IN_PROCESS=1` compiles modules in the engine's
 //! process instead of a child process (as the daemon does);
 //! `VIGIL_BENCH_LATENCY_CSV=FILE` writes row 4's decisions as
-//! `decided_at_us,latency_us` lines, to see when the slow ones happen.
+//! `decided_at_us,latency_us` lines, to see when the slow ones happen;
+//! `VIGIL_BENCH_PACED_RATE=N` skips rows 2 and 3 and paces rows 4 and 6 at
+//! N events/s, to repeat the latency rows quickly.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -240,6 +244,23 @@ impl Source for Paced {
     fn position(&self) -> Position {
         Position { offset: 0, line_no: self.handed }
     }
+}
+
+/// Spins for `span`, reading the clock: (the time it was not running, in
+/// gaps over 50 µs; the longest gap).
+fn spin_gaps(span: Duration) -> (Duration, Duration) {
+    let start = Instant::now();
+    let (mut last, mut lost, mut longest) = (start, Duration::ZERO, Duration::ZERO);
+    while last - start < span {
+        let now = Instant::now();
+        let gap = now - last;
+        if gap > Duration::from_micros(50) {
+            lost += gap;
+            longest = longest.max(gap);
+        }
+        last = now;
+    }
+    (lost, longest)
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -476,8 +497,9 @@ fn main() {
     }
     let empty_dir = work.join("no-rules");
     std::fs::create_dir_all(&empty_dir).expect("empty rules dir");
-    let mut max_rate = 0.0;
-    for workers in [1u32, 2] {
+    let fixed_rate = std::env::var("VIGIL_BENCH_PACED_RATE").ok().and_then(|r| r.parse::<f64>().ok());
+    let mut max_rate = fixed_rate.map_or(0.0, |r| r * 2.0);
+    for workers in [1u32, 2].into_iter().filter(|_| fixed_rate.is_none()) {
         fresh(work);
         let (floor_summary, floor_t) = run(config(work, &empty_dir, &input, workers, false), None);
         let floor = floor_summary.decided as f64 / floor_t.as_secs_f64();
@@ -563,6 +585,40 @@ fn main() {
     );
     table.row("4. latency p99", format!("{p99} µs"), "<= 1000 µs", format!("{:.2}", p99 as f64 / 1000.0));
     table.row("4. latency p99.9", format!("{p999} µs"), "-", "-");
+    // What the machine itself takes: a thread spinning on each core sees
+    // every moment it is not running, whoever took the core (the kernel,
+    // another process, the hypervisor).
+    let spin = if quick { Duration::from_millis(200) } else { Duration::from_secs(2) };
+    let gaps: Vec<(Duration, Duration)> = (0..cores)
+        .map(|_| std::thread::spawn(move || spin_gaps(spin)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("spinner"))
+        .collect();
+    let lost = gaps.iter().map(|g| g.0).max().unwrap_or_default();
+    let longest = gaps.iter().map(|g| g.1).max().unwrap_or_default();
+    table.row(
+        format!("4. this machine: a thread spinning on each core for {spin:?}, time lost / longest gap"),
+        format!("{:.1} / {:.2} ms", lost.as_secs_f64() * 1e3, longest.as_secs_f64() * 1e3),
+        "-",
+        "-",
+    );
+    // Its floor, as row 2's: the same paced run with no rules and no
+    // features, what reading, parsing, checkpointing and writing alone cost
+    // in latency on this machine at this rate.
+    fresh(work);
+    let (source, started) = Paced::new(records.clone(), paced_rate);
+    run_checkpointed(config(work, &empty_dir, &input, 2, false), Box::new(source));
+    let (mut floor_lat, _) = latencies(work, &records, started.get().copied().unwrap_or_default(), paced_rate);
+    floor_lat.sort_unstable();
+    let floor_p99 = percentile(&floor_lat, 0.99);
+    table.row(
+        "4. floor: the same, no rules or features, p50 / p99 / p99.9",
+        format!("{} / {floor_p99} / {} µs", percentile(&floor_lat, 0.5), percentile(&floor_lat, 0.999)),
+        "-",
+        "-",
+    );
+    table.row("4. latency p99 / floor p99", format!("{:.2}", p99 as f64 / floor_p99.max(1) as f64), "-", "-");
 
     // 6. Hot swap under the same load: replace large-amount by its v2 a third of the way in.
     let swap_dir = work.join("swap-rules");
