@@ -178,6 +178,7 @@ fn run_committer(
     // the pipeline behind it stops.
     crate::priority::idle();
     for (files, cp) in rx {
+        let started = Instant::now();
         // Everything before the barrier is written; make it durable
         // before the checkpoint says it was processed.
         for f in &files {
@@ -185,7 +186,13 @@ fn run_committer(
         }
         store.commit(&cp)?;
         counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
-        tracing::debug!(id = cp.id, line = cp.position.line_no, keys = cp.features.len(), "checkpoint committed");
+        tracing::debug!(
+            id = cp.id,
+            line = cp.position.line_no,
+            keys = cp.features.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint committed"
+        );
     }
     store.finish()
 }
