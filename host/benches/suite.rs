@@ -577,7 +577,13 @@ fn main() {
     table.row(
         format!(
             "4. latency at {paced_rate:.0} ev/s ({}), p50",
-            if quick { "quick: below 50 %" } else { "50 % of max" }
+            if quick {
+                "quick: below 50 %"
+            } else if fixed_rate.is_some() {
+                "set by VIGIL_BENCH_PACED_RATE"
+            } else {
+                "50 % of max"
+            }
         ),
         format!("{p50} µs"),
         "-",

@@ -175,7 +175,9 @@ fn run_committer(
     // threads and the workers for milliseconds at a time on a 2-core
     // machine. Under sustained full load the commit still gets its turn:
     // the sink waits on this channel once a second checkpoint is ready, and
-    // the pipeline behind it stops.
+    // the pipeline behind it stops. So under full load the last durable
+    // checkpoint lags the newest barrier by one to two intervals, and a
+    // crash reads that much again (BENCHMARKS.md, seventh measurement).
     crate::priority::idle();
     for (files, cp) in rx {
         let started = Instant::now();
