@@ -20,7 +20,8 @@
 //!    2-worker maximum, from each event's arrival to its decision, with
 //!    checkpoints every second as the daemon takes them; next to it what
 //!    the machine takes from a thread spinning on each core, and the floor:
-//!    the same paced run with no rules or features;
+//!    the same paced run with no rules or features; three rounds of both,
+//!    alternated, and their medians;
 //! 5. RSS per tracked key with four features at 1M keys;
 //! 6. the longest pause while a rule is replaced under that load;
 //! 7. restart to first decision with 50 rule modules (compile cache warm)
@@ -261,6 +262,21 @@ fn spin_gaps(span: Duration) -> (Duration, Duration) {
         last = now;
     }
     (lost, longest)
+}
+
+/// p50, p99 and p99.9 of `lat`.
+fn tail(mut lat: Vec<i64>) -> [i64; 3] {
+    lat.sort_unstable();
+    [0.5, 0.99, 0.999].map(|p| percentile(&lat, p))
+}
+
+/// The median of each figure over rounds.
+fn medians(rounds: &[[i64; 3]]) -> [i64; 3] {
+    std::array::from_fn(|i| {
+        let mut v: Vec<i64> = rounds.iter().map(|r| r[i]).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    })
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -558,25 +574,41 @@ fn main() {
     let n = ((paced_rate * sizes.paced.as_secs_f64()) as usize).min(sizes.events as usize);
     let mut records = records_of(&input);
     records.truncate(n);
-    fresh(work);
-    let (source, started) = Paced::new(records.clone(), paced_rate);
-    let (paced_summary, _) = run_checkpointed(config(work, &rules_dir, &input, 2, true), Box::new(source));
-    assert!(quick || paced_summary.checkpoints >= 2, "the paced run checkpoints as the daemon does");
-    let started = started.get().copied().unwrap_or_default();
-    let (mut lat, decisions) = latencies(work, &records, started, paced_rate);
-    if let Some(path) = std::env::var_os("VIGIL_BENCH_LATENCY_CSV") {
-        let rows: String = decisions
-            .iter()
-            .zip(&lat)
-            .map(|(d, l)| format!("{},{l}\n", d["decided_at_us"].as_i64().unwrap_or(0)))
-            .collect();
-        std::fs::write(path, rows).expect("latency csv");
+    // Rounds of the paced run and its floor, alternated, so both see the
+    // machine alike; the figures are the medians over rounds.
+    let rounds = if quick { 1 } else { 3 };
+    let (mut runs, mut floors) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        fresh(work);
+        let (source, started) = Paced::new(records.clone(), paced_rate);
+        let (paced_summary, _) = run_checkpointed(config(work, &rules_dir, &input, 2, true), Box::new(source));
+        assert!(quick || paced_summary.checkpoints >= 2, "the paced run checkpoints as the daemon does");
+        let started = started.get().copied().unwrap_or_default();
+        let (lat, decisions) = latencies(work, &records, started, paced_rate);
+        if let Some(path) = std::env::var_os("VIGIL_BENCH_LATENCY_CSV").filter(|_| round == 0) {
+            let rows: String = decisions
+                .iter()
+                .zip(&lat)
+                .map(|(d, l)| format!("{},{l}\n", d["decided_at_us"].as_i64().unwrap_or(0)))
+                .collect();
+            std::fs::write(path, rows).expect("latency csv");
+        }
+        runs.push(tail(lat));
+        // Its floor, as row 2's: the same paced run with no rules and no
+        // features, what reading, parsing, checkpointing and writing alone
+        // cost in latency on this machine at this rate.
+        fresh(work);
+        let (source, started) = Paced::new(records.clone(), paced_rate);
+        run_checkpointed(config(work, &empty_dir, &input, 2, false), Box::new(source));
+        let (floor_lat, _) = latencies(work, &records, started.get().copied().unwrap_or_default(), paced_rate);
+        floors.push(tail(floor_lat));
     }
-    lat.sort_unstable();
-    let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
+    let [p50, p99, p999] = medians(&runs);
+    let [floor_p50, floor_p99, floor_p999] = medians(&floors);
+    let of_rounds = if rounds > 1 { format!(", median of {rounds} rounds") } else { String::new() };
     table.row(
         format!(
-            "4. latency at {paced_rate:.0} ev/s ({}), p50",
+            "4. latency at {paced_rate:.0} ev/s ({}){of_rounds}, p50",
             if quick {
                 "quick: below 50 %"
             } else if fixed_rate.is_some() {
@@ -591,6 +623,12 @@ fn main() {
     );
     table.row("4. latency p99", format!("{p99} µs"), "<= 1000 µs", format!("{:.2}", p99 as f64 / 1000.0));
     table.row("4. latency p99.9", format!("{p999} µs"), "-", "-");
+    table.row(
+        "4. p99 of each round, with rules / floor",
+        runs.iter().zip(&floors).map(|(r, f)| format!("{} / {}", r[1], f[1])).collect::<Vec<_>>().join(", ") + " µs",
+        "-",
+        "-",
+    );
     // What the machine itself takes: a thread spinning on each core sees
     // every moment it is not running, whoever took the core (the kernel,
     // another process, the hypervisor).
@@ -609,18 +647,9 @@ fn main() {
         "-",
         "-",
     );
-    // Its floor, as row 2's: the same paced run with no rules and no
-    // features, what reading, parsing, checkpointing and writing alone cost
-    // in latency on this machine at this rate.
-    fresh(work);
-    let (source, started) = Paced::new(records.clone(), paced_rate);
-    run_checkpointed(config(work, &empty_dir, &input, 2, false), Box::new(source));
-    let (mut floor_lat, _) = latencies(work, &records, started.get().copied().unwrap_or_default(), paced_rate);
-    floor_lat.sort_unstable();
-    let floor_p99 = percentile(&floor_lat, 0.99);
     table.row(
         "4. floor: the same, no rules or features, p50 / p99 / p99.9",
-        format!("{} / {floor_p99} / {} µs", percentile(&floor_lat, 0.5), percentile(&floor_lat, 0.999)),
+        format!("{floor_p50} / {floor_p99} / {floor_p999} µs"),
         "-",
         "-",
     );
