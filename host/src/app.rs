@@ -107,6 +107,9 @@ pub async fn run_with(
     let report = registry.rescan();
     log_report(&report, &registry);
     registry.add_native(&overrides.native_rules).map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {e}"))?;
+    // Rules loaded from now on are instantiated for every worker as they
+    // load (at start the workers instantiate them, in parallel).
+    registry.set_spares(config.pipeline.worker_count());
     let live = registry.current();
     tracing::info!(
         rules = live.rules.len(),

@@ -148,6 +148,35 @@ fn duplicate_rule_names_are_refused() {
     assert!(report.rejected[0].1.contains("already loaded"), "{report:?}");
 }
 
+/// A rule going live is instantiated for every worker as it loads, so a
+/// worker taking it up only swaps an instance in; each takes its own.
+#[test]
+fn a_rule_going_live_is_instantiated_for_every_worker_as_it_loads() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let registry = std::sync::Arc::new(registry_for(&env.config(false)));
+    // Before the count is set, as at start: the instance made to check
+    // the rule is the only one, and the second worker makes its own.
+    registry.rescan();
+    let first = registry.current().rules[0].clone();
+    assert_eq!(first.ready_instances(), 1);
+    let _workers: Vec<_> = (0..2).map(|_| vigil::rules::Evaluator::new(registry.clone())).collect();
+    assert_eq!(first.ready_instances(), 0);
+
+    registry.set_spares(3);
+    env.install("large_amount_v2", "large_amount.wasm");
+    registry.rescan();
+    let second = registry.current().rules[0].clone();
+    assert_eq!(&*second.version, "2.0.0", "the new version is live");
+    assert_eq!(second.ready_instances(), 3, "one per worker, made before it went live");
+    let mut workers: Vec<_> = (0..3).map(|_| vigil::rules::Evaluator::new(registry.clone())).collect();
+    assert_eq!(second.ready_instances(), 0, "each worker took one");
+    // A rule that stays is not instantiated again.
+    registry.rescan();
+    assert!(workers.iter_mut().all(|w| !w.refresh()), "nothing changed");
+    assert_eq!(second.ready_instances(), 0);
+}
+
 pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistry {
     let tokenizer = vigil::decode::Tokenizer::new(&config.pan_key().expect("key"));
     let lists = vigil::rules::lists::Lists::load(&config.lists, &tokenizer).expect("lists");

@@ -18,7 +18,7 @@ pub mod watch;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 use vigil_abi::{Field, FieldMask, Manifest, ParamType, ParamValue, Projection};
@@ -86,6 +86,9 @@ pub struct LoadedRule {
     lists: Arc<[Arc<List>]>,
     code: Code,
     health: Health,
+    /// Instances made on the thread that loaded it, for workers to take up
+    /// without instantiating themselves (see [`RuleRegistry::set_spares`]).
+    spares: Mutex<Vec<Instance>>,
 }
 
 /// What runs a rule.
@@ -170,6 +173,10 @@ pub struct RuleRegistry {
     natives: Mutex<Vec<Arc<LoadedRule>>>,
     current: ArcSwap<RuleSet>,
     quarantine_after: u32,
+    /// Instances to make of each new rule before it goes live.
+    spares: AtomicUsize,
+    /// Instances of rules workers no longer run, freed at the next rescan.
+    retired: Mutex<Vec<Instance>>,
 }
 
 impl std::fmt::Debug for RuleRegistry {
@@ -234,7 +241,18 @@ impl RuleRegistry {
             natives: Mutex::new(Vec::new()),
             current: ArcSwap::from_pointee(RuleSet::default()),
             quarantine_after: quarantine_after.max(1),
+            spares: AtomicUsize::new(1),
+            retired: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Makes `n` instances of each rule that goes live from now on — one
+    /// per worker — on the thread that loads it, so a worker taking up a
+    /// new rule set only swaps them in: the hot-swap pause is then no
+    /// longer an instantiation (tens to hundreds of µs, more when the
+    /// worker is preempted meanwhile).
+    pub fn set_spares(&self, n: usize) {
+        self.spares.store(n.max(1), Ordering::Relaxed);
     }
 
     /// The live rule set.
@@ -259,6 +277,7 @@ impl RuleRegistry {
     /// whole: a file that cannot be loaded is reported and skipped, keeping
     /// the previous version of its rule.
     pub fn rescan(&self) -> ScanReport {
+        drop(std::mem::take(&mut *lock(&self.retired)));
         let mut report = ScanReport::default();
         let mut files = lock(&self.files);
         let present = match list_rule_files(&self.dir) {
@@ -353,6 +372,16 @@ impl RuleRegistry {
         let old = self.current.load();
         let same = old.rules.len() == rules.len() && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
+            let spares = self.spares.load(Ordering::Relaxed);
+            for rule in rules.iter().filter(|r| !old.rules.iter().any(|o| Arc::ptr_eq(o, r))) {
+                let mut made = lock(&rule.spares);
+                while made.len() < spares {
+                    // It instantiated once when loaded; a failure now is
+                    // retried, and accounted for, where a worker calls it.
+                    let Ok(instance) = rule.instantiate(&self.sandbox) else { break };
+                    made.push(instance);
+                }
+            }
             self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules }));
         }
     }
@@ -499,10 +528,13 @@ impl Loader<'_> {
             lists,
             code,
             health: Health::default(),
+            spares: Mutex::new(Vec::new()),
             manifest,
         };
-        // Configure once with the real parameters, exactly as workers will.
-        rule.instantiate(self.sandbox)?;
+        // Configure once with the real parameters, exactly as workers will;
+        // the first worker to take the rule up takes this instance.
+        let first = rule.instantiate(self.sandbox)?;
+        lock(&rule.spares).push(first);
         Ok(rule)
     }
 }
@@ -618,6 +650,12 @@ impl LoadedRule {
                 native::NativeInstance::new(rule, &self.params, self.lists.clone()).map(Instance::Native)
             }
         }
+    }
+
+    /// Instances made for workers and not yet taken up by one (see
+    /// [`RuleRegistry::set_spares`]).
+    pub fn ready_instances(&self) -> usize {
+        lock(&self.spares).len()
     }
 
     /// Whether the rule is linked into the host rather than a wasm module.
@@ -736,9 +774,10 @@ impl Evaluator {
                             .into(),
                         }),
                         features: Vec::with_capacity(rule.features.len()),
-                        // Now rather than at the first call; a failure is
-                        // retried, and accounted for, at the call.
-                        instance: rule.instantiate(&self.registry.sandbox).ok(),
+                        // Made when the rule loaded, else now rather than at
+                        // the first call; a failure is retried, and
+                        // accounted for, at the call.
+                        instance: lock(&rule.spares).pop().or_else(|| rule.instantiate(&self.registry.sandbox).ok()),
                         rule: rule.clone(),
                         state,
                     }
@@ -746,11 +785,16 @@ impl Evaluator {
             };
             self.slots.push(slot);
         }
+        let mut retired = Vec::new();
         for gone in old {
             if !gone.state.is_empty() && !self.slots.iter().any(|s| s.label.rule == gone.label.rule) {
                 self.parked.insert(gone.label.rule.to_string(), gone.state);
             }
+            retired.extend(gone.instance);
         }
+        // Freeing an instance (its store and linear memory) takes tens of
+        // µs; the next rescan does it, off the event path.
+        lock(&self.registry.retired).append(&mut retired);
         self.generation = set.generation;
         true
     }
