@@ -860,6 +860,7 @@ impl Worker {
                     }
                     out.decisions.reserve(jobs.len() * (record_bytes + record_bytes / 8));
                     let mut record_features = Vec::with_capacity(used.len());
+                    self.features.prefetch(jobs.iter().map(|j| &j.payment));
                     for job in &jobs {
                         self.decide(job, &used, &mut record_features, &mut encoded, &mut outcomes, &mut out);
                     }

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use std::borrow::Cow;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::LazyLock;
 
 use crate::config::CleanConfig;
 use crate::event::{Card, Party, Payment};
@@ -95,9 +96,9 @@ struct RawEvent<'a> {
     merchant: Option<RawParty<'a>>,
     #[serde(borrow, default)]
     counterparty: Option<RawParty<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     device: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     ip: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     geo: Option<RawGeo<'a>>,
@@ -110,7 +111,7 @@ struct RawEvent<'a> {
 struct RawCard<'a> {
     #[serde(borrow)]
     pan: Cow<'a, str>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     country: Option<Cow<'a, str>>,
     #[serde(default)]
     present: Option<bool>,
@@ -123,19 +124,28 @@ struct RawParty<'a> {
     id: Cow<'a, str>,
     #[serde(default)]
     mcc: Option<u16>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     country: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGeo<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     country: Option<Cow<'a, str>>,
     #[serde(default)]
     lat: Option<f64>,
     #[serde(default)]
     lon: Option<f64>,
+}
+
+/// An optional string, borrowed from the line unless it has escapes.
+/// `#[serde(borrow)]` borrows a `Cow<str>` field, but one inside an
+/// `Option` it always copies.
+fn opt_text<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
 /// `amount`: a JSON integer of minor units, never a float or a string.
@@ -304,15 +314,7 @@ impl Decoder {
             return Err(invalid("merchant.mcc", format!("{mcc} is not a 4-digit merchant category code")));
         }
         let device = raw.device.map(|d| self.text("device", &d, true)).transpose()?;
-        let ip = match raw.ip {
-            None => None,
-            Some(ip) => Some(
-                ip.trim()
-                    .parse::<IpAddr>()
-                    .map_err(|_| invalid("ip", format!("{ip:?} is not an IPv4 or IPv6 address")))?
-                    .to_string(),
-            ),
-        };
+        let ip = raw.ip.map(|ip| normal_ip(&ip)).transpose()?;
         let geo = raw.geo.map(geo).transpose()?;
         let attrs = self.attrs(raw.attrs)?;
         Ok(Payment {
@@ -387,12 +389,42 @@ fn names<T: fmt::Display>(all: &[T]) -> String {
     all.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// `ip` in its canonical text form.
+fn normal_ip(raw: &str) -> Result<String, DecodeError> {
+    let ip = raw.trim();
+    // An IPv4 address that parses is already canonical: the parser takes
+    // exactly four decimal octets without leading zeros. Only IPv6 text
+    // has other spellings (case, zero runs) to normalise.
+    if ip.parse::<Ipv4Addr>().is_ok() {
+        return Ok(ip.to_owned());
+    }
+    let parsed = ip.parse::<IpAddr>().map_err(|_| invalid("ip", format!("{raw:?} is not an IPv4 or IPv6 address")))?;
+    Ok(parsed.to_string())
+}
+
+/// Which three-letter codes are ISO 4217 currencies: one bit per code
+/// `AAA`..`ZZZ`, found once from `iso_currency`'s table, whose own look-up
+/// compares the code against each name in turn.
+static CURRENCIES: LazyLock<Vec<u64>> = LazyLock::new(|| {
+    let mut bits = vec![0u64; (26 * 26 * 26usize).div_ceil(64)];
+    for i in 0..26 * 26 * 26 {
+        let code = [b'A' + (i / 676) as u8, b'A' + (i / 26 % 26) as u8, b'A' + (i % 26) as u8];
+        if std::str::from_utf8(&code).ok().and_then(iso_currency::Currency::from_code).is_some() {
+            bits[i / 64] |= 1 << (i % 64);
+        }
+    }
+    bits
+});
+
 fn currency(raw: &str) -> Result<[u8; 3], DecodeError> {
     let not_iso = || invalid("currency", format!("{raw:?} is not an ISO 4217 currency code"));
     let code: [u8; 3] = raw.trim().as_bytes().try_into().map_err(|_| not_iso())?;
     let code = code.map(|b| b.to_ascii_uppercase());
-    let known = std::str::from_utf8(&code).ok().and_then(iso_currency::Currency::from_code).is_some();
-    if known { Ok(code) } else { Err(not_iso()) }
+    if !code.iter().all(u8::is_ascii_uppercase) {
+        return Err(not_iso());
+    }
+    let i = code.iter().fold(0, |i, &b| i * 26 + usize::from(b - b'A'));
+    if CURRENCIES[i / 64] & (1 << (i % 64)) != 0 { Ok(code) } else { Err(not_iso()) }
 }
 
 fn country(field: &'static str, raw: Option<&str>) -> Result<Option<Country>, DecodeError> {
@@ -482,6 +514,61 @@ mod tests {
         for bad in ["F", "FRA", "F1", "ü"] {
             assert!(country("geo.country", Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_code_iso_currency_knows_is_a_currency_and_no_other() {
+        let mut known = 0;
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    let code = [a, b, c];
+                    let text = std::str::from_utf8(&code).expect("ASCII");
+                    let iso = iso_currency::Currency::from_code(text).is_some();
+                    assert_eq!(currency(text).is_ok(), iso, "{text}");
+                    assert_eq!(currency(&text.to_ascii_lowercase()).is_ok(), iso, "{text}");
+                    known += usize::from(iso);
+                }
+            }
+        }
+        assert!(known > 150, "only {known} currencies known");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_ipv4_address_is_kept_as_written_only_when_canonical(
+            octets in proptest::collection::vec("[0-9]{1,4}", 4),
+            pad in " {0,2}",
+        ) {
+            let text = octets.join(".");
+            let written = format!("{pad}{text}{pad}");
+            match text.parse::<IpAddr>() {
+                Ok(ip) => proptest::prop_assert_eq!(normal_ip(&written).expect("valid"), ip.to_string()),
+                Err(_) => proptest::prop_assert!(normal_ip(&written).is_err()),
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_are_normalised() {
+        assert_eq!(normal_ip(" 2001:DB8:0:0::1 ").expect("valid"), "2001:db8::1");
+        assert_eq!(normal_ip("::ffff:10.0.0.1").expect("valid"), "::ffff:10.0.0.1");
+        assert!(normal_ip("10.0.0.256").is_err());
+    }
+
+    #[test]
+    fn optional_strings_are_read_with_and_without_escapes() {
+        let plain = GOOD.replace(r#""ip":"#, r#""device":"dev-1","ip":"#);
+        let escaped = GOOD
+            .replace(r#""ip":"#, r#""device":"dev\u002d1","ip":"#)
+            .replace(r#""country":"de""#, r#""country":"\u0064e""#);
+        for line in [plain, escaped] {
+            let p = decoder().parse(&line).expect("valid");
+            assert_eq!(p.device.as_deref(), Some("dev-1"), "{line}");
+            assert_eq!(p.geo.and_then(|g| g.country), Some(Country(*b"DE")), "{line}");
+        }
+        let null = GOOD.replace(r#""ip":"#, r#""device":null,"ip":"#);
+        assert_eq!(decoder().parse(&null).expect("valid").device, None);
     }
 
     #[test]

@@ -42,6 +42,19 @@ impl<S: Default> KeyTable<S> {
         self.index.find(hash, |&s| slots[s as usize].0 == hash).copied()
     }
 
+    /// Starts loading the state of the key with `hash` into the cache, if
+    /// held, without waiting for it. The look-up itself reads the index
+    /// and the slot's first line; the rest of the slot is prefetched.
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self.find(hash) {
+            let entry = &self.slots[slot as usize];
+            let start = std::ptr::from_ref(entry).cast::<u8>();
+            for line in (64..size_of::<(u64, S)>()).step_by(64) {
+                prefetch(start.wrapping_add(line));
+            }
+        }
+    }
+
     /// The slot and state of the key with `hash`, a fresh default state
     /// when new.
     pub fn find_or_insert(&mut self, hash: u64) -> (Slot, &mut S) {
@@ -91,6 +104,20 @@ impl<S: Default> KeyTable<S> {
             false
         });
     }
+}
+
+/// A hint to load the cache line holding `at`; never faults.
+#[inline]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch is a hint; it reads nothing and cannot fault,
+        // whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(at.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 #[cfg(test)]

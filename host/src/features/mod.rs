@@ -171,6 +171,8 @@ pub struct FeatureEngine {
 struct Snapshot {
     worker: u16,
     out: Vec<crate::state::FeatureDelta>,
+    /// Where each key is serialised before it is copied out at its size.
+    scratch: Vec<u8>,
 }
 
 impl Snapshot {
@@ -182,7 +184,7 @@ impl Snapshot {
             hash,
             worker: self.worker,
             partition: state.partition,
-            state: Some(shape.serialise(state)),
+            state: Some(shape.serialise(state, &mut self.scratch)),
         });
     }
 }
@@ -195,16 +197,20 @@ struct KindShape<'a> {
 
 impl KindShape<'_> {
     /// `state` as a [`StoredKey`], serialised from the live series: no copy
-    /// of them, one allocation.
-    fn serialise(&self, state: &KeyState) -> Vec<u8> {
+    /// of them. It is written into `scratch` and copied out, so the result
+    /// is one allocation of its exact size instead of a vector grown (and
+    /// copied) by doubling.
+    fn serialise(&self, state: &KeyState, scratch: &mut Vec<u8>) -> Vec<u8> {
         let (num, distinct) = (self.num, self.distinct);
         let stored = StoredKeyRef {
             newest_ms: state.newest_ms,
             num: Seq(|| num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series))),
             distinct: Seq(|| distinct.iter().zip(&state.distinct).map(|(&(f, b, s), series)| (f.code(), b, s, series))),
         };
+        scratch.clear();
         // Serialising plain data into a Vec cannot fail.
-        postcard::to_allocvec(&stored).unwrap_or_default()
+        *scratch = postcard::to_extend(&stored, std::mem::take(scratch)).unwrap_or_default();
+        scratch.as_slice().to_vec()
     }
 }
 
@@ -331,6 +337,24 @@ impl FeatureEngine {
         self.expired.retain(|(_, _, p)| !partitions.contains(p));
     }
 
+    /// Starts loading the states of the keys `payments` will update, all
+    /// at once, before they are computed one by one. With many keys a
+    /// key's state is rarely in cache; waiting for it event by event is
+    /// most of [`FeatureEngine::compute`]'s time, while these look-ups
+    /// overlap.
+    pub fn prefetch<'p>(&self, payments: impl Iterator<Item = &'p Payment>) {
+        if self.planned.is_empty() {
+            return;
+        }
+        for p in payments {
+            for (&key_field, kind) in &self.kinds {
+                if let Some(key) = key_of(p, key_field) {
+                    kind.states.prefetch(xxh3_64(key.as_bytes()));
+                }
+            }
+        }
+    }
+
     /// Adds `p` to its keys' state and returns every feature's value for it,
     /// in catalog order.
     pub fn compute(&mut self, p: &Payment) -> &[f64] {
@@ -453,7 +477,7 @@ impl FeatureEngine {
                 self.serialise_frozen(&mut old, usize::MAX);
                 old
             }
-            None => Snapshot { worker, out: Vec::new() },
+            None => Snapshot { worker, out: Vec::new(), scratch: Vec::new() },
         };
         let dirty: usize = self.kinds.values().map(|k| k.dirty.len()).sum();
         snap.out.reserve(dirty + self.expired.len());
