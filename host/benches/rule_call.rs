@@ -32,7 +32,7 @@ fn payment(tokenizer: &Tokenizer) -> Payment {
         currency: *b"USD",
         account: "acct-042".into(),
         card: Some(Card {
-            token: tokenizer.token("4000000000000002"),
+            token: tokenizer.token("4000000000000002").into(),
             country: Some(Country(*b"US")),
             present: Some(false),
         }),

@@ -60,14 +60,14 @@ fn rss_bytes() -> u64 {
 
 fn payment(i: usize, card: usize) -> Payment {
     Payment {
-        id: format!("b-{i}"),
+        id: format!("b-{i}").into(),
         ts_ms: 1_717_200_000_000 + i as i64,
         channel: Channel::Card,
         kind: Kind::Purchase,
         amount: 1_000 + (i % 5_000) as i64,
         currency: *b"USD",
         account: "acct".into(),
-        card: Some(Card { token: format!("tok_{card:024}"), country: None, present: None }),
+        card: Some(Card { token: format!("tok_{card:024}").into(), country: None, present: None }),
         merchant: None,
         counterparty: None,
         device: None,

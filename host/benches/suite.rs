@@ -362,7 +362,7 @@ fn main() {
         currency: *b"USD",
         account: "acct-042".into(),
         card: Some(vigil::event::Card {
-            token: card.clone(),
+            token: card.clone().into(),
             country: Some(vigil_abi::Country(*b"US")),
             present: Some(false),
         }),
@@ -385,7 +385,7 @@ fn main() {
         for k in 0..sizes.keys {
             let mut p = event.clone();
             p.ts_ms += k as i64;
-            p.card = Some(vigil::event::Card { token: format!("tok_{k:024}"), country: None, present: None });
+            p.card = Some(vigil::event::Card { token: format!("tok_{k:024}").into(), country: None, present: None });
             engine.compute(&p);
         }
         let per_key = rss_bytes().saturating_sub(before) as f64 / sizes.keys as f64;

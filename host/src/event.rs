@@ -7,11 +7,15 @@
 use vigil_abi::event::{self, CardRef, EncodeError, EventRef, GeoRef, PartyRef};
 use vigil_abi::{Channel, Country, Kind};
 
+/// An event's text field: kept inline up to 24 bytes (most ids, accounts,
+/// devices and addresses), so an event is not one heap block per field.
+pub type Text = compact_str::CompactString;
+
 /// A validated payment event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payment {
     /// Unique transaction id.
-    pub id: String,
+    pub id: Text,
     /// Event time, epoch milliseconds.
     pub ts_ms: i64,
     /// Payment channel.
@@ -23,7 +27,7 @@ pub struct Payment {
     /// ISO 4217 code, upper case.
     pub currency: [u8; 3],
     /// Account id.
-    pub account: String,
+    pub account: Text,
     /// The card, tokenised.
     pub card: Option<Card>,
     /// The merchant.
@@ -31,9 +35,9 @@ pub struct Payment {
     /// The other side of a transfer.
     pub counterparty: Option<Party>,
     /// Device id.
-    pub device: Option<String>,
+    pub device: Option<Text>,
     /// IP address, normalised.
-    pub ip: Option<String>,
+    pub ip: Option<Text>,
     /// Where the payment was made.
     pub geo: Option<GeoRef>,
     /// Free attributes, encoded for the rule ABI (see [`event::encode_attr`]).
@@ -44,7 +48,7 @@ pub struct Payment {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Card {
     /// Keyed-HMAC token of the PAN.
-    pub token: String,
+    pub token: Text,
     /// Issuing country.
     pub country: Option<Country>,
     /// Whether the card was present.
@@ -55,7 +59,7 @@ pub struct Card {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Party {
     /// Its id.
-    pub id: String,
+    pub id: Text,
     /// Merchant category code.
     pub mcc: Option<u16>,
     /// Its country.

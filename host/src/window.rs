@@ -499,7 +499,7 @@ mod tests {
 
     fn pay(merchant: &str, ts_ms: i64, amount: i64) -> Payment {
         Payment {
-            id: format!("{merchant}-{ts_ms}"),
+            id: format!("{merchant}-{ts_ms}").into(),
             ts_ms,
             channel: Channel::Card,
             kind: Kind::Purchase,

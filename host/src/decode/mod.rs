@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::LazyLock;
 
 use crate::config::CleanConfig;
-use crate::event::{Card, Party, Payment};
+use crate::event::{Card, Party, Payment, Text};
 pub use dedup::Dedup;
 pub use pan::Tokenizer;
 use vigil_abi::event::{GeoRef, encode_attr};
@@ -260,12 +260,12 @@ impl Decoder {
     /// [`DecodeError::Duplicate`] when its id was seen within the horizon.
     pub fn admit(&mut self, payment: Payment) -> Result<Payment, DecodeError> {
         if !self.dedup.insert(&payment.id, payment.ts_ms) {
-            return Err(DecodeError::Duplicate(payment.id));
+            return Err(DecodeError::Duplicate(payment.id.into()));
         }
         Ok(payment)
     }
 
-    fn text(&self, field: &'static str, v: &str, required: bool) -> Result<String, DecodeError> {
+    fn text(&self, field: &'static str, v: &str, required: bool) -> Result<Text, DecodeError> {
         let v = v.trim();
         if required && v.is_empty() {
             return Err(invalid(field, "must not be empty"));
@@ -279,7 +279,7 @@ impl Decoder {
         if has_control(v) {
             return Err(invalid(field, "contains control characters"));
         }
-        Ok(v.to_owned())
+        Ok(Text::from(v))
     }
 
     fn validate(&self, raw: RawEvent<'_>) -> Result<Payment, DecodeError> {
@@ -299,7 +299,7 @@ impl Decoder {
                 let digits = pan::pan_digits(&c.pan)
                     .ok_or_else(|| invalid("card.pan", "must be 12 to 19 digits (spaces and dashes allowed)"))?;
                 Some(Card {
-                    token: self.tokenizer.token(&digits),
+                    token: self.tokenizer.token(&digits).into(),
                     country: country("card.country", c.country.as_deref())?,
                     present: c.present,
                 })
@@ -390,16 +390,16 @@ fn names<T: fmt::Display>(all: &[T]) -> String {
 }
 
 /// `ip` in its canonical text form.
-fn normal_ip(raw: &str) -> Result<String, DecodeError> {
+fn normal_ip(raw: &str) -> Result<Text, DecodeError> {
     let ip = raw.trim();
     // An IPv4 address that parses is already canonical: the parser takes
     // exactly four decimal octets without leading zeros. Only IPv6 text
     // has other spellings (case, zero runs) to normalise.
     if ip.parse::<Ipv4Addr>().is_ok() {
-        return Ok(ip.to_owned());
+        return Ok(Text::from(ip));
     }
     let parsed = ip.parse::<IpAddr>().map_err(|_| invalid("ip", format!("{raw:?} is not an IPv4 or IPv6 address")))?;
-    Ok(parsed.to_string())
+    Ok(compact_str::ToCompactString::to_compact_string(&parsed))
 }
 
 /// Which three-letter codes are ISO 4217 currencies: one bit per code

@@ -643,7 +643,7 @@ mod tests {
     fn pay(card: &str, ts_ms: i64, amount: i64, country: &str) -> Payment {
         let c = country.as_bytes();
         Payment {
-            id: format!("{card}-{ts_ms}"),
+            id: format!("{card}-{ts_ms}").into(),
             ts_ms,
             channel: Channel::Card,
             kind: Kind::Purchase,
