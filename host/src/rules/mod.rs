@@ -277,7 +277,12 @@ impl RuleRegistry {
     /// whole: a file that cannot be loaded is reported and skipped, keeping
     /// the previous version of its rule.
     pub fn rescan(&self) -> ScanReport {
-        drop(std::mem::take(&mut *lock(&self.retired)));
+        // Freed after the lock is released: a worker taking up a rule set
+        // hands its old instances over under this lock, and must not wait
+        // for these to be freed (in one statement, the guard would live
+        // until they were).
+        let retired = std::mem::take(&mut *lock(&self.retired));
+        drop(retired);
         let mut report = ScanReport::default();
         let mut files = lock(&self.files);
         let present = match list_rule_files(&self.dir) {
