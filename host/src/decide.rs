@@ -121,6 +121,19 @@ fn json_strs<'s>(buf: &mut Vec<u8>, strings: impl Iterator<Item = &'s str>) {
     buf.push(b']');
 }
 
+/// `v` as serde_json writes an `f64` (NaN and infinities as `null`).
+/// Most feature values are whole numbers (counts, sums of minor units);
+/// below 10^15 serde_json writes those as their digits and `.0`, which
+/// the integer formatter does without the float formatter's work.
+fn json_f64(buf: &mut Vec<u8>, v: f64) {
+    if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        json_int(buf, v as i64);
+        buf.extend_from_slice(b".0");
+    } else {
+        let _ = serde_json::to_writer(&mut *buf, &v);
+    }
+}
+
 fn json_int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
     buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
@@ -202,9 +215,8 @@ impl Decision<'_> {
                 if i > 0 {
                     buf.push(b',');
                 }
-                json_str(buf, name);
-                buf.push(b':');
-                let _ = serde_json::to_writer(&mut *buf, value);
+                buf.extend_from_slice(name.json.as_bytes());
+                json_f64(buf, *value);
             }
             buf.push(b'}');
         }
@@ -218,9 +230,28 @@ impl Decision<'_> {
     }
 }
 
+/// A feature's name, and the same as a JSON object key (quoted, escaped,
+/// with its colon), rendered once rather than for every record.
+#[derive(Debug, Clone)]
+pub struct FeatureKey {
+    /// The name.
+    pub name: Box<str>,
+    json: Box<str>,
+}
+
+impl FeatureKey {
+    /// The key for feature `name`.
+    pub fn new(name: &str) -> Self {
+        let mut json = Vec::with_capacity(name.len() + 3);
+        json_str(&mut json, name);
+        json.push(b':');
+        Self { name: name.into(), json: String::from_utf8_lossy(&json).into() }
+    }
+}
+
 /// Feature values by name, written as a JSON object (NaN as null).
 #[derive(Debug, Clone, Copy)]
-pub struct FeatureValues<'a>(pub &'a [(&'a str, f64)]);
+pub struct FeatureValues<'a>(pub &'a [(&'a FeatureKey, f64)]);
 
 impl FeatureValues<'_> {
     /// Whether there are none.
@@ -233,8 +264,8 @@ impl Serialize for FeatureValues<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            m.serialize_entry(name, value)?;
+        for (key, value) in self.0 {
+            m.serialize_entry(&*key.name, value)?;
         }
         m.end()
     }
@@ -296,7 +327,9 @@ mod tests {
             json_head: rendered_head("geo-mismatch", "1", "h", quiet.mode).into(),
         });
         let rules = [shadow, quiet];
-        let features = [("count(card, 10m)", 3.0), ("avg(card, amount, 1h)", f64::NAN), ("é\"", -0.5)];
+        let keys =
+            [FeatureKey::new("count(card, 10m)"), FeatureKey::new("avg(card, amount, 1h)"), FeatureKey::new("é\"")];
+        let features = [(&keys[0], 3.0), (&keys[1], f64::NAN), (&keys[2], -0.5)];
         for (id, features) in [("tx-1", &features[..]), ("odd \"id\" \\ \u{1}", &[][..])] {
             let d = Decision {
                 id,
@@ -314,6 +347,22 @@ mod tests {
             let mut got = Vec::new();
             d.write_json_line(&mut got);
             assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_feature_value_is_written_as_serde_json_writes_it(
+            whole in -(1i64 << 60)..(1 << 60),
+            any in proptest::num::f64::ANY,
+            small in -1e6f64..1e6,
+        ) {
+            let edges = [-0.0, 0.0, 1e15, -1e15, 1e15 - 1.0, 1e16, -1e16, 2e16, f64::INFINITY];
+            for v in [whole as f64, (whole >> 10) as f64, any, small, small.trunc()].into_iter().chain(edges) {
+                let mut got = Vec::new();
+                json_f64(&mut got, v);
+                proptest::prop_assert_eq!(String::from_utf8_lossy(&got), serde_json::to_string(&v).expect("f64"), "{:?}", v);
+            }
         }
     }
 

@@ -803,7 +803,7 @@ impl Worker {
         let mut outcomes = Vec::new();
         // (name, catalog index) of the features live rules read; worker-local
         // names so records do not touch shared reference counts.
-        let mut used: Vec<(Arc<str>, usize)> = Vec::new();
+        let mut used: Vec<(decide::FeatureKey, usize)> = Vec::new();
         let mut used_generation = u64::MAX;
         // Bytes per decision record in the last batch: each batch's buffer
         // is sized from it, so it is not grown (and copied) as it fills.
@@ -854,7 +854,7 @@ impl Worker {
                             .evaluator
                             .used_features()
                             .into_iter()
-                            .filter_map(|i| names.get(i).map(|f| (Arc::from(&*f.name), i)))
+                            .filter_map(|i| names.get(i).map(|f| (decide::FeatureKey::new(&f.name), i)))
                             .collect();
                         used_generation = self.evaluator.generation();
                     }
@@ -985,8 +985,8 @@ impl Worker {
     fn decide<'u>(
         &mut self,
         job: &Job,
-        used: &'u [(Arc<str>, usize)],
-        record_features: &mut Vec<(&'u str, f64)>,
+        used: &'u [(decide::FeatureKey, usize)],
+        record_features: &mut Vec<(&'u decide::FeatureKey, f64)>,
         encoded: &mut Vec<u8>,
         outcomes: &mut Vec<decide::RuleOutcome>,
         out: &mut Output,
@@ -1006,7 +1006,7 @@ impl Worker {
         let values = self.features.compute(p);
         self.evaluator.evaluate(encoded, values, outcomes);
         record_features.clear();
-        record_features.extend(used.iter().map(|(name, i)| (&**name, values[*i])));
+        record_features.extend(used.iter().map(|(key, i)| (key, values[*i])));
         let (action, score, reasons) = decide::combine(outcomes);
         let record = Decision {
             id: &p.id,
