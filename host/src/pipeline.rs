@@ -801,8 +801,9 @@ impl Worker {
         }
         let mut encoded = Vec::with_capacity(1024);
         let mut outcomes = Vec::new();
-        // (name, catalog index) of the features live rules read; worker-local
-        // names so records do not touch shared reference counts.
+        // (name with its rendered JSON key, catalog index) of the features
+        // live rules read; worker-local, so records touch no shared
+        // reference counts.
         let mut used: Vec<(decide::FeatureKey, usize)> = Vec::new();
         let mut used_generation = u64::MAX;
         // Bytes per decision record in the last batch: each batch's buffer
