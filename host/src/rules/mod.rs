@@ -765,6 +765,9 @@ impl Evaluator {
                         Some(i) => std::mem::take(&mut old[i].state),
                         None => self.parked.remove(&*rule.name).unwrap_or_default(),
                     };
+                    // Taken in a statement of its own, so the lock is not
+                    // held while an instance is made below.
+                    let spare = lock(&rule.spares).pop();
                     Slot {
                         label: Arc::new(crate::decide::RuleLabel {
                             rule: rule.name.to_string().into(),
@@ -782,7 +785,7 @@ impl Evaluator {
                         // Made when the rule loaded, else now rather than at
                         // the first call; a failure is retried, and
                         // accounted for, at the call.
-                        instance: lock(&rule.spares).pop().or_else(|| rule.instantiate(&self.registry.sandbox).ok()),
+                        instance: spare.or_else(|| rule.instantiate(&self.registry.sandbox).ok()),
                         rule: rule.clone(),
                         state,
                     }
