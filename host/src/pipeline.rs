@@ -460,6 +460,7 @@ impl Pipeline {
                 catalog: catalog.clone(),
                 // Done well before the next barrier.
                 drain_within: interval / 2,
+                clock: decide::WallClock::new(),
             };
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, restore))?);
         }
@@ -771,6 +772,8 @@ struct Worker {
     catalog: Arc<Catalog>,
     /// The longest time a checkpoint's feature state is spread over.
     drain_within: Duration,
+    /// Stamps decisions; anchored to the system clock at each batch.
+    clock: decide::WallClock,
 }
 
 impl Worker {
@@ -842,6 +845,7 @@ impl Worker {
                     // to the catalog before it goes live, so the engine then
                     // sees it too.
                     let start = Instant::now();
+                    self.clock = decide::WallClock::new();
                     if self.evaluator.refresh() {
                         let us = start.elapsed().as_micros() as u64;
                         self.counters.rule_swap_max_us.fetch_max(us, Ordering::Relaxed);
@@ -1018,7 +1022,7 @@ impl Worker {
             features: FeatureValues(record_features),
             event_ts_ms: p.ts_ms,
             ingested_at_us: job.ingested_at_us,
-            decided_at_us: now_us(),
+            decided_at_us: self.clock.now_us(),
         };
         let start = out.decisions.len();
         record.write_json_line(&mut out.decisions);
