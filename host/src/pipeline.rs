@@ -38,7 +38,7 @@ use crate::decode::{self, DecodeError, Decoder};
 use crate::event::Payment;
 use crate::features::{Catalog, FeatureEngine};
 use crate::partition::Partitioner;
-use crate::rules::{Evaluator, RuleRegistry};
+use crate::rules::{self, Evaluator, RuleRegistry};
 use crate::sinks::{self, Sink};
 use crate::sources::{PartitionState, Rebalance, Record, Source};
 use crate::state::{Checkpoint, Durable, FeatureDelta, RuleStateDelta};
@@ -802,7 +802,10 @@ impl Worker {
                 tracing::error!(worker = self.index, error = %e, "cannot restore window state");
             }
         }
-        let mut encoded = Vec::with_capacity(1024);
+        // The batch's events as the rules take them, the job each came
+        // from, and each one's rule outcomes.
+        let mut batch = rules::Batch::default();
+        let mut in_batch = Vec::new();
         let mut outcomes = Vec::new();
         // (name with its rendered JSON key, catalog index) of the features
         // live rules read; worker-local, so records touch no shared
@@ -866,8 +869,11 @@ impl Worker {
                     out.decisions.reserve(jobs.len() * (record_bytes + record_bytes / 8));
                     let mut record_features = Vec::with_capacity(used.len());
                     self.features.prefetch(jobs.iter().map(|j| &j.payment));
-                    for job in &jobs {
-                        self.decide(job, &used, &mut record_features, &mut encoded, &mut outcomes, &mut out);
+                    self.prepare(&jobs, &mut batch, &mut in_batch, &mut out);
+                    self.evaluator.evaluate(&batch, &mut outcomes);
+                    for (i, &j) in in_batch.iter().enumerate() {
+                        let job = &jobs[j];
+                        self.record(job, &used, &mut record_features, batch.values(i), &outcomes[i], &mut out);
                     }
                     if out.decision_count > 0 {
                         record_bytes = out.decisions.len() / out.decision_count as usize;
@@ -987,29 +993,40 @@ impl Worker {
         }
     }
 
-    fn decide<'u>(
-        &mut self,
+    /// Encodes each job's event for the rules and computes its features,
+    /// in order, into `batch`; `in_batch` gets the job of each event there.
+    fn prepare(&mut self, jobs: &[Job], batch: &mut rules::Batch, in_batch: &mut Vec<usize>, out: &mut Output) {
+        batch.clear();
+        in_batch.clear();
+        for (j, job) in jobs.iter().enumerate() {
+            let p = &job.payment;
+            self.features.set_partition(job.partition);
+            self.windows.set_partition(job.partition);
+            if let Err(e) = p.encode(batch.buffer()) {
+                // Validation limits keep events far below the layout's
+                // limits, so this is a bug; the event still is accounted for.
+                tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
+                out.encode_failure(&p.id, &e.to_string());
+                continue;
+            }
+            self.windows.add(p, |l| out.late(&l));
+            batch.push(job.partition, self.features.compute(p));
+            in_batch.push(j);
+        }
+    }
+
+    /// Combines an event's rule outcomes into its decision and writes the
+    /// audit record.
+    fn record<'u>(
+        &self,
         job: &Job,
         used: &'u [(decide::FeatureKey, usize)],
         record_features: &mut Vec<(&'u decide::FeatureKey, f64)>,
-        encoded: &mut Vec<u8>,
-        outcomes: &mut Vec<decide::RuleOutcome>,
+        values: &[f64],
+        outcomes: &[decide::RuleOutcome],
         out: &mut Output,
     ) {
         let p = &job.payment;
-        self.features.set_partition(job.partition);
-        self.evaluator.set_partition(job.partition);
-        self.windows.set_partition(job.partition);
-        if let Err(e) = p.encode(encoded) {
-            // Validation limits keep events far below the layout's limits,
-            // so this is a bug; the event still is accounted for.
-            tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
-            out.encode_failure(&p.id, &e.to_string());
-            return;
-        }
-        self.windows.add(p, |l| out.late(&l));
-        let values = self.features.compute(p);
-        self.evaluator.evaluate(encoded, values, outcomes);
         record_features.clear();
         record_features.extend(used.iter().map(|(key, i)| (key, values[*i])));
         let (action, score, reasons) = decide::combine(outcomes);

@@ -60,3 +60,43 @@ fn a_natively_linked_rule_keeps_keyed_state_as_its_wasm_build() {
     assert_eq!(wasm, [json!("allow"), json!("allow"), json!("review"), json!("allow")], "wasm build");
     assert_eq!(actions(true), wasm, "native build");
 }
+
+/// Counts an account's payments in its keyed state, and panics, before
+/// touching the state, on a payment with the attribute `boom`.
+mod counter {
+    use vigil_sdk::prelude::*;
+
+    #[rule(name = "counter", fields(account, attrs))]
+    fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
+        assert!(tx.attr("boom").is_none(), "told to fail");
+        let n = ctx.state_get_i64(tx.account()).unwrap_or(0) + 1;
+        ctx.state_put_i64(tx.account(), n);
+        Decision::allow().score(n as i32)
+    }
+}
+
+/// A failed call replaces the rule's instance; the keyed state the rule
+/// built up until then carries over to the new one, in the same batch.
+#[test]
+fn a_rule_failing_mid_batch_keeps_its_keyed_state() {
+    let env = Env::new();
+    let payment = |id: &str, boom: bool| {
+        let mut p = serde_json::from_str::<Value>(&login(id, "d1")).expect("json");
+        if boom {
+            p["attrs"] = json!({ "boom": "1" });
+        }
+        p.to_string()
+    };
+    let ids = ["a", "b", "c", "x", "d", "y", "e"];
+    env.append_lines(&ids.map(|id| payment(id, id == "x" || id == "y")));
+    let overrides = vigil::app::Overrides { native_rules: vec![counter::RULE], ..Default::default() };
+    try_run_with(env.config(false), overrides).expect("vigil run");
+    let outcome = |id: &str| decision_for(&env.decisions(), id).expect("decided")["rules"][0].clone();
+    for (id, n) in [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)] {
+        assert_eq!(outcome(id)["score"], n, "{id}: the count goes on across the failures");
+    }
+    for id in ["x", "y"] {
+        let error = outcome(id)["error"].as_str().map(str::to_owned).unwrap_or_default();
+        assert!(error.contains("told to fail"), "{id}: {error}");
+    }
+}

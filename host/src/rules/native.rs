@@ -79,6 +79,11 @@ impl NativeInstance {
         Ok(CallResult { action: decision.action, score: decision.score, reasons })
     }
 
+    /// Sets the input partition of the events that follow.
+    pub fn set_partition(&mut self, partition: u32) {
+        self.state.set_partition(partition);
+    }
+
     /// Lends a rule's keyed state to the instance for the next calls.
     pub fn lend_state(&mut self, state: RuleState) {
         self.state = state;

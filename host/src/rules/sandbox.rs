@@ -692,6 +692,12 @@ impl RuleInstance {
         Ok(())
     }
 
+    /// Sets the input partition of the events that follow (see
+    /// [`RuleState::set_partition`]).
+    pub fn set_partition(&mut self, partition: u32) {
+        self.store.data_mut().rule_state.set_partition(partition);
+    }
+
     /// Lends a rule's keyed state to the instance for the next calls.
     pub fn lend_state(&mut self, state: RuleState) {
         self.store.data_mut().rule_state = state;
