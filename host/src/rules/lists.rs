@@ -18,12 +18,14 @@ pub struct List {
     /// foldhash rather than std's SipHash: a look-up is a few nanoseconds
     /// instead of tens. Events only look values up; the table is built from
     /// the list file, so crafted values cannot lengthen its probe chains.
-    values: ArcSwap<HashSet<Box<str>>>,
+    /// Held as bytes, so a rule's value is looked up as it comes, without
+    /// checking it is UTF-8 first (a value that is not matches no entry).
+    values: ArcSwap<HashSet<Box<[u8]>>>,
 }
 
 impl List {
     /// Whether the list holds `value`.
-    pub fn contains(&self, value: &str) -> bool {
+    pub fn contains(&self, value: &[u8]) -> bool {
         self.values.load().contains(value)
     }
 
@@ -118,7 +120,7 @@ impl Lists {
     }
 }
 
-fn read_list(name: &str, cfg: &ListConfig, tokenizer: &Tokenizer) -> Result<HashSet<Box<str>>, ListError> {
+fn read_list(name: &str, cfg: &ListConfig, tokenizer: &Tokenizer) -> Result<HashSet<Box<[u8]>>, ListError> {
     let read_err = |source| ListError::Read { name: name.to_owned(), path: cfg.path.clone(), source };
     let text = std::fs::read_to_string(&cfg.path).map_err(read_err)?;
     parse_list(name, &cfg.path, &text, cfg.kind, tokenizer)
@@ -130,7 +132,7 @@ fn parse_list(
     text: &str,
     kind: ListKind,
     tokenizer: &Tokenizer,
-) -> Result<HashSet<Box<str>>, ListError> {
+) -> Result<HashSet<Box<[u8]>>, ListError> {
     let mut values = HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let entry = line.split('#').next().unwrap_or("").trim();
@@ -148,7 +150,7 @@ fn parse_list(
                 tokenizer.token(&digits)
             }
         };
-        values.insert(value.into_boxed_str());
+        values.insert(value.into_bytes().into_boxed_slice());
     }
     Ok(values)
 }
@@ -162,8 +164,8 @@ mod tests {
         let t = Tokenizer::new(b"list-test-key-0123");
         let set = parse_list("c", Path::new("c.txt"), "# bad cards\n4111 1111 1111 1111\n\n", ListKind::Card, &t)
             .expect("parses");
-        assert!(set.contains(t.token("4111111111111111").as_str()));
-        assert!(!set.iter().any(|v| v.contains("4111")));
+        assert!(set.contains(t.token("4111111111111111").as_bytes()));
+        assert!(!set.iter().any(|v| v.windows(4).any(|w| w == b"4111")));
     }
 
     #[test]
@@ -180,6 +182,6 @@ mod tests {
         let set = parse_list("p", Path::new("p.txt"), "dev-1 # seen in fraud ring\n  dev-2\n#x\n", ListKind::Plain, &t)
             .expect("parses");
         assert_eq!(set.len(), 2);
-        assert!(set.contains("dev-1") && set.contains("dev-2"));
+        assert!(set.contains(&b"dev-1"[..]) && set.contains(&b"dev-2"[..]));
     }
 }

@@ -34,7 +34,7 @@ struct Bridge<'a> {
 
 impl Host for Bridge<'_> {
     fn list_contains(&self, list: usize, value: &str) -> bool {
-        self.lists.get(list).is_some_and(|l| l.contains(value))
+        self.lists.get(list).is_some_and(|l| l.contains(value.as_bytes()))
     }
     fn state_get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.state.borrow().get(key).map(<[u8]>::to_vec)

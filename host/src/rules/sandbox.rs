@@ -456,10 +456,7 @@ fn list_contains(mut caller: Caller<'_, HostState>, list: i32, ptr: i32, len: i3
     let Some(list) = state.lists.get(list as u32 as usize) else {
         wasmtime::bail!("list_contains: no list with index {list}");
     };
-    let Ok(value) = std::str::from_utf8(bytes) else {
-        return Ok(0);
-    };
-    Ok(i32::from(list.contains(value)))
+    Ok(i32::from(list.contains(bytes)))
 }
 
 /// `vigil::state_get(key_ptr, key_len, out_ptr, out_cap) -> i32`.
