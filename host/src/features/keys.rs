@@ -43,16 +43,24 @@ impl<S: Default> KeyTable<S> {
     }
 
     /// Starts loading the state of the key with `hash` into the cache, if
-    /// held, without waiting for it. The look-up itself reads the index
-    /// and the slot's first line; the rest of the slot is prefetched.
+    /// held, without waiting for it.
+    ///
+    /// The slot taken is the first the index offers for the hash, without
+    /// comparing the hash stored in it: that comparison would wait for the
+    /// very line being prefetched (it was most of a batch's prefetch pass).
+    /// A wrong guess, when another key's index byte matches too, only loads
+    /// a line for nothing.
     pub fn prefetch(&self, hash: u64) {
-        if let Some(slot) = self.find(hash) {
-            let entry = &self.slots[slot as usize];
-            let start = std::ptr::from_ref(entry).cast::<u8>();
-            for line in (64..size_of::<(u64, S)>()).step_by(64) {
-                prefetch(start.wrapping_add(line));
+        let slots = &self.slots;
+        let _ = self.index.find(hash, |&s| {
+            if let Some(entry) = slots.get(s as usize) {
+                let start = std::ptr::from_ref(entry).cast::<u8>();
+                for line in (0..size_of::<(u64, S)>()).step_by(64) {
+                    prefetch(start.wrapping_add(line));
+                }
             }
-        }
+            true
+        });
     }
 
     /// The slot and state of the key with `hash`, a fresh default state
