@@ -740,6 +740,8 @@ pub struct Evaluator {
     parked: BTreeMap<String, RuleState>,
     /// The input partition of the events being decided.
     partition: u32,
+    /// Times each call from the CPU's time-stamp counter.
+    clock: quanta::Clock,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -751,7 +753,14 @@ impl std::fmt::Debug for Evaluator {
 impl Evaluator {
     /// A runner that follows `registry`'s live rule set.
     pub fn new(registry: Arc<RuleRegistry>) -> Self {
-        let mut e = Self { registry, generation: u64::MAX, slots: Vec::new(), parked: BTreeMap::new(), partition: 0 };
+        let mut e = Self {
+            registry,
+            generation: u64::MAX,
+            slots: Vec::new(),
+            parked: BTreeMap::new(),
+            partition: 0,
+            clock: quanta::Clock::new(),
+        };
         e.refresh();
         e
     }
@@ -892,13 +901,14 @@ impl Evaluator {
                 instance.lend_state(std::mem::take(&mut slot.state));
             }
             // One clock read per call: each call ends where the next
-            // starts. The time-stamp counter, as `quanta` reads it, costs a
-            // third of the system's monotonic clock here (10 against 23 ns).
-            let mut start = quanta::Instant::now();
+            // starts. The time-stamp counter, read raw and scaled only for
+            // the difference, costs 10 ns a read here against 23 ns for the
+            // system's monotonic clock.
+            let mut start = self.clock.raw();
             for (i, outcomes) in out[..batch.len()].iter_mut().enumerate() {
                 let result = slot.call(&self.registry, batch, i);
-                let end = quanta::Instant::now();
-                let latency_ns = end.saturating_duration_since(start).as_nanos() as u64;
+                let end = self.clock.raw();
+                let latency_ns = self.clock.delta_as_nanos(start, end);
                 start = end;
                 let rule = &slot.rule;
                 let outcome = match result {
