@@ -75,7 +75,8 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    const ALL: [Pattern; 4] =
+    /// Every pattern, in the order [`GenSummary::patterns`] counts them.
+    pub const ALL: [Pattern; 4] =
         [Pattern::CardTesting, Pattern::AccountTakeover, Pattern::Structuring, Pattern::VelocitySpike];
 }
 

@@ -588,7 +588,7 @@ impl SourceRun {
         // input does not write the same checkpoint again and again.
         let mut changed = false;
         loop {
-            records.clear();
+            self.source.recycle(&mut records);
             let more = self.source.next_batch(&mut records, self.batch_size, cancel)?;
             counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
             let now = now_us();

@@ -738,7 +738,7 @@ pub struct Evaluator {
     /// Keyed state of rules not loaded now, kept for when they come back
     /// (and still checkpointed).
     parked: BTreeMap<String, RuleState>,
-    /// The input partition of the events being decided.
+    /// The input partition restored entries are loaded as.
     partition: u32,
     /// Times each call from the CPU's time-stamp counter.
     clock: quanta::Clock,
@@ -854,8 +854,8 @@ impl Evaluator {
         state.restore(key, value, changed);
     }
 
-    /// Sets the input partition of the events that follow: the keyed state
-    /// rules write is then that partition's.
+    /// Sets the input partition that [`Evaluator::restore_state`] loads
+    /// entries as. (Events carry their own: see [`Batch::push`].)
     pub fn set_partition(&mut self, partition: u32) {
         self.partition = partition;
     }

@@ -27,6 +27,10 @@ pub struct FileSource {
     /// the line being read: one buffer reused for every line, so each
     /// record is allocated once at its final size.
     partial: Vec<u8>,
+    /// Line buffers of records the pipeline is done with (see
+    /// [`Source::recycle`]), to copy the next lines into: a batch then
+    /// allocates and frees nothing per line.
+    spare: Vec<String>,
 }
 
 impl FileSource {
@@ -67,6 +71,7 @@ impl FileSource {
             line_no: at.line_no,
             offset: at.offset,
             partial: Vec::with_capacity(1024),
+            spare: Vec::new(),
         })
     }
 
@@ -80,7 +85,8 @@ impl FileSource {
         }
         // Blank lines are not events: skipped, not dead-lettered.
         if !line.trim_ascii().is_empty() {
-            batch.push(Record::from_bytes(line.to_vec(), self.line_no, 0));
+            let buffer = self.spare.pop().unwrap_or_default();
+            batch.push(Record::copied_into(buffer, line, self.line_no, 0));
         }
         self.partial.clear();
     }
@@ -133,6 +139,17 @@ impl Source for FileSource {
     fn position(&self) -> Position {
         Position { offset: self.offset, line_no: self.line_no }
     }
+
+    fn recycle(&mut self, batch: &mut Vec<Record>) {
+        // Enough for the next batch; a line far longer than the rest does
+        // not keep its buffer.
+        const KEEP: usize = 4096;
+        for record in batch.drain(..) {
+            if self.spare.len() < KEEP && record.line.capacity() <= 4 * 1024 {
+                self.spare.push(record.line);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +186,30 @@ mod tests {
         let e = FileSource::open_at(f.path(), false, Duration::from_millis(1), Position { offset: 999, line_no: 9 })
             .expect_err("past the end");
         assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn recycled_buffers_carry_only_their_new_line() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        let lines = ["a long first line", "b", "a line \u{e9}", "x", "another long line", "y"];
+        for l in lines {
+            writeln!(f, "{l}").expect("write");
+        }
+        f.write_all(b"bad \xff byte\n").expect("write");
+        let mut src = FileSource::open(f.path(), false, Duration::from_millis(1)).expect("open");
+        let cancel = CancellationToken::new();
+        let mut batch = Vec::new();
+        let mut got = Vec::new();
+        while src.next_batch(&mut batch, 2, &cancel).expect("read") || !batch.is_empty() {
+            got.extend(batch.iter().map(|r| (r.line.clone(), r.not_utf8_at)));
+            let before = src.spare.len();
+            src.recycle(&mut batch);
+            assert!(batch.is_empty());
+            assert!(src.spare.len() > before || got.len() == lines.len() + 1, "buffers kept for reuse");
+        }
+        let mut want: Vec<_> = lines.iter().map(|l| (l.to_string(), None)).collect();
+        want.push(("bad \u{fffd} byte".to_string(), Some(4)));
+        assert_eq!(got, want);
     }
 
     #[test]

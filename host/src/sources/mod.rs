@@ -30,6 +30,22 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of `bytes` copied into `line` (emptied first), which should
+    /// be UTF-8; see [`Record::not_utf8_at`] for those that are not.
+    pub fn copied_into(mut line: String, bytes: &[u8], line_no: u64, partition: u32) -> Self {
+        line.clear();
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                line.push_str(text);
+                Self { line, line_no, partition, not_utf8_at: None }
+            }
+            Err(e) => {
+                line.push_str(&String::from_utf8_lossy(bytes));
+                Self { line, line_no, partition, not_utf8_at: Some(e.valid_up_to()) }
+            }
+        }
+    }
+
     /// A record of raw bytes, which should be UTF-8; see
     /// [`Record::not_utf8_at`] for those that are not.
     pub fn from_bytes(bytes: Vec<u8>, line_no: u64, partition: u32) -> Self {
@@ -155,6 +171,12 @@ pub trait Source: Send {
     /// [`SourceError`] when the source cannot resume.
     fn unstalled(&mut self) -> Result<(), SourceError> {
         Ok(())
+    }
+
+    /// Empties `batch`, whose records are done with; a source may keep
+    /// their buffers to read the next records into.
+    fn recycle(&mut self, batch: &mut Vec<Record>) {
+        batch.clear();
     }
 }
 
