@@ -286,8 +286,8 @@ pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, smallvec::SmallVec<[&s
 
 /// Wall-clock time read through the CPU's time-stamp counter (`quanta`): a
 /// read costs 10 ns here against 23 ns for the system clock. It is anchored
-/// to the system clock when made; a worker makes one per batch, so it
-/// drifts from it by no more than a batch's worth of time could.
+/// to the system clock when made, and a worker makes one per batch, so the
+/// two can only drift apart over the length of a batch.
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {
     anchor_us: i64,

@@ -24,8 +24,8 @@ pub struct FileSource {
     /// Bytes of the lines handed out (or skipped as blank).
     offset: u64,
     /// A line read without its newline yet (the writer is mid-line), or
-    /// the line being read: one buffer reused for every line, so each
-    /// record is allocated once at its final size.
+    /// the line being read: one buffer reused for every line, copied into
+    /// the record's own buffer once the line is whole.
     partial: Vec<u8>,
     /// Line buffers of records the pipeline is done with (see
     /// [`Source::recycle`]), to copy the next lines into: a batch then
