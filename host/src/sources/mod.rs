@@ -33,17 +33,13 @@ impl Record {
     /// A record of `bytes` copied into `line` (emptied first), which should
     /// be UTF-8; see [`Record::not_utf8_at`] for those that are not.
     pub fn copied_into(mut line: String, bytes: &[u8], line_no: u64, partition: u32) -> Self {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            // Rare: not worth a reused buffer.
+            return Self::from_bytes(bytes.to_vec(), line_no, partition);
+        };
         line.clear();
-        match std::str::from_utf8(bytes) {
-            Ok(text) => {
-                line.push_str(text);
-                Self { line, line_no, partition, not_utf8_at: None }
-            }
-            Err(e) => {
-                line.push_str(&String::from_utf8_lossy(bytes));
-                Self { line, line_no, partition, not_utf8_at: Some(e.valid_up_to()) }
-            }
-        }
+        line.push_str(text);
+        Self { line, line_no, partition, not_utf8_at: None }
     }
 
     /// A record of raw bytes, which should be UTF-8; see
