@@ -19,7 +19,20 @@
 //!    error message in the output buffer;
 //! 5. per event, copies the encoded event ([`event`]) into the input buffer and
 //!    calls [`exports::EVALUATE`]`(len) -> i64`, a packed [`Outcome`] whose
-//!    reason codes, if any, are in the output buffer separated by `\n`.
+//!    reason codes, if any, are in the output buffer separated by `\n`;
+//! 6. or, when the module exports [`exports::EVALUATE_BATCH`], copies several
+//!    encoded events into the input buffer behind a table of where each one
+//!    lies ([`batch`]) and calls `EVALUATE_BATCH(count) -> i32`. The guest
+//!    evaluates them in order and reports each outcome through the import
+//!    [`imports::OUTCOME`] before it starts the next event, then returns
+//!    `count`.
+//!
+//! A batch call keeps every per-event guarantee of step 5: each event starts
+//! with the full CPU budget (the host resets it when the guest reports the
+//! previous outcome), and a trap fails only the event being evaluated; the
+//! host has the outcomes of those before it and carries on after it with a
+//! new instance. What it saves is the entry into and exit from the sandbox
+//! for all but one event of the batch, the largest fixed cost of a rule call.
 //!
 //! A rule may import only the functions listed in [`imports`], from module
 //! [`imports::MODULE`].
@@ -33,6 +46,7 @@
 //! fixed-offset load; there is no parsing, no allocation and no per-rule
 //! serialisation on the hot path.
 
+pub mod batch;
 pub mod event;
 pub mod manifest;
 pub mod params;
@@ -71,6 +85,10 @@ pub mod exports {
     pub const CONFIGURE: &str = "vigil_configure";
     /// `(len: i32) -> i64`: evaluate the event in the input buffer; a packed outcome.
     pub const EVALUATE: &str = "vigil_evaluate";
+    /// `(count: i32) -> i32`, optional: evaluate the `count` events laid out
+    /// in the input buffer as [`super::batch`] describes, reporting each
+    /// outcome through [`super::imports::OUTCOME`]; returns `count`.
+    pub const EVALUATE_BATCH: &str = "vigil_evaluate_batch";
     /// The exported linear memory.
     pub const MEMORY: &str = "memory";
 }
@@ -92,6 +110,10 @@ pub mod imports {
     /// when the key or value is over [`super::STATE_MAX_KEY`] /
     /// [`super::STATE_MAX_VALUE`] or the rule holds too many keys.
     pub const STATE_PUT: &str = "state_put";
+    /// `(index: i32, outcome: i64)`: during [`super::exports::EVALUATE_BATCH`],
+    /// event `index`'s packed [`super::Outcome`], with its reason codes in
+    /// the output buffer. Events are reported in order, each exactly once.
+    pub const OUTCOME: &str = "outcome";
 }
 
 /// What a rule decided for one event.

@@ -111,17 +111,38 @@ pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<ParamVal
 pub fn evaluate(rule: &Rule, len: i32) -> i64 {
     STATE.with_borrow(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
-        let tx = Payment::from_bytes(&st.input[..len]);
-        let lists = Lists::Host { names: rule.manifest.lists };
-        let m = &rule.manifest;
-        let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);
-        let decision = (rule.evaluate)(&tx, &ctx);
-        let mut reasons_len = 0;
-        if !decision.reasons.is_empty() {
-            reasons_len = write_reasons(decision.reasons.iter());
-        }
-        Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
+        evaluate_one(rule, st, &st.input[..len])
     })
+}
+
+/// Evaluates the `count` events of the input buffer's batch table in order,
+/// handing each outcome to the host before the next event; returns the
+/// number evaluated. An entry outside the buffer ends the batch early, which
+/// the host reports as the module's fault.
+pub fn evaluate_batch(rule: &Rule, count: i32) -> i32 {
+    STATE.with_borrow(|st| {
+        let count = usize::try_from(count).unwrap_or(0);
+        for i in 0..count {
+            let Some(event) = vigil_abi::batch::event(&st.input, i) else {
+                return i as i32;
+            };
+            host_outcome(i, evaluate_one(rule, st, event));
+        }
+        count as i32
+    })
+}
+
+fn evaluate_one(rule: &Rule, st: &State, event: &[u8]) -> i64 {
+    let tx = Payment::from_bytes(event);
+    let lists = Lists::Host { names: rule.manifest.lists };
+    let m = &rule.manifest;
+    let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);
+    let decision = (rule.evaluate)(&tx, &ctx);
+    let mut reasons_len = 0;
+    if !decision.reasons.is_empty() {
+        reasons_len = write_reasons(decision.reasons.iter());
+    }
+    Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
 }
 
 /// Writes `\n`-separated codes, dropping whole codes that do not fit.
@@ -199,6 +220,23 @@ pub(crate) fn host_list_contains(index: usize, value: &str) -> bool {
 pub(crate) fn host_list_contains(_index: usize, _value: &str) -> bool {
     // Native builds only run rules through `testing`, which uses local lists.
     false
+}
+
+#[cfg(target_arch = "wasm32")]
+#[link(wasm_import_module = "vigil")]
+unsafe extern "C" {
+    fn outcome(index: i32, outcome: i64);
+}
+
+#[cfg(target_arch = "wasm32")]
+fn host_outcome(index: usize, packed: i64) {
+    // SAFETY: the host only reads the reason codes from the output buffer.
+    unsafe { outcome(index as i32, packed) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn host_outcome(_index: usize, _packed: i64) {
+    // Native builds never run a batch call: the host calls them per event.
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -4,19 +4,22 @@
 //! Run: `cargo bench -p vigil --bench rule_call` (after `just rules`).
 //! The wasm figure is the whole host-side call: copying the event into the
 //! guest with undeclared fields blanked, setting the CPU deadline, the call
-//! itself and reading the outcome. Encoding the event is measured apart,
-//! since it is done once per event for all rules.
+//! itself and reading the outcome. "per event in batches" is the same per
+//! event when a batch of 256 goes through batch calls, as the pipeline makes
+//! them; it includes the clock read that times each event, which the single
+//! call leaves to its caller. Encoding the event is measured apart, since it
+//! is done once per event for all rules.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vigil::config::{Config, ListConfig, ListKind};
 use vigil::decode::Tokenizer;
 use vigil::event::{Card, Payment};
 use vigil::rules::lists::Lists;
-use vigil::rules::{Loader, module_hash};
+use vigil::rules::{Batch, Loader, Results, module_hash};
 use vigil_abi::{Channel, Country, Kind};
 use vigil_sdk::testing::{PaymentBuilder, Prepared, TestContext};
 
@@ -54,6 +57,32 @@ fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
         .ip("198.51.100.7")
         .geo_country("RO")
         .build()
+}
+
+/// Events in one batch call, as a worker's batch holds.
+const BATCH: usize = 256;
+
+/// `n` copies of an encoded event, with no feature values.
+fn batch_of(encoded: &[u8], n: usize) -> Batch {
+    let mut batch = Batch::default();
+    for _ in 0..n {
+        let buf = batch.buffer();
+        buf.clear();
+        buf.extend_from_slice(encoded);
+        batch.push(0, &[]);
+    }
+    batch
+}
+
+/// Times `run` over a batch of [`BATCH`] events, reported per event.
+fn per_event(b: &mut criterion::Bencher<'_>, mut run: impl FnMut() -> Result<(), vigil::rules::RuleError>) {
+    b.iter_custom(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            run().expect("batch call");
+        }
+        t.elapsed() / BATCH as u32
+    });
 }
 
 fn bench(c: &mut Criterion) {
@@ -94,7 +123,15 @@ fn bench(c: &mut Criterion) {
     let manifest =
         r#"{"abi":1,"name":"floor","version":"0","fields":["amount","currency"],"params":[],"lists":[],"features":[]}"#;
     let floor = wat::parse_str(format!(
-        r#"(module (memory (export "memory") 1)
+        r#"(module (import "vigil" "outcome" (func $outcome (param i32 i64)))
+            (memory (export "memory") 1)
+            (func (export "vigil_evaluate_batch") (param $n i32) (result i32) (local $i i32)
+                (block $done (loop $next
+                    (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+                    (call $outcome (local.get $i) (i64.const 0))
+                    (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br $next)))
+                (local.get $n))
             (data (i32.const 16) "{}")
             (func (export "vigil_abi_version") (result i32) i32.const 1)
             (func (export "vigil_manifest") (result i64) i64.const {})
@@ -111,6 +148,14 @@ fn bench(c: &mut Criterion) {
     let mut instance = loaded.instantiate(&sandbox).expect("instance");
     c.bench_function("abi floor: empty rule, 2 fields", |b| {
         b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
+    });
+    let batch = batch_of(&encoded, BATCH);
+    let mut results = Results::new(quanta::Clock::new());
+    c.bench_function("abi floor: empty rule, 2 fields, per event in batches", |b| {
+        per_event(b, || {
+            results.clear();
+            instance.call_batch(black_box(&batch), 0, &loaded.projection, &[], &mut results)
+        })
     });
 
     let native_tx = native_payment(&tokenizer);
@@ -144,6 +189,12 @@ fn bench(c: &mut Criterion) {
         group.bench_function("native", |b| b.iter(|| black_box(prepared.run())));
         group.bench_function("wasm", |b| {
             b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
+        });
+        group.bench_function("wasm, per event in batches", |b| {
+            per_event(b, || {
+                results.clear();
+                instance.call_batch(black_box(&batch), 0, &loaded.projection, &loaded.features, &mut results)
+            })
         });
         // The same crate linked in, called as the pipeline calls a rule: the
         // host's share of a call without the sandbox.

@@ -109,6 +109,21 @@ fn rss_bytes() -> u64 {
 }
 
 /// Median over 7 batches of ns per call of `f`, each batch about `batch` long.
+/// Events in one batch of row 1, as a worker's batch holds.
+const RULE_BATCH: usize = 256;
+
+/// `n` copies of an encoded event, each with every catalog feature's value.
+fn batch_of(encoded: &[u8], values: &[f64], n: usize) -> vigil::rules::Batch {
+    let mut batch = vigil::rules::Batch::default();
+    for _ in 0..n {
+        let buf = batch.buffer();
+        buf.clear();
+        buf.extend_from_slice(encoded);
+        batch.push(0, values);
+    }
+    batch
+}
+
 fn ns_per_call(batch: Duration, mut f: impl FnMut()) -> f64 {
     let mut iters = 1u64;
     loop {
@@ -470,7 +485,28 @@ fn main() {
         let native = ns_per_call(sizes.batch, || {
             let _ = black_box(prepared.run());
         });
+        // As the pipeline calls a rule: the events of a batch, several to a
+        // call into the sandbox.
+        let values: Vec<f64> = catalog
+            .snapshot()
+            .iter()
+            .map(|f| feature_values.iter().find(|(n, _)| *n == f.spec.to_string()).map_or(0.0, |(_, v)| *v))
+            .collect();
+        let batch = batch_of(&encoded, &values, RULE_BATCH);
+        let mut results = vigil::rules::Results::new(quanta::Clock::new());
+        instance.call_batch(&batch, 0, &loaded.projection, &loaded.features, &mut results).expect("batch call");
+        assert!(results.calls.iter().all(|r| r.action == wasm_out.action), "{file}: batch and single calls disagree");
         let wasm = ns_per_call(sizes.batch, || {
+            results.clear();
+            let _ = black_box(instance.call_batch(
+                black_box(&batch),
+                0,
+                &loaded.projection,
+                &loaded.features,
+                &mut results,
+            ));
+        }) / RULE_BATCH as f64;
+        let single = ns_per_call(sizes.batch, || {
             let _ = black_box(instance.call(black_box(&encoded), &loaded.projection, &features));
         });
         overheads.push(wasm - native);
@@ -488,14 +524,22 @@ fn main() {
         let linked_out = linked_instance.call(&encoded, &linked.projection, &features).expect("native call");
         assert_eq!(linked_out.action, wasm_out.action, "{file}: wasm and the host's native path disagree");
         let via_host = ns_per_call(sizes.batch, || {
-            let _ = black_box(linked_instance.call(black_box(&encoded), &linked.projection, &features));
-        });
+            results.clear();
+            let _ = black_box(linked_instance.call_batch(
+                black_box(&batch),
+                0,
+                &linked.projection,
+                &linked.features,
+                &mut results,
+            ));
+        }) / RULE_BATCH as f64;
         table.row(
             format!("1. {file}: native through the host's call path {via_host:.1} ns; the sandbox alone"),
             format!("{:.1} ns", wasm - via_host),
             "-",
             "-",
         );
+        table.row(format!("1. {file}: wasm one event a call (`vigil check`)"), format!("{single:.1} ns"), "-", "-");
     }
 
     // 2. Pipeline throughput.

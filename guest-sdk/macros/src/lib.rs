@@ -247,6 +247,10 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
             extern "C" fn vigil_evaluate(len: i32) -> i64 {
                 ::vigil_sdk::__private::evaluate(&RULE, len)
             }
+            #[unsafe(no_mangle)]
+            extern "C" fn vigil_evaluate_batch(count: i32) -> i32 {
+                ::vigil_sdk::__private::evaluate_batch(&RULE, count)
+            }
         };
     })
 }

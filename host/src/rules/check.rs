@@ -99,7 +99,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     })
 }
 
-fn sample_payment() -> Payment {
+pub(crate) fn sample_payment() -> Payment {
     Payment {
         id: "check-sample-1".into(),
         ts_ms: 1_700_000_000_000,

@@ -633,8 +633,6 @@ fn toml_param(v: &toml::Value, ty: ParamType) -> Option<ParamValue> {
 
 struct Slot {
     rule: Arc<LoadedRule>,
-    /// This rule's feature values for the current event.
-    features: Vec<f64>,
     instance: Option<Instance>,
     /// What its outcomes carry; worker-local, so building records does not
     /// touch counters shared with other workers.
@@ -696,6 +694,39 @@ impl Instance {
         }
     }
 
+    /// Evaluates events `from..` of `batch` in order, each with the rule's
+    /// `features` (catalog indices) from the batch, pushing each result and
+    /// the time it ended to `results`. A module that takes batches gets
+    /// several events a call; others, and native rules, one.
+    ///
+    /// # Errors
+    /// The [`RuleError`] of the event after the last result pushed; the
+    /// instance must not be used again.
+    pub fn call_batch(
+        &mut self,
+        batch: &Batch,
+        from: usize,
+        projection: &Projection,
+        features: &[usize],
+        results: &mut Results,
+    ) -> Result<(), RuleError> {
+        if let Instance::Wasm(i) = self
+            && i.takes_batches()
+        {
+            return i.call_batch(batch, from, projection, features, results);
+        }
+        for i in from..batch.len() {
+            self.set_partition(batch.partitions[i]);
+            let values = batch.values(i);
+            results.features.clear();
+            results.features.extend(features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
+            let result = self.call(&batch.encoded[i], projection, &results.features)?;
+            results.calls.push(result);
+            results.ends.push(results.clock.raw());
+        }
+        Ok(())
+    }
+
     /// Sets the input partition of the events that follow: the keyed state
     /// the rule writes is then that partition's.
     pub fn set_partition(&mut self, partition: u32) {
@@ -730,6 +761,32 @@ impl Instance {
     }
 }
 
+/// What a run of rule calls produced ([`Instance::call_batch`]).
+#[derive(Debug)]
+pub struct Results {
+    /// One result per event, in order.
+    pub calls: Vec<sandbox::CallResult>,
+    /// The clock's raw reading as each call ended.
+    pub ends: Vec<u64>,
+    /// Reads the CPU's time-stamp counter.
+    pub clock: quanta::Clock,
+    /// One event's feature values, for calls made one event at a time.
+    features: Vec<f64>,
+}
+
+impl Results {
+    /// Empty results, stamped by `clock`.
+    pub fn new(clock: quanta::Clock) -> Self {
+        Self { calls: Vec::new(), ends: Vec::new(), clock, features: Vec::new() }
+    }
+
+    /// Forgets the results, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.calls.clear();
+        self.ends.clear();
+    }
+}
+
 /// One worker's rule runner.
 pub struct Evaluator {
     registry: Arc<RuleRegistry>,
@@ -740,8 +797,8 @@ pub struct Evaluator {
     parked: BTreeMap<String, RuleState>,
     /// The input partition restored entries are loaded as.
     partition: u32,
-    /// Times each call from the CPU's time-stamp counter.
-    clock: quanta::Clock,
+    /// Each call's result and end, timed from the CPU's time-stamp counter.
+    results: Results,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -759,7 +816,7 @@ impl Evaluator {
             slots: Vec::new(),
             parked: BTreeMap::new(),
             partition: 0,
-            clock: quanta::Clock::new(),
+            results: Results::new(quanta::Clock::new()),
         };
         e.refresh();
         e
@@ -799,7 +856,6 @@ impl Evaluator {
                             )
                             .into(),
                         }),
-                        features: Vec::with_capacity(rule.features.len()),
                         // Made when the rule loaded, else now rather than at
                         // the first call; a failure is retried, and
                         // accounted for, at the call.
@@ -900,52 +956,52 @@ impl Evaluator {
             if let Some(instance) = &mut slot.instance {
                 instance.lend_state(std::mem::take(&mut slot.state));
             }
-            // One clock read per call: each call ends where the next
-            // starts. The time-stamp counter, read raw and scaled only for
-            // the difference, costs 10 ns a read here against 23 ns for the
-            // system's monotonic clock.
-            let mut start = self.clock.raw();
-            for (i, outcomes) in out[..batch.len()].iter_mut().enumerate() {
-                let result = slot.call(&self.registry, batch, i);
-                let end = self.clock.raw();
-                let latency_ns = self.clock.delta_as_nanos(start, end);
-                start = end;
+            let mut from = 0;
+            while from < batch.len() {
+                // One clock read per call: each call ends where the next
+                // starts. The time-stamp counter, read raw and scaled only
+                // for the difference, costs 10 ns a read here against 23 ns
+                // for the system's monotonic clock.
+                let results = &mut self.results;
+                results.clear();
+                let mut start = results.clock.raw();
+                let run = slot.run(&self.registry, batch, from, results);
                 let rule = &slot.rule;
-                let outcome = match result {
-                    Ok(r) => {
-                        if rule.health.consecutive.load(Ordering::Relaxed) != 0 {
-                            rule.health.consecutive.store(0, Ordering::Relaxed);
-                        }
-                        RuleOutcome {
-                            label: slot.label.clone(),
-                            mode: rule.mode,
-                            action: r.action,
-                            score: r.score,
-                            reasons: r.reasons,
-                            latency_ns,
-                            error: None,
-                        }
+                if !results.calls.is_empty() && rule.health.consecutive.load(Ordering::Relaxed) != 0 {
+                    rule.health.consecutive.store(0, Ordering::Relaxed);
+                }
+                for (r, &end) in results.calls.drain(..).zip(&results.ends) {
+                    out[from].push(RuleOutcome {
+                        label: slot.label.clone(),
+                        mode: rule.mode,
+                        action: r.action,
+                        score: r.score,
+                        reasons: r.reasons,
+                        latency_ns: results.clock.delta_as_nanos(start, end),
+                        error: None,
+                    });
+                    start = end;
+                    from += 1;
+                }
+                let Err(e) = run else { continue };
+                let latency_ns = results.clock.delta_as_nanos(start, results.clock.raw());
+                if e != RuleError::Quarantined {
+                    self.registry.note_failure(rule, &e);
+                    // A failed instance is not called again.
+                    if let Some(mut failed) = slot.instance.take() {
+                        slot.state = failed.take_state();
                     }
-                    Err(e) => {
-                        if e != RuleError::Quarantined {
-                            self.registry.note_failure(rule, &e);
-                            // A failed instance is not called again.
-                            if let Some(mut failed) = slot.instance.take() {
-                                slot.state = failed.take_state();
-                            }
-                        }
-                        RuleOutcome {
-                            label: slot.label.clone(),
-                            mode: rule.mode,
-                            action: rule.on_failure.action(),
-                            score: 0,
-                            reasons: crate::decide::Reasons::new(),
-                            latency_ns,
-                            error: Some(e.to_string()),
-                        }
-                    }
-                };
-                outcomes.push(outcome);
+                }
+                out[from].push(RuleOutcome {
+                    label: slot.label.clone(),
+                    mode: rule.mode,
+                    action: rule.on_failure.action(),
+                    score: 0,
+                    reasons: crate::decide::Reasons::new(),
+                    latency_ns,
+                    error: Some(e.to_string()),
+                });
+                from += 1;
             }
             if let Some(instance) = &mut slot.instance {
                 slot.state = instance.take_state();
@@ -955,10 +1011,16 @@ impl Evaluator {
 }
 
 impl Slot {
-    /// Calls the rule on event `i` of `batch`, making an instance first if
-    /// it has none (at the start, or after a failure); the instance holds
-    /// the slot's keyed state from then on.
-    fn call(&mut self, registry: &RuleRegistry, batch: &Batch, i: usize) -> Result<sandbox::CallResult, RuleError> {
+    /// Calls the rule on events `from..` of `batch` until one fails, making
+    /// an instance first if it has none (at the start, or after a failure);
+    /// the instance holds the slot's keyed state from then on.
+    fn run(
+        &mut self,
+        registry: &RuleRegistry,
+        batch: &Batch,
+        from: usize,
+        results: &mut Results,
+    ) -> Result<(), RuleError> {
         if self.rule.is_quarantined() {
             return Err(RuleError::Quarantined);
         }
@@ -970,11 +1032,7 @@ impl Slot {
                 self.instance.insert(made)
             }
         };
-        instance.set_partition(batch.partitions[i]);
-        let values = batch.values(i);
-        self.features.clear();
-        self.features.extend(self.rule.features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
-        instance.call(&batch.encoded[i], &self.rule.projection, &self.features)
+        instance.call_batch(batch, from, &self.rule.projection, &self.rule.features, results)
     }
 }
 

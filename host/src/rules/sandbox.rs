@@ -3,8 +3,9 @@
 //! and a memory cap.
 //!
 //! A module gets no WASI and no imports but vigil's own host functions, so it
-//! has no filesystem, network, clock or environment. Each call runs with an
-//! fuel budget; each instance has a memory limiter. A failure is reported
+//! has no filesystem, network, clock or environment. Each event a rule
+//! evaluates gets a fuel budget, also within a batch call; each instance has
+//! a memory limiter. A failure is reported
 //! as a [`RuleError`] and never escapes as a panic.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -19,11 +20,17 @@ use wasmtime::{
     Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
-use super::RuleError;
 use super::lists::List;
+use super::{Batch, RuleError};
 
 /// Initial size of a rule's input buffer; grown on demand for larger events.
 const INITIAL_INPUT: usize = 4096;
+
+/// Input bytes one batch call carries at most (unless a single event is
+/// larger): ~40 typical events, enough to make the entry into the sandbox
+/// ~1 % of a call, while a rule's input buffer stays within a few pages of
+/// what single calls already make it hold.
+const BATCH_INPUT: usize = 16 * 1024;
 
 /// Per-store data: the memory limiter and what host functions need.
 pub struct HostState {
@@ -32,6 +39,28 @@ pub struct HostState {
     memory: Option<Memory>,
     /// The rule's keyed state, lent by the worker for the length of a call.
     rule_state: RuleState,
+    /// What the `outcome` import needs during a batch call.
+    run: Run,
+}
+
+/// A batch call in progress, as the `outcome` import sees it.
+struct Run {
+    /// Outcomes so far, with the clock's reading as each was reported; lent
+    /// by [`RuleInstance::call_batch`]'s caller.
+    calls: Vec<CallResult>,
+    ends: Vec<u64>,
+    /// Input partitions of the events of this call.
+    partitions: Vec<u32>,
+    /// The event the guest evaluates now, within this call.
+    next: usize,
+    fuel: u64,
+    output_ptr: usize,
+    clock: quanta::Clock,
+    /// Reason codes seen so far: a rule repeats a handful of codes, so
+    /// records share them instead of allocating each time.
+    reason_cache: Vec<Arc<str>>,
+    /// Why the guest's report was refused, when it was.
+    refused: Option<RuleError>,
 }
 
 /// One rule's keyed state on one worker, and what changed since the last
@@ -146,6 +175,7 @@ pub struct Sandbox {
     cache_dir: Option<PathBuf>,
     memory_cap: usize,
     fuel: u64,
+    clock: quanta::Clock,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -259,13 +289,21 @@ impl Sandbox {
             .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_GET, state_get))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_PUT, state_put))
+            .and_then(|l| l.func_wrap(imports::MODULE, imports::OUTCOME, outcome))
             .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
         if let Some(dir) = &cache_dir
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
         }
-        Ok(Self { engine, linker, cache_dir, memory_cap: limits.memory_cap, fuel: limits.fuel_per_call })
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir,
+            memory_cap: limits.memory_cap,
+            fuel: limits.fuel_per_call,
+            clock: quanta::Clock::new(),
+        })
     }
 
     /// Compiles `bytes` (or loads the cached artefact) and checks the module's
@@ -350,6 +388,17 @@ impl Sandbox {
             lists,
             memory: None,
             rule_state: RuleState::default(),
+            run: Run {
+                calls: Vec::new(),
+                ends: Vec::new(),
+                partitions: Vec::new(),
+                next: 0,
+                fuel: self.fuel,
+                output_ptr: 0,
+                clock: self.clock.clone(),
+                reason_cache: Vec::new(),
+                refused: None,
+            },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -368,6 +417,10 @@ impl Sandbox {
         let output = func(&mut store, exports::OUTPUT)?.typed::<(), i32>(&store).map_err(abi_err)?;
         let configure = func(&mut store, exports::CONFIGURE)?.typed::<i32, i32>(&store).map_err(abi_err)?;
         let evaluate = func(&mut store, exports::EVALUATE)?.typed::<i32, i64>(&store).map_err(abi_err)?;
+        let evaluate_batch = match instance.get_func(&mut store, exports::EVALUATE_BATCH) {
+            Some(f) => Some(f.typed::<i32, i32>(&store).map_err(abi_err)?),
+            None => None,
+        };
 
         let version = abi.call(&mut store, ()).map_err(|e| self.classify(&store, &e, None))?;
         if version != ABI_VERSION {
@@ -382,18 +435,19 @@ impl Sandbox {
             buffer,
             configure,
             evaluate,
+            evaluate_batch,
             input_ptr: 0,
             input_cap: 0,
             output_ptr: 0,
             fuel: self.fuel,
             memory_cap: self.memory_cap,
-            reason_cache: Vec::new(),
         };
         set_fuel(&mut inst.store, self.fuel);
         inst.output_ptr = output.call(&mut inst.store, ()).map_err(|e| inst.classify(&e))? as u32 as usize;
         if inst.output_ptr.checked_add(OUTPUT_CAPACITY).is_none_or(|end| end > inst.memory.data_size(&inst.store)) {
             return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::OUTPUT)));
         }
+        inst.store.data_mut().run.output_ptr = inst.output_ptr;
         inst.ensure_input(INITIAL_INPUT)?;
         Ok(inst)
     }
@@ -497,6 +551,57 @@ fn state_put(
     Ok(if state.rule_state.put(key, value) { 0 } else { -1 })
 }
 
+/// `vigil::outcome(index, outcome)`: event `index` of the batch call under
+/// way is decided. Records it and gives the next event the full budget.
+fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmtime::Result<()> {
+    let (data, state) = guest(&mut caller, "outcome")?;
+    let run = &mut state.run;
+    if index as u32 as usize != run.next || run.next >= run.partitions.len() {
+        let e = format!("reported the outcome of event {index} while event {} was next", run.next);
+        run.refused = Some(RuleError::Abi(e));
+        wasmtime::bail!("outcome out of order");
+    }
+    match read_outcome(data, run.output_ptr, packed, &mut run.reason_cache) {
+        Ok(result) => run.calls.push(result),
+        Err(e) => {
+            run.refused = Some(e);
+            wasmtime::bail!("invalid outcome");
+        }
+    }
+    run.ends.push(run.clock.raw());
+    run.next += 1;
+    if let Some(&partition) = run.partitions.get(run.next) {
+        state.rule_state.set_partition(partition);
+    }
+    let fuel = run.fuel;
+    caller.set_fuel(fuel)
+}
+
+/// Decodes a packed outcome, with its reason codes from the output buffer
+/// at `output_ptr` of the guest memory `data`.
+fn read_outcome(
+    data: &[u8],
+    output_ptr: usize,
+    packed: i64,
+    reason_cache: &mut Vec<Arc<str>>,
+) -> Result<CallResult, RuleError> {
+    let out = Outcome::unpack(packed);
+    let action = vigil_abi::Action::from_code(out.action)
+        .ok_or_else(|| RuleError::Abi(format!("returned unknown action code {}", out.action)))?;
+    let mut reasons = crate::decide::Reasons::new();
+    if out.reasons_len > 0 {
+        let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
+        let text = data
+            .get(output_ptr..output_ptr + len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| RuleError::Abi("reason codes out of bounds or not UTF-8".into()))?;
+        for code in text.split('\n').filter(|r| !r.is_empty()) {
+            reasons.push(intern(reason_cache, code));
+        }
+    }
+    Ok(CallResult { action, score: out.score, reasons })
+}
+
 fn describe(ty: &ExternType) -> String {
     match ty {
         ExternType::Func(f) => {
@@ -529,6 +634,7 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
             && match imp.name() {
                 imports::LIST_CONTAINS => is_func(&imp.ty(), &[I32, I32, I32], &[I32]),
                 imports::STATE_GET | imports::STATE_PUT => is_func(&imp.ty(), &[I32, I32, I32, I32], &[I32]),
+                imports::OUTCOME => is_func(&imp.ty(), &[I32, ValType::I64], &[]),
                 _ => false,
             };
         if !ok {
@@ -540,11 +646,12 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
     }
     let wasi = bad.iter().any(|b| b.contains("wasi"));
     Err(RuleError::Abi(format!(
-        "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`){}",
+        "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`, `{m}::{}`){}",
         bad.join(", "),
         imports::LIST_CONTAINS,
         imports::STATE_GET,
         imports::STATE_PUT,
+        imports::OUTCOME,
         if wasi { " — WASI is not available: build for wasm32-unknown-unknown" } else { "" },
         m = imports::MODULE,
     )))
@@ -570,6 +677,12 @@ fn check_exports(module: &Module) -> Result<(), RuleError> {
             Some(_) => {}
         }
     }
+    if let Some(ty) = module.get_export(exports::EVALUATE_BATCH)
+        && !is_func(&ty, &[I32], &[I32])
+    {
+        let name = exports::EVALUATE_BATCH;
+        return Err(RuleError::Abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
+    }
     if !matches!(module.get_export(exports::MEMORY), Some(ExternType::Memory(_))) {
         missing.push(format!("`{}` (memory)", exports::MEMORY));
     }
@@ -590,14 +703,13 @@ pub struct RuleInstance {
     buffer: TypedFunc<i32, i32>,
     configure: TypedFunc<i32, i32>,
     evaluate: TypedFunc<i32, i64>,
+    /// Present when the module takes several events a call.
+    evaluate_batch: Option<TypedFunc<i32, i32>>,
     input_ptr: usize,
     input_cap: usize,
     output_ptr: usize,
     fuel: u64,
     memory_cap: usize,
-    /// Reason codes seen so far: a rule repeats a handful of codes, so
-    /// records share them instead of allocating each time.
-    reason_cache: Vec<Arc<str>>,
 }
 
 /// The cached copy of `code`, adding it while the cache is small.
@@ -749,22 +861,103 @@ impl RuleInstance {
         vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
         set_fuel(&mut self.store, self.fuel);
         let raw = self.evaluate.call(&mut self.store, len as i32).map_err(|e| self.classify(&e))?;
-        let out = Outcome::unpack(raw);
-        let action = vigil_abi::Action::from_code(out.action)
-            .ok_or_else(|| RuleError::Abi(format!("returned unknown action code {}", out.action)))?;
-        let mut reasons = crate::decide::Reasons::new();
-        if out.reasons_len > 0 {
-            let data = self.memory.data(&self.store);
-            let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
-            let text = data
-                .get(self.output_ptr..self.output_ptr + len)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .ok_or_else(|| RuleError::Abi("reason codes out of bounds or not UTF-8".into()))?;
-            for code in text.split('\n').filter(|r| !r.is_empty()) {
-                reasons.push(intern(&mut self.reason_cache, code));
+        let (data, state) = self.memory.data_and_store_mut(&mut self.store);
+        read_outcome(data, self.output_ptr, raw, &mut state.run.reason_cache)
+    }
+
+    /// Whether the module takes several events a call
+    /// ([`exports::EVALUATE_BATCH`]).
+    pub fn takes_batches(&self) -> bool {
+        self.evaluate_batch.is_some()
+    }
+
+    /// Evaluates events `from..` of `batch` in batch calls, as
+    /// [`super::Instance::call_batch`] describes.
+    ///
+    /// # Errors
+    /// As [`RuleInstance::call`], for the event after the last result.
+    pub fn call_batch(
+        &mut self,
+        batch: &Batch,
+        from: usize,
+        projection: &vigil_abi::Projection,
+        features: &[usize],
+        results: &mut super::Results,
+    ) -> Result<(), RuleError> {
+        let Some(evaluate) = self.evaluate_batch.clone() else {
+            return Err(RuleError::Abi(format!("no `{}` export", exports::EVALUATE_BATCH)));
+        };
+        let mut at = from;
+        while at < batch.len() {
+            let count = self.write_batch(batch, at, projection, features)?;
+            let run = &mut self.store.data_mut().run;
+            std::mem::swap(&mut run.calls, &mut results.calls);
+            std::mem::swap(&mut run.ends, &mut results.ends);
+            run.partitions.clear();
+            run.partitions.extend_from_slice(&batch.partitions[at..at + count]);
+            run.next = 0;
+            self.store.data_mut().rule_state.set_partition(batch.partitions[at]);
+            set_fuel(&mut self.store, self.fuel);
+            let returned = evaluate.call(&mut self.store, count as i32);
+            let run = &mut self.store.data_mut().run;
+            std::mem::swap(&mut run.calls, &mut results.calls);
+            std::mem::swap(&mut run.ends, &mut results.ends);
+            let (next, refused) = (run.next, run.refused.take());
+            match returned {
+                Err(e) => return Err(refused.unwrap_or_else(|| self.classify(&e))),
+                Ok(n) if n as u32 as usize != count || next != count => {
+                    return Err(RuleError::Abi(format!(
+                        "`{}` returned {n} and reported {next} outcomes for {count} events",
+                        exports::EVALUATE_BATCH
+                    )));
+                }
+                Ok(_) => at += count,
             }
         }
-        Ok(CallResult { action, score: out.score, reasons })
+        Ok(())
+    }
+
+    /// Lays out as many events from `from` of `batch` as fit in one call's
+    /// input (at least one) in the input buffer; returns how many.
+    fn write_batch(
+        &mut self,
+        batch: &Batch,
+        from: usize,
+        projection: &vigil_abi::Projection,
+        features: &[usize],
+    ) -> Result<usize, RuleError> {
+        let entry = vigil_abi::batch::ENTRY;
+        let size = |i: usize| (batch.encoded[i].len() + features.len() * 8).next_multiple_of(8);
+        let (mut count, mut total) = (0, 0);
+        for i in from..batch.len() {
+            let more = entry + size(i);
+            if count > 0 && total + more > BATCH_INPUT {
+                break;
+            }
+            count += 1;
+            total += more;
+        }
+        let table = (count * entry).next_multiple_of(8);
+        self.ensure_input(table + total - count * entry)?;
+        let data = self.memory.data_mut(&mut self.store);
+        let buf = data
+            .get_mut(self.input_ptr..self.input_ptr + self.input_cap)
+            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+        let mut at = table;
+        for k in 0..count {
+            let event = &batch.encoded[from + k];
+            let values = batch.values(from + k);
+            let len = event.len() + features.len() * 8;
+            let dst = &mut buf[at..at + len];
+            projection.apply(event, &mut dst[..event.len()]);
+            for (chunk, &f) in dst[event.len()..].chunks_exact_mut(8).zip(features) {
+                chunk.copy_from_slice(&values.get(f).copied().unwrap_or(f64::NAN).to_le_bytes());
+            }
+            vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
+            vigil_abi::batch::write_entry(buf, k, at as u32, len as u32);
+            at += len.next_multiple_of(8);
+        }
+        Ok(count)
     }
 }
 
@@ -822,5 +1015,158 @@ mod tests {
             (func (export "vigil_evaluate") (param i32) (result i64) i64.const 0))"#);
         let e = sandbox().prepare(&m, "h").err().expect("rejected").to_string();
         assert!(e.contains("vigil_abi_version") && e.contains("wrong type"), "{e}");
+    }
+
+    /// A module whose batch export runs `body` with the event count in
+    /// local 0 and a counter in local 1; `report` reports event `i` with
+    /// score `i` and action review.
+    fn batch_module(body: &str, with_batch: bool) -> Vec<u8> {
+        let batch = if with_batch {
+            format!(r#"(func (export "vigil_evaluate_batch") (param i32) (result i32) (local i32) {body})"#)
+        } else {
+            String::new()
+        };
+        wat(&format!(
+            r#"(module
+            (import "vigil" "outcome" (func $outcome (param i32 i64)))
+            (import "vigil" "state_put" (func $put (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 2)
+            (func $report (param $i i32)
+                (call $outcome (local.get $i)
+                    (i64.or (i64.shl (i64.extend_i32_u (local.get $i)) (i64.const 32)) (i64.const 1))))
+            (func (export "vigil_abi_version") (result i32) i32.const 1)
+            (func (export "vigil_manifest") (result i64) i64.const 0)
+            (func (export "vigil_buffer") (param i32) (result i32) i32.const 65536)
+            (func (export "vigil_output") (result i32) i32.const 8192)
+            (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
+            (func (export "vigil_evaluate") (param i32) (result i64) i64.const 2)
+            {batch})"#
+        ))
+    }
+
+    const REPORT_ALL: &str = r#"(block $done (loop $next
+        (br_if $done (i32.ge_u (local.get 1) (local.get 0)))
+        (call $report (local.get 1))
+        (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+        (br $next)))
+        (local.get 0)"#;
+
+    fn run_batch(module: &[u8], events: usize) -> (Result<(), RuleError>, super::super::Results) {
+        let (r, results, _) = run_batch_with_state(module, events);
+        (r, results)
+    }
+
+    fn run_batch_with_state(module: &[u8], events: usize) -> (Result<(), RuleError>, super::super::Results, RuleState) {
+        let sandbox = sandbox();
+        let pre = sandbox.prepare(module, "h").expect("valid module");
+        let inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut batch = Batch::default();
+        for p in 0..events {
+            crate::rules::check::sample_payment().encode(batch.buffer()).expect("encode");
+            batch.push(p as u32, &[]);
+        }
+        let mut results = super::super::Results::new(quanta::Clock::new());
+        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        let mut inst = super::super::Instance::Wasm(inst);
+        let r = inst.call_batch(&batch, 0, &all, &[], &mut results);
+        (r, results, inst.take_state())
+    }
+
+    #[test]
+    fn state_written_in_a_batch_call_is_the_writing_events_partition() {
+        // Event i (from partition i) stores key [i].
+        let body = r#"(block $done (loop $next
+            (br_if $done (i32.ge_u (local.get 1) (local.get 0)))
+            (i32.store8 (i32.const 100) (local.get 1))
+            (drop (call $put (i32.const 100) (i32.const 1) (i32.const 100) (i32.const 1)))
+            (call $report (local.get 1))
+            (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+            (br $next)))
+            (local.get 0)"#;
+        let (r, _, mut state) = run_batch_with_state(&batch_module(body, true), 4);
+        r.expect("batch");
+        let mut written = state.take_dirty();
+        written.sort();
+        let partitions: Vec<(Vec<u8>, u32)> = written.into_iter().map(|(k, p, _)| (k, p)).collect();
+        assert_eq!(partitions, [(vec![0], 0), (vec![1], 1), (vec![2], 2), (vec![3], 3)]);
+    }
+
+    #[test]
+    fn a_batch_call_reports_every_event_in_calls_of_bounded_input() {
+        let (r, results) = run_batch(&batch_module(REPORT_ALL, true), 200);
+        r.expect("batch");
+        assert_eq!(results.calls.len(), 200);
+        assert_eq!(results.ends.len(), 200);
+        assert!(results.calls.iter().all(|c| c.action == vigil_abi::Action::Review));
+        // Scores are indices within each call: 0, 1, 2, … restarting at 0.
+        let scores: Vec<i32> = results.calls.iter().map(|c| c.score).collect();
+        assert!(scores.windows(2).all(|w| w[1] == w[0] + 1 || w[1] == 0), "{scores:?}");
+        let calls = scores.iter().filter(|&&s| s == 0).count();
+        assert!(calls >= 2, "200 events exceed one call's input: {calls} call(s)");
+    }
+
+    #[test]
+    fn a_module_without_the_batch_export_is_called_per_event() {
+        let (r, results) = run_batch(&batch_module("", false), 3);
+        r.expect("per-event calls");
+        assert_eq!(results.calls.len(), 3);
+        assert!(results.calls.iter().all(|c| c.action == vigil_abi::Action::Block), "vigil_evaluate's outcome");
+    }
+
+    #[test]
+    fn an_outcome_out_of_order_is_refused() {
+        let (r, results) = run_batch(&batch_module("(call $report (i32.const 1)) (local.get 0)", true), 3);
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("outcome of event 1 while event 0 was next"), "{e}");
+        assert!(results.calls.is_empty());
+    }
+
+    #[test]
+    fn a_batch_call_that_skips_events_is_refused() {
+        let (r, results) = run_batch(&batch_module("(call $report (i32.const 0)) (local.get 0)", true), 3);
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("returned 3 and reported 1 outcomes for 3 events"), "{e}");
+        assert_eq!(results.calls.len(), 1);
+    }
+
+    #[test]
+    fn a_trap_mid_batch_keeps_the_outcomes_before_it() {
+        let body = "(call $report (i32.const 0)) (call $report (i32.const 1)) unreachable";
+        let (r, results) = run_batch(&batch_module(body, true), 5);
+        assert!(matches!(r, Err(RuleError::Trap(_))), "{r:?}");
+        assert_eq!(results.calls.len(), 2, "events 0 and 1 were decided");
+    }
+
+    /// Reports each event after spinning `n` rounds (about six units of
+    /// fuel each) for it, `last` rounds for the last event.
+    fn spinning(n: u32, last: u32) -> Vec<u8> {
+        batch_module(
+            &format!(
+                r#"(block $done (loop $next
+                (br_if $done (i32.ge_u (local.get 1) (local.get 0)))
+                (call $spin (select (i32.const {last}) (i32.const {n})
+                    (i32.eq (local.get 1) (i32.sub (local.get 0) (i32.const 1)))))
+                (call $report (local.get 1))
+                (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+                (br $next)))
+                (local.get 0))
+            (func $spin (param $n i32)
+                (loop $l (local.set $n (i32.sub (local.get $n) (i32.const 1))) (br_if $l (local.get $n)))"#
+            ),
+            true,
+        )
+    }
+
+    #[test]
+    fn each_event_of_a_batch_call_gets_the_whole_cpu_budget() {
+        // ~0.6 of the 1M budget per event, 3M for the five: passes only if
+        // the budget is per event.
+        let (r, results) = run_batch(&spinning(100_000, 100_000), 5);
+        r.expect("every event within its budget");
+        assert_eq!(results.calls.len(), 5);
+        // The last event alone over budget fails alone.
+        let (r, results) = run_batch(&spinning(100_000, 400_000), 5);
+        assert!(matches!(r, Err(RuleError::OutOfFuel(_))), "{r:?}");
+        assert_eq!(results.calls.len(), 4);
     }
 }
