@@ -554,14 +554,23 @@ fn state_put(
 /// `vigil::outcome(index, outcome)`: event `index` of the batch call under
 /// way is decided. Records it and gives the next event the full budget.
 fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmtime::Result<()> {
-    let (data, state) = guest(&mut caller, "outcome")?;
-    let run = &mut state.run;
+    let run = &mut caller.data_mut().run;
     if index as u32 as usize != run.next || run.next >= run.partitions.len() {
         let e = format!("reported the outcome of event {index} while event {} was next", run.next);
         run.refused = Some(RuleError::Abi(e));
         wasmtime::bail!("outcome out of order");
     }
-    match read_outcome(data, run.output_ptr, packed, &mut run.reason_cache) {
+    // Most events have no reason codes, and finding the guest's memory is
+    // a chain of loads through the store: only then.
+    let result = if Outcome::unpack(packed).reasons_len == 0 {
+        read_outcome(&[], run.output_ptr, packed, &mut run.reason_cache)
+    } else {
+        let (data, state) = guest(&mut caller, "outcome")?;
+        read_outcome(data, state.run.output_ptr, packed, &mut state.run.reason_cache)
+    };
+    let state = caller.data_mut();
+    let run = &mut state.run;
+    match result {
         Ok(result) => run.calls.push(result),
         Err(e) => {
             run.refused = Some(e);
