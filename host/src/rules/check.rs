@@ -30,6 +30,8 @@ pub struct CheckReport {
     sample_action: String,
     fuel: u64,
     fuel_budget: u64,
+    /// Events a batch call took at once, when the module takes batches.
+    batch: Option<usize>,
 }
 
 /// Validates `path` under `config` and measures a short self-run.
@@ -79,6 +81,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         }
     }
     times.sort_unstable();
+    let batch = check_batch(&mut instance, &rule, &encoded, path)?;
     let params = {
         let decoded = vigil_abi::params::decode(&rule.params).unwrap_or_default();
         decoded.into_iter().map(|(n, v)| (n, v.to_string())).collect()
@@ -96,7 +99,55 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         sample_action,
         fuel,
         fuel_budget: config.rules.cpu_budget,
+        batch,
     })
+}
+
+/// Events in the batch `vigil check` runs.
+const CHECK_BATCH: usize = 8;
+
+/// Runs copies of the sample event through one batch call, as the daemon
+/// does, and checks each decides as a single call does; `None` when the
+/// module takes one event a call.
+fn check_batch(
+    instance: &mut super::Instance,
+    rule: &super::LoadedRule,
+    encoded: &[u8],
+    path: &Path,
+) -> anyhow::Result<Option<usize>> {
+    let super::Instance::Wasm(wasm) = &*instance else { return Ok(None) };
+    if !wasm.takes_batches() {
+        return Ok(None);
+    }
+    let features = vec![0.0; rule.features.len()];
+    let alone = instance
+        .call(encoded, &rule.projection, &features)
+        .map_err(|e| anyhow::anyhow!("{} fails on a sample event: {e}", path.display()))?;
+    let values = vec![0.0; rule.features.iter().max().map_or(0, |m| m + 1)];
+    let mut batch = super::Batch::default();
+    for _ in 0..CHECK_BATCH {
+        let buf = batch.buffer();
+        buf.clear();
+        buf.extend_from_slice(encoded);
+        batch.push(0, &values);
+    }
+    let mut results = super::Results::new(quanta::Clock::new());
+    instance
+        .call_batch(&batch, 0, &rule.projection, &rule.features, &mut results)
+        .map_err(|e| anyhow::anyhow!("{} fails on a batch of sample events: {e}", path.display()))?;
+    for (i, r) in results.calls.iter().enumerate() {
+        if (r.action, r.score, &r.reasons) != (alone.action, alone.score, &alone.reasons) {
+            anyhow::bail!(
+                "{} decides sample event {i} of a batch call as {} (score {}), but {} (score {}) when called with it alone",
+                path.display(),
+                r.action.as_str(),
+                r.score,
+                alone.action.as_str(),
+                alone.score
+            );
+        }
+    }
+    Ok(Some(CHECK_BATCH))
 }
 
 pub(crate) fn sample_payment() -> Payment {
@@ -162,6 +213,10 @@ impl fmt::Display for CheckReport {
             f,
             "  fuel:        {} per call on the sample event (budget {}, rules.cpu-budget)",
             self.fuel, self.fuel_budget
-        )
+        )?;
+        match self.batch {
+            Some(n) => writeln!(f, "  batch calls: yes ({n} sample events in one call decide as they do alone)"),
+            None => writeln!(f, "  batch calls: no (one event a call; rebuild with the current vigil-sdk to batch)"),
+        }
     }
 }
