@@ -81,7 +81,9 @@ pub struct RuleOutcome {
     #[serde(skip_serializing_if = "Reasons::is_empty")]
     pub reasons: Reasons,
     /// Time spent on the rule for this event, nanoseconds: the call and
-    /// the host's handling of it.
+    /// the host's handling of it. Within a batch call, from the previous
+    /// event's outcome to this one's; the first event of a call also
+    /// carries copying the call's events into the sandbox and entering it.
     pub latency_ns: u64,
     /// Why the call failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
