@@ -958,10 +958,10 @@ impl Evaluator {
             }
             let mut from = 0;
             while from < batch.len() {
-                // One clock read per call: each call ends where the next
-                // starts. The time-stamp counter, read raw and scaled only
-                // for the difference, costs 10 ns a read here against 23 ns
-                // for the system's monotonic clock.
+                // One clock read per event: each event's time ends where
+                // the next one's starts. The time-stamp counter, read raw
+                // and scaled only for the difference, costs 10 ns a read
+                // here against 23 ns for the system's monotonic clock.
                 let results = &mut self.results;
                 results.clear();
                 let mut start = results.clock.raw();

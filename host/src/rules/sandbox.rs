@@ -556,9 +556,13 @@ fn state_put(
 fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmtime::Result<()> {
     let run = &mut caller.data_mut().run;
     if index as u32 as usize != run.next || run.next >= run.partitions.len() {
-        let e = format!("reported the outcome of event {index} while event {} was next", run.next);
-        run.refused = Some(RuleError::Abi(e));
-        wasmtime::bail!("outcome out of order");
+        let e = if run.partitions.is_empty() {
+            format!("reported an outcome (event {index}) outside `{}`", exports::EVALUATE_BATCH)
+        } else {
+            format!("reported the outcome of event {index} while event {} was next", run.next)
+        };
+        run.refused = Some(RuleError::Abi(e.clone()));
+        wasmtime::bail!("{e}");
     }
     // Most events have no reason codes, and finding the guest's memory is
     // a chain of loads through the store: only then.
@@ -872,7 +876,10 @@ impl RuleInstance {
         }
         vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
         set_fuel(&mut self.store, self.fuel);
-        let raw = self.evaluate.call(&mut self.store, len as i32).map_err(|e| self.classify(&e))?;
+        let raw = match self.evaluate.call(&mut self.store, len as i32) {
+            Ok(raw) => raw,
+            Err(e) => return Err(self.store.data_mut().run.refused.take().unwrap_or_else(|| self.classify(&e))),
+        };
         let (data, state) = self.memory.data_and_store_mut(&mut self.store);
         read_outcome(data, self.output_ptr, raw, &mut state.run.reason_cache)
     }
@@ -914,17 +921,26 @@ impl RuleInstance {
             let run = &mut self.store.data_mut().run;
             std::mem::swap(&mut run.calls, &mut results.calls);
             std::mem::swap(&mut run.ends, &mut results.ends);
+            run.partitions.clear();
             let (next, refused) = (run.next, run.refused.take());
-            match returned {
-                Err(e) => return Err(refused.unwrap_or_else(|| self.classify(&e))),
-                Ok(n) if n as u32 as usize != count || next != count => {
-                    return Err(RuleError::Abi(format!(
-                        "`{}` returned {n} and reported {next} outcomes for {count} events",
-                        exports::EVALUATE_BATCH
-                    )));
+            let failed = match returned {
+                Err(e) => refused.unwrap_or_else(|| self.classify(&e)),
+                Ok(n) if n as u32 as usize != count || next != count => RuleError::Abi(format!(
+                    "`{}` returned {n} and reported {next} outcomes for {count} events",
+                    exports::EVALUATE_BATCH
+                )),
+                Ok(_) => {
+                    at += count;
+                    continue;
                 }
-                Ok(_) => at += count,
+            };
+            // The failure is the event after the last outcome; when the
+            // guest failed after reporting them all, the last one's.
+            if next == count {
+                results.calls.pop();
+                results.ends.pop();
             }
+            return Err(failed);
         }
         Ok(())
     }
@@ -1033,6 +1049,11 @@ mod tests {
     /// local 0 and a counter in local 1; `report` reports event `i` with
     /// score `i` and action review.
     fn batch_module(body: &str, with_batch: bool) -> Vec<u8> {
+        module_with("i64.const 2", body, with_batch)
+    }
+
+    /// As [`batch_module`], with `evaluate` as `vigil_evaluate`'s body.
+    fn module_with(evaluate: &str, body: &str, with_batch: bool) -> Vec<u8> {
         let batch = if with_batch {
             format!(r#"(func (export "vigil_evaluate_batch") (param i32) (result i32) (local i32) {body})"#)
         } else {
@@ -1051,7 +1072,7 @@ mod tests {
             (func (export "vigil_buffer") (param i32) (result i32) i32.const 65536)
             (func (export "vigil_output") (result i32) i32.const 8192)
             (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
-            (func (export "vigil_evaluate") (param i32) (result i64) i64.const 2)
+            (func (export "vigil_evaluate") (param i32) (result i64) {evaluate})
             {batch})"#
         ))
     }
@@ -1134,6 +1155,19 @@ mod tests {
     }
 
     #[test]
+    fn an_outcome_outside_a_batch_call_is_refused() {
+        let m = module_with("(call $report (i32.const 0)) i64.const 0", REPORT_ALL, true);
+        let sandbox = sandbox();
+        let pre = sandbox.prepare(&m, "h").expect("valid module");
+        let mut inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut event = Vec::new();
+        crate::rules::check::sample_payment().encode(&mut event).expect("encode");
+        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        let e = inst.call(&event, &all, &[]).expect_err("refused").to_string();
+        assert!(e.contains("reported an outcome (event 0) outside `vigil_evaluate_batch`"), "{e}");
+    }
+
+    #[test]
     fn a_batch_call_that_skips_events_is_refused() {
         let (r, results) = run_batch(&batch_module("(call $report (i32.const 0)) (local.get 0)", true), 3);
         let e = r.expect_err("refused").to_string();
@@ -1147,6 +1181,19 @@ mod tests {
         let (r, results) = run_batch(&batch_module(body, true), 5);
         assert!(matches!(r, Err(RuleError::Trap(_))), "{r:?}");
         assert_eq!(results.calls.len(), 2, "events 0 and 1 were decided");
+    }
+
+    #[test]
+    fn a_failure_after_the_last_outcome_is_the_last_events() {
+        let body = format!("{REPORT_ALL} drop unreachable");
+        let (r, results) = run_batch(&batch_module(&body, true), 3);
+        assert!(matches!(r, Err(RuleError::Trap(_))), "{r:?}");
+        assert_eq!(results.calls.len(), 2, "the error stands for event 2, within the batch");
+        let body = format!("{REPORT_ALL} drop (i32.const 7)");
+        let (r, results) = run_batch(&batch_module(&body, true), 3);
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("returned 7 and reported 3 outcomes for 3 events"), "{e}");
+        assert_eq!(results.calls.len(), 2);
     }
 
     /// Reports each event after spinning `n` rounds (about six units of
