@@ -954,19 +954,20 @@ impl RuleInstance {
         projection: &vigil_abi::Projection,
         features: &[usize],
     ) -> Result<usize, RuleError> {
+        // Each event takes a table entry (8 bytes) and its bytes rounded
+        // up to 8, so every event starts 8-aligned.
         let entry = vigil_abi::batch::ENTRY;
-        let size = |i: usize| (batch.encoded[i].len() + features.len() * 8).next_multiple_of(8);
+        let size = |i: usize| entry + (batch.encoded[i].len() + features.len() * 8).next_multiple_of(8);
         let (mut count, mut total) = (0, 0);
         for i in from..batch.len() {
-            let more = entry + size(i);
-            if count > 0 && total + more > BATCH_INPUT {
+            if count > 0 && total + size(i) > BATCH_INPUT {
                 break;
             }
             count += 1;
-            total += more;
+            total += size(i);
         }
-        let table = (count * entry).next_multiple_of(8);
-        self.ensure_input(table + total - count * entry)?;
+        let table = count * entry;
+        self.ensure_input(total)?;
         let data = self.memory.data_mut(&mut self.store);
         let buf = data
             .get_mut(self.input_ptr..self.input_ptr + self.input_cap)
