@@ -62,18 +62,6 @@ fn native_payment(tokenizer: &Tokenizer) -> vigil_sdk::testing::TestPayment {
 /// Events in one batch call, as a worker's batch holds.
 const BATCH: usize = 256;
 
-/// `n` copies of an encoded event, with no feature values.
-fn batch_of(encoded: &[u8], n: usize) -> Batch {
-    let mut batch = Batch::default();
-    for _ in 0..n {
-        let buf = batch.buffer();
-        buf.clear();
-        buf.extend_from_slice(encoded);
-        batch.push(0, &[]);
-    }
-    batch
-}
-
 /// Times `run` over a batch of [`BATCH`] events, reported per event.
 fn per_event(b: &mut criterion::Bencher<'_>, mut run: impl FnMut() -> Result<(), vigil::rules::RuleError>) {
     b.iter_custom(|iters| {
@@ -149,7 +137,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("abi floor: empty rule, 2 fields", |b| {
         b.iter(|| black_box(instance.call(black_box(&encoded), &loaded.projection, &[])))
     });
-    let batch = batch_of(&encoded, BATCH);
+    let batch = Batch::repeated(&encoded, &[], BATCH);
     let mut results = Results::new(quanta::Clock::new());
     c.bench_function("abi floor: empty rule, 2 fields, per event in batches", |b| {
         per_event(b, || {

@@ -115,18 +115,6 @@ fn rss_bytes() -> u64 {
 /// Events in one batch of row 1, as a worker's batch holds.
 const RULE_BATCH: usize = 256;
 
-/// `n` copies of an encoded event, each with every catalog feature's value.
-fn batch_of(encoded: &[u8], values: &[f64], n: usize) -> vigil::rules::Batch {
-    let mut batch = vigil::rules::Batch::default();
-    for _ in 0..n {
-        let buf = batch.buffer();
-        buf.clear();
-        buf.extend_from_slice(encoded);
-        batch.push(0, values);
-    }
-    batch
-}
-
 fn ns_per_call(batch: Duration, mut f: impl FnMut()) -> f64 {
     let mut iters = 1u64;
     loop {
@@ -495,7 +483,7 @@ fn main() {
             .iter()
             .map(|f| feature_values.iter().find(|(n, _)| *n == f.spec.to_string()).map_or(0.0, |(_, v)| *v))
             .collect();
-        let batch = batch_of(&encoded, &values, RULE_BATCH);
+        let batch = vigil::rules::Batch::repeated(&encoded, &values, RULE_BATCH);
         let mut results = vigil::rules::Results::new(quanta::Clock::new());
         instance.call_batch(&batch, 0, &loaded.projection, &loaded.features, &mut results).expect("batch call");
         assert!(results.calls.iter().all(|r| r.action == wasm_out.action), "{file}: batch and single calls disagree");

@@ -124,13 +124,7 @@ fn check_batch(
         .call(encoded, &rule.projection, &features)
         .map_err(|e| anyhow::anyhow!("{} fails on a sample event: {e}", path.display()))?;
     let values = vec![0.0; rule.features.iter().max().map_or(0, |m| m + 1)];
-    let mut batch = super::Batch::default();
-    for _ in 0..CHECK_BATCH {
-        let buf = batch.buffer();
-        buf.clear();
-        buf.extend_from_slice(encoded);
-        batch.push(0, &values);
-    }
+    let batch = super::Batch::repeated(encoded, &values, CHECK_BATCH);
     let mut results = super::Results::new(quanta::Clock::new());
     instance
         .call_batch(&batch, 0, &rule.projection, &rule.features, &mut results)

@@ -1049,6 +1049,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// `n` copies of one encoded event, each with every catalog feature's
+    /// value in `values`: a batch for checks and benchmarks.
+    pub fn repeated(encoded: &[u8], values: &[f64], n: usize) -> Self {
+        let mut batch = Self::default();
+        for _ in 0..n {
+            batch.buffer().extend_from_slice(encoded);
+            batch.push(0, values);
+        }
+        batch
+    }
+
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
         self.partitions.clear();
