@@ -201,6 +201,11 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON line")).collect()
 }
 
+/// The number of lines in a file, without parsing them; 0 if it is missing.
+pub fn line_count(path: &Path) -> usize {
+    std::fs::read(path).map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count()).unwrap_or(0)
+}
+
 /// A valid card purchase.
 pub fn payment(id: &str, amount: i64) -> Value {
     json!({
