@@ -970,13 +970,16 @@ impl Evaluator {
                 if !results.calls.is_empty() && rule.health.consecutive.load(Ordering::Relaxed) != 0 {
                     rule.health.consecutive.store(0, Ordering::Relaxed);
                 }
-                for (r, &end) in results.calls.drain(..).zip(&results.ends) {
+                // Field by field, in place: moving each result out whole
+                // (`drain`) copied it through the stack in pieces of
+                // different widths, which stalled store forwarding.
+                for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
                     out[from].push(RuleOutcome {
                         label: slot.label.clone(),
                         mode: rule.mode,
                         action: r.action,
                         score: r.score,
-                        reasons: r.reasons,
+                        reasons: std::mem::take(&mut r.reasons),
                         latency_ns: results.clock.delta_as_nanos(start, end),
                         error: None,
                     });
