@@ -20,17 +20,39 @@ pub struct FileSource {
     reader: BufReader<File>,
     follow: bool,
     poll: Duration,
+    /// The start of a line that runs past the end of the reader's buffer
+    /// (or of the file, while the writer is mid-line), until it is whole.
+    partial: Vec<u8>,
+    lines: Lines,
+}
+
+/// Hands out whole lines as records.
+#[derive(Debug)]
+struct Lines {
     line_no: u64,
     /// Bytes of the lines handed out (or skipped as blank).
     offset: u64,
-    /// A line read without its newline yet (the writer is mid-line), or
-    /// the line being read: one buffer reused for every line, copied into
-    /// the record's own buffer once the line is whole.
-    partial: Vec<u8>,
     /// Line buffers of records the pipeline is done with (see
     /// [`Source::recycle`]), to copy the next lines into: a batch then
     /// allocates and frees nothing per line.
     spare: Vec<String>,
+}
+
+impl Lines {
+    /// Hands out `raw`, one line with its newline if it has one.
+    fn push(&mut self, raw: &[u8], batch: &mut Vec<Record>) {
+        self.line_no += 1;
+        self.offset += raw.len() as u64;
+        let mut line = raw;
+        if let Some(rest) = line.strip_suffix(b"\n") {
+            line = rest.strip_suffix(b"\r").unwrap_or(rest);
+        }
+        // Blank lines are not events: skipped, not dead-lettered.
+        if !line.trim_ascii().is_empty() {
+            let buffer = self.spare.pop().unwrap_or_default();
+            batch.push(Record::copied_into(buffer, line, self.line_no, 0));
+        }
+    }
 }
 
 impl FileSource {
@@ -68,27 +90,9 @@ impl FileSource {
             reader: BufReader::with_capacity(256 * 1024, file),
             follow,
             poll,
-            line_no: at.line_no,
-            offset: at.offset,
-            partial: Vec::with_capacity(1024),
-            spare: Vec::new(),
+            partial: Vec::new(),
+            lines: Lines { line_no: at.line_no, offset: at.offset, spare: Vec::new() },
         })
-    }
-
-    /// Hands out the line in `partial` and empties it.
-    fn push(&mut self, batch: &mut Vec<Record>) {
-        self.line_no += 1;
-        self.offset += self.partial.len() as u64;
-        let mut line = &self.partial[..];
-        if let Some(rest) = line.strip_suffix(b"\n") {
-            line = rest.strip_suffix(b"\r").unwrap_or(rest);
-        }
-        // Blank lines are not events: skipped, not dead-lettered.
-        if !line.trim_ascii().is_empty() {
-            let buffer = self.spare.pop().unwrap_or_default();
-            batch.push(Record::copied_into(buffer, line, self.line_no, 0));
-        }
-        self.partial.clear();
     }
 }
 
@@ -104,18 +108,35 @@ impl Source for FileSource {
             if batch.len() - start >= max {
                 return Ok(true);
             }
-            let n = self
+            let buf = self
                 .reader
-                .read_until(b'\n', &mut self.partial)
+                .fill_buf()
                 .map_err(|source| SourceError::Io { what: format!("cannot read {}", self.path.display()), source })?;
-            if n > 0 && self.partial.ends_with(b"\n") {
-                self.push(batch);
+            if !buf.is_empty() {
+                let Some(end) = memchr::memchr(b'\n', buf) else {
+                    self.partial.extend_from_slice(buf);
+                    let n = buf.len();
+                    self.reader.consume(n);
+                    continue;
+                };
+                let line = &buf[..=end];
+                if self.partial.is_empty() {
+                    // Nearly every line: copied once, from the reader's
+                    // buffer into the record's.
+                    self.lines.push(line, batch);
+                } else {
+                    self.partial.extend_from_slice(line);
+                    self.lines.push(&self.partial, batch);
+                    self.partial.clear();
+                }
+                self.reader.consume(end + 1);
                 continue;
             }
             // End of the file for now.
             if !self.follow {
                 if !self.partial.is_empty() {
-                    self.push(batch);
+                    self.lines.push(&self.partial, batch);
+                    self.partial.clear();
                 }
                 return Ok(false);
             }
@@ -137,7 +158,7 @@ impl Source for FileSource {
     }
 
     fn position(&self) -> Position {
-        Position { offset: self.offset, line_no: self.line_no }
+        Position { offset: self.lines.offset, line_no: self.lines.line_no }
     }
 
     fn recycle(&mut self, batch: &mut Vec<Record>) {
@@ -145,8 +166,8 @@ impl Source for FileSource {
         // not keep its buffer.
         const KEEP: usize = 4096;
         for record in batch.drain(..) {
-            if self.spare.len() < KEEP && record.line.capacity() <= 4 * 1024 {
-                self.spare.push(record.line);
+            if self.lines.spare.len() < KEEP && record.line.capacity() <= 4 * 1024 {
+                self.lines.spare.push(record.line);
             }
         }
     }
@@ -202,14 +223,29 @@ mod tests {
         let mut got = Vec::new();
         while src.next_batch(&mut batch, 2, &cancel).expect("read") || !batch.is_empty() {
             got.extend(batch.iter().map(|r| (r.line.clone(), r.not_utf8_at)));
-            let before = src.spare.len();
+            let before = src.lines.spare.len();
             src.recycle(&mut batch);
             assert!(batch.is_empty());
-            assert!(src.spare.len() > before || got.len() == lines.len() + 1, "buffers kept for reuse");
+            assert!(src.lines.spare.len() > before || got.len() == lines.len() + 1, "buffers kept for reuse");
         }
         let mut want: Vec<_> = lines.iter().map(|l| (l.to_string(), None)).collect();
         want.push(("bad \u{fffd} byte".to_string(), Some(4)));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn lines_longer_than_the_read_buffer_come_out_whole() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        let lines = ["a line of more than five bytes", "ab", "abcd", "", "x\r", "the last, unterminated"];
+        write!(f, "{}", lines.join("\n")).expect("write");
+        let mut src = FileSource::open(f.path(), false, Duration::from_millis(1)).expect("open");
+        src.reader = BufReader::with_capacity(5, File::open(f.path()).expect("open"));
+        let mut batch = Vec::new();
+        assert!(!src.next_batch(&mut batch, 100, &CancellationToken::new()).expect("read"));
+        let got: Vec<_> = batch.iter().map(|r| (r.line.as_str(), r.line_no)).collect();
+        assert_eq!(got, [(lines[0], 1), ("ab", 2), ("abcd", 3), ("x", 5), (lines[5], 6)]);
+        let len = std::fs::metadata(f.path()).expect("len").len();
+        assert_eq!(src.position(), Position { offset: len, line_no: 6 });
     }
 
     #[test]
