@@ -21,6 +21,7 @@ pub fn write_entry(buf: &mut [u8], i: usize, offset: u32, len: u32) {
 
 /// Event `i`'s bytes: the range entry `i` of the table names, or `None` when
 /// the entry or the range lies outside `buf`.
+#[inline]
 pub fn event(buf: &[u8], i: usize) -> Option<&[u8]> {
     let at = i.checked_mul(ENTRY)?;
     let entry = buf.get(at..at.checked_add(ENTRY)?)?;

@@ -5,7 +5,7 @@
 //! the host never re-enters it, which is what makes the statics below sound.
 
 use crate::context::{self, Context, Lists};
-use crate::{Payment, Rule};
+use crate::{Decision, Payment, Rule};
 use std::cell::{RefCell, UnsafeCell};
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, ParamValue, pack_ptr_len};
 
@@ -108,10 +108,21 @@ pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<ParamVal
     Ok(ordered)
 }
 
-pub fn evaluate(rule: &Rule, len: i32) -> i64 {
+/// The rule's own function (the one `Rule::evaluate` points to), which
+/// `#[rule]` implements this for so that the entry points below call it
+/// directly and inline it. Called through the pointer, every event paid an
+/// indirect call, got its decision back through linear memory, and looked
+/// up each parameter by comparing names; inlined where the manifest is a
+/// constant, those look-ups fold to indices.
+pub trait Evaluate {
+    fn evaluate(tx: &Payment<'_>, ctx: &Context<'_>) -> Decision;
+}
+
+#[inline(always)]
+pub fn evaluate<E: Evaluate>(rule: &Rule, len: i32) -> i64 {
     STATE.with_borrow(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
-        evaluate_one(rule, st, &st.input[..len])
+        evaluate_one::<E>(rule, st, &st.input[..len])
     })
 }
 
@@ -119,25 +130,27 @@ pub fn evaluate(rule: &Rule, len: i32) -> i64 {
 /// handing each outcome to the host before the next event; returns the
 /// number evaluated. An entry outside the buffer ends the batch early, which
 /// the host reports as the module's fault.
-pub fn evaluate_batch(rule: &Rule, count: i32) -> i32 {
+#[inline(always)]
+pub fn evaluate_batch<E: Evaluate>(rule: &Rule, count: i32) -> i32 {
     STATE.with_borrow(|st| {
         let count = usize::try_from(count).unwrap_or(0);
         for i in 0..count {
             let Some(event) = vigil_abi::batch::event(&st.input, i) else {
                 return i as i32;
             };
-            host_outcome(i, evaluate_one(rule, st, event));
+            host_outcome(i, evaluate_one::<E>(rule, st, event));
         }
         count as i32
     })
 }
 
-fn evaluate_one(rule: &Rule, st: &State, event: &[u8]) -> i64 {
+#[inline(always)]
+fn evaluate_one<E: Evaluate>(rule: &Rule, st: &State, event: &[u8]) -> i64 {
     let tx = Payment::from_bytes(event);
     let lists = Lists::Host { names: rule.manifest.lists };
     let m = &rule.manifest;
     let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);
-    let decision = (rule.evaluate)(&tx, &ctx);
+    let decision = E::evaluate(&tx, &ctx);
     let mut reasons_len = 0;
     if !decision.reasons.is_empty() {
         reasons_len = write_reasons(decision.reasons.iter());
@@ -145,7 +158,8 @@ fn evaluate_one(rule: &Rule, st: &State, event: &[u8]) -> i64 {
     Outcome { action: decision.action as u8, reasons_len: reasons_len as u16, score: decision.score }.pack()
 }
 
-/// Writes `\n`-separated codes, dropping whole codes that do not fit.
+/// Writes `\n`-separated codes, up to the first that does not fit whole. The
+/// codes hold no newlines: [`crate::decision::Reasons::push`] blanked them.
 fn write_reasons<'a>(codes: impl Iterator<Item = &'a str>) -> usize {
     let out = output();
     let mut at = 0;
@@ -158,33 +172,10 @@ fn write_reasons<'a>(codes: impl Iterator<Item = &'a str>) -> usize {
             out[at] = b'\n';
         }
         at += sep;
-        let dst = &mut out[at..at + code.len()];
-        dst.copy_from_slice(code.as_bytes());
-        // A byte loop costs several instructions a byte in wasm (a tenth of
-        // a firing rule's call); codes have no newlines, so only look for
-        // one, eight bytes at a time.
-        if has_newline(code.as_bytes()) {
-            dst.iter_mut().filter(|b| **b == b'\n').for_each(|b| *b = b' ');
-        }
+        out[at..at + code.len()].copy_from_slice(code.as_bytes());
         at += code.len();
     }
     at
-}
-
-/// Whether `bytes` holds a `\n`: the "has a zero byte" test on each eight
-/// bytes XOR-ed with newlines.
-fn has_newline(bytes: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in chunks.by_ref() {
-        let x = u64::from_ne_bytes(chunk.try_into().unwrap_or_default()) ^ NEWLINES;
-        if x.wrapping_sub(ONES) & !x & HIGHS != 0 {
-            return true;
-        }
-    }
-    chunks.remainder().contains(&b'\n')
 }
 
 fn write_text(msg: &str) -> usize {
@@ -229,6 +220,7 @@ unsafe extern "C" {
 }
 
 #[cfg(target_arch = "wasm32")]
+#[inline(always)]
 fn host_outcome(index: usize, packed: i64) {
     // SAFETY: the host only reads the reason codes from the output buffer.
     unsafe { outcome(index as i32, packed) }
@@ -282,26 +274,17 @@ pub(crate) fn host_state_put(_key: &[u8], _value: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{has_newline, output, write_reasons};
+    use super::{output, write_reasons};
 
+    // One test: the output buffer is a static, and tests run in parallel.
     #[test]
-    fn newlines_are_found_at_any_position() {
-        for len in 0..20 {
-            let clean = vec![b'a'; len];
-            assert!(!has_newline(&clean), "none in {len} bytes");
-            for at in 0..len {
-                let mut with = clean.clone();
-                with[at] = b'\n';
-                assert!(has_newline(&with), "at {at} of {len}");
-            }
-        }
-        // Bytes one bit away from a newline are not newlines.
-        assert!(!has_newline(&[0x0b, 0x0e, 0x08, 0x8a, 0x1a, 0x4a, 0x2a, 0x0a ^ 0x01, 0x0a ^ 0x80]));
-    }
-
-    #[test]
-    fn reasons_are_written_one_per_line_with_newlines_blanked() {
-        let n = write_reasons(["velocity", "new\ndevice", "x"].into_iter());
-        assert_eq!(&output()[..n], b"velocity\nnew device\nx");
+    fn reasons_are_written_one_per_line_up_to_the_first_that_does_not_fit() {
+        let n = write_reasons(["velocity", "new_device", "x"].into_iter());
+        assert_eq!(&output()[..n], b"velocity\nnew_device\nx");
+        let long = "y".repeat(vigil_abi::OUTPUT_CAPACITY - 2);
+        let n = write_reasons(["ab", long.as_str(), "c"].into_iter());
+        assert_eq!(&output()[..n], b"ab", "no part of the long code, nor a code after it");
+        let n = write_reasons(["ab", &long[1..], "c"].into_iter());
+        assert_eq!(n, vigil_abi::OUTPUT_CAPACITY, "a code that fills the buffer exactly is kept");
     }
 }
