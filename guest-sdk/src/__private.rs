@@ -201,6 +201,7 @@ unsafe extern "C" {
 }
 
 #[cfg(target_arch = "wasm32")]
+#[inline(always)]
 pub(crate) fn host_list_contains(index: usize, value: &str) -> bool {
     // SAFETY: the host reads `len` bytes at `ptr` from this module's memory
     // and writes nothing.

@@ -131,7 +131,9 @@ impl<'a> Context<'a> {
     ///
     /// # Panics
     /// When the rule did not declare the list in `lists(...)`.
-    #[inline]
+    // Always inlined: inside a rule module the lists are the host's, so the
+    // other arms go, and the list's index folds as a parameter's does.
+    #[inline(always)]
     pub fn in_list(&self, list: &str, value: &str) -> bool {
         match &self.lists {
             Lists::Host { names } => {

@@ -40,6 +40,40 @@ impl List {
     }
 }
 
+/// One holder's view of a [`List`], for look-ups in a row: while the list
+/// is unchanged a look-up reads one pointer to see so, instead of taking
+/// the list anew (an `ArcSwap` load, about 35 instructions each time).
+/// A reload is seen at the next look-up.
+pub struct ListReader(arc_swap::Cache<Entries, Arc<HashSet<Box<[u8]>>>>);
+
+/// What a [`ListReader`] reads through: the list's swappable entries.
+struct Entries(Arc<List>);
+
+impl std::ops::Deref for Entries {
+    type Target = ArcSwap<HashSet<Box<[u8]>>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.values
+    }
+}
+
+impl ListReader {
+    /// A reader of `list`.
+    pub fn new(list: Arc<List>) -> Self {
+        Self(arc_swap::Cache::new(Entries(list)))
+    }
+
+    /// Whether the list holds `value`.
+    pub fn contains(&mut self, value: &[u8]) -> bool {
+        self.0.load().contains(value)
+    }
+}
+
+impl std::fmt::Debug for ListReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListReader").finish_non_exhaustive()
+    }
+}
+
 /// Why a list could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
@@ -158,6 +192,22 @@ fn parse_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_sees_a_reload_at_its_next_look_up() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("devices.txt");
+        std::fs::write(&path, "dev-1\n").expect("write");
+        let config = BTreeMap::from([("devices".to_owned(), ListConfig { path: path.clone(), kind: ListKind::Plain })]);
+        let t = Tokenizer::new(b"list-test-key-0123");
+        let lists = Lists::load(&config, &t).expect("load");
+        let mut reader = ListReader::new(lists.lists["devices"].clone());
+        assert!(reader.contains(b"dev-1") && !reader.contains(b"dev-2"));
+        std::fs::write(&path, "dev-2\n").expect("write");
+        assert!(lists.reload(&config, &t).is_empty());
+        assert!(reader.contains(b"dev-2"), "the reloaded list");
+        assert!(!reader.contains(b"dev-1"), "not the one before");
+    }
 
     #[test]
     fn card_lists_hold_tokens_not_pans() {

@@ -20,7 +20,7 @@ use wasmtime::{
     Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
-use super::lists::List;
+use super::lists::{List, ListReader};
 use super::{Batch, RuleError};
 
 /// Initial size of a rule's input buffer; grown on demand for larger events.
@@ -35,7 +35,7 @@ const BATCH_INPUT: usize = 16 * 1024;
 /// Per-store data: the memory limiter and what host functions need.
 pub struct HostState {
     limiter: Limiter,
-    lists: Arc<[Arc<List>]>,
+    lists: Vec<ListReader>,
     memory: Option<Memory>,
     /// The rule's keyed state, lent by the worker for the length of a call.
     rule_state: RuleState,
@@ -385,7 +385,7 @@ impl Sandbox {
     ) -> Result<RuleInstance, RuleError> {
         let state = HostState {
             limiter: Limiter { cap: self.memory_cap, denied: false },
-            lists,
+            lists: lists.iter().map(|l| ListReader::new(l.clone())).collect(),
             memory: None,
             rule_state: RuleState::default(),
             run: Run {
@@ -507,7 +507,7 @@ fn list_contains(mut caller: Caller<'_, HostState>, list: i32, ptr: i32, len: i3
     let Some(bytes) = data.get(range(ptr, len)) else {
         wasmtime::bail!("list_contains: value out of bounds");
     };
-    let Some(list) = state.lists.get(list as u32 as usize) else {
+    let Some(list) = state.lists.get_mut(list as u32 as usize) else {
         wasmtime::bail!("list_contains: no list with index {list}");
     };
     Ok(i32::from(list.contains(bytes)))
