@@ -18,6 +18,17 @@ impl<'a> Payment<'a> {
         Self { view: EventView::new(bytes) }
     }
 
+    /// Wraps an event the host encoded, without checking its strings again.
+    ///
+    /// # Safety
+    /// As [`EventView::from_host`]: `bytes` is what the host passed for
+    /// one event.
+    #[inline]
+    pub(crate) unsafe fn from_host(bytes: &'a [u8]) -> Self {
+        // SAFETY: passed on to the caller.
+        Self { view: unsafe { EventView::from_host(bytes) } }
+    }
+
     /// Transaction id.
     #[inline]
     pub fn id(&self) -> &'a str {
