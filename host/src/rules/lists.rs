@@ -43,7 +43,8 @@ impl List {
 /// One holder's view of a [`List`], for look-ups in a row: while the list
 /// is unchanged a look-up reads one pointer to see so, instead of taking
 /// the list anew (an `ArcSwap` load, about 35 instructions each time).
-/// A reload is seen at the next look-up.
+/// A reload is seen at the next look-up; until then the reader keeps the
+/// entries it last read alive.
 pub struct ListReader(arc_swap::Cache<Entries, Arc<HashSet<Box<[u8]>>>>);
 
 /// What a [`ListReader`] reads through: the list's swappable entries.

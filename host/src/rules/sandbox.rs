@@ -1143,6 +1143,17 @@ mod tests {
         assert_eq!(partitions, [(vec![0], 0), (vec![1], 1), (vec![2], 2), (vec![3], 3)]);
     }
 
+    /// An instance of `module`, the sample event and a projection showing
+    /// all of it, for single calls.
+    fn single_calls(module: &[u8]) -> (RuleInstance, Vec<u8>, vigil_abi::Projection) {
+        let sandbox = sandbox();
+        let pre = sandbox.prepare(module, "h").expect("valid module");
+        let inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut event = Vec::new();
+        crate::rules::check::sample_payment().encode(&mut event).expect("encode");
+        (inst, event, vigil_abi::Projection::new(vigil_abi::FieldMask::ALL))
+    }
+
     /// The outcome of one call to a module whose every call reviews with
     /// `reasons` (wat string escapes) as its reason codes.
     fn reasons_of(reasons: &str, len: usize) -> Result<CallResult, RuleError> {
@@ -1157,12 +1168,7 @@ mod tests {
             (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
             (func (export "vigil_evaluate") (param i32) (result i64) i64.const {packed}))"#
         ));
-        let sandbox = sandbox();
-        let pre = sandbox.prepare(&m, "h").expect("valid module");
-        let mut inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
-        let mut event = Vec::new();
-        crate::rules::check::sample_payment().encode(&mut event).expect("encode");
-        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        let (mut inst, event, all) = single_calls(&m);
         let first = inst.call(&event, &all, &[]);
         // The second call finds the codes in the cache.
         let second = inst.call(&event, &all, &[]);
@@ -1223,12 +1229,7 @@ mod tests {
     #[test]
     fn an_outcome_outside_a_batch_call_is_refused() {
         let m = module_with("(call $report (i32.const 0)) i64.const 0", REPORT_ALL, true);
-        let sandbox = sandbox();
-        let pre = sandbox.prepare(&m, "h").expect("valid module");
-        let mut inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
-        let mut event = Vec::new();
-        crate::rules::check::sample_payment().encode(&mut event).expect("encode");
-        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        let (mut inst, event, all) = single_calls(&m);
         let e = inst.call(&event, &all, &[]).expect_err("refused").to_string();
         assert!(e.contains("reported an outcome (event 0) outside `vigil_evaluate_batch`"), "{e}");
     }
