@@ -737,20 +737,26 @@ pub struct RuleInstance {
     memory_cap: usize,
 }
 
-/// [`intern`] for a code still in the guest's bytes.
+/// [`intern`] for a code still in the guest's bytes: checked as UTF-8 only
+/// when it is not in the cache.
 fn intern_bytes(cache: &mut Vec<Arc<str>>, code: &[u8]) -> Result<Arc<str>, RuleError> {
-    if let Some(c) = cache.iter().find(|c| c.as_bytes() == code) {
-        return Ok(c.clone());
+    if let Some(c) = cached(cache, code) {
+        return Ok(c);
     }
     let code = std::str::from_utf8(code).map_err(|_| RuleError::Abi("reason codes are not UTF-8".into()))?;
-    Ok(intern(cache, code))
+    Ok(add(cache, code))
 }
 
 /// The cached copy of `code`, adding it while the cache is small.
 pub(crate) fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
-    if let Some(c) = cache.iter().find(|c| ***c == *code) {
-        return c.clone();
-    }
+    cached(cache, code.as_bytes()).unwrap_or_else(|| add(cache, code))
+}
+
+fn cached(cache: &[Arc<str>], code: &[u8]) -> Option<Arc<str>> {
+    cache.iter().find(|c| c.as_bytes() == code).cloned()
+}
+
+fn add(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
     let c: Arc<str> = code.into();
     if cache.len() < 64 {
         cache.push(c.clone());
