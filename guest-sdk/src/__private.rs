@@ -115,7 +115,22 @@ pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<ParamVal
 /// up each parameter by comparing names; inlined where the manifest is a
 /// constant, those look-ups fold to indices.
 pub trait Evaluate {
+    /// The rule's `RULE`, whose manifest is a constant.
+    fn rule() -> &'static Rule;
     fn evaluate(tx: &Payment<'_>, ctx: &Context<'_>) -> Decision;
+}
+
+/// [`Rule::native`]: the rule called in a host process, with the manifest
+/// a constant so that its names fold to indices as they do in wasm.
+pub fn evaluate_native<E: Evaluate>(
+    tx: &Payment<'_>,
+    params: &[ParamValue],
+    host: &dyn crate::native::Host,
+) -> Decision {
+    let m = &E::rule().manifest;
+    let lists = Lists::Native { names: m.lists, host };
+    let ctx = Context::new(m.params, params, lists, m.features, tx.view(), context::State::Native(host));
+    E::evaluate(tx, &ctx)
 }
 
 #[inline(always)]

@@ -42,7 +42,9 @@ impl Decision {
     }
 
     /// Adds a reason code.
-    #[inline]
+    // Always inlined: the decision is moved in and out by value, which
+    // only vanishes inlined, and a literal's newline check folds there.
+    #[inline(always)]
     pub fn reason(mut self, code: impl Into<Cow<'static, str>>) -> Self {
         self.reasons.push(code.into());
         self

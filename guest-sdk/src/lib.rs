@@ -80,6 +80,12 @@ pub struct Rule {
     pub manifest: abi::ManifestDef,
     /// The rule itself.
     pub evaluate: fn(&Payment<'_>, &Context<'_>) -> Decision,
+    /// The rule as a host process calls it ([`native`]): `evaluate` with
+    /// this manifest's parameter, list and feature names resolved when it
+    /// was compiled, as they are in its wasm build. Not in a wasm build,
+    /// which has its own entry points.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub native: native::Entry,
 }
 
 /// Everything a rule file needs: `use vigil_sdk::prelude::*;`.

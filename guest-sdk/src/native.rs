@@ -7,9 +7,12 @@
 //! call crosses no sandbox. Rules are deployed as wasm; a native rule has no
 //! CPU budget and no memory cap.
 
-use crate::context::{Context, Lists, State};
-use crate::{Decision, Payment, Rule};
+use crate::{Decision, Payment};
 use vigil_abi::ParamValue;
+
+/// [`Rule::native`]: the rule with its checked parameters (in manifest
+/// order) and its host.
+pub type Entry = fn(&Payment<'_>, &[ParamValue], &dyn Host) -> Decision;
 
 /// What a native rule asks of its host during a call: the same services the
 /// `vigil::list_contains`, `vigil::state_get` and `vigil::state_put` imports
@@ -25,13 +28,15 @@ pub trait Host {
 
 /// A rule with its parameters decoded and checked: what a configured wasm
 /// instance is, without the instance.
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug, Clone)]
 pub struct Configured {
-    rule: Rule,
+    rule: crate::Rule,
     /// In manifest order.
     params: Vec<ParamValue>,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 impl Configured {
     /// Applies the parameters the host resolved for the rule (encoded as for
     /// `vigil_configure`).
@@ -39,35 +44,26 @@ impl Configured {
     /// # Errors
     /// The message `vigil_configure` would give: bad encoding, a parameter
     /// missing or of the wrong type.
-    pub fn new(rule: &Rule, params: &[u8]) -> Result<Self, String> {
+    pub fn new(rule: &crate::Rule, params: &[u8]) -> Result<Self, String> {
         Ok(Self { rule: *rule, params: crate::__private::checked_params(rule, params)? })
     }
 
     /// The rule.
-    pub fn rule(&self) -> &Rule {
+    pub fn rule(&self) -> &crate::Rule {
         &self.rule
     }
 
     /// Calls the rule on an event laid out as the host hands it to a wasm
     /// module: the projected event with its feature block.
     pub fn evaluate(&self, input: &[u8], host: &dyn Host) -> Decision {
-        let m = &self.rule.manifest;
-        let tx = Payment::from_bytes(input);
-        let ctx = Context::new(
-            m.params,
-            &self.params,
-            Lists::Native { names: m.lists, host },
-            m.features,
-            tx.view(),
-            State::Native(host),
-        );
-        (self.rule.evaluate)(&tx, &ctx)
+        (self.rule.native)(&Payment::from_bytes(input), &self.params, host)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{Configured, Host};
+    use crate::__private::{Evaluate, evaluate_native};
     use crate::abi::{ManifestDef, ParamDef, ParamDefault, ParamValue, params};
     use crate::testing::PaymentBuilder;
     use crate::{Context, Decision, Payment, Rule};
@@ -107,7 +103,18 @@ mod tests {
             features: &[],
         },
         evaluate,
+        native: evaluate_native::<Order>,
     };
+
+    struct Order;
+    impl Evaluate for Order {
+        fn rule() -> &'static Rule {
+            &RULE
+        }
+        fn evaluate(tx: &Payment<'_>, ctx: &Context<'_>) -> Decision {
+            evaluate(tx, ctx)
+        }
+    }
 
     fn encoded(values: &[(&str, ParamValue)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -210,6 +210,21 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let lists = lists.unwrap_or_default();
     let features = features.unwrap_or_default();
     let func = &f.sig.ident;
+    // The rule for the SDK's entry points (wasm exports and the native
+    // entry), which are generic over it so that they call it directly.
+    let entry = quote! {
+        struct Entry;
+        impl ::vigil_sdk::__private::Evaluate for Entry {
+            #[inline(always)]
+            fn rule() -> &'static ::vigil_sdk::Rule {
+                &RULE
+            }
+            #[inline(always)]
+            fn evaluate(tx: &::vigil_sdk::Payment<'_>, ctx: &::vigil_sdk::Context<'_>) -> ::vigil_sdk::Decision {
+                #func(tx, ctx)
+            }
+        }
+    };
 
     Ok(quote! {
         #f
@@ -226,17 +241,16 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
                 features: &[#(#features),*],
             },
             evaluate: #func,
+            #[cfg(not(target_arch = "wasm32"))]
+            native: {
+                #entry
+                ::vigil_sdk::__private::evaluate_native::<Entry>
+            },
         };
 
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            struct Entry;
-            impl ::vigil_sdk::__private::Evaluate for Entry {
-                #[inline(always)]
-                fn evaluate(tx: &::vigil_sdk::Payment<'_>, ctx: &::vigil_sdk::Context<'_>) -> ::vigil_sdk::Decision {
-                    #func(tx, ctx)
-                }
-            }
+            #entry
             #[unsafe(no_mangle)]
             extern "C" fn vigil_abi_version() -> i32 {
                 ::vigil_sdk::__private::abi_version()

@@ -710,10 +710,10 @@ impl Instance {
         features: &[usize],
         results: &mut Results,
     ) -> Result<(), RuleError> {
-        if let Instance::Wasm(i) = self
-            && i.takes_batches()
-        {
-            return i.call_batch(batch, from, projection, features, results);
+        match self {
+            Instance::Wasm(i) if i.takes_batches() => return i.call_batch(batch, from, projection, features, results),
+            Instance::Native(i) => return i.call_batch(batch, from, projection, features, results),
+            Instance::Wasm(_) => {}
         }
         for i in from..batch.len() {
             self.set_partition(batch.partitions[i]);

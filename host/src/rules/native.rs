@@ -12,9 +12,9 @@ use std::sync::Arc;
 use vigil_abi::Projection;
 use vigil_sdk::native::{Configured, Host};
 
-use super::RuleError;
 use super::lists::List;
 use super::sandbox::{CallResult, RuleState, intern};
+use super::{Batch, Results, RuleError};
 
 /// One worker's native rule: the configured rule and its input buffer.
 #[derive(Debug)]
@@ -22,7 +22,9 @@ pub struct NativeInstance {
     rule: Configured,
     lists: Arc<[Arc<List>]>,
     state: RuleState,
+    /// The event laid out for the next call: `input[..len]`.
     input: Vec<u8>,
+    len: usize,
     reason_cache: Vec<Arc<str>>,
 }
 
@@ -52,7 +54,7 @@ impl NativeInstance {
     pub fn new(rule: &vigil_sdk::Rule, params: &[u8], lists: Arc<[Arc<List>]>) -> Result<Self, RuleError> {
         let rule = Configured::new(rule, params)
             .map_err(|msg| RuleError::Config(format!("the rule refused its parameters: {msg}")))?;
-        Ok(Self { rule, lists, state: RuleState::default(), input: Vec::new(), reason_cache: Vec::new() })
+        Ok(Self { rule, lists, state: RuleState::default(), input: Vec::new(), len: 0, reason_cache: Vec::new() })
     }
 
     /// Evaluates one encoded event as [`super::sandbox::RuleInstance::call`]
@@ -61,15 +63,57 @@ impl NativeInstance {
     /// # Errors
     /// [`RuleError::Trap`] when the rule panics.
     pub fn call(&mut self, event: &[u8], projection: &Projection, features: &[f64]) -> Result<CallResult, RuleError> {
-        let len = event.len() + features.len() * 8;
-        self.input.resize(len, 0);
-        projection.apply(event, &mut self.input[..event.len()]);
-        for (chunk, v) in self.input[event.len()..].chunks_exact_mut(8).zip(features) {
-            chunk.copy_from_slice(&v.to_le_bytes());
+        self.lay_out(event, projection, features.len(), |i| features[i]);
+        self.evaluate()
+    }
+
+    /// Evaluates events `from..` of `batch` as [`super::Instance::call_batch`]
+    /// describes, one call each, with the rule's `features` (catalog
+    /// indices) taken from the batch as the event is laid out.
+    ///
+    /// # Errors
+    /// [`RuleError::Trap`] of the event after the last result pushed.
+    pub fn call_batch(
+        &mut self,
+        batch: &Batch,
+        from: usize,
+        projection: &Projection,
+        features: &[usize],
+        results: &mut Results,
+    ) -> Result<(), RuleError> {
+        for i in from..batch.len() {
+            self.state.set_partition(batch.partitions[i]);
+            let values = batch.values(i);
+            self.lay_out(&batch.encoded[i], projection, features.len(), |k| {
+                values.get(features[k]).copied().unwrap_or(f64::NAN)
+            });
+            results.calls.push(self.evaluate()?);
+            results.ends.push(results.clock.raw());
         }
-        vigil_abi::event::set_feature_block(&mut self.input, event.len() as u32, features.len() as u32);
+        Ok(())
+    }
+
+    /// Writes the projected event and its feature block to the input.
+    #[inline(always)]
+    fn lay_out(&mut self, event: &[u8], projection: &Projection, features: usize, value: impl Fn(usize) -> f64) {
+        let len = event.len() + features * 8;
+        if self.input.len() < len {
+            self.input.resize(len, 0);
+        }
+        let input = &mut self.input[..len];
+        projection.apply(event, &mut input[..event.len()]);
+        for (k, chunk) in input[event.len()..].chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&value(k).to_le_bytes());
+        }
+        vigil_abi::event::set_feature_block(input, event.len() as u32, features as u32);
+        self.len = len;
+    }
+
+    /// Calls the rule on the input [`NativeInstance::lay_out`] wrote.
+    #[inline(always)]
+    fn evaluate(&mut self) -> Result<CallResult, RuleError> {
         let bridge = Bridge { lists: &self.lists, state: RefCell::new(&mut self.state) };
-        let (rule, input) = (&self.rule, &self.input);
+        let (rule, input) = (&self.rule, &self.input[..self.len]);
         let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rule.evaluate(input, &bridge)))
             .map_err(|p| {
                 let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
