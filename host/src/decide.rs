@@ -281,7 +281,11 @@ pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, smallvec::SmallVec<[&s
     for o in outcomes.iter().filter(|o| o.mode == Mode::Enforce) {
         action = action.max(o.action);
         score += i64::from(o.score);
-        reasons.extend(o.reasons.iter().map(|r| &**r));
+        // Pushed one by one: `extend` reserves from the size hint first,
+        // a cost for every rule, and most rules give no code.
+        for r in &o.reasons {
+            reasons.push(&**r);
+        }
     }
     (action, score, reasons)
 }

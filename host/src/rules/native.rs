@@ -121,11 +121,12 @@ impl NativeInstance {
             })?;
         // Most events have none, and collecting from the empty iterator
         // still cost a tenth of a simple rule's call.
-        let reasons = if decision.reasons.is_empty() {
-            crate::decide::Reasons::new()
-        } else {
-            decision.reasons.iter().map(|code| intern(&mut self.reason_cache, code)).collect()
-        };
+        let mut reasons = crate::decide::Reasons::new();
+        if !decision.reasons.is_empty() {
+            for code in decision.reasons.iter() {
+                reasons.push(intern(&mut self.reason_cache, code));
+            }
+        }
         Ok(CallResult { action: decision.action, score: decision.score, reasons })
     }
 
