@@ -134,10 +134,10 @@ pub fn evaluate_native<E: Evaluate>(
 }
 
 #[inline(always)]
-pub fn evaluate<E: Evaluate>(rule: &Rule, len: i32) -> i64 {
+pub fn evaluate<E: Evaluate>(len: i32) -> i64 {
     STATE.with_borrow(|st| {
         let len = usize::try_from(len).unwrap_or(0).min(st.input.len());
-        evaluate_one::<E>(rule, st, &st.input[..len])
+        evaluate_one::<E>(st, &st.input[..len])
     })
 }
 
@@ -146,28 +146,28 @@ pub fn evaluate<E: Evaluate>(rule: &Rule, len: i32) -> i64 {
 /// number evaluated. An entry outside the buffer ends the batch early, which
 /// the host reports as the module's fault.
 #[inline(always)]
-pub fn evaluate_batch<E: Evaluate>(rule: &Rule, count: i32) -> i32 {
+pub fn evaluate_batch<E: Evaluate>(count: i32) -> i32 {
     STATE.with_borrow(|st| {
         let count = usize::try_from(count).unwrap_or(0);
         for i in 0..count {
             let Some(event) = vigil_abi::batch::event(&st.input, i) else {
                 return i as i32;
             };
-            host_outcome(i, evaluate_one::<E>(rule, st, event));
+            host_outcome(i, evaluate_one::<E>(st, event));
         }
         count as i32
     })
 }
 
 #[inline(always)]
-fn evaluate_one<E: Evaluate>(rule: &Rule, st: &State, event: &[u8]) -> i64 {
+fn evaluate_one<E: Evaluate>(st: &State, event: &[u8]) -> i64 {
     // SAFETY: `event` is one event of the input buffer, which the host
     // fills with what its encoder wrote (strings from `&str`s), masked by
     // the rule's projection, with the feature block after it. A host that
     // broke that would only mislead the rule: the module is sandboxed.
     let tx = unsafe { Payment::from_host(event) };
-    let lists = Lists::Host { names: rule.manifest.lists };
-    let m = &rule.manifest;
+    let m = &E::rule().manifest;
+    let lists = Lists::Host { names: m.lists };
     let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);
     let decision = E::evaluate(&tx, &ctx);
     let mut reasons_len = 0;

@@ -273,11 +273,11 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
             }
             #[unsafe(no_mangle)]
             extern "C" fn vigil_evaluate(len: i32) -> i64 {
-                ::vigil_sdk::__private::evaluate::<Entry>(&RULE, len)
+                ::vigil_sdk::__private::evaluate::<Entry>(len)
             }
             #[unsafe(no_mangle)]
             extern "C" fn vigil_evaluate_batch(count: i32) -> i32 {
-                ::vigil_sdk::__private::evaluate_batch::<Entry>(&RULE, count)
+                ::vigil_sdk::__private::evaluate_batch::<Entry>(count)
             }
         };
     })

@@ -119,8 +119,9 @@ impl NativeInstance {
                 let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
                 RuleError::Trap(format!("panicked: {}", msg.unwrap_or("(non-text panic payload)")))
             })?;
-        // Most events have none, and collecting from the empty iterator
-        // still cost a tenth of a simple rule's call.
+        // Pushed one by one: collecting into the `SmallVec` (reserving from
+        // the size hint of a chained iterator) cost a firing rule a
+        // quarter of its call, and an empty one a tenth.
         let mut reasons = crate::decide::Reasons::new();
         if !decision.reasons.is_empty() {
             for code in decision.reasons.iter() {
