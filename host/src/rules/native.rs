@@ -121,7 +121,8 @@ impl NativeInstance {
             })?;
         // Pushed one by one: collecting into the `SmallVec` (reserving from
         // the size hint of a chained iterator) cost a firing rule a
-        // quarter of its call, and an empty one a tenth.
+        // quarter of its call, and an empty one a tenth. The emptiness
+        // check stays: without it both read 1–6 ns slower.
         let mut reasons = crate::decide::Reasons::new();
         if !decision.reasons.is_empty() {
             for code in decision.reasons.iter() {
