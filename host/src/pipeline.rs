@@ -592,13 +592,16 @@ impl SourceRun {
             let more = self.source.next_batch(&mut records, self.batch_size, cancel)?;
             counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
             let now = now_us();
-            let mut jobs: Vec<Vec<Job>> = (0..self.worker_txs.len()).map(|_| Vec::new()).collect();
-            let mut rejected = Output::default();
             let workers = self.worker_txs.len();
+            // Sized for an even share and some skew, so a batch is not
+            // grown (and its events copied again) as it fills.
+            let share = if workers == 1 { records.len() } else { records.len() / workers + records.len() / 4 };
+            let mut jobs: Vec<Vec<Job>> = (0..workers).map(|_| Vec::with_capacity(share)).collect();
+            let mut rejected = Output::default();
             self.parse(&records);
             for (record, parsed) in records.iter().zip(self.parsed.drain(..)) {
                 self.decoder.dedup_mut().set_partition(record.partition);
-                match parsed.and_then(|p| self.decoder.admit(p)) {
+                match parsed.and_then(|p| self.decoder.admit(&p).map(|()| p)) {
                     Ok(payment) => {
                         self.newest_ms = self.newest_ms.max(payment.ts_ms);
                         let w = if self.by_partition {

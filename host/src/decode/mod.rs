@@ -238,7 +238,8 @@ impl Decoder {
     /// [`DecodeError`] saying exactly why the event is rejected.
     pub fn decode(&mut self, line: &str) -> Result<Payment, DecodeError> {
         let payment = self.parse(line)?;
-        self.admit(payment)
+        self.admit(&payment)?;
+        Ok(payment)
     }
 
     /// Decodes, validates and tokenises one line: everything but the
@@ -258,11 +259,11 @@ impl Decoder {
     ///
     /// # Errors
     /// [`DecodeError::Duplicate`] when its id was seen within the horizon.
-    pub fn admit(&mut self, payment: Payment) -> Result<Payment, DecodeError> {
+    pub fn admit(&mut self, payment: &Payment) -> Result<(), DecodeError> {
         if !self.dedup.insert(&payment.id, payment.ts_ms) {
-            return Err(DecodeError::Duplicate(payment.id.into()));
+            return Err(DecodeError::Duplicate(payment.id.as_str().into()));
         }
-        Ok(payment)
+        Ok(())
     }
 
     fn text(&self, field: &'static str, v: &str, required: bool) -> Result<Text, DecodeError> {
