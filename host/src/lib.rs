@@ -50,6 +50,7 @@ pub mod sinks;
 pub mod kafka;
 pub mod pipeline;
 pub mod priority;
+mod hint;
 pub mod app;
 pub mod replay;
 pub mod generate;

@@ -599,6 +599,8 @@ impl SourceRun {
             let mut jobs: Vec<Vec<Job>> = (0..workers).map(|_| Vec::with_capacity(share)).collect();
             let mut rejected = Output::default();
             self.parse(&records);
+            let ids = self.parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| p.id.as_str());
+            self.decoder.dedup_mut().prefetch(ids);
             for (record, parsed) in records.iter().zip(self.parsed.drain(..)) {
                 self.decoder.dedup_mut().set_partition(record.partition);
                 match parsed.and_then(|p| self.decoder.admit(&p).map(|()| p)) {
