@@ -12,7 +12,8 @@
 //! stays in the cache than of a map of whole entries (33 bytes a slot); a
 //! lookup reads the ring only when those 32 bits match (a duplicate, or one
 //! new id in billions), and the slots of ids about to expire are loaded
-//! ahead. An id costs 48–64 bytes in all, ring included.
+//! ahead. An id costs 48–96 bytes in all, ring included (each between
+//! half and fully used).
 
 use std::collections::VecDeque;
 use xxhash_rust::xxh3::xxh3_128;
