@@ -73,20 +73,23 @@ impl Index {
 
     /// The number of an id with `tag` for which `eq(number)` holds.
     fn find(&self, tag: u32, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.probe(tag, |s| (s >> 32) as u32 == tag && eq(s as u32)).map(|i| self.slots[i] as u32)
+    }
+
+    /// The position of the first slot from `tag`'s home, up to the end of
+    /// its run, for which `hit` holds.
+    fn probe(&self, tag: u32, mut hit: impl FnMut(u64) -> bool) -> Option<usize> {
         if self.slots.is_empty() {
             return None;
         }
         let mask = self.slots.len() - 1;
         let mut i = self.home(tag);
         loop {
-            let s = self.slots[i];
-            if s == 0 {
-                return None;
+            match self.slots[i] {
+                0 => return None,
+                s if hit(s) => return Some(i),
+                _ => i = (i + 1) & mask,
             }
-            if (s >> 32) as u32 == tag && eq(s as u32) {
-                return Some(s as u32);
-            }
-            i = (i + 1) & mask;
         }
     }
 
@@ -94,7 +97,7 @@ impl Index {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        self.place((u64::from(tag) << 32) | u64::from(number));
+        self.place(pack(tag, number));
         self.len += 1;
     }
 
@@ -120,7 +123,8 @@ impl Index {
     /// Removes the id numbered `number` with `tag`, closing the gap by
     /// moving later slots of the same run back (no tombstones).
     fn remove(&mut self, tag: u32, number: u32) {
-        let Some(mut hole) = self.position(tag, number) else {
+        let want = pack(tag, number);
+        let Some(mut hole) = self.probe(tag, |s| s == want) else {
             return;
         };
         let mask = self.slots.len() - 1;
@@ -142,22 +146,11 @@ impl Index {
         self.slots[hole] = 0;
         self.len -= 1;
     }
+}
 
-    fn position(&self, tag: u32, number: u32) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let want = (u64::from(tag) << 32) | u64::from(number);
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(tag);
-        loop {
-            match self.slots[i] {
-                0 => return None,
-                s if s == want => return Some(i),
-                _ => i = (i + 1) & mask,
-            }
-        }
-    }
+/// An index slot: `tag << 32 | number`.
+fn pack(tag: u32, number: u32) -> u64 {
+    (u64::from(tag) << 32) | u64::from(number)
 }
 
 /// The set of recently seen ids.
