@@ -10,6 +10,11 @@
 //! hashes are already xxh3 output.
 //!
 //! A freed slot is reused by the next new key; the slab does not shrink.
+//!
+//! Idle keys are dropped by a sweep that walks the slab in slot order, a
+//! slice at a time ([`KeyTable::sweep`]): in order the states are read
+//! sequentially, and in slices no single event waits for a whole pass (a
+//! pass over 36k keys dropping 10k of them held a worker for 4–11 ms).
 
 use crate::hint::prefetch;
 use hashbrown::HashTable;
@@ -23,11 +28,15 @@ pub struct KeyTable<S> {
     index: HashTable<Slot>,
     slots: Vec<(u64, S)>,
     free: Vec<Slot>,
+    /// Which slots hold a key, a bit each: a sweep skips the free ones.
+    held: Vec<u64>,
+    /// The slot the next sweep starts at.
+    sweep_at: usize,
 }
 
 impl<S> Default for KeyTable<S> {
     fn default() -> Self {
-        Self { index: HashTable::new(), slots: Vec::new(), free: Vec::new() }
+        Self { index: HashTable::new(), slots: Vec::new(), free: Vec::new(), held: Vec::new(), sweep_at: 0 }
     }
 }
 
@@ -35,6 +44,11 @@ impl<S: Default> KeyTable<S> {
     /// Keys held.
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// Slots in the slab, held or free: what a whole sweep walks.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     /// The slot of the key with `hash`, if held.
@@ -85,9 +99,13 @@ impl<S: Default> KeyTable<S> {
                 // exhausted memory long before.
                 let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
                 self.slots.push((hash, S::default()));
+                if self.held.len() * 64 < self.slots.len() {
+                    self.held.push(0);
+                }
                 slot
             }
         };
+        self.held[slot as usize / 64] |= 1 << (slot % 64);
         let slots = &self.slots;
         self.index.insert_unique(hash, slot, |&s| slots[s as usize].0);
         slot
@@ -102,7 +120,7 @@ impl<S: Default> KeyTable<S> {
     /// Keeps only the keys for which `keep(hash, state)` is true; a dropped
     /// key's slot is emptied (its state dropped) and reused later.
     pub fn retain(&mut self, mut keep: impl FnMut(u64, &S) -> bool) {
-        let Self { index, slots, free } = self;
+        let Self { index, slots, free, held, .. } = self;
         index.retain(|&mut slot| {
             let (hash, state) = &mut slots[slot as usize];
             if keep(*hash, state) {
@@ -110,8 +128,36 @@ impl<S: Default> KeyTable<S> {
             }
             *state = S::default();
             free.push(slot);
+            held[slot as usize / 64] &= !(1 << (slot % 64));
             false
         });
+    }
+
+    /// Looks at the next `count` slots, in slot order from where the last
+    /// sweep stopped and round past the end, and drops each held key for
+    /// which `drop_if(hash, state)` is true, as [`KeyTable::retain`] does.
+    /// Sweeps of [`KeyTable::slots`] slots in all look at every key once.
+    pub fn sweep(&mut self, count: usize, mut drop_if: impl FnMut(u64, &S) -> bool) {
+        let len = self.slots.len();
+        for _ in 0..count.min(len) {
+            let at = if self.sweep_at >= len { 0 } else { self.sweep_at };
+            self.sweep_at = at + 1;
+            let slot = at as Slot;
+            if self.held[at / 64] & (1 << (at % 64)) == 0 {
+                continue;
+            }
+            let (hash, state) = &mut self.slots[at];
+            if !drop_if(*hash, state) {
+                continue;
+            }
+            // Held, so the index has it.
+            if let Ok(entry) = self.index.find_entry(*hash, |&s| s == slot) {
+                entry.remove();
+            }
+            *state = S::default();
+            self.free.push(slot);
+            self.held[at / 64] &= !(1 << (at % 64));
+        }
     }
 }
 
@@ -158,5 +204,51 @@ mod tests {
         *table.find_or_insert(43).1 = vec![9];
         assert_eq!(table.len(), 1);
         assert_eq!(table.slot_mut(slot), Some((43, &mut vec![9])));
+    }
+
+    #[test]
+    fn a_sweep_in_slices_drops_what_retain_drops_and_offers_each_key_once() {
+        let hash = |k: u64| (k << 40) | (k % 7);
+        let (mut swept, mut retained): (KeyTable<u64>, KeyTable<u64>) = Default::default();
+        for table in [&mut swept, &mut retained] {
+            for k in 0..5_000u64 {
+                *table.find_or_insert(hash(k)).1 = k;
+            }
+            // Free slots among the held ones, for the sweep to skip.
+            table.retain(|_, &v| v % 5 != 0);
+        }
+        let held = swept.len();
+        // Slices of every size from 1 to 97, starting part way through, so
+        // the pass runs round past the end of the slab.
+        swept.sweep(1_234, |_, _| false);
+        let (mut looked, mut offered, mut step) = (0, 0, 1);
+        while looked < swept.slots() {
+            let n = step.min(swept.slots() - looked);
+            swept.sweep(n, |h, &v| {
+                offered += 1;
+                assert_eq!(h, hash(v), "the hash held with the state");
+                v % 3 == 0
+            });
+            looked += n;
+            step = step % 97 + 1;
+        }
+        assert_eq!(offered, held, "each held key once, no free slot");
+        retained.retain(|_, &v| v % 3 != 0);
+        assert_eq!(swept.len(), retained.len());
+        for k in 0..5_000u64 {
+            let (a, b) = (swept.find(hash(k)), retained.find(hash(k)));
+            assert_eq!(a.is_some(), b.is_some(), "key {k}");
+            if let Some(slot) = a {
+                assert_eq!(swept.slot_mut(slot).map(|(_, &mut v)| v), Some(k));
+            }
+        }
+        // The slots freed are taken by new keys before the slab grows.
+        let slots = swept.slots();
+        for k in 10_000..10_000 + (slots - swept.len()) as u64 {
+            swept.find_or_insert(hash(k));
+        }
+        assert_eq!(swept.slots(), slots);
+        swept.find_or_insert(hash(20_000));
+        assert_eq!(swept.slots(), slots + 1);
     }
 }
