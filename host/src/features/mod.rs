@@ -139,9 +139,9 @@ struct KeyKindPlan {
     states: KeyTable<KeyState>,
     /// Slots of the keys changed since the last checkpoint, each listed once
     /// while its state is marked with the engine's epoch: 4 bytes a key
-    /// instead of a hash-set entry. A slot freed since (key expired or moved) reads as a
-    /// clean state and is skipped; one reused by a new key is listed again
-    /// and taken once.
+    /// instead of a hash-set entry. A slot freed since (key expired or
+    /// moved) reads as a clean state and is skipped; one reused by a new
+    /// key is listed again and taken once.
     dirty: Vec<Slot>,
     /// Slots of the keys the checkpoint being taken still has to serialise:
     /// the `dirty` list at its barrier. Same rules as `dirty`.
@@ -150,6 +150,14 @@ struct KeyKindPlan {
 
 /// A key's `changed` once a checkpoint holds its state.
 const CLEAN: u8 = 0;
+
+impl KeyState {
+    /// Whether the checkpoint being taken, whose keys are marked `frozen`
+    /// ([`CLEAN`] when none is), has still to serialise this key.
+    fn is_frozen(&self, frozen: u8) -> bool {
+        frozen != CLEAN && self.changed == frozen
+    }
+}
 
 /// One worker's feature state.
 #[derive(Debug)]
@@ -343,7 +351,7 @@ impl FeatureEngine {
             let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
             kind.states.retain(|hash, s| {
                 let keep = !partitions.contains(&s.partition);
-                if !keep && frozen != CLEAN && s.changed == frozen {
+                if !keep && s.is_frozen(frozen) {
                     // The checkpoint being taken still holds it.
                     if let Some(snap) = snapshot.as_mut() {
                         snap.add(key_field, &shape, hash, s);
@@ -394,8 +402,7 @@ impl FeatureEngine {
             let hash = xxh3_64(key.as_bytes());
             let (slot, state) = kind.states.find_or_insert(hash);
             if state.changed != *epoch {
-                if *frozen != CLEAN
-                    && state.changed == *frozen
+                if state.is_frozen(*frozen)
                     && let Some(snap) = snapshot.as_mut()
                 {
                     // About to change: the checkpoint being taken gets it first.
@@ -467,8 +474,7 @@ impl FeatureEngine {
             kind.states.sweep(slots(kind.states.slots()), |hash, s| {
                 let idle = s.newest_ms < cutoff;
                 if idle {
-                    if frozen != CLEAN
-                        && s.changed == frozen
+                    if s.is_frozen(frozen)
                         && let Some(snap) = snapshot.as_mut()
                     {
                         snap.add(*key_field, &shape, hash, s);
@@ -564,7 +570,7 @@ impl FeatureEngine {
                 let Some(slot) = kind.frozen.pop() else { break };
                 // A slot freed since, or taken when its key changed, is not
                 // frozen any more.
-                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.changed == frozen) else {
+                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.is_frozen(frozen)) else {
                     continue;
                 };
                 state.changed = CLEAN;
@@ -609,8 +615,7 @@ impl FeatureEngine {
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
         let (slot, held) = kind.states.find_or_insert(hash);
-        if self.frozen != CLEAN
-            && held.changed == self.frozen
+        if held.is_frozen(self.frozen)
             && let Some(snap) = self.snapshot.as_mut()
         {
             snap.add(key_field, &KindShape { num: &kind.num, distinct: &kind.distinct }, hash, held);
