@@ -32,7 +32,7 @@ pub type Slot = u32;
 
 /// Slots whose keys move to the grown index at each look-up while it
 /// grows: done within a sixteenth as many look-ups as there are slots, so
-/// the two indexes are held together no longer than that (at 8 a slot,
+/// the two indexes are held together no longer than that (at 8 slots,
 /// the bench's table of 1M keys, grown at 917k, still held both at 1M).
 const MOVE_PER_LOOKUP: usize = 16;
 
@@ -152,8 +152,10 @@ impl<S: Default> KeyTable<S> {
     /// Makes room in the index for as many keys again: a new index takes
     /// the new keys, and [`KeyTable::move_some`] moves the held ones over.
     fn grow(&mut self) {
-        // Not done yet only if look-ups stopped while keys kept coming;
-        // what is left then moves now.
+        // The last growth is done by now unless the slab has far more
+        // slots than keys (the move takes a sixteenth as many look-ups as
+        // there are slots, and the room lasts for as many new keys as the
+        // old index held); what is left of it then moves now.
         self.move_some(usize::MAX);
         let bigger = HashTable::with_capacity((2 * self.index.capacity()).max(16));
         let old = std::mem::replace(&mut self.index, bigger);
