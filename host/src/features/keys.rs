@@ -46,8 +46,8 @@ pub struct KeyTable<S> {
     moved_to: usize,
     slots: Vec<(u64, S)>,
     free: Vec<Slot>,
-    /// Which slots hold a key, a bit each: a sweep skips the free ones.
-    held: Vec<u64>,
+    /// Which slots hold a key: a sweep skips the free ones.
+    held: Bits,
     /// The slot the next sweep starts at.
     sweep_at: usize,
 }
@@ -60,7 +60,7 @@ impl<S> Default for KeyTable<S> {
             moved_to: 0,
             slots: Vec::new(),
             free: Vec::new(),
-            held: Vec::new(),
+            held: Bits::default(),
             sweep_at: 0,
         }
     }
@@ -134,13 +134,10 @@ impl<S: Default> KeyTable<S> {
                 // exhausted memory long before.
                 let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
                 self.slots.push((hash, S::default()));
-                if self.held.len() * 64 < self.slots.len() {
-                    self.held.push(0);
-                }
                 slot
             }
         };
-        self.held[slot as usize / 64] |= 1 << (slot % 64);
+        self.held.set(slot as usize);
         if self.index.len() >= self.index.capacity() {
             self.grow();
         }
@@ -172,7 +169,7 @@ impl<S: Default> KeyTable<S> {
         let Some(from) = old.as_mut() else { return };
         let end = moved_to.saturating_add(count).min(slots.len());
         for at in *moved_to..end {
-            if held[at / 64] & (1 << (at % 64)) == 0 {
+            if !held.get(at) {
                 continue;
             }
             let hash = slots[at].0;
@@ -207,7 +204,7 @@ impl<S: Default> KeyTable<S> {
             }
             *state = S::default();
             free.push(slot);
-            held[slot as usize / 64] &= !(1 << (slot % 64));
+            held.clear(slot as usize);
             false
         });
     }
@@ -222,7 +219,7 @@ impl<S: Default> KeyTable<S> {
             let at = if self.sweep_at >= len { 0 } else { self.sweep_at };
             self.sweep_at = at + 1;
             let slot = at as Slot;
-            if self.held[at / 64] & (1 << (at % 64)) == 0 {
+            if !self.held.get(at) {
                 continue;
             }
             let (hash, state) = &mut self.slots[at];
@@ -240,7 +237,30 @@ impl<S: Default> KeyTable<S> {
             }
             *state = S::default();
             self.free.push(slot);
-            self.held[at / 64] &= !(1 << (at % 64));
+            self.held.clear(at);
+        }
+    }
+}
+
+/// A bit for each slot, cleared unless set.
+#[derive(Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, i: usize) {
+        if i / 64 >= self.0.len() {
+            self.0.resize(i / 64 + 1, 0);
+        }
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn clear(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
         }
     }
 }
