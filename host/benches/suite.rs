@@ -645,8 +645,20 @@ fn main() {
     // still lasts the whole paced period.
     let paced_rate =
         (max_rate * 0.5).min(if quick { sizes.events as f64 / sizes.paced.as_secs_f64() } else { f64::MAX });
-    let n = ((paced_rate * sizes.paced.as_secs_f64()) as usize).min(sizes.events as usize);
-    let mut records = records_of(&input);
+    // Enough events to last the whole paced period: at over 100k ev/s
+    // that is more than rows 2 and 3 read, and cut short the runs lasted
+    // under 2 s, so row 6's swap went live as the input ran out, or after.
+    let n = (paced_rate * sizes.paced.as_secs_f64()) as usize;
+    let paced_input = if n as u64 > sizes.events {
+        let path = work.join("paced.jsonl");
+        let opts = vigil::generate::GenOptions { events: n as u64, accounts, ..Default::default() };
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("paced input"));
+        vigil::generate::Generator::new(opts).expect("generator").write(&mut w).expect("generate");
+        path
+    } else {
+        input.clone()
+    };
+    let mut records = records_of(&paced_input);
     records.truncate(n);
     // Rounds of the paced run and its floor, alternated, so both see the
     // machine alike; the figures are the medians over rounds.
