@@ -277,6 +277,13 @@ fn tail(mut lat: Vec<i64>) -> [i64; 3] {
     [0.5, 0.99, 0.999].map(|p| percentile(&lat, p))
 }
 
+/// Writes `events` generated payments over `accounts` accounts to `path`.
+fn generate(path: &Path, events: u64, accounts: u32) {
+    let opts = vigil::generate::GenOptions { events, accounts, ..Default::default() };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).expect("input file"));
+    vigil::generate::Generator::new(opts).expect("generator").write(&mut w).expect("generate");
+}
+
 /// The median of `v` (the upper one of an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
@@ -544,11 +551,7 @@ fn main() {
     // 2. Pipeline throughput.
     let input = work.join("events.jsonl");
     let accounts = (sizes.events / 4).max(1000) as u32;
-    {
-        let opts = vigil::generate::GenOptions { events: sizes.events, accounts, ..Default::default() };
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&input).expect("input"));
-        vigil::generate::Generator::new(opts).expect("generator").write(&mut w).expect("generate");
-    }
+    generate(&input, sizes.events, accounts);
     let rules_dir = work.join("rules");
     std::fs::create_dir_all(&rules_dir).expect("rules dir");
     for r in RULES {
@@ -568,9 +571,7 @@ fn main() {
         // Compile the modules into the state folder's cache first, or the
         // first timed run with rules counts their compiling.
         let head = work.join("head.jsonl");
-        let lines: String =
-            std::fs::read_to_string(&input).expect("input").lines().take(1000).map(|l| format!("{l}\n")).collect();
-        std::fs::write(&head, lines).expect("head of the input");
+        generate(&head, 1000, accounts);
         fresh(work);
         run(config(work, &rules_dir, &head, 1, true), None);
     }
@@ -645,15 +646,13 @@ fn main() {
     // still lasts the whole paced period.
     let paced_rate =
         (max_rate * 0.5).min(if quick { sizes.events as f64 / sizes.paced.as_secs_f64() } else { f64::MAX });
-    // Enough events to last the whole paced period: at over 100k ev/s
-    // that is more than rows 2 and 3 read, and cut short the runs lasted
-    // under 2 s, so row 6's swap went live as the input ran out, or after.
+    // Enough events to last the whole paced period: above 100k ev/s that
+    // is more than rows 2 and 3 read (cut to those, the runs lasted under
+    // 2 s, and row 6's swap went live as the input ran out, or after).
     let n = (paced_rate * sizes.paced.as_secs_f64()) as usize;
     let paced_input = if n as u64 > sizes.events {
         let path = work.join("paced.jsonl");
-        let opts = vigil::generate::GenOptions { events: n as u64, accounts, ..Default::default() };
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("paced input"));
-        vigil::generate::Generator::new(opts).expect("generator").write(&mut w).expect("generate");
+        generate(&path, n as u64, accounts);
         path
     } else {
         input.clone()
