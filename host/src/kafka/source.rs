@@ -116,6 +116,10 @@ pub struct KafkaSource {
     /// Records polled after an ownership change (or while paused), handed
     /// out after it.
     carry: VecDeque<(Record, i64)>,
+    /// When the current back-pressure began (see [`Source::stalled`]).
+    stalled_at: Option<Instant>,
+    /// How long back-pressure lasts before consumption is paused.
+    pause_after: Duration,
     /// When consumption was paused for back-pressure.
     paused_at: Option<Instant>,
 }
@@ -152,6 +156,7 @@ impl KafkaSource {
         for (key, value) in k.client.iter().chain(&k.consumer) {
             c.set(key, value);
         }
+        let pause_after = pause_after(&c);
         let context = SourceContext {
             topic: topic.to_owned(),
             fence: fence.clone(),
@@ -203,15 +208,54 @@ impl KafkaSource {
             snapshots,
             next: BTreeMap::new(),
             carry: VecDeque::new(),
+            stalled_at: None,
+            pause_after,
             paused_at: None,
         };
         Ok((source, committer))
     }
 
+    /// Hands `record` on, unless a record at or after its offset already
+    /// was: a fetch that goes back over records handed on (a broker's or
+    /// the client's doing, around a pause or a seek) must not decide them
+    /// twice.
     fn hand_out(&mut self, batch: &mut Vec<Record>, record: Record, next: i64) {
-        self.next.insert(record.partition, next);
-        batch.push(record);
+        if advance(&mut self.next, record.partition, next) {
+            batch.push(record);
+        } else {
+            tracing::debug!(partition = record.partition, offset = next - 1, "dropping a record read again");
+        }
     }
+}
+
+/// Moves `partition`'s next offset to `next` (the offset after a record
+/// read from it); false, leaving it, when the record is behind it.
+fn advance(offsets: &mut BTreeMap<u32, i64>, partition: u32, next: i64) -> bool {
+    match offsets.get_mut(&partition) {
+        Some(at) if *at >= next => false,
+        Some(at) => {
+            *at = next;
+            true
+        }
+        None => {
+            offsets.insert(partition, next);
+            true
+        }
+    }
+}
+
+/// How long back-pressure may last before the source pauses its partitions:
+/// a quarter of `max.poll.interval.ms` (librdkafka's default 300 s), at
+/// most 5 s. Until then it only stops polling, and librdkafka stops
+/// fetching once its queue is full; the group waits that long at most for
+/// a rebalance. Pausing sooner would drop what librdkafka prefetched and
+/// fetch it again on every short stall, and a resume seeks each partition
+/// to an offset inside a stored batch, which tansu 0.6 answers with the
+/// next batch, losing the rest of that one.
+fn pause_after(c: &rdkafka::ClientConfig) -> Duration {
+    const MOST: Duration = Duration::from_secs(5);
+    let interval = c.get("max.poll.interval.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(300_000);
+    Duration::from_millis(interval / 4).min(MOST)
 }
 
 /// A polled message as a record, with the offset after it.
@@ -302,6 +346,13 @@ impl Source for KafkaSource {
     }
 
     fn stalled(&mut self) -> Result<(), SourceError> {
+        let since = *self.stalled_at.get_or_insert_with(|| {
+            tracing::debug!(topic = %self.consumer.context().topic, "the pipeline is full: waiting for it");
+            Instant::now()
+        });
+        if self.paused_at.is_none() && since.elapsed() < self.pause_after {
+            return Ok(());
+        }
         if self.paused_at.is_none() {
             // Stop fetching (librdkafka drops what it prefetched and fetches
             // again from the next offset on resume) but keep polling below,
@@ -325,6 +376,7 @@ impl Source for KafkaSource {
     }
 
     fn unstalled(&mut self) -> Result<(), SourceError> {
+        self.stalled_at = None;
         let Some(since) = self.paused_at.take() else {
             return Ok(());
         };
@@ -345,5 +397,35 @@ impl Source for KafkaSource {
         self.carry.retain(|(r, _)| !next.contains_key(&r.partition));
         tracing::info!(topic = %context.topic, paused_ms = since.elapsed().as_millis() as u64, "resuming consumption");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_again_are_not_handed_on_twice() {
+        let mut next = BTreeMap::new();
+        // Offsets 10, 11 and 12 of partition 0, then 11 and 12 again (a
+        // fetch that went back), then 13; partition 1 on its own.
+        let read = [(0, 11), (0, 12), (0, 13), (1, 1), (0, 12), (0, 13), (0, 14), (1, 1), (1, 2)];
+        let handed: Vec<(u32, i64)> = read.into_iter().filter(|&(p, n)| advance(&mut next, p, n)).collect();
+        assert_eq!(handed, [(0, 11), (0, 12), (0, 13), (1, 1), (0, 14), (1, 2)]);
+        assert_eq!(next, BTreeMap::from([(0, 14), (1, 2)]));
+    }
+
+    #[test]
+    fn reading_pauses_only_after_a_quarter_of_the_poll_interval_at_most_5_s() {
+        let with = |interval: Option<&str>| {
+            let mut c = rdkafka::ClientConfig::new();
+            if let Some(v) = interval {
+                c.set("max.poll.interval.ms", v);
+            }
+            pause_after(&c)
+        };
+        assert_eq!(with(None), Duration::from_secs(5), "librdkafka's default of 300 s");
+        assert_eq!(with(Some("7000")), Duration::from_millis(1750));
+        assert_eq!(with(Some("600000")), Duration::from_secs(5));
     }
 }
