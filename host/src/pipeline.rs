@@ -186,15 +186,10 @@ fn run_committer(
         for f in &files {
             f.sync_data()?;
         }
-        store.commit(&cp)?;
-        counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
-        tracing::debug!(
-            id = cp.id,
-            line = cp.position.line_no,
-            keys = cp.features.len(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "checkpoint committed"
-        );
+        let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
+        store.commit(cp)?;
+        counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+        tracing::debug!(id, line, keys, took_ms = started.elapsed().as_millis() as u64, "checkpoint committed");
     }
     store.finish()
 }
@@ -1281,9 +1276,10 @@ fn write_outputs(
                 // before the checkpoint says it was processed.
                 sinks.sync()?;
                 if let Some(store) = store {
-                    store.commit(&cp)?;
-                    counters.checkpoints.fetch_add(u64::from(!cp.abort), Ordering::Relaxed);
-                    tracing::debug!(id = cp.id, line = cp.position.line_no, "checkpoint committed");
+                    let (line, abort) = (cp.position.line_no, cp.abort);
+                    store.commit(cp)?;
+                    counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+                    tracing::debug!(id, line, "checkpoint committed");
                 }
                 for out in lanes.release(id) {
                     write_output(sinks, &out, counters)?;
@@ -1335,7 +1331,7 @@ mod tests {
     }
 
     impl Durable for Store {
-        fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
+        fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
             if self.fails_from.is_some_and(|id| cp.id >= id) {
                 anyhow::bail!("cannot write the store: no space left on device");
             }

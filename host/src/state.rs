@@ -177,7 +177,7 @@ pub trait Durable: Send + std::fmt::Debug {
     ///
     /// # Errors
     /// When it cannot be written; the previous checkpoint stays the latest.
-    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()>;
+    fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()>;
 
     /// Finishes the commits still under way, at shutdown.
     ///
@@ -211,8 +211,8 @@ pub trait Durable: Send + std::fmt::Debug {
 }
 
 impl Durable for StateStore {
-    fn commit(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
-        Ok(StateStore::commit(self, cp)?)
+    fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
+        Ok(StateStore::commit(self, &cp)?)
     }
 
     fn commits_off_thread(&self) -> bool {
