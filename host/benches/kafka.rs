@@ -233,7 +233,7 @@ fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64
         if c != last {
             (last, moved) = (c, Instant::now());
         }
-        assert!(moved.elapsed() < Duration::from_secs(60), "vigil read nothing more for 60 s: {c:?} of {n} events");
+        assert!(moved.elapsed() < Duration::from_secs(60), "vigil made no progress for 60 s: {c:?} of {n} events");
         std::thread::sleep(Duration::from_millis(1));
     }
     let took = start.map(|s| s.elapsed()).unwrap_or_default();

@@ -173,7 +173,8 @@ pub struct Checkpoint {
 /// Where a checkpoint is made durable: the local store, or Kafka (the
 /// state changelog and the group's offsets).
 pub trait Durable: Send + std::fmt::Debug {
-    /// Makes `cp` durable; the outputs before it are already synced.
+    /// Makes `cp` durable, or hands it to a thread of its own that will
+    /// (see [`Durable::finish`]); the outputs before it are already synced.
     ///
     /// # Errors
     /// When it cannot be written; the previous checkpoint stays the latest.
