@@ -55,7 +55,7 @@ fn dedup(c: &mut Criterion) {
     group.throughput(criterion::Throughput::Elements(LINES as u64));
     for held in [18_000i64, 288_000, 2_880_000] {
         let step = HORIZON_MS / held;
-        let mut d = Dedup::new(HORIZON_MS);
+        let mut d = Dedup::new(HORIZON_MS, vigil::keyed::KeyedHash::for_tests());
         d.track_forgotten(false);
         let mut buf = itoa::Buffer::new();
         let mut n = 0i64;

@@ -87,11 +87,10 @@ fn bench(c: &mut Criterion) {
         config.lists.insert(name.into(), ListConfig { path, kind: ListKind::Plain });
     }
     let lists = Lists::load(&config.lists, &tokenizer).expect("lists");
-    let sandbox = vigil::app::sandbox(&Config {
-        state: vigil::config::StateConfig { dir: std::env::temp_dir().join("vigil-bench-state"), ..Default::default() },
-        ..config.clone()
-    })
-    .expect("sandbox");
+    let mut cached = config.clone();
+    cached.state.dir = std::env::temp_dir().join("vigil-bench-state");
+    cached.clean.pan_key = Some("bench-key-0123456789".into());
+    let sandbox = vigil::rules::sandbox::Sandbox::from_config(&cached).expect("sandbox");
 
     let catalog = vigil::features::Catalog::default();
     let loader = Loader {

@@ -158,6 +158,9 @@ fn config(work: &Path, rules: &Path, input: &Path, workers: u32, features: bool)
     c.sinks.late = SinkConfig::Discard;
     c.rules.dir = rules.to_owned();
     c.rules.watch = false;
+    // The floor runs without rules, and every decision allows as it would.
+    c.rules.allow_empty = true;
+    c.rules.on_empty = vigil::decide::FailurePolicy::Allow;
     c.state.dir = work.join("state");
     c.clean.pan_key = Some(KEY.into());
     c.pipeline.partition_key = PartitionKey::Card;
@@ -364,7 +367,7 @@ fn main() {
     let tokenizer = Tokenizer::new(KEY.as_bytes());
     let base = config(work, work, work, 1, false);
     let lists = vigil::rules::lists::Lists::load(&base.lists, &tokenizer).expect("lists");
-    let sandbox = vigil::app::sandbox(&base).expect("sandbox");
+    let sandbox = vigil::rules::sandbox::Sandbox::from_config(&base).expect("sandbox");
     let catalog = Arc::new(vigil::features::Catalog::default());
     let loader = vigil::rules::Loader {
         sandbox: &sandbox,

@@ -15,23 +15,11 @@ use crate::features::Catalog;
 use crate::kafka;
 use crate::pipeline::{Counters, Durability, Pipeline, Sinks, Stages, Summary};
 use crate::rules::lists::Lists;
-use crate::rules::sandbox::{Limits, Sandbox};
+use crate::rules::sandbox::Sandbox;
 use crate::rules::{RuleRegistry, log_report, watch};
 use crate::sources;
 use crate::sources::Position;
 use crate::state::{Durable, StateStore};
-
-/// Builds the sandbox configured by `[rules]`.
-///
-/// # Errors
-/// When wasmtime cannot be set up.
-pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
-    let limits = Limits {
-        fuel_per_call: config.rules.cpu_budget,
-        memory_cap: usize::try_from(config.rules.memory_cap.as_u64()).unwrap_or(usize::MAX),
-    };
-    Ok(Sandbox::new(&limits, Some(config.state.dir.join("wasm-cache")))?)
-}
 
 /// Runs the daemon until the source is exhausted or `shutdown` completes,
 /// then drains: every event read is decided or dead-lettered before this
@@ -96,7 +84,7 @@ pub async fn run_with(
         );
     }
     let registry = Arc::new(RuleRegistry::new(
-        sandbox(&config)?,
+        Sandbox::from_config(&config)?,
         config.rules.dir.clone(),
         config.rule.clone(),
         config.rules.on_failure,
@@ -111,6 +99,20 @@ pub async fn run_with(
     // load (at start the workers instantiate them, in parallel).
     registry.set_spares(config.pipeline.worker_count());
     let live = registry.current();
+    if live.rules.is_empty() && !config.rules.allow_empty {
+        // Deciding every payment without a rule is not a start.
+        let mut why: Vec<String> =
+            report.rejected.iter().map(|(file, reason)| format!("{}: {reason}", file.display())).collect();
+        if why.is_empty() {
+            why.push("the folder holds no .wasm module".into());
+        }
+        anyhow::bail!(
+            "rules.dir {}: no rule can be used, so vigil does not start (set rules.allow-empty = true to start \
+             without rules):\n  {}",
+            config.rules.dir.display(),
+            why.join("\n  ")
+        );
+    }
     tracing::info!(
         rules = live.rules.len(),
         dir = %config.rules.dir.display(),
@@ -147,7 +149,9 @@ pub async fn run_with(
             durability.store = Some(committer);
             Box::new(source)
         }
-        (None, SourceConfig::File(_)) => sources::open(&config.source, resume.filter(|p| *p != Position::default()))?,
+        (None, SourceConfig::File(_)) => {
+            sources::open(&config.source, resume.filter(|p| *p != Position::default()), config.clean.max_event_bytes)?
+        }
     };
     let sinks = Sinks::open(&config.sinks, producer.as_ref())?;
     let counters = overrides.counters.unwrap_or_default();

@@ -101,6 +101,13 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+impl RulesConfig {
+    /// The fuel one event may use across all rules (`event-budget`).
+    pub fn event_budget(&self) -> u64 {
+        self.event_budget.unwrap_or(self.cpu_budget.saturating_mul(20))
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     ///
@@ -135,11 +142,23 @@ impl Config {
         if self.rules.cpu_budget > 10_000_000_000 {
             return Err(ConfigError::invalid("rules.cpu-budget", "must be at most 10s; a rule runs per event"));
         }
+        if self.rules.event_budget.is_some_and(|b| b < self.rules.cpu_budget) {
+            return Err(ConfigError::invalid("rules.event-budget", "must be at least rules.cpu-budget"));
+        }
+        if self.rules.call_timeout < Duration::from_millis(50) {
+            return Err(ConfigError::invalid("rules.call-timeout", "must be at least 50ms"));
+        }
+        if self.clean.max_future > Duration::from_secs(3650 * 86_400) {
+            return Err(ConfigError::invalid("clean.max-future", "must be at most 3650 days"));
+        }
         if self.rules.memory_cap.as_u64() < 128 * 1024 {
             return Err(ConfigError::invalid(
                 "rules.memory-cap",
                 "must be at least 128 KiB (a WebAssembly page is 64 KiB)",
             ));
+        }
+        if self.clean.max_dead_letter_bytes.get() < 2048 {
+            return Err(ConfigError::invalid("clean.max-dead-letter-bytes", "must be at least 2 KiB"));
         }
         if self.clean.max_field_bytes == 0 || self.clean.max_field_bytes > 65_535 {
             return Err(ConfigError::invalid("clean.max-field-bytes", "must be between 1 and 65535"));
@@ -199,6 +218,15 @@ impl Config {
             Some(k) if k.group_id.trim().is_empty() => {
                 return Err(ConfigError::invalid("kafka.group-id", "must not be empty"));
             }
+            Some(k) if k.tls.as_ref().is_some_and(|t| t.certificate.is_some() != t.key.is_some()) => {
+                return Err(ConfigError::invalid(
+                    "kafka.tls.certificate",
+                    "a client certificate needs its key (kafka.tls.key), and a key its certificate",
+                ));
+            }
+            Some(k) if let Some((key, path)) = k.tls.iter().flat_map(|t| t.files()).find(|(_, p)| !p.is_file()) => {
+                return Err(ConfigError::invalid(key, format!("{} is not a readable file", path.display())));
+            }
             Some(k) if k.exactly_once && !matches!(self.source, SourceConfig::Kafka(_)) => {
                 return Err(ConfigError::invalid(
                     "kafka.exactly-once",
@@ -217,31 +245,56 @@ impl Config {
         Ok(())
     }
 
-    /// Resolves the PAN tokenisation key: `clean.pan-key`, else the
-    /// environment variable named by `clean.pan-key-env`.
+    /// Resolves the PAN tokenisation key: the environment variable named by
+    /// `clean.pan-key-env` when it is set (it wins over the file, where a
+    /// key is easier to leak), else `clean.pan-key`, else — only with
+    /// `clean.demo-key = true` — vigil's public demo key.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] when neither is set or the key is too short.
+    /// [`ConfigError::Invalid`] when there is none, the key is too short,
+    /// or it is the public demo key without `clean.demo-key = true`.
     pub fn pan_key(&self) -> Result<Vec<u8>, ConfigError> {
-        let key = match (&self.clean.pan_key, std::env::var(&self.clean.pan_key_env)) {
-            (Some(k), _) => k.clone(),
-            (None, Ok(k)) => k,
-            (None, Err(_)) => {
+        let env = std::env::var(&self.clean.pan_key_env).ok().filter(|k| !k.is_empty());
+        let (key, from) = match (env, &self.clean.pan_key) {
+            (Some(k), file) => {
+                if file.is_some() {
+                    tracing::warn!(
+                        variable = %self.clean.pan_key_env,
+                        "the PAN key is set both in the environment and in clean.pan-key; the environment's is used"
+                    );
+                }
+                (k, self.clean.pan_key_env.as_str())
+            }
+            (None, Some(k)) => (k.clone(), "clean.pan-key"),
+            (None, None) if self.clean.demo_key => (DEMO_PAN_KEY.to_owned(), "clean.demo-key"),
+            (None, None) => {
                 return Err(ConfigError::invalid(
                     "clean.pan-key",
                     format!(
-                        "no PAN tokenisation key: set the environment variable {} or clean.pan-key",
+                        "no PAN tokenisation key: set the environment variable {} (or clean.pan-key; \
+                         clean.demo-key = true runs on vigil's public demo key, for demos only)",
                         self.clean.pan_key_env
                     ),
                 ));
             }
         };
+        if key == DEMO_PAN_KEY && !self.clean.demo_key {
+            return Err(ConfigError::invalid(
+                from,
+                "is vigil's public demo key: anyone can recompute its card tokens. Set a secret key, \
+                 or clean.demo-key = true for a demo",
+            ));
+        }
         if key.len() < 16 {
-            return Err(ConfigError::invalid("clean.pan-key", "must be at least 16 bytes"));
+            return Err(ConfigError::invalid(from, "must be at least 16 bytes"));
         }
         Ok(key.into_bytes())
     }
 }
+
+/// The PAN key `clean.demo-key = true` runs on: public, so its tokens
+/// protect nothing.
+pub const DEMO_PAN_KEY: &str = "demo-key-not-for-production";
 
 /// Where events come from.
 #[derive(Debug, Clone, Deserialize)]
@@ -282,9 +335,14 @@ pub struct KafkaConfig {
     /// How long startup waits for the brokers before failing.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// TLS to the brokers: payment data is encrypted in transit, and the
+    /// brokers are who their certificates say. Without it, plain TCP.
+    #[serde(default)]
+    pub tls: Option<KafkaTlsConfig>,
     /// Extra librdkafka settings for every client, passed through as they
-    /// are: `"security.protocol" = "sasl_plaintext"`, `"sasl.username" = …`,
-    /// `"session.timeout.ms" = "10000"`. They override vigil's own.
+    /// are: `"security.protocol" = "sasl_ssl"`, `"sasl.mechanism" =
+    /// "SCRAM-SHA-512"`, `"sasl.username" = …`, `"session.timeout.ms" =
+    /// "10000"`. They override vigil's own.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
     /// librdkafka settings for the consumers only (over `client`), e.g.
@@ -312,6 +370,32 @@ pub struct KafkaConfig {
     /// mode). Off: every restore reads its partitions' changelog whole.
     #[serde(default = "default_true")]
     pub local_snapshots: bool,
+}
+
+/// TLS to the Kafka brokers (`[kafka.tls]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaTlsConfig {
+    /// The CA certificates (PEM) the brokers' certificates must chain to.
+    /// Default: the system's trusted CAs.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// This daemon's certificate (PEM), for brokers that ask clients for
+    /// one (mutual TLS); with `key`.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// The private key (PEM) of `certificate`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl KafkaTlsConfig {
+    /// The files it names, each with its key, for checks at startup.
+    pub fn files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
+        [("kafka.tls.ca", &self.ca), ("kafka.tls.certificate", &self.certificate), ("kafka.tls.key", &self.key)]
+            .into_iter()
+            .filter_map(|(key, path)| path.as_deref().map(|p| (key, p)))
+    }
 }
 
 impl KafkaConfig {
@@ -440,8 +524,8 @@ impl PipelineConfig {
     /// want the rest. A pool as large as the machine competes with them
     /// for every core, and its threads spin between batches: on 2 cores,
     /// `vigil run` decides the same events in ~20 % less time parsing on
-    /// the source thread than with a pool of two (BENCHMARKS.md, fifteenth
-    /// measurement).
+    /// the source thread than with a pool of two (BENCHMARKS.md, "What moved
+    /// them").
     pub fn decode_thread_count(&self) -> usize {
         self.decode_threads.map(|w| w.get() as usize).unwrap_or_else(|| {
             let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
@@ -479,9 +563,29 @@ pub struct CleanConfig {
     /// environment variable below; tokens change when the key changes.
     #[serde(default)]
     pub pan_key: Option<String>,
-    /// The environment variable holding the PAN key when `pan-key` is unset.
+    /// The environment variable holding the PAN key; when it is set, it
+    /// wins over `pan-key`.
     #[serde(default = "default_pan_key_env")]
     pub pan_key_env: String,
+    /// Run on vigil's public demo key when no other is given: for demos and
+    /// tests only, since anyone can recompute its tokens. Without it, that
+    /// key is refused.
+    #[serde(default)]
+    pub demo_key: bool,
+    /// Events stamped more than this ahead of the clock are dead-lettered:
+    /// a time in microseconds read as milliseconds would otherwise move
+    /// the watermark tens of thousands of years at once.
+    #[serde(default = "default_max_future", with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Events stamped before this time (RFC 3339 or epoch milliseconds) are
+    /// dead-lettered. Default: none before 1970 are accepted.
+    #[serde(default)]
+    pub earliest: Option<EventTime>,
+    /// The largest dead-letter record, in bytes: the copy of a rejected
+    /// line is cut to fit (the record then says how long it was). Keep it
+    /// under a Kafka dead-letter topic's `message.max.bytes`.
+    #[serde(default = "default_max_dead_letter_bytes")]
+    pub max_dead_letter_bytes: NonZeroUsize,
 }
 
 impl Default for CleanConfig {
@@ -493,6 +597,10 @@ impl Default for CleanConfig {
             max_attrs: default_max_attrs(),
             pan_key: None,
             pan_key_env: default_pan_key_env(),
+            demo_key: false,
+            max_dead_letter_bytes: default_max_dead_letter_bytes(),
+            max_future: default_max_future(),
+            earliest: None,
         }
     }
 }
@@ -509,8 +617,63 @@ fn default_max_field_bytes() -> usize {
 fn default_max_attrs() -> usize {
     32
 }
+fn default_max_future() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_dead_letter_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(64 * 1024).expect("non-zero")
+}
 fn default_pan_key_env() -> String {
     "VIGIL_PAN_KEY".to_owned()
+}
+
+/// A point in event time in the config: RFC 3339 text or epoch milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTime(i64);
+
+impl EventTime {
+    /// The time `ms` milliseconds after the epoch.
+    pub fn from_ms(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn as_ms(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for EventTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        match t {
+            Some(t) => f.write_str(&t),
+            None => write!(f, "{} ms", self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(Self(ms)),
+            Raw::Text(s) => {
+                let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time: {e}")))?;
+                i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+                    .map(Self)
+                    .map_err(|_| serde::de::Error::custom(format!("{s:?} is out of range")))
+            }
+        }
+    }
 }
 
 /// The rules folder and the sandbox.
@@ -528,9 +691,37 @@ pub struct RulesConfig {
     /// as the live run did. `vigil check` prints a rule's fuel per call.
     #[serde(default = "default_cpu_budget")]
     pub cpu_budget: u64,
-    /// The most linear memory one rule instance may use.
+    /// CPU budget of one event across all its rules, in fuel: once an
+    /// event has used it, its remaining rules get their failure outcome
+    /// without being called, so one payment costs at most this however
+    /// many rules run. Default: 20 calls' budgets.
+    #[serde(default)]
+    pub event_budget: Option<u64>,
+    /// Wall-clock backstop of one rule call: a call still running this
+    /// long after it started (fuel should have ended it long before) is
+    /// stopped and fails. Much larger than the fuel budget, so it only
+    /// ends a call that runs away.
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// The most memory one rule instance may use: its linear memory and
+    /// its tables together.
     #[serde(default = "default_memory_cap")]
     pub memory_cap: bytesize::ByteSize,
+    /// The most memory one rule's keyed state may take per worker (keys,
+    /// values and about 64 bytes of bookkeeping each); a `state_put` past
+    /// it is refused, as one past a million keys is.
+    #[serde(default = "default_state_max_bytes")]
+    pub state_max_bytes: bytesize::ByteSize,
+    /// Start even when no rule in `dir` can be used. Off: such a start is
+    /// refused, naming each rejected file and why, rather than deciding
+    /// every payment with no rule.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// The final action while no enforcing rule is live (none loaded, or
+    /// all quarantined): `review` (default), `block`, or `allow`. The
+    /// decision record carries the reason `no_enforcing_rule`.
+    #[serde(default = "default_on_empty")]
+    pub on_empty: FailurePolicy,
     /// Consecutive failures after which a rule is quarantined (not called,
     /// its failure outcome applied) until a new version of it is deployed.
     #[serde(default = "default_quarantine_after")]
@@ -551,7 +742,12 @@ impl Default for RulesConfig {
         Self {
             dir: default_rules_dir(),
             cpu_budget: default_cpu_budget(),
+            event_budget: None,
+            call_timeout: default_call_timeout(),
             memory_cap: default_memory_cap(),
+            state_max_bytes: default_state_max_bytes(),
+            allow_empty: false,
+            on_empty: default_on_empty(),
             quarantine_after: default_quarantine_after(),
             on_failure: FailurePolicy::default(),
             debounce: default_debounce(),
@@ -565,6 +761,15 @@ fn default_rules_dir() -> PathBuf {
 }
 fn default_cpu_budget() -> u64 {
     5_000_000
+}
+fn default_state_max_bytes() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(64)
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_on_empty() -> FailurePolicy {
+    FailurePolicy::Review
 }
 fn default_memory_cap() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(16)
@@ -774,11 +979,20 @@ pub struct StateConfig {
     /// after a crash.
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Files vigil creates (outputs, state, the rule cache, reports) are
+    /// readable by its user only (0600); with this, by its group too (0640).
+    #[serde(default)]
+    pub group_readable: bool,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { dir: default_state_dir(), checkpoints: true, checkpoint_interval: default_checkpoint_interval() }
+        Self {
+            dir: default_state_dir(),
+            checkpoints: true,
+            checkpoint_interval: default_checkpoint_interval(),
+            group_readable: false,
+        }
     }
 }
 
@@ -912,5 +1126,28 @@ mod tests {
         assert!(c.pan_key().is_err());
         c.clean.pan_key = Some("0123456789abcdef".into());
         assert_eq!(c.pan_key().expect("ok").len(), 16);
+    }
+
+    #[test]
+    fn the_environment_key_wins_over_the_file() {
+        let mut c = Config::default();
+        // A variable every process has, standing in for the key's.
+        c.clean.pan_key_env = "PATH".into();
+        c.clean.pan_key = Some("0123456789abcdef-from-the-file".into());
+        let path = std::env::var("PATH").expect("PATH is set");
+        assert_eq!(c.pan_key().expect("the environment's"), path.into_bytes());
+    }
+
+    #[test]
+    fn the_public_demo_key_needs_the_demo_setting() {
+        let mut c = Config::default();
+        c.clean.pan_key_env = "VIGIL_TEST_SURELY_UNSET_VARIABLE".into();
+        c.clean.pan_key = Some(DEMO_PAN_KEY.into());
+        let e = c.pan_key().expect_err("refused").to_string();
+        assert!(e.contains("clean.pan-key") && e.contains("public demo key"), "{e}");
+        c.clean.demo_key = true;
+        assert_eq!(c.pan_key().expect("a demo"), DEMO_PAN_KEY.as_bytes());
+        c.clean.pan_key = None;
+        assert_eq!(c.pan_key().expect("the demo key by default"), DEMO_PAN_KEY.as_bytes());
     }
 }

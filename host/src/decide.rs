@@ -273,6 +273,10 @@ impl Serialize for FeatureValues<'_> {
     }
 }
 
+/// The reason a decision carries when no enforcing rule was live to make
+/// it, and `rules.on-empty` did.
+pub const NO_ENFORCING_RULE: &str = "no_enforcing_rule";
+
 /// Combines outcomes into the final action, score and reasons.
 pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, smallvec::SmallVec<[&str; 2]>) {
     let mut action = Action::Allow;

@@ -19,6 +19,7 @@
 //!
 //! # Layout
 //! - [`config`]: `vigil.toml`, documented field by field.
+//! - [`keyed`]: keyed hashing of the ids and keys the input chooses.
 //! - [`sources`]: where raw records come from (a file, or records in memory for replays).
 //! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
 //! - [`event`]: the canonical payment event.
@@ -37,6 +38,7 @@
 //! - [`scaffold`]: `vigil new-rule`, a rule crate from the template.
 
 pub mod config;
+pub mod keyed;
 pub mod sources;
 pub mod decode;
 pub mod event;

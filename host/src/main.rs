@@ -92,13 +92,10 @@ enum Command {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
-    /// Compile a rule module read from standard input to an artefact at OUT
-    /// (the daemon runs this in a child process; not for people).
+    /// Compile a rule module read from standard input to an artefact on
+    /// standard output (the daemon runs this in a child process; not for people).
     #[command(hide = true)]
-    CompileRule {
-        /// Where the compiled artefact goes.
-        out: PathBuf,
-    },
+    CompileRule,
     /// Create a rule crate from the template in a rules workspace.
     NewRule {
         /// The rule's name, kebab-case (e.g. card-testing).
@@ -110,10 +107,28 @@ enum Command {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match path {
+    let config = match path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
-    })
+    };
+    private_files(config.state.group_readable);
+    Ok(config)
+}
+
+/// Files and folders vigil creates from now on — outputs, state, the rule
+/// cache, reports — are its user's alone (0600 and 0700), or also its
+/// group's to read with `state.group-readable` (0640 and 0750): they hold
+/// tokens, accounts, addresses and rule state.
+fn private_files(group_readable: bool) {
+    #[cfg(unix)]
+    {
+        let mask = if group_readable { 0o027 } else { 0o077 };
+        // SAFETY: umask only sets the process's file-creation mask; it
+        // cannot fail.
+        unsafe { libc::umask(mask) };
+    }
+    #[cfg(not(unix))]
+    let _ = group_readable;
 }
 
 fn read_replay_input(
@@ -290,11 +305,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::CompileRule { out } => {
-            use std::io::Read as _;
+        Command::CompileRule => {
+            use std::io::{Read as _, Write as _};
             let mut bytes = Vec::new();
             std::io::stdin().read_to_end(&mut bytes).context("cannot read the module from standard input")?;
-            Ok(vigil::rules::sandbox::compile_to(&bytes, &out)?)
+            let artefact = vigil::rules::sandbox::compile(&bytes)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&artefact).and_then(|()| out.flush()).context("cannot write the artefact")?;
+            Ok(())
         }
         Command::NewRule { name, workspace } => {
             let created = vigil::scaffold::new_rule(&workspace, &name)?;

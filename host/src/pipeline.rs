@@ -177,7 +177,7 @@ fn run_committer(
     // the sink waits on this channel once a second checkpoint is ready, and
     // the pipeline behind it stops. So under full load the last durable
     // checkpoint lags the newest barrier by one to two intervals, and a
-    // crash reads that much again (BENCHMARKS.md, seventh measurement).
+    // crash reads that much again (BENCHMARKS.md, "Replay after `kill -9`").
     crate::priority::idle();
     for (files, cp) in rx {
         let started = Instant::now();
@@ -274,16 +274,6 @@ struct Output {
 }
 
 #[derive(Serialize)]
-struct DeadLetter<'a> {
-    reason: String,
-    code: &'a str,
-    source: &'a str,
-    line: u64,
-    raw: String,
-    at_us: i64,
-}
-
-#[derive(Serialize)]
 struct EncodeFailure<'a> {
     reason: String,
     code: &'static str,
@@ -300,16 +290,8 @@ fn push_line(buf: &mut Vec<u8>, count: &mut u64, record: &impl Serialize) {
 }
 
 impl Output {
-    fn dead_letter(&mut self, err: &DecodeError, source: &str, record: &Record, at_us: i64) {
-        let dl = DeadLetter {
-            reason: err.to_string(),
-            code: err.code(),
-            source,
-            line: record.line_no,
-            raw: decode::redact(&record.line),
-            at_us,
-        };
-        push_line(&mut self.dead, &mut self.dead_count, &dl);
+    fn dead_letter(&mut self, letter: &decode::DeadLetter<'_>) {
+        push_line(&mut self.dead, &mut self.dead_count, letter);
     }
 
     fn encode_failure(&mut self, id: &str, error: &str) {
@@ -449,7 +431,11 @@ impl Pipeline {
                 index: i as u16,
                 counters: counters.clone(),
                 out_tx: out_tx.clone(),
-                evaluator: Evaluator::new(registry.clone()),
+                evaluator: Evaluator::new(registry.clone())
+                    .with_event_budget(config.rules.event_budget())
+                    .with_state_limit(usize::try_from(config.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX)),
+                on_empty: config.rules.on_empty.action(),
+                without_rules: false,
                 features: FeatureEngine::new(catalog.clone()),
                 windows: Windows::new(defs.clone(), &config.watermark),
                 catalog: catalog.clone(),
@@ -608,7 +594,7 @@ impl SourceRun {
                         };
                         jobs[w].push(Job { payment, ingested_at_us: now, partition: record.partition });
                     }
-                    Err(e) => rejected.dead_letter(&e, self.source.name(), record, now),
+                    Err(e) => rejected.dead_letter(&self.decoder.dead_letter(&e, self.source.name(), record, now)),
                 }
             }
             for (w, batch) in jobs.into_iter().enumerate() {
@@ -652,9 +638,10 @@ impl SourceRun {
         /// Below this a batch is parsed faster than it is handed over.
         const SHARED_FROM: usize = 32;
         let decoder = &self.decoder;
-        let parse = |r: &Record| match r.not_utf8_at {
-            None => decoder.parse(&r.line),
-            Some(at) => Err(DecodeError::NotUtf8 { at }),
+        let parse = |r: &Record| match (r.oversize, r.not_utf8_at) {
+            (Some(len), _) => Err(decoder.too_large(len)),
+            (None, None) => decoder.parse(&r.line),
+            (None, Some(at)) => Err(DecodeError::NotUtf8 { at }),
         };
         self.parsed.clear();
         match &self.parsers {
@@ -774,6 +761,10 @@ struct Worker {
     drain_within: Duration,
     /// Stamps decisions; anchored to the system clock at each batch.
     clock: decide::WallClock,
+    /// The final action at least, while no enforcing rule is live.
+    on_empty: Action,
+    /// Whether no enforcing rule was live at the last batch.
+    without_rules: bool,
 }
 
 impl Worker {
@@ -856,6 +847,20 @@ impl Worker {
                         tracing::debug!(worker = self.index, generation, pause_us = us, "rule set swapped in");
                     }
                     self.features.refresh();
+                    let without_rules = !self.evaluator.enforcing();
+                    if without_rules != self.without_rules {
+                        self.without_rules = without_rules;
+                        if without_rules {
+                            tracing::error!(
+                                worker = self.index,
+                                action = self.on_empty.as_str(),
+                                "no enforcing rule is live (none loaded, or all quarantined): every decision takes \
+                                 rules.on-empty until one is"
+                            );
+                        } else {
+                            tracing::info!(worker = self.index, "an enforcing rule is live again");
+                        }
+                    }
                     if self.evaluator.generation() != used_generation {
                         let names = self.catalog.snapshot();
                         used = self
@@ -1029,7 +1034,11 @@ impl Worker {
         let p = &job.payment;
         record_features.clear();
         record_features.extend(used.iter().map(|(key, i)| (key, values[*i])));
-        let (action, score, reasons) = decide::combine(outcomes);
+        let (mut action, score, mut reasons) = decide::combine(outcomes);
+        if self.without_rules {
+            action = action.max(self.on_empty);
+            reasons.push(decide::NO_ENFORCING_RULE);
+        }
         let record = Decision {
             id: &p.id,
             action,

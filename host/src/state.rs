@@ -12,7 +12,8 @@
 //! redb was chosen by measurement on this 2-core machine (1M keys of 96 B):
 //! writing them in one transaction took ~2.0 s against fjall's ~1.8 s, but
 //! reading them all back — what a restart does — took ~0.1 s against ~0.5 s,
-//! and redb's single-file ACID transactions are exactly a checkpoint.
+//! and redb's single-file ACID transactions are exactly a checkpoint
+//! (BENCHMARKS.md, "State store choice": a scratch comparison, not kept).
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use crate::sources::Position;
 use crate::window::WindowDelta;
 
 /// Bumped when the stored layout changes incompatibly.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
@@ -642,7 +643,7 @@ mod tests {
             let store = StateStore::open(dir.path()).expect("open");
             let mut model_features: HashMap<u64, Vec<u8>> = HashMap::new();
             let mut model_dedup: HashMap<u128, i64> = HashMap::new();
-            let mut dedup_set = crate::decode::Dedup::new(100);
+            let mut dedup_set = crate::decode::Dedup::new(100, crate::keyed::KeyedHash::for_tests());
             let mut ts = 0;
             for (i, (features, dedup)) in steps.into_iter().enumerate() {
                 let mut cp = Checkpoint { id: i as u64, source: "s".into(), workers: 2, ..Checkpoint::default() };

@@ -42,6 +42,12 @@ fn free_port() -> u16 {
 /// `addr`, or librdkafka's mock cluster where tansu lacks a feature.
 pub struct Broker {
     child: Option<Child>,
+    /// The TLS-terminating proxy (socat) in front of tansu, when started
+    /// with [`Broker::start_tls`].
+    tls_proxy: Option<Child>,
+    /// The CA that signed the broker's certificate, with TLS.
+    pub tls_ca: Option<PathBuf>,
+
     mock: Option<MockCluster<'static, DefaultProducerContext>>,
     /// `host:port` clients connect to.
     pub addr: String,
@@ -90,9 +96,67 @@ impl Broker {
         }
         Self {
             child: Some(child),
+            tls_proxy: None,
+            tls_ca: None,
             mock: None,
             addr: format!("127.0.0.1:{advertised}"),
             proxy: Some(proxy),
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// tansu behind a TLS-terminating proxy (Debian's socat) with a
+    /// certificate for 127.0.0.1 signed by a CA made here: clients reach it
+    /// only over TLS. `extra` as for [`Broker::start_with`].
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = make_certificates(dir.path());
+        let (listen, advertised) = (free_port(), free_port());
+        let log = dir.path().join("tansu.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(tansu())
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{listen}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .args(extra)
+            .stdout(Stdio::from(out.try_clone().expect("log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start tansu");
+        let cert = dir.path().join("server.pem");
+        let key = dir.path().join("server.key");
+        let socat = Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{advertised},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start socat (Debian's socat; scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", listen)).is_err()
+            || TcpStream::connect(("127.0.0.1", advertised)).is_err()
+        {
+            assert!(Instant::now() < deadline, "the broker did not listen within 30s; see {}", log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            tls_proxy: Some(socat),
+            tls_ca: Some(ca),
+            mock: None,
+            addr: format!("127.0.0.1:{advertised}"),
+            proxy: None,
             log,
             _dir: dir,
         }
@@ -107,7 +171,16 @@ impl Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mock = MockCluster::new(1).expect("mock cluster");
         let addr = mock.bootstrap_servers();
-        Self { child: None, mock: Some(mock), addr, proxy: None, log: dir.path().join("none.log"), _dir: dir }
+        Self {
+            child: None,
+            tls_proxy: None,
+            tls_ca: None,
+            mock: Some(mock),
+            addr,
+            proxy: None,
+            log: dir.path().join("none.log"),
+            _dir: dir,
+        }
     }
 
     /// The proxy in front of tansu.
@@ -118,6 +191,9 @@ impl Broker {
     pub fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.addr);
+        if let Some(ca) = &self.tls_ca {
+            c.set("security.protocol", "ssl").set("ssl.ca.location", ca.to_string_lossy());
+        }
         c
     }
 
@@ -145,7 +221,9 @@ impl Broker {
 
     /// Produces `(key, value)` records to `topic` and waits for them all.
     pub fn produce(&self, topic: &str, records: &[(String, String)]) {
-        produce_to(&self.addr, topic, records);
+        let mut config = self.client();
+        config.set("linger.ms", "5");
+        produce_on(config, topic, records);
     }
 
     /// Every record of `topic` so far: (key, value).
@@ -217,11 +295,93 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        for child in self.child.iter_mut().chain(&mut self.tls_proxy) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 it signs, with Debian's
+/// `openssl`: `ca.pem`, `server.pem`, `server.key` in `dir`. Returns the
+/// CA's path.
+pub fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+    let subject = |cn: &str| format!("/CN={cn}");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        &subject("vigil test CA"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &subject("127.0.0.1"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    dir.join("ca.pem")
+}
+
+/// A CA that signed nothing the broker has, in `dir`: `other-ca.pem`.
+pub fn other_ca(dir: &std::path::Path) -> PathBuf {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other-ca.key",
+            "-out",
+            "other-ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=another CA",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("other-ca.pem")
 }
 
 /// Produces `(key, value)` records to `topic` at `addr` and waits for them.
@@ -236,6 +396,11 @@ pub fn produce_with(addr: &str, topic: &str, records: &[(String, String)], setti
     for (k, v) in settings {
         config.set(*k, *v);
     }
+    produce_on(config, topic, records);
+}
+
+/// Produces `(key, value)` records to `topic` with a producer of `config`.
+pub fn produce_on(config: ClientConfig, topic: &str, records: &[(String, String)]) {
     let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
     for (k, v) in records {
         let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());

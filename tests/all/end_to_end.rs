@@ -97,6 +97,8 @@ fn parameters_come_from_config() {
 fn shadow_rules_are_recorded_but_do_not_decide() {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");
+    // An enforcing rule that allows it: without one, rules.on-empty decides.
+    env.install("geo_mismatch", "geo_mismatch.wasm");
     env.write_events(&[payment("huge", 5_000_000)]);
     let mut config = env.config(false);
     settings(&mut config, "large-amount", |s| s.mode = Mode::Shadow);
@@ -181,7 +183,7 @@ pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistr
     let tokenizer = vigil::decode::Tokenizer::new(&config.pan_key().expect("key"));
     let lists = vigil::rules::lists::Lists::load(&config.lists, &tokenizer).expect("lists");
     vigil::rules::RuleRegistry::new(
-        vigil::app::sandbox(config).expect("sandbox"),
+        vigil::rules::sandbox::Sandbox::from_config(config).expect("sandbox"),
         config.rules.dir.clone(),
         config.rule.clone(),
         config.rules.on_failure,

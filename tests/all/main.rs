@@ -10,6 +10,7 @@ mod daemon;
 mod end_to_end;
 mod features;
 mod golden;
+mod hardening;
 mod hostile;
 mod hot_reload;
 mod kafka;

@@ -15,8 +15,8 @@
 //! ahead. An id costs 48–96 bytes in all, ring included (each between
 //! half and fully used).
 
+use crate::keyed::KeyedHash;
 use std::collections::VecDeque;
-use xxhash_rust::xxh3::xxh3_128;
 
 /// Ids added since a checkpoint, as (id hash, event time, input partition),
 /// and ids forgotten, as (id hash, input partition).
@@ -157,6 +157,8 @@ fn pack(tag: u32, number: u32) -> u64 {
 #[derive(Debug)]
 pub struct Dedup {
     horizon_ms: i64,
+    /// Hashes ids under a secret: they are the input's to choose.
+    hasher: KeyedHash,
     /// The ids remembered, oldest first: the id pushed as number `n`
     /// (counting from 0 over the set's life) is at `n - popped`.
     ring: VecDeque<Seen>,
@@ -183,10 +185,12 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    /// Remembers ids for `horizon_ms` of event time.
-    pub fn new(horizon_ms: i64) -> Self {
+    /// Remembers ids for `horizon_ms` of event time, by their hashes
+    /// under `hasher`.
+    pub fn new(horizon_ms: i64, hasher: KeyedHash) -> Self {
         Self {
             horizon_ms,
+            hasher,
             ring: VecDeque::new(),
             index: Index::default(),
             newest_ms: i64::MIN,
@@ -246,7 +250,7 @@ impl Dedup {
     /// inserts of a batch that follow do not each wait for memory.
     pub fn prefetch<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         for id in ids {
-            self.index.prefetch(xxh3_128(id.as_bytes()));
+            self.index.prefetch(self.hasher.hash128(id.as_bytes()));
         }
     }
 
@@ -255,7 +259,7 @@ impl Dedup {
     pub fn insert(&mut self, id: &str, ts_ms: i64) -> bool {
         self.newest_ms = self.newest_ms.max(ts_ms);
         self.expire();
-        let key = xxh3_128(id.as_bytes());
+        let key = self.hasher.hash128(id.as_bytes());
         if self.find(key).is_some() {
             return false;
         }
@@ -355,7 +359,7 @@ mod tests {
 
     #[test]
     fn repeats_within_the_horizon_are_caught() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, KeyedHash::for_tests());
         assert!(d.insert("a", 0));
         assert!(!d.insert("a", 500));
         assert!(d.insert("b", 900));
@@ -363,12 +367,12 @@ mod tests {
 
     #[test]
     fn a_restored_set_catches_the_same_duplicates() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, KeyedHash::for_tests());
         d.insert("a", 0);
         d.insert("b", 10);
         let (added, removed) = d.take_delta();
         assert_eq!((added.len(), removed.len()), (2, 0));
-        let mut r = Dedup::new(1_000);
+        let mut r = Dedup::new(1_000, KeyedHash::for_tests());
         r.restore(&added.iter().map(|&(id, ts, _)| (id, ts)).collect::<Vec<_>>());
         assert!(!r.insert("a", 20) && !r.insert("b", 20));
         assert!(r.insert("c", 20));
@@ -378,13 +382,13 @@ mod tests {
 
     #[test]
     fn a_delta_lists_each_id_as_it_ends_up() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, KeyedHash::for_tests());
         d.set_partition(4);
         d.insert("a", 0);
         d.insert("z", 2_000); // forgets a
         let (added, removed) = d.take_delta();
-        let a = xxh3_128(b"a");
-        assert_eq!(added, vec![(xxh3_128(b"z"), 2_000, 4)], "a came and went");
+        let a = KeyedHash::for_tests().hash128(b"a");
+        assert_eq!(added, vec![(KeyedHash::for_tests().hash128(b"z"), 2_000, 4)], "a came and went");
         assert_eq!(removed, vec![(a, 4)]);
         d.insert("b", 2_001);
         d.insert("a", 4_000); // forgets z and b, a is back
@@ -396,10 +400,10 @@ mod tests {
 
     #[test]
     fn a_moved_partition_s_ids_are_restored_and_dropped_with_it() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, KeyedHash::for_tests());
         d.set_partition(1);
         assert!(d.insert("local", 100));
-        d.restore_partition(3, &[(xxh3_128(b"moved"), 90)]);
+        d.restore_partition(3, &[(KeyedHash::for_tests().hash128(b"moved"), 90)]);
         assert!(!d.insert("moved", 110), "an id seen by the previous owner is a duplicate");
         d.drop_partitions(&[3]);
         assert!(d.insert("moved", 120), "forgotten with its partition");
@@ -408,7 +412,7 @@ mod tests {
 
     #[test]
     fn ids_are_forgotten_after_the_horizon() {
-        let mut d = Dedup::new(1_000);
+        let mut d = Dedup::new(1_000, KeyedHash::for_tests());
         assert!(d.insert("a", 0));
         assert!(d.insert("b", 1_001));
         assert_eq!(d.len(), 1);
@@ -421,7 +425,7 @@ mod tests {
         #[test]
         fn matches_a_naive_model(ids in proptest::collection::vec((0u8..20, 0i64..50), 1..200)) {
             let horizon = 100;
-            let mut d = Dedup::new(horizon);
+            let mut d = Dedup::new(horizon, KeyedHash::for_tests());
             let mut ts = 0;
             let mut last_seen: HashMap<u8, i64> = HashMap::new();
             for (id, step) in ids {
@@ -444,7 +448,7 @@ mod tests {
             steps in proptest::collection::vec((0u8..20, 0i64..40, 0u8..12), 1..400),
         ) {
             let horizon = 100;
-            let mut d = Dedup::new(horizon);
+            let mut d = Dedup::new(horizon, KeyedHash::for_tests());
             let mut ts = 0;
             let mut model: HashMap<u8, (i64, u32)> = HashMap::new();
             for (id, step, action) in steps {
@@ -495,7 +499,7 @@ mod tests {
         fn a_delta_checks_added_ids_only_when_it_must(
             steps in proptest::collection::vec((0u8..30, 0i64..300, 0u8..20), 1..300),
         ) {
-            let mut d = Dedup::new(1_000);
+            let mut d = Dedup::new(1_000, KeyedHash::for_tests());
             let mut ts = 0;
             for (id, step, action) in steps {
                 match action {

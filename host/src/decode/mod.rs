@@ -29,7 +29,7 @@ pub enum DecodeError {
     #[error("event is {len} bytes; the limit is {limit} (clean.max-event-bytes)")]
     TooLarge {
         /// Its length.
-        len: usize,
+        len: u64,
         /// The limit.
         limit: usize,
     },
@@ -204,13 +204,62 @@ fn event_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     d.deserialize_any(V)
 }
 
+/// A rejected event as the dead-letter output records it: why, where it
+/// came from, and a copy of the line with every place a card number could
+/// be removed, cut to `clean.max-dead-letter-bytes`.
+#[derive(Debug, serde::Serialize)]
+pub struct DeadLetter<'a> {
+    /// Why it was rejected.
+    pub reason: String,
+    /// The reason's stable code ([`DecodeError::code`]).
+    pub code: &'static str,
+    /// The source's name.
+    pub source: &'a str,
+    /// The line number, or the Kafka offset.
+    pub line: u64,
+    /// The line, redacted, and cut when long.
+    pub raw: String,
+    /// The redacted line's length when `raw` holds only its start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_bytes: Option<usize>,
+    /// When it was rejected, µs since the epoch.
+    pub at_us: i64,
+}
+
+/// The longest reason a dead letter keeps: a parser's message can quote
+/// the whole input.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(mut text: String, max: usize) -> (String, Option<usize>) {
+    if text.len() <= max {
+        return (text, None);
+    }
+    let len = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, Some(len))
+}
+
 /// Limits and keys for cleaning, from `[clean]`.
 #[derive(Debug)]
 pub struct Decoder {
     tokenizer: Tokenizer,
+    max_dead_letter_bytes: usize,
     max_event_bytes: usize,
     max_field_bytes: usize,
     max_attrs: usize,
+    /// Event times accepted: `clean.earliest` to `clean.max-future` past
+    /// the clock.
+    earliest_ms: i64,
+    max_future_ms: i64,
+    /// The latest event time accepted without reading the clock again:
+    /// `max_future_ms` past its last reading. Read again only for an event
+    /// past it, so nearly no event costs a clock read.
+    latest_ms: i64,
     dedup: Dedup,
 }
 
@@ -218,12 +267,17 @@ impl Decoder {
     /// A decoder with the limits of `clean` and a PAN key.
     pub fn new(clean: &CleanConfig, tokenizer: Tokenizer) -> Self {
         let horizon_ms = i64::try_from(clean.dedup_horizon.as_millis()).unwrap_or(i64::MAX);
+        let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil keyed hash"));
         Self {
             tokenizer,
+            max_dead_letter_bytes: clean.max_dead_letter_bytes.get(),
             max_event_bytes: clean.max_event_bytes,
             max_field_bytes: clean.max_field_bytes,
             max_attrs: clean.max_attrs,
-            dedup: Dedup::new(horizon_ms),
+            earliest_ms: clean.earliest.map_or(0, |t| t.as_ms()),
+            max_future_ms: i64::try_from(clean.max_future.as_millis()).unwrap_or(i64::MAX),
+            latest_ms: i64::MIN,
+            dedup: Dedup::new(horizon_ms, hasher),
         }
     }
 
@@ -249,10 +303,32 @@ impl Decoder {
     /// [`DecodeError`] saying exactly why the event is rejected.
     pub fn parse(&self, line: &str) -> Result<Payment, DecodeError> {
         if line.len() > self.max_event_bytes {
-            return Err(DecodeError::TooLarge { len: line.len(), limit: self.max_event_bytes });
+            return Err(self.too_large(line.len() as u64));
         }
         let raw: RawEvent<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
         self.validate(raw)
+    }
+
+    /// The dead letter of `record`, rejected for `err`: redacted, and no
+    /// longer than `clean.max-dead-letter-bytes` (the line is cut to fit;
+    /// a dead letter too large for a Kafka message would stop the output).
+    pub fn dead_letter<'s>(
+        &self,
+        err: &DecodeError,
+        source: &'s str,
+        record: &crate::sources::Record,
+        at_us: i64,
+    ) -> DeadLetter<'s> {
+        let (reason, _) = cut(err.redacted(), MAX_REASON_BYTES);
+        // Room for the reason, the other fields and JSON escapes' growth.
+        let room = self.max_dead_letter_bytes.saturating_sub(reason.len() + 256) / 2;
+        let (raw, raw_bytes) = cut(redact(&record.line), room);
+        DeadLetter { reason, code: err.code(), source, line: record.line_no, raw, raw_bytes, at_us }
+    }
+
+    /// The rejection of a line `len` bytes long, over the limit.
+    pub fn too_large(&self, len: u64) -> DecodeError {
+        DecodeError::TooLarge { len, limit: self.max_event_bytes }
     }
 
     /// De-duplicates a parsed event: call in input order.
@@ -260,8 +336,35 @@ impl Decoder {
     /// # Errors
     /// [`DecodeError::Duplicate`] when its id was seen within the horizon.
     pub fn admit(&mut self, payment: &Payment) -> Result<(), DecodeError> {
+        self.check_time(payment.ts_ms)?;
         if !self.dedup.insert(&payment.id, payment.ts_ms) {
             return Err(DecodeError::Duplicate(payment.id.as_str().into()));
+        }
+        Ok(())
+    }
+
+    /// Refuses an event time too far ahead of the clock, or before the
+    /// floor: one such event would move the watermark — closing windows and
+    /// forgetting the ids de-duplication holds — by however far it is off.
+    fn check_time(&mut self, ts_ms: i64) -> Result<(), DecodeError> {
+        if ts_ms < self.earliest_ms {
+            let at = crate::config::EventTime::from_ms(self.earliest_ms);
+            return Err(invalid("ts", format!("{ts_ms} is before {at} (clean.earliest)")));
+        }
+        if ts_ms > self.latest_ms {
+            self.latest_ms = crate::decide::now_us().div_euclid(1000).saturating_add(self.max_future_ms);
+            if ts_ms > self.latest_ms {
+                let ahead = std::time::Duration::from_millis((ts_ms - (self.latest_ms - self.max_future_ms)) as u64);
+                return Err(invalid(
+                    "ts",
+                    format!(
+                        "{ts_ms} is {} ahead of the clock; at most {} is accepted (clean.max-future; \
+                         is it in microseconds or seconds rather than milliseconds?)",
+                        humantime::format_duration(std::time::Duration::from_secs(ahead.as_secs())),
+                        humantime::format_duration(std::time::Duration::from_millis(self.max_future_ms as u64)),
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -280,7 +383,20 @@ impl Decoder {
         if has_control(v) {
             return Err(invalid(field, "contains control characters"));
         }
-        Ok(Text::from(v))
+        // A card number sent in a field other than the card goes no
+        // further than the card's own does.
+        match self.tokenizer.tokenise_pans(v) {
+            None => Ok(Text::from(v)),
+            Some(t) if t.len() <= self.max_field_bytes => Ok(Text::from(t)),
+            Some(t) => Err(invalid(
+                field,
+                format!(
+                    "is {} bytes once the card numbers in it are tokenised; the limit is {} (clean.max-field-bytes)",
+                    t.len(),
+                    self.max_field_bytes
+                ),
+            )),
+        }
     }
 
     fn validate(&self, raw: RawEvent<'_>) -> Result<Payment, DecodeError> {
@@ -455,12 +571,12 @@ fn geo(g: RawGeo<'_>) -> Result<GeoRef, DecodeError> {
     Ok(GeoRef { country: country("geo.country", g.country.as_deref())?, lat_lon })
 }
 
-/// A copy of a raw line safe to write to dead letters: the card PAN is
-/// replaced when the line parses as JSON, and every PAN-like digit run is
-/// replaced when it does not.
+/// A copy of a raw line safe to write to dead letters: the card is
+/// replaced when the line parses as JSON, and then every place a card
+/// number could be, in any field or free text, is (see [`pan::scrub_pans`]).
 pub fn redact(line: &str) -> String {
     let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) else {
-        return pan::scrub_pans(line);
+        return pan::scrub_pans(line).into_owned();
     };
     if let Some(card) = v.get_mut("card") {
         match card {
@@ -472,14 +588,50 @@ pub fn redact(line: &str) -> String {
             other => *other = serde_json::Value::String("[pan]".into()),
         }
     }
-    if let Some(serde_json::Value::Object(attrs)) = v.get_mut("attrs") {
-        for value in attrs.values_mut() {
-            if let serde_json::Value::String(s) = value {
-                *s = pan::scrub_pans(s);
+    scrub_value(&mut v);
+    v.to_string()
+}
+
+/// Removes every place a card number could be from a parsed line, in
+/// place, keeping it JSON: strings and keys are scrubbed, and a number that
+/// could be a card number becomes the string `[pan]`. (Scrubbing the line
+/// as text would turn every long number — an event time — into `[pan]`,
+/// and the line into something that is not JSON.)
+fn scrub_value(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(clean) = pan::scrub_pans(s) {
+                *s = clean;
             }
         }
+        Value::Number(n) => {
+            let digits = n.to_string();
+            if pan::could_be_a_card_number(&digits) {
+                *v = Value::String("[pan]".into());
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(scrub_value),
+        Value::Object(fields) => {
+            let keys: Vec<String> = fields.keys().filter(|k| pan::scrub_pans(k) != k.as_str()).cloned().collect();
+            for key in keys {
+                if let Some(value) = fields.remove(&key) {
+                    fields.insert(pan::scrub_pans(&key).into_owned(), value);
+                }
+            }
+            fields.values_mut().for_each(scrub_value);
+        }
+        Value::Null | Value::Bool(_) => {}
     }
-    v.to_string()
+}
+
+impl DecodeError {
+    /// The reason as a dead letter gives it: the message, with every place
+    /// a card number could be removed — a parser's message may quote the
+    /// input (``invalid type: integer `4111111111111111` ``).
+    pub fn redacted(&self) -> String {
+        pan::scrub_pans(&self.to_string()).into_owned()
+    }
 }
 
 #[cfg(test)]
@@ -625,6 +777,22 @@ mod tests {
     }
 
     #[test]
+    fn event_times_far_ahead_of_the_clock_or_before_the_floor_are_refused() {
+        let mut d = decoder();
+        let micros = with("ts", "1714564800000000");
+        let e = d.decode(&micros).expect_err("the year 56,000").to_string();
+        assert!(e.contains("clean.max-future") && e.contains("microseconds"), "{e}");
+        let tomorrow = crate::decide::now_us() / 1000 + 23 * 3_600_000;
+        d.decode(&with("ts", &tomorrow.to_string())).expect("within a day");
+        let clean =
+            CleanConfig { earliest: Some(crate::config::EventTime::from_ms(1_700_000_000_000)), ..Default::default() };
+        let mut d = Decoder::new(&clean, Tokenizer::new(b"test-key-0123456789"));
+        let e = d.decode(&with("ts", "1600000000000")).expect_err("before the floor").to_string();
+        assert!(e.contains("clean.earliest") && e.contains("2023-11-14T22:13:20Z"), "{e}");
+        d.decode(GOOD).expect("after it");
+    }
+
+    #[test]
     fn duplicates_are_rejected_after_the_first() {
         let mut d = decoder();
         d.decode(GOOD).expect("first");
@@ -632,7 +800,44 @@ mod tests {
     }
 
     #[test]
+    fn card_numbers_outside_the_card_are_tokenised() {
+        let d = decoder();
+        let token = d.tokenizer.token("4111111111111111");
+        let line = with("id", "\"tx-4111111111111111\"")
+            .replace(r#""account":"a1""#, r#""account":"4111 1111 1111 1111""#)
+            .replace(r#""n":3"#, r#""n":4111111111111111,"note":"ref 2024 4111111111111111""#);
+        let p = d.parse(&line).expect("valid");
+        assert_eq!(p.id, format!("tx-{token}"));
+        assert_eq!(p.account, token);
+        let attrs = String::from_utf8_lossy(&p.attrs).into_owned();
+        assert!(!attrs.contains("4111111111111111") && attrs.contains(&token), "{attrs}");
+        assert!(!format!("{p:?}").contains("4111111111111111"));
+    }
+
+    #[test]
+    fn reasons_do_not_repeat_a_card_number() {
+        let e = decoder().parse(&with("card", r#"{"pan":4111111111111111}"#)).expect_err("a number");
+        assert!(e.to_string().contains("4111111111111111"), "the parser quotes it: {e}");
+        let reason = e.redacted();
+        assert!(!reason.contains("4111111111111111") && reason.contains("invalid type"), "{reason}");
+    }
+
+    #[test]
     fn redaction_removes_the_pan_in_every_form() {
+        for line in [
+            r#"{"card_number":"4111111111111111","id":"x"}"#,
+            r#"{"attrs":{"n":4111111111111111}}"#,
+            r#"{"id":"ref 2024 4111111111111111"}"#,
+            r#"{"account":"4111111111111111"} broken"#,
+            r#"{"id":"\u00341\u00311111111111111"}"#,
+            r#"{"4111111111111111":1}"#,
+        ] {
+            let r = redact(line);
+            assert!(!r.contains("4111111111111111") && !r.contains("111111111111"), "{line} -> {r}");
+        }
+        // Still JSON, with the event time as it was.
+        let r: serde_json::Value = serde_json::from_str(&redact(&with("ts", "1717200000123"))).expect("JSON");
+        assert_eq!(r["ts"], 1_717_200_000_123i64);
         assert!(!redact(GOOD).contains("4111 1111"));
         assert!(!redact(r#"{"card":"4111111111111111","x":1}"#).contains("4111111111111111"));
         assert!(!redact(r#"{"card":{"pan":"4111111111111111"}, broken"#).contains("4111111111111111"));

@@ -27,6 +27,10 @@ use keys::{KeyTable, Slot};
 use lookback::{DistinctSeries, NumSeries};
 pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
 
+/// The most features the catalog holds, configured and inline together:
+/// each is computed for every event, so rules cannot add them without end.
+pub const MAX_FEATURES: usize = 512;
+
 /// A named feature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Feature {
@@ -81,6 +85,12 @@ impl Catalog {
         let added = self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(i) = added.iter().position(|f| f.spec == spec && &*f.name == name) {
             return Ok(i);
+        }
+        if added.len() >= MAX_FEATURES {
+            return Err(format!(
+                "feature `{name}` would be the catalog's {}th; it holds at most {MAX_FEATURES} features",
+                added.len() + 1
+            ));
         }
         drop(added);
         Ok(self.push(Feature { name: name.into(), spec }))

@@ -277,7 +277,8 @@ fn retry<T>(mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> rdkafka::e
 /// flowing meanwhile: sent from the output thread, a checkpoint's records
 /// (a state per changed key, an id per event) held every decision behind
 /// them, 12–26 ms at the 99th percentile at 10k events/s (BENCHMARKS.md,
-/// nineteenth measurement).
+/// "What moved them"; `cargo bench -p vigil --bench kafka` prints K3's
+/// "decided → produced" stage).
 pub struct Committer {
     fence: Fence,
     jobs: Option<crossbeam_channel::Sender<Pending>>,

@@ -92,6 +92,18 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c.set("bootstrap.servers", &k.brokers);
     // Say more than librdkafka's default about lost brokers, less about the rest.
     c.set_log_level(RDKafkaLogLevel::Warning);
+    if let Some(tls) = &k.tls {
+        // `sasl_ssl` in kafka.client adds credentials to it.
+        c.set("security.protocol", "ssl");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        if let Some(ca) = &tls.ca {
+            c.set("ssl.ca.location", path(ca));
+        }
+        if let (Some(cert), Some(key)) = (&tls.certificate, &tls.key) {
+            c.set("ssl.certificate.location", path(cert));
+            c.set("ssl.key.location", path(key));
+        }
+    }
     for (key, value) in &k.client {
         c.set(key, value);
     }
@@ -103,6 +115,19 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 /// callback while the request that fails reports only a transport error,
 /// so a startup error uses it to name the setting that needs fixing.
 static AUTH_FAILURE: Mutex<Option<(String, String)>> = Mutex::new(None);
+
+/// The last TLS failure a client of this process saw, as [`AUTH_FAILURE`].
+static TLS_FAILURE: Mutex<Option<(String, String)>> = Mutex::new(None);
+
+/// The broker `host:port` a librdkafka error reason names
+/// (`ssl://127.0.0.1:9093/1: …`).
+fn broker_of(reason: &str) -> String {
+    reason.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned()
+}
+
+fn remember(slot: &Mutex<Option<(String, String)>>, reason: &str) {
+    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((broker_of(reason), reason.to_owned()));
+}
 
 /// Forwards librdkafka's logs and errors to tracing, so a broker outage is
 /// in vigil's log with its cause.
@@ -135,10 +160,16 @@ impl ClientContext for Logging {
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
                 tracing::warn!(target: "vigil::kafka", "lost a Kafka broker: {reason}; reconnecting with backoff");
             }
+            Some(RDKafkaErrorCode::SSL) => {
+                remember(&TLS_FAILURE, reason);
+                tracing::error!(target: "vigil::kafka", "TLS with a Kafka broker failed: {reason}; check [kafka.tls]");
+            }
+            _ if reason.contains("SSL handshake failed") => {
+                remember(&TLS_FAILURE, reason);
+                tracing::error!(target: "vigil::kafka", "TLS with a Kafka broker failed: {reason}; check [kafka.tls]");
+            }
             Some(RDKafkaErrorCode::Authentication) => {
-                let brokers = reason.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
-                *AUTH_FAILURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some((brokers.to_owned(), reason.to_owned()));
+                remember(&AUTH_FAILURE, reason);
                 tracing::error!(
                     target: "vigil::kafka",
                     "Kafka authentication failed: {reason}; check the sasl.* settings in [kafka.client]"
@@ -161,7 +192,18 @@ pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
         Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed) => {
             format!("kafka.client: the credentials are not allowed this ({err}); check the cluster's ACLs")
         }
-        _ if let Some(reason) = auth_failure(&k.brokers) => format!(
+        _ if let Some(reason) = last_failure(&TLS_FAILURE, &k.brokers) => {
+            if reason.contains("certificate verify failed") {
+                format!(
+                    "kafka.tls.ca: the certificate of a broker at {} is not signed by a trusted CA ({reason}); \
+                     check kafka.tls.ca",
+                    k.brokers
+                )
+            } else {
+                format!("kafka.tls: TLS with {} failed ({reason}); check [kafka.tls]", k.brokers)
+            }
+        }
+        _ if let Some(reason) = last_failure(&AUTH_FAILURE, &k.brokers) => format!(
             "kafka.client: authentication with {} failed ({reason}); check security.protocol, sasl.mechanism, \
              sasl.username and sasl.password",
             k.brokers
@@ -174,9 +216,10 @@ pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
     }
 }
 
-/// Why authentication with one of `brokers` last failed, if it did.
-fn auth_failure(brokers: &str) -> Option<String> {
-    let last = AUTH_FAILURE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Why authentication or TLS (`slot`) with one of `brokers` last failed,
+/// if it did.
+fn last_failure(slot: &Mutex<Option<(String, String)>>, brokers: &str) -> Option<String> {
+    let last = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (host, reason) = last.as_ref()?;
     brokers.split(',').any(|b| b.trim() == host).then(|| reason.clone())
 }

@@ -91,9 +91,9 @@ impl Producer {
     /// # Errors
     /// When a `kafka.client` setting is invalid.
     pub fn new(k: &KafkaConfig, transactional_id: Option<&str>) -> anyhow::Result<Arc<Self>> {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &k.brokers)
-            .set("enable.idempotence", "true")
+        // The cluster's settings (brokers, TLS), then the producer's own.
+        let mut c = super::client_config(k);
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
@@ -103,7 +103,7 @@ impl Producer {
             // librdkafka wants a transaction to outlive its messages' retries.
             c.set("transaction.timeout.ms", OUTAGE_LIMIT.as_millis().to_string());
         }
-        c.set_log_level(RDKafkaLogLevel::Warning);
+        // kafka.client still wins over the defaults above, kafka.producer over both.
         for (key, value) in k.client.iter().chain(&k.producer) {
             c.set(key, value);
         }

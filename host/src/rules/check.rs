@@ -9,7 +9,6 @@ use vigil_abi::{Channel, Country, Kind, Manifest};
 
 use super::lists::Lists;
 use super::{Loader, module_hash, read_manifest};
-use crate::app;
 use crate::config::Config;
 use crate::decode::Tokenizer;
 use crate::event::{Card, Party, Payment};
@@ -42,7 +41,7 @@ pub struct CheckReport {
 pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let hash = module_hash(&bytes);
-    let sandbox = app::sandbox(config)?;
+    let sandbox = crate::rules::sandbox::Sandbox::from_config(config)?;
     let rejected = |e: super::RuleError| anyhow::anyhow!("{} rejected: {e}", path.display());
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
     let (manifest, _) = read_manifest(&sandbox, &pre).map_err(rejected)?;

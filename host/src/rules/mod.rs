@@ -54,6 +54,13 @@ pub enum RuleError {
     /// The call used up its CPU budget (fuel).
     #[error("ran past its CPU budget of {0} fuel")]
     OutOfFuel(u64),
+    /// The call ran past its wall-clock backstop (`rules.call-timeout`).
+    #[error("ran past its wall-clock backstop (rules.call-timeout)")]
+    Timeout,
+    /// The event's CPU budget across all rules was spent before this rule
+    /// finished with it: not the rule's own failure.
+    #[error("the event's CPU budget across all rules was used up (rules.event-budget)")]
+    EventBudget,
     /// The rule asked for more memory than its cap.
     #[error("exceeded its memory cap of {0} bytes")]
     MemoryExceeded(usize),
@@ -562,6 +569,9 @@ fn list_rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The most features one rule may declare.
+pub const MAX_RULE_FEATURES: usize = 64;
+
 fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     if m.abi != vigil_abi::ABI_VERSION {
         return Err(RuleError::Manifest(format!("manifest is for ABI v{}", m.abi)));
@@ -572,6 +582,12 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
         return Err(RuleError::Manifest(format!(
             "rule name {:?} must be 1-64 characters of letters, digits, `-`, `_` or `.`",
             m.name
+        )));
+    }
+    if m.features.len() > MAX_RULE_FEATURES {
+        return Err(RuleError::Manifest(format!(
+            "declares {} features; a rule may read at most {MAX_RULE_FEATURES}",
+            m.features.len()
         )));
     }
     let mut mask = FieldMask::NONE;
@@ -716,13 +732,27 @@ impl Instance {
             Instance::Wasm(_) => {}
         }
         for i in from..batch.len() {
+            let budget = results.budget(i);
+            if budget == 0 {
+                // The caller gives it its failure outcome, without a call.
+                return Ok(());
+            }
             self.set_partition(batch.partitions[i]);
             let values = batch.values(i);
             results.features.clear();
             results.features.extend(features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
-            let result = self.call(&batch.encoded[i], projection, &results.features)?;
+            let (event, features) = (&batch.encoded[i], &results.features);
+            let (result, used) = match self {
+                Instance::Wasm(w) => {
+                    let given = budget.min(w.budget());
+                    let result = w.call_with(event, projection, features, given)?;
+                    (result, given.saturating_sub(w.fuel_left()))
+                }
+                Instance::Native(n) => (n.call(event, projection, features)?, 0),
+            };
             results.calls.push(result);
             results.ends.push(results.clock.raw());
+            results.fuel.push(used);
         }
         Ok(())
     }
@@ -768,8 +798,13 @@ pub struct Results {
     pub calls: Vec<sandbox::CallResult>,
     /// The clock's raw reading as each call ended.
     pub ends: Vec<u64>,
+    /// Fuel each call used (none for native rules).
+    pub fuel: Vec<u64>,
     /// Reads the CPU's time-stamp counter.
     pub clock: quanta::Clock,
+    /// Fuel each event of the batch has left of its budget across all
+    /// rules, by index in the batch; none listed: no such budget.
+    pub remaining: Vec<u64>,
     /// One event's feature values, for calls made one event at a time.
     features: Vec<f64>,
 }
@@ -777,13 +812,26 @@ pub struct Results {
 impl Results {
     /// Empty results, stamped by `clock`.
     pub fn new(clock: quanta::Clock) -> Self {
-        Self { calls: Vec::new(), ends: Vec::new(), clock, features: Vec::new() }
+        Self {
+            calls: Vec::new(),
+            ends: Vec::new(),
+            fuel: Vec::new(),
+            clock,
+            remaining: Vec::new(),
+            features: Vec::new(),
+        }
     }
 
-    /// Forgets the results, keeping the buffers.
+    /// Forgets the results, keeping the buffers (and the budgets).
     pub fn clear(&mut self) {
         self.calls.clear();
         self.ends.clear();
+        self.fuel.clear();
+    }
+
+    /// Fuel event `i` of the batch has left across all rules.
+    pub fn budget(&self, i: usize) -> u64 {
+        self.remaining.get(i).copied().unwrap_or(u64::MAX)
     }
 }
 
@@ -799,6 +847,10 @@ pub struct Evaluator {
     partition: u32,
     /// Each call's result and end, timed from the CPU's time-stamp counter.
     results: Results,
+    /// Fuel one event may use across all rules (`rules.event-budget`).
+    event_budget: u64,
+    /// Bytes each rule's keyed state may take (`rules.state-max-bytes`).
+    state_max_bytes: usize,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -817,9 +869,36 @@ impl Evaluator {
             parked: BTreeMap::new(),
             partition: 0,
             results: Results::new(quanta::Clock::new()),
+            event_budget: u64::MAX,
+            state_max_bytes: sandbox::STATE_MAX_BYTES,
         };
         e.refresh();
         e
+    }
+
+    /// Bounds the fuel one event may use across all rules: once it is
+    /// spent, the event's remaining rules get their failure outcome
+    /// without a call.
+    #[must_use]
+    pub fn with_event_budget(mut self, fuel: u64) -> Self {
+        self.event_budget = fuel;
+        self
+    }
+
+    /// Bounds each rule's keyed state on this worker to `bytes`.
+    #[must_use]
+    pub fn with_state_limit(mut self, bytes: usize) -> Self {
+        self.state_max_bytes = bytes;
+        for state in self.slots.iter_mut().map(|s| &mut s.state).chain(self.parked.values_mut()) {
+            state.set_max_bytes(bytes);
+        }
+        self
+    }
+
+    /// Whether some live rule enforces and is not quarantined: without
+    /// one, the final decision is no rule's.
+    pub fn enforcing(&self) -> bool {
+        self.slots.iter().any(|s| s.rule.mode == crate::decide::Mode::Enforce && !s.rule.is_quarantined())
     }
 
     /// Picks up a new rule set, if any, and instantiates its new rules;
@@ -836,10 +915,11 @@ impl Evaluator {
                 Some(i) => old.swap_remove(i),
                 None => {
                     // A new version takes over the keyed state of the old.
-                    let state = match old.iter().position(|s| *s.label.rule == *rule.name) {
+                    let mut state = match old.iter().position(|s| *s.label.rule == *rule.name) {
                         Some(i) => std::mem::take(&mut old[i].state),
                         None => self.parked.remove(&*rule.name).unwrap_or_default(),
                     };
+                    state.set_max_bytes(self.state_max_bytes);
                     // Taken in a statement of its own, so the lock is not
                     // held while an instance is made below.
                     let spare = lock(&rule.spares).pop();
@@ -906,6 +986,7 @@ impl Evaluator {
             Some(slot) => &mut slot.state,
             None => self.parked.entry(rule.to_owned()).or_default(),
         };
+        state.set_max_bytes(self.state_max_bytes);
         state.set_partition(partition);
         state.restore(key, value, changed);
     }
@@ -952,17 +1033,26 @@ impl Evaluator {
         for o in &mut out[..batch.len()] {
             o.clear();
         }
+        self.results.remaining.clear();
+        if self.event_budget != u64::MAX {
+            self.results.remaining.resize(batch.len(), self.event_budget);
+        }
         for slot in &mut self.slots {
             if let Some(instance) = &mut slot.instance {
                 instance.lend_state(std::mem::take(&mut slot.state));
             }
             let mut from = 0;
             while from < batch.len() {
+                let results = &mut self.results;
+                if results.budget(from) == 0 {
+                    out[from].push(slot.failed(RuleError::EventBudget, 0));
+                    from += 1;
+                    continue;
+                }
                 // One clock read per event: each event's time ends where
                 // the next one's starts. The time-stamp counter, read raw
                 // and scaled only for the difference, costs 10 ns a read
                 // here against 23 ns for the system's monotonic clock.
-                let results = &mut self.results;
                 results.clear();
                 let mut start = results.clock.raw();
                 let run = slot.run(&self.registry, batch, from, results);
@@ -973,6 +1063,11 @@ impl Evaluator {
                 // Field by field, in place: moving each result out whole
                 // (`drain`) copied it through the stack in pieces of
                 // different widths, which stalled store forwarding.
+                if !results.remaining.is_empty() {
+                    for (left, used) in results.remaining[from..].iter_mut().zip(&results.fuel) {
+                        *left = left.saturating_sub(*used);
+                    }
+                }
                 for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
                     out[from].push(RuleOutcome {
                         label: slot.label.clone(),
@@ -989,21 +1084,24 @@ impl Evaluator {
                 let Err(e) = run else { continue };
                 let latency_ns = results.clock.delta_as_nanos(start, results.clock.raw());
                 if e != RuleError::Quarantined {
-                    self.registry.note_failure(rule, &e);
+                    if let (RuleError::OutOfFuel(spent), Some(left)) = (&e, results.remaining.get_mut(from)) {
+                        *left = left.saturating_sub(*spent);
+                    }
+                    if e == RuleError::EventBudget {
+                        // The event's doing, not the rule's: not counted
+                        // towards quarantine, and the event's budget is spent.
+                        if let Some(left) = results.remaining.get_mut(from) {
+                            *left = 0;
+                        }
+                    } else {
+                        self.registry.note_failure(rule, &e);
+                    }
                     // A failed instance is not called again.
                     if let Some(mut failed) = slot.instance.take() {
                         slot.state = failed.take_state();
                     }
                 }
-                out[from].push(RuleOutcome {
-                    label: slot.label.clone(),
-                    mode: rule.mode,
-                    action: rule.on_failure.action(),
-                    score: 0,
-                    reasons: crate::decide::Reasons::new(),
-                    latency_ns,
-                    error: Some(e.to_string()),
-                });
+                out[from].push(slot.failed(e, latency_ns));
                 from += 1;
             }
             if let Some(instance) = &mut slot.instance {
@@ -1014,6 +1112,20 @@ impl Evaluator {
 }
 
 impl Slot {
+    /// The rule's outcome for an event whose call failed with `e`: its
+    /// failure outcome, saying why.
+    fn failed(&self, e: RuleError, latency_ns: u64) -> RuleOutcome {
+        RuleOutcome {
+            label: self.label.clone(),
+            mode: self.rule.mode,
+            action: self.rule.on_failure.action(),
+            score: 0,
+            reasons: crate::decide::Reasons::new(),
+            latency_ns,
+            error: Some(e.to_string()),
+        }
+    }
+
     /// Calls the rule on events `from..` of `batch` until one fails, making
     /// an instance first if it has none (at the start, or after a failure);
     /// the instance holds the slot's keyed state from then on.

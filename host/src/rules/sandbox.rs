@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
 use wasmtime::{
-    Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
+    AsContextMut as _, Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap,
+    TypedFunc, ValType,
 };
 
 use super::lists::{List, ListReader};
@@ -53,7 +54,13 @@ struct Run {
     partitions: Vec<u32>,
     /// The event the guest evaluates now, within this call.
     next: usize,
-    fuel: u64,
+    /// Each event's fuel within this call: its share of the event budget
+    /// left, at most the call budget.
+    budgets: Vec<u64>,
+    /// Fuel each event used, as its outcome came in.
+    used: Vec<u64>,
+    /// Epoch ticks a call (or, within a batch call, an event) may run.
+    deadline_ticks: u64,
     output_ptr: usize,
     clock: quanta::Clock,
     /// Reason codes seen so far: a rule repeats a handful of codes, so
@@ -66,7 +73,7 @@ struct Run {
 /// One rule's keyed state on one worker, and what changed since the last
 /// checkpoint. Each entry remembers the input partition of the event that
 /// wrote it: with Kafka, the partition whose changelog carries it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleState {
     /// Key → (partition that wrote it, value).
     entries: std::collections::HashMap<Box<[u8]>, Owned>,
@@ -74,6 +81,22 @@ pub struct RuleState {
     dirty: std::collections::HashMap<Box<[u8]>, u32>,
     /// The input partition of the event being decided.
     partition: u32,
+    /// Bytes the entries take, counted as [`entry_bytes`] does.
+    bytes: usize,
+    /// The most they may take (`rules.state-max-bytes`).
+    max_bytes: usize,
+}
+
+impl Default for RuleState {
+    fn default() -> Self {
+        Self {
+            entries: std::collections::HashMap::new(),
+            dirty: std::collections::HashMap::new(),
+            partition: 0,
+            bytes: 0,
+            max_bytes: STATE_MAX_BYTES,
+        }
+    }
 }
 
 /// A rule-state value with the input partition that wrote it.
@@ -81,6 +104,15 @@ type Owned = (u32, Box<[u8]>);
 
 /// The most keys one rule may hold per worker.
 pub const STATE_MAX_KEYS: usize = 1_000_000;
+
+/// The most bytes one rule's state may take per worker, by default.
+pub const STATE_MAX_BYTES: usize = 64 << 20;
+
+/// What an entry costs: its key and value, and the map's bookkeeping
+/// (two boxes, the partition, the table slot, about 64 bytes).
+fn entry_bytes(key: usize, value: usize) -> usize {
+    key + value + 64
+}
 
 impl RuleState {
     /// The value stored for `key`.
@@ -93,16 +125,34 @@ impl RuleState {
         if key.len() > vigil_abi::STATE_MAX_KEY || value.len() > vigil_abi::STATE_MAX_VALUE {
             return false;
         }
+        let held = self.entries.get(key).map_or(0, |(_, v)| entry_bytes(key.len(), v.len()));
         if value.is_empty() {
-            self.entries.remove(key);
+            if self.entries.remove(key).is_none() {
+                // Nothing to delete: nothing changed.
+                return true;
+            }
+            self.bytes -= held;
         } else {
-            if self.entries.len() >= STATE_MAX_KEYS && !self.entries.contains_key(key) {
+            let bytes = self.bytes - held + entry_bytes(key.len(), value.len());
+            if bytes > self.max_bytes || (held == 0 && self.entries.len() >= STATE_MAX_KEYS) {
                 return false;
             }
             self.entries.insert(key.into(), (self.partition, value.into()));
+            self.bytes = bytes;
         }
         self.dirty.insert(key.into(), self.partition);
         true
+    }
+
+    /// Bounds the bytes the state may take (`rules.state-max-bytes`): a
+    /// put past it is refused, as one past the key limit is.
+    pub fn set_max_bytes(&mut self, max: usize) {
+        self.max_bytes = max;
+    }
+
+    /// Bytes the state takes, counted as the limit counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Sets the input partition of the events that follow.
@@ -112,7 +162,14 @@ impl RuleState {
 
     /// Forgets the entries last written from one of `partitions`.
     pub fn drop_partitions(&mut self, partitions: &[u32]) {
-        self.entries.retain(|_, (p, _)| !partitions.contains(p));
+        let bytes = &mut self.bytes;
+        self.entries.retain(|k, (p, v)| {
+            let keep = !partitions.contains(p);
+            if !keep {
+                *bytes -= entry_bytes(k.len(), v.len());
+            }
+            keep
+        });
         self.dirty.retain(|_, p| !partitions.contains(p));
     }
 
@@ -136,7 +193,11 @@ impl RuleState {
     /// Loads an entry from a checkpoint or changelog, as written from the
     /// current partition; `changed` lists it in the next changes.
     pub fn restore(&mut self, key: &[u8], value: &[u8], changed: bool) {
-        self.entries.insert(key.into(), (self.partition, value.into()));
+        let old = self.entries.insert(key.into(), (self.partition, value.into()));
+        self.bytes += entry_bytes(key.len(), value.len());
+        if let Some((_, v)) = old {
+            self.bytes -= entry_bytes(key.len(), v.len());
+        }
         if changed {
             self.dirty.insert(key.into(), self.partition);
         }
@@ -149,22 +210,52 @@ impl std::fmt::Debug for HostState {
     }
 }
 
+/// Bounds one instance's memory: all its linear memories and tables
+/// together, not each on its own.
 struct Limiter {
     cap: usize,
+    /// Bytes of linear memory and table slots granted so far.
+    used: usize,
     denied: bool,
 }
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+/// Bytes a table slot is counted as (a function reference).
+const TABLE_SLOT_BYTES: usize = 8;
+
+/// Tables an instance may have: a rule compiled from Rust has one.
+const MAX_TABLES: usize = 4;
+
+impl Limiter {
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let next = self.used.saturating_sub(current).saturating_add(desired);
+        if next > self.cap {
             self.denied = true;
-            return Ok(false);
+            return false;
         }
-        Ok(true)
+        self.used = next;
+        true
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current.saturating_mul(TABLE_SLOT_BYTES), desired.saturating_mul(TABLE_SLOT_BYTES)))
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        1
     }
 }
 
@@ -172,10 +263,18 @@ impl ResourceLimiter for Limiter {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Cache>,
     memory_cap: usize,
     fuel: u64,
+    deadline_ticks: u64,
     clock: quanta::Clock,
+}
+
+/// The compiled-rule cache: a folder, and the key artefacts are signed
+/// with, so one written by anyone else is not loaded.
+struct Cache {
+    dir: PathBuf,
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -192,9 +291,33 @@ impl std::fmt::Debug for Sandbox {
 pub struct Limits {
     /// Budget of one call.
     pub fuel_per_call: u64,
-    /// Linear-memory cap per instance, bytes.
+    /// Memory cap per instance, bytes: its linear memory and tables.
     pub memory_cap: usize,
+    /// Wall-clock backstop of one call (of one event, within a batch
+    /// call): a call the fuel budget has not ended by then is.
+    pub call_timeout: Duration,
 }
+
+impl Limits {
+    /// `fuel_per_call` and `memory_cap`, with the default backstop.
+    pub fn new(fuel_per_call: u64, memory_cap: usize) -> Self {
+        Self { fuel_per_call, memory_cap, call_timeout: DEFAULT_CALL_TIMEOUT }
+    }
+}
+
+/// The default wall-clock backstop of a call: hundreds of times what the
+/// default fuel budget takes.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the engine's epoch advances: the backstop's resolution.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Fuel a host function costs on top of the guest's call to it.
+const HOST_CALL_FUEL: u64 = 16;
+
+/// Bytes of guest data a host function handles per unit of fuel: hashing
+/// or copying a few bytes costs about what one wasm instruction does.
+const HOST_BYTES_PER_FUEL: u64 = 4;
 
 /// The program that compiles modules out of process (see [`set_compiler`]).
 static COMPILER: OnceLock<PathBuf> = OnceLock::new();
@@ -218,63 +341,190 @@ pub fn set_compiler(program: PathBuf) {
 
 /// The engine settings: one function, so a child compiler produces
 /// artefacts the engine accepts.
+///
+/// Only what a rule needs is on: one 32-bit memory (no multi-memory or
+/// memory64, which would let a module hold many capped memories or a huge
+/// one), no relaxed SIMD (whose results differ between machines), and
+/// NaNs made canonical, so a replay computes exactly what the live run
+/// did. A module using what is off is refused when it loads.
 fn engine() -> Result<Engine, RuleError> {
     let mut cfg = wasmtime::Config::new();
-    cfg.consume_fuel(true).cranelift_opt_level(wasmtime::OptLevel::Speed).max_wasm_stack(512 * 1024);
+    cfg.consume_fuel(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .cranelift_nan_canonicalization(true)
+        .max_wasm_stack(512 * 1024)
+        .wasm_multi_memory(false)
+        .wasm_memory64(false)
+        .wasm_relaxed_simd(false)
+        .wasm_custom_page_sizes(false)
+        .wasm_wide_arithmetic(false)
+        .wasm_stack_switching(false);
     Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))
 }
 
-/// `vigil compile-rule OUT`: compiles `bytes` with the engine's settings and
-/// writes the artefact to `out` (whole: a temporary file renamed into place).
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the engine
+/// lives, on a thread of its own: what ends a call past its backstop.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("vigil-epoch".into()).spawn(move || {
+        loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Fuel still bounds every call; only the backstop is missing.
+        tracing::error!(error = %e, "cannot start the rule-call backstop thread");
+    }
+}
+
+/// Says which WebAssembly feature a refused module uses, when wasmtime's
+/// message names one vigil switches off.
+fn explain_compile_error(e: &wasmtime::Error) -> RuleError {
+    let msg = format!("{e:#}");
+    let hint = [
+        ("multiple memories", "a rule gets one linear memory (multi-memory is off)"),
+        ("memory64", "a rule's memory is 32-bit (memory64 is off)"),
+        ("relaxed SIMD", "relaxed SIMD is off: its results differ between machines"),
+        ("custom page sizes", "custom page sizes are off"),
+        ("wide arithmetic", "wide arithmetic is off"),
+    ]
+    .iter()
+    .find(|(needle, _)| msg.contains(needle));
+    match hint {
+        Some((_, why)) => RuleError::Compile(format!("{msg} — {why}")),
+        None => RuleError::Compile(msg),
+    }
+}
+
+/// `vigil compile-rule`: compiles `bytes` with the engine's settings into
+/// an artefact the engine can load.
 ///
 /// # Errors
 /// [`RuleError::Compile`] saying why.
-pub fn compile_to(bytes: &[u8], out: &Path) -> Result<(), RuleError> {
-    let art = engine()?.precompile_module(bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
-    write_whole(out, &art).map_err(|e| RuleError::Compile(format!("cannot write {}: {e}", out.display())))
+pub fn compile(bytes: &[u8]) -> Result<Vec<u8>, RuleError> {
+    engine()?.precompile_module(bytes).map_err(|e| explain_compile_error(&e))
 }
 
+/// Writes `bytes` to `path` whole: a private temporary file, synced, then
+/// renamed into place, so a crash leaves the old file or the new one.
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).inspect_err(|_| {
+    let written = (|| {
+        let mut f = private_file(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
 }
 
-/// Runs the child compiler on `bytes`, leaving the artefact at `out`.
-fn compile_in_child(program: &Path, bytes: &[u8], out: &Path) -> Result<(), RuleError> {
+/// A new file only its owner can read, replacing one at `path`.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// The compiler child's command: `program compile-rule`, with nothing of
+/// this process's environment (the PAN key is in it).
+fn compiler_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("compile-rule").env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs the child compiler on `bytes`; returns the artefact it wrote on
+/// its standard output.
+fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, RuleError> {
     let failed = |why: String| RuleError::Compile(format!("compiler process {}: {why}", program.display()));
-    let mut child = Command::new(program)
-        .arg("compile-rule")
-        .arg(out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(format!("cannot start: {e}")))?;
-    // A child that dies early closes the pipe; its exit status says why.
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(bytes);
-    }
+    let mut child = compiler_command(program).spawn().map_err(|e| failed(format!("cannot start: {e}")))?;
+    // Fed and drained on threads of their own, so neither pipe fills
+    // while this one waits for the other.
+    let feed = child.stdin.take().map(|mut stdin| {
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            // A child that dies early closes the pipe; its exit status says why.
+            let _ = stdin.write_all(&bytes);
+        })
+    });
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        pipe.map(|mut p| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = p.read_to_end(&mut out);
+                out
+            })
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let start = Instant::now();
-    while child.try_wait().map_err(|e| failed(e.to_string()))?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| failed(e.to_string()))? {
+            break status;
+        }
         if start.elapsed() > COMPILE_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
             return Err(failed(format!("still compiling after {COMPILE_TIMEOUT:?}; killed")));
         }
         std::thread::sleep(Duration::from_millis(2));
+    };
+    if let Some(f) = feed {
+        let _ = f.join();
     }
-    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
-    if output.status.success() {
-        return Ok(());
+    let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let (out, err) = (join(stdout), join(stderr));
+    if status.success() {
+        return Ok(out);
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&err);
     let msg = stderr.trim().trim_start_matches("error: ").trim_start_matches("does not compile: ");
-    Err(match output.status.code() {
+    Err(match status.code() {
         Some(_) if !msg.is_empty() => RuleError::Compile(msg.to_owned()),
-        _ => failed(format!("{} {msg}", output.status).trim_end().to_owned()),
+        _ => failed(format!("{status} {msg}").trim_end().to_owned()),
     })
+}
+
+/// Tag of a cached artefact: HMAC-SHA256 of it under the cache's key.
+fn artefact_tag(key: &[u8; 32], artefact: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(artefact);
+    mac.finalize().into_bytes().into()
+}
+
+/// Why a cached artefact is not loaded, if it is not.
+fn check_cached(path: &Path, bytes: &[u8], key: &[u8; 32]) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Err(format!("owned by user {}, not this process's {me}", meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!("writable by others (mode {:o})", meta.mode() & 0o777));
+        }
+    }
+    let Some((tag, artefact)) = bytes.split_first_chunk::<32>() else {
+        return Err("too short to hold a tag".into());
+    };
+    if artefact_tag(key, artefact) != *tag {
+        return Err("its tag does not match: not written by this vigil with this key".into());
+    }
+    Ok(())
 }
 
 impl Sandbox {
@@ -283,7 +533,19 @@ impl Sandbox {
     /// # Errors
     /// [`RuleError::Compile`] when wasmtime cannot be configured.
     pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuleError> {
+        Self::with_cache(limits, cache_dir.map(|dir| (dir, [0; 32])))
+    }
+
+    /// [`Sandbox::new`], with a cache whose artefacts are tagged with `key`
+    /// (an HMAC): an artefact without the right tag — written by someone
+    /// else, or damaged — is compiled again rather than loaded, since
+    /// loading one runs its machine code as it is.
+    ///
+    /// # Errors
+    /// [`RuleError::Compile`] when wasmtime cannot be configured.
+    pub fn with_cache(limits: &Limits, cache: Option<(PathBuf, [u8; 32])>) -> Result<Self, RuleError> {
         let engine = engine()?;
+        start_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(imports::MODULE, imports::LIST_CONTAINS, list_contains)
@@ -291,19 +553,38 @@ impl Sandbox {
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_PUT, state_put))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::OUTCOME, outcome))
             .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
-        if let Some(dir) = &cache_dir
+        if let Some((dir, _)) = &cache
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the compiled-rule cache; compiling every time");
         }
+        let ticks = limits.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
         Ok(Self {
             engine,
             linker,
-            cache_dir,
+            cache: cache.map(|(dir, key)| Cache { dir, key }),
             memory_cap: limits.memory_cap,
             fuel: limits.fuel_per_call,
+            // One more: the first tick may come at once.
+            deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1),
             clock: quanta::Clock::new(),
         })
+    }
+
+    /// The sandbox `[rules]` configures, caching compiled modules in
+    /// `state.dir`'s `wasm-cache/` under a key derived from the PAN key
+    /// (without one, nothing is cached).
+    ///
+    /// # Errors
+    /// When wasmtime cannot be set up.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, RuleError> {
+        let limits = Limits {
+            fuel_per_call: config.rules.cpu_budget,
+            memory_cap: usize::try_from(config.rules.memory_cap.as_u64()).unwrap_or(usize::MAX),
+            call_timeout: config.rules.call_timeout,
+        };
+        let key = config.pan_key().ok().map(|k| crate::decode::Tokenizer::new(&k).derive(b"vigil wasm-cache v1"));
+        Self::with_cache(&limits, key.map(|k| (config.state.dir.join("wasm-cache"), k)))
     }
 
     /// Compiles `bytes` (or loads the cached artefact) and checks the module's
@@ -322,33 +603,47 @@ impl Sandbox {
         if !bytes.starts_with(b"\0asm") {
             return Err(RuleError::Compile("not a WebAssembly module (no \\0asm header)".into()));
         }
-        let Some(dir) = &self.cache_dir else {
-            return Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")));
+        let Some(cache) = &self.cache else {
+            return Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e));
         };
         let mut h = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        let path = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
-        if path.exists() {
-            // SAFETY: the cache folder holds only artefacts this engine
-            // serialised (files are written whole and renamed into place), and
-            // the state folder is as trusted as the vigil binary itself.
-            // wasmtime also checks the artefact's engine and version.
-            match unsafe { Module::deserialize_file(&self.engine, &path) } {
-                Ok(m) => return Ok(m),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "stale compiled-rule cache entry; recompiling")
+        let path = cache.dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        if let Ok(stored) = std::fs::read(&path) {
+            match check_cached(&path, &stored, &cache.key) {
+                // SAFETY: the artefact carries the tag only this process's
+                // key makes, over exactly these bytes, so this engine (same
+                // settings: the file name holds their hash) serialised it;
+                // wasmtime also checks its engine and version.
+                Ok(()) => match unsafe { Module::deserialize(&self.engine, &stored[32..]) } {
+                    Ok(m) => return Ok(m),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "stale compiled-rule cache entry; recompiling")
+                    }
+                },
+                Err(why) => {
+                    tracing::warn!(path = %path.display(), %why, "compiled-rule cache entry not trusted; recompiling")
                 }
             }
         }
-        if let Some(program) = COMPILER.get() {
-            compile_in_child(program, bytes, &path)?;
-            // SAFETY: as above; the child wrote it with this engine's settings.
-            return unsafe { Module::deserialize_file(&self.engine, &path) }
-                .map_err(|e| RuleError::Compile(format!("compiled artefact {}: {e:#}", path.display())));
-        }
-        let module = Module::new(&self.engine, bytes).map_err(|e| RuleError::Compile(format!("{e:#}")))?;
-        if let Ok(art) = module.serialize() {
-            let _ = write_whole(&path, &art);
+        let artefact = match COMPILER.get() {
+            Some(program) => compile_in_child(program, bytes)?,
+            None => {
+                let module = Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e))?;
+                module.serialize().map_err(|e| RuleError::Compile(format!("{e:#}")))?
+            }
+        };
+        // SAFETY: the child compiled it with this engine's settings
+        // (`engine`), or this process did just now; wasmtime checks the
+        // engine and version too.
+        let module = unsafe { Module::deserialize(&self.engine, &artefact) }
+            .map_err(|e| RuleError::Compile(format!("compiled artefact: {e:#}")))?;
+        let mut stored = Vec::with_capacity(32 + artefact.len());
+        stored.extend_from_slice(&artefact_tag(&cache.key, &artefact));
+        stored.extend_from_slice(&artefact);
+        if let Err(e) = write_whole(&path, &stored) {
+            // Compiling works, so the rule runs; only the next start is slower.
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the compiled-rule cache; the rule runs, and compiles again at the next start");
         }
         Ok(module)
     }
@@ -384,7 +679,7 @@ impl Sandbox {
         lists: Arc<[Arc<List>]>,
     ) -> Result<RuleInstance, RuleError> {
         let state = HostState {
-            limiter: Limiter { cap: self.memory_cap, denied: false },
+            limiter: Limiter { cap: self.memory_cap, used: 0, denied: false },
             lists: lists.iter().map(|l| ListReader::new(l.clone())).collect(),
             memory: None,
             rule_state: RuleState::default(),
@@ -393,7 +688,9 @@ impl Sandbox {
                 ends: Vec::new(),
                 partitions: Vec::new(),
                 next: 0,
-                fuel: self.fuel,
+                budgets: Vec::new(),
+                used: Vec::new(),
+                deadline_ticks: self.deadline_ticks,
                 output_ptr: 0,
                 clock: self.clock.clone(),
                 reason_cache: Vec::new(),
@@ -403,6 +700,7 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         set_fuel(&mut store, self.fuel);
+        store.set_epoch_deadline(self.deadline_ticks);
         let instance = pre.instantiate(&mut store).map_err(|e| self.classify(&store, &e, None))?;
         let memory = instance
             .get_memory(&mut store, exports::MEMORY)
@@ -440,9 +738,10 @@ impl Sandbox {
             input_cap: 0,
             output_ptr: 0,
             fuel: self.fuel,
+            deadline_ticks: self.deadline_ticks,
             memory_cap: self.memory_cap,
         };
-        set_fuel(&mut inst.store, self.fuel);
+        inst.arm(self.fuel);
         inst.output_ptr = output.call(&mut inst.store, ()).map_err(|e| inst.classify(&e))? as u32 as usize;
         if inst.output_ptr.checked_add(OUTPUT_CAPACITY).is_none_or(|end| end > inst.memory.data_size(&inst.store)) {
             return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::OUTPUT)));
@@ -478,6 +777,7 @@ fn classify(
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RuleError::OutOfFuel(budget),
+        Some(Trap::Interrupt) => RuleError::Timeout,
         Some(Trap::StackOverflow) => RuleError::Trap("stack overflow (call stack exhausted)".into()),
         Some(trap) => match panic {
             Some(msg) => RuleError::Trap(format!("panicked: {msg}")),
@@ -501,8 +801,22 @@ fn range(ptr: i32, len: i32) -> std::ops::Range<usize> {
     start..start.saturating_add(len as u32 as usize)
 }
 
+/// Charges the call under way for a host function handling `bytes` of
+/// guest data, so a rule pays for the host's work on its behalf as for its
+/// own: out of fuel, the call ends as if its own code had used it up.
+fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<()> {
+    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64 / HOST_BYTES_PER_FUEL);
+    let left = caller.get_fuel()?;
+    if left < cost {
+        caller.set_fuel(0)?;
+        return Err(wasmtime::Error::new(Trap::OutOfFuel));
+    }
+    caller.set_fuel(left - cost)
+}
+
 /// `vigil::list_contains(list, ptr, len) -> i32`.
 fn list_contains(mut caller: Caller<'_, HostState>, list: i32, ptr: i32, len: i32) -> wasmtime::Result<i32> {
+    charge(&mut caller, len as u32 as usize)?;
     let (data, state) = guest(&mut caller, "list_contains")?;
     let Some(bytes) = data.get(range(ptr, len)) else {
         wasmtime::bail!("list_contains: value out of bounds");
@@ -521,6 +835,10 @@ fn state_get(
     out_ptr: i32,
     out_cap: i32,
 ) -> wasmtime::Result<i32> {
+    // Charged for the most it can copy (no value is longer), so the
+    // value is looked up once.
+    let most = (out_cap as u32 as usize).min(vigil_abi::STATE_MAX_VALUE);
+    charge(&mut caller, (key_len as u32 as usize).saturating_add(most))?;
     let (data, state) = guest(&mut caller, "state_get")?;
     let Some(key) = data.get(range(key_ptr, key_len)) else {
         wasmtime::bail!("state_get: key out of bounds");
@@ -544,6 +862,7 @@ fn state_put(
     val_ptr: i32,
     val_len: i32,
 ) -> wasmtime::Result<i32> {
+    charge(&mut caller, (key_len as u32 as usize).saturating_add(val_len as u32 as usize))?;
     let (data, state) = guest(&mut caller, "state_put")?;
     let (Some(key), Some(value)) = (data.get(range(key_ptr, key_len)), data.get(range(val_ptr, val_len))) else {
         wasmtime::bail!("state_put: key or value out of bounds");
@@ -582,12 +901,20 @@ fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmti
         }
     }
     run.ends.push(run.clock.raw());
-    run.next += 1;
-    if let Some(&partition) = run.partitions.get(run.next) {
+    let given = run.budgets.get(run.next).copied().unwrap_or(0);
+    let next = run.next + 1;
+    run.next = next;
+    if let Some(&partition) = run.partitions.get(next) {
         state.rule_state.set_partition(partition);
     }
-    let fuel = run.fuel;
-    caller.set_fuel(fuel)
+    // After the last event, what is left of the call runs on the last
+    // event's budget.
+    let budget = run.budgets.get(next).or(run.budgets.last()).copied().unwrap_or(0);
+    let ticks = run.deadline_ticks;
+    let left = caller.get_fuel()?;
+    caller.data_mut().run.used.push(given.saturating_sub(left));
+    caller.as_context_mut().set_epoch_deadline(ticks);
+    caller.set_fuel(budget)
 }
 
 /// Decodes a packed outcome, with its reason codes from the output buffer
@@ -740,7 +1067,18 @@ pub struct RuleInstance {
     input_cap: usize,
     output_ptr: usize,
     fuel: u64,
+    deadline_ticks: u64,
     memory_cap: usize,
+}
+
+/// `e` as the failure of a call given `given` fuel of a `budget`: out of
+/// fuel below the call budget is the event's budget running out
+/// ([`RuleError::EventBudget`]), not the rule's own.
+fn over_event_budget(e: RuleError, given: u64, budget: u64) -> RuleError {
+    match e {
+        RuleError::OutOfFuel(_) if given < budget => RuleError::EventBudget,
+        e => e,
+    }
 }
 
 /// [`intern`] for a code still in the guest's bytes: checked as UTF-8 only
@@ -788,6 +1126,13 @@ pub struct CallResult {
 }
 
 impl RuleInstance {
+    /// Readies the store for a call with `fuel` to spend and the backstop
+    /// from now.
+    fn arm(&mut self, fuel: u64) {
+        set_fuel(&mut self.store, fuel);
+        self.store.set_epoch_deadline(self.deadline_ticks);
+    }
+
     fn classify(&self, e: &wasmtime::Error) -> RuleError {
         let panic = self.take_panic();
         classify(&self.store, e, panic, self.fuel, self.memory_cap)
@@ -810,7 +1155,7 @@ impl RuleInstance {
         }
         let want = len.next_power_of_two();
         let cap = i32::try_from(want).map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
-        set_fuel(&mut self.store, self.fuel);
+        self.arm(self.fuel);
         let ptr = self.buffer.call(&mut self.store, cap).map_err(|e| self.classify(&e))? as u32 as usize;
         if ptr.checked_add(want).is_none_or(|end| end > self.memory.data_size(&self.store)) {
             return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::BUFFER)));
@@ -838,7 +1183,7 @@ impl RuleInstance {
     fn configure(&mut self, params: &[u8]) -> Result<(), RuleError> {
         self.ensure_input(params.len())?;
         self.write_input(params)?;
-        set_fuel(&mut self.store, self.fuel);
+        self.arm(self.fuel);
         let err_len = self.configure.call(&mut self.store, params.len() as i32).map_err(|e| self.classify(&e))?;
         if err_len != 0 {
             let msg = self.read_output(err_len as usize).unwrap_or_else(|| "(unreadable message)".into());
@@ -865,7 +1210,17 @@ impl RuleInstance {
 
     /// Fuel the last call used.
     pub fn last_fuel_used(&self) -> u64 {
-        self.fuel.saturating_sub(self.store.get_fuel().unwrap_or(0))
+        self.fuel.saturating_sub(self.fuel_left())
+    }
+
+    /// The fuel budget of one call.
+    pub fn budget(&self) -> u64 {
+        self.fuel
+    }
+
+    /// Fuel the last call left unspent.
+    pub fn fuel_left(&self) -> u64 {
+        self.store.get_fuel().unwrap_or(0)
     }
 
     /// The manifest JSON the module exports.
@@ -873,7 +1228,7 @@ impl RuleInstance {
     /// # Errors
     /// [`RuleError`] when the call fails or the pointer is out of bounds.
     pub fn manifest_json(&mut self) -> Result<String, RuleError> {
-        set_fuel(&mut self.store, self.fuel);
+        self.arm(self.fuel);
         let raw = self.manifest.call(&mut self.store, ()).map_err(|e| self.classify(&e))?;
         let (ptr, len) = vigil_abi::unpack_ptr_len(raw);
         let data = self.memory.data(&self.store);
@@ -894,6 +1249,23 @@ impl RuleInstance {
         projection: &vigil_abi::Projection,
         features: &[f64],
     ) -> Result<CallResult, RuleError> {
+        self.call_with(event, projection, features, self.fuel)
+    }
+
+    /// [`RuleInstance::call`] with `fuel` to spend, at most the call budget;
+    /// out of it below the budget, the call fails with
+    /// [`RuleError::EventBudget`].
+    ///
+    /// # Errors
+    /// As [`RuleInstance::call`].
+    pub fn call_with(
+        &mut self,
+        event: &[u8],
+        projection: &vigil_abi::Projection,
+        features: &[f64],
+        fuel: u64,
+    ) -> Result<CallResult, RuleError> {
+        let fuel = fuel.min(self.fuel);
         let len = event.len() + features.len() * 8;
         self.ensure_input(len)?;
         let data = self.memory.data_mut(&mut self.store);
@@ -905,10 +1277,13 @@ impl RuleInstance {
             chunk.copy_from_slice(&v.to_le_bytes());
         }
         vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
-        set_fuel(&mut self.store, self.fuel);
+        self.arm(fuel);
         let raw = match self.evaluate.call(&mut self.store, len as i32) {
             Ok(raw) => raw,
-            Err(e) => return Err(self.store.data_mut().run.refused.take().unwrap_or_else(|| self.classify(&e))),
+            Err(e) => {
+                let e = self.store.data_mut().run.refused.take().unwrap_or_else(|| self.classify(&e));
+                return Err(over_event_budget(e, fuel, self.fuel));
+            }
         };
         let (data, state) = self.memory.data_and_store_mut(&mut self.store);
         read_outcome(data, self.output_ptr, raw, &mut state.run.reason_cache)
@@ -937,24 +1312,33 @@ impl RuleInstance {
             return Err(RuleError::Abi(format!("no `{}` export", exports::EVALUATE_BATCH)));
         };
         let mut at = from;
-        while at < batch.len() {
-            let count = self.write_batch(batch, at, projection, features)?;
+        // Up to the first event with no budget left: the caller gives it
+        // its failure outcome without a call.
+        let end = (from..batch.len()).find(|&i| results.budget(i) == 0).unwrap_or(batch.len());
+        while at < end {
+            let count = self.write_batch(batch, at, end, projection, features)?;
             let run = &mut self.store.data_mut().run;
             std::mem::swap(&mut run.calls, &mut results.calls);
             std::mem::swap(&mut run.ends, &mut results.ends);
+            std::mem::swap(&mut run.used, &mut results.fuel);
             run.partitions.clear();
             run.partitions.extend_from_slice(&batch.partitions[at..at + count]);
+            run.budgets.clear();
+            run.budgets.extend((at..at + count).map(|i| results.budget(i).min(self.fuel)));
             run.next = 0;
+            let first = run.budgets[0];
             self.store.data_mut().rule_state.set_partition(batch.partitions[at]);
-            set_fuel(&mut self.store, self.fuel);
+            self.arm(first);
             let returned = evaluate.call(&mut self.store, count as i32);
             let run = &mut self.store.data_mut().run;
             std::mem::swap(&mut run.calls, &mut results.calls);
             std::mem::swap(&mut run.ends, &mut results.ends);
+            std::mem::swap(&mut run.used, &mut results.fuel);
             run.partitions.clear();
             let (next, refused) = (run.next, run.refused.take());
+            let given = run.budgets.get(next.min(count - 1)).copied().unwrap_or(self.fuel);
             let failed = match returned {
-                Err(e) => refused.unwrap_or_else(|| self.classify(&e)),
+                Err(e) => over_event_budget(refused.unwrap_or_else(|| self.classify(&e)), given, self.fuel),
                 Ok(n) if n as u32 as usize != count || next != count => RuleError::Abi(format!(
                     "`{}` returned {n} and reported {next} outcomes for {count} events",
                     exports::EVALUATE_BATCH
@@ -969,6 +1353,7 @@ impl RuleInstance {
             if next == count {
                 results.calls.pop();
                 results.ends.pop();
+                results.fuel.pop();
             }
             return Err(failed);
         }
@@ -981,6 +1366,7 @@ impl RuleInstance {
         &mut self,
         batch: &Batch,
         from: usize,
+        end: usize,
         projection: &vigil_abi::Projection,
         features: &[usize],
     ) -> Result<usize, RuleError> {
@@ -989,7 +1375,7 @@ impl RuleInstance {
         let entry = vigil_abi::batch::ENTRY;
         let size = |i: usize| entry + (batch.encoded[i].len() + features.len() * 8).next_multiple_of(8);
         let (mut count, mut total) = (0, 0);
-        for i in from..batch.len() {
+        for i in from..end {
             if count > 0 && total + size(i) > BATCH_INPUT {
                 break;
             }
@@ -1025,7 +1411,7 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        let limits = Limits { fuel_per_call: 1_000_000, memory_cap: 2 << 20 };
+        let limits = Limits::new(1_000_000, 2 << 20);
         Sandbox::new(&limits, None).expect("sandbox")
     }
 
@@ -1306,5 +1692,165 @@ mod tests {
         let (r, results) = run_batch(&spinning(100_000, 400_000), 5);
         assert!(matches!(r, Err(RuleError::OutOfFuel(_))), "{r:?}");
         assert_eq!(results.calls.len(), 4);
+    }
+
+    /// A module whose `vigil_evaluate` runs `body` (with the input length
+    /// in local 0 and two i32 scratch locals) and then allows.
+    fn evaluating(body: &str, extra: &str) -> Vec<u8> {
+        wat(&format!(
+            r#"(module
+            (import "vigil" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 2)
+            {extra}
+            (func (export "vigil_abi_version") (result i32) i32.const 1)
+            (func (export "vigil_manifest") (result i64) i64.const 0)
+            (func (export "vigil_buffer") (param i32) (result i32) i32.const 65536)
+            (func (export "vigil_output") (result i32) i32.const 8192)
+            (func (export "vigil_configure") (param i32) (result i32) i32.const 0)
+            (func (export "vigil_evaluate") (param i32) (result i64) (local i32 i32) {body} i64.const 0))"#
+        ))
+    }
+
+    #[test]
+    fn host_function_work_is_charged_to_the_call() {
+        // A thousand look-ups of a 60 KB key: cheap in guest instructions,
+        // 60 MB of hashing in the host.
+        let body = r#"(block $done (loop $next
+            (br_if $done (i32.ge_u (local.get 1) (i32.const 1000)))
+            (drop (call $get (i32.const 0) (i32.const 60000) (i32.const 0) (i32.const 0)))
+            (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+            (br $next)))"#;
+        let (mut inst, event, all) = single_calls(&evaluating(body, ""));
+        let e = inst.call(&event, &all, &[]).expect_err("over budget");
+        assert!(matches!(e, RuleError::OutOfFuel(_)), "{e}");
+    }
+
+    #[test]
+    fn a_call_that_fuel_does_not_end_hits_the_wall_clock_backstop() {
+        let limits = Limits { fuel_per_call: 1 << 62, memory_cap: 2 << 20, call_timeout: Duration::from_millis(100) };
+        let sandbox = Sandbox::new(&limits, None).expect("sandbox");
+        let pre = sandbox.prepare(&evaluating("(loop $forever (br $forever))", ""), "h").expect("valid");
+        let mut inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut event = Vec::new();
+        crate::rules::check::sample_payment().encode(&mut event).expect("encode");
+        let started = Instant::now();
+        let e = inst.call(&event, &vigil_abi::Projection::new(vigil_abi::FieldMask::ALL), &[]).expect_err("stopped");
+        assert_eq!(e, RuleError::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(30), "ended by the backstop, not by fuel");
+    }
+
+    #[test]
+    fn features_a_rule_does_not_need_are_refused_at_load() {
+        let two = evaluating("", "(memory 1)");
+        let e = sandbox().prepare(&two, "h").err().expect("two memories").to_string();
+        assert!(e.contains("multi-memory is off"), "{e}");
+        let m64 = wat(r#"(module (memory (export "memory") i64 1))"#);
+        let e = sandbox().prepare(&m64, "h").err().expect("memory64").to_string();
+        assert!(e.contains("memory64"), "{e}");
+        let relaxed = evaluating("(drop (i32x4.relaxed_trunc_f32x4_s (v128.const i32x4 0 0 0 0)))", "");
+        let e = sandbox().prepare(&relaxed, "h").err().expect("relaxed SIMD").to_string();
+        assert!(e.contains("relaxed SIMD"), "{e}");
+    }
+
+    #[test]
+    fn the_memory_cap_covers_tables_too() {
+        // 2 MiB cap; a table of a million slots is 8 MB.
+        let big_table = evaluating("", "(table 1000000 funcref)");
+        let sandbox = sandbox();
+        let pre = sandbox.prepare(&big_table, "h").expect("compiles");
+        let e = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect_err("over the cap");
+        assert!(matches!(e, RuleError::MemoryExceeded(_)), "{e}");
+    }
+
+    #[test]
+    fn nans_come_out_canonical_on_every_machine() {
+        // sqrt of a negative number computed at run time, stored at 0.
+        let body = "(f64.store (i32.const 0) (f64.sqrt (f64.neg (f64.convert_i32_u (local.get 0)))))";
+        let (mut inst, event, all) = single_calls(&evaluating(body, ""));
+        inst.call(&event, &all, &[]).expect("call");
+        let bits = u64::from_le_bytes(inst.memory.data(&inst.store)[..8].try_into().expect("8 bytes"));
+        assert_eq!(bits, 0x7ff8_0000_0000_0000, "{bits:#x}");
+    }
+
+    #[test]
+    fn an_events_budget_across_rules_bounds_its_calls() {
+        let sandbox = sandbox();
+        let pre = sandbox.prepare(&spinning(100_000, 100_000), "h").expect("valid module");
+        let inst = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut inst = super::super::Instance::Wasm(inst);
+        let mut batch = Batch::default();
+        for p in 0..4 {
+            crate::rules::check::sample_payment().encode(batch.buffer()).expect("encode");
+            batch.push(p, &[]);
+        }
+        let mut results = super::super::Results::new(quanta::Clock::new());
+        // Each event spins ~600k fuel: enough left for events 0 and 1,
+        // not for event 2; event 3 has none, and is not called.
+        results.remaining = vec![900_000, 2_000_000, 300_000, 0];
+        let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
+        let e = inst.call_batch(&batch, 0, &all, &[], &mut results).expect_err("event 2 runs out");
+        assert_eq!(e, RuleError::EventBudget);
+        assert_eq!(results.calls.len(), 2);
+        assert!(results.fuel.iter().all(|&f| (500_000..700_000).contains(&f)), "{:?}", results.fuel);
+        results.clear();
+        let fresh = sandbox.instantiate(&pre, Arc::from(Vec::new()), &[]).expect("instance");
+        let mut inst = super::super::Instance::Wasm(fresh);
+        inst.call_batch(&batch, 3, &all, &[], &mut results).expect("nothing to call");
+        assert!(results.calls.is_empty(), "an event with no budget left is not called");
+    }
+
+    #[test]
+    fn the_compiler_child_gets_none_of_this_processs_environment() {
+        assert!(std::env::var_os("HOME").is_some(), "the test needs HOME set");
+        let dir = tempfile::tempdir().expect("tmp");
+        let script = dir.path().join("fake-compiler");
+        std::fs::write(&script, "#!/bin/sh\nenv\n").expect("script");
+        #[cfg(unix)]
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let out = compile_in_child(&script, b"\0asm").expect("ran");
+        let env = String::from_utf8_lossy(&out);
+        assert!(!env.contains("HOME=") && !env.contains("VIGIL"), "{env}");
+    }
+
+    #[test]
+    fn a_cached_artefact_not_tagged_with_the_key_is_compiled_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let key = [7; 32];
+        let module = evaluating("", "");
+        let limits = Limits::new(1_000_000, 2 << 20);
+        let sandbox = Sandbox::with_cache(&limits, Some((cache.clone(), key))).expect("sandbox");
+        sandbox.prepare(&module, "h").expect("compiled and cached");
+        let entry = std::fs::read_dir(&cache).expect("cache").next().expect("an entry").expect("entry").path();
+        let good = std::fs::read(&entry).expect("read");
+        check_cached(&entry, &good, &key).expect("tagged with the key");
+        assert!(check_cached(&entry, &good, &[8; 32]).is_err(), "another key's tag does not pass");
+        // A byte of the machine code changed: not loaded, compiled again.
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        std::fs::write(&entry, &bad).expect("tamper");
+        assert!(check_cached(&entry, &bad, &key).expect_err("tampered").contains("tag"));
+        sandbox.prepare(&module, "h").expect("compiled again");
+        assert_eq!(std::fs::read(&entry).expect("read"), good, "the entry is written afresh");
+    }
+
+    #[test]
+    fn rule_state_is_bounded_in_bytes_and_deleting_nothing_changes_nothing() {
+        let mut state = RuleState::default();
+        state.set_max_bytes(10 * entry_bytes(4, 100));
+        for i in 0..10u32 {
+            assert!(state.put(&i.to_le_bytes(), &[1; 100]), "{i}");
+        }
+        assert!(!state.put(&10u32.to_le_bytes(), &[1; 100]), "over the bytes limit");
+        assert!(state.put(&3u32.to_le_bytes(), &[2; 100]), "replacing a value in place fits");
+        assert!(state.put(&3u32.to_le_bytes(), &[]), "removed");
+        assert!(state.put(&10u32.to_le_bytes(), &[1; 100]), "room again");
+        assert_eq!(state.bytes(), 10 * entry_bytes(4, 100));
+        state.take_dirty();
+        for i in 100..10_000u32 {
+            assert!(state.put(&i.to_le_bytes(), &[]), "deleting an absent key is fine");
+        }
+        assert!(state.take_dirty().is_empty(), "and changes nothing");
     }
 }

@@ -21,8 +21,14 @@ pub struct FileSource {
     follow: bool,
     poll: Duration,
     /// The start of a line that runs past the end of the reader's buffer
-    /// (or of the file, while the writer is mid-line), until it is whole.
+    /// (or of the file, while the writer is mid-line), until it is whole;
+    /// no more than `max_line` and a byte of it.
     partial: Vec<u8>,
+    /// The length of that line so far, all of it.
+    partial_len: u64,
+    /// Longer lines are not held whole: only their start, to say what they
+    /// were (see [`Record::oversize`]).
+    max_line: usize,
     lines: Lines,
 }
 
@@ -39,10 +45,18 @@ struct Lines {
 }
 
 impl Lines {
-    /// Hands out `raw`, one line with its newline if it has one.
-    fn push(&mut self, raw: &[u8], batch: &mut Vec<Record>) {
+    /// Hands out `raw`, one line with its newline if it has one, `len`
+    /// bytes long in the file: more than `raw` holds when only its start
+    /// was kept.
+    fn push(&mut self, raw: &[u8], len: u64, batch: &mut Vec<Record>) {
         self.line_no += 1;
-        self.offset += raw.len() as u64;
+        self.offset += len;
+        if len > raw.len() as u64 {
+            let mut record = Record::from_bytes(raw.to_vec(), self.line_no, 0);
+            record.oversize = Some(len);
+            batch.push(record);
+            return;
+        }
         let mut line = raw;
         if let Some(rest) = line.strip_suffix(b"\n") {
             line = rest.strip_suffix(b"\r").unwrap_or(rest);
@@ -91,8 +105,33 @@ impl FileSource {
             follow,
             poll,
             partial: Vec::new(),
+            partial_len: 0,
+            max_line: usize::MAX - 1,
             lines: Lines { line_no: at.line_no, offset: at.offset, spare: Vec::new() },
         })
+    }
+
+    /// Holds no more than the first `max` bytes (and one) of a longer line:
+    /// a line without a newline for gigabytes is not read into memory.
+    #[must_use]
+    pub fn with_max_line(mut self, max: usize) -> Self {
+        self.max_line = max.min(usize::MAX - 1);
+        self
+    }
+
+    /// Adds `bytes` to the line being read, keeping at most `max_line` and
+    /// a byte of it.
+    fn extend_partial(&mut self, bytes: &[u8]) {
+        let room = (self.max_line + 1).saturating_sub(self.partial.len());
+        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial_len += bytes.len() as u64;
+    }
+
+    /// Hands out the line being read.
+    fn push_partial(&mut self, batch: &mut Vec<Record>) {
+        self.lines.push(&self.partial, self.partial_len, batch);
+        self.partial.clear();
+        self.partial_len = 0;
     }
 }
 
@@ -114,29 +153,29 @@ impl Source for FileSource {
                 .map_err(|source| SourceError::Io { what: format!("cannot read {}", self.path.display()), source })?;
             if !buf.is_empty() {
                 let Some(end) = memchr::memchr(b'\n', buf) else {
-                    self.partial.extend_from_slice(buf);
                     let n = buf.len();
+                    // Borrowed from the reader: copied out first.
+                    let bytes = buf.to_vec();
+                    self.extend_partial(&bytes);
                     self.reader.consume(n);
                     continue;
                 };
-                let line = &buf[..=end];
-                if self.partial.is_empty() {
+                if self.partial_len == 0 {
                     // Nearly every line: copied once, from the reader's
                     // buffer into the record's.
-                    self.lines.push(line, batch);
+                    self.lines.push(&buf[..=end], end as u64 + 1, batch);
                 } else {
-                    self.partial.extend_from_slice(line);
-                    self.lines.push(&self.partial, batch);
-                    self.partial.clear();
+                    let line = buf[..=end].to_vec();
+                    self.extend_partial(&line);
+                    self.push_partial(batch);
                 }
                 self.reader.consume(end + 1);
                 continue;
             }
             // End of the file for now.
             if !self.follow {
-                if !self.partial.is_empty() {
-                    self.lines.push(&self.partial, batch);
-                    self.partial.clear();
+                if self.partial_len > 0 {
+                    self.push_partial(batch);
                 }
                 return Ok(false);
             }
@@ -246,6 +285,21 @@ mod tests {
         assert_eq!(got, [(lines[0], 1), ("ab", 2), ("abcd", 3), ("x", 5), (lines[5], 6)]);
         let len = std::fs::metadata(f.path()).expect("len").len();
         assert_eq!(src.position(), Position { offset: len, line_no: 6 });
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_not_held_whole() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        let long = "x".repeat(100);
+        write!(f, "short\n{long}\nafter\n{long}").expect("write");
+        let mut src = FileSource::open(f.path(), false, Duration::from_millis(1)).expect("open").with_max_line(10);
+        src.reader = BufReader::with_capacity(8, File::open(f.path()).expect("open"));
+        let mut batch = Vec::new();
+        assert!(!src.next_batch(&mut batch, 100, &CancellationToken::new()).expect("read"));
+        let got: Vec<_> = batch.iter().map(|r| (r.line.len(), r.line_no, r.oversize)).collect();
+        assert_eq!(got, [(5, 1, None), (11, 2, Some(101)), (5, 3, None), (11, 4, Some(100))]);
+        let len = std::fs::metadata(f.path()).expect("len").len();
+        assert_eq!(src.position().offset, len, "the whole line is read past");
     }
 
     #[test]

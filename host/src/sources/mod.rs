@@ -27,6 +27,10 @@ pub struct Record {
     /// then holds them with U+FFFD in place of the bad bytes, and the
     /// record is dead-lettered rather than decoded.
     pub not_utf8_at: Option<usize>,
+    /// The line's whole length when it was longer than the source holds
+    /// (`clean.max-event-bytes`): `line` then holds only its start, and the
+    /// record is dead-lettered as too large.
+    pub oversize: Option<u64>,
 }
 
 impl Record {
@@ -39,19 +43,20 @@ impl Record {
         };
         line.clear();
         line.push_str(text);
-        Self { line, line_no, partition, not_utf8_at: None }
+        Self { line, line_no, partition, not_utf8_at: None, oversize: None }
     }
 
     /// A record of raw bytes, which should be UTF-8; see
     /// [`Record::not_utf8_at`] for those that are not.
     pub fn from_bytes(bytes: Vec<u8>, line_no: u64, partition: u32) -> Self {
         match String::from_utf8(bytes) {
-            Ok(line) => Self { line, line_no, partition, not_utf8_at: None },
+            Ok(line) => Self { line, line_no, partition, not_utf8_at: None, oversize: None },
             Err(e) => Self {
                 not_utf8_at: Some(e.utf8_error().valid_up_to()),
                 line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
                 line_no,
                 partition,
+                oversize: None,
             },
         }
     }
@@ -176,15 +181,17 @@ pub trait Source: Send {
     }
 }
 
-/// Opens the configured source, resuming at `resume` when given.
+/// Opens the configured source, resuming at `resume` when given; lines
+/// longer than `max_line` are not held whole.
 ///
 /// # Errors
 /// [`SourceError`] when it cannot be opened or the position is past its end.
-pub fn open(config: &SourceConfig, resume: Option<Position>) -> Result<Box<dyn Source>, SourceError> {
+pub fn open(config: &SourceConfig, resume: Option<Position>, max_line: usize) -> Result<Box<dyn Source>, SourceError> {
     match config {
-        SourceConfig::File(f) => {
-            Ok(Box::new(FileSource::open_at(&f.path, f.follow, f.poll_interval, resume.unwrap_or_default())?))
-        }
+        SourceConfig::File(f) => Ok(Box::new(
+            FileSource::open_at(&f.path, f.follow, f.poll_interval, resume.unwrap_or_default())?
+                .with_max_line(max_line),
+        )),
         SourceConfig::Kafka(_) => {
             Err(SourceError::Kafka("a Kafka source is opened with its cluster settings: kafka::KafkaSource".into()))
         }
