@@ -697,10 +697,11 @@ pub struct RulesConfig {
     /// many rules run. Default: 20 calls' budgets.
     #[serde(default)]
     pub event_budget: Option<u64>,
-    /// Wall-clock backstop of one rule call: a call still running this
-    /// long after it started (fuel should have ended it long before) is
-    /// stopped and fails. Much larger than the fuel budget, so it only
-    /// ends a call that runs away.
+    /// Wall-clock backstop of one rule call (a call that takes a batch of
+    /// events counts as one): a call still running this long after it
+    /// started (fuel should have ended it long before) is stopped and
+    /// fails. Much larger than the fuel budget, so it only ends a call that
+    /// runs away.
     #[serde(default = "default_call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
     /// The most memory one rule instance may use: its linear memory and

@@ -224,3 +224,34 @@ fn what_vigil_writes_is_its_users_alone() {
         assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
     }
 }
+
+#[test]
+fn an_events_budget_across_its_rules_bounds_what_one_payment_costs() {
+    let env = Env::new();
+    env.install("chaos", "chaos.wasm");
+    env.install("large_amount", "large_amount.wasm");
+    let mut wild = payment("wild", 500_000);
+    wild["attrs"] = json!({"chaos": "1"});
+    env.write_events(&[wild, payment("calm", 500_000)]);
+    let mut config = env.config(false);
+    config.rules.cpu_budget = 2_000_000;
+    // Room for one call that uses its whole budget, and nothing after it.
+    config.rules.event_budget = Some(2_000_000);
+    config.pipeline.workers = std::num::NonZeroU32::new(1);
+    settings(&mut config, "chaos", |s| {
+        s.params.insert("behaviour".into(), "loop".into());
+        s.params.insert("only-attr".into(), "chaos".into());
+    });
+    settings(&mut config, "large-amount", |s| s.on_failure = Some(vigil::decide::FailurePolicy::Block));
+    run_to_end(config);
+    let wild = decision_for(&env.decisions(), "wild").expect("decided");
+    let chaos = rule_outcome(&wild, "chaos").expect("chaos ran first");
+    assert!(chaos["error"].as_str().is_some_and(|e| e.contains("CPU budget")), "{wild}");
+    let large = rule_outcome(&wild, "large-amount").expect("large-amount");
+    assert!(large["error"].as_str().is_some_and(|e| e.contains("rules.event-budget")), "{wild}");
+    assert_eq!(wild["action"], "block", "its failure outcome applies: {wild}");
+    // The next payment has its own budget: both rules run.
+    let calm = decision_for(&env.decisions(), "calm").expect("decided");
+    assert!(calm["rules"].as_array().expect("rules").iter().all(|r| r.get("error").is_none()), "{calm}");
+    assert_eq!(calm["action"], "review");
+}

@@ -1033,8 +1033,13 @@ impl Evaluator {
         for o in &mut out[..batch.len()] {
             o.clear();
         }
+        // Only when the event budget can bind: with every live rule's call
+        // budget together within it, no event can run it out, and the calls
+        // need not measure what each event used.
         self.results.remaining.clear();
-        if self.event_budget != u64::MAX {
+        let wasm = self.slots.iter().filter(|s| !s.rule.is_native()).count() as u64;
+        let most = wasm.saturating_mul(self.registry.sandbox.fuel_per_call());
+        if most > self.event_budget {
             self.results.remaining.resize(batch.len(), self.event_budget);
         }
         for slot in &mut self.slots {

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use vigil_abi::{ABI_VERSION, OUTPUT_CAPACITY, Outcome, PANIC_MAGIC, exports, imports};
 use wasmtime::{
-    AsContextMut as _, Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap,
-    TypedFunc, ValType,
+    Caller, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc, ValType,
 };
 
 use super::lists::{List, ListReader};
@@ -59,8 +58,12 @@ struct Run {
     budgets: Vec<u64>,
     /// Fuel each event used, as its outcome came in.
     used: Vec<u64>,
-    /// Epoch ticks a call (or, within a batch call, an event) may run.
-    deadline_ticks: u64,
+    /// Host work charged to the event under way and not yet taken from
+    /// its fuel (see [`charge`]).
+    owed: u64,
+    /// Whether events' budgets differ and the fuel each used is wanted
+    /// (`used`): only while an event budget across rules can bind.
+    metered: bool,
     output_ptr: usize,
     clock: quanta::Clock,
     /// Reason codes seen so far: a rule repeats a handful of codes, so
@@ -293,8 +296,8 @@ pub struct Limits {
     pub fuel_per_call: u64,
     /// Memory cap per instance, bytes: its linear memory and tables.
     pub memory_cap: usize,
-    /// Wall-clock backstop of one call (of one event, within a batch
-    /// call): a call the fuel budget has not ended by then is.
+    /// Wall-clock backstop of one call (a batch call of several events is
+    /// one call): a call the fuel budget has not ended by then is.
     pub call_timeout: Duration,
 }
 
@@ -571,6 +574,11 @@ impl Sandbox {
         })
     }
 
+    /// The fuel budget of one call.
+    pub fn fuel_per_call(&self) -> u64 {
+        self.fuel
+    }
+
     /// The sandbox `[rules]` configures, caching compiled modules in
     /// `state.dir`'s `wasm-cache/` under a key derived from the PAN key
     /// (without one, nothing is cached).
@@ -690,7 +698,8 @@ impl Sandbox {
                 next: 0,
                 budgets: Vec::new(),
                 used: Vec::new(),
-                deadline_ticks: self.deadline_ticks,
+                owed: 0,
+                metered: false,
                 output_ptr: 0,
                 clock: self.clock.clone(),
                 reason_cache: Vec::new(),
@@ -788,6 +797,7 @@ fn classify(
 }
 
 /// The module's memory and the store data, for a host function.
+#[inline(always)]
 fn guest<'a>(caller: &'a mut Caller<'_, HostState>, func: &str) -> wasmtime::Result<(&'a mut [u8], &'a mut HostState)> {
     let Some(memory) = caller.data().memory else {
         wasmtime::bail!("{func} called before the module was ready");
@@ -804,14 +814,49 @@ fn range(ptr: i32, len: i32) -> std::ops::Range<usize> {
 /// Charges the call under way for a host function handling `bytes` of
 /// guest data, so a rule pays for the host's work on its behalf as for its
 /// own: out of fuel, the call ends as if its own code had used it up.
+///
+/// Small charges add up in [`Run::owed`] and are taken from the fuel once
+/// they pass [`SETTLE_FUEL`] (and at each event's outcome): reading and
+/// setting the fuel on every look-up cost a rule making four of them a
+/// sixteenth of its call. A call can so overrun its budget by no more
+/// than that.
+#[inline(always)]
 fn charge(caller: &mut Caller<'_, HostState>, bytes: usize) -> wasmtime::Result<()> {
-    let cost = HOST_CALL_FUEL.saturating_add(bytes as u64 / HOST_BYTES_PER_FUEL);
+    let cost = HOST_CALL_FUEL + (bytes as u64 / HOST_BYTES_PER_FUEL);
+    let run = &mut caller.data_mut().run;
+    run.owed += cost;
+    if run.owed < SETTLE_FUEL {
+        return Ok(());
+    }
+    settle_now(caller)
+}
+
+/// [`settle`], off the path of the usual small charge.
+#[cold]
+#[inline(never)]
+fn settle_now(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<()> {
+    settle(caller).map(drop)
+}
+
+/// Host work charged below which it is not yet taken from the fuel.
+const SETTLE_FUEL: u64 = 1024;
+
+/// Takes the host work owed from the fuel; returns the fuel left.
+///
+/// # Errors
+/// [`Trap::OutOfFuel`] when it is more than the fuel left.
+#[inline(always)]
+fn settle(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<u64> {
+    let owed = std::mem::take(&mut caller.data_mut().run.owed);
     let left = caller.get_fuel()?;
-    if left < cost {
+    if left < owed {
         caller.set_fuel(0)?;
         return Err(wasmtime::Error::new(Trap::OutOfFuel));
     }
-    caller.set_fuel(left - cost)
+    if owed > 0 {
+        caller.set_fuel(left - owed)?;
+    }
+    Ok(left - owed)
 }
 
 /// `vigil::list_contains(list, ptr, len) -> i32`.
@@ -901,19 +946,25 @@ fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmti
         }
     }
     run.ends.push(run.clock.raw());
-    let given = run.budgets.get(run.next).copied().unwrap_or(0);
     let next = run.next + 1;
     run.next = next;
     if let Some(&partition) = run.partitions.get(next) {
         state.rule_state.set_partition(partition);
     }
-    // After the last event, what is left of the call runs on the last
-    // event's budget.
-    let budget = run.budgets.get(next).or(run.budgets.last()).copied().unwrap_or(0);
-    let ticks = run.deadline_ticks;
-    let left = caller.get_fuel()?;
+    if !run.metered {
+        // Every event has the call budget, and what the event still owes
+        // for host work (under `SETTLE_FUEL`) goes with it.
+        run.owed = 0;
+        let budget = run.budgets[0];
+        return caller.set_fuel(budget);
+    }
+    // `budgets` is as long as `partitions`, and `next - 1` was checked
+    // above. After the last event, what is left of the call runs on the
+    // last event's budget.
+    let given = run.budgets[next - 1];
+    let budget = run.budgets.get(next).copied().unwrap_or(given);
+    let left = settle(&mut caller)?;
     caller.data_mut().run.used.push(given.saturating_sub(left));
-    caller.as_context_mut().set_epoch_deadline(ticks);
     caller.set_fuel(budget)
 }
 
@@ -1131,6 +1182,7 @@ impl RuleInstance {
     fn arm(&mut self, fuel: u64) {
         set_fuel(&mut self.store, fuel);
         self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().run.owed = 0;
     }
 
     fn classify(&self, e: &wasmtime::Error) -> RuleError {
@@ -1218,9 +1270,9 @@ impl RuleInstance {
         self.fuel
     }
 
-    /// Fuel the last call left unspent.
+    /// Fuel the last call left unspent, host work it owes taken off.
     pub fn fuel_left(&self) -> u64 {
-        self.store.get_fuel().unwrap_or(0)
+        self.store.get_fuel().unwrap_or(0).saturating_sub(self.store.data().run.owed)
     }
 
     /// The manifest JSON the module exports.
@@ -1312,9 +1364,13 @@ impl RuleInstance {
             return Err(RuleError::Abi(format!("no `{}` export", exports::EVALUATE_BATCH)));
         };
         let mut at = from;
-        // Up to the first event with no budget left: the caller gives it
-        // its failure outcome without a call.
-        let end = (from..batch.len()).find(|&i| results.budget(i) == 0).unwrap_or(batch.len());
+        // With budgets across rules, up to the first event with none left:
+        // the caller gives it its failure outcome without a call.
+        let metered = !results.remaining.is_empty();
+        let end = match metered {
+            true => (from..batch.len()).find(|&i| results.budget(i) == 0).unwrap_or(batch.len()),
+            false => batch.len(),
+        };
         while at < end {
             let count = self.write_batch(batch, at, end, projection, features)?;
             let run = &mut self.store.data_mut().run;
@@ -1324,7 +1380,12 @@ impl RuleInstance {
             run.partitions.clear();
             run.partitions.extend_from_slice(&batch.partitions[at..at + count]);
             run.budgets.clear();
-            run.budgets.extend((at..at + count).map(|i| results.budget(i).min(self.fuel)));
+            run.metered = metered;
+            if metered {
+                run.budgets.extend((at..at + count).map(|i| results.budget(i).min(self.fuel)));
+            } else {
+                run.budgets.push(self.fuel);
+            }
             run.next = 0;
             let first = run.budgets[0];
             self.store.data_mut().rule_state.set_partition(batch.partitions[at]);
@@ -1336,7 +1397,7 @@ impl RuleInstance {
             std::mem::swap(&mut run.used, &mut results.fuel);
             run.partitions.clear();
             let (next, refused) = (run.next, run.refused.take());
-            let given = run.budgets.get(next.min(count - 1)).copied().unwrap_or(self.fuel);
+            let given = run.budgets.get(next.min(run.budgets.len() - 1)).copied().unwrap_or(self.fuel);
             let failed = match returned {
                 Err(e) => over_event_budget(refused.unwrap_or_else(|| self.classify(&e)), given, self.fuel),
                 Ok(n) if n as u32 as usize != count || next != count => RuleError::Abi(format!(
@@ -1353,7 +1414,9 @@ impl RuleInstance {
             if next == count {
                 results.calls.pop();
                 results.ends.pop();
-                results.fuel.pop();
+                if metered {
+                    results.fuel.pop();
+                }
             }
             return Err(failed);
         }
