@@ -593,8 +593,8 @@ pub fn redact(line: &str) -> String {
 }
 
 /// Removes every place a card number could be from a parsed line, in
-/// place, keeping it JSON: strings and keys are scrubbed, and a number that
-/// could be a card number becomes the string `[pan]`. (Scrubbing the line
+/// place, keeping it JSON: strings and keys are scrubbed, and a number
+/// whose digits could hold a card number becomes the string `[pan]`. (Scrubbing the line
 /// as text would turn every long number — an event time — into `[pan]`,
 /// and the line into something that is not JSON.)
 fn scrub_value(v: &mut serde_json::Value) {
@@ -606,8 +606,15 @@ fn scrub_value(v: &mut serde_json::Value) {
             }
         }
         Value::Number(n) => {
+            // An integer is one when it passes the Luhn check (an event
+            // time does not, mostly); a float's digits — `0.4111111111111111`
+            // — are scrubbed as text is.
             let digits = n.to_string();
-            if pan::could_be_a_card_number(&digits) {
+            let card = match n.is_f64() {
+                false => pan::could_be_a_card_number(digits.trim_start_matches('-')),
+                true => matches!(pan::scrub_pans(&digits), std::borrow::Cow::Owned(_)),
+            };
+            if card {
                 *v = Value::String("[pan]".into());
             }
         }
@@ -831,6 +838,9 @@ mod tests {
             r#"{"account":"4111111111111111"} broken"#,
             r#"{"id":"\u00341\u00311111111111111"}"#,
             r#"{"4111111111111111":1}"#,
+            r#"{"amount":0.4111111111111111}"#,
+            r#"{"amount":4111111111111111.5}"#,
+            r#"{"amount":-4111111111111111}"#,
         ] {
             let r = redact(line);
             assert!(!r.contains("4111111111111111") && !r.contains("111111111111"), "{line} -> {r}");
