@@ -800,6 +800,24 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_letter_is_cut_to_its_limit_with_the_reason_kept() {
+        let clean = CleanConfig {
+            max_dead_letter_bytes: std::num::NonZeroUsize::new(4096).expect("non-zero"),
+            ..Default::default()
+        };
+        let d = Decoder::new(&clean, Tokenizer::new(b"test-key-0123456789"));
+        let line = format!(r#"{{"id":"é{}", broken"#, "é".repeat(10_000));
+        let record = crate::sources::Record::from_bytes(line.clone().into_bytes(), 7, 0);
+        let e = d.parse(&line).expect_err("too large");
+        let letter = d.dead_letter(&e, "file:x", &record, 0);
+        let json = serde_json::to_string(&letter).expect("JSON");
+        assert!(json.len() <= 4096, "{} bytes", json.len());
+        assert_eq!(letter.reason, e.redacted(), "the reason whole");
+        assert_eq!(letter.raw_bytes, Some(line.len()), "and how long the line was");
+        assert!(line.starts_with(&letter.raw), "its start, cut at a character");
+    }
+
+    #[test]
     fn duplicates_are_rejected_after_the_first() {
         let mut d = decoder();
         d.decode(GOOD).expect("first");

@@ -739,6 +739,17 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_holds_a_bounded_number_of_features() {
+        let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
+        for i in 0..MAX_FEATURES {
+            catalog.resolve(&format!("count(card, {}s)", i + 1)).expect("room");
+        }
+        let e = catalog.resolve("count(card, 1d)").expect_err("full");
+        assert!(e.contains("at most 512"), "{e}");
+        assert!(catalog.resolve("count(card, 1s)").is_ok(), "one already held is found");
+    }
+
+    #[test]
     fn inline_specs_join_the_catalog_once() {
         let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
         let a = catalog.resolve("count(card, 10m)").expect("spec");

@@ -1243,3 +1243,25 @@ impl RuleRegistry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_cannot_declare_features_without_end() {
+        let manifest = |n: usize| Manifest {
+            abi: vigil_abi::ABI_VERSION,
+            name: "many".into(),
+            version: "1.0.0".into(),
+            description: String::new(),
+            fields: Vec::new(),
+            params: Vec::new(),
+            lists: Vec::new(),
+            features: (0..n).map(|i| format!("count(card, {}m)", i + 1)).collect(),
+        };
+        check_manifest(&manifest(MAX_RULE_FEATURES)).expect("within the limit");
+        let e = check_manifest(&manifest(MAX_RULE_FEATURES + 1)).expect_err("over it").to_string();
+        assert!(e.contains("at most 64"), "{e}");
+    }
+}
