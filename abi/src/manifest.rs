@@ -76,6 +76,10 @@ pub struct Manifest {
     /// Features the rule reads, in the order it receives them.
     #[cfg_attr(feature = "serde", serde(default))]
     pub features: Vec<String>,
+    /// The entity the rule's keyed state belongs to (`card`, `account`,
+    /// `counterparty`, `device`, `ip` or `merchant`); none: `account`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub state: Option<String>,
 }
 
 /// A parameter default, as the `#[rule]` macro writes it into a static.
@@ -129,6 +133,8 @@ pub struct ManifestDef {
     pub lists: &'static [&'static str],
     /// Features read.
     pub features: &'static [&'static str],
+    /// The entity whose keyed state the rule reads and writes.
+    pub state: Option<&'static str>,
 }
 
 impl ManifestDef {
@@ -155,6 +161,10 @@ impl ManifestDef {
                 json_str(s, item)?;
             }
             s.push(']');
+        }
+        if let Some(state) = self.state {
+            s.push_str(",\"state\":");
+            json_str(s, state)?;
         }
         s.push_str(",\"params\":[");
         for (i, p) in self.params.iter().enumerate() {
@@ -213,12 +223,14 @@ mod tests {
             ],
             lists: &["blocked"],
             features: &[],
+            state: Some("device"),
         };
         let m: Manifest = serde_json::from_str(&def.to_json()).expect("valid manifest JSON");
         assert_eq!(m.name, def.name);
         assert_eq!(m.description, def.description);
         assert_eq!(m.fields, ["amount", "currency"]);
         assert_eq!(m.lists, ["blocked"]);
+        assert_eq!(m.state.as_deref(), Some("device"));
         let got: Vec<_> = m.params.iter().map(|p| (p.name.as_str(), p.ty, p.default.clone())).collect();
         assert_eq!(
             got,

@@ -101,6 +101,7 @@ mod tests {
             ],
             lists: &[],
             features: &[],
+            state: None,
         },
         evaluate,
         native: evaluate_native::<Order>,

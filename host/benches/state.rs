@@ -89,7 +89,7 @@ fn main() {
     println!("{:<58} {:>14} {:>12}", "measure", "figure", "target");
 
     // Memory per key: one event per card, four features.
-    let mut engine = FeatureEngine::new(catalog());
+    let mut engine = FeatureEngine::new(catalog(), vigil::keyed::KeyedHash::for_tests());
     let base = rss_bytes();
     let base_heap = live();
     for k in 0..keys {
@@ -137,7 +137,7 @@ fn main() {
     let t = Instant::now();
     let store = StateStore::open(dir.path()).expect("store");
     let restored = store.load("bench").expect("load").expect("checkpoint");
-    let mut engine = FeatureEngine::new(catalog());
+    let mut engine = FeatureEngine::new(catalog(), vigil::keyed::KeyedHash::for_tests());
     for (kind, hash, _, state) in &restored.features {
         engine.restore(*kind, *hash, state, false).expect("restore");
     }
@@ -167,7 +167,7 @@ fn main() {
             let t = Instant::now();
             for batch in &batches {
                 if with == 1 {
-                    engine.prefetch(batch.iter());
+                    engine.prefetch_events(batch.iter());
                 }
                 for p in batch {
                     std::hint::black_box(engine.compute(p));

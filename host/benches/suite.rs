@@ -405,7 +405,7 @@ fn main() {
         let features = FEATURES.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
         let cat = Arc::new(vigil::features::Catalog::from_config(&features).expect("features"));
         let before = rss_bytes();
-        let mut engine = vigil::features::FeatureEngine::new(cat);
+        let mut engine = vigil::features::FeatureEngine::new(cat, vigil::keyed::KeyedHash::for_tests());
         for k in 0..sizes.keys {
             let mut p = event.clone();
             p.ts_ms += k as i64;

@@ -18,8 +18,7 @@ use crate::rules::lists::Lists;
 use crate::rules::sandbox::Sandbox;
 use crate::rules::{RuleRegistry, log_report, watch};
 use crate::sources;
-use crate::sources::Position;
-use crate::state::{Durable, StateStore};
+use crate::state::StateStore;
 
 /// Runs the daemon until the source is exhausted or `shutdown` completes,
 /// then drains: every event read is decided or dead-lettered before this
@@ -74,8 +73,10 @@ pub async fn run_with(
         config.state.checkpoints = false;
     }
     let tokenizer = Tokenizer::new(&config.pan_key()?);
+    // Entity keys are hashed under a secret shared by every daemon that
+    // shares the PAN key: the same owner for a key everywhere, always.
+    let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil entity keys"));
     let catalog = Arc::new(Catalog::from_config(&config.features)?);
-    warn_split_features(&config, &catalog);
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(
@@ -119,6 +120,7 @@ pub async fn run_with(
         names = ?live.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
         "rules live"
     );
+    check_kafka_keys(&config, &catalog, &registry)?;
     for name in registry.unmatched_settings() {
         tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name");
     }
@@ -136,7 +138,7 @@ pub async fn run_with(
 
     let mut decoder = Decoder::new(&config.clean, tokenizer.clone());
     let mut durability = restore(&config, &mut decoder)?;
-    let resume = durability.store.as_ref().map(|_| durability.position);
+    let resume = durability.restored.as_ref().map(|r| r.position);
     let producer = kafka_producer(&config)?;
     let source = match (overrides.source, &config.source) {
         (Some(source), _) => source,
@@ -149,22 +151,14 @@ pub async fn run_with(
             durability.store = Some(committer);
             Box::new(source)
         }
-        (None, SourceConfig::File(_)) => {
-            sources::open(&config.source, resume.filter(|p| *p != Position::default()), config.clean.max_event_bytes)?
-        }
+        (None, SourceConfig::File(_)) => sources::open(&config.source, resume, config.clean.max_event_bytes)?,
     };
     let sinks = Sinks::open(&config.sinks, producer.as_ref())?;
     let counters = overrides.counters.unwrap_or_default();
     let cancel = CancellationToken::new();
-    let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks };
-    let pipeline = Pipeline::start(
-        &config,
-        stages,
-        durability.into_pipeline(config.state.checkpoint_interval),
-        counters.clone(),
-        cancel.clone(),
-    )
-    .context("cannot start the pipeline")?;
+    let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks, hasher };
+    let pipeline = Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
+        .context("cannot start the pipeline")?;
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
@@ -208,61 +202,22 @@ fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<kafka::Producer>
     }
 }
 
-/// What a restart resumes from.
-struct Resumed {
-    store: Option<Box<dyn Durable>>,
-    position: Position,
-    last_id: u64,
-    workers: u16,
-    features: Vec<(u8, u64, u16, Vec<u8>)>,
-    windows: Vec<crate::window::WindowDelta>,
-    legacy_windows: Vec<(u16, Vec<u8>)>,
-    watermark: Option<i64>,
-    rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
-}
-
-impl Resumed {
-    fn into_pipeline(self, interval: std::time::Duration) -> Durability {
-        Durability {
-            store: self.store,
-            interval,
-            last_id: self.last_id,
-            features: self.features,
-            windows: self.windows,
-            legacy_windows: self.legacy_windows,
-            watermark: self.watermark,
-            rule_state: self.rule_state,
-            workers: self.workers,
-        }
-    }
-}
-
 /// Opens the state store and loads the last checkpoint into the decoder;
 /// the feature state goes to the workers.
 ///
 /// # Errors
 /// A corrupt, incompatible or foreign checkpoint is an error naming the
 /// store, never a silent fresh start.
-fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
-    let none = Resumed {
-        store: None,
-        position: Position::default(),
-        last_id: 0,
-        workers: 0,
-        features: Vec::new(),
-        windows: Vec::new(),
-        legacy_windows: Vec::new(),
-        watermark: None,
-        rule_state: Vec::new(),
-    };
+fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Durability> {
+    let interval = config.state.checkpoint_interval;
     // With Kafka, state comes from the changelog as partitions are assigned.
     if !config.state.checkpoints || matches!(config.source, SourceConfig::Kafka(_)) {
-        return Ok(none);
+        return Ok(Durability { interval, ..Durability::default() });
     }
     let store = StateStore::open(&config.state.dir)?;
     let Some(r) = store.load(&sources::name(&config.source))? else {
         tracing::info!(store = %config.state.dir.display(), "no checkpoint: starting from the beginning");
-        return Ok(Resumed { store: Some(Box::new(store)), ..none });
+        return Ok(Durability { store: Some(Box::new(store)), interval, ..Durability::default() });
     };
     for (_, _, _, state) in &r.features {
         features::check_stored(state)
@@ -270,10 +225,6 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
     }
     for d in &r.windows {
         crate::window::check_stored(d.windows.as_deref().unwrap_or_default())
-            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
-    }
-    for (_, state) in &r.legacy_windows {
-        crate::window::check_legacy(state)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
     decoder.dedup_mut().restore(&r.dedup);
@@ -284,49 +235,38 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Resumed> {
         ids = r.dedup.len(),
         "resuming from the last checkpoint"
     );
-    Ok(Resumed {
-        store: Some(Box::new(store)),
-        position: r.position,
-        last_id: r.id,
-        workers: r.workers,
-        features: r.features,
-        windows: r.windows,
-        legacy_windows: r.legacy_windows,
-        watermark: r.watermark,
-        rule_state: r.rule_state,
-    })
+    Ok(Durability { store: Some(Box::new(store)), interval, last_id: r.id, restored: Some(r) })
 }
 
-/// Features are kept by the worker that owns an event's partition key; a
-/// feature kept per another key sees only the events of that key that share
-/// a worker. Say so at startup rather than let it surprise anyone.
-fn warn_split_features(config: &Config, catalog: &Catalog) {
-    use crate::config::PartitionKey;
-    use crate::features::KeyField;
-    if config.pipeline.worker_count() < 2 {
-        return;
+/// With Kafka, the input's partitions spread the keyed state over the
+/// daemons of a group, and a partition holds all of one key's events only
+/// for the key producers partition by (`pipeline.partition-key`). State
+/// kept per any other key would be split between daemons: such a config
+/// is refused rather than run inexact.
+fn check_kafka_keys(config: &Config, catalog: &Catalog, registry: &RuleRegistry) -> anyhow::Result<()> {
+    if !matches!(config.source, SourceConfig::Kafka(_)) {
+        return Ok(());
     }
-    let partition = match config.pipeline.partition_key {
-        PartitionKey::Account => KeyField::Account,
-        PartitionKey::Card => KeyField::Card,
-        PartitionKey::Device => KeyField::Device,
-        PartitionKey::Ip => KeyField::Ip,
-        PartitionKey::Merchant => KeyField::Merchant,
-    };
-    for f in catalog.snapshot().iter().filter(|f| f.spec.key != partition) {
-        tracing::warn!(
-            feature = %f.name, key = f.spec.key.name(), partition_key = partition.name(),
-            "feature is kept per a different key than events are partitioned by: with several workers a key \
-             seen under several partition keys has its history split; set pipeline.partition-key to match"
-        );
+    let partition = crate::pipeline::partition_field(config.pipeline.partition_key);
+    let features = catalog.snapshot();
+    let rules = registry.current();
+    let kept = features
+        .iter()
+        .map(|f| (format!("feature `{}`", f.name), f.spec.key))
+        .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)))
+        .chain(rules.rules.iter().filter_map(|r| r.home.map(|h| (format!("rule `{}`'s state", r.name), h))));
+    for (what, key) in kept {
+        if key != partition {
+            anyhow::bail!(
+                "pipeline.partition-key: {what} is kept per {key}, but with a Kafka source state follows the \
+                 input's partitions, which hold all of one key's events only for the partition key ({partition}); \
+                 keep it per {partition} (and key the input by it), or read a file",
+                key = key.name(),
+                partition = partition.name(),
+            );
+        }
     }
-    for def in crate::pipeline::window_defs(config).iter().filter(|d| d.key != partition) {
-        tracing::warn!(
-            window = %def.name, key = def.key.name(), partition_key = partition.name(),
-            "window is kept per a different key than events are partitioned by: with several workers each \
-             worker emits its own partial window for such a key; set pipeline.partition-key to match"
-        );
-    }
+    Ok(())
 }
 
 /// SIGHUP: re-read the config file's rule settings and lists, and rescan

@@ -66,7 +66,116 @@ pub struct Party {
     pub country: Option<Country>,
 }
 
+/// An entity a payment belongs to: features, windows and rules' state are
+/// kept per one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyField {
+    /// The card token.
+    Card,
+    /// The account id: the party paying, money out.
+    Account,
+    /// The device id.
+    Device,
+    /// The IP address.
+    Ip,
+    /// The merchant id.
+    Merchant,
+    /// The counterparty id: the party paid in a transfer, money in. It is
+    /// in the same key space as accounts: account `B`'s state holds what
+    /// `B` sent and what it received.
+    Counterparty,
+}
+
+/// The key space an entity's id is in. Each entity has exactly one owner,
+/// chosen by the hash of its id in its space; an account and a
+/// counterparty with the same id are one party, with one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Card tokens.
+    Card,
+    /// Accounts and counterparties.
+    Party,
+    /// Devices.
+    Device,
+    /// IP addresses.
+    Ip,
+    /// Merchants.
+    Merchant,
+}
+
+impl Space {
+    /// Every space, in code order.
+    pub const ALL: [Space; 5] = [Space::Card, Space::Party, Space::Device, Space::Ip, Space::Merchant];
+
+    /// A stable code for stored state.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The space with `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+}
+
+impl KeyField {
+    /// Every key, in code order.
+    pub const ALL: [KeyField; 6] =
+        [KeyField::Card, KeyField::Account, KeyField::Device, KeyField::Ip, KeyField::Merchant, KeyField::Counterparty];
+
+    /// Its name in specs and config.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyField::Card => "card",
+            KeyField::Account => "account",
+            KeyField::Device => "device",
+            KeyField::Ip => "ip",
+            KeyField::Merchant => "merchant",
+            KeyField::Counterparty => "counterparty",
+        }
+    }
+
+    /// The key named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// A stable code for stored state, and an index from 0 to 5.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The key with `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The space its ids are in.
+    pub fn space(self) -> Space {
+        match self {
+            KeyField::Card => Space::Card,
+            KeyField::Account | KeyField::Counterparty => Space::Party,
+            KeyField::Device => Space::Device,
+            KeyField::Ip => Space::Ip,
+            KeyField::Merchant => Space::Merchant,
+        }
+    }
+}
+
 impl Payment {
+    /// The event's id for `key`, if it has one.
+    pub fn key(&self, key: KeyField) -> Option<&str> {
+        match key {
+            KeyField::Card => self.card.as_ref().map(|c| c.token.as_str()),
+            KeyField::Account => Some(&self.account),
+            KeyField::Device => self.device.as_deref(),
+            KeyField::Ip => self.ip.as_deref(),
+            KeyField::Merchant => self.merchant.as_ref().map(|m| m.id.as_str()),
+            KeyField::Counterparty => self.counterparty.as_ref().map(|c| c.id.as_str()),
+        }
+    }
+
     /// Encodes the event once for all rules.
     ///
     /// # Errors

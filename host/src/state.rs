@@ -121,10 +121,10 @@ pub enum StateError {
 /// One key's feature state that changed, or went away (`state: None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeatureDelta {
-    /// Key kind code.
+    /// Key space code ([`crate::event::Space`]).
     pub kind: u8,
-    /// Hash of the key.
-    pub hash: u64,
+    /// The key's keyed hash.
+    pub hash: u128,
     /// The worker that owns it.
     pub worker: u16,
     /// The input partition whose events last touched it (0 for files).
@@ -233,8 +233,8 @@ pub struct Restored {
     pub workers: u16,
     /// The de-duplication set.
     pub dedup: Vec<(u128, i64)>,
-    /// Every key's feature state: (kind, hash, worker, state).
-    pub features: Vec<(u8, u64, u16, Vec<u8>)>,
+    /// Every key's feature state: (space, hash, worker, state).
+    pub features: Vec<(u8, u128, u16, Vec<u8>)>,
     /// Every key's open windows (`windows` always `Some`).
     pub windows: Vec<WindowDelta>,
     /// Windows stored whole per worker by an earlier vigil.
@@ -261,8 +261,8 @@ pub struct StateStore {
     path: PathBuf,
 }
 
-fn feature_key(kind: u8, hash: u64) -> [u8; 9] {
-    let mut k = [0; 9];
+fn feature_key(kind: u8, hash: u128) -> [u8; 17] {
+    let mut k = [0; 17];
     k[0] = kind;
     k[1..].copy_from_slice(&hash.to_be_bytes());
     k
@@ -369,10 +369,10 @@ impl StateStore {
         for entry in features.iter().map_err(|e| self.err(e))? {
             let (k, v) = entry.map_err(|e| self.err(e))?;
             let (k, v) = (k.value(), v.value());
-            if k.len() != 9 || v.len() < 2 {
+            if k.len() != 17 || v.len() < 2 {
                 return Err(self.err("bad feature record"));
             }
-            let hash = u64::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
+            let hash = u128::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
             let worker = u16::from_le_bytes([v[0], v[1]]);
             restored.features.push((k[0], hash, worker, v[2..].to_vec()));
         }
@@ -635,13 +635,13 @@ mod tests {
         #[test]
         fn checkpoints_accumulate_like_a_map(
             steps in proptest::collection::vec(
-                (proptest::collection::vec((0u64..20, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))), 0..10),
+                (proptest::collection::vec((0u128..20, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))), 0..10),
                  proptest::collection::vec((0u8..20, 0i64..40), 0..10)),
                 1..8),
         ) {
             let dir = tempfile::tempdir().expect("tmp");
             let store = StateStore::open(dir.path()).expect("open");
-            let mut model_features: HashMap<u64, Vec<u8>> = HashMap::new();
+            let mut model_features: HashMap<u128, Vec<u8>> = HashMap::new();
             let mut model_dedup: HashMap<u128, i64> = HashMap::new();
             let mut dedup_set = crate::decode::Dedup::new(100, crate::keyed::KeyedHash::for_tests());
             let mut ts = 0;
@@ -671,7 +671,7 @@ mod tests {
                 let r = store.load("s").expect("load").expect("some");
                 prop_assert_eq!(r.id, i as u64);
                 prop_assert_eq!(r.position, cp.position);
-                let got: HashMap<u64, Vec<u8>> = r.features.into_iter().map(|(_, h, _, s)| (h, s)).collect();
+                let got: HashMap<u128, Vec<u8>> = r.features.into_iter().map(|(_, h, _, s)| (h, s)).collect();
                 prop_assert_eq!(&got, &model_features);
                 // Chunks still kept may hold ids already forgotten, which the
                 // restored set forgets in turn; every remembered id is there.

@@ -2,8 +2,8 @@
 //! session windows, closed by the watermark.
 //!
 //! Each worker keeps the open windows of the keys it owns. Its watermark is
-//! the newest event time it has seen (or the source has seen, while the
-//! worker is idle) minus `out-of-orderness`. A window is emitted once, on the
+//! the newest event time of the stream so far (every worker sees every
+//! event's time) minus `out-of-orderness`. A window is emitted once, on the
 //! aggregates output, when the watermark passes its end plus
 //! `allowed-lateness`, and then forgotten. An event whose window has already
 //! been emitted goes to the late output with the reason; it is still decided
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::config::WatermarkConfig;
 use crate::event::Payment;
-use crate::features::{KeyField, key_of};
+use crate::features::KeyField;
 
 /// The kind of window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,14 +244,25 @@ impl Windows {
 
     /// Adds an event to its windows; calls `late` for each window it is too
     /// late for.
-    pub fn add(&mut self, p: &Payment, mut late: impl FnMut(Late<'_>)) {
+    pub fn add(&mut self, p: &Payment, late: impl FnMut(Late<'_>)) {
+        self.add_owned(p, |_| true, late);
+    }
+
+    /// Adds an event to the windows of the keys for whose field `owns`
+    /// holds (those of its keys this worker owns), and moves the watermark
+    /// by its time in any case: every worker sees every event's time, so
+    /// all close the same windows at the same point of the stream.
+    pub fn add_owned(&mut self, p: &Payment, owns: impl Fn(KeyField) -> bool, mut late: impl FnMut(Late<'_>)) {
         if self.defs.is_empty() {
             return;
         }
         let watermark = self.watermark();
         let Self { defs, open, dirty, partition, lateness, .. } = self;
         for (i, (def, open)) in defs.iter().zip(open.iter_mut()).enumerate() {
-            let Some(key) = key_of(p, def.key) else {
+            if !owns(def.key) {
+                continue;
+            }
+            let Some(key) = p.key(def.key) else {
                 continue;
             };
             for (start, end) in def.shape.windows_of(p.ts_ms) {

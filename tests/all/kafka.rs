@@ -90,7 +90,7 @@ group-id = "{group}"
 
 [pipeline]
 workers = 2
-partition-key = "account"
+partition-key = "card"
 
 [clean]
 pan-key = "integration-test-key-0123456789"
@@ -185,11 +185,12 @@ fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
     let mut configs = Vec::new();
     for env in [&env_a, &env_b] {
         env.install("velocity", "velocity.wasm");
-        // An hour's aggregates per account: every event of the test falls
-        // into one window, which stays open until the end.
+        // An hour's aggregates per card (the input's partition key): every
+        // event of the test falls into one window, which stays open until
+        // the end.
         let config = kafka_toml_with(env, broker, "pair", consumer);
         let windows = format!(
-            "\n[windows.acct-1h]\ntype = \"tumbling\"\nkey = \"account\"\nsize = \"1h\"\n\n\
+            "\n[windows.card-1h]\ntype = \"tumbling\"\nkey = \"card\"\nsize = \"1h\"\n\n\
              [sinks.aggregates]\ntype = \"file\"\npath = {:?}\n\n[sinks.late]\ntype = \"file\"\npath = {:?}\n",
             env.path("aggregates.jsonl"),
             env.path("late.jsonl"),
@@ -251,9 +252,9 @@ fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
     });
 
     // Open windows move with their partitions too: an event two hours on
-    // for every account closes the hour that holds both halves, and the
-    // survivor emits it with all 40 events, also for the accounts whose
-    // first half the stopped daemon counted.
+    // for every card closes the hour that holds both halves, and the
+    // survivor emits it with all 40 events, also for the cards whose first
+    // half the stopped daemon counted.
     let hour = first.iter().map(|(_, v)| ts_of(v)).min().expect("events").div_euclid(3_600_000) * 3_600_000;
     let closers: Vec<(String, String)> = card_events("pair-closer", 16, 7200, 1);
     broker.produce("payments", &closers);
@@ -274,8 +275,12 @@ fn pair_takes_over(broker: &Broker, stop: &str, consumer: &str) {
     for w in &closed {
         *counts.entry(w["key"].as_str().expect("key").to_owned()).or_default() += w["count"].as_u64().expect("count");
     }
-    let want: BTreeMap<String, u64> = (0..16).map(|c| (format!("acct-{c}"), 40)).collect();
-    assert_eq!(counts, want, "each account's hour counted once, with both halves:\n{closed:?}\n{}", a.log());
+    assert_eq!(counts.len(), 16, "a window for each card:\n{closed:?}\n{}", a.log());
+    assert!(
+        counts.values().all(|&n| n == 40),
+        "each card's hour counted once, with both halves:\n{closed:?}\n{}",
+        a.log()
+    );
     assert!(aggregates(&env_b).is_empty(), "the stopped daemon emitted no window it held");
 }
 

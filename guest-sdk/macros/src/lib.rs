@@ -22,6 +22,7 @@ pub fn rule(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 enum Arg {
     Text(Ident, LitStr),
+    State(Ident),
     Fields(Vec<Ident>),
     Params(Vec<Param>),
     Names(Ident, Vec<LitStr>),
@@ -62,6 +63,18 @@ impl Parse for Arg {
                 let params = Punctuated::<Param, Token![,]>::parse_terminated(&inner)?;
                 Ok(Arg::Params(params.into_iter().collect()))
             }
+            "state" => {
+                input.parse::<Token![=]>()?;
+                let entity: Ident = input.parse()?;
+                const ENTITIES: [&str; 6] = ["card", "account", "counterparty", "device", "ip", "merchant"];
+                if !ENTITIES.contains(&entity.to_string().as_str()) {
+                    return Err(Error::new(
+                        entity.span(),
+                        format!("unknown entity `{entity}`; a rule's state belongs to one of: {}", ENTITIES.join(", ")),
+                    ));
+                }
+                Ok(Arg::State(entity))
+            }
             "lists" | "features" => {
                 let inner;
                 parenthesized!(inner in input);
@@ -71,7 +84,7 @@ impl Parse for Arg {
             other => Err(Error::new(
                 key.span(),
                 format!(
-                    "unknown rule argument `{other}`; expected name, version, description, fields, params, lists or features"
+                    "unknown rule argument `{other}`; expected name, version, description, fields, params, lists, features or state"
                 ),
             )),
         }
@@ -178,7 +191,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let mut name = quote!(env!("CARGO_PKG_NAME"));
     let mut version = quote!(env!("CARGO_PKG_VERSION"));
     let mut description = doc_line(&f).unwrap_or_default();
-    let (mut fields, mut params, mut lists, mut features) = (None, None, None, None);
+    let (mut fields, mut params, mut lists, mut features, mut state) = (None, None, None, None, None);
     for arg in args {
         match arg {
             Arg::Text(key, lit) => match key.to_string().as_str() {
@@ -191,6 +204,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
                 "version" => version = quote!(#lit),
                 _ => description = lit.value(),
             },
+            Arg::State(entity) => set_once(&mut state, entity.to_string(), "state")?,
             Arg::Fields(f) => set_once(&mut fields, f, "fields")?,
             Arg::Params(p) => set_once(&mut params, p, "params")?,
             Arg::Names(key, names) if key == "lists" => set_once(&mut lists, names, "lists")?,
@@ -209,6 +223,10 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let param_defaults: Vec<&TokenStream2> = params.iter().map(|p| &p.default).collect();
     let lists = lists.unwrap_or_default();
     let features = features.unwrap_or_default();
+    let state = match state {
+        Some(entity) => quote!(::core::option::Option::Some(#entity)),
+        None => quote!(::core::option::Option::None),
+    };
     let func = &f.sig.ident;
     // The rule for the SDK's entry points (wasm exports and the native
     // entry), which are generic over it so that they call it directly.
@@ -239,6 +257,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
                 params: &[#(::vigil_sdk::__private::ParamDef { name: #param_names, default: #param_defaults }),*],
                 lists: &[#(#lists),*],
                 features: &[#(#features),*],
+                state: #state,
             },
             evaluate: #func,
             #[cfg(not(target_arch = "wasm32"))]

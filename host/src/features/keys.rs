@@ -7,7 +7,8 @@
 //! the index keeps a half-empty table) and 4 in the changed-key list —
 //! where a map of boxed states cost a heap allocation's header and 16 bytes
 //! a slot (a hash and a pointer, doubled). The index hashes nothing: key
-//! hashes are already xxh3 output.
+//! hashes are already keyed xxh3 output, 128 bits of it, so two keys are
+//! never taken for one — crafted ids cannot collide without the secret.
 //!
 //! A freed slot is reused by the next new key; the slab does not shrink.
 //!
@@ -27,6 +28,24 @@
 use crate::hint::prefetch;
 use hashbrown::HashTable;
 
+/// A key's 128-bit keyed hash (see [`crate::keyed`]): what a key is known
+/// by. Kept as two halves, so a slot is aligned to 8 bytes, not 16.
+type Stored = [u64; 2];
+
+fn stored(hash: u128) -> Stored {
+    [hash as u64, (hash >> 64) as u64]
+}
+
+fn full(s: Stored) -> u128 {
+    u128::from(s[0]) | (u128::from(s[1]) << 64)
+}
+
+/// The half the index hashes by: the hash is keyed, so any 64 bits of it
+/// spread keys as well as the whole.
+fn low(hash: u128) -> u64 {
+    hash as u64
+}
+
 /// A slot number in the slab.
 pub type Slot = u32;
 
@@ -44,7 +63,7 @@ pub struct KeyTable<S> {
     old: Option<HashTable<Slot>>,
     /// The slot whose key moves to `index` next.
     moved_to: usize,
-    slots: Vec<(u64, S)>,
+    slots: Vec<(Stored, S)>,
     free: Vec<Slot>,
     /// Which slots hold a key: a sweep skips the free ones.
     held: Bits,
@@ -78,10 +97,11 @@ impl<S: Default> KeyTable<S> {
     }
 
     /// The slot of the key with `hash`, if held.
-    pub fn find(&self, hash: u64) -> Option<Slot> {
+    pub fn find(&self, hash: u128) -> Option<Slot> {
         let slots = &self.slots;
-        let eq = |&s: &Slot| slots[s as usize].0 == hash;
-        self.index.find(hash, eq).or_else(|| self.old.as_ref()?.find(hash, eq)).copied()
+        let key = stored(hash);
+        let eq = |&s: &Slot| slots[s as usize].0 == key;
+        self.index.find(low(hash), eq).or_else(|| self.old.as_ref()?.find(low(hash), eq)).copied()
     }
 
     /// Starts loading the state of the key with `hash` into the cache, if
@@ -92,27 +112,27 @@ impl<S: Default> KeyTable<S> {
     /// very line being prefetched (it was most of a batch's prefetch pass).
     /// A wrong guess, when another key's index byte matches too, only loads
     /// a line for nothing.
-    pub fn prefetch(&self, hash: u64) {
+    pub fn prefetch(&self, hash: u128) {
         let slots = &self.slots;
         let load = |&s: &Slot| {
             if let Some(entry) = slots.get(s as usize) {
                 let start = std::ptr::from_ref(entry).cast::<u8>();
-                for line in (0..size_of::<(u64, S)>()).step_by(64) {
+                for line in (0..size_of::<(Stored, S)>()).step_by(64) {
                     prefetch(start.wrapping_add(line));
                 }
             }
             true
         };
-        if self.index.find(hash, load).is_none()
+        if self.index.find(low(hash), load).is_none()
             && let Some(old) = &self.old
         {
-            let _ = old.find(hash, load);
+            let _ = old.find(low(hash), load);
         }
     }
 
     /// The slot and state of the key with `hash`, a fresh default state
     /// when new.
-    pub fn find_or_insert(&mut self, hash: u64) -> (Slot, &mut S) {
+    pub fn find_or_insert(&mut self, hash: u128) -> (Slot, &mut S) {
         if self.old.is_some() {
             self.move_some(MOVE_PER_LOOKUP);
         }
@@ -123,17 +143,17 @@ impl<S: Default> KeyTable<S> {
         (slot, &mut self.slots[slot as usize].1)
     }
 
-    fn insert_new(&mut self, hash: u64) -> Slot {
+    fn insert_new(&mut self, hash: u128) -> Slot {
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot as usize].0 = hash;
+                self.slots[slot as usize].0 = stored(hash);
                 slot
             }
             None => {
                 // Past 4 billion keys in one worker the slab would have
                 // exhausted memory long before.
                 let slot = Slot::try_from(self.slots.len()).unwrap_or(Slot::MAX);
-                self.slots.push((hash, S::default()));
+                self.slots.push((stored(hash), S::default()));
                 slot
             }
         };
@@ -142,7 +162,7 @@ impl<S: Default> KeyTable<S> {
             self.grow();
         }
         let slots = &self.slots;
-        self.index.insert_unique(hash, slot, |&s| slots[s as usize].0);
+        self.index.insert_unique(low(hash), slot, |&s| slots[s as usize].0[0]);
         slot
     }
 
@@ -172,11 +192,11 @@ impl<S: Default> KeyTable<S> {
             if !held.get(at) {
                 continue;
             }
-            let hash = slots[at].0;
+            let hash = slots[at].0[0];
             // Not there when the key came after the index grew.
             if let Ok(entry) = from.find_entry(hash, |&s| s as usize == at) {
                 entry.remove();
-                index.insert_unique(hash, at as Slot, |&s| slots[s as usize].0);
+                index.insert_unique(hash, at as Slot, |&s| slots[s as usize].0[0]);
             }
         }
         *moved_to = end;
@@ -188,18 +208,18 @@ impl<S: Default> KeyTable<S> {
 
     /// The key hash and state in `slot`. A freed slot reads as a default
     /// state (its hash is stale).
-    pub fn slot_mut(&mut self, slot: Slot) -> Option<(u64, &mut S)> {
-        self.slots.get_mut(slot as usize).map(|(h, s)| (*h, s))
+    pub fn slot_mut(&mut self, slot: Slot) -> Option<(u128, &mut S)> {
+        self.slots.get_mut(slot as usize).map(|(h, s)| (full(*h), s))
     }
 
     /// Keeps only the keys for which `keep(hash, state)` is true; a dropped
     /// key's slot is emptied (its state dropped) and reused later.
-    pub fn retain(&mut self, mut keep: impl FnMut(u64, &S) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(u128, &S) -> bool) {
         self.move_some(usize::MAX);
         let Self { index, slots, free, held, .. } = self;
         index.retain(|&mut slot| {
             let (hash, state) = &mut slots[slot as usize];
-            if keep(*hash, state) {
+            if keep(full(*hash), state) {
                 return true;
             }
             *state = S::default();
@@ -213,7 +233,7 @@ impl<S: Default> KeyTable<S> {
     /// sweep stopped and round past the end, and drops each held key for
     /// which `drop_if(hash, state)` is true, as [`KeyTable::retain`] does.
     /// Sweeps of [`KeyTable::slots`] slots in all look at every key once.
-    pub fn sweep(&mut self, count: usize, mut drop_if: impl FnMut(u64, &S) -> bool) {
+    pub fn sweep(&mut self, count: usize, mut drop_if: impl FnMut(u128, &S) -> bool) {
         let len = self.slots.len();
         for _ in 0..count.min(len) {
             let at = if self.sweep_at >= len { 0 } else { self.sweep_at };
@@ -223,14 +243,15 @@ impl<S: Default> KeyTable<S> {
                 continue;
             }
             let (hash, state) = &mut self.slots[at];
-            if !drop_if(*hash, state) {
+            if !drop_if(full(*hash), state) {
                 continue;
             }
+            let hash = hash[0];
             // Held, so one of the indexes has it.
-            match self.index.find_entry(*hash, |&s| s == slot) {
+            match self.index.find_entry(hash, |&s| s == slot) {
                 Ok(entry) => drop(entry.remove()),
                 Err(_) => {
-                    if let Some(Ok(entry)) = self.old.as_mut().map(|o| o.find_entry(*hash, |&s| s == slot)) {
+                    if let Some(Ok(entry)) = self.old.as_mut().map(|o| o.find_entry(hash, |&s| s == slot)) {
                         entry.remove();
                     }
                 }
@@ -273,9 +294,9 @@ mod tests {
     #[test]
     fn keys_are_found_kept_and_dropped_like_a_map() {
         // Hashes that collide in their low bits, so probing is exercised.
-        let hash = |k: u64| (k << 40) | (k % 7);
+        let hash = |k: u64| u128::from((k << 40) | (k % 7));
         let mut table: KeyTable<u64> = KeyTable::default();
-        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut model: HashMap<u128, u64> = HashMap::new();
         for round in 0..4u64 {
             for k in 0..2_000u64 {
                 let (slot, v) = table.find_or_insert(hash(k));
@@ -284,8 +305,8 @@ mod tests {
                 *model.entry(hash(k)).or_default() += k + round;
             }
             // Drop a different third of the keys each round.
-            table.retain(|h, _| (h >> 40) % 3 != round % 3);
-            model.retain(|h, _| (h >> 40) % 3 != round % 3);
+            table.retain(|h, _| (h >> 40) % 3 != u128::from(round % 3));
+            model.retain(|h, _| (h >> 40) % 3 != u128::from(round % 3));
             assert_eq!(table.len(), model.len());
             for (&h, &v) in &model {
                 let slot = table.find(h).expect("kept key");
@@ -312,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_sweep_in_slices_drops_what_retain_drops_and_offers_each_key_once() {
-        let hash = |k: u64| (k << 40) | (k % 7);
+        let hash = |k: u64| u128::from((k << 40) | (k % 7));
         let (mut swept, mut retained): (KeyTable<u64>, KeyTable<u64>) = Default::default();
         for table in [&mut swept, &mut retained] {
             for k in 0..5_000u64 {
@@ -358,9 +379,9 @@ mod tests {
 
     #[test]
     fn keys_stay_found_while_the_index_grows_a_slice_at_a_time() {
-        let hash = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let hash = |k: u64| u128::from(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | (u128::from(k) << 64);
         let mut table: KeyTable<u64> = KeyTable::default();
-        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut model: HashMap<u128, u64> = HashMap::new();
         let (mut growths, mut retained_while_growing) = (0, false);
         for k in 0..20_000u64 {
             let growing = table.old.is_some();

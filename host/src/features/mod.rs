@@ -4,9 +4,15 @@
 //! A feature is declared in `[features]` (`card-count-10m = "count(card, 10m)"`)
 //! or written inline in a rule's manifest (`features("count(card, 10m)")`).
 //! The [`Catalog`] is shared and only grows; each worker's [`FeatureEngine`]
-//! keeps the state of the keys it owns — no locks per event. Features with the
-//! same key and window share one bucket series. Keys idle for longer than
-//! their longest window are dropped, so memory follows the active keys.
+//! keeps the state of the keys it owns — no locks per event — and every key
+//! has exactly one owner (see `pipeline::exchange`), so a feature of any key
+//! sees all of that key's events. Keys are known by their 128-bit keyed
+//! hash, per key space: an account and a counterparty with the same id are
+//! one party whose state holds both the money it sent (features kept per
+//! `account`) and the money it received (per `counterparty`). Features
+//! with the same key and window share one bucket series. Keys idle for
+//! longer than their longest window are dropped, so memory follows the
+//! active keys.
 //!
 //! A feature is computed for each event including that event. A feature
 //! whose key the event lacks (e.g. no card) reads 0, or NaN for min/max/avg.
@@ -19,10 +25,10 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::ConfigError;
-use crate::event::Payment;
+use crate::event::{Payment, Space};
+use crate::keyed::KeyedHash;
 use keys::{KeyTable, Slot};
 use lookback::{DistinctSeries, NumSeries};
 pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
@@ -117,7 +123,9 @@ struct Planned {
     span: i64,
 }
 
-/// What a key of one kind keeps.
+/// What an entity keeps: the series of every feature of its space, those
+/// kept per each of its key fields (an account's money out, as a
+/// counterparty its money in).
 #[derive(Debug, Default)]
 struct KeyState {
     newest_ms: i64,
@@ -125,7 +133,7 @@ struct KeyState {
     /// Kafka, the partition whose changelog carries this state.
     partition: u32,
     /// The checkpoint epoch the key last changed in, [`CLEAN`] once a
-    /// checkpoint has it: the key is listed in its kind's `dirty` while
+    /// checkpoint has it: the key is listed in its space's `dirty` while
     /// this is the engine's `epoch`, and in `frozen` (changed before the
     /// checkpoint being taken, not yet serialised into it) while this is
     /// the engine's `frozen`.
@@ -136,16 +144,18 @@ struct KeyState {
     distinct: smallvec::SmallVec<[DistinctSeries; 1]>,
 }
 
+/// One key space's features and the states of its keys.
 #[derive(Debug, Default)]
-struct KeyKindPlan {
-    /// (bucket width, span) of each numeric series.
-    num: Vec<(i64, i64)>,
-    /// (field, bucket width, span) of each distinct series.
-    distinct: Vec<(DistinctField, i64, i64)>,
+struct SpacePlan {
+    /// (key field it follows, bucket width, span) of each numeric series.
+    num: Vec<(KeyField, i64, i64)>,
+    /// (key field, distinct field, bucket width, span) of each distinct series.
+    distinct: Vec<(KeyField, DistinctField, i64, i64)>,
     /// The longest window, for expiry.
     longest_ms: i64,
-    /// Indices (in catalog order) of the features kept per this key.
-    features: Vec<usize>,
+    /// Per key field (by code): indices (in catalog order) of the features
+    /// kept per that field.
+    features: [Vec<usize>; 6],
     states: KeyTable<KeyState>,
     /// Slots of the keys changed since the last checkpoint, each listed once
     /// while its state is marked with the engine's epoch: 4 bytes a key
@@ -169,17 +179,20 @@ impl KeyState {
     }
 }
 
-/// One worker's feature state.
+/// One worker's feature state: the keys it owns, of every space.
 #[derive(Debug)]
 pub struct FeatureEngine {
     catalog: Arc<Catalog>,
+    /// Hashes keys (when the engine is given events, not hashes) and the
+    /// values distinct counts keep: both the input's to choose.
+    hasher: KeyedHash,
     planned: Vec<Planned>,
-    kinds: BTreeMap<KeyField, KeyKindPlan>,
+    spaces: BTreeMap<Space, SpacePlan>,
     values: Vec<f64>,
     newest_ms: i64,
     events: u64,
-    /// Keys expired since the last checkpoint: (kind code, hash, partition).
-    expired: Vec<(u8, u64, u32)>,
+    /// Keys expired since the last checkpoint: (space code, hash, partition).
+    expired: Vec<(u8, u128, u32)>,
     /// The input partition of the events being computed.
     partition: u32,
     /// The checkpoint being taken, if one is.
@@ -208,9 +221,9 @@ struct Snapshot {
 impl Snapshot {
     /// Adds `state` as it is now: the state at the barrier as long as it
     /// is taken before the key next changes.
-    fn add(&mut self, key_field: KeyField, shape: &KindShape<'_>, hash: u64, state: &KeyState) {
+    fn add(&mut self, space: Space, shape: &SpaceShape<'_>, hash: u128, state: &KeyState) {
         self.out.push(crate::state::FeatureDelta {
-            kind: key_field.code(),
+            kind: space.code(),
             hash,
             worker: self.worker,
             partition: state.partition,
@@ -219,13 +232,13 @@ impl Snapshot {
     }
 }
 
-/// The series shapes of one key kind, which a stored key carries.
-struct KindShape<'a> {
-    num: &'a [(i64, i64)],
-    distinct: &'a [(DistinctField, i64, i64)],
+/// The series shapes of one space, which a stored key carries.
+struct SpaceShape<'a> {
+    num: &'a [(KeyField, i64, i64)],
+    distinct: &'a [(KeyField, DistinctField, i64, i64)],
 }
 
-impl KindShape<'_> {
+impl SpaceShape<'_> {
     /// `state` as a [`StoredKey`], serialised from the live series: no copy
     /// of them. It is written into `scratch` and copied out, so the result
     /// is one allocation of its exact size instead of a vector grown (and
@@ -234,8 +247,10 @@ impl KindShape<'_> {
         let (num, distinct) = (self.num, self.distinct);
         let stored = StoredKeyRef {
             newest_ms: state.newest_ms,
-            num: Seq(|| num.iter().zip(&state.num).map(|(&(b, s), series)| (b, s, series))),
-            distinct: Seq(|| distinct.iter().zip(&state.distinct).map(|(&(f, b, s), series)| (f.code(), b, s, series))),
+            num: Seq(|| num.iter().zip(&state.num).map(|(&(k, b, s), series)| (k.code(), b, s, series))),
+            distinct: Seq(|| {
+                distinct.iter().zip(&state.distinct).map(|(&(k, f, b, s), series)| (k.code(), f.code(), b, s, series))
+            }),
         };
         scratch.clear();
         // Serialising plain data into a Vec cannot fail.
@@ -245,14 +260,14 @@ impl KindShape<'_> {
 }
 
 /// One key's state as stored in a checkpoint. Series carry their shape
-/// (bucket width, span, field) so state survives features being added or
-/// removed between runs: a series no feature uses any more is dropped, a
-/// new one starts empty.
+/// (key field, bucket width, span, field) so state survives features being
+/// added or removed between runs: a series no feature uses any more is
+/// dropped, a new one starts empty.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredKey {
     newest_ms: i64,
-    num: Vec<(i64, i64, NumSeries)>,
-    distinct: Vec<(u8, i64, i64, DistinctSeries)>,
+    num: Vec<(u8, i64, i64, NumSeries)>,
+    distinct: Vec<(u8, u8, i64, i64, DistinctSeries)>,
 }
 
 /// [`StoredKey`]'s fields, borrowed: serialises to the same bytes.
@@ -287,17 +302,19 @@ pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
 /// Events between slices of the sweep for idle keys.
 const SWEEP_SLICE_EVENTS: u64 = 256;
 
-/// Slices in a whole sweep: each looks at this share of every kind's
+/// Slices in a whole sweep: each looks at this share of every space's
 /// slots, so each key is looked at once every 65,536 events.
 const SWEEP_SLICES: usize = 256;
 
 impl FeatureEngine {
-    /// An engine computing every feature in `catalog`.
-    pub fn new(catalog: Arc<Catalog>) -> Self {
+    /// An engine computing every feature in `catalog`, knowing keys by
+    /// their hashes under `hasher`.
+    pub fn new(catalog: Arc<Catalog>, hasher: KeyedHash) -> Self {
         let mut e = Self {
             catalog,
+            hasher,
             planned: Vec::new(),
-            kinds: BTreeMap::new(),
+            spaces: BTreeMap::new(),
             values: Vec::new(),
             newest_ms: i64::MIN,
             events: 0,
@@ -314,19 +331,25 @@ impl FeatureEngine {
     /// Picks up features added to the catalog since the last call.
     pub fn refresh(&mut self) {
         let all = self.catalog.snapshot();
-        for f in &all[self.planned.len()..] {
+        self.refresh_to(&all);
+    }
+
+    /// Picks up the features of `all` (a catalog snapshot) not planned yet:
+    /// every worker plans the same features for the same batch.
+    pub fn refresh_to(&mut self, all: &[Feature]) {
+        for f in all.iter().skip(self.planned.len()) {
             let s = f.spec;
             let (bucket_ms, span) = (s.bucket_ms(), s.buckets());
-            let kind = self.kinds.entry(s.key).or_default();
-            kind.longest_ms = kind.longest_ms.max(s.window_ms);
+            let space = self.spaces.entry(s.key.space()).or_default();
+            space.longest_ms = space.longest_ms.max(s.window_ms);
             let source = match s.agg {
                 Agg::Distinct(field) => {
-                    let series = position_or_push(&mut kind.distinct, (field, bucket_ms, span));
+                    let series = position_or_push(&mut space.distinct, (s.key, field, bucket_ms, span));
                     Source::Distinct { series }
                 }
-                _ => Source::Num { series: position_or_push(&mut kind.num, (bucket_ms, span)) },
+                _ => Source::Num { series: position_or_push(&mut space.num, (s.key, bucket_ms, span)) },
             };
-            kind.features.push(self.planned.len());
+            space.features[usize::from(s.key.code())].push(self.planned.len());
             self.planned.push(Planned { agg: s.agg, source, bucket_ms, span });
         }
         self.values.resize(self.planned.len(), 0.0);
@@ -342,9 +365,26 @@ impl FeatureEngine {
         self.planned.is_empty()
     }
 
-    /// Keys currently tracked, over all key kinds.
+    /// The key fields some feature is kept per.
+    pub fn fields(&self) -> impl Iterator<Item = KeyField> + '_ {
+        KeyField::ALL
+            .into_iter()
+            .filter(|k| self.spaces.get(&k.space()).is_some_and(|s| !s.features[usize::from(k.code())].is_empty()))
+    }
+
+    /// Indices (catalog order) of the features kept per `field`.
+    pub fn features_of(&self, field: KeyField) -> &[usize] {
+        self.spaces.get(&field.space()).map_or(&[], |s| &s.features[usize::from(field.code())])
+    }
+
+    /// Keys currently tracked, over all spaces.
     pub fn tracked_keys(&self) -> usize {
-        self.kinds.values().map(|k| k.states.len()).sum()
+        self.spaces.values().map(|k| k.states.len()).sum()
+    }
+
+    /// The hash a key of `space` is known by.
+    pub fn hash_of(&self, key: &str) -> u128 {
+        self.hasher.hash128(key.as_bytes())
     }
 
     /// Sets the input partition the next events come from; the keys they
@@ -357,14 +397,14 @@ impl FeatureEngine {
     /// another daemon), with its pending changes.
     pub fn drop_partitions(&mut self, partitions: &[u32]) {
         let (snapshot, frozen) = (&mut self.snapshot, self.frozen);
-        for (&key_field, kind) in &mut self.kinds {
-            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
-            kind.states.retain(|hash, s| {
+        for (&space, plan) in &mut self.spaces {
+            let shape = SpaceShape { num: &plan.num, distinct: &plan.distinct };
+            plan.states.retain(|hash, s| {
                 let keep = !partitions.contains(&s.partition);
                 if !keep && s.is_frozen(frozen) {
                     // The checkpoint being taken still holds it.
                     if let Some(snap) = snapshot.as_mut() {
-                        snap.add(key_field, &shape, hash, s);
+                        snap.add(space, &shape, hash, s);
                     }
                 }
                 keep
@@ -373,121 +413,162 @@ impl FeatureEngine {
         self.expired.retain(|(_, _, p)| !partitions.contains(p));
     }
 
-    /// Starts loading the states of the keys `payments` will update, all
-    /// at once, before they are computed one by one. With many keys a
-    /// key's state is rarely in cache; waiting for it event by event is
-    /// most of [`FeatureEngine::compute`]'s time, while these look-ups
-    /// overlap.
-    pub fn prefetch<'p>(&self, payments: impl Iterator<Item = &'p Payment>) {
-        if self.planned.is_empty() {
-            return;
+    /// Starts loading the state of the key of `field` with `hash` into the
+    /// cache, before it is updated. With many keys a key's state is rarely
+    /// in cache; waiting for it event by event is most of an update's
+    /// time, while these look-ups overlap.
+    pub fn prefetch(&self, field: KeyField, hash: u128) {
+        if let Some(space) = self.spaces.get(&field.space()) {
+            space.states.prefetch(hash);
         }
+    }
+
+    /// Starts loading the states of every key of `payments` (see
+    /// [`FeatureEngine::prefetch`]), hashing them here: for a single
+    /// engine given events, not hashes.
+    pub fn prefetch_events<'p>(&self, payments: impl Iterator<Item = &'p Payment>) {
         for p in payments {
-            for (&key_field, kind) in &self.kinds {
-                if let Some(key) = key_of(p, key_field) {
-                    kind.states.prefetch(xxh3_64(key.as_bytes()));
+            for field in self.fields() {
+                if let Some(key) = p.key(field) {
+                    self.prefetch(field, self.hash_of(key));
                 }
             }
         }
     }
 
-    /// Adds `p` to its keys' state and returns every feature's value for it,
-    /// in catalog order.
-    pub fn compute(&mut self, p: &Payment) -> &[f64] {
-        if self.planned.is_empty() {
-            return &self.values;
-        }
+    /// Notes the newest event time of the stream, for expiry: every worker
+    /// sees every batch's, whichever keys it owns.
+    pub fn observe(&mut self, ts_ms: i64) {
+        self.newest_ms = self.newest_ms.max(ts_ms);
+    }
+
+    /// Adds `p` to the state of its key of `field`, whose hash is `hash`,
+    /// and writes the value of every feature kept per `field` at `p` into
+    /// `values` (indexed in catalog order).
+    pub fn update(&mut self, p: &Payment, field: KeyField, hash: u128, values: &mut [f64]) {
+        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, .. } = self;
+        let Some(plan) = spaces.get_mut(&field.space()) else {
+            return;
+        };
         let t = p.ts_ms;
-        self.newest_ms = self.newest_ms.max(t);
-        let Self { kinds, planned, values, partition, snapshot, epoch, frozen, .. } = self;
-        // One pass per key kind: find the key's state once, update its
-        // series, then read every feature kept per that key from it.
-        for (&key_field, kind) in kinds.iter_mut() {
-            let Some(key) = key_of(p, key_field) else {
-                for &i in &kind.features {
-                    values[i] = empty_value(planned[i].agg);
-                }
-                continue;
-            };
-            let hash = xxh3_64(key.as_bytes());
-            let (slot, state) = kind.states.find_or_insert(hash);
-            if state.changed != *epoch {
-                if state.is_frozen(*frozen)
-                    && let Some(snap) = snapshot.as_mut()
-                {
-                    // About to change: the checkpoint being taken gets it first.
-                    snap.add(key_field, &KindShape { num: &kind.num, distinct: &kind.distinct }, hash, state);
-                }
-                state.changed = *epoch;
-                kind.dirty.push(slot);
+        let space = field.space();
+        let (slot, state) = plan.states.find_or_insert(hash);
+        if state.changed != *epoch {
+            if state.is_frozen(*frozen)
+                && let Some(snap) = snapshot.as_mut()
+            {
+                // About to change: the checkpoint being taken gets it first.
+                snap.add(space, &SpaceShape { num: &plan.num, distinct: &plan.distinct }, hash, state);
             }
-            state.newest_ms = state.newest_ms.max(t);
-            state.partition = *partition;
-            if state.num.len() < kind.num.len() {
-                state.num.reserve_exact(kind.num.len() - state.num.len());
-                state.num.resize_with(kind.num.len(), NumSeries::default);
-            }
-            if state.distinct.len() < kind.distinct.len() {
-                state.distinct.reserve_exact(kind.distinct.len() - state.distinct.len());
-                state.distinct.resize_with(kind.distinct.len(), DistinctSeries::default);
-            }
-            for (series, &(bucket_ms, span)) in state.num.iter_mut().zip(&kind.num) {
+            state.changed = *epoch;
+            plan.dirty.push(slot);
+        }
+        state.newest_ms = state.newest_ms.max(t);
+        state.partition = *partition;
+        if state.num.len() < plan.num.len() {
+            state.num.reserve_exact(plan.num.len() - state.num.len());
+            state.num.resize_with(plan.num.len(), NumSeries::default);
+        }
+        if state.distinct.len() < plan.distinct.len() {
+            state.distinct.reserve_exact(plan.distinct.len() - state.distinct.len());
+            state.distinct.resize_with(plan.distinct.len(), DistinctSeries::default);
+        }
+        for (series, &(key, bucket_ms, span)) in state.num.iter_mut().zip(&plan.num) {
+            if key == field {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
-            for (series, &(field, bucket_ms, span)) in state.distinct.iter_mut().zip(&kind.distinct) {
-                if let Some(v) = distinct_value(p, field) {
-                    series.add(t.div_euclid(bucket_ms), xxh3_64(v.as_bytes()), span);
-                }
-            }
-            for &i in &kind.features {
-                let plan = &planned[i];
-                let idx = t.div_euclid(plan.bucket_ms);
-                values[i] = match plan.source {
-                    Source::Num { series } => {
-                        let totals = state.num[series].totals(idx, plan.span);
-                        match plan.agg {
-                            Agg::Count => totals.count as f64,
-                            Agg::Sum => totals.sum as f64,
-                            Agg::Min if totals.count > 0 => totals.min as f64,
-                            Agg::Max if totals.count > 0 => totals.max as f64,
-                            Agg::Avg if totals.count > 0 => totals.sum as f64 / totals.count as f64,
-                            _ => f64::NAN,
-                        }
-                    }
-                    Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
-                };
+        }
+        for (series, &(key, df, bucket_ms, span)) in state.distinct.iter_mut().zip(&plan.distinct) {
+            if key == field
+                && let Some(v) = distinct_value(p, df)
+            {
+                series.add(t.div_euclid(bucket_ms), hasher.hash64(v.as_bytes()), span);
             }
         }
+        for &i in &plan.features[usize::from(field.code())] {
+            let plan = &planned[i];
+            let idx = t.div_euclid(plan.bucket_ms);
+            values[i] = match plan.source {
+                Source::Num { series } => {
+                    let totals = state.num[series].totals(idx, plan.span);
+                    match plan.agg {
+                        Agg::Count => totals.count as f64,
+                        Agg::Sum => totals.sum as f64,
+                        Agg::Min if totals.count > 0 => totals.min as f64,
+                        Agg::Max if totals.count > 0 => totals.max as f64,
+                        Agg::Avg if totals.count > 0 => totals.sum as f64 / totals.count as f64,
+                        _ => f64::NAN,
+                    }
+                }
+                Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
+            };
+        }
+    }
+
+    /// Writes the value the features kept per `field` read for an event
+    /// without that key into `values`: 0, or NaN for min, max and mean.
+    pub fn empty(&self, field: KeyField, values: &mut [f64]) {
+        for &i in self.features_of(field) {
+            values[i] = empty_value(self.planned[i].agg);
+        }
+    }
+
+    /// Counts one event towards the sweep for idle keys, which looks at a
+    /// slice of the keys every so many events.
+    pub fn tick(&mut self) {
         self.events += 1;
         if self.events.is_multiple_of(SWEEP_SLICE_EVENTS) {
             self.sweep(|slots| slots.div_ceil(SWEEP_SLICES));
         }
+    }
+
+    /// Adds `p` to every key it has and returns every feature's value for
+    /// it, in catalog order: the whole computation on one engine, as a
+    /// single worker does it.
+    pub fn compute(&mut self, p: &Payment) -> &[f64] {
+        if self.planned.is_empty() {
+            return &self.values;
+        }
+        self.observe(p.ts_ms);
+        let mut values = std::mem::take(&mut self.values);
+        let fields: smallvec::SmallVec<[KeyField; 6]> = self.fields().collect();
+        for field in fields {
+            match p.key(field) {
+                Some(key) => {
+                    let hash = self.hash_of(key);
+                    self.update(p, field, hash, &mut values);
+                }
+                None => self.empty(field, &mut values),
+            }
+        }
+        self.values = values;
+        self.tick();
         &self.values
     }
 
-    /// Drops keys idle for longer than their kind's longest window.
+    /// Drops keys idle for longer than their space's longest window.
     pub fn expire(&mut self) {
         self.sweep(|slots| slots);
     }
 
-    /// Drops the idle keys among the next `slots(n)` of each kind's `n`
-    /// slots, in slot order (see [`KeyTable::sweep`]). Compute runs it a
+    /// Drops the idle keys among the next `slots(n)` of each space's `n`
+    /// slots, in slot order (see [`KeyTable::sweep`]). Updates run it a
     /// slice at a time: a whole sweep at once, every 65,536 events, held a
     /// worker for 4–11 ms at 36k keys.
     fn sweep(&mut self, slots: impl Fn(usize) -> usize) {
         let (newest, frozen) = (self.newest_ms, self.frozen);
-        for (key_field, kind) in &mut self.kinds {
-            let cutoff = newest.saturating_sub(kind.longest_ms);
-            let code = key_field.code();
+        for (&space, plan) in &mut self.spaces {
+            let cutoff = newest.saturating_sub(plan.longest_ms);
+            let code = space.code();
             let (expired, snapshot) = (&mut self.expired, &mut self.snapshot);
-            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
-            kind.states.sweep(slots(kind.states.slots()), |hash, s| {
+            let shape = SpaceShape { num: &plan.num, distinct: &plan.distinct };
+            plan.states.sweep(slots(plan.states.slots()), |hash, s| {
                 let idle = s.newest_ms < cutoff;
                 if idle {
                     if s.is_frozen(frozen)
                         && let Some(snap) = snapshot.as_mut()
                     {
-                        snap.add(*key_field, &shape, hash, s);
+                        snap.add(space, &shape, hash, s);
                     }
                     expired.push((code, hash, s.partition));
                 }
@@ -522,7 +603,7 @@ impl FeatureEngine {
             }
             None => Snapshot { worker, out: Vec::new(), scratch: Vec::new() },
         };
-        let dirty: usize = self.kinds.values().map(|k| k.dirty.len()).sum();
+        let dirty: usize = self.spaces.values().map(|k| k.dirty.len()).sum();
         snap.out.reserve(dirty + self.expired.len());
         // Expiries first: a key that expired and came back since the last
         // checkpoint is then stored, not deleted, when the delta is applied.
@@ -531,8 +612,8 @@ impl FeatureEngine {
         }
         // The keys changed since the last barrier are those marked with
         // this epoch: they become the frozen ones as they are.
-        for kind in self.kinds.values_mut() {
-            kind.frozen = std::mem::take(&mut kind.dirty);
+        for plan in self.spaces.values_mut() {
+            plan.frozen = std::mem::take(&mut plan.dirty);
         }
         self.frozen = self.epoch;
         self.epoch = 3 - self.epoch;
@@ -543,7 +624,7 @@ impl FeatureEngine {
     /// already taken when their key changed): 0 when none is being taken.
     pub fn snapshot_remaining(&self) -> usize {
         match self.snapshot {
-            Some(_) => self.kinds.values().map(|k| k.frozen.len()).sum(),
+            Some(_) => self.spaces.values().map(|k| k.frozen.len()).sum(),
             None => 0,
         }
     }
@@ -574,20 +655,20 @@ impl FeatureEngine {
     /// left.
     fn serialise_frozen(&mut self, snap: &mut Snapshot, mut budget: usize) -> bool {
         let frozen = self.frozen;
-        for (&key_field, kind) in &mut self.kinds {
-            let shape = KindShape { num: &kind.num, distinct: &kind.distinct };
+        for (&space, plan) in &mut self.spaces {
+            let shape = SpaceShape { num: &plan.num, distinct: &plan.distinct };
             while budget > 0 {
-                let Some(slot) = kind.frozen.pop() else { break };
+                let Some(slot) = plan.frozen.pop() else { break };
                 // A slot freed since, or taken when its key changed, is not
                 // frozen any more.
-                let Some((hash, state)) = kind.states.slot_mut(slot).filter(|(_, s)| s.is_frozen(frozen)) else {
+                let Some((hash, state)) = plan.states.slot_mut(slot).filter(|(_, s)| s.is_frozen(frozen)) else {
                     continue;
                 };
                 state.changed = CLEAN;
-                snap.add(key_field, &shape, hash, state);
+                snap.add(space, &shape, hash, state);
                 budget -= 1;
             }
-            if !kind.frozen.is_empty() {
+            if !plan.frozen.is_empty() {
                 return false;
             }
         }
@@ -598,42 +679,46 @@ impl FeatureEngine {
     ///
     /// # Errors
     /// A message when the bytes are not a stored key.
-    pub fn restore(&mut self, kind_code: u8, hash: u64, bytes: &[u8], changed: bool) -> Result<(), String> {
+    pub fn restore(&mut self, space_code: u8, hash: u128, bytes: &[u8], changed: bool) -> Result<(), String> {
         let stored: StoredKey = postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
-        let Some((&key_field, kind)) = self.kinds.iter_mut().find(|(k, _)| k.code() == kind_code) else {
-            return Ok(()); // No feature uses this key kind any more.
+        let Some(space) = Space::from_code(space_code) else {
+            return Err(format!("unknown key space {space_code}"));
+        };
+        let Some(plan) = self.spaces.get_mut(&space) else {
+            return Ok(()); // No feature uses this space any more.
         };
         let mut state = KeyState {
             newest_ms: stored.newest_ms,
             partition: self.partition,
             changed: if changed { self.epoch } else { CLEAN },
-            num: smallvec::smallvec![NumSeries::default(); kind.num.len()],
-            distinct: smallvec::smallvec![DistinctSeries::default(); kind.distinct.len()],
+            num: smallvec::smallvec![NumSeries::default(); plan.num.len()],
+            distinct: smallvec::smallvec![DistinctSeries::default(); plan.distinct.len()],
         };
-        for (b, s, series) in stored.num {
-            if let Some(i) = kind.num.iter().position(|&x| x == (b, s)) {
+        for (k, b, s, series) in stored.num {
+            let Some(key) = KeyField::from_code(k) else { continue };
+            if let Some(i) = plan.num.iter().position(|&x| x == (key, b, s)) {
                 state.num[i] = series;
             }
         }
-        for (f, b, s, series) in stored.distinct {
-            let Some(field) = DistinctField::from_code(f) else {
+        for (k, f, b, s, series) in stored.distinct {
+            let (Some(key), Some(field)) = (KeyField::from_code(k), DistinctField::from_code(f)) else {
                 continue;
             };
-            if let Some(i) = kind.distinct.iter().position(|&x| x == (field, b, s)) {
+            if let Some(i) = plan.distinct.iter().position(|&x| x == (key, field, b, s)) {
                 state.distinct[i] = series;
             }
         }
         self.newest_ms = self.newest_ms.max(state.newest_ms);
-        let (slot, held) = kind.states.find_or_insert(hash);
+        let (slot, held) = plan.states.find_or_insert(hash);
         if held.is_frozen(self.frozen)
             && let Some(snap) = self.snapshot.as_mut()
         {
-            snap.add(key_field, &KindShape { num: &kind.num, distinct: &kind.distinct }, hash, held);
+            snap.add(space, &SpaceShape { num: &plan.num, distinct: &plan.distinct }, hash, held);
         }
         let listed = held.changed == self.epoch;
         *held = state;
         if changed && !listed {
-            kind.dirty.push(slot);
+            plan.dirty.push(slot);
         }
         Ok(())
     }
@@ -653,17 +738,6 @@ fn empty_value(agg: Agg) -> f64 {
     }
 }
 
-/// The value of `key` in `p`, if the event has it.
-pub(crate) fn key_of(p: &Payment, key: KeyField) -> Option<&str> {
-    match key {
-        KeyField::Card => p.card.as_ref().map(|c| c.token.as_str()),
-        KeyField::Account => Some(&p.account),
-        KeyField::Device => p.device.as_deref(),
-        KeyField::Ip => p.ip.as_deref(),
-        KeyField::Merchant => p.merchant.as_ref().map(|m| m.id.as_str()),
-    }
-}
-
 fn distinct_value(p: &Payment, field: DistinctField) -> Option<&str> {
     match field {
         DistinctField::GeoCountry => p.geo.as_ref().and_then(|g| g.country.as_ref()).map(|c| c.as_str()),
@@ -674,6 +748,7 @@ fn distinct_value(p: &Payment, field: DistinctField) -> Option<&str> {
         DistinctField::Card => p.card.as_ref().map(|c| c.token.as_str()),
         DistinctField::Account => Some(&p.account),
         DistinctField::Currency => std::str::from_utf8(&p.currency).ok(),
+        DistinctField::Counterparty => p.counterparty.as_ref().map(|c| c.id.as_str()),
     }
 }
 
@@ -705,7 +780,7 @@ mod tests {
 
     fn engine(features: &[(&str, &str)]) -> FeatureEngine {
         let map = features.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
-        FeatureEngine::new(Arc::new(Catalog::from_config(&map).expect("catalog")))
+        FeatureEngine::new(Arc::new(Catalog::from_config(&map).expect("catalog")), KeyedHash::for_tests())
     }
 
     const MIN: i64 = 60_000;
@@ -829,7 +904,7 @@ mod tests {
     }
 
     /// Applies deltas in order, as a checkpoint store or the changelog does.
-    fn apply(stored: &mut std::collections::HashMap<(u8, u64), Vec<u8>>, deltas: Vec<crate::state::FeatureDelta>) {
+    fn apply(stored: &mut std::collections::HashMap<(u8, u128), Vec<u8>>, deltas: Vec<crate::state::FeatureDelta>) {
         for d in deltas {
             match d.state {
                 Some(bytes) => stored.insert((d.kind, d.hash), bytes),

@@ -5,41 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The event field a feature or window is kept per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyField {
-    /// The card token.
-    Card,
-    /// The account id.
-    Account,
-    /// The device id.
-    Device,
-    /// The IP address.
-    Ip,
-    /// The merchant id.
-    Merchant,
-}
-
-impl KeyField {
-    const ALL: [(&'static str, KeyField); 5] = [
-        ("card", KeyField::Card),
-        ("account", KeyField::Account),
-        ("device", KeyField::Device),
-        ("ip", KeyField::Ip),
-        ("merchant", KeyField::Merchant),
-    ];
-
-    /// Its name in specs.
-    pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, k)| *k == self).map_or("?", |(n, _)| n)
-    }
-
-    /// A stable code for stored state.
-    pub fn code(self) -> u8 {
-        Self::ALL.iter().position(|(_, k)| *k == self).unwrap_or(0) as u8
-    }
-}
+pub use crate::event::KeyField;
 
 /// A value whose distinct count a feature keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,10 +26,12 @@ pub enum DistinctField {
     Account,
     /// `currency`.
     Currency,
+    /// `counterparty` (id).
+    Counterparty,
 }
 
 impl DistinctField {
-    const ALL: [(&'static str, DistinctField); 8] = [
+    const ALL: [(&'static str, DistinctField); 9] = [
         ("geo.country", DistinctField::GeoCountry),
         ("merchant", DistinctField::Merchant),
         ("merchant.country", DistinctField::MerchantCountry),
@@ -72,6 +40,7 @@ impl DistinctField {
         ("card", DistinctField::Card),
         ("account", DistinctField::Account),
         ("currency", DistinctField::Currency),
+        ("counterparty", DistinctField::Counterparty),
     ];
 
     /// Its name in specs.
@@ -145,12 +114,11 @@ impl FeatureSpec {
         let (agg, rest) = t.split_once('(').ok_or_else(|| usage(t, "missing `(`"))?;
         let args = rest.strip_suffix(')').ok_or_else(|| usage(t, "missing `)` at the end"))?;
         let args: Vec<&str> = args.split(',').map(str::trim).collect();
-        let key =
-            |s: &str| {
-                KeyField::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).ok_or_else(|| {
-                    usage(t, &format!("unknown key `{s}`; keys are card, account, device, ip, merchant"))
-                })
-            };
+        let key = |s: &str| {
+            KeyField::from_name(s).ok_or_else(|| {
+                usage(t, &format!("unknown key `{s}`; keys are card, account, counterparty, device, ip, merchant"))
+            })
+        };
         let window = |s: &str| -> Result<i64, String> {
             let d = humantime::parse_duration(s).map_err(|e| usage(t, &format!("bad window `{s}`: {e}")))?;
             if d.is_zero() || d > MAX_WINDOW {

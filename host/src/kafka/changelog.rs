@@ -1,7 +1,7 @@
 //! The state changelog: one compacted topic, partitioned like the input,
 //! holding the latest value of every piece of keyed state.
 //!
-//! Record keys: `f` + key kind + key hash (big-endian) for a key's feature
+//! Record keys: `f` + key space + 128-bit key hash (big-endian) for a key's feature
 //! series; `r` + rule name + NUL + the rule's key for rules' state; `w` +
 //! window name + NUL + key for a key's open windows; `d` + the 128-bit id
 //! hash (big-endian) for a transaction id in the de-duplication set, whose
@@ -21,8 +21,8 @@ use crate::config::KafkaConfig;
 use crate::sources::PartitionState;
 use crate::state::{Checkpoint, Durable};
 
-fn feature_key(kind: u8, hash: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10);
+fn feature_key(kind: u8, hash: u128) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
     k.push(b'f');
     k.push(kind);
     k.extend_from_slice(&hash.to_be_bytes());
@@ -62,10 +62,10 @@ fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> P
     let mut out = PartitionState { partition, ..PartitionState::default() };
     for (key, value) in entries {
         match key.split_first() {
-            Some((b'f', rest)) if rest.len() == 9 => {
-                let mut hash = [0u8; 8];
+            Some((b'f', rest)) if rest.len() == 17 => {
+                let mut hash = [0u8; 16];
                 hash.copy_from_slice(&rest[1..]);
-                out.features.push((rest[0], u64::from_be_bytes(hash), value));
+                out.features.push((rest[0], u128::from_be_bytes(hash), value));
             }
             Some((b'r', rest)) => {
                 if let Some(nul) = rest.iter().position(|&b| b == 0) {
@@ -604,14 +604,14 @@ mod tests {
             rdkafka::ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().expect("producer");
         let produce = |hashes: std::ops::Range<u64>| {
             for h in hashes {
-                let key = feature_key(1, h);
+                let key = feature_key(1, u128::from(h));
                 let value = h.to_be_bytes();
                 producer.send(BaseRecord::to("cl").partition(0).key(&key).payload(&value)).expect("send");
             }
             producer.flush(Duration::from_secs(10)).expect("flush");
         };
-        let hashes = |states: &[PartitionState]| -> Vec<u64> {
-            let mut h: Vec<u64> = states[0].features.iter().map(|(_, h, _)| *h).collect();
+        let hashes = |states: &[PartitionState]| -> Vec<u128> {
+            let mut h: Vec<u128> = states[0].features.iter().map(|(_, h, _)| *h).collect();
             h.sort_unstable();
             h
         };

@@ -13,6 +13,7 @@ pub mod check;
 pub mod lists;
 pub mod native;
 pub mod sandbox;
+pub mod state;
 pub mod watch;
 
 use arc_swap::ArcSwap;
@@ -28,7 +29,8 @@ use crate::config::RuleSettings;
 use crate::decide::{FailurePolicy, Mode, RuleOutcome};
 use crate::features::Catalog;
 use lists::{List, Lists};
-use sandbox::{HostState, RuleInstance, RuleState, Sandbox};
+use sandbox::{HostState, RuleInstance, Sandbox};
+use state::RuleState;
 
 /// Why a rule could not be loaded or a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,6 +91,11 @@ pub struct LoadedRule {
     pub projection: Projection,
     /// Catalog indices of the features it reads, in manifest order.
     pub features: Vec<usize>,
+    /// The entity its keyed state belongs to (its manifest's `state`, the
+    /// account by default), when it keeps state: the rule runs where that
+    /// entity's state is. A rule that keeps none runs where the event is
+    /// decided.
+    pub home: Option<crate::event::KeyField>,
     params: Vec<u8>,
     lists: Arc<[Arc<List>]>,
     code: Code,
@@ -105,6 +112,20 @@ enum Code {
     Wasm(InstancePre<HostState>),
     /// A rule crate linked into the host (see [`native`]).
     Native(vigil_sdk::Rule),
+}
+
+impl Code {
+    /// Whether the rule may keep keyed state: a module that imports the
+    /// state functions, or any native rule (nothing tells).
+    fn keeps_state(&self) -> bool {
+        match self {
+            Code::Wasm(pre) => pre.module().imports().any(|i| {
+                i.module() == vigil_abi::imports::MODULE
+                    && [vigil_abi::imports::STATE_GET, vigil_abi::imports::STATE_PUT].contains(&i.name())
+            }),
+            Code::Native(_) => true,
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedRule {
@@ -536,6 +557,13 @@ impl Loader<'_> {
             on_failure: settings.on_failure.unwrap_or(self.default_on_failure),
             projection: Projection::new(mask),
             features,
+            home: code.keeps_state().then(|| {
+                manifest
+                    .state
+                    .as_deref()
+                    .and_then(crate::event::KeyField::from_name)
+                    .unwrap_or(crate::event::KeyField::Account)
+            }),
             params,
             lists,
             code,
@@ -588,6 +616,13 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
         return Err(RuleError::Manifest(format!(
             "declares {} features; a rule may read at most {MAX_RULE_FEATURES}",
             m.features.len()
+        )));
+    }
+    if let Some(state) = &m.state
+        && crate::event::KeyField::from_name(state).is_none()
+    {
+        return Err(RuleError::Manifest(format!(
+            "state belongs to unknown entity `{state}`; it is one of card, account, counterparty, device, ip, merchant"
         )));
     }
     let mut mask = FieldMask::NONE;
@@ -737,7 +772,7 @@ impl Instance {
                 // The caller gives it its failure outcome, without a call.
                 return Ok(());
             }
-            self.set_partition(batch.partitions[i]);
+            self.set_event(batch.partitions[i], batch.entity(i));
             let values = batch.values(i);
             results.features.clear();
             results.features.extend(features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
@@ -757,12 +792,12 @@ impl Instance {
         Ok(())
     }
 
-    /// Sets the input partition of the events that follow: the keyed state
-    /// the rule writes is then that partition's.
-    pub fn set_partition(&mut self, partition: u32) {
+    /// Sets the event the next call is for: its input partition, whose
+    /// keyed state the rule then writes, and its entity's key.
+    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
         match self {
-            Instance::Wasm(i) => i.set_partition(partition),
-            Instance::Native(i) => i.set_partition(partition),
+            Instance::Wasm(i) => i.set_event(partition, entity),
+            Instance::Native(i) => i.set_event(partition, entity),
         }
     }
 
@@ -870,7 +905,7 @@ impl Evaluator {
             partition: 0,
             results: Results::new(quanta::Clock::new()),
             event_budget: u64::MAX,
-            state_max_bytes: sandbox::STATE_MAX_BYTES,
+            state_max_bytes: state::STATE_MAX_BYTES,
         };
         e.refresh();
         e
@@ -895,6 +930,18 @@ impl Evaluator {
         self
     }
 
+    /// The entities the live rules' state belongs to: where each group of
+    /// them runs (see [`Evaluator::evaluate_home`]).
+    pub fn homes(&self) -> smallvec::SmallVec<[Option<crate::event::KeyField>; 2]> {
+        let mut homes = smallvec::SmallVec::new();
+        for s in &self.slots {
+            if !homes.contains(&s.rule.home) {
+                homes.push(s.rule.home);
+            }
+        }
+        homes
+    }
+
     /// Whether some live rule enforces and is not quarantined: without
     /// one, the final decision is no rule's.
     pub fn enforcing(&self) -> bool {
@@ -904,7 +951,15 @@ impl Evaluator {
     /// Picks up a new rule set, if any, and instantiates its new rules;
     /// true when it did. Call between events only.
     pub fn refresh(&mut self) -> bool {
-        let set = self.registry.current.load();
+        let set = self.registry.current();
+        self.refresh_to(&set)
+    }
+
+    /// Takes up `set` (a rule set the registry published), instantiating
+    /// its new rules, unless it is the one in use; true when it did. Every
+    /// worker takes up the same set for the same batch. Call between
+    /// events only.
+    pub fn refresh_to(&mut self, set: &RuleSet) -> bool {
         if set.generation == self.generation {
             return false;
         }
@@ -1027,22 +1082,42 @@ impl Evaluator {
     /// in their order, so its keyed state and its run of failures evolve as
     /// they would event by event.
     pub fn evaluate(&mut self, batch: &Batch, out: &mut Vec<Vec<RuleOutcome>>) {
+        self.evaluate_home(batch, None, out);
+    }
+
+    /// [`Evaluator::evaluate`] for the rules of one home (all of them with
+    /// `None`; see [`LoadedRule::home`]): those run together, where that
+    /// entity's state is.
+    /// The event budget is shared out between homes by their number of
+    /// rules, so an event's rules together still spend at most all of it.
+    pub fn evaluate_home(
+        &mut self,
+        batch: &Batch,
+        home: Option<Option<crate::event::KeyField>>,
+        out: &mut Vec<Vec<RuleOutcome>>,
+    ) {
         if out.len() < batch.len() {
             out.resize_with(batch.len(), Vec::new);
         }
         for o in &mut out[..batch.len()] {
             o.clear();
         }
-        // Only when the event budget can bind: with every live rule's call
+        let runs = |s: &Slot| home.is_none_or(|h| s.rule.home == h);
+        let (group, all) = (self.slots.iter().filter(|s| runs(s)).count(), self.slots.len());
+        let budget = match group == all {
+            true => self.event_budget,
+            false => (u128::from(self.event_budget) * group as u128 / all.max(1) as u128) as u64,
+        };
+        // Only when the event budget can bind: with every rule's call
         // budget together within it, no event can run it out, and the calls
         // need not measure what each event used.
         self.results.remaining.clear();
-        let wasm = self.slots.iter().filter(|s| !s.rule.is_native()).count() as u64;
+        let wasm = self.slots.iter().filter(|s| runs(s) && !s.rule.is_native()).count() as u64;
         let most = wasm.saturating_mul(self.registry.sandbox.fuel_per_call());
-        if most > self.event_budget {
-            self.results.remaining.resize(batch.len(), self.event_budget);
+        if most > budget {
+            self.results.remaining.resize(batch.len(), budget);
         }
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut().filter(|s| runs(s)) {
             if let Some(instance) = &mut slot.instance {
                 instance.lend_state(std::mem::take(&mut slot.state));
             }
@@ -1166,6 +1241,10 @@ pub struct Batch {
     /// Feature values of every event; event `i`'s end at `ends[i]`.
     values: Vec<f64>,
     ends: Vec<usize>,
+    /// The keys of the entities the rules' state belongs to, one after
+    /// another; event `i`'s ends at `entity_ends[i]`.
+    entities: Vec<u8>,
+    entity_ends: Vec<usize>,
 }
 
 impl Batch {
@@ -1180,11 +1259,29 @@ impl Batch {
         batch
     }
 
+    /// Event `i`'s entity key (see [`state::entity_key`]): empty when it
+    /// has none.
+    pub fn entity(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.entity_ends[i - 1] };
+        &self.entities[start..self.entity_ends[i]]
+    }
+
+    /// Sets the key of the entity the rules' state belongs to for the
+    /// event about to be pushed ([`Batch::push`]); an event pushed without
+    /// one has none.
+    pub fn set_entity(&mut self, space: crate::event::Space, id: &str) {
+        let start = self.entity_ends.last().copied().unwrap_or(0);
+        self.entities.truncate(start);
+        state::entity_key(space, id, &mut self.entities);
+    }
+
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
         self.partitions.clear();
         self.values.clear();
         self.ends.clear();
+        self.entities.clear();
+        self.entity_ends.clear();
     }
 
     /// Events in the batch.
@@ -1212,6 +1309,8 @@ impl Batch {
         self.partitions.push(partition);
         self.values.extend_from_slice(values);
         self.ends.push(self.values.len());
+        // The key set since the last push, if any (see `set_entity`).
+        self.entity_ends.push(self.entities.len());
     }
 
     /// Event `i`'s feature values.
@@ -1259,6 +1358,7 @@ mod tests {
             params: Vec::new(),
             lists: Vec::new(),
             features: (0..n).map(|i| format!("count(card, {}m)", i + 1)).collect(),
+            state: None,
         };
         check_manifest(&manifest(MAX_RULE_FEATURES)).expect("within the limit");
         let e = check_manifest(&manifest(MAX_RULE_FEATURES + 1)).expect_err("over it").to_string();

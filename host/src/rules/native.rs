@@ -13,7 +13,8 @@ use vigil_abi::Projection;
 use vigil_sdk::native::{Configured, Host};
 
 use super::lists::List;
-use super::sandbox::{CallResult, RuleState, intern};
+use super::sandbox::{CallResult, intern};
+use super::state::RuleState;
 use super::{Batch, Results, RuleError};
 
 /// One worker's native rule: the configured rule and its input buffer.
@@ -39,7 +40,7 @@ impl Host for Bridge<'_> {
         self.lists.get(list).is_some_and(|l| l.contains(value.as_bytes()))
     }
     fn state_get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.state.borrow().get(key).map(<[u8]>::to_vec)
+        self.state.borrow_mut().get(key).map(<[u8]>::to_vec)
     }
     fn state_put(&self, key: &[u8], value: &[u8]) -> bool {
         self.state.borrow_mut().put(key, value)
@@ -82,7 +83,7 @@ impl NativeInstance {
         results: &mut Results,
     ) -> Result<(), RuleError> {
         for i in from..batch.len() {
-            self.state.set_partition(batch.partitions[i]);
+            self.state.set_event(batch.partitions[i], batch.entity(i));
             let values = batch.values(i);
             self.lay_out(&batch.encoded[i], projection, features.len(), |k| {
                 values.get(features[k]).copied().unwrap_or(f64::NAN)
@@ -132,9 +133,9 @@ impl NativeInstance {
         Ok(CallResult { action: decision.action, score: decision.score, reasons })
     }
 
-    /// Sets the input partition of the events that follow.
-    pub fn set_partition(&mut self, partition: u32) {
-        self.state.set_partition(partition);
+    /// Sets the event the next call is for (see [`RuleState::set_event`]).
+    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
+        self.state.set_event(partition, entity);
     }
 
     /// Lends a rule's keyed state to the instance for the next calls.

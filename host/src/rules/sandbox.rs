@@ -21,6 +21,7 @@ use wasmtime::{
 };
 
 use super::lists::{List, ListReader};
+use super::state::RuleState;
 use super::{Batch, RuleError};
 
 /// Initial size of a rule's input buffer; grown on demand for larger events.
@@ -51,6 +52,10 @@ struct Run {
     ends: Vec<u64>,
     /// Input partitions of the events of this call.
     partitions: Vec<u32>,
+    /// Their entities' keys, one after another, and where each ends: only
+    /// for a rule that keeps state.
+    entities: Vec<u8>,
+    entity_ends: Vec<usize>,
     /// The event the guest evaluates now, within this call.
     next: usize,
     /// Each event's fuel within this call: its share of the event budget
@@ -71,140 +76,6 @@ struct Run {
     reason_cache: Vec<Arc<str>>,
     /// Why the guest's report was refused, when it was.
     refused: Option<RuleError>,
-}
-
-/// One rule's keyed state on one worker, and what changed since the last
-/// checkpoint. Each entry remembers the input partition of the event that
-/// wrote it: with Kafka, the partition whose changelog carries it.
-#[derive(Debug)]
-pub struct RuleState {
-    /// Key → (partition that wrote it, value).
-    entries: std::collections::HashMap<Box<[u8]>, Owned>,
-    /// Changed keys, with the partition that changed them.
-    dirty: std::collections::HashMap<Box<[u8]>, u32>,
-    /// The input partition of the event being decided.
-    partition: u32,
-    /// Bytes the entries take, counted as [`entry_bytes`] does.
-    bytes: usize,
-    /// The most they may take (`rules.state-max-bytes`).
-    max_bytes: usize,
-}
-
-impl Default for RuleState {
-    fn default() -> Self {
-        Self {
-            entries: std::collections::HashMap::new(),
-            dirty: std::collections::HashMap::new(),
-            partition: 0,
-            bytes: 0,
-            max_bytes: STATE_MAX_BYTES,
-        }
-    }
-}
-
-/// A rule-state value with the input partition that wrote it.
-type Owned = (u32, Box<[u8]>);
-
-/// The most keys one rule may hold per worker.
-pub const STATE_MAX_KEYS: usize = 1_000_000;
-
-/// The most bytes one rule's state may take per worker, by default.
-pub const STATE_MAX_BYTES: usize = 64 << 20;
-
-/// What an entry costs: its key and value, and the map's bookkeeping
-/// (two boxes, the partition, the table slot, about 64 bytes).
-fn entry_bytes(key: usize, value: usize) -> usize {
-    key + value + 64
-}
-
-impl RuleState {
-    /// The value stored for `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|(_, v)| &**v)
-    }
-
-    /// Stores (or, with an empty value, removes) a value; false when over a limit.
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> bool {
-        if key.len() > vigil_abi::STATE_MAX_KEY || value.len() > vigil_abi::STATE_MAX_VALUE {
-            return false;
-        }
-        let held = self.entries.get(key).map_or(0, |(_, v)| entry_bytes(key.len(), v.len()));
-        if value.is_empty() {
-            if self.entries.remove(key).is_none() {
-                // Nothing to delete: nothing changed.
-                return true;
-            }
-            self.bytes -= held;
-        } else {
-            let bytes = self.bytes - held + entry_bytes(key.len(), value.len());
-            if bytes > self.max_bytes || (held == 0 && self.entries.len() >= STATE_MAX_KEYS) {
-                return false;
-            }
-            self.entries.insert(key.into(), (self.partition, value.into()));
-            self.bytes = bytes;
-        }
-        self.dirty.insert(key.into(), self.partition);
-        true
-    }
-
-    /// Bounds the bytes the state may take (`rules.state-max-bytes`): a
-    /// put past it is refused, as one past the key limit is.
-    pub fn set_max_bytes(&mut self, max: usize) {
-        self.max_bytes = max;
-    }
-
-    /// Bytes the state takes, counted as the limit counts them.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Sets the input partition of the events that follow.
-    pub fn set_partition(&mut self, partition: u32) {
-        self.partition = partition;
-    }
-
-    /// Forgets the entries last written from one of `partitions`.
-    pub fn drop_partitions(&mut self, partitions: &[u32]) {
-        let bytes = &mut self.bytes;
-        self.entries.retain(|k, (p, v)| {
-            let keep = !partitions.contains(p);
-            if !keep {
-                *bytes -= entry_bytes(k.len(), v.len());
-            }
-            keep
-        });
-        self.dirty.retain(|_, p| !partitions.contains(p));
-    }
-
-    /// Keys held.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The changes since the last call: (key, partition, value or `None`
-    /// if removed).
-    pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, u32, Option<Vec<u8>>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().map(|(k, p)| (k.to_vec(), p, self.entries.get(&k).map(|(_, v)| v.to_vec()))).collect()
-    }
-
-    /// Loads an entry from a checkpoint or changelog, as written from the
-    /// current partition; `changed` lists it in the next changes.
-    pub fn restore(&mut self, key: &[u8], value: &[u8], changed: bool) {
-        let old = self.entries.insert(key.into(), (self.partition, value.into()));
-        self.bytes += entry_bytes(key.len(), value.len());
-        if let Some((_, v)) = old {
-            self.bytes -= entry_bytes(key.len(), v.len());
-        }
-        if changed {
-            self.dirty.insert(key.into(), self.partition);
-        }
-    }
 }
 
 impl std::fmt::Debug for HostState {
@@ -695,6 +566,8 @@ impl Sandbox {
                 calls: Vec::new(),
                 ends: Vec::new(),
                 partitions: Vec::new(),
+                entities: Vec::new(),
+                entity_ends: Vec::new(),
                 next: 0,
                 budgets: Vec::new(),
                 used: Vec::new(),
@@ -743,6 +616,10 @@ impl Sandbox {
             configure,
             evaluate,
             evaluate_batch,
+            keeps_state: pre
+                .module()
+                .imports()
+                .any(|i| i.module() == imports::MODULE && [imports::STATE_GET, imports::STATE_PUT].contains(&i.name())),
             input_ptr: 0,
             input_cap: 0,
             output_ptr: 0,
@@ -949,7 +826,10 @@ fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmti
     let next = run.next + 1;
     run.next = next;
     if let Some(&partition) = run.partitions.get(next) {
-        state.rule_state.set_partition(partition);
+        match run.entity_ends.get(next + 1) {
+            Some(&end) => state.rule_state.set_event(partition, &run.entities[run.entity_ends[next]..end]),
+            None => state.rule_state.set_partition(partition),
+        }
     }
     if !run.metered {
         // Every event has the call budget, and what the event still owes
@@ -1114,6 +994,9 @@ pub struct RuleInstance {
     evaluate: TypedFunc<i32, i64>,
     /// Present when the module takes several events a call.
     evaluate_batch: Option<TypedFunc<i32, i32>>,
+    /// Whether the module imports the state functions: only then is each
+    /// event's entity handed over.
+    keeps_state: bool,
     input_ptr: usize,
     input_cap: usize,
     output_ptr: usize,
@@ -1244,10 +1127,9 @@ impl RuleInstance {
         Ok(())
     }
 
-    /// Sets the input partition of the events that follow (see
-    /// [`RuleState::set_partition`]).
-    pub fn set_partition(&mut self, partition: u32) {
-        self.store.data_mut().rule_state.set_partition(partition);
+    /// Sets the event the next call is for (see [`RuleState::set_event`]).
+    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
+        self.store.data_mut().rule_state.set_event(partition, entity);
     }
 
     /// Lends a rule's keyed state to the instance for the next calls.
@@ -1379,6 +1261,17 @@ impl RuleInstance {
             std::mem::swap(&mut run.used, &mut results.fuel);
             run.partitions.clear();
             run.partitions.extend_from_slice(&batch.partitions[at..at + count]);
+            run.entities.clear();
+            run.entity_ends.clear();
+            if self.keeps_state {
+                // Ends after a leading 0, so event `k`'s key is
+                // `entity_ends[k]..entity_ends[k + 1]`.
+                run.entity_ends.push(0);
+                for i in at..at + count {
+                    run.entities.extend_from_slice(batch.entity(i));
+                    run.entity_ends.push(run.entities.len());
+                }
+            }
             run.budgets.clear();
             run.metered = metered;
             if metered {
@@ -1388,7 +1281,7 @@ impl RuleInstance {
             }
             run.next = 0;
             let first = run.budgets[0];
-            self.store.data_mut().rule_state.set_partition(batch.partitions[at]);
+            self.store.data_mut().rule_state.set_event(batch.partitions[at], batch.entity(at));
             self.arm(first);
             let returned = evaluate.call(&mut self.store, count as i32);
             let run = &mut self.store.data_mut().run;
@@ -1576,6 +1469,7 @@ mod tests {
         let mut batch = Batch::default();
         for p in 0..events {
             crate::rules::check::sample_payment().encode(batch.buffer()).expect("encode");
+            batch.set_entity(crate::event::Space::Party, &format!("acct-{p}"));
             batch.push(p as u32, &[]);
         }
         let mut results = super::super::Results::new(quanta::Clock::new());
@@ -1586,8 +1480,8 @@ mod tests {
     }
 
     #[test]
-    fn state_written_in_a_batch_call_is_the_writing_events_partition() {
-        // Event i (from partition i) stores key [i].
+    fn state_written_in_a_batch_call_is_the_writing_events_own() {
+        // Event i (from partition i, of account acct-i) stores key [i].
         let body = r#"(block $done (loop $next
             (br_if $done (i32.ge_u (local.get 1) (local.get 0)))
             (i32.store8 (i32.const 100) (local.get 1))
@@ -1601,7 +1495,15 @@ mod tests {
         let mut written = state.take_dirty();
         written.sort();
         let partitions: Vec<(Vec<u8>, u32)> = written.into_iter().map(|(k, p, _)| (k, p)).collect();
-        assert_eq!(partitions, [(vec![0], 0), (vec![1], 1), (vec![2], 2), (vec![3], 3)]);
+        let want: Vec<(Vec<u8>, u32)> = (0..4u8)
+            .map(|i| {
+                let mut k = Vec::new();
+                super::super::state::entity_key(crate::event::Space::Party, &format!("acct-{i}"), &mut k);
+                k.push(i);
+                (k, u32::from(i))
+            })
+            .collect();
+        assert_eq!(partitions, want, "each event's key under its own account, from its own partition");
     }
 
     /// An instance of `module`, the sample event and a projection showing
@@ -1896,24 +1798,5 @@ mod tests {
         assert!(check_cached(&entry, &bad, &key).expect_err("tampered").contains("tag"));
         sandbox.prepare(&module, "h").expect("compiled again");
         assert_eq!(std::fs::read(&entry).expect("read"), good, "the entry is written afresh");
-    }
-
-    #[test]
-    fn rule_state_is_bounded_in_bytes_and_deleting_nothing_changes_nothing() {
-        let mut state = RuleState::default();
-        state.set_max_bytes(10 * entry_bytes(4, 100));
-        for i in 0..10u32 {
-            assert!(state.put(&i.to_le_bytes(), &[1; 100]), "{i}");
-        }
-        assert!(!state.put(&10u32.to_le_bytes(), &[1; 100]), "over the bytes limit");
-        assert!(state.put(&3u32.to_le_bytes(), &[2; 100]), "replacing a value in place fits");
-        assert!(state.put(&3u32.to_le_bytes(), &[]), "removed");
-        assert!(state.put(&10u32.to_le_bytes(), &[1; 100]), "room again");
-        assert_eq!(state.bytes(), 10 * entry_bytes(4, 100));
-        state.take_dirty();
-        for i in 100..10_000u32 {
-            assert!(state.put(&i.to_le_bytes(), &[]), "deleting an absent key is fine");
-        }
-        assert!(state.take_dirty().is_empty(), "and changes nothing");
     }
 }

@@ -79,7 +79,7 @@ pub struct PartitionState {
     /// The partition.
     pub partition: u32,
     /// Feature state: (key kind, key hash, state).
-    pub features: Vec<(u8, u64, Vec<u8>)>,
+    pub features: Vec<(u8, u128, Vec<u8>)>,
     /// Rules' keyed state: (rule, key, value).
     pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
     /// Open windows: (window name, key, windows).

@@ -1,0 +1,372 @@
+//! The exchange: which worker owns which entity, and the batch all workers
+//! share while each does its part of it.
+//!
+//! Every entity — a card, a party (account or counterparty), a device, an
+//! IP, a merchant — has exactly one owner among the workers, chosen by the
+//! keyed hash of its id ([`Router`]). The owner keeps the entity's look-back
+//! features, its windows and the rules' state that belongs to it, and sees
+//! every event of it in source order. So every value equals what one
+//! worker computing everything would get, whatever the worker count.
+//!
+//! The source hands each batch to every worker as one [`Shared`] batch,
+//! with each event's key hashes and their owners worked out once. A batch
+//! goes through three phases on every worker:
+//!
+//! ```text
+//!              worker 0                         worker 1
+//!  features    its keys' features, windows      its keys' features, windows
+//!              ──────────── all features of the batch are in ────────────
+//!  rules       rules whose entity it owns       rules whose entity it owns
+//!              ─────────── every outcome of the batch is in ─────────────
+//!  decide      records of the events it decides records of the events it decides
+//! ```
+//!
+//! Features go into the batch's value table, one cell per event and
+//! feature, each written by the one worker that owns the key; outcomes go
+//! to the worker deciding the event (the owner of its partition key). A
+//! worker waits for the others only between phases of one batch, and does
+//! the features of the batches behind it meanwhile. A batch none of whose
+//! work crosses workers (every key of each event owned by its decider: all
+//! features kept per the partition key) needs no waiting at all.
+
+use crossbeam_channel::Sender;
+use smallvec::SmallVec;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::decide::RuleOutcome;
+use crate::event::{KeyField, Payment};
+use crate::features::Feature;
+use crate::keyed::KeyedHash;
+use crate::rules::RuleSet;
+
+/// Which worker owns which key.
+#[derive(Debug, Clone)]
+pub struct Router {
+    workers: usize,
+    hasher: KeyedHash,
+    /// The key events are decided by (`pipeline.partition-key`); events
+    /// without one are decided by their account's owner.
+    decide_by: KeyField,
+    /// Whether every key belongs to the worker of the input partition of
+    /// the event that touched it rather than to its hash's (Kafka: state
+    /// follows partitions, which hold one key's events when producers key
+    /// by the partition key — the only key state may then be kept per).
+    by_partition: bool,
+}
+
+impl Router {
+    /// Routes over `workers`, knowing keys by their hashes under `hasher`.
+    pub fn new(workers: usize, hasher: KeyedHash, decide_by: KeyField, by_partition: bool) -> Self {
+        Self { workers: workers.max(1), hasher, decide_by, by_partition }
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The hash keys are known by.
+    pub fn hasher(&self) -> &KeyedHash {
+        &self.hasher
+    }
+
+    /// The worker that owns the key with `hash`.
+    pub fn owner_of_hash(&self, hash: u128) -> usize {
+        ((hash as u64) % self.workers as u64) as usize
+    }
+
+    /// The worker that owns state written from input `partition` (Kafka).
+    pub fn owner_of_partition(&self, partition: u32) -> usize {
+        partition as usize % self.workers
+    }
+
+    /// Whether keys follow input partitions (see [`Router::new`]).
+    pub fn by_partition(&self) -> bool {
+        self.by_partition
+    }
+
+    /// The owner of a key with `hash` touched from input `partition`.
+    fn owner(&self, hash: u128, partition: u32) -> usize {
+        if self.by_partition { self.owner_of_partition(partition) } else { self.owner_of_hash(hash) }
+    }
+}
+
+/// One event of a batch.
+#[derive(Debug)]
+pub struct Item {
+    /// The event.
+    pub payment: Payment,
+    /// When it was read, µs since the epoch.
+    pub ingested_at_us: i64,
+    /// The input partition it came from (Kafka); 0 otherwise.
+    pub partition: u32,
+}
+
+/// An event's key of one field: its hash and its owner.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// The keyed hash.
+    pub hash: u128,
+    /// The worker that owns it.
+    pub owner: u8,
+}
+
+/// A batch of events, as every worker shares it.
+#[derive(Debug)]
+pub struct Shared {
+    /// The events, in source order.
+    pub items: Vec<Item>,
+    /// The rules that decide this batch: every worker takes up this set.
+    pub rules: Arc<RuleSet>,
+    /// The features computed for it (a catalog snapshot).
+    pub features: Arc<Vec<Feature>>,
+    /// Key fields some feature or window is kept per.
+    pub fields: SmallVec<[KeyField; 6]>,
+    /// Where each group of rules runs: with the state of one key field, or
+    /// (`None`, rules that keep no state) with the event's decider.
+    pub homes: SmallVec<[Option<KeyField>; 2]>,
+    /// Per event, per key field (by code): its key, for the fields in use.
+    pub keys: Vec<[Option<Key>; 6]>,
+    /// Per event, the worker that decides it.
+    pub deciders: Vec<u8>,
+    /// Whether some event has work on a worker other than its decider.
+    pub cross: bool,
+    /// Feature values, `features.len()` per event, as `f64` bits: each
+    /// cell written once, by the owner of its key, before `features_left`
+    /// reaches zero.
+    values: Box<[AtomicU64]>,
+    /// Workers yet to finish their features of the batch.
+    features_left: AtomicUsize,
+    /// Workers yet to finish their rules of the batch.
+    rules_left: AtomicUsize,
+    /// Per worker, per decider: the outcomes it computed for that
+    /// decider's events, as (event, outcomes).
+    outcomes: Box<[OnceLock<Vec<Outcomes>>]>,
+    /// Wakes a worker waiting for a phase of some batch to complete.
+    wake: Arc<[Sender<()>]>,
+}
+
+/// Outcomes computed on one worker for another's events: (event, outcomes).
+pub type Outcomes = Vec<(u32, Vec<RuleOutcome>)>;
+
+/// Where a batch's events stand, as the source works them out.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Who owns what.
+    pub router: &'a Router,
+    /// The rules that decide the batch.
+    pub rules: Arc<RuleSet>,
+    /// The features computed for it.
+    pub features: Arc<Vec<Feature>>,
+    /// Key fields some feature or window is kept per.
+    pub fields: SmallVec<[KeyField; 6]>,
+    /// Where each group of rules runs (see [`Shared::homes`]).
+    pub homes: SmallVec<[Option<KeyField>; 2]>,
+    /// Workers to wake when a phase completes.
+    pub wake: Arc<[Sender<()>]>,
+}
+
+impl Shared {
+    /// The batch of `items`: their keys hashed and routed once, for all
+    /// workers.
+    pub fn new(items: Vec<Item>, plan: Plan<'_>) -> Self {
+        let router = plan.router;
+        let workers = router.workers();
+        let mut keys = Vec::with_capacity(items.len());
+        let mut deciders = Vec::with_capacity(items.len());
+        let mut cross = false;
+        let wanted: SmallVec<[KeyField; 8]> =
+            plan.fields.iter().copied().chain(plan.homes.iter().flatten().copied()).collect();
+        for item in &items {
+            let p = &item.payment;
+            let mut row: [Option<Key>; 6] = [None; 6];
+            let mut hash_of = |field: KeyField| {
+                let slot = &mut row[usize::from(field.code())];
+                if slot.is_none()
+                    && let Some(id) = p.key(field)
+                {
+                    let hash = router.hasher.hash128(id.as_bytes());
+                    *slot = Some(Key { hash, owner: router.owner(hash, item.partition) as u8 });
+                }
+                *slot
+            };
+            let decider = match router.by_partition {
+                true => router.owner_of_partition(item.partition),
+                false => match hash_of(router.decide_by).or_else(|| hash_of(KeyField::Account)) {
+                    Some(k) => usize::from(k.owner),
+                    None => 0,
+                },
+            };
+            for &field in &wanted {
+                if let Some(k) = hash_of(field) {
+                    cross |= usize::from(k.owner) != decider;
+                }
+            }
+            keys.push(row);
+            deciders.push(decider as u8);
+        }
+        let width = plan.features.len();
+        let values = (0..items.len() * width).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            items,
+            rules: plan.rules,
+            features: plan.features,
+            fields: plan.fields,
+            homes: plan.homes,
+            keys,
+            deciders,
+            cross,
+            values,
+            features_left: AtomicUsize::new(workers),
+            rules_left: AtomicUsize::new(workers),
+            outcomes: (0..workers).map(|_| OnceLock::new()).collect(),
+            wake: plan.wake,
+        }
+    }
+
+    /// Features per event.
+    pub fn width(&self) -> usize {
+        self.features.len()
+    }
+
+    /// Sets feature `feature` of event `event`.
+    pub fn set_value(&self, event: usize, feature: usize, value: f64) {
+        self.values[event * self.width() + feature].store(value.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Feature `feature` of event `event`: complete once
+    /// [`Shared::features_done`] (or written by this worker).
+    pub fn value(&self, event: usize, feature: usize) -> f64 {
+        f64::from_bits(self.values[event * self.width() + feature].load(Ordering::Relaxed))
+    }
+
+    /// Every feature of event `event`, into `out`.
+    pub fn values_of(&self, event: usize, out: &mut Vec<f64>) {
+        let w = self.width();
+        out.clear();
+        out.extend(self.values[event * w..(event + 1) * w].iter().map(|v| f64::from_bits(v.load(Ordering::Relaxed))));
+    }
+
+    /// The worker that runs the rules of `home` on event `event`: the owner
+    /// of its key of that field, else its decider.
+    pub fn home_owner(&self, event: usize, home: Option<KeyField>) -> usize {
+        match home.and_then(|h| self.keys[event][usize::from(h.code())]) {
+            Some(k) => usize::from(k.owner),
+            None => usize::from(self.deciders[event]),
+        }
+    }
+
+    /// A worker finished its features of the batch.
+    pub fn features_finished(&self) {
+        if self.features_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake_all();
+        }
+    }
+
+    /// Whether every worker has finished its features of the batch.
+    pub fn features_done(&self) -> bool {
+        self.features_left.load(Ordering::Acquire) == 0
+    }
+
+    /// Worker `worker` finished its rules of the batch, with `outcomes`
+    /// for each decider's events.
+    pub fn rules_finished(&self, worker: usize, outcomes: Vec<Outcomes>) {
+        // Set once per worker and batch: a second set cannot happen.
+        let _ = self.outcomes[worker].set(outcomes);
+        if self.rules_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.wake_all();
+        }
+    }
+
+    /// Whether every worker has finished its rules of the batch.
+    pub fn rules_done(&self) -> bool {
+        self.rules_left.load(Ordering::Acquire) == 0
+    }
+
+    /// The outcomes worker `from` computed for `decider`'s events, once
+    /// [`Shared::rules_done`].
+    pub fn outcomes_for(&self, from: usize, decider: usize) -> &[(u32, Vec<RuleOutcome>)] {
+        self.outcomes[from].get().and_then(|o| o.get(decider)).map_or(&[], Vec::as_slice)
+    }
+
+    fn wake_all(&self) {
+        for w in self.wake.iter() {
+            // Full: a wake-up is already pending.
+            let _ = w.try_send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Card, Party};
+    use vigil_abi::{Channel, Kind};
+
+    fn item(account: &str, card: Option<&str>, counterparty: Option<&str>) -> Item {
+        Item {
+            payment: Payment {
+                id: "t".into(),
+                ts_ms: 0,
+                channel: Channel::Card,
+                kind: Kind::Purchase,
+                amount: 1,
+                currency: *b"USD",
+                account: account.into(),
+                card: card.map(|c| Card { token: c.into(), country: None, present: None }),
+                merchant: None,
+                counterparty: counterparty.map(|c| Party { id: c.into(), mcc: None, country: None }),
+                device: None,
+                ip: None,
+                geo: None,
+                attrs: Vec::new(),
+            },
+            ingested_at_us: 0,
+            partition: 0,
+        }
+    }
+
+    fn shared(router: &Router, items: Vec<Item>, fields: &[KeyField]) -> Shared {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let plan = Plan {
+            router,
+            rules: Arc::new(RuleSet::default()),
+            features: Arc::new(Vec::new()),
+            fields: fields.iter().copied().collect(),
+            homes: SmallVec::new(),
+            wake: Arc::from(vec![tx]),
+        };
+        Shared::new(items, plan)
+    }
+
+    #[test]
+    fn an_account_and_a_counterparty_with_one_id_have_one_owner() {
+        let router = Router::new(4, KeyedHash::for_tests(), KeyField::Card, false);
+        let fields = [KeyField::Account, KeyField::Counterparty, KeyField::Card];
+        let items: Vec<Item> = (0..64)
+            .map(|i| item(&format!("party-{i}"), Some(&format!("card-{i}")), Some(&format!("party-{}", i + 1))))
+            .collect();
+        let b = shared(&router, items, &fields);
+        for i in 0..63 {
+            let paid = b.keys[i][usize::from(KeyField::Counterparty.code())].expect("counterparty");
+            let payer = b.keys[i + 1][usize::from(KeyField::Account.code())].expect("account");
+            assert_eq!((paid.hash, paid.owner), (payer.hash, payer.owner), "party-{} is one party", i + 1);
+        }
+        let deciders: std::collections::HashSet<u8> = b.deciders.iter().copied().collect();
+        assert!(deciders.len() > 1, "events spread over the workers");
+        assert!(b.cross, "accounts owned apart from their cards' deciders");
+    }
+
+    #[test]
+    fn a_batch_whose_keys_all_follow_the_decider_does_not_cross() {
+        let router = Router::new(4, KeyedHash::for_tests(), KeyField::Card, false);
+        let items: Vec<Item> = (0..64).map(|i| item("a", Some(&format!("card-{i}")), None)).collect();
+        let b = shared(&router, items, &[KeyField::Card]);
+        assert!(!b.cross);
+        // An event without a card is decided by its account's owner.
+        let b = shared(&router, vec![item("acct-9", None, None)], &[KeyField::Card]);
+        let hash = router.hasher().hash128(b"acct-9");
+        assert_eq!(usize::from(b.deciders[0]), router.owner_of_hash(hash));
+    }
+}

@@ -1,0 +1,291 @@
+//! The running pipeline: one source thread (read, decode, clean, route),
+//! P worker threads (features, windows, rules, decisions) exchanging the
+//! work of each batch, and one output thread (sinks, checkpoints).
+//!
+//! ```text
+//!                       ┌─► worker 0 ─┐
+//!  source ─ batch ──────┤     ▲ ▼     ├──► output ─► sinks
+//!  (decode, dedup,      └─► worker 1 ─┘    (records, checkpoint commits)
+//!   route keys)          exchange: features, outcomes
+//! ```
+//!
+//! Every batch goes to every worker; each does the part of it that its
+//! keys own, and the workers meet between its phases ([`exchange`]).
+//! Stages pass batches over bounded channels, so a slow stage holds the
+//! previous one back instead of queueing without limit. Shutdown is a
+//! drain: the source stops reading, and each stage ends when its input
+//! channel is closed and empty, so every event read is decided or
+//! dead-lettered. Checkpoints are barriers in the same stream
+//! ([`checkpoint`]).
+//!
+//! # Layout
+//! - [`source`]: reading, decoding, de-duplicating, routing, barriers.
+//! - [`exchange`]: who owns which key, and the batch the workers share.
+//! - [`worker`]: one worker's phases of each batch, and its checkpoint part.
+//! - [`output`]: the sinks, and assembling and committing checkpoints.
+//! - [`checkpoint`]: the barrier protocol, and restored state's routing.
+
+pub mod checkpoint;
+pub mod exchange;
+mod output;
+mod source;
+mod worker;
+
+use crossbeam_channel::bounded;
+use serde::Serialize;
+use smallvec::SmallVec;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, PartitionKey, WindowSpec};
+use crate::decode::Decoder;
+use crate::event::KeyField;
+use crate::features::Catalog;
+use crate::keyed::KeyedHash;
+use crate::rules::RuleRegistry;
+use crate::sources::{PartitionState, Source};
+use crate::window::{Shape, WindowDef};
+pub use checkpoint::Durability;
+use exchange::{Router, Shared};
+use output::SinkMsg;
+pub use output::Sinks;
+
+/// Event counts; `events_in == decided + dead_lettered` once drained.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records read from the source.
+    pub events_in: AtomicU64,
+    /// Decision records written.
+    pub decided: AtomicU64,
+    /// Dead letters written.
+    pub dead_lettered: AtomicU64,
+    /// Alerts (review or block) written.
+    pub alerts: AtomicU64,
+    /// Checkpoints committed.
+    pub checkpoints: AtomicU64,
+    /// Closed windows written.
+    pub aggregates: AtomicU64,
+    /// Events too late for a window.
+    pub late: AtomicU64,
+    /// The longest a worker spent taking up a new rule set (swapping its
+    /// rules and instantiating new versions), µs: the pause a deploy causes.
+    pub rule_swap_max_us: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Summary {
+    /// Records read from the source.
+    pub events_in: u64,
+    /// Decision records written.
+    pub decided: u64,
+    /// Dead letters written.
+    pub dead_lettered: u64,
+    /// Alerts written.
+    pub alerts: u64,
+    /// Checkpoints committed.
+    pub checkpoints: u64,
+    /// Closed windows written.
+    pub aggregates: u64,
+    /// Events too late for a window.
+    pub late: u64,
+    /// The longest pause a rule-set swap caused a worker, µs.
+    pub rule_swap_max_us: u64,
+}
+
+impl Counters {
+    /// The counts now.
+    pub fn summary(&self) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Summary {
+            events_in: get(&self.events_in),
+            decided: get(&self.decided),
+            dead_lettered: get(&self.dead_lettered),
+            alerts: get(&self.alerts),
+            checkpoints: get(&self.checkpoints),
+            aggregates: get(&self.aggregates),
+            late: get(&self.late),
+            rule_swap_max_us: get(&self.rule_swap_max_us),
+        }
+    }
+}
+
+/// What the source sends each worker, in order.
+pub(crate) enum WorkerMsg {
+    /// A batch of events, the same for every worker.
+    Batch(Arc<Shared>),
+    /// Checkpoint `id`'s barrier: the worker's part is its state after
+    /// every batch before it.
+    Barrier(u64),
+    /// The input is exhausted: close every window.
+    EndOfInput,
+    /// These input partitions moved away: forget their keyed state.
+    Drop(Vec<u32>),
+    /// An input partition's keyed state, read back from the changelog,
+    /// before its events.
+    Restore(Box<PartitionState>),
+}
+
+/// The running threads.
+#[derive(Debug)]
+pub struct Pipeline {
+    source: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+    sink: JoinHandle<anyhow::Result<()>>,
+}
+
+/// The parts the pipeline runs, in data-flow order.
+pub struct Stages {
+    /// Where records come from.
+    pub source: Box<dyn Source>,
+    /// Cleaning and de-duplication.
+    pub decoder: Decoder,
+    /// Features the workers keep.
+    pub catalog: Arc<Catalog>,
+    /// The live rules.
+    pub registry: Arc<RuleRegistry>,
+    /// The outputs.
+    pub sinks: Sinks,
+    /// How entity keys are hashed: the same on every daemon and restart.
+    pub hasher: KeyedHash,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stages").field("source", &self.source.name()).finish_non_exhaustive()
+    }
+}
+
+/// The window definitions of `[windows]`.
+pub fn window_defs(config: &Config) -> Vec<WindowDef> {
+    let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    config
+        .windows
+        .iter()
+        .map(|(name, spec)| {
+            let (key, shape) = match spec {
+                WindowSpec::Tumbling { key, size } => (*key, Shape::Tumbling { size: ms(size) }),
+                WindowSpec::Hopping { key, size, hop } => (*key, Shape::Hopping { size: ms(size), hop: ms(hop) }),
+                WindowSpec::Session { key, gap } => (*key, Shape::Session { gap: ms(gap) }),
+            };
+            WindowDef { name: name.clone(), key, shape }
+        })
+        .collect()
+}
+
+/// The key field `pipeline.partition-key` names.
+pub fn partition_field(key: PartitionKey) -> KeyField {
+    match key {
+        PartitionKey::Account => KeyField::Account,
+        PartitionKey::Card => KeyField::Card,
+        PartitionKey::Device => KeyField::Device,
+        PartitionKey::Ip => KeyField::Ip,
+        PartitionKey::Merchant => KeyField::Merchant,
+    }
+}
+
+impl Pipeline {
+    /// Starts the pipeline, loading restored state into the workers.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn start(
+        config: &Config,
+        stages: Stages,
+        durability: Durability,
+        counters: Arc<Counters>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let Stages { source, mut decoder, catalog, registry, sinks, hasher } = stages;
+        let workers = config.pipeline.worker_count();
+        let cap = config.pipeline.channel_capacity.get();
+        let (store, interval, last_id) = (durability.store, durability.interval, durability.last_id);
+        let checkpoints = store.as_ref().map(|_| interval);
+        decoder.dedup_mut().track_forgotten(store.as_ref().is_some_and(|s| s.needs_forgotten_ids()));
+        let (out_tx, out_rx) = bounded::<SinkMsg>(cap * workers.max(1));
+        let sink = spawn("vigil-sink", {
+            let counters = counters.clone();
+            move || output::run_sinks(out_rx, sinks, store, workers, &counters)
+        })?;
+        let by_partition = source.partitioned();
+        let router = Router::new(workers, hasher, partition_field(config.pipeline.partition_key), by_partition);
+        let defs = window_defs(config);
+        let restored = checkpoint::route(durability.restored, &router, &defs);
+        // A worker waiting for the others is woken when a phase completes.
+        let wakes: Vec<_> = (0..workers).map(|_| bounded::<()>(1)).collect();
+        let wake: Arc<[_]> = wakes.iter().map(|(tx, _)| tx.clone()).collect();
+        let mut worker_txs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for (i, (restore, (_, woken))) in restored.into_iter().zip(wakes).enumerate() {
+            let (tx, rx) = bounded::<WorkerMsg>(cap);
+            worker_txs.push(tx);
+            let worker = worker::Worker::new(worker::Setup {
+                index: i,
+                workers,
+                config,
+                counters: counters.clone(),
+                out_tx: out_tx.clone(),
+                registry: registry.clone(),
+                catalog: catalog.clone(),
+                hasher: router.hasher().clone(),
+                defs: defs.clone(),
+                // Done well before the next barrier.
+                drain_within: interval / 2,
+            });
+            handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, woken, restore))?);
+        }
+        let parsers = match config.pipeline.decode_thread_count() {
+            1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("vigil-decode-{i}"))
+                    .build()
+                    .map_err(std::io::Error::other)?,
+            ),
+        };
+        let window_fields: SmallVec<[KeyField; 6]> = defs.iter().map(|d| d.key).collect();
+        let batch_size = config.pipeline.batch_size.get();
+        let source = spawn("vigil-source", move || {
+            let mut run = source::SourceRun::new(source::Setup {
+                source,
+                decoder,
+                parsers,
+                router,
+                registry,
+                catalog,
+                window_fields,
+                wake,
+                worker_txs,
+                out_tx,
+                batch_size,
+                checkpoints,
+                next_id: last_id + 1,
+            });
+            run.run(&counters, &cancel)
+        })?;
+        Ok(Self { source, workers: handles, sink })
+    }
+
+    /// Waits until every stage has drained.
+    ///
+    /// # Errors
+    /// When the source, a sink or a checkpoint failed; events read are
+    /// still accounted for in the counters up to the failure.
+    pub fn join(self) -> anyhow::Result<()> {
+        let source = self.source.join().map_err(|_| anyhow::anyhow!("the source thread panicked"))?;
+        for w in self.workers {
+            w.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+        }
+        let sink = self.sink.join().map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
+        source?;
+        sink
+    }
+}
+
+fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::io::Result<JoinHandle<T>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}

@@ -1,0 +1,583 @@
+//! The output stage: one thread writing every stream's records to the
+//! sinks, and assembling each checkpoint from the source's and the
+//! workers' parts before it is committed (see [`super::checkpoint`]).
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::Counters;
+use crate::decide::now_us;
+use crate::decode;
+use crate::sinks::{self, Sink};
+use crate::state::{Checkpoint, Durable, FeatureDelta, RuleStateDelta};
+use crate::window::{Closed, Late, WindowDelta};
+
+/// What reaches the output thread.
+pub(super) enum SinkMsg {
+    /// Outputs from worker `from`, or from the source when `from` is the
+    /// worker count.
+    Output { from: usize, out: Output },
+    /// Worker `from` reached checkpoint `id`'s barrier: its outputs from
+    /// here on are of events after the checkpoint. Its part follows once
+    /// its feature state is serialised.
+    Cut { from: usize, id: u64 },
+    /// A worker's part of checkpoint `id`.
+    Worker {
+        id: u64,
+        delta: Vec<FeatureDelta>,
+        windows: Vec<WindowDelta>,
+        newest_ms: Option<i64>,
+        rule_state: Vec<RuleStateDelta>,
+    },
+    /// The source's part: position and de-duplication changes. Its outputs
+    /// from here on are of events after the checkpoint.
+    Source(Checkpoint),
+}
+
+/// The outputs.
+pub struct Sinks {
+    decisions: Box<dyn Sink>,
+    alerts: Box<dyn Sink>,
+    dead_letters: Box<dyn Sink>,
+    aggregates: Box<dyn Sink>,
+    late: Box<dyn Sink>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sinks")
+    }
+}
+
+impl Sinks {
+    /// Opens the configured sinks.
+    ///
+    /// # Errors
+    /// When one cannot be opened; the message names it.
+    pub fn open(
+        config: &crate::config::SinksConfig,
+        producer: Option<&Arc<crate::kafka::Producer>>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            decisions: sinks::open(&config.decisions, "decisions", producer)?,
+            alerts: sinks::open(&config.alerts, "alerts", producer)?,
+            dead_letters: sinks::open(&config.dead_letters, "dead-letters", producer)?,
+            aggregates: sinks::open(&config.aggregates, "aggregates", producer)?,
+            late: sinks::open(&config.late, "late", producer)?,
+        })
+    }
+
+    fn all(&mut self) -> [&mut Box<dyn Sink>; 5] {
+        [&mut self.decisions, &mut self.alerts, &mut self.dead_letters, &mut self.aggregates, &mut self.late]
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.all().into_iter().try_for_each(|s| s.flush())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.all().into_iter().try_for_each(|s| s.sync())
+    }
+
+    /// Handles to make what was written so far durable from another thread
+    /// (see [`Sink::sync_handle`]).
+    fn sync_handles(&mut self) -> std::io::Result<Vec<std::fs::File>> {
+        let mut files = Vec::new();
+        for s in self.all() {
+            files.extend(s.sync_handle()?);
+        }
+        Ok(files)
+    }
+}
+
+/// Makes checkpoints durable on a thread of its own, in order: the output
+/// files' data, then the store's transaction. Commits take tens of
+/// milliseconds (a sync of the files, and of the store); done on the sink
+/// thread, they held every output behind them — and, once the channels
+/// filled, every worker and the source.
+fn run_committer(
+    rx: Receiver<(Vec<std::fs::File>, Checkpoint)>,
+    mut store: Box<dyn Durable>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    // Only on CPU time the pipeline leaves: a commit takes 60–125 ms
+    // here, which even at niceness 10 held a core from the source's parse
+    // threads and the workers for milliseconds at a time on a 2-core
+    // machine. Under sustained full load the commit still gets its turn:
+    // the sink waits on this channel once a second checkpoint is ready, and
+    // the pipeline behind it stops. So under full load the last durable
+    // checkpoint lags the newest barrier by one to two intervals, and a
+    // crash reads that much again (BENCHMARKS.md, "Replay after `kill -9`").
+    crate::priority::idle();
+    for (files, cp) in rx {
+        let started = Instant::now();
+        // Everything before the barrier is written; make it durable
+        // before the checkpoint says it was processed.
+        for f in &files {
+            f.sync_data()?;
+        }
+        let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
+        store.commit(cp)?;
+        counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+        tracing::debug!(id, line, keys, took_ms = started.elapsed().as_millis() as u64, "checkpoint committed");
+    }
+    store.finish()
+}
+
+/// A batch of serialised output lines.
+#[derive(Default)]
+pub(super) struct Output {
+    pub(super) decisions: Vec<u8>,
+    pub(super) decision_count: u64,
+    pub(super) alerts: Vec<Range<usize>>,
+    dead: Vec<u8>,
+    dead_count: u64,
+    aggregates: Vec<u8>,
+    aggregate_count: u64,
+    late: Vec<u8>,
+    late_count: u64,
+}
+
+#[derive(Serialize)]
+struct EncodeFailure<'a> {
+    reason: String,
+    code: &'static str,
+    id: &'a str,
+    at_us: i64,
+}
+
+/// Appends one JSON line; serialising these plain records cannot fail.
+fn push_line(buf: &mut Vec<u8>, count: &mut u64, record: &impl Serialize) {
+    if serde_json::to_writer(&mut *buf, record).is_ok() {
+        buf.push(b'\n');
+        *count += 1;
+    }
+}
+
+impl Output {
+    pub(super) fn dead_letter(&mut self, letter: &decode::DeadLetter<'_>) {
+        push_line(&mut self.dead, &mut self.dead_count, letter);
+    }
+
+    pub(super) fn encode_failure(&mut self, id: &str, error: &str) {
+        let dl = EncodeFailure {
+            reason: format!("cannot encode for the rules: {error}"),
+            code: "encode",
+            id,
+            at_us: now_us(),
+        };
+        push_line(&mut self.dead, &mut self.dead_count, &dl);
+    }
+
+    pub(super) fn closed(&mut self, c: &Closed<'_>) {
+        push_line(&mut self.aggregates, &mut self.aggregate_count, c);
+    }
+
+    pub(super) fn late(&mut self, l: &Late<'_>) {
+        push_line(&mut self.late, &mut self.late_count, l);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.decision_count + self.dead_count + self.aggregate_count + self.late_count == 0
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    workers: usize,
+    source: Option<Checkpoint>,
+    features: Vec<FeatureDelta>,
+    windows: Vec<WindowDelta>,
+    watermark: Option<i64>,
+    rule_state: Vec<RuleStateDelta>,
+}
+
+pub(super) fn run_sinks(
+    rx: Receiver<SinkMsg>,
+    mut sinks: Sinks,
+    store: Option<Box<dyn Durable>>,
+    workers: usize,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    // One checkpoint may wait while the previous one commits; then the
+    // sink waits, so commits keep their order and never pile up.
+    let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
+    let (off_thread, mut inline) = match store {
+        Some(s) if s.commits_off_thread() => (Some(s), None),
+        other => (None, other),
+    };
+    let result = std::thread::scope(|scope| {
+        let committer = off_thread.map(|store| {
+            std::thread::Builder::new()
+                .name("vigil-commit".into())
+                .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
+        });
+        let committer = committer.transpose()?;
+        let commits = match &committer {
+            Some(_) => Commits::OffThread(&commit_tx),
+            None => Commits::Inline(inline.take()),
+        };
+        let written = write_outputs(&rx, &mut sinks, commits, workers, counters);
+        drop(commit_tx);
+        let committed = match committer {
+            Some(c) => c.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint committer panicked"))),
+            None => Ok(()),
+        };
+        // A failed commit closes the channel: the writer's error then only
+        // says so, and the committer's says why.
+        committed.and(written)
+    });
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "writing output or a checkpoint failed; stopping");
+    }
+    result
+}
+
+fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io::Result<()> {
+    sinks.decisions.write(&out.decisions)?;
+    for r in &out.alerts {
+        sinks.alerts.write(&out.decisions[r.clone()])?;
+    }
+    sinks.dead_letters.write(&out.dead)?;
+    sinks.aggregates.write(&out.aggregates)?;
+    sinks.late.write(&out.late)?;
+    let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
+    add(&counters.decided, out.decision_count);
+    add(&counters.alerts, out.alerts.len() as u64);
+    add(&counters.dead_lettered, out.dead_count);
+    add(&counters.aggregates, out.aggregate_count);
+    add(&counters.late, out.late_count);
+    Ok(())
+}
+
+/// The output streams of the workers and the source, each cut by the
+/// checkpoints' barriers. When a commit takes in every output written
+/// before it (a Kafka transaction), a stream's outputs after a barrier are
+/// held until that checkpoint commits: the others may not have reached the
+/// barrier yet, and a worker's part comes only after it has serialised its
+/// state while it goes on deciding.
+struct Lanes {
+    hold: bool,
+    /// Per stream, the checkpoint whose commit its outputs wait for.
+    waiting: Vec<Option<u64>>,
+    /// Per stream, what came after that barrier, in order.
+    held: Vec<std::collections::VecDeque<Held>>,
+}
+
+enum Held {
+    Output(Output),
+    Cut(u64),
+}
+
+impl Lanes {
+    fn new(streams: usize, hold: bool) -> Self {
+        Self {
+            hold,
+            waiting: vec![None; streams],
+            held: (0..streams).map(|_| std::collections::VecDeque::new()).collect(),
+        }
+    }
+
+    /// `out` when it can be written now; otherwise it is held.
+    fn pass(&mut self, from: usize, out: Output) -> Option<Output> {
+        if self.waiting[from].is_none() {
+            return Some(out);
+        }
+        self.held[from].push_back(Held::Output(out));
+        None
+    }
+
+    /// Stream `from` reached checkpoint `id`'s barrier.
+    fn cut(&mut self, from: usize, id: u64) {
+        if !self.hold {
+            return;
+        }
+        match self.waiting[from] {
+            None => self.waiting[from] = Some(id),
+            Some(_) => self.held[from].push_back(Held::Cut(id)),
+        }
+    }
+
+    /// Checkpoint `id` committed: the outputs that waited for it, in
+    /// order, up to each stream's next barrier.
+    fn release(&mut self, id: u64) -> Vec<Output> {
+        let mut free = Vec::new();
+        for (waiting, held) in self.waiting.iter_mut().zip(&mut self.held) {
+            if *waiting != Some(id) {
+                continue;
+            }
+            *waiting = None;
+            while let Some(next) = held.pop_front() {
+                match next {
+                    Held::Output(out) => free.push(out),
+                    Held::Cut(next_id) => {
+                        *waiting = Some(next_id);
+                        break;
+                    }
+                }
+            }
+        }
+        free
+    }
+
+    /// Every output still held.
+    fn release_all(&mut self) -> Vec<Output> {
+        self.waiting.fill(None);
+        let held = self.held.iter_mut().flat_map(std::mem::take);
+        held.filter_map(|h| match h {
+            Held::Output(out) => Some(out),
+            Held::Cut(_) => None,
+        })
+        .collect()
+    }
+}
+
+/// Where the output loop sends a complete checkpoint.
+enum Commits<'a> {
+    /// To the committer thread.
+    OffThread(&'a Sender<(Vec<std::fs::File>, Checkpoint)>),
+    /// Committed here, before the next output is written (Kafka), or not
+    /// at all.
+    Inline(Option<Box<dyn Durable>>),
+}
+
+fn write_outputs(
+    rx: &Receiver<SinkMsg>,
+    sinks: &mut Sinks,
+    mut commits: Commits<'_>,
+    workers: usize,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let hold = matches!(&commits, Commits::Inline(Some(store)) if store.commit_takes_outputs());
+    let mut lanes = Lanes::new(workers + 1, hold);
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    for msg in rx {
+        let id = match msg {
+            SinkMsg::Output { from, out } => {
+                if let Some(out) = lanes.pass(from, out) {
+                    write_output(sinks, &out, counters)?;
+                }
+                // Flush when caught up, so a quiet stream still shows its
+                // decisions promptly while a busy one writes in large chunks.
+                if rx.is_empty() {
+                    sinks.flush()?;
+                }
+                continue;
+            }
+            SinkMsg::Cut { from, id } => {
+                lanes.cut(from, id);
+                continue;
+            }
+            SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
+                let p = pending.entry(id).or_default();
+                p.workers += 1;
+                p.features.extend(delta);
+                p.rule_state.extend(rule_state);
+                p.windows.extend(windows);
+                p.watermark = p.watermark.max(newest_ms);
+                id
+            }
+            SinkMsg::Source(cp) => {
+                let id = cp.id;
+                lanes.cut(workers, id);
+                pending.entry(id).or_default().source = Some(cp);
+                id
+            }
+        };
+        let complete = pending.get(&id).is_some_and(|p| p.workers == workers && p.source.is_some());
+        if !complete {
+            continue;
+        }
+        let Some(p) = pending.remove(&id) else {
+            continue;
+        };
+        let Some(mut cp) = p.source else { continue };
+        cp.features = p.features;
+        cp.windows = p.windows;
+        cp.watermark = p.watermark;
+        cp.rule_state = p.rule_state;
+        match &mut commits {
+            Commits::OffThread(tx) => {
+                let files = sinks.sync_handles()?;
+                if tx.send((files, cp)).is_err() {
+                    anyhow::bail!("the checkpoint committer stopped");
+                }
+            }
+            Commits::Inline(store) => {
+                // Everything before the barrier is written; make it durable
+                // before the checkpoint says it was processed.
+                sinks.sync()?;
+                if let Some(store) = store {
+                    let (line, abort) = (cp.position.line_no, cp.abort);
+                    store.commit(cp)?;
+                    counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+                    tracing::debug!(id, line, "checkpoint committed");
+                }
+                for out in lanes.release(id) {
+                    write_output(sinks, &out, counters)?;
+                }
+            }
+        }
+    }
+    // Only a failed run ends with outputs held: their checkpoint was not
+    // committed, and a transaction open now is aborted.
+    for out in lanes.release_all() {
+        write_output(sinks, &out, counters)?;
+    }
+    sinks.flush()?;
+    if let Commits::Inline(Some(mut store)) = commits {
+        store.finish()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What reached the outputs and the store, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Recorded(Log);
+
+    impl Sink for Recorded {
+        fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
+            if !lines.is_empty() {
+                self.0.lock().expect("log").push(String::from_utf8_lossy(lines).into_owned());
+            }
+            Ok(())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Store {
+        log: Log,
+        takes_outputs: bool,
+        /// Commits on the committer thread, failing from this id on.
+        fails_from: Option<u64>,
+    }
+
+    impl Durable for Store {
+        fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
+            if self.fails_from.is_some_and(|id| cp.id >= id) {
+                anyhow::bail!("cannot write the store: no space left on device");
+            }
+            self.log.lock().expect("log").push(format!("commit {}", cp.id));
+            Ok(())
+        }
+
+        fn commits_off_thread(&self) -> bool {
+            self.fails_from.is_some()
+        }
+
+        fn commit_takes_outputs(&self) -> bool {
+            self.takes_outputs
+        }
+    }
+
+    /// Every output writing to `log`.
+    fn recorded(log: &Log) -> Sinks {
+        let sink = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
+        Sinks { decisions: sink(), alerts: sink(), dead_letters: sink(), aggregates: sink(), late: sink() }
+    }
+
+    fn output(from: usize, line: &str) -> SinkMsg {
+        let out = Output { decisions: format!("{line}\n").into_bytes(), decision_count: 1, ..Output::default() };
+        SinkMsg::Output { from, out }
+    }
+
+    fn part(id: u64) -> SinkMsg {
+        SinkMsg::Worker { id, delta: Vec::new(), windows: Vec::new(), newest_ms: None, rule_state: Vec::new() }
+    }
+
+    /// Two workers and the source (stream 2) around one checkpoint: worker 0
+    /// decides an event after the barrier before worker 1 reaches it.
+    fn run(takes_outputs: bool) -> Vec<String> {
+        let log = Log::default();
+        let mut sinks = recorded(&log);
+        let (tx, rx) = bounded(64);
+        let msgs = [
+            output(0, "w0 before"),
+            SinkMsg::Cut { from: 0, id: 1 },
+            output(0, "w0 after"),
+            output(2, "source before"),
+            SinkMsg::Source(Checkpoint { id: 1, ..Checkpoint::default() }),
+            output(2, "source after"),
+            part(1),
+            output(1, "w1 before"),
+            SinkMsg::Cut { from: 1, id: 1 },
+            output(0, "w0 after 2"),
+            SinkMsg::Cut { from: 0, id: 2 },
+            output(0, "w0 after the next barrier"),
+            part(1),
+        ];
+        for msg in msgs {
+            tx.send(msg).expect("send");
+        }
+        drop(tx);
+        let store = Store { log: log.clone(), takes_outputs, fails_from: None };
+        let counters = Counters::default();
+        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, &counters).expect("write");
+        assert_eq!(counters.decided.load(Ordering::Relaxed), 7, "every output is written once");
+        log.lock().expect("log").iter().map(|l| l.trim_end().to_owned()).collect()
+    }
+
+    #[test]
+    fn a_commit_that_takes_the_outputs_holds_those_after_its_barrier() {
+        let lines = run(true);
+        let commit = lines.iter().position(|l| l == "commit 1").expect("committed");
+        let (before, after) = lines.split_at(commit);
+        let mut before = before.to_vec();
+        before.sort();
+        assert_eq!(before, ["source before", "w0 before", "w1 before"], "{lines:?}");
+        // Stream by stream, in order; checkpoint 2 never committed, so what
+        // came after its barrier is written last, at the end of the run.
+        assert_eq!(after[1..], ["w0 after", "w0 after 2", "source after", "w0 after the next barrier"], "{lines:?}");
+    }
+
+    #[test]
+    fn a_failed_commit_stops_the_sink_with_its_cause() {
+        let log = Log::default();
+        let sinks = recorded(&log);
+        let (tx, rx) = bounded(64);
+        let store = Store { log: log.clone(), takes_outputs: false, fails_from: Some(2) };
+        let counters = Counters::default();
+        std::thread::scope(|scope| {
+            let sink = scope.spawn(|| run_sinks(rx, sinks, Some(Box::new(store)), 1, &counters));
+            // Checkpoints go on being sent until the sink stops taking them.
+            let mut id = 1;
+            while id < 1_000
+                && tx.send(output(0, &format!("decision {id}"))).is_ok()
+                && tx.send(SinkMsg::Source(Checkpoint { id, ..Checkpoint::default() })).is_ok()
+                && tx.send(part(id)).is_ok()
+            {
+                id += 1;
+            }
+            drop(tx);
+            let e = sink.join().expect("sink thread").expect_err("the commit failed");
+            assert!(e.to_string().contains("no space left on device"), "{e:#}");
+            assert!(id < 1_000, "the sink stopped taking messages");
+        });
+        let lines = log.lock().expect("log").clone();
+        assert!(lines.contains(&"commit 1".to_owned()), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("commit 2")), "{lines:?}");
+    }
+
+    #[test]
+    fn otherwise_outputs_are_written_as_they_come() {
+        let lines = run(false);
+        let commit = lines.iter().position(|l| l == "commit 1").expect("committed");
+        assert_eq!(commit, lines.len() - 1, "{lines:?}");
+        assert_eq!(lines[..3], ["w0 before", "w0 after", "source before"]);
+    }
+}

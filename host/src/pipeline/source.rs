@@ -1,0 +1,260 @@
+//! The source thread: reads records, decodes and de-duplicates them in
+//! order, routes each batch's keys once ([`super::exchange`]) and hands the
+//! batch to every worker; dead letters go straight to the output thread.
+//! It also starts each checkpoint (a barrier after the batches it covers)
+//! and passes Kafka partition moves on to the workers.
+
+use crossbeam_channel::Sender;
+use smallvec::SmallVec;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::exchange::{Item, Plan, Router, Shared};
+use super::output::{Output, SinkMsg};
+use super::{Counters, WorkerMsg};
+use crate::decide::now_us;
+use crate::decode::{DecodeError, Decoder};
+use crate::event::{KeyField, Payment};
+use crate::features::Catalog;
+use crate::rules::RuleRegistry;
+use crate::sources::{Rebalance, Record, Source};
+use crate::state::Checkpoint;
+
+/// What the source thread is started with.
+pub(super) struct Setup {
+    pub source: Box<dyn Source>,
+    pub decoder: Decoder,
+    pub parsers: Option<rayon::ThreadPool>,
+    pub router: Router,
+    pub registry: Arc<RuleRegistry>,
+    pub catalog: Arc<Catalog>,
+    /// The key fields windows are kept per.
+    pub window_fields: SmallVec<[KeyField; 6]>,
+    pub wake: Arc<[Sender<()>]>,
+    pub worker_txs: Vec<Sender<WorkerMsg>>,
+    pub out_tx: Sender<SinkMsg>,
+    pub batch_size: usize,
+    pub checkpoints: Option<Duration>,
+    pub next_id: u64,
+}
+
+pub(super) struct SourceRun {
+    setup: Setup,
+    /// The current batch, parsed (not yet de-duplicated), in input order.
+    parsed: Vec<Result<Payment, DecodeError>>,
+}
+
+/// Sends `msg`, waiting while the channel is full and letting `source` keep
+/// its connection alive meanwhile (see [`Source::stalled`]); false when the
+/// receiver is gone.
+fn send_or_stall<T>(tx: &Sender<T>, msg: T, source: &mut dyn Source) -> anyhow::Result<bool> {
+    const POLL: Duration = Duration::from_millis(100);
+    let mut msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(true),
+        Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Ok(false),
+        Err(crossbeam_channel::TrySendError::Full(m)) => m,
+    };
+    let since = Instant::now();
+    let sent = loop {
+        match tx.send_timeout(msg, POLL) {
+            Ok(()) => break true,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break false,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                msg = m;
+                source.stalled()?;
+            }
+        }
+    };
+    if since.elapsed() >= POLL {
+        source.unstalled()?;
+    }
+    Ok(sent)
+}
+
+impl SourceRun {
+    pub(super) fn new(setup: Setup) -> Self {
+        Self { setup, parsed: Vec::new() }
+    }
+
+    fn send(&mut self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
+        let s = &mut self.setup;
+        if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source)? {
+            anyhow::bail!("a worker stopped before the input was drained");
+        }
+        Ok(())
+    }
+
+    fn send_all(&mut self, msg: impl Fn() -> WorkerMsg) -> anyhow::Result<()> {
+        for w in 0..self.setup.worker_txs.len() {
+            self.send(w, msg())?;
+        }
+        Ok(())
+    }
+
+    fn send_out(&mut self, msg: SinkMsg) -> anyhow::Result<()> {
+        let s = &mut self.setup;
+        if !send_or_stall(&s.out_tx, msg, &mut *s.source)? {
+            anyhow::bail!("the sink stopped before the input was drained");
+        }
+        Ok(())
+    }
+
+    /// The rules and features that decide the next batch, and the key
+    /// fields they keep state per. Rules first: a rule's features join the
+    /// catalog before the rule goes live, so the catalog read after holds
+    /// them.
+    fn plan(&self) -> Plan<'_> {
+        let s = &self.setup;
+        let rules = s.registry.current();
+        let features = s.catalog.snapshot();
+        let mut fields: SmallVec<[KeyField; 6]> = SmallVec::new();
+        for key in s.window_fields.iter().copied().chain(features.iter().map(|f| f.spec.key)) {
+            if !fields.contains(&key) {
+                fields.push(key);
+            }
+        }
+        let mut homes: SmallVec<[Option<KeyField>; 2]> = SmallVec::new();
+        for r in &rules.rules {
+            if !homes.contains(&r.home) {
+                homes.push(r.home);
+            }
+        }
+        Plan { router: &s.router, rules, features, fields, homes, wake: s.wake.clone() }
+    }
+
+    pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let mut records = Vec::with_capacity(self.setup.batch_size);
+        let mut last_checkpoint = Instant::now();
+        // Whether anything was read since the last checkpoint: a quiet
+        // input does not write the same checkpoint again and again.
+        let mut changed = false;
+        loop {
+            self.setup.source.recycle(&mut records);
+            let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
+            counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+            let now = now_us();
+            let mut items = Vec::with_capacity(records.len());
+            let mut rejected = Output::default();
+            self.parse(&records);
+            let s = &mut self.setup;
+            let ids = self.parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| p.id.as_str());
+            s.decoder.dedup_mut().prefetch(ids);
+            for (record, parsed) in records.iter().zip(self.parsed.drain(..)) {
+                s.decoder.dedup_mut().set_partition(record.partition);
+                match parsed.and_then(|p| s.decoder.admit(&p).map(|()| p)) {
+                    Ok(payment) => items.push(Item { payment, ingested_at_us: now, partition: record.partition }),
+                    Err(e) => rejected.dead_letter(&s.decoder.dead_letter(&e, s.source.name(), record, now)),
+                }
+            }
+            if !items.is_empty() {
+                let batch = Arc::new(Shared::new(items, self.plan()));
+                self.send_all(|| WorkerMsg::Batch(batch.clone()))?;
+            }
+            if !rejected.is_empty() {
+                let from = self.setup.worker_txs.len();
+                self.send_out(SinkMsg::Output { from, out: rejected })?;
+            }
+            self.rebalance()?;
+            let done = !more || cancel.is_cancelled();
+            // Only a finished input closes every window; on shutdown they
+            // stay open in the checkpoint and carry on after the restart.
+            if !more && !cancel.is_cancelled() {
+                self.send_all(|| WorkerMsg::EndOfInput)?;
+            }
+            changed |= !records.is_empty();
+            if let Some(every) = self.setup.checkpoints
+                && (done || (changed && last_checkpoint.elapsed() >= every))
+            {
+                self.barrier()?;
+                last_checkpoint = Instant::now();
+                changed = false;
+            }
+            if done {
+                tracing::info!(source = self.setup.source.name(), "source finished");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Parses `records` into `self.parsed`, in order: on the parser
+    /// threads when there are enough to share, else here.
+    fn parse(&mut self, records: &[Record]) {
+        use rayon::prelude::*;
+        /// Below this a batch is parsed faster than it is handed over.
+        const SHARED_FROM: usize = 32;
+        let decoder = &self.setup.decoder;
+        let parse = |r: &Record| match (r.oversize, r.not_utf8_at) {
+            (Some(len), _) => Err(decoder.too_large(len)),
+            (None, None) => decoder.parse(&r.line),
+            (None, Some(at)) => Err(DecodeError::NotUtf8 { at }),
+        };
+        self.parsed.clear();
+        match &self.setup.parsers {
+            Some(pool) if records.len() >= SHARED_FROM => pool.install(|| {
+                records.par_iter().map(parse).collect_into_vec(&mut self.parsed);
+            }),
+            _ => self.parsed.extend(records.iter().map(parse)),
+        }
+    }
+
+    /// Passes partition ownership changes on: workers forget what moved
+    /// away and load what arrived, before any event of it.
+    fn rebalance(&mut self) -> anyhow::Result<()> {
+        let changes = self.setup.source.take_rebalance()?;
+        let moved = !changes.is_empty();
+        for change in changes {
+            match change {
+                Rebalance::Revoked(partitions) => {
+                    self.setup.decoder.dedup_mut().drop_partitions(&partitions);
+                    self.send_all(|| WorkerMsg::Drop(partitions.clone()))?;
+                }
+                Rebalance::Assigned(mut state) => {
+                    // The ids its previous owner saw, so a payment sent
+                    // again after the move is still caught.
+                    let dedup = std::mem::take(&mut state.dedup);
+                    self.setup.decoder.dedup_mut().restore_partition(state.partition, &dedup);
+                    let w = self.setup.router.owner_of_partition(state.partition);
+                    self.send(w, WorkerMsg::Restore(Box::new(state)))?;
+                }
+            }
+        }
+        // A marker in the output stream between the work before the change
+        // and the work after it: a transaction open across it is aborted.
+        if moved && self.setup.checkpoints.is_some() {
+            self.barrier_marked(true)?;
+        }
+        Ok(())
+    }
+
+    /// Starts checkpoint `next_id` covering everything sent so far.
+    fn barrier(&mut self) -> anyhow::Result<()> {
+        self.barrier_marked(false)
+    }
+
+    /// A barrier; `abort` makes it a rebalance marker (see [`Checkpoint::abort`]).
+    fn barrier_marked(&mut self, abort: bool) -> anyhow::Result<()> {
+        let id = self.setup.next_id;
+        self.setup.next_id += 1;
+        self.send_all(|| WorkerMsg::Barrier(id))?;
+        let s = &mut self.setup;
+        let dedup_cutoff = s.decoder.dedup_mut().cutoff();
+        let (dedup_added, dedup_removed) = s.decoder.dedup_mut().take_delta();
+        let (epoch, offsets) = s.source.offsets();
+        let part = Checkpoint {
+            epoch,
+            offsets,
+            abort,
+            id,
+            position: s.source.position(),
+            source: s.source.name().to_owned(),
+            workers: s.worker_txs.len() as u16,
+            dedup_added,
+            dedup_removed,
+            dedup_cutoff,
+            ..Checkpoint::default()
+        };
+        self.send_out(SinkMsg::Source(part))
+    }
+}

@@ -1,0 +1,609 @@
+//! One worker: the three phases of each batch for the keys it owns (see
+//! [`super::exchange`]), in batch order, and its part of each checkpoint.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use vigil_abi::Action;
+
+use super::checkpoint::{DRAIN_PER_KEY, DRAIN_TICK, Part, Restore};
+use super::exchange::{Outcomes, Shared};
+use super::output::{Output, SinkMsg};
+use super::{Counters, WorkerMsg};
+use crate::config::Config;
+use crate::decide::{self, Decision, FeatureValues, RuleOutcome};
+use crate::features::{Catalog, FeatureEngine};
+use crate::keyed::KeyedHash;
+use crate::rules::{self, Evaluator, RuleRegistry};
+use crate::sources::PartitionState;
+use crate::window::{WindowDef, Windows};
+
+/// An outcome list's event index with this bit set says the event could
+/// not be encoded for the rules there: its decider dead-letters it.
+const UNENCODABLE: u32 = 1 << 31;
+
+/// What a worker is started with.
+pub(super) struct Setup<'a> {
+    pub index: usize,
+    pub workers: usize,
+    pub config: &'a Config,
+    pub counters: Arc<Counters>,
+    pub out_tx: Sender<SinkMsg>,
+    pub registry: Arc<RuleRegistry>,
+    pub catalog: Arc<Catalog>,
+    pub hasher: KeyedHash,
+    pub defs: Vec<WindowDef>,
+    /// The longest time a checkpoint's feature state is spread over.
+    pub drain_within: Duration,
+}
+
+/// Where a batch is on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Its features are done here; its rules wait for every worker's.
+    Features,
+    /// Its rules are done here; its records wait for every worker's rules.
+    Rules,
+}
+
+/// A batch begun here and not yet recorded.
+struct InFlight {
+    batch: Arc<Shared>,
+    stage: Stage,
+    /// Per event of the batch, the outcomes computed for it here, for the
+    /// events this worker decides.
+    mine: Vec<Vec<RuleOutcome>>,
+    /// Events this worker decides that could not be encoded.
+    unencodable: Vec<u32>,
+}
+
+pub(super) struct Worker {
+    index: usize,
+    workers: usize,
+    counters: Arc<Counters>,
+    out_tx: Sender<SinkMsg>,
+    evaluator: Evaluator,
+    features: FeatureEngine,
+    windows: Windows,
+    /// The longest time a checkpoint's feature state is spread over.
+    drain_within: Duration,
+    /// Stamps decisions; anchored to the system clock at each batch.
+    clock: decide::WallClock,
+    /// The final action at least, while no enforcing rule is live.
+    on_empty: Action,
+    /// Whether no enforcing rule was live at the last batch.
+    without_rules: bool,
+    /// Batches begun and not yet recorded, oldest first.
+    inflight: VecDeque<InFlight>,
+    /// One event's feature values.
+    row: Vec<f64>,
+    /// The events of one group of rules, as they take them.
+    batch: rules::Batch,
+    /// Which batch event each of `batch`'s is.
+    in_batch: Vec<usize>,
+    /// Each of `batch`'s events' outcomes.
+    outcomes: Vec<Vec<RuleOutcome>>,
+    /// (name with its rendered JSON key, catalog index) of the features
+    /// live rules read; worker-local, so records touch no shared
+    /// reference counts.
+    used: Vec<(decide::FeatureKey, usize)>,
+    used_generation: u64,
+    /// Bytes per decision record in the last batch: each batch's buffer
+    /// is sized from it, so it is not grown (and copied) as it fills.
+    record_bytes: usize,
+    /// The checkpoint this worker is serialising its feature state for.
+    part: Option<Part>,
+}
+
+impl Worker {
+    pub(super) fn new(s: Setup<'_>) -> Self {
+        let c = s.config;
+        Self {
+            index: s.index,
+            workers: s.workers,
+            counters: s.counters,
+            out_tx: s.out_tx,
+            evaluator: Evaluator::new(s.registry)
+                .with_event_budget(c.rules.event_budget())
+                .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX)),
+            features: FeatureEngine::new(s.catalog, s.hasher),
+            windows: Windows::new(s.defs, &c.watermark),
+            drain_within: s.drain_within,
+            clock: decide::WallClock::new(),
+            on_empty: c.rules.on_empty.action(),
+            without_rules: false,
+            inflight: VecDeque::new(),
+            row: Vec::new(),
+            batch: rules::Batch::default(),
+            in_batch: Vec::new(),
+            outcomes: Vec::new(),
+            used: Vec::new(),
+            used_generation: u64::MAX,
+            record_bytes: 512,
+            part: None,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Receiver<()>, restore: Restore) {
+        self.restore(restore);
+        loop {
+            if !self.progress() {
+                return;
+            }
+            let msg = match self.next(&rx, &woken) {
+                Next::Msg(msg) => msg,
+                Next::Again => continue,
+                Next::Closed => break,
+            };
+            if let WorkerMsg::Batch(batch) = msg {
+                let mut out = Output::default();
+                self.features_of(&batch, &mut out);
+                if !self.send(out) {
+                    return;
+                }
+                let n = batch.items.len();
+                let mine = (0..n).map(|_| Vec::new()).collect();
+                self.inflight.push_back(InFlight { batch, stage: Stage::Features, mine, unencodable: Vec::new() });
+                if !self.drain_part() {
+                    return;
+                }
+                continue;
+            }
+            // Anything but events waits for every batch before it, and for
+            // the checkpoint being taken: barriers keep their order, and
+            // keys dropped or restored their state at the barrier.
+            if !self.finish_inflight(&woken) || !self.send_part() {
+                return;
+            }
+            let mut out = Output::default();
+            match msg {
+                WorkerMsg::Batch(_) => unreachable!("handled above"),
+                WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
+                WorkerMsg::Drop(partitions) => {
+                    self.features.drop_partitions(&partitions);
+                    self.windows.drop_partitions(&partitions);
+                    self.evaluator.drop_partitions(&partitions);
+                }
+                WorkerMsg::Restore(state) => self.restore_partition(*state),
+                WorkerMsg::Barrier(id) => {
+                    if !self.barrier(id) {
+                        return;
+                    }
+                }
+            }
+            if !self.send(out) {
+                return;
+            }
+        }
+        // The input is drained: what is in flight is finished, and the
+        // checkpoint being taken goes out whole.
+        if self.finish_inflight(&woken) {
+            self.send_part();
+        }
+    }
+
+    /// Waits for the next message, a wake-up (a phase some batch here
+    /// waits for completed), or the time to serialise more of a snapshot.
+    fn next(&mut self, rx: &Receiver<WorkerMsg>, woken: &Receiver<()>) -> Next {
+        let tick = self.part.is_some().then_some(DRAIN_TICK);
+        if self.inflight.is_empty() {
+            return match tick {
+                None => rx.recv().map_or(Next::Closed, Next::Msg),
+                Some(t) => match rx.recv_timeout(t) {
+                    Ok(msg) => Next::Msg(msg),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.drain_part();
+                        Next::Again
+                    }
+                    Err(RecvTimeoutError::Disconnected) => Next::Closed,
+                },
+            };
+        }
+        let timeout = tick.unwrap_or(Duration::from_secs(3600));
+        crossbeam_channel::select! {
+            recv(rx) -> msg => match msg {
+                Ok(msg) => Next::Msg(msg),
+                // Drained: what is in flight is finished in `run`.
+                Err(_) => Next::Closed,
+            },
+            recv(woken) -> _ => Next::Again,
+            default(timeout) => {
+                self.drain_part();
+                Next::Again
+            }
+        }
+    }
+
+    /// Takes the batches in flight as far as the other workers let them:
+    /// rules in batch order, then records; false when the output stopped.
+    fn progress(&mut self) -> bool {
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let f = &self.inflight[i];
+            if f.stage == Stage::Features {
+                if f.batch.cross && !f.batch.features_done() {
+                    break;
+                }
+                let mut f = self.inflight.remove(i).expect("in range");
+                let mut out = Output::default();
+                self.rules_of(&mut f, &mut out);
+                self.inflight.insert(i, f);
+                if !self.send(out) {
+                    return false;
+                }
+            }
+            i += 1;
+        }
+        while let Some(f) = self.inflight.front() {
+            if f.stage != Stage::Rules || (f.batch.cross && !f.batch.rules_done()) {
+                break;
+            }
+            let f = self.inflight.pop_front().expect("front");
+            let mut out = Output::default();
+            self.record_all(f, &mut out);
+            if !self.send(out) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits for every batch in flight to be recorded; false when the
+    /// output stopped.
+    fn finish_inflight(&mut self, woken: &Receiver<()>) -> bool {
+        loop {
+            if !self.progress() {
+                return false;
+            }
+            if self.inflight.is_empty() {
+                return true;
+            }
+            // The batches in flight hold senders of `woken`, so this wakes.
+            let _ = woken.recv_timeout(DRAIN_TICK);
+            if !self.drain_part() {
+                return false;
+            }
+        }
+    }
+
+    fn send(&self, out: Output) -> bool {
+        if out.is_empty() {
+            return true;
+        }
+        if self.out_tx.send(SinkMsg::Output { from: self.index, out }).is_err() {
+            tracing::error!("the sink stopped; worker exiting");
+            return false;
+        }
+        true
+    }
+
+    /// Phase 1: the features and windows of the keys this worker owns,
+    /// event by event in order; every event's time moves the watermark.
+    fn features_of(&mut self, b: &Shared, out: &mut Output) {
+        let me = self.index as u8;
+        self.features.refresh_to(&b.features);
+        self.row.resize(b.width(), 0.0);
+        for keys in &b.keys {
+            for &field in &b.fields {
+                if let Some(k) = keys[usize::from(field.code())]
+                    && k.owner == me
+                {
+                    self.features.prefetch(field, k.hash);
+                }
+            }
+        }
+        for (i, item) in b.items.iter().enumerate() {
+            let p = &item.payment;
+            self.features.set_partition(item.partition);
+            self.windows.set_partition(item.partition);
+            self.features.observe(p.ts_ms);
+            let decides = b.deciders[i] == me;
+            for &field in &b.fields {
+                if self.features.features_of(field).is_empty() {
+                    continue;
+                }
+                match b.keys[i][usize::from(field.code())] {
+                    Some(k) if k.owner == me => {
+                        self.features.update(p, field, k.hash, &mut self.row);
+                        self.features.tick();
+                    }
+                    None if decides => self.features.empty(field, &mut self.row),
+                    _ => continue,
+                }
+                for &f in self.features.features_of(field) {
+                    b.set_value(i, f, self.row[f]);
+                }
+            }
+            let keys = &b.keys[i];
+            self.windows.add_owned(
+                p,
+                |field| keys[usize::from(field.code())].is_some_and(|k| k.owner == me),
+                |l| out.late(&l),
+            );
+        }
+        self.windows.close(false, |c| out.closed(&c));
+        b.features_finished();
+    }
+
+    /// Phase 2: the rules whose entities this worker owns (and, for rules
+    /// that keep no state, whose events it decides), a group at a time.
+    fn rules_of(&mut self, f: &mut InFlight, out: &mut Output) {
+        let b = f.batch.clone();
+        let me = self.index;
+        let started = Instant::now();
+        self.clock = decide::WallClock::new();
+        if self.evaluator.refresh_to(&b.rules) {
+            let us = started.elapsed().as_micros() as u64;
+            self.counters.rule_swap_max_us.fetch_max(us, Ordering::Relaxed);
+            let generation = self.evaluator.generation();
+            tracing::debug!(worker = self.index, generation, pause_us = us, "rule set swapped in");
+        }
+        let mut outgoing: Vec<Outcomes> = (0..self.workers).map(|_| Vec::new()).collect();
+        let mut values = Vec::with_capacity(b.width());
+        for &home in &b.homes {
+            self.batch.clear();
+            self.in_batch.clear();
+            for (i, item) in b.items.iter().enumerate() {
+                if b.home_owner(i, home) != me {
+                    continue;
+                }
+                let p = &item.payment;
+                let decider = usize::from(b.deciders[i]);
+                if let Err(e) = p.encode(self.batch.buffer()) {
+                    // Validation limits keep events far below the layout's
+                    // limits, so this is a bug; the event still is
+                    // accounted for, by its decider.
+                    tracing::error!(id = %p.id, error = %e, "cannot encode event for the rules");
+                    if decider == me {
+                        if !f.unencodable.contains(&(i as u32)) {
+                            f.unencodable.push(i as u32);
+                            out.encode_failure(&p.id, &e.to_string());
+                        }
+                    } else {
+                        outgoing[decider].push((i as u32 | UNENCODABLE, Vec::new()));
+                    }
+                    continue;
+                }
+                if let Some(field) = home
+                    && let Some(id) = p.key(field)
+                {
+                    self.batch.set_entity(field.space(), id);
+                }
+                b.values_of(i, &mut values);
+                self.batch.push(item.partition, &values);
+                self.in_batch.push(i);
+            }
+            if self.batch.is_empty() {
+                continue;
+            }
+            self.evaluator.evaluate_home(&self.batch, Some(home), &mut self.outcomes);
+            for (k, &i) in self.in_batch.iter().enumerate() {
+                let outcomes = std::mem::take(&mut self.outcomes[k]);
+                let decider = usize::from(b.deciders[i]);
+                match decider == me {
+                    true => f.mine[i].extend(outcomes),
+                    false => outgoing[decider].push((i as u32, outcomes)),
+                }
+            }
+        }
+        b.rules_finished(me, outgoing);
+        f.stage = Stage::Rules;
+    }
+
+    /// Phase 3: the decision records of the events this worker decides.
+    fn record_all(&mut self, mut f: InFlight, out: &mut Output) {
+        let b = f.batch.clone();
+        let me = self.index;
+        if b.cross {
+            for from in (0..self.workers).filter(|&w| w != me) {
+                for (i, outcomes) in b.outcomes_for(from, me) {
+                    if i & UNENCODABLE != 0 {
+                        let i = i & !UNENCODABLE;
+                        if !f.unencodable.contains(&i) {
+                            f.unencodable.push(i);
+                            out.encode_failure(&b.items[i as usize].payment.id, "the event does not fit the rule ABI");
+                        }
+                        continue;
+                    }
+                    f.mine[*i as usize].extend(outcomes.iter().cloned());
+                }
+            }
+        }
+        let without_rules = !self.evaluator.enforcing();
+        if without_rules != self.without_rules {
+            self.without_rules = without_rules;
+            if without_rules {
+                tracing::error!(
+                    worker = self.index,
+                    action = self.on_empty.as_str(),
+                    "no enforcing rule is live (none loaded, or all quarantined): every decision takes \
+                     rules.on-empty until one is"
+                );
+            } else {
+                tracing::info!(worker = self.index, "an enforcing rule is live again");
+            }
+        }
+        if self.evaluator.generation() != self.used_generation {
+            self.used = self
+                .evaluator
+                .used_features()
+                .into_iter()
+                .filter_map(|i| b.features.get(i).map(|f| (decide::FeatureKey::new(&f.name), i)))
+                .collect();
+            self.used_generation = self.evaluator.generation();
+        }
+        let mine = b.deciders.iter().filter(|&&d| usize::from(d) == me).count();
+        out.decisions.reserve(mine * (self.record_bytes + self.record_bytes / 8));
+        let several_homes = b.homes.len() > 1;
+        let mut record_features = Vec::with_capacity(self.used.len());
+        for (i, outcomes) in f.mine.iter_mut().enumerate() {
+            if usize::from(b.deciders[i]) != me || f.unencodable.contains(&(i as u32)) {
+                continue;
+            }
+            if several_homes {
+                // Outcomes came a group of rules at a time: back in rule order.
+                outcomes.sort_by(|a, c| a.label.rule.cmp(&c.label.rule));
+            }
+            self.record(&b, i, &mut record_features, outcomes, out);
+        }
+        if out.decision_count > 0 {
+            self.record_bytes = out.decisions.len() / out.decision_count as usize;
+        }
+    }
+
+    /// Combines an event's rule outcomes into its decision and writes the
+    /// audit record.
+    fn record<'u>(
+        &'u self,
+        b: &Shared,
+        i: usize,
+        record_features: &mut Vec<(&'u decide::FeatureKey, f64)>,
+        outcomes: &[RuleOutcome],
+        out: &mut Output,
+    ) {
+        let item = &b.items[i];
+        let p = &item.payment;
+        record_features.clear();
+        record_features.extend(self.used.iter().map(|(key, f)| (key, b.value(i, *f))));
+        let (mut action, score, mut reasons) = decide::combine(outcomes);
+        if self.without_rules {
+            action = action.max(self.on_empty);
+            reasons.push(decide::NO_ENFORCING_RULE);
+        }
+        let record = Decision {
+            id: &p.id,
+            action,
+            score,
+            reasons,
+            rules: outcomes,
+            features: FeatureValues(record_features),
+            event_ts_ms: p.ts_ms,
+            ingested_at_us: item.ingested_at_us,
+            decided_at_us: self.clock.now_us(),
+        };
+        let start = out.decisions.len();
+        record.write_json_line(&mut out.decisions);
+        out.decision_count += 1;
+        if action != Action::Allow && out.decisions.len() > start {
+            out.alerts.push(start..out.decisions.len());
+        }
+    }
+
+    /// Checkpoint `id`'s barrier: windows and rules' state are small and
+    /// taken now; the feature state is serialised from here on.
+    fn barrier(&mut self, id: u64) -> bool {
+        let worker = self.index as u16;
+        self.features.begin_snapshot(worker);
+        let keys = self.features.snapshot_remaining();
+        self.part = Some(Part {
+            id,
+            started: Instant::now(),
+            keys,
+            within: DRAIN_PER_KEY.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX)).min(self.drain_within),
+            windows: self.windows.take_delta(worker),
+            newest_ms: self.windows.newest(),
+            rule_state: self.evaluator.take_state_delta(worker),
+        });
+        if self.out_tx.send(SinkMsg::Cut { from: self.index, id }).is_err() {
+            tracing::error!("the sink stopped; worker exiting");
+            return false;
+        }
+        self.drain_part()
+    }
+
+    /// Serialises the keys of the checkpoint being taken that are due by
+    /// now, and sends the part once none is left; false when the sink
+    /// stopped.
+    ///
+    /// The keys are spread evenly over [`DRAIN_PER_KEY`] each, at most
+    /// half the checkpoint interval (so a checkpoint is durable well before
+    /// the next barrier): taken as fast as the worker could (whenever it
+    /// was idle, and a key an event) the snapshot took 30–80 ms of a core
+    /// per worker right after each barrier, which with the source, the sink
+    /// and the other worker on 2 cores queued events for tens of
+    /// milliseconds.
+    fn drain_part(&mut self) -> bool {
+        let Some(p) = self.part.as_ref() else {
+            return true;
+        };
+        let share = if p.within.is_zero() {
+            1.0
+        } else {
+            (p.started.elapsed().as_secs_f64() / p.within.as_secs_f64()).min(1.0)
+        };
+        let due = (p.keys as f64 * share).ceil() as usize;
+        let done = p.keys.saturating_sub(self.features.snapshot_remaining());
+        if !self.features.snapshot_step(due.saturating_sub(done)) {
+            return true;
+        }
+        self.send_part()
+    }
+
+    /// Finishes the feature snapshot of the checkpoint being taken, if one
+    /// is, and sends the worker's part of it; false when the sink stopped.
+    fn send_part(&mut self) -> bool {
+        let Some(Part { id, windows, newest_ms, rule_state, .. }) = self.part.take() else {
+            return true;
+        };
+        let delta = self.features.finish_snapshot();
+        if self.out_tx.send(SinkMsg::Worker { id, delta, windows, newest_ms, rule_state }).is_err() {
+            tracing::error!("the sink stopped; worker exiting");
+            return false;
+        }
+        true
+    }
+
+    /// Loads the state this worker owns at startup.
+    fn restore(&mut self, restore: Restore) {
+        // The app checked every record before starting; a record that no
+        // longer fits is dropped with a log line rather than stopping work.
+        for (space, hash, state) in restore.features {
+            if let Err(e) = self.features.restore(space, hash, &state, false) {
+                tracing::error!(worker = self.index, error = %e, "cannot restore a key's feature state");
+            }
+        }
+        for (rule, key, value) in restore.rule_state {
+            self.evaluator.restore_state(&rule, &key, &value, false);
+        }
+        if let Some(t) = restore.watermark {
+            self.windows.observe(t);
+            self.features.observe(t);
+        }
+        for d in restore.windows {
+            let bytes = d.windows.as_deref().unwrap_or_default();
+            if let Err(e) = self.windows.restore_key(&d.window, &d.key, d.partition, bytes, false) {
+                tracing::error!(worker = self.index, error = %e, "cannot restore a key's windows");
+            }
+        }
+    }
+
+    /// Loads an input partition's state, read back from the changelog (Kafka).
+    fn restore_partition(&mut self, state: PartitionState) {
+        self.features.set_partition(state.partition);
+        self.evaluator.set_partition(state.partition);
+        for (window, key, bytes) in &state.windows {
+            if let Err(e) = self.windows.restore_key(window, key, state.partition, bytes, false) {
+                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's windows");
+            }
+        }
+        for (space, hash, bytes) in &state.features {
+            if let Err(e) = self.features.restore(*space, *hash, bytes, false) {
+                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's feature state");
+            }
+        }
+        for (rule, key, value) in &state.rule_state {
+            self.evaluator.restore_state(rule, key, value, false);
+        }
+    }
+}
+
+/// What a worker waits for next.
+enum Next {
+    Msg(WorkerMsg),
+    /// Woken, or time to serialise more of a snapshot: look again.
+    Again,
+    /// The source is gone.
+    Closed,
+}
