@@ -8,6 +8,7 @@ mod broker;
 mod check_cmd;
 mod daemon;
 mod end_to_end;
+mod exact;
 mod features;
 mod golden;
 mod hardening;

@@ -1,7 +1,8 @@
 //! Crash recovery: `kill -9` the real daemon at several points of a replay,
-//! restart it, and get exactly the features of an uninterrupted run — no
-//! event lost, none counted twice. Decisions after the last checkpoint may
-//! be written twice; they carry the transaction id.
+//! restart it, and get exactly the features (kept per several key kinds),
+//! windows and rules' state of an uninterrupted one-worker run — no event
+//! lost, none counted twice. Decisions after the last checkpoint may be
+//! written twice; they carry the transaction id.
 
 use crate::daemon::Daemon;
 use crate::support::*;
@@ -28,6 +29,11 @@ fn events() -> Vec<String> {
                 "account": format!("acct-{}", card % 97),
                 "card": {"pan": format!("4{:015}", 100_000 + card), "country": "US", "present": i % 3 == 0},
                 "geo": {"country": countries[(i / 7 + card) % countries.len()]},
+                // Shared by accounts and cards, so none of these keys
+                // follows the partition key.
+                "device": format!("dev-{}", (i * 31) % 151),
+                "ip": format!("10.1.{}.{}", (i * 7) % 13, (i * 11) % 17),
+                "merchant": {"id": format!("m-{}", (i * 5) % 23)},
             })
             .to_string(),
         );
@@ -35,11 +41,14 @@ fn events() -> Vec<String> {
     lines
 }
 
-/// id → features of every decision record for it, and the dead-lettered lines.
+/// id → features and rule scores (many-keys scores with its state) of
+/// every decision record for it, and the dead-lettered lines.
 fn outcomes(env: &Env) -> (HashMap<String, Vec<Value>>, HashSet<u64>) {
     let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
     for d in read_jsonl(&env.decisions()) {
-        by_id.entry(d["id"].as_str().expect("id").to_owned()).or_default().push(d["features"].clone());
+        let scores: Vec<Value> = d["rules"].as_array().into_iter().flatten().map(|r| r["score"].clone()).collect();
+        let kept = json!({"features": d["features"], "scores": scores});
+        by_id.entry(d["id"].as_str().expect("id").to_owned()).or_default().push(kept);
     }
     let dead = read_jsonl(&env.dead_letters()).iter().filter_map(|d| d["line"].as_u64()).collect();
     (by_id, dead)
@@ -62,18 +71,21 @@ fn windows(env: &Env) -> std::collections::BTreeMap<(String, String, i64), Vec<V
 #[test]
 fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     let lines = events();
-    let extra = "[pipeline]\npartition-key = \"card\"\n\n[windows.card-5m]\ntype = \"tumbling\"\nkey = \"card\"\nsize = \"5m\"\n";
+    let extra = "[pipeline]\npartition-key = \"card\"\nworkers = 2\n\n[windows.card-5m]\ntype = \"tumbling\"\nkey = \"card\"\nsize = \"5m\"\n\n\
+                 [windows.device-5m]\ntype = \"tumbling\"\nkey = \"device\"\nsize = \"5m\"\n";
 
-    // The reference: one uninterrupted run.
+    // The reference: one uninterrupted run, on one worker.
     let reference = Env::new();
     reference.install("velocity", "velocity.wasm");
+    reference.install("many_keys", "many_keys.wasm");
     std::fs::write(reference.events(), lines.join("\n") + "\n").expect("events");
     let mut config = reference.config(false);
     config.pipeline.partition_key = vigil::config::PartitionKey::Card;
-    config.windows.insert(
-        "card-5m".into(),
-        vigil::config::WindowSpec::Tumbling { key: vigil::features::KeyField::Card, size: Duration::from_secs(300) },
-    );
+    config.pipeline.workers = std::num::NonZeroU32::new(1);
+    for (name, key) in [("card-5m", vigil::features::KeyField::Card), ("device-5m", vigil::features::KeyField::Device)]
+    {
+        config.windows.insert(name.into(), vigil::config::WindowSpec::Tumbling { key, size: Duration::from_secs(300) });
+    }
     let summary = run_to_end(config);
     let want_windows = windows(&reference);
     assert!(want_windows.len() > 100, "{}", want_windows.len());
@@ -81,9 +93,10 @@ fn kill_9_at_several_points_loses_nothing_and_counts_nothing_twice() {
     let (want, want_dead) = outcomes(&reference);
     assert!(!want_dead.is_empty(), "the input holds duplicates");
 
-    // The crashing run: same input, killed twice mid-stream.
+    // The crashing run: same input, two workers, killed twice mid-stream.
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
+    env.install("many_keys", "many_keys.wasm");
     std::fs::write(env.events(), lines.join("\n") + "\n").expect("events");
     let config = env.toml(extra);
     let text = std::fs::read_to_string(&config).expect("config").replace("[pipeline]\nworkers = 2\n", "");
@@ -218,12 +231,14 @@ fn keys_survive_restarts_with_a_changed_worker_count() {
     };
     let reference = Env::new();
     reference.install("velocity", "velocity.wasm");
+    reference.install("many_keys", "many_keys.wasm");
     std::fs::write(reference.events(), phases.concat().join("\n") + "\n").expect("events");
     run_to_end(config(&reference, 3));
     let (want, _) = outcomes(&reference);
 
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
+    env.install("many_keys", "many_keys.wasm");
     std::fs::write(env.events(), String::new()).expect("events");
     for (phase, workers) in phases.iter().zip([2, 3, 3]) {
         env.append_lines(phase);
