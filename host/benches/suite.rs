@@ -29,7 +29,13 @@
 //! 5. RSS per tracked key with four features at 1M keys;
 //! 6. the longest pause while a rule is replaced under that load;
 //! 7. restart to first decision with 50 rule modules (compile cache warm)
-//!    and with a 1M-key checkpoint.
+//!    and with a 1M-key checkpoint;
+//! 8. state kept per several keys: the pipeline of row 2 with four more
+//!    features kept per account, device, IP and merchant (five key kinds,
+//!    each key owned by one worker, the exchange between them), next to the
+//!    same four aggregates kept per the partition key (the card) at 2 and
+//!    4 workers, three rounds alternated; and both paced at row 4's rate,
+//!    for the latency the exchange adds.
 //!
 //! For profiling: `VIGIL_BENCH_DEBUG=1` prints the slow decisions around
 //! the hot swap; `VIGIL_BENCH_WARM_V2=1` compiles the swapped-in module
@@ -62,6 +68,31 @@ const FEATURES: [(&str, &str); 4] = [
 ];
 
 const RULES: [&str; 5] = ["large_amount", "geo_mismatch", "blocklist", "velocity", "spend_spike"];
+
+/// Row 8's features kept per four other key kinds, beside [`FEATURES`].
+const MIXED: [(&str, &str); 4] = [
+    ("account-distinct-cards-1h", "distinct(account, card, 1h)"),
+    ("device-count-1h", "count(device, 1h)"),
+    ("ip-count-30m", "count(ip, 30m)"),
+    ("merchant-sum-10m", "sum(merchant, amount, 10m)"),
+];
+
+/// The same four aggregates kept per the card: row 8's baseline, the
+/// same work with every key the partition key.
+const MIXED_BASELINE: [(&str, &str); 4] = [
+    ("card-distinct-accounts-1h", "distinct(card, account, 1h)"),
+    ("card-count-1h", "count(card, 1h)"),
+    ("card-count-30m", "count(card, 30m)"),
+    ("card-sum-15m", "sum(card, amount, 15m)"),
+];
+
+/// [`config`] with four more features: [`MIXED`]'s, kept per four other
+/// key kinds, or with `per_card` the same kept per the card.
+fn more_features(mut c: Config, per_card: bool) -> Config {
+    let extra = if per_card { &MIXED_BASELINE } else { &MIXED };
+    c.features.extend(extra.iter().map(|(n, s)| (n.to_string(), s.to_string())));
+    c
+}
 
 struct Sizes {
     events: u64,
@@ -742,6 +773,83 @@ fn main() {
         "-",
     );
     table.row("4. latency p99 / floor p99", format!("{:.2}", p99 as f64 / floor_p99.max(1) as f64), "-", "-");
+
+    // 8. State per five key kinds against state per the partition key.
+    if fixed_rate.is_none() {
+        let rounds = if quick { 1 } else { 3 };
+        let mut at_two = (0.0, 0.0);
+        // Each at half its own two-worker maximum, as row 4.
+        for workers in [2u32, 4] {
+            let (mut bases, mut mixes) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                fresh(work);
+                let (b, t) = run(more_features(config(work, &rules_dir, &input, workers, true), true), None);
+                assert_eq!(b.decided, sizes.events);
+                bases.push(b.decided as f64 / t.as_secs_f64());
+                fresh(work);
+                let (m, t) = run(more_features(config(work, &rules_dir, &input, workers, true), false), None);
+                assert_eq!(m.decided, sizes.events);
+                mixes.push(m.decided as f64 / t.as_secs_f64());
+            }
+            let (base, mix) = (median(&bases), median(&mixes));
+            let ratio = median(&mixes.iter().zip(&bases).map(|(m, b)| m / b).collect::<Vec<_>>());
+            table.row(
+                format!("8. {workers} workers: features per the card only / per 5 key kinds"),
+                format!("{:.0}k / {:.0}k ev/s", base / 1000.0, mix / 1000.0),
+                "-",
+                "-",
+            );
+            table.row(
+                format!("8. {workers} workers: per 5 key kinds / per the card only"),
+                format!("{ratio:.2}"),
+                ">= 0.80",
+                format!("{:.2}", ratio / 0.8),
+            );
+            if workers == 2 {
+                at_two = (base, mix);
+            } else {
+                table.row(
+                    "8. per 5 key kinds: 4 workers / 2 workers (2 cores)",
+                    format!("{:.2}", mix / at_two.1),
+                    "-",
+                    "-",
+                );
+            }
+        }
+        let (mut base_lat, mut mixed_lat) = (Vec::new(), Vec::new());
+        let cap = if quick { sizes.events as f64 / sizes.paced.as_secs_f64() } else { f64::MAX };
+        let rates = [(at_two.0 * 0.5).min(cap), (at_two.1 * 0.5).min(cap)];
+        for _ in 0..rounds {
+            for (lats, with_mixed, rate) in [(&mut base_lat, false, rates[0]), (&mut mixed_lat, true, rates[1])] {
+                let n = ((rate * sizes.paced.as_secs_f64()) as usize).min(records.len());
+                let paced: Vec<Record> = records[..n].to_vec();
+                fresh(work);
+                let (source, started) = Paced::new(paced.clone(), rate);
+                let c = config(work, &rules_dir, &input, 2, true);
+                run_checkpointed(more_features(c, !with_mixed), Box::new(source));
+                let (lat, _) = latencies(work, &paced, started.get().copied().unwrap_or_default(), rate);
+                lats.push(tail(lat));
+            }
+        }
+        let ([_, base_p99, _], [_, mixed_p99, _]) = (medians(&base_lat), medians(&mixed_lat));
+        table.row(
+            format!(
+                "8. latency at 50 % of each's max ({:.0}k / {:.0}k ev/s), p99 per the card only / per 5 key kinds",
+                rates[0] / 1000.0,
+                rates[1] / 1000.0
+            ),
+            format!("{base_p99} / {mixed_p99} µs"),
+            "-",
+            "-",
+        );
+        let ratio = mixed_p99 as f64 / base_p99.max(1) as f64;
+        table.row(
+            "8. p99 per 5 key kinds / per the card only",
+            format!("{ratio:.2}"),
+            "<= 1.50",
+            format!("{:.2}", ratio / 1.5),
+        );
+    }
 
     // 6. Hot swap under the same load: replace large-amount by its v2 a third of the way in.
     let swap_dir = work.join("swap-rules");

@@ -72,7 +72,7 @@ pub struct Config {
     /// Look-back features rules can read, by name:
     /// `card-count-10m = "count(card, 10m)"`. Aggregates: `count(KEY, WINDOW)`,
     /// `sum|min|max|avg(KEY, amount, WINDOW)`, `distinct(KEY, FIELD, WINDOW)`;
-    /// keys: card, account, device, ip, merchant; windows up to 30 days, in
+    /// keys: card, account, counterparty, device, ip, merchant; windows up to 30 days, in
     /// event time. Rules may also name a spec inline in their manifest.
     #[serde(default)]
     pub features: BTreeMap<String, String>,
@@ -311,7 +311,7 @@ pub enum SourceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KafkaSourceConfig {
-    /// The input topic. Producers should key events by the partition key
+    /// The input topic. Producers must key events by the partition key
     /// (`pipeline.partition-key`, e.g. the card or account) so that every
     /// event of a key, and so its state, lives in one partition.
     pub topic: String,
@@ -456,7 +456,11 @@ fn default_poll_interval() -> Duration {
     Duration::from_millis(100)
 }
 
-/// Which event field decides the worker an event goes to.
+/// The key events are decided by: the worker owning an event's key of this
+/// field writes its decision, so one key's decisions come out in order.
+/// Features, windows and rules' state are exact per any key whatever this
+/// is; with a Kafka source it must be the key producers partition by, and
+/// the only key state may be kept per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionKey {
@@ -832,7 +836,7 @@ fn default_out_of_orderness() -> Duration {
 pub enum WindowSpec {
     /// Back-to-back windows of `size`.
     Tumbling {
-        /// card, account, device, ip or merchant.
+        /// card, account, counterparty, device, ip or merchant.
         key: crate::features::KeyField,
         /// Window length.
         #[serde(with = "humantime_serde")]
@@ -840,7 +844,7 @@ pub enum WindowSpec {
     },
     /// Windows of `size` starting every `hop` (overlapping when hop < size).
     Hopping {
-        /// card, account, device, ip or merchant.
+        /// card, account, counterparty, device, ip or merchant.
         key: crate::features::KeyField,
         /// Window length.
         #[serde(with = "humantime_serde")]
@@ -851,7 +855,7 @@ pub enum WindowSpec {
     },
     /// Bursts of activity separated by at least `gap` without events.
     Session {
-        /// card, account, device, ip or merchant.
+        /// card, account, counterparty, device, ip or merchant.
         key: crate::features::KeyField,
         /// Silence that ends a session.
         #[serde(with = "humantime_serde")]
