@@ -717,6 +717,10 @@ pub struct RulesConfig {
     /// it is refused, as one past a million keys is.
     #[serde(default = "default_state_max_bytes")]
     pub state_max_bytes: bytesize::ByteSize,
+    /// A rule's keyed-state entry not written for this long (event time)
+    /// is forgotten, so state does not outlive the entities it is about.
+    #[serde(default = "default_state_ttl", with = "humantime_serde")]
+    pub state_ttl: Duration,
     /// Start even when no rule in `dir` can be used. Off: such a start is
     /// refused, naming each rejected file and why, rather than deciding
     /// every payment with no rule.
@@ -751,6 +755,7 @@ impl Default for RulesConfig {
             call_timeout: default_call_timeout(),
             memory_cap: default_memory_cap(),
             state_max_bytes: default_state_max_bytes(),
+            state_ttl: default_state_ttl(),
             allow_empty: false,
             on_empty: default_on_empty(),
             quarantine_after: default_quarantine_after(),
@@ -766,6 +771,9 @@ fn default_rules_dir() -> PathBuf {
 }
 fn default_cpu_budget() -> u64 {
     5_000_000
+}
+fn default_state_ttl() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 fn default_state_max_bytes() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(64)

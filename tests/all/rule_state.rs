@@ -100,3 +100,42 @@ fn a_rule_failing_mid_batch_keeps_its_keyed_state() {
         assert!(error.contains("told to fail"), "{id}: {error}");
     }
 }
+
+/// A rule's keyed state outlives its last write by `rules.state-ttl` of event
+/// time, across a restart too: then the rule no longer sees it.
+#[test]
+fn rule_state_not_written_for_the_ttl_is_forgotten() {
+    const DAY: i64 = 86_400_000;
+    let at = |id: &str, account: &str, device: &str, ms: i64| {
+        let mut p = serde_json::from_str::<Value>(&login(id, device)).expect("json");
+        p["account"] = json!(account);
+        p["ts"] = json!(1_717_200_000_000i64 + ms);
+        p.to_string()
+    };
+    let env = Env::new();
+    env.install("new_device", "new_device.wasm");
+    let config = |ttl_days: u64| {
+        let mut c = env.config(false);
+        c.rules.state_ttl = Duration::from_secs(ttl_days * 86_400);
+        c
+    };
+    let action = |id: &str| decision_for(&env.decisions(), id).expect("decided")["action"].clone();
+    // One run: acct-1 comes back after two days on another device.
+    env.append_lines(&[
+        at("a", "acct-1", "d1", 0),
+        at("b", "acct-1", "d2", 2 * DAY),
+        at("c", "acct-1", "d1", 2 * DAY + 1),
+    ]);
+    run_to_end(config(1));
+    assert_eq!([action("a"), action("b"), action("c")], ["allow", "allow", "review"], "d1 forgotten, d2 learned");
+    // Then a restart: acct-2's device, stored one day before, is seen
+    // with a three-day TTL and forgotten with a one-day TTL.
+    env.append_lines(&[at("d", "acct-2", "d1", 2 * DAY)]);
+    run_to_end(config(3));
+    env.append_lines(&[at("e", "acct-2", "d2", 3 * DAY + 1), at("f", "acct-3", "d1", 2 * DAY)]);
+    run_to_end(config(3));
+    assert_eq!(action("e"), "review", "kept within three days");
+    env.append_lines(&[at("g", "acct-3", "d2", 3 * DAY + 1)]);
+    run_to_end(config(1));
+    assert_eq!(action("g"), "allow", "acct-3's d1, a day and a moment before, is forgotten");
+}

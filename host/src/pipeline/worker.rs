@@ -107,7 +107,8 @@ impl Worker {
             out_tx: s.out_tx,
             evaluator: Evaluator::new(s.registry)
                 .with_event_budget(c.rules.event_budget())
-                .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX)),
+                .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX))
+                .with_state_ttl(c.rules.state_ttl),
             features: FeatureEngine::new(s.catalog, s.hasher),
             windows: Windows::new(s.defs, &c.watermark),
             drain_within: s.drain_within,
@@ -372,7 +373,7 @@ impl Worker {
                     self.batch.set_entity(field.space(), id);
                 }
                 b.values_of(i, &mut values);
-                self.batch.push(item.partition, &values);
+                self.batch.push(item.partition, item.payment.ts_ms, &values);
                 self.in_batch.push(i);
             }
             if self.batch.is_empty() {
@@ -495,6 +496,7 @@ impl Worker {
     /// taken now; the feature state is serialised from here on.
     fn barrier(&mut self, id: u64) -> bool {
         let worker = self.index as u16;
+        self.evaluator.age_state();
         self.features.begin_snapshot(worker);
         let keys = self.features.snapshot_remaining();
         self.part = Some(Part {

@@ -772,7 +772,7 @@ impl Instance {
                 // The caller gives it its failure outcome, without a call.
                 return Ok(());
             }
-            self.set_event(batch.partitions[i], batch.entity(i));
+            self.set_event(batch.partitions[i], batch.times[i], batch.entity(i));
             let values = batch.values(i);
             results.features.clear();
             results.features.extend(features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
@@ -793,11 +793,12 @@ impl Instance {
     }
 
     /// Sets the event the next call is for: its input partition, whose
-    /// keyed state the rule then writes, and its entity's key.
-    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
+    /// keyed state the rule then writes, its event time and its entity's
+    /// key.
+    pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
         match self {
-            Instance::Wasm(i) => i.set_event(partition, entity),
-            Instance::Native(i) => i.set_event(partition, entity),
+            Instance::Wasm(i) => i.set_event(partition, ts_ms, entity),
+            Instance::Native(i) => i.set_event(partition, ts_ms, entity),
         }
     }
 
@@ -886,6 +887,9 @@ pub struct Evaluator {
     event_budget: u64,
     /// Bytes each rule's keyed state may take (`rules.state-max-bytes`).
     state_max_bytes: usize,
+    /// How long a keyed-state entry outlives its last write, in event time
+    /// (`rules.state-ttl`).
+    state_ttl_ms: i64,
 }
 
 impl std::fmt::Debug for Evaluator {
@@ -906,6 +910,7 @@ impl Evaluator {
             results: Results::new(quanta::Clock::new()),
             event_budget: u64::MAX,
             state_max_bytes: state::STATE_MAX_BYTES,
+            state_ttl_ms: i64::MAX,
         };
         e.refresh();
         e
@@ -917,6 +922,17 @@ impl Evaluator {
     #[must_use]
     pub fn with_event_budget(mut self, fuel: u64) -> Self {
         self.event_budget = fuel;
+        self
+    }
+
+    /// Forgets a keyed-state entry once it has not been written for `ttl`
+    /// of event time (see [`Evaluator::age_state`]).
+    #[must_use]
+    pub fn with_state_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.state_ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        for state in self.slots.iter_mut().map(|s| &mut s.state).chain(self.parked.values_mut()) {
+            state.set_ttl(self.state_ttl_ms);
+        }
         self
     }
 
@@ -975,6 +991,7 @@ impl Evaluator {
                         None => self.parked.remove(&*rule.name).unwrap_or_default(),
                     };
                     state.set_max_bytes(self.state_max_bytes);
+                    state.set_ttl(self.state_ttl_ms);
                     // Taken in a statement of its own, so the lock is not
                     // held while an instance is made below.
                     let spare = lock(&rule.spares).pop();
@@ -1033,6 +1050,14 @@ impl Evaluator {
         out
     }
 
+    /// Frees the keyed-state entries no event sees any more: not written
+    /// for `rules.state-ttl` before the newest event time.
+    pub fn age_state(&mut self) {
+        for state in self.slots.iter_mut().map(|s| &mut s.state).chain(self.parked.values_mut()) {
+            state.expire();
+        }
+    }
+
     /// Loads one keyed-state entry from a checkpoint, as written from the
     /// current partition (see [`Evaluator::set_partition`]).
     pub fn restore_state(&mut self, rule: &str, key: &[u8], value: &[u8], changed: bool) {
@@ -1042,6 +1067,7 @@ impl Evaluator {
             None => self.parked.entry(rule.to_owned()).or_default(),
         };
         state.set_max_bytes(self.state_max_bytes);
+        state.set_ttl(self.state_ttl_ms);
         state.set_partition(partition);
         state.restore(key, value, changed);
     }
@@ -1238,6 +1264,8 @@ pub struct Batch {
     /// Encoded events; buffers past `partitions.len()` are kept for reuse.
     encoded: Vec<Vec<u8>>,
     partitions: Vec<u32>,
+    /// Event times, ms since the epoch.
+    times: Vec<i64>,
     /// Feature values of every event; event `i`'s end at `ends[i]`.
     values: Vec<f64>,
     ends: Vec<usize>,
@@ -1254,7 +1282,7 @@ impl Batch {
         let mut batch = Self::default();
         for _ in 0..n {
             batch.buffer().extend_from_slice(encoded);
-            batch.push(0, values);
+            batch.push(0, 0, values);
         }
         batch
     }
@@ -1278,6 +1306,7 @@ impl Batch {
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
         self.partitions.clear();
+        self.times.clear();
         self.values.clear();
         self.ends.clear();
         self.entities.clear();
@@ -1304,9 +1333,11 @@ impl Batch {
     }
 
     /// Adds the event encoded into [`Batch::buffer`], from input
-    /// `partition`, with every catalog feature's value at it.
-    pub fn push(&mut self, partition: u32, values: &[f64]) {
+    /// `partition`, at event time `ts_ms`, with every catalog feature's
+    /// value at it.
+    pub fn push(&mut self, partition: u32, ts_ms: i64, values: &[f64]) {
         self.partitions.push(partition);
+        self.times.push(ts_ms);
         self.values.extend_from_slice(values);
         self.ends.push(self.values.len());
         // The key set since the last push, if any (see `set_entity`).

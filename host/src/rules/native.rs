@@ -83,7 +83,7 @@ impl NativeInstance {
         results: &mut Results,
     ) -> Result<(), RuleError> {
         for i in from..batch.len() {
-            self.state.set_event(batch.partitions[i], batch.entity(i));
+            self.state.set_event(batch.partitions[i], batch.times[i], batch.entity(i));
             let values = batch.values(i);
             self.lay_out(&batch.encoded[i], projection, features.len(), |k| {
                 values.get(features[k]).copied().unwrap_or(f64::NAN)
@@ -134,8 +134,8 @@ impl NativeInstance {
     }
 
     /// Sets the event the next call is for (see [`RuleState::set_event`]).
-    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
-        self.state.set_event(partition, entity);
+    pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
+        self.state.set_event(partition, ts_ms, entity);
     }
 
     /// Lends a rule's keyed state to the instance for the next calls.

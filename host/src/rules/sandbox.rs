@@ -56,6 +56,8 @@ struct Run {
     /// for a rule that keeps state.
     entities: Vec<u8>,
     entity_ends: Vec<usize>,
+    /// Their event times (only for a rule that keeps state).
+    times: Vec<i64>,
     /// The event the guest evaluates now, within this call.
     next: usize,
     /// Each event's fuel within this call: its share of the event budget
@@ -568,6 +570,7 @@ impl Sandbox {
                 partitions: Vec::new(),
                 entities: Vec::new(),
                 entity_ends: Vec::new(),
+                times: Vec::new(),
                 next: 0,
                 budgets: Vec::new(),
                 used: Vec::new(),
@@ -827,7 +830,9 @@ fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmti
     run.next = next;
     if let Some(&partition) = run.partitions.get(next) {
         match run.entity_ends.get(next + 1) {
-            Some(&end) => state.rule_state.set_event(partition, &run.entities[run.entity_ends[next]..end]),
+            Some(&end) => {
+                state.rule_state.set_event(partition, run.times[next], &run.entities[run.entity_ends[next]..end])
+            }
             None => state.rule_state.set_partition(partition),
         }
     }
@@ -1128,8 +1133,8 @@ impl RuleInstance {
     }
 
     /// Sets the event the next call is for (see [`RuleState::set_event`]).
-    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
-        self.store.data_mut().rule_state.set_event(partition, entity);
+    pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
+        self.store.data_mut().rule_state.set_event(partition, ts_ms, entity);
     }
 
     /// Lends a rule's keyed state to the instance for the next calls.
@@ -1263,7 +1268,9 @@ impl RuleInstance {
             run.partitions.extend_from_slice(&batch.partitions[at..at + count]);
             run.entities.clear();
             run.entity_ends.clear();
+            run.times.clear();
             if self.keeps_state {
+                run.times.extend_from_slice(&batch.times[at..at + count]);
                 // Ends after a leading 0, so event `k`'s key is
                 // `entity_ends[k]..entity_ends[k + 1]`.
                 run.entity_ends.push(0);
@@ -1281,7 +1288,7 @@ impl RuleInstance {
             }
             run.next = 0;
             let first = run.budgets[0];
-            self.store.data_mut().rule_state.set_event(batch.partitions[at], batch.entity(at));
+            self.store.data_mut().rule_state.set_event(batch.partitions[at], batch.times[at], batch.entity(at));
             self.arm(first);
             let returned = evaluate.call(&mut self.store, count as i32);
             let run = &mut self.store.data_mut().run;
@@ -1470,7 +1477,7 @@ mod tests {
         for p in 0..events {
             crate::rules::check::sample_payment().encode(batch.buffer()).expect("encode");
             batch.set_entity(crate::event::Space::Party, &format!("acct-{p}"));
-            batch.push(p as u32, &[]);
+            batch.push(p as u32, 0, &[]);
         }
         let mut results = super::super::Results::new(quanta::Clock::new());
         let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
@@ -1746,7 +1753,7 @@ mod tests {
         let mut batch = Batch::default();
         for p in 0..4 {
             crate::rules::check::sample_payment().encode(batch.buffer()).expect("encode");
-            batch.push(p, &[]);
+            batch.push(p, 0, &[]);
         }
         let mut results = super::super::Results::new(quanta::Clock::new());
         // Each event spins ~600k fuel: enough left for events 0 and 1,

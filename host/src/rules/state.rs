@@ -10,7 +10,8 @@
 //!
 //! Entries are stored under the entity's key (its space, length and id)
 //! followed by the rule's own key, so a checkpoint's entry says which
-//! entity, and so which owner, it belongs to.
+//! entity, and so which owner, it belongs to. An entry not written for
+//! `rules.state-ttl` of event time is forgotten.
 
 use crate::event::Space;
 
@@ -19,7 +20,7 @@ use crate::event::Space;
 /// wrote it: with Kafka, the partition whose changelog carries it.
 #[derive(Debug)]
 pub struct RuleState {
-    /// Entity key and the rule's key → (partition that wrote it, value).
+    /// Entity key and the rule's key → (partition that wrote it, when, value).
     entries: std::collections::HashMap<Box<[u8]>, Owned>,
     /// Changed keys, with the partition that changed them.
     dirty: std::collections::HashMap<Box<[u8]>, u32>,
@@ -34,6 +35,13 @@ pub struct RuleState {
     bytes: usize,
     /// The most they may take (`rules.state-max-bytes`).
     max_bytes: usize,
+    /// The event time of the event being decided: its writes are stamped
+    /// with it, and entries not written for `ttl_ms` before it are gone.
+    now_ms: i64,
+    /// The newest event time seen, which [`RuleState::expire`] ages from.
+    newest_ms: i64,
+    /// How long an entry outlives its last write (`rules.state-ttl`).
+    ttl_ms: i64,
 }
 
 impl Default for RuleState {
@@ -46,12 +54,16 @@ impl Default for RuleState {
             scratch: Vec::new(),
             bytes: 0,
             max_bytes: STATE_MAX_BYTES,
+            now_ms: 0,
+            newest_ms: i64::MIN,
+            ttl_ms: i64::MAX,
         }
     }
 }
 
-/// A rule-state value with the input partition that wrote it.
-type Owned = (u32, Box<[u8]>);
+/// A rule-state value with the input partition that wrote it and the event
+/// time it was written at.
+type Owned = (u32, i64, Box<[u8]>);
 
 /// The most keys one rule may hold per worker.
 pub const STATE_MAX_KEYS: usize = 1_000_000;
@@ -83,10 +95,13 @@ pub fn entity_of(key: &[u8]) -> Option<(Space, &str)> {
 }
 
 impl RuleState {
-    /// Sets the event the next calls are for: its input partition, and
-    /// its entity's key ([`entity_key`]; empty when it has none).
-    pub fn set_event(&mut self, partition: u32, entity: &[u8]) {
+    /// Sets the event the next calls are for: its input partition, its
+    /// event time, and its entity's key ([`entity_key`]; empty when it has
+    /// none).
+    pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
         self.partition = partition;
+        self.now_ms = ts_ms;
+        self.newest_ms = self.newest_ms.max(ts_ms);
         self.entity.clear();
         self.entity.extend_from_slice(entity);
     }
@@ -94,6 +109,31 @@ impl RuleState {
     /// Sets the input partition of the events that follow.
     pub fn set_partition(&mut self, partition: u32) {
         self.partition = partition;
+    }
+
+    /// Sets how long an entry outlives its last write, in event time: an
+    /// event that much newer no longer sees it (`rules.state-ttl`).
+    pub fn set_ttl(&mut self, ttl_ms: i64) {
+        self.ttl_ms = ttl_ms;
+    }
+
+    /// Frees the entries no event from now on sees, last written more than
+    /// the TTL before the newest event time, listing each in the next
+    /// changes as removed.
+    pub fn expire(&mut self) {
+        if self.newest_ms == i64::MIN || self.ttl_ms == i64::MAX {
+            return;
+        }
+        let cutoff_ms = self.newest_ms.saturating_sub(self.ttl_ms);
+        let (bytes, dirty) = (&mut self.bytes, &mut self.dirty);
+        self.entries.retain(|k, (p, at, v)| {
+            let keep = *at >= cutoff_ms;
+            if !keep {
+                *bytes -= entry_bytes(k.len(), v.len());
+                dirty.insert(k.clone(), *p);
+            }
+            keep
+        });
     }
 
     /// `key` under the current entity, in `scratch`; none without one.
@@ -112,7 +152,8 @@ impl RuleState {
         if !self.full_key(key) {
             return None;
         }
-        self.entries.get(self.scratch.as_slice()).map(|(_, v)| &**v)
+        let since = self.now_ms.saturating_sub(self.ttl_ms);
+        self.entries.get(self.scratch.as_slice()).filter(|(_, at, _)| *at >= since).map(|(_, _, v)| &**v)
     }
 
     /// Stores (or, with an empty value, removes) a value for `key` of the
@@ -123,7 +164,7 @@ impl RuleState {
             return false;
         }
         let full = self.scratch.as_slice();
-        let held = self.entries.get(full).map_or(0, |(_, v)| entry_bytes(full.len(), v.len()));
+        let held = self.entries.get(full).map_or(0, |(_, _, v)| entry_bytes(full.len(), v.len()));
         if value.is_empty() {
             if self.entries.remove(full).is_none() {
                 // Nothing to delete: nothing changed.
@@ -135,7 +176,7 @@ impl RuleState {
             if bytes > self.max_bytes || (held == 0 && self.entries.len() >= STATE_MAX_KEYS) {
                 return false;
             }
-            self.entries.insert(full.into(), (self.partition, value.into()));
+            self.entries.insert(full.into(), (self.partition, self.now_ms, value.into()));
             self.bytes = bytes;
         }
         self.dirty.insert(full.into(), self.partition);
@@ -156,7 +197,7 @@ impl RuleState {
     /// Forgets the entries last written from one of `partitions`.
     pub fn drop_partitions(&mut self, partitions: &[u32]) {
         let bytes = &mut self.bytes;
-        self.entries.retain(|k, (p, v)| {
+        self.entries.retain(|k, (p, _, v)| {
             let keep = !partitions.contains(p);
             if !keep {
                 *bytes -= entry_bytes(k.len(), v.len());
@@ -176,20 +217,32 @@ impl RuleState {
         self.entries.is_empty()
     }
 
-    /// The changes since the last call: (stored key, partition, value or
-    /// `None` if removed).
+    /// The changes since the last call: (stored key, partition, stored
+    /// value or `None` if removed). A stored value is the event time it was
+    /// written at (8 bytes, little-endian) followed by the value.
     pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, u32, Option<Vec<u8>>)> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().map(|(k, p)| (k.to_vec(), p, self.entries.get(&k).map(|(_, v)| v.to_vec()))).collect()
+        let stored = |at: i64, v: &[u8]| {
+            let mut out = Vec::with_capacity(8 + v.len());
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(v);
+            out
+        };
+        dirty.into_iter().map(|(k, p)| (k.to_vec(), p, self.entries.get(&k).map(|(_, at, v)| stored(*at, v)))).collect()
     }
 
-    /// Loads an entry (under its stored key) from a checkpoint or
-    /// changelog, as written from the current partition; `changed` lists it
-    /// in the next changes.
-    pub fn restore(&mut self, key: &[u8], value: &[u8], changed: bool) {
-        let old = self.entries.insert(key.into(), (self.partition, value.into()));
+    /// Loads an entry (its stored key and value, see
+    /// [`RuleState::take_dirty`]) from a checkpoint or changelog, as written
+    /// from the current partition; `changed` lists it in the next changes.
+    pub fn restore(&mut self, key: &[u8], stored: &[u8], changed: bool) {
+        let (at, value) = match stored.split_first_chunk::<8>() {
+            Some((at, value)) => (i64::from_le_bytes(*at), value),
+            None => (self.newest_ms.max(0), stored),
+        };
+        self.newest_ms = self.newest_ms.max(at);
+        let old = self.entries.insert(key.into(), (self.partition, at, value.into()));
         self.bytes += entry_bytes(key.len(), value.len());
-        if let Some((_, v)) = old {
+        if let Some((_, _, v)) = old {
             self.bytes -= entry_bytes(key.len(), v.len());
         }
         if changed {
@@ -211,14 +264,14 @@ mod tests {
     #[test]
     fn state_is_per_entity_and_says_whose_it_is() {
         let mut state = RuleState::default();
-        state.set_event(0, &entity(Space::Party, "acct-1"));
+        state.set_event(0, 0, &entity(Space::Party, "acct-1"));
         assert!(state.put(b"last", b"d1"));
-        state.set_event(0, &entity(Space::Party, "acct-2"));
+        state.set_event(0, 0, &entity(Space::Party, "acct-2"));
         assert_eq!(state.get(b"last"), None, "another account's");
         assert!(state.put(b"last", b"d2"));
-        state.set_event(0, &entity(Space::Party, "acct-1"));
+        state.set_event(0, 0, &entity(Space::Party, "acct-1"));
         assert_eq!(state.get(b"last"), Some(&b"d1"[..]));
-        state.set_event(0, &[]);
+        state.set_event(0, 0, &[]);
         assert_eq!(state.get(b"last"), None, "no entity, no state");
         assert!(!state.put(b"last", b"x"), "and nothing is stored");
         let mut owners: Vec<_> =
@@ -228,10 +281,39 @@ mod tests {
     }
 
     #[test]
+    fn entries_not_written_for_the_ttl_are_unseen_then_freed_and_restored_with_their_time() {
+        let mut state = RuleState::default();
+        state.set_ttl(3_000);
+        state.set_event(0, 1_000, &entity(Space::Party, "old"));
+        assert!(state.put(b"k", b"v"));
+        state.set_event(0, 5_000, &entity(Space::Party, "new"));
+        assert!(state.put(b"k", b"v"));
+        state.set_event(0, 3_900, &entity(Space::Party, "old"));
+        assert_eq!(state.get(b"k"), Some(&b"v"[..]), "written 2.9s before this event");
+        state.set_event(0, 4_100, &entity(Space::Party, "old"));
+        assert_eq!(state.get(b"k"), None, "written 3.1s before this one");
+        let written = state.take_dirty();
+        let mut restored = RuleState::default();
+        restored.set_ttl(3_000);
+        for (k, _, v) in &written {
+            restored.restore(k, v.as_deref().expect("value"), false);
+        }
+        for s in [&mut state, &mut restored] {
+            s.expire();
+            assert_eq!(s.len(), 1, "the entry written at 1000 is freed");
+            s.set_event(0, 5_000, &entity(Space::Party, "new"));
+            assert_eq!(s.get(b"k"), Some(&b"v"[..]));
+        }
+        let removed = state.take_dirty();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].2, None, "and the next checkpoint removes it");
+    }
+
+    #[test]
     fn rule_state_is_bounded_in_bytes_and_deleting_nothing_changes_nothing() {
         let mut state = RuleState::default();
         let prefix = entity(Space::Card, "c");
-        state.set_event(0, &prefix);
+        state.set_event(0, 0, &prefix);
         let full = prefix.len() + 4;
         state.set_max_bytes(10 * entry_bytes(full, 100));
         for i in 0..10u32 {
