@@ -252,6 +252,7 @@ fn check_kafka_keys(config: &Config, catalog: &Catalog, registry: &RuleRegistry)
     let rules = registry.current();
     let kept = features
         .iter()
+        .filter(|f| f.live)
         .map(|f| (format!("feature `{}`", f.name), f.spec.key))
         .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)))
         .chain(rules.rules.iter().filter_map(|r| r.home.map(|h| (format!("rule `{}`'s state", r.name), h))));

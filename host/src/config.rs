@@ -797,10 +797,17 @@ fn default_true() -> bool {
     true
 }
 
-/// Settings of one rule, keyed by its manifest name.
+/// Settings of one rule, keyed by its manifest name — or, with `of`, a
+/// further instance of a rule under a name of its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleSettings {
+    /// Runs the module of the rule with this manifest name once more, as a
+    /// rule named by this section's key, with these settings and a keyed
+    /// state of its own: one rule crate deployed with several parameter
+    /// sets (per channel, per market, …).
+    #[serde(default)]
+    pub of: Option<String>,
     /// `enforce` (the outcome counts) or `shadow` (recorded only).
     #[serde(default)]
     pub mode: Mode,

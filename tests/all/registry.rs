@@ -79,3 +79,73 @@ fn the_daemon_compiles_in_a_child_process_and_relays_its_errors() {
     assert!(!line.contains("compiler process"), "the child's own message, not how it ended: {line}");
     assert_eq!(cache_files(&env).len(), 1, "the good module's artefact, written by the child");
 }
+
+/// A rule's inline features leave the computed set with the rule and come
+/// back, at the same indices, with it.
+#[test]
+fn inline_features_go_with_the_last_rule_that_reads_them() {
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    env.install("spend_spike", "spend_spike.wasm");
+    let registry = registry_for(&env.config(false));
+    registry.rescan();
+    let live = |registry: &vigil::rules::RuleRegistry| -> Vec<String> {
+        registry.current().features.iter().filter(|f| f.live).map(|f| f.name.to_string()).collect()
+    };
+    assert_eq!(live(&registry).len(), 4, "{:?}", live(&registry));
+    let indices = registry.current().rules.iter().find(|r| &*r.name == "velocity").expect("velocity").features.clone();
+
+    std::fs::remove_file(env.rules().join("velocity.wasm")).expect("remove");
+    registry.rescan();
+    assert_eq!(live(&registry), ["sum(card, amount, 6h)"], "velocity's three are retired");
+    assert_eq!(registry.current().features.len(), 4, "their indices are kept");
+
+    env.install("velocity", "velocity.wasm");
+    registry.rescan();
+    assert_eq!(live(&registry).len(), 4);
+    let again = registry.current().rules.iter().find(|r| &*r.name == "velocity").expect("velocity").features.clone();
+    assert_eq!(again, indices);
+}
+
+/// `[rule.NAME] of = "…"` runs one module as several rules, each with its
+/// own parameters and outcome; an instance's bad settings name its section.
+#[test]
+fn one_module_runs_as_several_rules_with_their_own_parameters() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.write_events(&[payment("small", 5_000), payment("large", 200_000)]);
+    let mut config = env.config(false);
+    for (name, review_above) in [("large-amount-low", 1_000), ("large-amount-high", 150_000)] {
+        settings(&mut config, name, |s| {
+            s.of = Some("large-amount".into());
+            s.params.insert("review-above".into(), review_above.into());
+        });
+    }
+    run_to_end(config.clone());
+    let outcomes = |id: &str| -> Vec<(String, String)> {
+        let d = decision_for(&env.decisions(), id).expect("decided");
+        let rules = d["rules"].as_array().expect("rules").clone();
+        rules
+            .iter()
+            .map(|r| (r["rule"].as_str().unwrap_or("").to_owned(), r["action"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    };
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        outcomes("small"),
+        pairs(&[("large-amount", "allow"), ("large-amount-high", "allow"), ("large-amount-low", "review")])
+    );
+    assert_eq!(
+        outcomes("large"),
+        pairs(&[("large-amount", "review"), ("large-amount-high", "review"), ("large-amount-low", "review")])
+    );
+
+    settings(&mut config, "large-amount-low", |s| {
+        s.params.insert("no-such-param".into(), 1.into());
+    });
+    let report = registry_for(&config).rescan();
+    assert!(report.loaded.is_empty(), "{report:?}");
+    let (file, why) = &report.rejected[0];
+    assert!(file.ends_with("large_amount.wasm"), "{file:?}");
+    assert!(why.contains("[rule.large-amount-low]") && why.contains("no-such-param"), "{why}");
+}

@@ -212,6 +212,15 @@ impl<S: Default> KeyTable<S> {
         self.slots.get_mut(slot as usize).map(|(h, s)| (full(*h), s))
     }
 
+    /// Calls `f` on every state, held or not (a slot not held holds a
+    /// default state).
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut S)) {
+        self.move_some(usize::MAX);
+        for (_, s) in &mut self.slots {
+            f(s);
+        }
+    }
+
     /// Keeps only the keys for which `keep(hash, state)` is true; a dropped
     /// key's slot is emptied (its state dropped) and reused later.
     pub fn retain(&mut self, mut keep: impl FnMut(u128, &S) -> bool) {

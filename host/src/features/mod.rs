@@ -3,7 +3,9 @@
 //!
 //! A feature is declared in `[features]` (`card-count-10m = "count(card, 10m)"`)
 //! or written inline in a rule's manifest (`features("count(card, 10m)")`).
-//! The [`Catalog`] is shared and only grows; each worker's [`FeatureEngine`]
+//! The [`Catalog`] is shared; an inline feature no live rule reads any more
+//! is retired from it — no longer computed, its series freed — and revived
+//! (with no history) if a rule names it again. Each worker's [`FeatureEngine`]
 //! keeps the state of the keys it owns — no locks per event — and every key
 //! has exactly one owner (see `pipeline::exchange`), so a feature of any key
 //! sees all of that key's events. Keys are known by their 128-bit keyed
@@ -33,9 +35,14 @@ use keys::{KeyTable, Slot};
 use lookback::{DistinctSeries, NumSeries};
 pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
 
-/// The most features the catalog holds, configured and inline together:
-/// each is computed for every event, so rules cannot add them without end.
+/// The most features the catalog holds live, configured and inline
+/// together: each is computed for every event, so rules cannot add them
+/// without end.
 pub const MAX_FEATURES: usize = 512;
+
+/// The most entries the catalog holds, live and retired: a retired entry
+/// keeps its index (a name and a spec) until vigil restarts.
+pub const MAX_CATALOG: usize = 4 * MAX_FEATURES;
 
 /// A named feature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +51,9 @@ pub struct Feature {
     pub name: Arc<str>,
     /// What it computes.
     pub spec: FeatureSpec,
+    /// Computed: configured, or read by a live rule. A retired feature
+    /// keeps its index, and no state.
+    pub live: bool,
 }
 
 /// Every feature known to the daemon, in the order they were added.
@@ -51,6 +61,8 @@ pub struct Feature {
 pub struct Catalog {
     added: Mutex<Vec<Feature>>,
     snapshot: ArcSwap<Vec<Feature>>,
+    /// How many come from `[features]`: those are never retired.
+    configured: std::sync::atomic::AtomicUsize,
 }
 
 impl Catalog {
@@ -62,16 +74,21 @@ impl Catalog {
         let catalog = Catalog::default();
         for (name, text) in features {
             let spec = FeatureSpec::parse(text).map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
-            catalog.push(Feature { name: name.as_str().into(), spec });
+            catalog.push(Feature { name: name.as_str().into(), spec, live: true });
         }
+        catalog.configured.store(features.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(catalog)
     }
 
     fn push(&self, feature: Feature) -> usize {
-        let mut added = self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut added = self.lock();
         added.push(feature);
         self.snapshot.store(Arc::new(added.clone()));
         added.len() - 1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Feature>> {
+        self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The index of the feature a rule names: a configured name, or a spec
@@ -82,24 +99,58 @@ impl Catalog {
     /// A message when the name is neither.
     pub fn resolve(&self, name: &str) -> Result<usize, String> {
         let current = self.snapshot();
-        if let Some(i) = current.iter().position(|f| &*f.name == name) {
+        if let Some(i) = current.iter().position(|f| &*f.name == name && f.live) {
             return Ok(i);
         }
         let spec = FeatureSpec::parse(name)
             .map_err(|e| format!("feature `{name}` is not configured under [features] and is not a spec: {e}"))?;
         // Re-check under the lock: another loader may have added it.
-        let added = self.added.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = added.iter().position(|f| f.spec == spec && &*f.name == name) {
+        let mut added = self.lock();
+        let held = added.iter().position(|f| f.spec == spec && &*f.name == name);
+        if let Some(i) = held
+            && added[i].live
+        {
             return Ok(i);
         }
-        if added.len() >= MAX_FEATURES {
+        let live = added.iter().filter(|f| f.live).count();
+        if live >= MAX_FEATURES {
             return Err(format!(
                 "feature `{name}` would be the catalog's {}th; it holds at most {MAX_FEATURES} features",
-                added.len() + 1
+                live + 1
+            ));
+        }
+        if let Some(i) = held {
+            // Retired: revived at its index, with no history.
+            added[i].live = true;
+            self.snapshot.store(Arc::new(added.clone()));
+            return Ok(i);
+        }
+        if added.len() >= MAX_CATALOG {
+            return Err(format!(
+                "feature `{name}` cannot be added: the catalog holds {MAX_CATALOG} features, live and retired; \
+                 restart vigil to drop the retired ones"
             ));
         }
         drop(added);
-        Ok(self.push(Feature { name: name.into(), spec }))
+        Ok(self.push(Feature { name: name.into(), spec, live: true }))
+    }
+
+    /// Retires the inline features no rule reads (`used(index)` false) and
+    /// revives those read again, returning the catalog as it then is.
+    /// Configured features stay live.
+    pub fn retain_used(&self, used: impl Fn(usize) -> bool) -> Arc<Vec<Feature>> {
+        let mut added = self.lock();
+        let configured = self.configured.load(std::sync::atomic::Ordering::Relaxed);
+        let mut changed = false;
+        for (i, f) in added.iter_mut().enumerate().skip(configured) {
+            let live = used(i);
+            changed |= f.live != live;
+            f.live = live;
+        }
+        if changed {
+            self.snapshot.store(Arc::new(added.clone()));
+        }
+        self.snapshot()
     }
 
     /// The features now.
@@ -118,9 +169,12 @@ enum Source {
 #[derive(Debug, Clone, Copy)]
 struct Planned {
     agg: Agg,
+    key: KeyField,
     source: Source,
     bucket_ms: i64,
     span: i64,
+    /// Computed; false once retired from the catalog.
+    live: bool,
 }
 
 /// What an entity keeps: the series of every feature of its space, those
@@ -148,8 +202,11 @@ struct KeyState {
 #[derive(Debug, Default)]
 struct SpacePlan {
     /// (key field it follows, bucket width, span) of each numeric series.
+    /// A series no live feature reads has its span negated: it is not
+    /// kept (each key's is empty) until a feature needs it again.
     num: Vec<(KeyField, i64, i64)>,
-    /// (key field, distinct field, bucket width, span) of each distinct series.
+    /// (key field, distinct field, bucket width, span) of each distinct
+    /// series, likewise.
     distinct: Vec<(KeyField, DistinctField, i64, i64)>,
     /// The longest window, for expiry.
     longest_ms: i64,
@@ -247,9 +304,18 @@ impl SpaceShape<'_> {
         let (num, distinct) = (self.num, self.distinct);
         let stored = StoredKeyRef {
             newest_ms: state.newest_ms,
-            num: Seq(|| num.iter().zip(&state.num).map(|(&(k, b, s), series)| (k.code(), b, s, series))),
+            num: Seq(|| {
+                num.iter()
+                    .zip(&state.num)
+                    .filter(|((.., s), _)| *s > 0)
+                    .map(|(&(k, b, s), series)| (k.code(), b, s, series))
+            }),
             distinct: Seq(|| {
-                distinct.iter().zip(&state.distinct).map(|(&(k, f, b, s), series)| (k.code(), f.code(), b, s, series))
+                distinct
+                    .iter()
+                    .zip(&state.distinct)
+                    .filter(|((.., s), _)| *s > 0)
+                    .map(|(&(k, f, b, s), series)| (k.code(), f.code(), b, s, series))
             }),
         };
         scratch.clear();
@@ -278,7 +344,8 @@ struct StoredKeyRef<N, D> {
     distinct: D,
 }
 
-/// A sequence serialised straight from an iterator.
+/// A sequence serialised straight from an iterator, which it walks twice:
+/// postcard writes the length first.
 struct Seq<F>(F);
 
 impl<F, I> Serialize for Seq<F>
@@ -287,7 +354,12 @@ where
     I: Iterator<Item: Serialize>,
 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq((self.0)())
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some((self.0)().count()))?;
+        for item in (self.0)() {
+            seq.serialize_element(&item)?;
+        }
+        seq.end()
     }
 }
 
@@ -334,25 +406,84 @@ impl FeatureEngine {
         self.refresh_to(&all);
     }
 
-    /// Picks up the features of `all` (a catalog snapshot) not planned yet:
-    /// every worker plans the same features for the same batch.
+    /// Takes up `all` (a catalog snapshot): plans the features not planned
+    /// yet, retires those retired, revives those revived. Every worker
+    /// plans the same features for the same batch.
     pub fn refresh_to(&mut self, all: &[Feature]) {
-        for f in all.iter().skip(self.planned.len()) {
-            let s = f.spec;
-            let (bucket_ms, span) = (s.bucket_ms(), s.buckets());
-            let space = self.spaces.entry(s.key.space()).or_default();
-            space.longest_ms = space.longest_ms.max(s.window_ms);
-            let source = match s.agg {
-                Agg::Distinct(field) => {
-                    let series = position_or_push(&mut space.distinct, (s.key, field, bucket_ms, span));
-                    Source::Distinct { series }
+        for (i, f) in all.iter().enumerate() {
+            match self.planned.get(i) {
+                None => {
+                    let planned = self.plan(i, f.spec);
+                    self.planned.push(planned);
                 }
-                _ => Source::Num { series: position_or_push(&mut space.num, (s.key, bucket_ms, span)) },
-            };
-            space.features[usize::from(s.key.code())].push(self.planned.len());
-            self.planned.push(Planned { agg: s.agg, source, bucket_ms, span });
+                Some(p) if p.live == f.live => continue,
+                Some(_) if f.live => self.planned[i] = self.plan(i, f.spec),
+                Some(_) => {}
+            }
+            if !f.live {
+                self.retire(i);
+            }
         }
         self.values.resize(self.planned.len(), 0.0);
+    }
+
+    /// Plans feature `i` (live): its series, made or shared or revived, and
+    /// its place among its key field's features.
+    fn plan(&mut self, i: usize, s: FeatureSpec) -> Planned {
+        let (bucket_ms, span) = (s.bucket_ms(), s.buckets());
+        let space = self.spaces.entry(s.key.space()).or_default();
+        space.longest_ms = space.longest_ms.max(s.window_ms);
+        let source = match s.agg {
+            Agg::Distinct(field) => Source::Distinct {
+                series: series_for(&mut space.distinct, (s.key, field, bucket_ms, span), |x| &mut x.3),
+            },
+            _ => Source::Num { series: series_for(&mut space.num, (s.key, bucket_ms, span), |x| &mut x.2) },
+        };
+        space.features[usize::from(s.key.code())].push(i);
+        Planned { agg: s.agg, key: s.key, source, bucket_ms, span, live: true }
+    }
+
+    /// Stops computing feature `i`; frees its series on every key unless
+    /// another live feature reads it.
+    fn retire(&mut self, i: usize) {
+        let Some(p) = self.planned.get_mut(i) else { return };
+        if !p.live {
+            return;
+        }
+        p.live = false;
+        let (key, source) = (p.key, p.source);
+        let Some(space) = self.spaces.get_mut(&key.space()) else { return };
+        space.features[usize::from(key.code())].retain(|&f| f != i);
+        let shared = self.planned.iter().any(|q| {
+            q.live
+                && q.key.space() == key.space()
+                && match (q.source, source) {
+                    (Source::Num { series: a }, Source::Num { series: b })
+                    | (Source::Distinct { series: a }, Source::Distinct { series: b }) => a == b,
+                    _ => false,
+                }
+        });
+        if shared {
+            return;
+        }
+        match source {
+            Source::Num { series } => {
+                space.num[series].2 = -space.num[series].2;
+                space.states.for_each_mut(|s| {
+                    if let Some(x) = s.num.get_mut(series) {
+                        *x = NumSeries::default();
+                    }
+                });
+            }
+            Source::Distinct { series } => {
+                space.distinct[series].3 = -space.distinct[series].3;
+                space.states.for_each_mut(|s| {
+                    if let Some(x) = s.distinct.get_mut(series) {
+                        *x = DistinctSeries::default();
+                    }
+                });
+            }
+        }
     }
 
     /// Number of features computed.
@@ -474,12 +605,13 @@ impl FeatureEngine {
             state.distinct.resize_with(plan.distinct.len(), DistinctSeries::default);
         }
         for (series, &(key, bucket_ms, span)) in state.num.iter_mut().zip(&plan.num) {
-            if key == field {
+            if key == field && span > 0 {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
         }
         for (series, &(key, df, bucket_ms, span)) in state.distinct.iter_mut().zip(&plan.distinct) {
             if key == field
+                && span > 0
                 && let Some(v) = distinct_value(p, df)
             {
                 series.add(t.div_euclid(bucket_ms), hasher.hash64(v.as_bytes()), span);
@@ -724,11 +856,20 @@ impl FeatureEngine {
     }
 }
 
-fn position_or_push<T: PartialEq>(v: &mut Vec<T>, item: T) -> usize {
-    v.iter().position(|x| *x == item).unwrap_or_else(|| {
-        v.push(item);
-        v.len() - 1
-    })
+/// The series of shape `item` in `v`: a live one, else a retired one
+/// revived (its span, reached by `span`, negated back), else a new one.
+fn series_for<T: PartialEq + Copy>(v: &mut Vec<T>, item: T, span: impl Fn(&mut T) -> &mut i64) -> usize {
+    if let Some(i) = v.iter().position(|x| *x == item) {
+        return i;
+    }
+    let mut retired = item;
+    *span(&mut retired) = -*span(&mut retired);
+    if let Some(i) = v.iter().position(|x| *x == retired) {
+        v[i] = item;
+        return i;
+    }
+    v.push(item);
+    v.len() - 1
 }
 
 fn empty_value(agg: Agg) -> f64 {
@@ -822,6 +963,58 @@ mod tests {
         let e = catalog.resolve("count(card, 1d)").expect_err("full");
         assert!(e.contains("at most 512"), "{e}");
         assert!(catalog.resolve("count(card, 1s)").is_ok(), "one already held is found");
+    }
+
+    #[test]
+    fn features_no_rule_reads_are_retired_freed_and_revived_empty() {
+        let catalog = Arc::new(Catalog::from_config(&BTreeMap::new()).expect("empty"));
+        let count = catalog.resolve("count(card, 10m)").expect("spec");
+        let sum = catalog.resolve("sum(card, amount, 10m)").expect("spec");
+        let geo = catalog.resolve("distinct(card, geo.country, 1h)").expect("spec");
+        let mut e = FeatureEngine::new(catalog.clone(), KeyedHash::for_tests());
+        for i in 0..3 {
+            e.compute(&pay("a", i * MIN, 10, ["US", "FR", "BR"][i as usize]));
+        }
+        let card = e.spaces.get(&Space::Card).expect("card space");
+        let slot = card.states.find(e.hash_of("a")).expect("held");
+        // The count goes: its series stays for the sum. The distinct goes,
+        // and its series is freed on every key.
+        e.refresh_to(&catalog.retain_used(|i| i == sum));
+        assert_eq!(e.features_of(KeyField::Card), [sum]);
+        assert!(e.spaces[&Space::Card].num[0].2 > 0, "the sum's series is kept");
+        assert!(e.spaces[&Space::Card].distinct[0].3 < 0, "the distinct series is retired");
+        let (_, s) = e.spaces.get_mut(&Space::Card).and_then(|c| c.states.slot_mut(slot)).expect("state");
+        assert!(s.distinct[0] == DistinctSeries::default(), "and freed");
+        let v = e.compute(&pay("a", 3 * MIN, 10, "DE")).to_vec();
+        assert_eq!(v[sum], 40.0, "the sum kept its history");
+        assert!(catalog.snapshot().iter().filter(|f| f.live).count() == 1);
+        // Named again, both come back at their indices; the distinct
+        // starts with no history, the count reads the sum's series.
+        assert_eq!(catalog.resolve("distinct(card, geo.country, 1h)"), Ok(geo));
+        assert_eq!(catalog.resolve("count(card, 10m)"), Ok(count));
+        e.refresh_to(&catalog.snapshot());
+        let v = e.compute(&pay("a", 4 * MIN, 10, "US")).to_vec();
+        assert_eq!((v[count], v[sum], v[geo]), (5.0, 50.0, 1.0));
+        assert_eq!(e.spaces[&Space::Card].distinct.len(), 1, "the retired series is reused");
+    }
+
+    #[test]
+    fn retired_features_do_not_count_against_the_bound() {
+        let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
+        for round in 0..3 {
+            for i in 0..MAX_FEATURES {
+                catalog.resolve(&format!("count(card, {}s)", round * MAX_FEATURES + i + 1)).expect("room");
+            }
+            catalog.retain_used(|_| false);
+        }
+        assert_eq!(catalog.snapshot().iter().filter(|f| f.live).count(), 0);
+        for i in 0..MAX_FEATURES {
+            catalog.resolve(&format!("count(card, {}s)", 3 * MAX_FEATURES + i + 1)).expect("room");
+        }
+        catalog.retain_used(|_| false);
+        let e = catalog.resolve("count(card, 1d)").expect_err("full");
+        assert!(e.contains("restart vigil"), "{e}");
+        assert_eq!(catalog.resolve("count(card, 1s)"), Ok(0), "a retired one is revived in place");
     }
 
     #[test]

@@ -256,7 +256,6 @@ impl Pipeline {
                 parsers,
                 router,
                 registry,
-                catalog,
                 window_fields,
                 wake,
                 worker_txs,

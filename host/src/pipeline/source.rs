@@ -17,7 +17,6 @@ use super::{Counters, WorkerMsg};
 use crate::decide::now_us;
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{KeyField, Payment};
-use crate::features::Catalog;
 use crate::rules::RuleRegistry;
 use crate::sources::{Rebalance, Record, Source};
 use crate::state::Checkpoint;
@@ -29,7 +28,6 @@ pub(super) struct Setup {
     pub parsers: Option<rayon::ThreadPool>,
     pub router: Router,
     pub registry: Arc<RuleRegistry>,
-    pub catalog: Arc<Catalog>,
     /// The key fields windows are kept per.
     pub window_fields: SmallVec<[KeyField; 6]>,
     pub wake: Arc<[Sender<()>]>,
@@ -101,16 +99,15 @@ impl SourceRun {
         Ok(())
     }
 
-    /// The rules and features that decide the next batch, and the key
-    /// fields they keep state per. Rules first: a rule's features join the
-    /// catalog before the rule goes live, so the catalog read after holds
-    /// them.
+    /// The rules and features that decide the next batch (the catalog as
+    /// the rule set was published with), and the key fields they keep
+    /// state per.
     fn plan(&self) -> Plan<'_> {
         let s = &self.setup;
         let rules = s.registry.current();
-        let features = s.catalog.snapshot();
+        let features = rules.features.clone();
         let mut fields: SmallVec<[KeyField; 6]> = SmallVec::new();
-        for key in s.window_fields.iter().copied().chain(features.iter().map(|f| f.spec.key)) {
+        for key in s.window_fields.iter().copied().chain(features.iter().filter(|f| f.live).map(|f| f.spec.key)) {
             if !fields.contains(&key) {
                 fields.push(key);
             }

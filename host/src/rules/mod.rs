@@ -71,9 +71,16 @@ pub enum RuleError {
     Quarantined,
 }
 
+impl RuleError {
+    /// This error as met loading the instance `[rule.NAME]` of `base`.
+    fn in_instance(self, name: &str, base: &str) -> Self {
+        RuleError::Config(format!("[rule.{name}] (an instance of `{base}`): {self}"))
+    }
+}
+
 /// A rule ready to run: validated module, manifest and resolved settings.
 pub struct LoadedRule {
-    /// Manifest name.
+    /// Its name: the manifest's, or an instance's (`[rule.NAME] of = …`).
     pub name: Arc<str>,
     /// Manifest version.
     pub version: Arc<str>,
@@ -164,6 +171,10 @@ pub struct RuleSet {
     pub generation: u64,
     /// The rules.
     pub rules: Vec<Arc<LoadedRule>>,
+    /// The feature catalog as these rules read it: the features they read
+    /// live, the inline ones no rule reads retired. Taken with the rules,
+    /// so a batch never computes fewer features than its rules read.
+    pub features: Arc<Vec<crate::features::Feature>>,
 }
 
 /// What a rescan did.
@@ -184,8 +195,9 @@ struct FileEntry {
     hash: String,
     /// Settings changed since it loaded: reload even if the file did not.
     stale: bool,
-    /// The rule this file provides, if it loaded.
-    rule: Option<Arc<LoadedRule>>,
+    /// The rules this file provides, if it loaded: its own, then the
+    /// instances configured with `[rule.NAME] of = …`.
+    rules: Vec<Arc<LoadedRule>>,
 }
 
 /// The rules folder and the live rule set.
@@ -351,27 +363,29 @@ impl RuleRegistry {
             let other_names: Vec<(String, PathBuf)> = files
                 .iter()
                 .filter(|(p, _)| *p != path && present.contains(p))
-                .filter_map(|(p, e)| e.rule.as_ref().map(|r| (r.name.to_string(), p.clone())))
+                .flat_map(|(p, e)| e.rules.iter().map(|r| (r.name.to_string(), p.clone())))
                 .chain(natives.iter().map(|r| (r.name.to_string(), r.path.clone())))
                 .collect();
             drop(natives);
-            let result = self.load(path, &bytes, &hash).and_then(|rule| {
-                match other_names.iter().find(|(n, _)| **n == *rule.name) {
-                    Some((_, other)) => Err(RuleError::Manifest(format!(
-                        "rule name `{}` is already loaded from {}",
-                        rule.name,
-                        other.display()
-                    ))),
-                    None => Ok(rule),
+            let result = self.load_with_instances(path, &bytes, &hash).and_then(|rules| {
+                for rule in &rules {
+                    if let Some((_, other)) = other_names.iter().find(|(n, _)| **n == *rule.name) {
+                        return Err(RuleError::Manifest(format!(
+                            "rule name `{}` is already loaded from {}",
+                            rule.name,
+                            other.display()
+                        )));
+                    }
                 }
+                Ok(rules)
             });
             match result {
-                Ok(rule) => {
-                    report.loaded.push((rule.name.to_string(), rule.version.to_string(), path.clone()));
-                    files.insert(
-                        path.clone(),
-                        FileEntry { len, modified, hash, stale: false, rule: Some(Arc::new(rule)) },
-                    );
+                Ok(rules) => {
+                    for rule in &rules {
+                        report.loaded.push((rule.name.to_string(), rule.version.to_string(), path.clone()));
+                    }
+                    let rules = rules.into_iter().map(Arc::new).collect();
+                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rules });
                 }
                 Err(e) => {
                     // A file still being written fails to compile; it is not
@@ -381,16 +395,16 @@ impl RuleRegistry {
                     if changed {
                         continue;
                     }
-                    let keep = previous.and_then(|p| p.rule.clone());
+                    let keep = previous.map(|p| p.rules.clone()).unwrap_or_default();
                     report.rejected.push((path.clone(), e.to_string()));
-                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rule: keep });
+                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rules: keep });
                 }
             }
         }
         let gone: Vec<PathBuf> = files.keys().filter(|p| !present.contains(*p)).cloned().collect();
         for path in gone {
-            if let Some(rule) = files.remove(&path).and_then(|e| e.rule) {
-                report.removed.push((rule.name.to_string(), path));
+            for rule in files.remove(&path).map(|e| e.rules).unwrap_or_default() {
+                report.removed.push((rule.name.to_string(), path.clone()));
             }
         }
         self.publish(&files);
@@ -399,11 +413,14 @@ impl RuleRegistry {
 
     /// Publishes the folder's rules and the native ones, if they changed.
     fn publish(&self, files: &BTreeMap<PathBuf, FileEntry>) {
-        let mut rules: Vec<Arc<LoadedRule>> = files.values().filter_map(|e| e.rule.clone()).collect();
+        let mut rules: Vec<Arc<LoadedRule>> = files.values().flat_map(|e| e.rules.iter().cloned()).collect();
         rules.extend(lock(&self.natives).iter().cloned());
         rules.sort_by(|a, b| a.name.cmp(&b.name));
         let old = self.current.load();
-        let same = old.rules.len() == rules.len() && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b));
+        let features = self.catalog.retain_used(|i| rules.iter().any(|r| r.features.contains(&i)));
+        let same = old.rules.len() == rules.len()
+            && old.rules.iter().zip(&rules).all(|(a, b)| Arc::ptr_eq(a, b))
+            && old.features == features;
         if !same {
             let spares = self.spares.load(Ordering::Relaxed);
             for rule in rules.iter().filter(|r| !old.rules.iter().any(|o| Arc::ptr_eq(o, r))) {
@@ -415,7 +432,7 @@ impl RuleRegistry {
                     made.push(instance);
                 }
             }
-            self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules }));
+            self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules, features }));
         }
     }
 
@@ -431,7 +448,7 @@ impl RuleRegistry {
             let loaded = self.loader(&lock(&self.settings)).load_native(rule).map_err(|e| (name.clone(), e))?;
             let mut natives = lock(&self.natives);
             let taken =
-                files.values().filter_map(|e| e.rule.as_ref()).chain(natives.iter()).find(|r| r.name == loaded.name);
+                files.values().flat_map(|e| e.rules.iter()).chain(natives.iter()).find(|r| r.name == loaded.name);
             if let Some(other) = taken {
                 let e =
                     RuleError::Manifest(format!("rule name `{name}` is already loaded from {}", other.path.display()));
@@ -462,10 +479,28 @@ impl RuleRegistry {
         self.loader(&settings).load(path, bytes, hash)
     }
 
+    /// Loads one module and the instances of its rule configured with
+    /// `[rule.NAME] of = …`, the module's own rule first.
+    fn load_with_instances(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<Vec<LoadedRule>, RuleError> {
+        let settings = lock(&self.settings).clone();
+        let loader = self.loader(&settings);
+        let rule = loader.load(path, bytes, hash)?;
+        let mut rules = loader.instances(&rule)?;
+        rules.insert(0, rule);
+        Ok(rules)
+    }
+
     /// The names configured under `[rule.*]` that no loaded rule has.
     pub fn unmatched_settings(&self) -> Vec<String> {
         let set = self.current();
-        lock(&self.settings).keys().filter(|k| !set.rules.iter().any(|r| *r.name == **k)).cloned().collect()
+        lock(&self.settings)
+            .iter()
+            .filter(|(k, _)| !set.rules.iter().any(|r| *r.name == **k))
+            .map(|(k, s)| match &s.of {
+                Some(of) => format!("{k}` (an instance of `{of}`"),
+                None => k.clone(),
+            })
+            .collect()
     }
 }
 
@@ -505,7 +540,25 @@ impl Loader<'_> {
     pub fn load(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<LoadedRule, RuleError> {
         let pre = self.sandbox.prepare(bytes, hash)?;
         let (manifest, mask) = read_manifest(self.sandbox, &pre)?;
-        self.finish(path, hash, manifest, mask, Code::Wasm(pre))
+        let name = manifest.name.clone();
+        self.finish(path, hash, &name, manifest, mask, Code::Wasm(pre))
+    }
+
+    /// The further instances of `rule` configured with `[rule.NAME] of =
+    /// "<its name>"`, each under its own name and settings.
+    ///
+    /// # Errors
+    /// The first that cannot run, naming its `[rule.NAME]`.
+    pub fn instances(&self, rule: &LoadedRule) -> Result<Vec<LoadedRule>, RuleError> {
+        let mask = check_manifest(&rule.manifest)?;
+        self.settings
+            .iter()
+            .filter(|(name, s)| s.of.as_deref() == Some(&*rule.name) && **name != *rule.name)
+            .map(|(name, _)| {
+                self.finish(&rule.path, &rule.hash, name, rule.manifest.clone(), mask, rule.code.clone())
+                    .map_err(|e| e.in_instance(name, &rule.name))
+            })
+            .collect()
     }
 
     /// Validates and configures a rule crate linked into the host, as
@@ -519,19 +572,22 @@ impl Loader<'_> {
             serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
         let mask = check_manifest(&manifest)?;
         let path = PathBuf::from(format!("native:{}", manifest.name));
-        self.finish(&path, &module_hash(json.as_bytes()), manifest, mask, Code::Native(*rule))
+        let name = manifest.name.clone();
+        self.finish(&path, &module_hash(json.as_bytes()), &name, manifest, mask, Code::Native(*rule))
     }
 
-    /// Resolves a rule's settings, parameters, lists and features.
+    /// Resolves the settings, parameters, lists and features of the rule
+    /// `name` runs (its manifest's, or an instance's).
     fn finish(
         &self,
         path: &Path,
         hash: &str,
+        name: &str,
         manifest: Manifest,
         mask: FieldMask,
         code: Code,
     ) -> Result<LoadedRule, RuleError> {
-        let settings = self.settings.get(&manifest.name).cloned().unwrap_or_default();
+        let settings = self.settings.get(name).cloned().unwrap_or_default();
         let params = resolve_params(&manifest, &settings)?;
         let mut resolved = Vec::with_capacity(manifest.lists.len());
         for name in &manifest.lists {
@@ -549,7 +605,7 @@ impl Loader<'_> {
             .map(|f| self.catalog.resolve(f).map_err(RuleError::Manifest))
             .collect::<Result<Vec<usize>, RuleError>>()?;
         let rule = LoadedRule {
-            name: manifest.name.as_str().into(),
+            name: name.into(),
             version: manifest.version.as_str().into(),
             hash: hash.into(),
             path: path.to_owned(),
