@@ -35,7 +35,13 @@
 //!    each key owned by one worker, the exchange between them), next to the
 //!    same four aggregates kept per the partition key (the card) at 2 and
 //!    4 workers, three rounds alternated; and both paced at row 4's rate,
-//!    for the latency the exchange adds.
+//!    for the latency the exchange adds;
+//! 9. many rules: the five example modules run as 5, 25, 100 and 250 rules
+//!    (`[rule.NAME] of = …`, each instance with its own parameters, each
+//!    kind firing on about 1–2 % of events), 2 workers, compact decision
+//!    records to a file: events/s, bytes per record, the share of rule
+//!    outcomes listed, and the time each extra rule adds per event; and
+//!    100 rules with full records.
 //!
 //! For profiling: `VIGIL_BENCH_DEBUG=1` prints the slow decisions around
 //! the hot swap; `VIGIL_BENCH_WARM_V2=1` compiles the swapped-in module
@@ -88,6 +94,38 @@ const MIXED_BASELINE: [(&str, &str); 4] = [
 
 /// [`config`] with four more features: [`MIXED`]'s, kept per four other
 /// key kinds, or with `per_card` the same kept per the card.
+/// `c` with `n` rules: the five example modules, each run as `n / 5`
+/// rules with parameters of their own, and a blocked-accounts list (at
+/// `accounts`) holding every hundredth generated account. Over the
+/// generated events each kind fires on about 1–2 % of events (geo-mismatch,
+/// which has no threshold, on 0.6 %).
+fn many_rules(mut c: Config, n: usize, accounts: &Path) -> Config {
+    const KINDS: [&str; 5] = ["large-amount", "geo-mismatch", "blocklist", "velocity", "spend-spike"];
+    for k in 0..n {
+        let (kind, i) = (KINDS[k % 5], (k / 5) as i64);
+        let name = if i == 0 { kind.to_owned() } else { format!("{kind}-{i}") };
+        let mut s = vigil::config::RuleSettings { of: (i > 0).then(|| kind.to_owned()), ..Default::default() };
+        let params: &[(&str, i64)] = match kind {
+            "large-amount" => &[("review-above", 20_000 + i * 100), ("block-above", 60_000 + i * 500)],
+            "geo-mismatch" => &[("score", 10 + i)],
+            "velocity" => {
+                &[("max-count-10m", 3 + i % 3), ("max-sum-10m", 60_000 + i * 1000), ("max-countries-1h", 2 + i % 2)]
+            }
+            "spend-spike" => &[("min-amount", 8_000 + i * 40), ("max-spend-6h", 25_000 + i * 200)],
+            _ => &[],
+        };
+        for (key, v) in params {
+            s.params.insert((*key).into(), (*v).into());
+        }
+        c.rule.insert(name, s);
+    }
+    c.lists.insert(
+        "blocked-accounts".into(),
+        vigil::config::ListConfig { path: accounts.to_owned(), kind: vigil::config::ListKind::Plain },
+    );
+    c
+}
+
 fn more_features(mut c: Config, per_card: bool) -> Config {
     let extra = if per_card { &MIXED_BASELINE } else { &MIXED };
     c.features.extend(extra.iter().map(|(n, s)| (n.to_string(), s.to_string())));
@@ -187,6 +225,7 @@ fn config(work: &Path, rules: &Path, input: &Path, workers: u32, features: bool)
     c.sinks.dead_letters = SinkConfig::File { path: work.join("out/dead-letters.jsonl") };
     c.sinks.aggregates = SinkConfig::Discard;
     c.sinks.late = SinkConfig::Discard;
+    c.sinks.rule_sets = SinkConfig::File { path: work.join("out/rule-sets.jsonl") };
     c.rules.dir = rules.to_owned();
     c.rules.watch = false;
     // The floor runs without rules, and every decision allows as it would.
@@ -849,6 +888,63 @@ fn main() {
             "<= 1.50",
             format!("{:.2}", ratio / 1.5),
         );
+    }
+
+    // 9. Many rules.
+    if fixed_rate.is_none() {
+        let accounts_list = work.join("blocked-accounts.txt");
+        let listed: String = (0..accounts).step_by(100).map(|a| format!("acct-{a:07}\n")).collect();
+        std::fs::write(&accounts_list, listed).expect("accounts list");
+        let mut per_event_s = Vec::new();
+        for (n, shape) in [
+            (5, vigil::decide::RecordShape::Compact),
+            (25, vigil::decide::RecordShape::Compact),
+            (100, vigil::decide::RecordShape::Compact),
+            (250, vigil::decide::RecordShape::Compact),
+            (100, vigil::decide::RecordShape::Full),
+        ] {
+            fresh(work);
+            let mut c = many_rules(config(work, &rules_dir, &input, 2, true), n, &accounts_list);
+            c.decisions.record = shape;
+            let (summary, t) = run(c, None);
+            assert_eq!(summary.decided, sizes.events, "every generated event is decided");
+            let rate = summary.decided as f64 / t.as_secs_f64();
+            let decisions = work.join("out/decisions.jsonl");
+            let bytes = std::fs::metadata(&decisions).map_or(0, |m| m.len()) as f64 / summary.decided as f64;
+            let text = std::fs::read_to_string(&decisions).expect("decisions");
+            let outcomes: usize = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .map(|d| d["rules"].as_array().map_or(0, Vec::len))
+                .sum();
+            let fired = 100.0 * outcomes as f64 / (summary.decided as f64 * n as f64);
+            if shape == vigil::decide::RecordShape::Full {
+                table.row(
+                    format!("9. {n} rules, full records: ev/s, bytes per record"),
+                    format!("{:.0}k ev/s, {bytes:.0} B", rate / 1000.0),
+                    "-",
+                    "-",
+                );
+                continue;
+            }
+            per_event_s.push((n, t.as_secs_f64() / summary.decided as f64));
+            table.row(
+                format!("9. {n} rules, compact records: ev/s, bytes per record, outcomes listed"),
+                format!("{:.0}k ev/s, {bytes:.0} B, {fired:.1} %", rate / 1000.0),
+                if n == 100 { ">= 250k ev/s, <= 1 KB" } else { "-" },
+                if n == 100 { format!("{:.2}", rate / 250_000.0) } else { "-".into() },
+            );
+        }
+        if let (Some(&(n0, t0)), Some(&(n1, t1))) = (per_event_s.first(), per_event_s.iter().find(|(n, _)| *n == 100)) {
+            // Two workers on two cores: each second of wall time is two of CPU.
+            let ns = (t1 - t0) * 2.0 * 1e9 / (n1 - n0) as f64;
+            table.row(
+                format!("9. CPU per extra rule per event, {n0} to {n1} rules"),
+                format!("{ns:.0} ns"),
+                "<= 60 ns",
+                format!("{:.2}", ns / 60.0),
+            );
+        }
     }
 
     // 6. Hot swap under the same load: replace large-amount by its v2 a third of the way in.

@@ -121,8 +121,11 @@ pub async fn run_with(
         "rules live"
     );
     check_kafka_keys(&config, &catalog, &registry)?;
-    for name in registry.unmatched_settings() {
-        tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name");
+    for (name, of) in registry.unmatched_settings() {
+        match of {
+            Some(of) => tracing::warn!(rule = %name, "[rule.{name}] is an instance of `{of}`, which is not loaded"),
+            None => tracing::warn!(rule = %name, "[rule.{name}] is configured but no loaded rule has that name"),
+        }
     }
     let _list_watch = if config.rules.watch {
         watch::watch_lists(lists.clone(), config.lists.clone(), tokenizer.clone(), config.rules.debounce)

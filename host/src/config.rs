@@ -90,6 +90,9 @@ pub struct Config {
     /// Named lists rules can look values up in: `[lists.blocked-cards]`.
     #[serde(default)]
     pub lists: BTreeMap<String, ListConfig>,
+    /// What a decision record holds.
+    #[serde(default)]
+    pub decisions: DecisionsConfig,
     /// Where decisions, alerts and dead letters go.
     #[serde(default)]
     pub sinks: SinksConfig,
@@ -921,6 +924,17 @@ pub enum SinkConfig {
     },
 }
 
+/// What a decision record holds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DecisionsConfig {
+    /// `compact` (default): the rules that did not quietly allow, and the
+    /// id of the rule set (in the rule-sets output) that decided; `full`:
+    /// every rule's outcome as well.
+    #[serde(default)]
+    pub record: crate::decide::RecordShape,
+}
+
 /// The outputs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -940,17 +954,22 @@ pub struct SinksConfig {
     /// Events too late for a window, with the reason.
     #[serde(default = "default_late")]
     pub late: SinkConfig,
+    /// Each rule set that decided, once: what a decision's `rule_set` id
+    /// stands for.
+    #[serde(default = "default_rule_sets")]
+    pub rule_sets: SinkConfig,
 }
 
 impl SinksConfig {
     /// Every output with its role name, as in `[sinks.<role>]`.
-    pub fn all(&self) -> [(&'static str, &SinkConfig); 5] {
+    pub fn all(&self) -> [(&'static str, &SinkConfig); 6] {
         [
             ("decisions", &self.decisions),
             ("alerts", &self.alerts),
             ("dead-letters", &self.dead_letters),
             ("aggregates", &self.aggregates),
             ("late", &self.late),
+            ("rule-sets", &self.rule_sets),
         ]
     }
 }
@@ -963,12 +982,16 @@ impl Default for SinksConfig {
             dead_letters: default_dead_letters(),
             aggregates: default_aggregates(),
             late: default_late(),
+            rule_sets: default_rule_sets(),
         }
     }
 }
 
 fn default_decisions() -> SinkConfig {
     SinkConfig::Stdout
+}
+fn default_rule_sets() -> SinkConfig {
+    SinkConfig::File { path: PathBuf::from("out/rule-sets.jsonl") }
 }
 fn default_alerts() -> SinkConfig {
     SinkConfig::File { path: PathBuf::from("out/alerts.jsonl") }

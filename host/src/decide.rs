@@ -3,10 +3,29 @@
 //! The final action is the most severe outcome of the enforcing rules; shadow
 //! rules are evaluated and recorded but never change it. Scores of enforcing
 //! rules add up; their reason codes are collected in rule order.
+//!
+//! A record names the rule set that decided it (`rule_set`, whose contents
+//! the rule-sets output holds) and, compact by default, lists only the rules
+//! that had something to say: see [`RuleOutcome::is_quiet`].
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use vigil_abi::Action;
+
+/// The version of the decision record's shape, in its `schema` field.
+pub const SCHEMA: u32 = 2;
+
+/// Which rules a decision record lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordShape {
+    /// Only the rules that did not quietly allow (see
+    /// [`RuleOutcome::is_quiet`]): the record does not grow with the rules.
+    #[default]
+    Compact,
+    /// Every rule's outcome.
+    Full,
+}
 
 /// Whether a rule's outcome counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -141,6 +160,20 @@ fn json_int(buf: &mut Vec<u8>, v: impl itoa::Integer) {
 }
 
 impl RuleOutcome {
+    /// Whether a compact record leaves this outcome out: an enforcing rule
+    /// that allowed, with no score, reason or error, or a shadow rule that
+    /// agreed with the final action and did not fail. Replaying the record's
+    /// rule set over the event gives it back (see docs/decision-records.md).
+    pub fn is_quiet(&self, decided: Action) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        match self.mode {
+            Mode::Enforce => self.action == Action::Allow && self.score == 0 && self.reasons.is_empty(),
+            Mode::Shadow => self.action == decided,
+        }
+    }
+
     fn write_json(&self, buf: &mut Vec<u8>) {
         let l = &*self.label;
         if l.json_head.is_empty() {
@@ -169,6 +202,8 @@ impl RuleOutcome {
 /// The audit record of one decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision<'a> {
+    /// The record's shape version, [`SCHEMA`].
+    pub schema: u32,
     /// Transaction id; downstream consumers drop repeats by it.
     pub id: &'a str,
     /// The final action.
@@ -177,8 +212,10 @@ pub struct Decision<'a> {
     pub score: i64,
     /// Reason codes of the enforcing rules, in rule order.
     pub reasons: smallvec::SmallVec<[&'a str; 2]>,
-    /// Every rule's outcome, enforcing and shadow.
-    pub rules: &'a [RuleOutcome],
+    /// The rule set that decided: its id in the rule-sets output.
+    pub rule_set: &'a str,
+    /// The rules' outcomes, enforcing and shadow, as listed.
+    pub rules: Listed<'a>,
     /// The feature values the live rules read for this event.
     #[serde(skip_serializing_if = "FeatureValues::is_empty")]
     pub features: FeatureValues<'a>,
@@ -195,7 +232,9 @@ impl Decision<'_> {
     /// for it, without escaping each rule's constant fields again for every
     /// event (that escaping was the workers' largest single cost).
     pub fn write_json_line(&self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(b"{\"id\":");
+        buf.extend_from_slice(b"{\"schema\":");
+        json_int(buf, self.schema);
+        buf.extend_from_slice(b",\"id\":");
         json_str(buf, self.id);
         buf.extend_from_slice(b",\"action\":\"");
         buf.extend_from_slice(self.action.as_str().as_bytes());
@@ -203,11 +242,15 @@ impl Decision<'_> {
         json_int(buf, self.score);
         buf.extend_from_slice(b",\"reasons\":");
         json_strs(buf, self.reasons.iter().copied());
+        buf.extend_from_slice(b",\"rule_set\":");
+        json_str(buf, self.rule_set);
         buf.extend_from_slice(b",\"rules\":[");
-        for (i, o) in self.rules.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        for o in self.rules.iter() {
+            if !first {
                 buf.push(b',');
             }
+            first = false;
             o.write_json(buf);
         }
         buf.push(b']');
@@ -229,6 +272,32 @@ impl Decision<'_> {
         buf.extend_from_slice(b",\"decided_at_us\":");
         json_int(buf, self.decided_at_us);
         buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// The outcomes a record lists: all with [`RecordShape::Full`], those not
+/// quiet against the final action `decided` with [`RecordShape::Compact`].
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// Every rule's outcome.
+    pub outcomes: &'a [RuleOutcome],
+    /// Which of them to list.
+    pub shape: RecordShape,
+    /// The final action.
+    pub decided: Action,
+}
+
+impl<'a> Listed<'a> {
+    /// The outcomes listed, in rule order.
+    pub fn iter(&self) -> impl Iterator<Item = &'a RuleOutcome> + use<'a> {
+        let Listed { outcomes, shape, decided } = *self;
+        outcomes.iter().filter(move |o| shape == RecordShape::Full || !o.is_quiet(decided))
+    }
+}
+
+impl Serialize for Listed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
     }
 }
 
@@ -382,11 +451,13 @@ mod tests {
         let features = [(&keys[0], 3.0), (&keys[1], f64::NAN), (&keys[2], -0.5)];
         for (id, features) in [("tx-1", &features[..]), ("odd \"id\" \\ \u{1}", &[][..])] {
             let d = Decision {
+                schema: SCHEMA,
                 id,
                 action: Action::Review,
                 score: -7,
                 reasons: smallvec::smallvec!["a", "b\tc"],
-                rules: &rules,
+                rule_set: "0123456789abcdef",
+                rules: Listed { outcomes: &rules, shape: RecordShape::Full, decided: Action::Review },
                 features: FeatureValues(features),
                 event_ts_ms: 1_717_200_000_000,
                 ingested_at_us: i64::MIN,

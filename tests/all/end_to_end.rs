@@ -192,3 +192,72 @@ pub fn registry_for(config: &vigil::config::Config) -> vigil::rules::RuleRegistr
         std::sync::Arc::new(vigil::features::Catalog::from_config(&config.features).expect("features")),
     )
 }
+
+/// A compact record lists the rules that did not quietly allow, names the
+/// rule set whose contents the rule-sets output holds, and decides as the
+/// full record does.
+#[test]
+fn a_compact_record_lists_what_fired_and_names_its_rule_set() {
+    let run = |shape: vigil::decide::RecordShape| {
+        let (env, mut config) = example_env();
+        env.install("velocity", "velocity.wasm");
+        settings(&mut config, "geo-mismatch", |s| s.mode = Mode::Shadow);
+        settings(&mut config, "large-amount", |s| {
+            s.params.insert("review-above".into(), 250_000.into());
+            s.on_failure = Some(vigil::decide::FailurePolicy::Review);
+        });
+        config.decisions.record = shape;
+        run_to_end(config);
+        let by_id: std::collections::BTreeMap<String, Value> =
+            read_jsonl(&env.decisions()).into_iter().map(|d| (d["id"].as_str().expect("id").to_owned(), d)).collect();
+        (by_id, read_jsonl(&env.rule_sets()))
+    };
+    let (full, full_sets) = run(vigil::decide::RecordShape::Full);
+    let (compact, sets) = run(vigil::decide::RecordShape::Compact);
+    assert_eq!(sets.len(), 1, "one rule set decided, written once: {sets:?}");
+    assert_eq!(sets, full_sets, "the same rules and settings are the same set");
+    let set = &sets[0];
+    assert_eq!(set["schema"], 2);
+    let names: Vec<&str> = set["rules"].as_array().expect("rules").iter().filter_map(|r| r["rule"].as_str()).collect();
+    assert_eq!(names, ["blocklist", "geo-mismatch", "large-amount", "velocity"]);
+    let large = &set["rules"][2];
+    assert_eq!(large["params"]["review_above"], 250_000, "{large}");
+    assert_eq!(large["on_failure"], "review");
+    assert_eq!(set["rules"][1]["mode"], "shadow");
+    assert_eq!(set["rules"][3]["features"].as_array().map(Vec::len), Some(3));
+
+    assert_eq!(compact.keys().collect::<Vec<_>>(), full.keys().collect::<Vec<_>>());
+    let (mut listed, mut left_out) = (0, 0);
+    for (id, c) in &compact {
+        let f = &full[id];
+        assert_eq!(c["schema"], 2);
+        assert_eq!(c["rule_set"], set["rule_set"], "{c}");
+        for key in ["action", "score", "reasons", "features"] {
+            assert_eq!(c[key], f[key], "{id}: {key}");
+        }
+        let strip = |r: &Value| {
+            let mut r = r.clone();
+            r.as_object_mut().expect("outcome").remove("latency_ns");
+            r
+        };
+        let want: Vec<Value> = f["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|r| {
+                let quiet = if r["mode"] == "shadow" {
+                    r["action"] == f["action"]
+                } else {
+                    r["action"] == "allow" && r["score"] == 0 && r.get("reasons").is_none()
+                };
+                !quiet || r.get("error").is_some()
+            })
+            .map(strip)
+            .collect();
+        let got: Vec<Value> = c["rules"].as_array().expect("rules").iter().map(strip).collect();
+        assert_eq!(got, want, "{id}");
+        listed += got.len();
+        left_out += f["rules"].as_array().map_or(0, Vec::len) - got.len();
+    }
+    assert!(listed > 0 && left_out > listed, "listed {listed}, left out {left_out}");
+}

@@ -40,6 +40,8 @@ fn example_config(env: &Env) -> vigil::config::Config {
     let test = env.config(false);
     config.source = test.source;
     config.sinks = test.sinks;
+    // Every rule's outcome is recorded and compared.
+    config.decisions = test.decisions;
     config.rules.dir = test.rules.dir;
     config.state = test.state;
     for list in config.lists.values_mut() {

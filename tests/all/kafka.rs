@@ -110,6 +110,13 @@ topic = "alerts"
 type = "kafka"
 topic = "dead-letters"
 
+[sinks.rule-sets]
+type = "file"
+path = {rule_sets:?}
+
+[decisions]
+record = "full"
+
 [state]
 dir = {state:?}
 checkpoint-interval = "200ms"
@@ -117,6 +124,7 @@ checkpoint-interval = "200ms"
         brokers = broker.addr,
         rules = env.rules(),
         state = env.path("state"),
+        rule_sets = env.path("out/rule-sets.jsonl"),
     );
     let path = env.path("vigil.toml");
     std::fs::write(&path, text).expect("write config");
@@ -616,7 +624,7 @@ fn refused_credentials_stop_startup_naming_the_sasl_settings() {
     let text = std::fs::read_to_string(&path).expect("config");
     let with_sasl = text.replace(
         "[kafka.consumer]",
-        "connect-timeout = \"3s\"\n[kafka.client]\n\"security.protocol\" = \"sasl_plaintext\"\n\
+        "connect-timeout = \"10s\"\n[kafka.client]\n\"security.protocol\" = \"sasl_plaintext\"\n\
          \"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"alice\"\n\"sasl.password\" = \"wrong\"\n\
          [kafka.consumer]",
     );
@@ -834,7 +842,7 @@ fn payments_flow_over_tls_and_an_untrusted_broker_stops_startup_naming_the_ca() 
     assert_eq!(summary.decided, want.len() as u64);
 
     let other = crate::broker::other_ca(env.dir.path());
-    let path = secured_toml(&env, &broker, "tls", "connect-timeout = \"3s\"", &format!("ca = {other:?}"), "");
+    let path = secured_toml(&env, &broker, "tls", "connect-timeout = \"10s\"", &format!("ca = {other:?}"), "");
     let e = run_err(&path);
     assert!(e.contains("kafka.tls.ca") && e.contains("not signed by a trusted CA"), "{e}");
 }
@@ -852,7 +860,7 @@ fn refused_scram_credentials_over_tls_stop_startup_naming_them() {
     let ca = broker.tls_ca.clone().expect("a CA");
     let login = "\"security.protocol\" = \"sasl_ssl\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
                  \"sasl.username\" = \"vigil\"\n\"sasl.password\" = \"wrong\"";
-    let path = secured_toml(&env, &broker, "scram", "connect-timeout = \"3s\"", &format!("ca = {ca:?}"), login);
+    let path = secured_toml(&env, &broker, "scram", "connect-timeout = \"10s\"", &format!("ca = {ca:?}"), login);
     let e = run_err(&path);
     assert!(e.contains("kafka.client: authentication with") && e.contains("sasl.password"), "{e}");
 }

@@ -45,6 +45,9 @@ impl Env {
     pub fn decisions(&self) -> PathBuf {
         self.path("out/decisions.jsonl")
     }
+    pub fn rule_sets(&self) -> PathBuf {
+        self.path("out/rule-sets.jsonl")
+    }
     pub fn alerts(&self) -> PathBuf {
         self.path("out/alerts.jsonl")
     }
@@ -87,6 +90,9 @@ impl Env {
         c.sinks.dead_letters = SinkConfig::File { path: self.dead_letters() };
         c.sinks.aggregates = SinkConfig::File { path: self.path("out/aggregates.jsonl") };
         c.sinks.late = SinkConfig::File { path: self.path("out/late.jsonl") };
+        c.sinks.rule_sets = SinkConfig::File { path: self.rule_sets() };
+        // Most tests look at every rule's outcome.
+        c.decisions.record = vigil::decide::RecordShape::Full;
         c.rules.dir = self.rules();
         c.rules.debounce = Duration::from_millis(50);
         c.state.dir = self.path("state");
@@ -149,6 +155,13 @@ path = {aggregates:?}
 type = "file"
 path = {late:?}
 
+[sinks.rule-sets]
+type = "file"
+path = {rule_sets:?}
+
+[decisions]
+record = "full"
+
 [state]
 dir = {state:?}
 {extra}
@@ -160,6 +173,7 @@ dir = {state:?}
             dead = self.dead_letters(),
             aggregates = self.path("out/aggregates.jsonl"),
             late = self.path("out/late.jsonl"),
+            rule_sets = self.rule_sets(),
             state = self.path("state"),
         );
         let path = self.path("vigil.toml");

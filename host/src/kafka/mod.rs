@@ -30,7 +30,7 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -110,14 +110,14 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
-/// The last authentication failure a client of this process saw: (the
-/// brokers it was for, why). librdkafka reports it through the error
+/// The last authentication failure clients of this process saw, per
+/// broker (`host:port` → why). librdkafka reports it through the error
 /// callback while the request that fails reports only a transport error,
 /// so a startup error uses it to name the setting that needs fixing.
-static AUTH_FAILURE: Mutex<Option<(String, String)>> = Mutex::new(None);
+static AUTH_FAILURE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
 
 /// The last TLS failure a client of this process saw, as [`AUTH_FAILURE`].
-static TLS_FAILURE: Mutex<Option<(String, String)>> = Mutex::new(None);
+static TLS_FAILURE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
 
 /// The broker `host:port` a librdkafka error reason names
 /// (`ssl://127.0.0.1:9093/1: …`).
@@ -125,8 +125,15 @@ fn broker_of(reason: &str) -> String {
     reason.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_owned()
 }
 
-fn remember(slot: &Mutex<Option<(String, String)>>, reason: &str) {
-    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((broker_of(reason), reason.to_owned()));
+/// Keeps the latest failure per broker: clients of other clusters in the
+/// same process (or other tests) do not overwrite it.
+fn remember(slot: &Mutex<BTreeMap<String, String>>, reason: &str) {
+    let mut last = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Bounded: a process talks to a handful of brokers.
+    if last.len() >= 64 {
+        last.clear();
+    }
+    last.insert(broker_of(reason), reason.to_owned());
 }
 
 /// Forwards librdkafka's logs and errors to tracing, so a broker outage is
@@ -218,10 +225,9 @@ pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
 
 /// Why authentication or TLS (`slot`) with one of `brokers` last failed,
 /// if it did.
-fn last_failure(slot: &Mutex<Option<(String, String)>>, brokers: &str) -> Option<String> {
+fn last_failure(slot: &Mutex<BTreeMap<String, String>>, brokers: &str) -> Option<String> {
     let last = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (host, reason) = last.as_ref()?;
-    brokers.split(',').any(|b| b.trim() == host).then(|| reason.clone())
+    brokers.split(',').find_map(|b| last.get(b.trim()).cloned())
 }
 
 /// The number of partitions of `topic`, or a message naming the setting
@@ -235,7 +241,31 @@ pub fn partitions_of<C: ClientContext>(
     key: &str,
     k: &KafkaConfig,
 ) -> Result<u32, String> {
-    let metadata = client.fetch_metadata(Some(topic), k.connect_timeout).map_err(|e| explain(&e, k))?;
+    // Asked in short slices: a refused login or handshake is reported by
+    // librdkafka's error callback while the request only times out, so
+    // each slice checks for one and fails fast, naming the setting.
+    let deadline = std::time::Instant::now() + k.connect_timeout;
+    let metadata = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match client.fetch_metadata(Some(topic), left.min(Duration::from_millis(500))) {
+            Ok(m) => break m,
+            Err(e) => {
+                let transient = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::OperationTimedOut
+                            | RDKafkaErrorCode::BrokerTransportFailure
+                            | RDKafkaErrorCode::AllBrokersDown
+                    )
+                );
+                let known = last_failure(&TLS_FAILURE, &k.brokers).is_some()
+                    || last_failure(&AUTH_FAILURE, &k.brokers).is_some();
+                if !transient || known || std::time::Instant::now() >= deadline {
+                    return Err(explain(&e, k));
+                }
+            }
+        }
+    };
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
     };

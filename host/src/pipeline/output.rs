@@ -46,6 +46,9 @@ pub struct Sinks {
     dead_letters: Box<dyn Sink>,
     aggregates: Box<dyn Sink>,
     late: Box<dyn Sink>,
+    rule_sets: Box<dyn Sink>,
+    /// The ids of the rule sets written to `rule_sets` by this run.
+    written_sets: std::collections::HashSet<Arc<str>>,
 }
 
 impl std::fmt::Debug for Sinks {
@@ -69,11 +72,20 @@ impl Sinks {
             dead_letters: sinks::open(&config.dead_letters, "dead-letters", producer)?,
             aggregates: sinks::open(&config.aggregates, "aggregates", producer)?,
             late: sinks::open(&config.late, "late", producer)?,
+            rule_sets: sinks::open(&config.rule_sets, "rule-sets", producer)?,
+            written_sets: std::collections::HashSet::new(),
         })
     }
 
-    fn all(&mut self) -> [&mut Box<dyn Sink>; 5] {
-        [&mut self.decisions, &mut self.alerts, &mut self.dead_letters, &mut self.aggregates, &mut self.late]
+    fn all(&mut self) -> [&mut Box<dyn Sink>; 6] {
+        [
+            &mut self.decisions,
+            &mut self.alerts,
+            &mut self.dead_letters,
+            &mut self.aggregates,
+            &mut self.late,
+            &mut self.rule_sets,
+        ]
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -132,6 +144,9 @@ fn run_committer(
 /// A batch of serialised output lines.
 #[derive(Default)]
 pub(super) struct Output {
+    /// Rule sets that decided some of these decisions, as (id, record):
+    /// written to the rule-sets output before them, once per run.
+    pub(super) rule_sets: Vec<(Arc<str>, Arc<str>)>,
     pub(super) decisions: Vec<u8>,
     pub(super) decision_count: u64,
     pub(super) alerts: Vec<Range<usize>>,
@@ -239,6 +254,12 @@ pub(super) fn run_sinks(
 }
 
 fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io::Result<()> {
+    for (id, record) in &out.rule_sets {
+        if !id.is_empty() && !sinks.written_sets.contains(id) {
+            sinks.rule_sets.write(record.as_bytes())?;
+            sinks.written_sets.insert(id.clone());
+        }
+    }
     sinks.decisions.write(&out.decisions)?;
     for r in &out.alerts {
         sinks.alerts.write(&out.decisions[r.clone()])?;
@@ -488,7 +509,15 @@ mod tests {
     /// Every output writing to `log`.
     fn recorded(log: &Log) -> Sinks {
         let sink = || Box::new(Recorded(log.clone())) as Box<dyn Sink>;
-        Sinks { decisions: sink(), alerts: sink(), dead_letters: sink(), aggregates: sink(), late: sink() }
+        Sinks {
+            decisions: sink(),
+            alerts: sink(),
+            dead_letters: sink(),
+            aggregates: sink(),
+            late: sink(),
+            rule_sets: sink(),
+            written_sets: std::collections::HashSet::new(),
+        }
     }
 
     fn output(from: usize, line: &str) -> SinkMsg {

@@ -65,6 +65,8 @@ pub(super) struct Worker {
     counters: Arc<Counters>,
     out_tx: Sender<SinkMsg>,
     evaluator: Evaluator,
+    /// Which rules a decision record lists (`decisions.record`).
+    record_shape: decide::RecordShape,
     features: FeatureEngine,
     windows: Windows,
     /// The longest time a checkpoint's feature state is spread over.
@@ -114,6 +116,7 @@ impl Worker {
             drain_within: s.drain_within,
             clock: decide::WallClock::new(),
             on_empty: c.rules.on_empty.action(),
+            record_shape: c.decisions.record,
             without_rules: false,
             inflight: VecDeque::new(),
             row: Vec::new(),
@@ -427,6 +430,7 @@ impl Worker {
             }
         }
         if self.evaluator.generation() != self.used_generation {
+            out.rule_sets.push((b.rules.id.clone(), b.rules.record.clone()));
             self.used = self
                 .evaluator
                 .used_features()
@@ -474,11 +478,13 @@ impl Worker {
             reasons.push(decide::NO_ENFORCING_RULE);
         }
         let record = Decision {
+            schema: decide::SCHEMA,
             id: &p.id,
             action,
             score,
             reasons,
-            rules: outcomes,
+            rule_set: &b.rules.id,
+            rules: decide::Listed { outcomes, shape: self.record_shape, decided: action },
             features: FeatureValues(record_features),
             event_ts_ms: p.ts_ms,
             ingested_at_us: item.ingested_at_us,

@@ -169,12 +169,20 @@ impl Outputs {
             dead_letters: file("dead-letters.jsonl"),
             aggregates: file("aggregates.jsonl"),
             late: file("late.jsonl"),
+            rule_sets: file("rule-sets.jsonl"),
         }
     }
     /// Empties the folder's outputs from an earlier run (sinks append).
     fn reset(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        for name in ["decisions.jsonl", "alerts.jsonl", "dead-letters.jsonl", "aggregates.jsonl", "late.jsonl"] {
+        for name in [
+            "decisions.jsonl",
+            "alerts.jsonl",
+            "dead-letters.jsonl",
+            "aggregates.jsonl",
+            "late.jsonl",
+            "rule-sets.jsonl",
+        ] {
             match std::fs::remove_file(self.dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("cannot clear {}", self.dir.join(name).display()));
@@ -204,6 +212,8 @@ pub fn run_once(
     config.rules.dir = rules_dir.to_owned();
     config.rules.watch = false;
     config.sinks = out.sinks();
+    // The report judges every rule on every event.
+    config.decisions.record = crate::decide::RecordShape::Full;
     out.reset()?;
     let total = records.len() as u64;
     let counters = Arc::new(Counters::default());

@@ -17,6 +17,7 @@ pub mod state;
 pub mod watch;
 
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +105,8 @@ pub struct LoadedRule {
     /// decided.
     pub home: Option<crate::event::KeyField>,
     params: Vec<u8>,
+    /// The parameter values it runs with, by name, for the rule-set record.
+    pub param_values: Vec<(String, ParamValue)>,
     lists: Arc<[Arc<List>]>,
     code: Code,
     health: Health,
@@ -175,6 +178,55 @@ pub struct RuleSet {
     /// live, the inline ones no rule reads retired. Taken with the rules,
     /// so a batch never computes fewer features than its rules read.
     pub features: Arc<Vec<crate::features::Feature>>,
+    /// What identifies the set in decision records: 16 hex digits of a
+    /// SHA-256 over its [`RuleSet::record`] (empty for no rules).
+    pub id: Arc<str>,
+    /// The set as one JSON line of the rule-sets output: its id, and each
+    /// rule's name, version, module hash, mode, failure outcome and
+    /// parameters, with the features they read.
+    pub record: Arc<str>,
+}
+
+impl RuleSet {
+    fn new(generation: u64, rules: Vec<Arc<LoadedRule>>, features: Arc<Vec<crate::features::Feature>>) -> Self {
+        #[derive(Serialize)]
+        struct RuleEntry<'a> {
+            rule: &'a str,
+            version: &'a str,
+            module: &'a str,
+            mode: Mode,
+            on_failure: FailurePolicy,
+            params: serde_json::Map<String, serde_json::Value>,
+            features: Vec<&'a str>,
+        }
+        let entries: Vec<RuleEntry<'_>> = rules
+            .iter()
+            .map(|r| RuleEntry {
+                rule: &r.name,
+                version: &r.version,
+                module: &r.hash,
+                mode: r.mode,
+                on_failure: r.on_failure,
+                params: r
+                    .param_values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
+                    .collect(),
+                features: r.features.iter().filter_map(|&i| features.get(i).map(|f| &*f.name)).collect(),
+            })
+            .collect();
+        // Serialising plain data cannot fail.
+        let rules_json = serde_json::to_string(&entries).unwrap_or_default();
+        let id: Arc<str> = if rules.is_empty() { "".into() } else { module_hash(rules_json.as_bytes())[..16].into() };
+        let record = format!(
+            "{{\"schema\":{},\"rule_set\":{},\"rules\":{rules_json}}}\n",
+            crate::decide::SCHEMA,
+            serde_json::Value::from(&*id)
+        )
+        .into();
+        drop(entries);
+        Self { generation, rules, features, id, record }
+    }
 }
 
 /// What a rescan did.
@@ -279,7 +331,7 @@ impl RuleRegistry {
             catalog,
             files: Mutex::new(BTreeMap::new()),
             natives: Mutex::new(Vec::new()),
-            current: ArcSwap::from_pointee(RuleSet::default()),
+            current: ArcSwap::from_pointee(RuleSet::new(0, Vec::new(), Arc::default())),
             quarantine_after: quarantine_after.max(1),
             spares: AtomicUsize::new(1),
             retired: Mutex::new(Vec::new()),
@@ -432,7 +484,7 @@ impl RuleRegistry {
                     made.push(instance);
                 }
             }
-            self.current.store(Arc::new(RuleSet { generation: old.generation + 1, rules, features }));
+            self.current.store(Arc::new(RuleSet::new(old.generation + 1, rules, features)));
         }
     }
 
@@ -490,16 +542,14 @@ impl RuleRegistry {
         Ok(rules)
     }
 
-    /// The names configured under `[rule.*]` that no loaded rule has.
-    pub fn unmatched_settings(&self) -> Vec<String> {
+    /// The names configured under `[rule.*]` that no loaded rule has, each
+    /// with the rule it is an instance of (`of`), if it is one.
+    pub fn unmatched_settings(&self) -> Vec<(String, Option<String>)> {
         let set = self.current();
         lock(&self.settings)
             .iter()
             .filter(|(k, _)| !set.rules.iter().any(|r| *r.name == **k))
-            .map(|(k, s)| match &s.of {
-                Some(of) => format!("{k}` (an instance of `{of}`"),
-                None => k.clone(),
-            })
+            .map(|(k, s)| (k.clone(), s.of.clone()))
             .collect()
     }
 }
@@ -588,7 +638,7 @@ impl Loader<'_> {
         code: Code,
     ) -> Result<LoadedRule, RuleError> {
         let settings = self.settings.get(name).cloned().unwrap_or_default();
-        let params = resolve_params(&manifest, &settings)?;
+        let (params, param_values) = resolve_params(name, &manifest, &settings)?;
         let mut resolved = Vec::with_capacity(manifest.lists.len());
         for name in &manifest.lists {
             let list = self.lists.get(name).ok_or_else(|| {
@@ -621,6 +671,7 @@ impl Loader<'_> {
                     .unwrap_or(crate::event::KeyField::Account)
             }),
             params,
+            param_values,
             lists,
             code,
             health: Health::default(),
@@ -689,9 +740,13 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     Ok(mask)
 }
 
+/// A rule's parameters as (name, value), in the manifest's order.
+type ParamValues = Vec<(String, ParamValue)>;
+
 /// Resolves a rule's parameters: defaults from its manifest, overridden by
-/// `[rule.NAME.params]`, type-checked, encoded for `vigil_configure`.
-fn resolve_params(m: &Manifest, settings: &RuleSettings) -> Result<Vec<u8>, RuleError> {
+/// `[rule.NAME.params]`, type-checked; returned encoded for
+/// `vigil_configure` and as values for the rule-set record.
+fn resolve_params(name: &str, m: &Manifest, settings: &RuleSettings) -> Result<(Vec<u8>, ParamValues), RuleError> {
     // Config keys are kebab-case, Rust parameter names snake_case: both match.
     let norm = |k: &str| k.replace('-', "_");
     for key in settings.params.keys() {
@@ -699,24 +754,26 @@ fn resolve_params(m: &Manifest, settings: &RuleSettings) -> Result<Vec<u8>, Rule
             let known: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
             return Err(RuleError::Config(format!(
                 "`rule.{}.params.{key}`: the rule has no such parameter (it has: {})",
-                m.name,
+                name,
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
             )));
         }
     }
     let mut out = Vec::new();
+    let mut values = Vec::with_capacity(m.params.len());
     for p in &m.params {
         let given = settings.params.iter().find(|(k, _)| norm(k) == norm(&p.name)).map(|(_, v)| v);
         let value = match given {
             None => coerce(&p.default, p.ty)
                 .ok_or_else(|| RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty)))?,
             Some(v) => toml_param(v, p.ty).ok_or_else(|| {
-                RuleError::Config(format!("`rule.{}.params.{}` must be {}, got {v}", m.name, p.name, p.ty))
+                RuleError::Config(format!("`rule.{}.params.{}` must be {}, got {v}", name, p.name, p.ty))
             })?,
         };
         vigil_abi::params::encode_one(&p.name, &value, &mut out);
+        values.push((p.name.clone(), value));
     }
-    Ok(out)
+    Ok((out, values))
 }
 
 fn coerce(v: &ParamValue, ty: ParamType) -> Option<ParamValue> {

@@ -507,18 +507,28 @@ impl Sandbox {
                 }
             }
         }
-        let artefact = match COMPILER.get() {
-            Some(program) => compile_in_child(program, bytes)?,
-            None => {
-                let module = Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e))?;
-                module.serialize().map_err(|e| RuleError::Compile(format!("{e:#}")))?
-            }
+        let here = || -> Result<(Module, Vec<u8>), RuleError> {
+            let module = Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e))?;
+            let artefact = module.serialize().map_err(|e| RuleError::Compile(format!("{e:#}")))?;
+            Ok((module, artefact))
         };
-        // SAFETY: the child compiled it with this engine's settings
-        // (`engine`), or this process did just now; wasmtime checks the
-        // engine and version too.
-        let module = unsafe { Module::deserialize(&self.engine, &artefact) }
-            .map_err(|e| RuleError::Compile(format!("compiled artefact: {e:#}")))?;
+        let (module, artefact) = match COMPILER.get() {
+            Some(program) => {
+                let artefact = compile_in_child(program, bytes)?;
+                // SAFETY: the child compiled it with this engine's settings
+                // (`engine`); wasmtime checks the engine and version too.
+                match unsafe { Module::deserialize(&self.engine, &artefact) } {
+                    Ok(module) => (module, artefact),
+                    Err(e) => {
+                        // The child saw other CPU features than this
+                        // process (an emulator such as valgrind does that).
+                        tracing::warn!(error = %e, "the compiler process's artefact does not fit this one; compiling here");
+                        here()?
+                    }
+                }
+            }
+            None => here()?,
+        };
         let mut stored = Vec::with_capacity(32 + artefact.len());
         stored.extend_from_slice(&artefact_tag(&cache.key, &artefact));
         stored.extend_from_slice(&artefact);
