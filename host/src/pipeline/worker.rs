@@ -49,6 +49,10 @@ enum Stage {
 }
 
 /// A batch begun here and not yet recorded.
+/// At most this many emptied outcome lists are kept for reuse (a few
+/// batches' worth).
+const SPARE_LISTS: usize = 1 << 14;
+
 struct InFlight {
     batch: Arc<Shared>,
     stage: Stage,
@@ -87,6 +91,10 @@ pub(super) struct Worker {
     in_batch: Vec<usize>,
     /// Each of `batch`'s events' outcomes.
     outcomes: Vec<Vec<RuleOutcome>>,
+    /// Emptied outcome lists of decided batches, kept with their capacity
+    /// for the next ones: at a hundred rules, growing a new list for every
+    /// event cost more than a rule's own work.
+    spare: Vec<Vec<RuleOutcome>>,
     /// (name with its rendered JSON key, catalog index) of the features
     /// live rules read; worker-local, so records touch no shared
     /// reference counts.
@@ -123,6 +131,7 @@ impl Worker {
             batch: rules::Batch::default(),
             in_batch: Vec::new(),
             outcomes: Vec::new(),
+            spare: Vec::new(),
             used: Vec::new(),
             used_generation: u64::MAX,
             record_bytes: 512,
@@ -148,7 +157,7 @@ impl Worker {
                     return;
                 }
                 let n = batch.items.len();
-                let mine = (0..n).map(|_| Vec::new()).collect();
+                let mine = (0..n).map(|_| self.spare.pop().unwrap_or_default()).collect();
                 self.inflight.push_back(InFlight { batch, stage: Stage::Features, mine, unencodable: Vec::new() });
                 if !self.drain_part() {
                     return;
@@ -384,11 +393,13 @@ impl Worker {
             }
             self.evaluator.evaluate_home(&self.batch, Some(home), &mut self.outcomes);
             for (k, &i) in self.in_batch.iter().enumerate() {
-                let outcomes = std::mem::take(&mut self.outcomes[k]);
                 let decider = usize::from(b.deciders[i]);
                 match decider == me {
-                    true => f.mine[i].extend(outcomes),
-                    false => outgoing[decider].push((i as u32, outcomes)),
+                    // Moved, not copied; the list given back in exchange
+                    // has room for the next batch's outcomes.
+                    true if f.mine[i].is_empty() => std::mem::swap(&mut f.mine[i], &mut self.outcomes[k]),
+                    true => f.mine[i].append(&mut self.outcomes[k]),
+                    false => outgoing[decider].push((i as u32, std::mem::take(&mut self.outcomes[k]))),
                 }
             }
         }
@@ -455,6 +466,13 @@ impl Worker {
         }
         if out.decision_count > 0 {
             self.record_bytes = out.decisions.len() / out.decision_count as usize;
+        }
+        for mut list in f.mine {
+            if self.spare.len() >= SPARE_LISTS {
+                break;
+            }
+            list.clear();
+            self.spare.push(list);
         }
     }
 
