@@ -93,6 +93,14 @@ pub async fn run_with(
         lists.clone(),
         catalog.clone(),
     ));
+    let modes = crate::admin::load_overrides(&config.state.dir)?;
+    if !modes.is_empty() {
+        tracing::warn!(?modes, file = %config.state.dir.join(crate::admin::OVERRIDES_FILE).display(),
+            "rule modes set through the admin API win over the config's");
+    }
+    registry.set_modes(modes);
+    // Bound before anything starts: a listener that cannot be is a bad config.
+    let admin = crate::admin::bind(&config.admin)?;
     let report = registry.rescan();
     log_report(&report, &registry);
     registry.add_native(&overrides.native_rules).map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {e}"))?;
@@ -165,7 +173,24 @@ pub async fn run_with(
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
-    tokio::spawn(reload_on_sighup(config.clone(), registry, lists, tokenizer, reload.clone()));
+    let asked = Arc::new(tokio::sync::Notify::new());
+    // Serves until the pipeline has drained, not only until intake stops.
+    let admin_stop = CancellationToken::new();
+    if let Some((listener, token)) = admin {
+        let daemon = crate::admin::Daemon {
+            counters: counters.clone(),
+            registry: registry.clone(),
+            reload: asked.clone(),
+            state_dir: config.state.dir.clone(),
+        };
+        let (admin_config, stop) = (config.admin.clone(), admin_stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, token, &admin_config, daemon, stop).await {
+                tracing::error!(error = %e, "the admin listener stopped");
+            }
+        });
+    }
+    tokio::spawn(reload_on_sighup(config.clone(), registry, lists, tokenizer, asked, reload.clone()));
 
     let mut done = tokio::task::spawn_blocking(move || pipeline.join());
     tokio::pin!(shutdown);
@@ -178,6 +203,7 @@ pub async fn run_with(
         }
     };
     reload.cancel();
+    admin_stop.cancel();
     let result = joined.context("the pipeline panicked");
     let summary = counters.summary();
     tracing::info!(
@@ -280,6 +306,7 @@ async fn reload_on_sighup(
     registry: Arc<RuleRegistry>,
     lists: Arc<Lists>,
     tokenizer: Tokenizer,
+    asked: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
     #[cfg(unix)]
@@ -294,8 +321,9 @@ async fn reload_on_sighup(
             tokio::select! {
                 () = stop.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
+                () = asked.notified() => {}
             }
-            tracing::info!("SIGHUP: reloading config, lists and rules");
+            tracing::info!("reloading config, lists and rules");
             if let Some(path) = config.path.clone() {
                 match Config::load(&path) {
                     Ok(mut fresh) => {

@@ -102,6 +102,55 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin listener: metrics, health and the admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin listener (`[admin]`): Prometheus metrics at `/metrics`,
+/// `/healthz`, `/readyz` and the admin API under `/admin/`. Off unless
+/// `listen` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminConfig {
+    /// `host:port` to listen on, e.g. `127.0.0.1:9464`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/readyz` fails when events wait and none has been decided for this
+    /// long.
+    #[serde(default = "default_stall_threshold", with = "humantime_serde")]
+    pub stall_threshold: Duration,
+    /// The environment variable holding the bearer token the admin API's
+    /// changes need. Without one, the API is read-only.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: None, stall_threshold: default_stall_threshold(), token_env: None }
+    }
+}
+
+fn default_stall_threshold() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl AdminConfig {
+    /// The admin token from the environment variable `token-env` names.
+    ///
+    /// # Errors
+    /// The variable is named but unset or empty.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.token_env else { return Ok(None) };
+        match std::env::var(var) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
+            _ => Err(ConfigError::invalid(
+                "admin.token-env",
+                format!("the environment variable `{var}` is unset or empty; set it to the admin token"),
+            )),
+        }
+    }
 }
 
 impl RulesConfig {
@@ -141,6 +190,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.rules.cpu_budget == 0 {
             return Err(ConfigError::invalid("rules.cpu-budget", "must be greater than zero"));
+        }
+        if self.admin.stall_threshold < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("admin.stall-threshold", "must be at least 1s"));
+        }
+        if self.admin.token_env.as_deref().is_some_and(|v| v.is_empty() || v.contains('=')) {
+            return Err(ConfigError::invalid("admin.token-env", "must name an environment variable"));
         }
         if self.rules.cpu_budget > 10_000_000_000 {
             return Err(ConfigError::invalid("rules.cpu-budget", "must be at most 10s; a rule runs per event"));

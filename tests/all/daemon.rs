@@ -17,10 +17,16 @@ impl Daemon {
 
     /// Starts with a `RUST_LOG` filter, e.g. `vigil=debug` to see checkpoints.
     pub fn start_logging(env: &Env, config: &std::path::Path, filter: &str) -> Self {
+        Self::start_with(env, config, filter, &[])
+    }
+
+    /// Starts with a `RUST_LOG` filter and these environment variables.
+    pub fn start_with(env: &Env, config: &std::path::Path, filter: &str, vars: &[(&str, &str)]) -> Self {
         let log = env.path("vigil.log");
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(vars.iter().copied())
             .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

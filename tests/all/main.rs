@@ -6,6 +6,7 @@ mod support;
 mod broker;
 
 mod check_cmd;
+mod admin;
 mod daemon;
 mod end_to_end;
 mod exact;

@@ -54,8 +54,18 @@ use output::SinkMsg;
 pub use output::Sinks;
 
 /// Event counts; `events_in == decided + dead_lettered` once drained.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
+    /// Decision records with action block (a part of `alerts`).
+    pub blocked: AtomicU64,
+    /// Dead letters by their reason's code.
+    pub dead_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// When the last checkpoint was committed, ms since the epoch (0: none).
+    pub checkpoint_at_ms: AtomicU64,
+    /// How long committing it took, µs.
+    pub checkpoint_took_us: AtomicU64,
+    /// Time from intake to decision per event.
+    pub decision_latency: crate::stats::Histogram,
     /// Records read from the source.
     pub events_in: AtomicU64,
     /// Decision records written.
@@ -96,7 +106,34 @@ pub struct Summary {
     pub rule_swap_max_us: u64,
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            blocked: AtomicU64::new(0),
+            dead_by_code: std::sync::Mutex::default(),
+            checkpoint_at_ms: AtomicU64::new(0),
+            checkpoint_took_us: AtomicU64::new(0),
+            decision_latency: crate::stats::Histogram::new(crate::stats::BATCH_NS),
+            events_in: AtomicU64::new(0),
+            decided: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            aggregates: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            rule_swap_max_us: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Counters {
+    /// Notes a committed checkpoint that took `took`.
+    pub(crate) fn checkpointed(&self, took: std::time::Duration) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.checkpoint_at_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+        self.checkpoint_took_us.store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// The counts now.
     pub fn summary(&self) -> Summary {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

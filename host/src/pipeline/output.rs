@@ -136,6 +136,9 @@ fn run_committer(
         let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
         store.commit(cp)?;
         counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+        if !abort {
+            counters.checkpointed(started.elapsed());
+        }
         tracing::debug!(id, line, keys, took_ms = started.elapsed().as_millis() as u64, "checkpoint committed");
     }
     store.finish()
@@ -152,6 +155,10 @@ pub(super) struct Output {
     pub(super) alerts: Vec<Range<usize>>,
     dead: Vec<u8>,
     dead_count: u64,
+    /// The code of each dead letter in `dead`.
+    dead_codes: Vec<&'static str>,
+    /// Decisions with action block.
+    pub(super) blocked: u64,
     aggregates: Vec<u8>,
     aggregate_count: u64,
     late: Vec<u8>,
@@ -176,6 +183,7 @@ fn push_line(buf: &mut Vec<u8>, count: &mut u64, record: &impl Serialize) {
 
 impl Output {
     pub(super) fn dead_letter(&mut self, letter: &decode::DeadLetter<'_>) {
+        self.dead_codes.push(letter.code);
         push_line(&mut self.dead, &mut self.dead_count, letter);
     }
 
@@ -186,6 +194,7 @@ impl Output {
             id,
             at_us: now_us(),
         };
+        self.dead_codes.push("encode");
         push_line(&mut self.dead, &mut self.dead_count, &dl);
     }
 
@@ -273,6 +282,13 @@ fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io
     add(&counters.dead_lettered, out.dead_count);
     add(&counters.aggregates, out.aggregate_count);
     add(&counters.late, out.late_count);
+    add(&counters.blocked, out.blocked);
+    if !out.dead_codes.is_empty() {
+        let mut by_code = counters.dead_by_code.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for code in &out.dead_codes {
+            *by_code.entry(code).or_default() += 1;
+        }
+    }
     Ok(())
 }
 
@@ -435,8 +451,12 @@ fn write_outputs(
                 sinks.sync()?;
                 if let Some(store) = store {
                     let (line, abort) = (cp.position.line_no, cp.abort);
+                    let started = Instant::now();
                     store.commit(cp)?;
                     counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
+                    if !abort {
+                        counters.checkpointed(started.elapsed());
+                    }
                     tracing::debug!(id, line, "checkpoint committed");
                 }
                 for out in lanes.release(id) {

@@ -454,6 +454,8 @@ impl Worker {
         out.decisions.reserve(mine * (self.record_bytes + self.record_bytes / 8));
         let several_homes = b.homes.len() > 1;
         let mut record_features = Vec::with_capacity(self.used.len());
+        // Intake to decision, added to the shared histogram once per batch.
+        let mut latency = self.counters.decision_latency.local();
         for (i, outcomes) in f.mine.iter_mut().enumerate() {
             if usize::from(b.deciders[i]) != me || f.unencodable.contains(&(i as u32)) {
                 continue;
@@ -462,11 +464,12 @@ impl Worker {
                 // Outcomes came a group of rules at a time: back in rule order.
                 outcomes.sort_by(|a, c| a.label.rule.cmp(&c.label.rule));
             }
-            self.record(&b, i, &mut record_features, outcomes, out);
+            self.record(&b, i, &mut record_features, outcomes, &mut latency, out);
         }
         if out.decision_count > 0 {
             self.record_bytes = out.decisions.len() / out.decision_count as usize;
         }
+        self.counters.decision_latency.merge(&mut latency);
         for mut list in f.mine {
             if self.spare.len() >= SPARE_LISTS {
                 break;
@@ -484,6 +487,7 @@ impl Worker {
         i: usize,
         record_features: &mut Vec<(&'u decide::FeatureKey, f64)>,
         outcomes: &[RuleOutcome],
+        latency: &mut crate::stats::Local,
         out: &mut Output,
     ) {
         let item = &b.items[i];
@@ -495,6 +499,9 @@ impl Worker {
             action = action.max(self.on_empty);
             reasons.push(decide::NO_ENFORCING_RULE);
         }
+        let decided_at_us = self.clock.now_us();
+        out.blocked += u64::from(action == Action::Block);
+        latency.observe(decided_at_us.saturating_sub(item.ingested_at_us).max(0) as u64 * 1000);
         let record = Decision {
             schema: decide::SCHEMA,
             id: &p.id,
@@ -506,7 +513,7 @@ impl Worker {
             features: FeatureValues(record_features),
             event_ts_ms: p.ts_ms,
             ingested_at_us: item.ingested_at_us,
-            decided_at_us: self.clock.now_us(),
+            decided_at_us,
         };
         let start = out.decisions.len();
         record.write_json_line(&mut out.decisions);

@@ -72,7 +72,43 @@ pub enum RuleError {
     Quarantined,
 }
 
+/// The causes a rule call fails with, as [`RuleError::cause`] names them.
+pub const CAUSES: [&str; 11] = [
+    "io",
+    "compile",
+    "abi",
+    "manifest",
+    "config",
+    "trap",
+    "out_of_fuel",
+    "timeout",
+    "event_budget",
+    "memory",
+    "quarantined",
+];
+
 impl RuleError {
+    /// A stable name of the kind of failure, one of [`CAUSES`].
+    pub fn cause(&self) -> &'static str {
+        CAUSES[self.cause_index()]
+    }
+
+    fn cause_index(&self) -> usize {
+        match self {
+            RuleError::Io(_) => 0,
+            RuleError::Compile(_) => 1,
+            RuleError::Abi(_) => 2,
+            RuleError::Manifest(_) => 3,
+            RuleError::Config(_) => 4,
+            RuleError::Trap(_) => 5,
+            RuleError::OutOfFuel(_) => 6,
+            RuleError::Timeout => 7,
+            RuleError::EventBudget => 8,
+            RuleError::MemoryExceeded(_) => 9,
+            RuleError::Quarantined => 10,
+        }
+    }
+
     /// This error as met loading the instance `[rule.NAME]` of `base`.
     fn in_instance(self, name: &str, base: &str) -> Self {
         RuleError::Config(format!("[rule.{name}] (an instance of `{base}`): {self}"))
@@ -148,17 +184,91 @@ impl std::fmt::Debug for LoadedRule {
     }
 }
 
-#[derive(Debug, Default)]
+/// A rule version's health and counts since it loaded, for the admin
+/// listener. Workers add to them once per batch.
+#[derive(Debug)]
 struct Health {
     consecutive: AtomicU32,
     failures: AtomicU64,
     quarantined: AtomicBool,
+    /// Failures by [`RuleError::cause`], in [`CAUSES`] order.
+    by_cause: [AtomicU64; CAUSES.len()],
+    /// Outcomes, failed ones included.
+    evaluations: AtomicU64,
+    reviews: AtomicU64,
+    blocks: AtomicU64,
+    /// Time per event, averaged over each batch call.
+    latency: crate::stats::Histogram,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            consecutive: AtomicU32::new(0),
+            failures: AtomicU64::new(0),
+            quarantined: AtomicBool::new(false),
+            by_cause: Default::default(),
+            evaluations: AtomicU64::new(0),
+            reviews: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            latency: crate::stats::Histogram::new(crate::stats::RULE_NS),
+        }
+    }
+}
+
+/// What a rule version did since it loaded ([`LoadedRule::counts`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleCounts {
+    /// Events it gave an outcome for (failure outcomes included).
+    pub evaluations: u64,
+    /// Outcomes with action review.
+    pub reviews: u64,
+    /// Outcomes with action block.
+    pub blocks: u64,
+    /// Failed calls.
+    pub failures: u64,
+    /// Failed calls by cause, the causes seen.
+    pub failures_by_cause: BTreeMap<&'static str, u64>,
+    /// Whether it is quarantined.
+    pub quarantined: bool,
 }
 
 impl LoadedRule {
     /// Whether the rule is quarantined.
     pub fn is_quarantined(&self) -> bool {
         self.health.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// What it did since it loaded.
+    pub fn counts(&self) -> RuleCounts {
+        let h = &self.health;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RuleCounts {
+            evaluations: load(&h.evaluations),
+            reviews: load(&h.reviews),
+            blocks: load(&h.blocks),
+            failures: load(&h.failures),
+            failures_by_cause: CAUSES
+                .iter()
+                .zip(&h.by_cause)
+                .filter(|(_, n)| load(n) > 0)
+                .map(|(c, n)| (*c, load(n)))
+                .collect(),
+            quarantined: self.is_quarantined(),
+        }
+    }
+
+    /// Its time per event (averaged over each batch call).
+    pub fn latency(&self) -> &crate::stats::Histogram {
+        &self.health.latency
+    }
+
+    /// Lifts a quarantine: the rule is called again from the next batch
+    /// and quarantined again after as many consecutive failures. Returns
+    /// whether it was quarantined.
+    pub fn release(&self) -> bool {
+        self.health.consecutive.store(0, Ordering::Relaxed);
+        self.health.quarantined.swap(false, Ordering::Relaxed)
     }
 
     /// The short module hash used in logs and records.
@@ -256,7 +366,13 @@ struct FileEntry {
 pub struct RuleRegistry {
     sandbox: Sandbox,
     dir: PathBuf,
+    /// The config's `[rule.*]` with [`RuleRegistry::modes`] applied.
     settings: Mutex<BTreeMap<String, RuleSettings>>,
+    /// The config's `[rule.*]` as written.
+    configured: Mutex<BTreeMap<String, RuleSettings>>,
+    /// Modes set through the admin API, by rule name: they win over the
+    /// config's.
+    modes: Mutex<BTreeMap<String, Mode>>,
     default_on_failure: Mutex<FailurePolicy>,
     lists: Arc<Lists>,
     catalog: Arc<Catalog>,
@@ -325,7 +441,9 @@ impl RuleRegistry {
         Self {
             sandbox,
             dir,
-            settings: Mutex::new(settings),
+            settings: Mutex::new(settings.clone()),
+            configured: Mutex::new(settings),
+            modes: Mutex::new(BTreeMap::new()),
             default_on_failure: Mutex::new(default_on_failure),
             lists,
             catalog,
@@ -360,9 +478,35 @@ impl RuleRegistry {
     /// Replaces per-rule settings (on config reload); every rule is reloaded
     /// with them at the next rescan.
     pub fn set_settings(&self, settings: BTreeMap<String, RuleSettings>, default_on_failure: FailurePolicy) {
-        *lock(&self.settings) = settings;
+        *lock(&self.configured) = settings;
         *lock(&self.default_on_failure) = default_on_failure;
+        self.apply_modes();
+    }
+
+    /// Sets the modes that win over the config's (the admin API's), by
+    /// rule name; takes effect at the next [`RuleRegistry::rescan`].
+    pub fn set_modes(&self, modes: BTreeMap<String, Mode>) {
+        *lock(&self.modes) = modes;
+        self.apply_modes();
+    }
+
+    /// The modes that win over the config's.
+    pub fn modes(&self) -> BTreeMap<String, Mode> {
+        lock(&self.modes).clone()
+    }
+
+    fn apply_modes(&self) {
+        let mut settings = lock(&self.configured).clone();
+        for (name, mode) in lock(&self.modes).iter() {
+            settings.entry(name.clone()).or_default().mode = *mode;
+        }
+        *lock(&self.settings) = settings;
         lock(&self.files).values_mut().for_each(|f| f.stale = true);
+    }
+
+    /// The names of the modules the last scans rejected.
+    pub fn rejected_files(&self) -> Vec<PathBuf> {
+        lock(&self.files).iter().filter(|(_, f)| f.rules.is_empty()).map(|(p, _)| p.clone()).collect()
     }
 
     /// Brings the live rule set in line with the folder. Never fails as a
@@ -546,7 +690,7 @@ impl RuleRegistry {
     /// with the rule it is an instance of (`of`), if it is one.
     pub fn unmatched_settings(&self) -> Vec<(String, Option<String>)> {
         let set = self.current();
-        lock(&self.settings)
+        lock(&self.configured)
             .iter()
             .filter(|(k, _)| !set.rules.iter().any(|r| *r.name == **k))
             .map(|(k, s)| (k.clone(), s.of.clone()))
@@ -1261,10 +1405,19 @@ impl Evaluator {
                 instance.lend_state(std::mem::take(&mut slot.state));
             }
             let mut from = 0;
+            // Counted here and added to the rule's shared counts once.
+            let (mut reviews, mut blocks, mut spent_ns) = (0u64, 0u64, 0u64);
+            let mut tally = |o: &RuleOutcome| {
+                reviews += u64::from(o.action == vigil_abi::Action::Review);
+                blocks += u64::from(o.action == vigil_abi::Action::Block);
+                spent_ns += o.latency_ns;
+            };
             while from < batch.len() {
                 let results = &mut self.results;
                 if results.budget(from) == 0 {
-                    out[from].push(slot.failed(RuleError::EventBudget, 0));
+                    let failed = slot.failed(RuleError::EventBudget, 0);
+                    tally(&failed);
+                    out[from].push(failed);
                     from += 1;
                     continue;
                 }
@@ -1288,7 +1441,7 @@ impl Evaluator {
                     }
                 }
                 for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
-                    out[from].push(RuleOutcome {
+                    let o = RuleOutcome {
                         label: slot.label.clone(),
                         mode: rule.mode,
                         action: r.action,
@@ -1296,7 +1449,9 @@ impl Evaluator {
                         reasons: std::mem::take(&mut r.reasons),
                         latency_ns: results.clock.delta_as_nanos(start, end),
                         error: None,
-                    });
+                    };
+                    tally(&o);
+                    out[from].push(o);
                     start = end;
                     from += 1;
                 }
@@ -1320,12 +1475,24 @@ impl Evaluator {
                         slot.state = failed.take_state();
                     }
                 }
-                out[from].push(slot.failed(e, latency_ns));
+                let failed = slot.failed(e, latency_ns);
+                tally(&failed);
+                out[from].push(failed);
                 from += 1;
             }
             if let Some(instance) = &mut slot.instance {
                 slot.state = instance.take_state();
             }
+            let h = &slot.rule.health;
+            let n = batch.len() as u64;
+            h.evaluations.fetch_add(n, Ordering::Relaxed);
+            if reviews > 0 {
+                h.reviews.fetch_add(reviews, Ordering::Relaxed);
+            }
+            if blocks > 0 {
+                h.blocks.fetch_add(blocks, Ordering::Relaxed);
+            }
+            h.latency.observe_n(spent_ns / n.max(1), n);
         }
     }
 }
@@ -1466,6 +1633,7 @@ impl Batch {
 
 impl RuleRegistry {
     fn note_failure(&self, rule: &LoadedRule, e: &RuleError) {
+        rule.health.by_cause[e.cause_index()].fetch_add(1, Ordering::Relaxed);
         let total = rule.health.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let consecutive = rule.health.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         // Log the first failures and then ever more sparsely, so a rule

@@ -1,0 +1,203 @@
+//! The admin listener of the real daemon: metrics that agree with the
+//! outputs, readiness, and an admin API whose changes need the token,
+//! take effect on the next events and survive a restart.
+
+use crate::daemon::Daemon;
+use crate::support::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// One HTTP/1.1 request; (status, body). A few lines over a socket, to
+/// see exactly what goes over the wire.
+fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Bodies come whole here; a chunked one is unwrapped.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(&body) } else { body };
+    Some((status, body))
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the sample `name{labels}` (labels as written, in order).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn admin_toml(env: &Env, port: u16, extra: &str) -> std::path::PathBuf {
+    env.toml(&format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{extra}"))
+}
+
+#[test]
+fn metrics_agree_with_the_outputs_while_events_flow() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.install("geo_mismatch", "geo_mismatch.wasm");
+    // Every fifth payment is over large-amount's review threshold, every
+    // twentieth over its block threshold.
+    let amount = |i: i64| match i {
+        i if i % 20 == 0 => 2_000_000 + i,
+        i if i % 5 == 0 => 200_000 + i,
+        i => 1_000 + i,
+    };
+    env.write_events(&(0..300).map(|i| payment(&format!("a{i}"), amount(i))).collect::<Vec<_>>());
+    let port = free_port();
+    let config = admin_toml(&env, port, "");
+    let mut d = Daemon::start(&env, &config);
+    let first = d.wait_for(Duration::from_secs(60), "the metrics", || http(port, "GET", "/metrics", &[], ""));
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert!(first.1.contains("# TYPE vigil_events_in counter"), "{}", first.1);
+    // More events, and two that are dead-lettered, while it runs.
+    env.append_lines(&(300..400).map(|i| payment(&format!("a{i}"), amount(i)).to_string()).collect::<Vec<_>>());
+    env.append_lines(&["not json".to_owned(), payment("a1", 5).to_string()]);
+    let dead_letters = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("vigil_dead_letters_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = d.wait_for(Duration::from_secs(60), "every event counted", || {
+        let (_, m) = http(port, "GET", "/metrics", &[], "")?;
+        (sample(&m, "vigil_events_decided_total")? + dead_letters(&m) >= 402.0).then_some(m)
+    });
+    let events_in = sample(&metrics, "vigil_events_in_total").expect("events in");
+    let decided = sample(&metrics, "vigil_events_decided_total").expect("decided");
+    let dead = dead_letters(&metrics);
+    assert_eq!((events_in, decided, dead), (402.0, 400.0, 2.0), "{metrics}");
+    assert_eq!(sample(&metrics, "vigil_dead_letters_total{code=\"duplicate\"}"), Some(1.0), "{metrics}");
+
+    let records = read_jsonl(&env.decisions());
+    assert_eq!(records.len(), 400);
+    let hits = |rule: &str, action: &str| {
+        records.iter().filter(|r| rule_outcome(r, rule).is_some_and(|o| o["action"] == action)).count() as f64
+    };
+    let by_action = |action: &str| records.iter().filter(|r| r["action"] == action).count() as f64;
+    for rule in ["large-amount", "geo-mismatch"] {
+        assert_eq!(
+            sample(&metrics, &format!("vigil_rule_evaluations_total{{rule=\"{rule}\",version=\"1.0.0\"}}")),
+            Some(400.0)
+        );
+        for action in ["review", "block"] {
+            let series = format!("vigil_rule_hits_total{{rule=\"{rule}\",version=\"1.0.0\",action=\"{action}\"}}");
+            assert_eq!(sample(&metrics, &series), Some(hits(rule, action)), "{series}");
+        }
+    }
+    assert_eq!(hits("large-amount", "block"), 20.0, "the test's own arithmetic");
+    for action in ["allow", "review", "block"] {
+        assert_eq!(sample(&metrics, &format!("vigil_decisions_total{{action=\"{action}\"}}")), Some(by_action(action)));
+    }
+    assert_eq!(sample(&metrics, "vigil_decision_latency_seconds_count"), Some(400.0), "{metrics}");
+    assert_eq!(sample(&metrics, "vigil_rules_loaded"), Some(2.0));
+    assert!(sample(&metrics, "vigil_process_resident_memory_bytes").is_some_and(|b| b > 1e6), "{metrics}");
+    assert_eq!(http(port, "GET", "/healthz", &[], "").map(|r| r.0), Some(200));
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn readiness_follows_whether_an_enforcing_rule_is_live() {
+    let env = Env::new();
+    env.write_events(&[payment("r1", 100)]);
+    let port = free_port();
+    let config = admin_toml(&env, port, "");
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("debounce = \"50ms\"", "debounce = \"50ms\"\nallow-empty = true");
+    std::fs::write(&config, text).expect("write");
+    let mut d = Daemon::start(&env, &config);
+    let (status, body) = d.wait_for(Duration::from_secs(60), "/readyz", || http(port, "GET", "/readyz", &[], ""));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no enforcing rule is live"), "{body}");
+    assert_eq!(http(port, "GET", "/healthz", &[], "").map(|r| r.0), Some(200), "alive while not ready");
+    // Without admin.token-env the API is read-only.
+    let (status, body) = http(port, "POST", "/admin/reload", &[], "").expect("reload");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("admin.token-env"), "{body}");
+
+    install_atomically(&wasm("large_amount"), &env.rules().join("large_amount.wasm"));
+    d.wait_for(Duration::from_secs(60), "ready once a rule loads", || {
+        let (status, body) = http(port, "GET", "/readyz", &[], "")?;
+        (status == 200).then_some(body)
+    });
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn admin_changes_need_the_token_take_effect_on_the_next_events_and_survive_a_restart() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    // Stays enforcing, and allows these payments.
+    env.install("geo_mismatch", "geo_mismatch.wasm");
+    env.write_events(&[payment("m1", 500_000)]);
+    let port = free_port();
+    let config = admin_toml(&env, port, "token-env = \"VIGIL_TEST_ADMIN_TOKEN\"");
+    let vars = [("VIGIL_TEST_ADMIN_TOKEN", "t0ken-for-tests")];
+    let mut d = Daemon::start_with(&env, &config, "info", &vars);
+    let first = d.wait_for(Duration::from_secs(60), "the first decision", || decision_for(&env.decisions(), "m1"));
+    assert_eq!(first["action"], "review");
+
+    let shadow = r#"{"mode":"shadow"}"#;
+    let json = "Content-Type: application/json";
+    let path = "/admin/rules/large-amount/mode";
+    assert_eq!(http(port, "POST", path, &[json], shadow).map(|r| r.0), Some(401), "no token");
+    let wrong = "Authorization: Bearer t0ken-for-tests-not";
+    assert_eq!(http(port, "POST", path, &[json, wrong], shadow).map(|r| r.0), Some(401), "a wrong token");
+    assert_eq!(http(port, "POST", "/admin/rules/large-amount/release", &[wrong], "").map(|r| r.0), Some(401));
+    let good = "Authorization: Bearer t0ken-for-tests";
+    let (status, body) = http(port, "POST", "/admin/rules/nope/mode", &[json, good], shadow).expect("unknown");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(port, "POST", path, &[json, good], shadow).expect("mode");
+    assert_eq!(status, 200, "{body}");
+
+    env.append_lines(&[payment("m2", 500_000).to_string()]);
+    let second = d.wait_for(Duration::from_secs(60), "the next decision", || decision_for(&env.decisions(), "m2"));
+    assert_eq!(second["action"], "allow", "a shadow rule does not decide: {second}");
+    assert_eq!(rule_outcome(&second, "large-amount").expect("listed")["mode"], "shadow", "{second}");
+    let (_, rules) = http(port, "GET", "/admin/rules", &[], "").expect("rules");
+    let rules: Vec<serde_json::Value> = serde_json::from_str(&rules).expect("json");
+    let large = rules.iter().find(|r| r["name"] == "large-amount").expect("listed");
+    assert_eq!(large["mode"], "shadow", "{large}");
+    assert_eq!(large["evaluations"], 1, "the reloaded rule counts from its load: {large}");
+    let (status, _) = d.stop();
+    assert!(status.success());
+
+    // A restart keeps the change: the overrides file wins over the config.
+    let overrides = std::fs::read_to_string(env.path("state/admin.toml")).expect("overrides file");
+    assert!(overrides.contains("\"large-amount\" = \"shadow\""), "{overrides}");
+    env.append_lines(&[payment("m3", 500_000).to_string()]);
+    let mut d = Daemon::start_with(&env, &config, "info", &vars);
+    let third =
+        d.wait_for(Duration::from_secs(60), "a decision after the restart", || decision_for(&env.decisions(), "m3"));
+    assert_eq!(third["action"], "allow", "{third}");
+    assert!(d.log().contains("win over the config"), "the start says why: {}", d.log());
+    let (status, _) = d.stop();
+    assert!(status.success());
+}
