@@ -60,6 +60,15 @@ impl Histogram {
         self.count.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds what `other` (with the same bounds) holds.
+    pub fn add(&self, other: &Histogram) {
+        for (b, o) in self.buckets.iter().zip(&other.buckets) {
+            b.fetch_add(o.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(other.sum_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.count.fetch_add(other.count.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// Adds what `local` holds and empties it.
     pub fn merge(&self, local: &mut Local) {
         if local.count == 0 {
