@@ -114,7 +114,16 @@ pub mod imports {
     /// event `index`'s packed [`super::Outcome`], with its reason codes in
     /// the output buffer. Events are reported in order, each exactly once.
     pub const OUTCOME: &str = "outcome";
+    /// `(level: i32, ptr: i32, len: i32)`: a log line from the rule, UTF-8
+    /// at `ptr..ptr+len`; level 0 error, 1 warn, 2 info, 3 debug. The host
+    /// keeps at most [`super::LOG_MAX_BYTES`] of it, rate-limits it per
+    /// rule and charges it to the call's fuel.
+    pub const LOG: &str = "log";
 }
+
+/// The longest log line a rule can write ([`imports::LOG`]); longer ones
+/// are cut.
+pub const LOG_MAX_BYTES: usize = 1024;
 
 /// What a rule decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -256,6 +256,20 @@ fn host_outcome(_index: usize, _packed: i64) {
 unsafe extern "C" {
     fn state_get(key_ptr: i32, key_len: i32, out_ptr: i32, out_cap: i32) -> i32;
     fn state_put(key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32) -> i32;
+    fn log(level: i32, ptr: i32, len: i32);
+}
+
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host_log(level: crate::Level, message: &str) {
+    let len = message.len().min(vigil_abi::LOG_MAX_BYTES);
+    // SAFETY: the host only reads `message` from this module's memory.
+    unsafe { log(level as i32, guest_ptr(message.as_ptr()), len as i32) }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn host_log(level: crate::Level, message: &str) {
+    // Native builds outside a host (tests): to stderr, as the test shows it.
+    eprintln!("[{level:?}] {message}");
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -200,6 +200,20 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Writes a line to vigil's log with the rule's name and version, e.g.
+    /// `ctx.log(Level::Warn, "unexpected currency")`. The host lets through
+    /// at most `rules.log-rate` lines a second per rule instance (10 by
+    /// default; the rest are counted), charges each line to the call's CPU
+    /// budget, keeps at most 1 KiB of it, and drops them in `vigil replay`
+    /// unless run with `--rule-logs`. Never log card numbers or other
+    /// payment data: the line goes to the operator's log as written.
+    pub fn log(&self, level: crate::Level, message: &str) {
+        match &self.state {
+            State::Host | State::Local(_) => crate::__private::host_log(level, message),
+            State::Native(host) => host.log(level, message),
+        }
+    }
+
     /// [`Context::state_get`] as UTF-8 text.
     pub fn state_get_str(&self, key: &str) -> Option<String> {
         self.state_get(key).and_then(|v| String::from_utf8(v).ok())

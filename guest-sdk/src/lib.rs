@@ -88,7 +88,21 @@ pub struct Rule {
     pub native: native::Entry,
 }
 
+/// How much a rule's log line ([`Context::log`]) matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(i32)]
+pub enum Level {
+    /// Something is wrong.
+    Error = 0,
+    /// Something looks wrong.
+    Warn = 1,
+    /// Worth knowing.
+    Info = 2,
+    /// Only while investigating.
+    Debug = 3,
+}
+
 /// Everything a rule file needs: `use vigil_sdk::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Action, Card, Channel, Context, Country, Decision, Geo, Kind, Party, Payment, rule};
+    pub use crate::{Action, Card, Channel, Context, Country, Decision, Geo, Kind, Level, Party, Payment, rule};
 }

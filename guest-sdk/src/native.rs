@@ -24,6 +24,10 @@ pub trait Host {
     fn state_get(&self, key: &[u8]) -> Option<Vec<u8>>;
     /// Stores (an empty value removes) `key`; false when over a limit.
     fn state_put(&self, key: &[u8], value: &[u8]) -> bool;
+    /// A log line from the rule; dropped unless the host takes them.
+    fn log(&self, level: crate::Level, message: &str) {
+        let _ = (level, message);
+    }
 }
 
 /// A rule with its parameters decoded and checked: what a configured wasm

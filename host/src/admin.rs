@@ -76,7 +76,10 @@ pub fn load_overrides(state_dir: &std::path::Path) -> anyhow::Result<BTreeMap<St
     let path = state_dir.join(OVERRIDES_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        // No state folder yet (or none can be made): no overrides.
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(BTreeMap::new());
+        }
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
     let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -403,6 +406,26 @@ impl Collector for Observed {
             gauge(&mut e, "vigil_checkpoint_age_seconds", "Time since the last checkpoint was committed.", age)?;
             let took = d.counters.checkpoint_took_us.load(Ordering::Relaxed) as f64 / 1e6;
             gauge(&mut e, "vigil_checkpoint_duration_seconds", "How long committing the last checkpoint took.", took)?;
+        }
+        let lag = d.counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(bytes) = lag.bytes {
+            gauge(
+                &mut e,
+                "vigil_source_lag_bytes",
+                "File source: bytes between the next line and the end.",
+                bytes as f64,
+            )?;
+        }
+        if !lag.records.is_empty() {
+            let mut m = e.encode_descriptor(
+                "vigil_source_lag_records",
+                "Kafka source: records between the next offset and the end, per owned partition.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (p, n) in &lag.records {
+                ConstGauge::new(*n as i64).encode(m.encode_family(&[("partition", p.to_string())])?)?;
+            }
         }
         self.encode_rules(&mut e)?;
         if let Some(rss) = rss_bytes() {

@@ -132,6 +132,10 @@ impl Default for AdminConfig {
     }
 }
 
+fn default_log_rate() -> u32 {
+    crate::rules::sandbox::DEFAULT_LOG_RATE
+}
+
 fn default_stall_threshold() -> Duration {
     Duration::from_secs(30)
 }
@@ -784,6 +788,12 @@ pub struct RulesConfig {
     /// every payment with no rule.
     #[serde(default)]
     pub allow_empty: bool,
+    /// Log lines a second each rule instance may write through
+    /// `ctx.log` (the rest are counted and reported with the next line
+    /// let through); 0 drops them. `vigil replay` drops them unless run
+    /// with `--rule-logs`.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u32,
     /// The final action while no enforcing rule is live (none loaded, or
     /// all quarantined): `review` (default), `block`, or `allow`. The
     /// decision record carries the reason `no_enforcing_rule`.
@@ -815,6 +825,7 @@ impl Default for RulesConfig {
             state_max_bytes: default_state_max_bytes(),
             state_ttl: default_state_ttl(),
             allow_empty: false,
+            log_rate: default_log_rate(),
             on_empty: default_on_empty(),
             quarantine_after: default_quarantine_after(),
             on_failure: FailurePolicy::default(),

@@ -59,6 +59,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Let rules' log lines through (`ctx.log`), at rules.log-rate;
+        /// dropped otherwise, so a replay of millions of events stays quiet.
+        #[arg(long)]
+        rule_logs: bool,
     },
     /// Generate synthetic payments with injected fraud patterns, as JSON lines.
     Gen {
@@ -233,9 +237,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        Command::Replay { input, config, mapping, label, rules, out, compare, quiet } => {
+        Command::Replay { input, config, mapping, label, rules, out, compare, quiet, rule_logs } => {
             let mut config = load_config(config.as_deref())?;
-            config.log.level = "warn".into();
+            config.log.level = if rule_logs { "warn,vigil::rule=debug".into() } else { "warn".into() };
+            if !rule_logs {
+                config.rules.log_rate = 0;
+            }
             init_tracing(&config);
             if let Some(rules) = rules {
                 config.rules.dir = rules;

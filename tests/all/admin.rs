@@ -8,13 +8,13 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// One HTTP/1.1 request; (status, body). A few lines over a socket, to
 /// see exactly what goes over the wire.
-fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> Option<(u16, String)> {
+pub fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
@@ -117,6 +117,11 @@ fn metrics_agree_with_the_outputs_while_events_flow() {
     assert_eq!(sample(&metrics, "vigil_rules_loaded"), Some(2.0));
     assert!(sample(&metrics, "vigil_process_resident_memory_bytes").is_some_and(|b| b > 1e6), "{metrics}");
     assert_eq!(http(port, "GET", "/healthz", &[], "").map(|r| r.0), Some(200));
+    // The file is read to its end: nothing left behind, once measured.
+    d.wait_for(Duration::from_secs(30), "the source lag to read 0", || {
+        let (_, m) = http(port, "GET", "/metrics", &[], "")?;
+        (sample(&m, "vigil_source_lag_bytes")? == 0.0).then_some(())
+    });
     let (status, _) = d.stop();
     assert!(status.success());
 }
@@ -200,4 +205,54 @@ fn admin_changes_need_the_token_take_effect_on_the_next_events_and_survive_a_res
     assert!(d.log().contains("win over the config"), "the start says why: {}", d.log());
     let (status, _) = d.stop();
     assert!(status.success());
+}
+
+#[test]
+fn a_rule_logs_through_the_host_with_its_name_rate_limited_and_not_in_replays() {
+    let env = Env::new();
+    env.install("chaos", "chaos.wasm");
+    env.install("large_amount", "large_amount.wasm");
+    env.write_events(&(0..200).map(|i| payment(&format!("l{i}"), 1_000 + i)).collect::<Vec<_>>());
+    let config = env.toml("[rule.chaos.params]\nbehaviour = \"log\"\n");
+    // One worker: the limit is per rule instance, and each worker has one.
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("debounce = \"50ms\"", "debounce = \"50ms\"\nlog-rate = 5")
+        .replace("workers = 2", "workers = 1");
+    std::fs::write(&config, text).expect("write");
+    let mut d = Daemon::start(&env, &config);
+    d.wait_for(Duration::from_secs(60), "200 decisions", || (line_count(&env.decisions()) >= 200).then_some(()));
+    // A second later the limit is new again: this event's line reports
+    // how many were dropped before it.
+    std::thread::sleep(Duration::from_millis(1100));
+    env.append_lines(&[payment("l-last", 77).to_string()]);
+    d.wait_for(Duration::from_secs(60), "the last decision", || decision_for(&env.decisions(), "l-last"));
+    let (status, log) = d.stop();
+    assert!(status.success());
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("chaos rule logging")).collect();
+    assert!(lines.len() >= 2 && lines.len() <= 20, "5 a second, not 201: {}", lines.len());
+    assert!(lines.iter().all(|l| l.contains("WARN") && l.contains("chaos") && l.contains("1.0.0")), "{lines:?}");
+    assert!(lines.last().is_some_and(|l| l.contains("amount of 77")), "{lines:?}");
+    let dropped: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("dropped=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(dropped + lines.len() as u64, 201, "every line logged or counted: {lines:?}");
+
+    // A replay drops them, unless asked.
+    let replay = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["replay", "--quiet", "--config"])
+            .arg(&config)
+            .arg(env.events())
+            .arg("--out")
+            .arg(env.path(&format!("replay{}", extra.len())))
+            .args(extra)
+            .output()
+            .expect("replay");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).matches("chaos rule logging").count()
+    };
+    assert_eq!(replay(&[]), 0);
+    assert!(replay(&["--rule-logs"]) > 0);
 }

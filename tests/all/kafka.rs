@@ -325,8 +325,9 @@ fn compressed_input_of_every_codec_is_decided() {
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
     let config = kafka_toml(&env, &broker, "zip");
-    let text =
-        std::fs::read_to_string(&config).expect("config") + "\n[kafka.producer]\n\"compression.type\" = \"zstd\"\n";
+    let port = crate::admin::free_port();
+    let text = std::fs::read_to_string(&config).expect("config")
+        + &format!("\n[kafka.producer]\n\"compression.type\" = \"zstd\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
     std::fs::write(&config, text).expect("config");
     let mut vigil = Daemon::start(&env, &config);
     let mut want = HashSet::new();
@@ -336,6 +337,14 @@ fn compressed_input_of_every_codec_is_decided() {
         want.extend(events.iter().map(|(_, v)| id_of(v)));
     }
     await_decisions(&mut vigil, &broker, &want, "decisions for input in every codec");
+    // The lag per partition, from the client's statistics: all read.
+    let lags = vigil.wait_for(Duration::from_secs(30), "the source lag per partition", || {
+        let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "")?;
+        let lags: Vec<String> =
+            m.lines().filter(|l| l.starts_with("vigil_source_lag_records{")).map(String::from).collect();
+        (lags.len() == 4 && lags.iter().all(|l| l.ends_with(" 0"))).then_some(lags)
+    });
+    assert!(lags.iter().any(|l| l.contains("partition=\"3\"")), "{lags:?}");
     assert!(!vigil.log().contains("ERROR"), "{}", vigil.log());
 }
 

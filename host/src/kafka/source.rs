@@ -33,6 +33,12 @@ pub struct SourceContext {
     /// Consumption is paused for back-pressure: partitions assigned
     /// meanwhile are paused as they arrive.
     paused: AtomicBool,
+    /// The end each partition of the topic can be read to (the last
+    /// stable offset with transactions, else the high watermark), from
+    /// librdkafka's statistics.
+    ends: Mutex<BTreeMap<u32, i64>>,
+    /// Read committed: the end is the last stable offset.
+    committed_only: bool,
 }
 
 impl SourceContext {
@@ -56,6 +62,17 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         Logging.error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (&p, part) in &topic.partitions {
+            let end = if self.committed_only { part.ls_offset } else { part.hi_offset };
+            if let (Ok(p), true) = (u32::try_from(p), end >= 0) {
+                ends.insert(p, end);
+            }
+        }
     }
 }
 
@@ -157,11 +174,17 @@ impl KafkaSource {
             c.set(key, value);
         }
         let pause_after = pause_after(&c);
+        // For the lag metric: partition ends once a second, as statistics.
+        if c.get("statistics.interval.ms").is_none() {
+            c.set("statistics.interval.ms", "1000");
+        }
         let context = SourceContext {
             topic: topic.to_owned(),
             fence: fence.clone(),
             changes: Mutex::new(Vec::new()),
             paused: AtomicBool::new(false),
+            ends: Mutex::new(BTreeMap::new()),
+            committed_only: k.exactly_once,
         };
         let consumer: BaseConsumer<SourceContext> = c
             .create_with_context(context)
@@ -311,6 +334,16 @@ impl Source for KafkaSource {
 
     fn position(&self) -> Position {
         Position::default()
+    }
+
+    fn lag(&mut self) -> crate::sources::Lag {
+        let ends = self.consumer.context().ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let records = self
+            .next
+            .iter()
+            .filter_map(|(p, &next)| ends.get(p).map(|&end| (*p, u64::try_from(end - next).unwrap_or(0))))
+            .collect();
+        crate::sources::Lag { bytes: None, records }
     }
 
     fn partitioned(&self) -> bool {

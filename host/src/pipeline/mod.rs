@@ -66,6 +66,8 @@ pub struct Counters {
     pub checkpoint_took_us: AtomicU64,
     /// Time from intake to decision per event.
     pub decision_latency: crate::stats::Histogram,
+    /// How far the source is behind its input, updated about once a second.
+    pub source_lag: std::sync::Mutex<crate::sources::Lag>,
     /// Records read from the source.
     pub events_in: AtomicU64,
     /// Decision records written.
@@ -114,6 +116,7 @@ impl Default for Counters {
             checkpoint_at_ms: AtomicU64::new(0),
             checkpoint_took_us: AtomicU64::new(0),
             decision_latency: crate::stats::Histogram::new(crate::stats::BATCH_NS),
+            source_lag: std::sync::Mutex::default(),
             events_in: AtomicU64::new(0),
             decided: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),

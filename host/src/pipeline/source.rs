@@ -127,7 +127,13 @@ impl SourceRun {
         // Whether anything was read since the last checkpoint: a quiet
         // input does not write the same checkpoint again and again.
         let mut changed = false;
+        let mut lag_at = Instant::now();
         loop {
+            if lag_at.elapsed() >= Duration::from_secs(1) {
+                lag_at = Instant::now();
+                let lag = self.setup.source.lag();
+                *counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
+            }
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
             counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);

@@ -993,7 +993,11 @@ impl LoadedRule {
     /// [`RuleError`] when instantiation fails.
     pub fn instantiate(&self, sandbox: &Sandbox) -> Result<Instance, RuleError> {
         match &self.code {
-            Code::Wasm(pre) => sandbox.instantiate(pre, self.lists.clone(), &self.params).map(Instance::Wasm),
+            Code::Wasm(pre) => {
+                let mut instance = sandbox.instantiate(pre, self.lists.clone(), &self.params)?;
+                instance.set_log(sandbox.rule_log(&self.name, &self.version));
+                Ok(Instance::Wasm(instance))
+            }
             Code::Native(rule) => {
                 native::NativeInstance::new(rule, &self.params, self.lists.clone()).map(Instance::Native)
             }

@@ -42,6 +42,48 @@ pub struct HostState {
     rule_state: RuleState,
     /// What the `outcome` import needs during a batch call.
     run: Run,
+    /// Where the rule's log lines go; none: they are dropped.
+    log: Option<RuleLog>,
+}
+
+/// A rule instance's log lines ([`imports::LOG`]): into the host's log with
+/// the rule's name and version, at most `rate` lines a second (a burst of
+/// as many), the rest counted and reported with the next line let through.
+#[derive(Debug)]
+pub struct RuleLog {
+    rule: Arc<str>,
+    version: Arc<str>,
+    rate: u32,
+    /// Lines left in the current second, and when it began.
+    left: u32,
+    since: std::time::Instant,
+    dropped: u64,
+}
+
+impl RuleLog {
+    /// Lines of `rule` `version`, at most `rate` a second.
+    pub fn new(rule: Arc<str>, version: Arc<str>, rate: u32) -> Self {
+        Self { rule, version, rate, left: rate, since: std::time::Instant::now(), dropped: 0 }
+    }
+
+    fn write(&mut self, level: i32, message: &str) {
+        if self.since.elapsed() >= Duration::from_secs(1) {
+            (self.left, self.since) = (self.rate, std::time::Instant::now());
+        }
+        if self.left == 0 {
+            self.dropped += 1;
+            return;
+        }
+        self.left -= 1;
+        let dropped = std::mem::take(&mut self.dropped);
+        let (rule, version) = (&*self.rule, &*self.version);
+        match level {
+            0 => tracing::error!(target: "vigil::rule", rule, version, dropped, "{message}"),
+            1 => tracing::warn!(target: "vigil::rule", rule, version, dropped, "{message}"),
+            2 => tracing::info!(target: "vigil::rule", rule, version, dropped, "{message}"),
+            _ => tracing::debug!(target: "vigil::rule", rule, version, dropped, "{message}"),
+        }
+    }
 }
 
 /// A batch call in progress, as the `outcome` import sees it.
@@ -144,6 +186,9 @@ pub struct Sandbox {
     fuel: u64,
     deadline_ticks: u64,
     clock: quanta::Clock,
+    /// Log lines a second each rule instance may write (`rules.log-rate`);
+    /// 0: dropped.
+    log_rate: u32,
 }
 
 /// The compiled-rule cache: a folder, and the key artefacts are signed
@@ -428,6 +473,7 @@ impl Sandbox {
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_GET, state_get))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_PUT, state_put))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::OUTCOME, outcome))
+            .and_then(|l| l.func_wrap(imports::MODULE, imports::LOG, log))
             .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
         if let Some((dir, _)) = &cache
             && let Err(e) = std::fs::create_dir_all(dir)
@@ -444,6 +490,7 @@ impl Sandbox {
             // One more: the first tick may come at once.
             deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1),
             clock: quanta::Clock::new(),
+            log_rate: DEFAULT_LOG_RATE,
         })
     }
 
@@ -465,7 +512,14 @@ impl Sandbox {
             call_timeout: config.rules.call_timeout,
         };
         let key = config.pan_key().ok().map(|k| crate::decode::Tokenizer::new(&k).derive(b"vigil wasm-cache v1"));
-        Self::with_cache(&limits, key.map(|k| (config.state.dir.join("wasm-cache"), k)))
+        let mut sandbox = Self::with_cache(&limits, key.map(|k| (config.state.dir.join("wasm-cache"), k)))?;
+        sandbox.log_rate = config.rules.log_rate;
+        Ok(sandbox)
+    }
+
+    /// Where a new instance of rule `name` `version` writes its log lines.
+    pub fn rule_log(&self, name: &Arc<str>, version: &Arc<str>) -> Option<RuleLog> {
+        (self.log_rate > 0).then(|| RuleLog::new(name.clone(), version.clone(), self.log_rate))
     }
 
     /// Compiles `bytes` (or loads the cached artefact) and checks the module's
@@ -591,6 +645,7 @@ impl Sandbox {
                 reason_cache: Vec::new(),
                 refused: None,
             },
+            log: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -793,6 +848,28 @@ fn state_get(
     Ok(value.len() as i32)
 }
 
+/// Log lines a second a rule instance may write unless configured.
+pub const DEFAULT_LOG_RATE: u32 = 10;
+
+/// Fuel a log line costs besides its bytes: formatting and writing it is
+/// the host's most expensive call.
+const LOG_FUEL: u64 = 20_000;
+
+/// `vigil::log(level, ptr, len)`.
+fn log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) -> wasmtime::Result<()> {
+    let len = (len as u32 as usize).min(vigil_abi::LOG_MAX_BYTES);
+    caller.data_mut().run.owed += LOG_FUEL;
+    charge(&mut caller, len)?;
+    let (data, state) = guest(&mut caller, "log")?;
+    let Some(bytes) = data.get(range(ptr, len as i32)) else {
+        wasmtime::bail!("log: message out of bounds");
+    };
+    if let Some(log) = &mut state.log {
+        log.write(level, &String::from_utf8_lossy(bytes));
+    }
+    Ok(())
+}
+
 /// `vigil::state_put(key_ptr, key_len, val_ptr, val_len) -> i32`.
 fn state_put(
     mut caller: Caller<'_, HostState>,
@@ -944,6 +1021,7 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
                 imports::LIST_CONTAINS => is_func(&imp.ty(), &[I32, I32, I32], &[I32]),
                 imports::STATE_GET | imports::STATE_PUT => is_func(&imp.ty(), &[I32, I32, I32, I32], &[I32]),
                 imports::OUTCOME => is_func(&imp.ty(), &[I32, ValType::I64], &[]),
+                imports::LOG => is_func(&imp.ty(), &[I32, I32, I32], &[]),
                 _ => false,
             };
         if !ok {
@@ -955,12 +1033,14 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
     }
     let wasi = bad.iter().any(|b| b.contains("wasi"));
     Err(RuleError::Abi(format!(
-        "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`, `{m}::{}`){}",
+        "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`, `{m}::{}`, \
+         `{m}::{}`){}",
         bad.join(", "),
         imports::LIST_CONTAINS,
         imports::STATE_GET,
         imports::STATE_PUT,
         imports::OUTCOME,
+        imports::LOG,
         if wasi { " — WASI is not available: build for wasm32-unknown-unknown" } else { "" },
         m = imports::MODULE,
     )))
@@ -1150,6 +1230,11 @@ impl RuleInstance {
     /// Sets the event the next call is for (see [`RuleState::set_event`]).
     pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
         self.store.data_mut().rule_state.set_event(partition, ts_ms, entity);
+    }
+
+    /// Where the rule's log lines go from now on.
+    pub fn set_log(&mut self, log: Option<RuleLog>) {
+        self.store.data_mut().log = log;
     }
 
     /// Lends a rule's keyed state to the instance for the next calls.

@@ -200,6 +200,11 @@ impl Source for FileSource {
         Position { offset: self.lines.offset, line_no: self.lines.line_no }
     }
 
+    fn lag(&mut self) -> super::Lag {
+        let end = self.reader.get_ref().metadata().map(|m| m.len()).ok();
+        super::Lag { bytes: end.map(|end| end.saturating_sub(self.lines.offset)), records: Vec::new() }
+    }
+
     fn recycle(&mut self, batch: &mut Vec<Record>) {
         // Enough for the next batch; a line far longer than the rest does
         // not keep its buffer.

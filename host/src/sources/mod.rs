@@ -179,6 +179,21 @@ pub trait Source: Send {
     fn recycle(&mut self, batch: &mut Vec<Record>) {
         batch.clear();
     }
+
+    /// How far reading is behind the input, as far as the source knows.
+    fn lag(&mut self) -> Lag {
+        Lag::default()
+    }
+}
+
+/// How far a source is behind its input ([`Source::lag`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// A file: bytes between the next line and the end.
+    pub bytes: Option<u64>,
+    /// Kafka: records between the next offset and the high watermark, per
+    /// owned partition.
+    pub records: Vec<(u32, u64)>,
 }
 
 /// Opens the configured source, resuming at `resume` when given; lines

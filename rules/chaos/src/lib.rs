@@ -2,7 +2,8 @@
 //!
 //! With the default parameters it allows everything. Set `behaviour` in the
 //! host config to make it loop forever, grow memory without bound, recurse
-//! until the stack overflows, panic, or burn a given number of iterations;
+//! until the stack overflows, panic, log a line on every event, or burn a
+//! given number of iterations;
 //! set `only_attr` to misbehave only on events carrying that attribute.
 //! Never deploy it with `behaviour` set outside a test.
 
@@ -34,6 +35,10 @@ fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
         }
         "recurse" => Decision::allow().score(recurse(tx.amount() as u64) as i32),
         "panic" => panic!("chaos rule told to panic"),
+        "log" => {
+            ctx.log(Level::Warn, &format!("chaos rule logging for an amount of {}", tx.amount()));
+            Decision::allow()
+        }
         "spin" => {
             let mut x = tx.amount() as u64;
             for _ in 0..ctx.param_i64("spin") {
