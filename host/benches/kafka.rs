@@ -162,6 +162,9 @@ local-snapshots = {snapshots}
 {producer}
 [pipeline]
 workers = 2
+# The example rules keep their features per card; generated accounts hold
+# one card each, so records keyed by account keep each card in one partition.
+partition-key = "card"
 [clean]
 pan-key = "bench-key-0123456789abcdef"
 [rules]
@@ -232,6 +235,10 @@ fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64
         }
         if c != last {
             (last, moved) = (c, Instant::now());
+        }
+        if run.is_finished() {
+            let ended = rt.block_on(run).expect("join");
+            panic!("vigil stopped after {c:?} of {n} events: {ended:?}");
         }
         assert!(moved.elapsed() < Duration::from_secs(60), "vigil made no progress for 60 s: {c:?} of {n} events");
         std::thread::sleep(Duration::from_millis(1));

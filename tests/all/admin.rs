@@ -17,15 +17,32 @@ pub fn free_port() -> u16 {
 pub fn http(port: u16, method: &str, path: &str, headers: &[&str], body: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
+    // To the end of the body its length gives, or of the connection.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        let whole = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .is_some_and(|len| body.len() >= len)
+        });
+        if n == 0 || whole {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split(' ').nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     // Bodies come whole here; a chunked one is unwrapped.
@@ -117,11 +134,18 @@ fn metrics_agree_with_the_outputs_while_events_flow() {
     assert_eq!(sample(&metrics, "vigil_rules_loaded"), Some(2.0));
     assert!(sample(&metrics, "vigil_process_resident_memory_bytes").is_some_and(|b| b > 1e6), "{metrics}");
     assert_eq!(http(port, "GET", "/healthz", &[], "").map(|r| r.0), Some(200));
-    // The file is read to its end: nothing left behind, once measured.
-    d.wait_for(Duration::from_secs(30), "the source lag to read 0", || {
+    // The file is read to its end: nothing left behind, nothing waiting
+    // between the stages, once measured.
+    let channels = ["to-worker-0", "to-worker-1", "to-output"];
+    let waiting = |m: &str, c: &str| sample(m, &format!("vigil_channel_messages{{channel=\"{c}\"}}"));
+    let m = d.wait_for(Duration::from_secs(30), "no lag and empty channels", || {
         let (_, m) = http(port, "GET", "/metrics", &[], "")?;
-        (sample(&m, "vigil_source_lag_bytes")? == 0.0).then_some(())
+        let idle = sample(&m, "vigil_source_lag_bytes")? == 0.0 && channels.iter().all(|c| waiting(&m, c) == Some(0.0));
+        idle.then_some(m)
     });
+    for c in channels {
+        assert!(sample(&m, &format!("vigil_channel_capacity{{channel=\"{c}\"}}")).is_some_and(|n| n > 0.0), "{m}");
+    }
     let (status, _) = d.stop();
     assert!(status.success());
 }
@@ -255,4 +279,120 @@ fn a_rule_logs_through_the_host_with_its_name_rate_limited_and_not_in_replays() 
     };
     assert_eq!(replay(&[]), 0);
     assert!(replay(&["--rule-logs"]) > 0);
+}
+
+/// A headless Chromium on `url`, driven over the DevTools protocol.
+struct Browser {
+    child: std::process::Child,
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next_id: u64,
+}
+
+impl Browser {
+    fn open(env: &Env, url: &str) -> Self {
+        let profile = env.path("chromium-profile");
+        let child = std::process::Command::new(crate::replay::chromium())
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"])
+            .args(["--disable-background-networking", "--disable-component-update", "--remote-debugging-port=0"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        // Chromium writes the port it chose here.
+        let port: u16 = wait_for(Duration::from_secs(30), "chromium's DevTools port", || {
+            std::fs::read_to_string(profile.join("DevToolsActivePort")).ok()?.lines().next()?.parse().ok()
+        });
+        let url = wait_for(Duration::from_secs(30), "the page's DevTools target", || {
+            let (_, body) = http(port, "GET", "/json/list", &[], "")?;
+            let targets: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+            targets.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(String::from)
+        });
+        let (socket, _) = tungstenite::connect(url.as_str()).expect("connect to the page");
+        Self { child, socket, next_id: 1 }
+    }
+
+    /// Evaluates `expression` in the page; its value as JSON.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ask = serde_json::json!({"id": id, "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true}});
+        self.socket.send(tungstenite::Message::text(ask.to_string())).expect("send");
+        loop {
+            let msg = self.socket.read().expect("read");
+            let Ok(text) = msg.to_text() else { continue };
+            let reply: serde_json::Value = serde_json::from_str(text).expect("json");
+            if reply["id"] == id {
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Polls `expression` until it evaluates to `want`.
+    fn wait_until(&mut self, expression: &str, want: &str) {
+        let mut seen = serde_json::Value::Null;
+        let found = (0..300).any(|_| {
+            seen = self.eval(expression);
+            let hit = seen == want;
+            if !hit {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            hit
+        });
+        assert!(found, "`{expression}` stayed {seen}, not {want}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_live_numbers_and_switches_a_rule_in_a_headless_browser() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    env.install("geo_mismatch", "geo_mismatch.wasm");
+    env.write_events(&(0..50).map(|i| payment(&format!("d{i}"), 1_000 + i)).collect::<Vec<_>>());
+    let port = free_port();
+    let config = admin_toml(&env, port, "token-env = \"VIGIL_TEST_ADMIN_TOKEN\"");
+    let mut d = Daemon::start_with(&env, &config, "info", &[("VIGIL_TEST_ADMIN_TOKEN", "page-token")]);
+    d.wait_for(Duration::from_secs(60), "50 decisions", || (line_count(&env.decisions()) >= 50).then_some(()));
+
+    let (status, page) = http(port, "GET", "/", &[], "").expect("the page");
+    assert_eq!(status, 200);
+    for fetch in ["src=\"http", "href=\"http", "url(http", "@import"] {
+        assert!(!page.contains(fetch), "the page loads nothing from elsewhere ({fetch})");
+    }
+    let mut browser = Browser::open(&env, &format!("http://127.0.0.1:{port}/"));
+    let decided = "document.querySelector('[data-metric=decided]').textContent";
+    browser.wait_until(decided, "50");
+    browser.wait_until("document.querySelector('#ready').textContent", "ready");
+    let mode = "document.querySelector('tr[data-rule=\"large-amount\"] [data-field=mode]').textContent";
+    browser.wait_until(mode, "enforce");
+
+    // Events flow: the numbers on the page move.
+    env.append_lines(&(50..150).map(|i| payment(&format!("d{i}"), 1_000 + i).to_string()).collect::<Vec<_>>());
+    browser.wait_until(decided, "150");
+    let evaluated = "document.querySelector('tr[data-rule=\"large-amount\"]').children[4].textContent";
+    browser.wait_until(evaluated, "150");
+
+    // A switch on the page, with the token typed in: the next events see it.
+    browser.eval(
+        "document.querySelector('#token').value = 'page-token'; \
+         document.querySelector('tr[data-rule=\"large-amount\"] button[data-mode=shadow]').click(); 'clicked'",
+    );
+    browser.wait_until(mode, "shadow");
+    browser.wait_until("document.querySelector('#status').textContent", "large-amount: shadow");
+    env.append_lines(&[payment("d-big", 500_000).to_string()]);
+    let big = d.wait_for(Duration::from_secs(60), "the next decision", || decision_for(&env.decisions(), "d-big"));
+    assert_eq!(big["action"], "allow", "{big}");
+    assert_eq!(rule_outcome(&big, "large-amount").expect("listed")["mode"], "shadow", "{big}");
+    drop(browser);
+    let (status, _) = d.stop();
+    assert!(status.success());
 }

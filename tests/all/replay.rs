@@ -125,7 +125,7 @@ fn csv_rows() -> Vec<Row> {
         .collect()
 }
 
-fn chromium() -> PathBuf {
+pub fn chromium() -> PathBuf {
     let path = PathBuf::from(std::env::var_os("CHROMIUM").unwrap_or_else(|| "/usr/bin/chromium".into()));
     assert!(path.exists(), "{} is missing: scripts/setup installs Debian's chromium (or set CHROMIUM)", path.display());
     path

@@ -68,6 +68,9 @@ pub struct Counters {
     pub decision_latency: crate::stats::Histogram,
     /// How far the source is behind its input, updated about once a second.
     pub source_lag: std::sync::Mutex<crate::sources::Lag>,
+    /// Messages waiting in each channel between the stages, and its
+    /// capacity, updated with `source_lag`: (channel, waiting, capacity).
+    pub channels: std::sync::Mutex<Vec<(String, usize, usize)>>,
     /// Records read from the source.
     pub events_in: AtomicU64,
     /// Decision records written.
@@ -117,6 +120,7 @@ impl Default for Counters {
             checkpoint_took_us: AtomicU64::new(0),
             decision_latency: crate::stats::Histogram::new(crate::stats::BATCH_NS),
             source_lag: std::sync::Mutex::default(),
+            channels: std::sync::Mutex::default(),
             events_in: AtomicU64::new(0),
             decided: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),

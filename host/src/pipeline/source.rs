@@ -133,6 +133,16 @@ impl SourceRun {
                 lag_at = Instant::now();
                 let lag = self.setup.source.lag();
                 *counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
+                let s = &self.setup;
+                let fill = |name: String, len: usize, cap: Option<usize>| (name, len, cap.unwrap_or(0));
+                let channels = s
+                    .worker_txs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, tx)| fill(format!("to-worker-{i}"), tx.len(), tx.capacity()))
+                    .chain(std::iter::once(fill("to-output".into(), s.out_tx.len(), s.out_tx.capacity())))
+                    .collect();
+                *counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = channels;
             }
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;

@@ -1,7 +1,8 @@
 //! The admin listener (`[admin] listen`): Prometheus metrics at
-//! `/metrics`, `/healthz` and `/readyz`, and a JSON admin API under
-//! `/admin/` to list rules, switch a rule between enforce and shadow,
-//! release a quarantine and reload as SIGHUP does.
+//! `/metrics`, `/healthz` and `/readyz`, a JSON admin API under `/admin/`
+//! to list rules, switch a rule between enforce and shadow, release a
+//! quarantine and reload as SIGHUP does, and a live dashboard at `/` (one
+//! self-contained page polling `/admin/stats`).
 //!
 //! Everything here reads counters the pipeline keeps anyway
 //! ([`Counters`], each rule's counts): a scrape costs the pipeline
@@ -148,6 +149,9 @@ pub async fn serve(
     let shared = Arc::new(Served { shared, registry });
     tokio::spawn(watch_progress(shared.clone(), stop.clone()));
     let app = Router::new()
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
+        .route("/admin/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -228,6 +232,62 @@ async fn readyz(State(s): App) -> Response {
     }
 }
 
+/// The dashboard: one page, its script and styles inline.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing from elsewhere: its own script, styles and requests only.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// What the dashboard polls.
+#[derive(serde::Serialize)]
+struct Stats {
+    events_in: u64,
+    decided: u64,
+    dead_lettered: u64,
+    alerts: u64,
+    blocked: u64,
+    late: u64,
+    checkpoints: u64,
+    lag_bytes: Option<u64>,
+    lag_records: Vec<(u32, u64)>,
+    ready: bool,
+    not_ready: Vec<String>,
+    rules: Vec<RuleView>,
+}
+
+async fn stats(State(s): App) -> Json<Stats> {
+    let d = &s.shared.daemon;
+    let c = d.counters.summary();
+    let lag = d.counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let not_ready = not_ready(&s.shared);
+    Json(Stats {
+        events_in: c.events_in,
+        decided: c.decided,
+        dead_lettered: c.dead_lettered,
+        alerts: c.alerts,
+        blocked: d.counters.blocked.load(Ordering::Relaxed),
+        late: c.late,
+        checkpoints: c.checkpoints,
+        lag_bytes: lag.bytes,
+        lag_records: lag.records,
+        ready: not_ready.is_empty(),
+        not_ready,
+        rules: rule_views(&d.registry),
+    })
+}
+
 #[derive(serde::Serialize)]
 struct RuleView {
     name: String,
@@ -241,23 +301,28 @@ struct RuleView {
     p99_ns: Option<u64>,
 }
 
-async fn list_rules(State(s): App) -> Json<Vec<RuleView>> {
-    let set = s.shared.daemon.registry.current();
-    Json(
-        set.rules
-            .iter()
-            .map(|r| RuleView {
+fn rule_views(registry: &RuleRegistry) -> Vec<RuleView> {
+    let set = registry.current();
+    set.rules
+        .iter()
+        .map(|r| {
+            let latency = r.latency();
+            RuleView {
                 name: r.name.to_string(),
                 version: r.version.to_string(),
                 module: r.hash.to_string(),
                 mode: r.mode,
                 status: if r.is_quarantined() { "quarantined" } else { "live" },
                 counts: r.counts(),
-                p50_ns: r.latency().quantile_ns(0.5),
-                p99_ns: r.latency().quantile_ns(0.99),
-            })
-            .collect(),
-    )
+                p50_ns: latency.quantile_ns(0.5),
+                p99_ns: latency.quantile_ns(0.99),
+            }
+        })
+        .collect()
+}
+
+async fn list_rules(State(s): App) -> Json<Vec<RuleView>> {
+    Json(rule_views(&s.shared.daemon.registry))
 }
 
 /// `Ok` when the request carries the admin token; the refusal otherwise.
@@ -425,6 +490,27 @@ impl Collector for Observed {
             )?;
             for (p, n) in &lag.records {
                 ConstGauge::new(*n as i64).encode(m.encode_family(&[("partition", p.to_string())])?)?;
+            }
+        }
+        let channels = d.counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !channels.is_empty() {
+            let mut m = e.encode_descriptor(
+                "vigil_channel_messages",
+                "Batches waiting in a channel between the stages (source to each worker, workers to the output).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, len, _) in &channels {
+                ConstGauge::new(*len as i64).encode(m.encode_family(&[("channel", name.as_str())])?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "vigil_channel_capacity",
+                "How many batches a channel between the stages holds before its sender waits.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, _, cap) in &channels {
+                ConstGauge::new(*cap as i64).encode(m.encode_family(&[("channel", name.as_str())])?)?;
             }
         }
         self.encode_rules(&mut e)?;
