@@ -205,6 +205,10 @@ fn admin_changes_need_the_token_take_effect_on_the_next_events_and_survive_a_res
     assert_eq!(status, 404, "{body}");
     let (status, body) = http(port, "POST", path, &[json, good], shadow).expect("mode");
     assert_eq!(status, 200, "{body}");
+    let changed = wait_for(Duration::from_secs(10), "the change in the log", || {
+        d.log().lines().find(|l| l.contains("rule mode changed")).map(String::from)
+    });
+    assert!(changed.contains("VIGIL_TEST_ADMIN_TOKEN") && changed.contains("large-amount"), "{changed}");
 
     env.append_lines(&[payment("m2", 500_000).to_string()]);
     let second = d.wait_for(Duration::from_secs(60), "the next decision", || decision_for(&env.decisions(), "m2"));

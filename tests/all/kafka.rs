@@ -423,15 +423,27 @@ fn a_thirty_second_broker_outage_is_logged_and_ridden_out_without_losing_an_even
     tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "outage"));
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
-    let mut vigil = Daemon::start(&env, &kafka_toml(&env, &broker, "outage"));
+    let config = kafka_toml(&env, &broker, "outage");
+    let port = crate::admin::free_port();
+    let text =
+        std::fs::read_to_string(&config).expect("config") + &format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&config, text).expect("config");
+    let mut vigil = Daemon::start(&env, &config);
     let first = card_events("out", 50, 1, 60);
     broker.produce("payments", &first);
     vigil.wait_for(Duration::from_secs(60), "the first decisions", || (!decided_ids(&broker).is_empty()).then_some(()));
+    let readyz = || crate::admin::http(port, "GET", "/readyz", &[], "");
+    assert_eq!(readyz().map(|r| r.0), Some(200), "ready before the outage");
     // In the middle of the stream: decisions are being produced and
     // offsets committed when the broker goes away.
     broker.proxy().cut();
-    std::thread::sleep(Duration::from_secs(30));
+    let cut = std::time::Instant::now();
+    let (_, why) = vigil
+        .wait_for(Duration::from_secs(25), "not ready while the broker is away", || readyz().filter(|r| r.0 == 503));
+    assert!(why.contains("reaches no Kafka broker"), "{why}");
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(cut.elapsed()));
     broker.proxy().restore();
+    vigil.wait_for(Duration::from_secs(60), "ready again", || readyz().filter(|r| r.0 == 200));
     let second = card_events("out", 50, 61, 10);
     broker.produce("payments", &second);
     let want: HashSet<String> = first.iter().chain(&second).map(|(_, v)| id_of(v)).collect();

@@ -51,6 +51,8 @@ pub struct Daemon {
 struct Shared {
     daemon: Daemon,
     token: Option<String>,
+    /// The variable the token came from: who made a change, in the log.
+    token_name: String,
     stall_threshold: Duration,
     /// When decisions last moved while events waited, and the count then.
     progress: Mutex<(u64, Instant)>,
@@ -142,6 +144,7 @@ pub async fn serve(
         progress: Mutex::new((0, Instant::now())),
         daemon,
         token,
+        token_name: config.token_env.clone().unwrap_or_default(),
         stall_threshold: config.stall_threshold,
         stalled: AtomicBool::new(false),
     });
@@ -212,6 +215,10 @@ fn not_ready(s: &Shared) -> Vec<String> {
             set.rules.iter().filter(|r| r.is_quarantined()).count(),
             s.daemon.registry.rejected_files().len()
         ));
+    }
+    let lag = s.daemon.counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner).connected;
+    if lag == Some(false) {
+        why.push("the source reaches no Kafka broker".into());
     }
     if s.stalled.load(Ordering::Relaxed) {
         let c = s.daemon.counters.summary();
@@ -376,7 +383,7 @@ async fn set_mode(
     let r = registry.clone();
     let report = tokio::task::spawn_blocking(move || r.rescan()).await;
     let mode = mode_name(change.mode);
-    tracing::warn!(rule = %name, mode, by = "admin API", "rule mode changed");
+    tracing::warn!(rule = %name, mode, by = "admin API", token = %s.token_name, "rule mode changed");
     match report {
         Ok(report) if report.rejected.is_empty() => (StatusCode::OK, format!("{name}: {mode}\n")).into_response(),
         Ok(report) => {
@@ -398,7 +405,8 @@ async fn release(State(s): App, UrlPath(name): UrlPath<String>, headers: HeaderM
     };
     match rule.release() {
         true => {
-            tracing::warn!(rule = %name, version = %rule.version, by = "admin API", "quarantine released");
+            tracing::warn!(rule = %name, version = %rule.version, by = "admin API", token = %s.token_name,
+                "quarantine released");
             (StatusCode::OK, format!("{name}: released\n")).into_response()
         }
         false => (StatusCode::OK, format!("{name}: was not quarantined\n")).into_response(),
@@ -410,7 +418,7 @@ async fn reload(State(s): App, headers: HeaderMap) -> Response {
     if let Err(refused) = authorised(s, &headers) {
         return refused;
     }
-    tracing::info!(by = "admin API", "reload requested");
+    tracing::info!(by = "admin API", token = %s.token_name, "reload requested");
     s.daemon.reload.notify_one();
     (StatusCode::ACCEPTED, "reloading config, lists and rules\n").into_response()
 }

@@ -39,6 +39,8 @@ pub struct SourceContext {
     ends: Mutex<BTreeMap<u32, i64>>,
     /// Read committed: the end is the last stable offset.
     committed_only: bool,
+    /// Whether a broker was up at the last statistics.
+    connected: AtomicBool,
 }
 
 impl SourceContext {
@@ -65,6 +67,10 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // Bootstrap entries have no node id; a broker of the cluster that
+        // is up means the source reaches its input.
+        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.connected.store(up, Ordering::Relaxed);
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
         let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (&p, part) in &topic.partitions {
@@ -185,6 +191,7 @@ impl KafkaSource {
             paused: AtomicBool::new(false),
             ends: Mutex::new(BTreeMap::new()),
             committed_only: k.exactly_once,
+            connected: AtomicBool::new(true),
         };
         let consumer: BaseConsumer<SourceContext> = c
             .create_with_context(context)
@@ -343,7 +350,8 @@ impl Source for KafkaSource {
             .iter()
             .filter_map(|(p, &next)| ends.get(p).map(|&end| (*p, u64::try_from(end - next).unwrap_or(0))))
             .collect();
-        crate::sources::Lag { bytes: None, records }
+        let connected = Some(self.consumer.context().connected.load(Ordering::Relaxed));
+        crate::sources::Lag { bytes: None, records, connected }
     }
 
     fn partitioned(&self) -> bool {

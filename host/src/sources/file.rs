@@ -202,7 +202,7 @@ impl Source for FileSource {
 
     fn lag(&mut self) -> super::Lag {
         let end = self.reader.get_ref().metadata().map(|m| m.len()).ok();
-        super::Lag { bytes: end.map(|end| end.saturating_sub(self.lines.offset)), records: Vec::new() }
+        super::Lag { bytes: end.map(|end| end.saturating_sub(self.lines.offset)), ..super::Lag::default() }
     }
 
     fn recycle(&mut self, batch: &mut Vec<Record>) {

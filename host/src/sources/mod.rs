@@ -186,7 +186,8 @@ pub trait Source: Send {
     }
 }
 
-/// How far a source is behind its input ([`Source::lag`]).
+/// How far a source is behind its input, and whether it reaches it
+/// ([`Source::lag`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lag {
     /// A file: bytes between the next line and the end.
@@ -194,6 +195,8 @@ pub struct Lag {
     /// Kafka: records between the next offset and the high watermark, per
     /// owned partition.
     pub records: Vec<(u32, u64)>,
+    /// Kafka: whether a broker is connected; none for other sources.
+    pub connected: Option<bool>,
 }
 
 /// Opens the configured source, resuming at `resume` when given; lines
