@@ -219,6 +219,8 @@ fn admin_changes_need_the_token_take_effect_on_the_next_events_and_survive_a_res
     let large = rules.iter().find(|r| r["name"] == "large-amount").expect("listed");
     assert_eq!(large["mode"], "shadow", "{large}");
     assert_eq!(large["evaluations"], 1, "the reloaded rule counts from its load: {large}");
+    let geo = rules.iter().find(|r| r["name"] == "geo-mismatch").expect("listed");
+    assert_eq!(geo["evaluations"], 2, "the other rule was not reloaded: {geo}");
     let (status, _) = d.stop();
     assert!(status.success());
 
@@ -231,6 +233,11 @@ fn admin_changes_need_the_token_take_effect_on_the_next_events_and_survive_a_res
         d.wait_for(Duration::from_secs(60), "a decision after the restart", || decision_for(&env.decisions(), "m3"));
     assert_eq!(third["action"], "allow", "{third}");
     assert!(d.log().contains("win over the config"), "the start says why: {}", d.log());
+    // Back to the config's mode: the rule follows the config again.
+    let enforce = r#"{"mode":"enforce"}"#;
+    assert_eq!(http(port, "POST", path, &[json, good], enforce).map(|r| r.0), Some(200));
+    let overrides = std::fs::read_to_string(env.path("state/admin.toml")).expect("overrides file");
+    assert!(!overrides.contains("large-amount"), "{overrides}");
     let (status, _) = d.stop();
     assert!(status.success());
 }

@@ -54,6 +54,8 @@ struct Shared {
     /// The variable the token came from: who made a change, in the log.
     token_name: String,
     stall_threshold: Duration,
+    /// Held while a mode change is saved and applied.
+    changing: tokio::sync::Mutex<()>,
     /// When decisions last moved while events waited, and the count then.
     progress: Mutex<(u64, Instant)>,
     stalled: AtomicBool,
@@ -99,7 +101,10 @@ fn save_overrides(state_dir: &std::path::Path, modes: &BTreeMap<String, Mode>) -
     }
     std::fs::create_dir_all(state_dir)?;
     let tmp = state_dir.join(format!(".{OVERRIDES_FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    // Whole or not at all: a torn file would stop the next start.
+    f.sync_all()?;
     std::fs::rename(&tmp, state_dir.join(OVERRIDES_FILE))
 }
 
@@ -146,6 +151,7 @@ pub async fn serve(
         token,
         token_name: config.token_env.clone().unwrap_or_default(),
         stall_threshold: config.stall_threshold,
+        changing: tokio::sync::Mutex::new(()),
         stalled: AtomicBool::new(false),
     });
     registry.register_collector(Box::new(Observed(shared.clone())));
@@ -224,7 +230,7 @@ fn not_ready(s: &Shared) -> Vec<String> {
         let c = s.daemon.counters.summary();
         why.push(format!(
             "stalled: {} events wait and none was decided for over {} (admin.stall-threshold)",
-            c.events_in - c.decided - c.dead_lettered,
+            c.events_in.saturating_sub(c.decided + c.dead_lettered),
             humantime::format_duration(s.stall_threshold)
         ));
     }
@@ -370,11 +376,22 @@ async fn set_mode(
         return refused;
     }
     let registry = &s.daemon.registry;
-    if !registry.current().rules.iter().any(|r| *r.name == *name) {
-        return (StatusCode::NOT_FOUND, format!("no live rule is named `{name}`\n")).into_response();
+    match registry.current().rules.iter().find(|r| *r.name == *name) {
+        None => return (StatusCode::NOT_FOUND, format!("no live rule is named `{name}`\n")).into_response(),
+        Some(r) if r.is_native() => {
+            return (StatusCode::CONFLICT, format!("`{name}` is linked into the host; its mode is fixed\n"))
+                .into_response();
+        }
+        Some(_) => {}
     }
+    // One change at a time: each reads, writes and applies the whole set.
+    let _one = s.changing.lock().await;
     let mut modes = registry.modes();
-    modes.insert(name.clone(), change.mode);
+    // Set back to the config's mode, the rule follows the config again.
+    match change.mode == registry.configured_mode(&name) {
+        true => modes.remove(&name),
+        false => modes.insert(name.clone(), change.mode),
+    };
     if let Err(e) = save_overrides(&s.daemon.state_dir, &modes) {
         let file = s.daemon.state_dir.join(OVERRIDES_FILE);
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e}\n", file.display())).into_response();
@@ -454,12 +471,12 @@ impl Collector for Observed {
                 ConstCounter::new(*n).encode(m.encode_family(&[("code", *code)])?)?;
             }
         }
-        let blocked = d.counters.blocked.load(Ordering::Relaxed);
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let mut m = e.encode_descriptor("vigil_decisions", "Decisions by final action.", None, MetricType::Counter)?;
         for (action, n) in [
-            ("allow", c.decided.saturating_sub(c.alerts)),
-            ("review", c.alerts.saturating_sub(blocked)),
-            ("block", blocked),
+            ("allow", load(&d.counters.allowed)),
+            ("review", load(&d.counters.reviewed)),
+            ("block", load(&d.counters.blocked)),
         ] {
             ConstCounter::new(n).encode(m.encode_family(&[("action", action)])?)?;
         }

@@ -56,7 +56,12 @@ pub use output::Sinks;
 /// Event counts; `events_in == decided + dead_lettered` once drained.
 #[derive(Debug)]
 pub struct Counters {
-    /// Decision records with action block (a part of `alerts`).
+    /// Decision records by action: each only grows, unlike a difference
+    /// of two counters read one after the other.
+    pub allowed: AtomicU64,
+    /// Decision records with action review.
+    pub reviewed: AtomicU64,
+    /// Decision records with action block.
     pub blocked: AtomicU64,
     /// Dead letters by their reason's code.
     pub dead_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -114,6 +119,8 @@ pub struct Summary {
 impl Default for Counters {
     fn default() -> Self {
         Self {
+            allowed: AtomicU64::new(0),
+            reviewed: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
             dead_by_code: std::sync::Mutex::default(),
             checkpoint_at_ms: AtomicU64::new(0),

@@ -282,6 +282,9 @@ fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io
     add(&counters.dead_lettered, out.dead_count);
     add(&counters.aggregates, out.aggregate_count);
     add(&counters.late, out.late_count);
+    let alerts = out.alerts.len() as u64;
+    add(&counters.allowed, out.decision_count.saturating_sub(alerts));
+    add(&counters.reviewed, alerts.saturating_sub(out.blocked));
     add(&counters.blocked, out.blocked);
     if !out.dead_codes.is_empty() {
         let mut by_code = counters.dead_by_code.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

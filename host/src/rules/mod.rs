@@ -516,18 +516,33 @@ impl RuleRegistry {
         *lock(&self.configured) = settings;
         *lock(&self.default_on_failure) = default_on_failure;
         self.apply_modes();
+        lock(&self.files).values_mut().for_each(|f| f.stale = true);
     }
 
     /// Sets the modes that win over the config's (the admin API's), by
-    /// rule name; takes effect at the next [`RuleRegistry::rescan`].
+    /// rule name; takes effect at the next [`RuleRegistry::rescan`], which
+    /// reloads only the rules whose mode changed.
     pub fn set_modes(&self, modes: BTreeMap<String, Mode>) {
+        let before = lock(&self.settings).clone();
         *lock(&self.modes) = modes;
         self.apply_modes();
+        let after = lock(&self.settings).clone();
+        let mode = |s: &BTreeMap<String, RuleSettings>, n: &str| s.get(n).map(|r| r.mode).unwrap_or_default();
+        for f in lock(&self.files).values_mut() {
+            if f.rules.iter().any(|r| mode(&before, &r.name) != mode(&after, &r.name)) {
+                f.stale = true;
+            }
+        }
     }
 
     /// The modes that win over the config's.
     pub fn modes(&self) -> BTreeMap<String, Mode> {
         lock(&self.modes).clone()
+    }
+
+    /// The mode the config gives rule `name`.
+    pub fn configured_mode(&self, name: &str) -> Mode {
+        lock(&self.configured).get(name).map(|s| s.mode).unwrap_or_default()
     }
 
     fn apply_modes(&self) {
@@ -536,7 +551,6 @@ impl RuleRegistry {
             settings.entry(name.clone()).or_default().mode = *mode;
         }
         *lock(&self.settings) = settings;
-        lock(&self.files).values_mut().for_each(|f| f.stale = true);
     }
 
     /// The names of the modules the last scans rejected.

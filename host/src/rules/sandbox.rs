@@ -77,6 +77,8 @@ impl RuleLog {
         self.left -= 1;
         let dropped = std::mem::take(&mut self.dropped);
         let (rule, version) = (&*self.rule, &*self.version);
+        // Escaped: a rule's newline must not start a line of the host's own.
+        let message = message.escape_debug();
         match level {
             0 => tracing::error!(target: "vigil::rule", rule, version, dropped, "{message}"),
             1 => tracing::warn!(target: "vigil::rule", rule, version, dropped, "{message}"),
