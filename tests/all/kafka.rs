@@ -769,6 +769,10 @@ fn a_stalled_pipeline_pauses_consumption_and_keeps_its_partitions() {
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
     let config = kafka_toml_with(&env, &broker, "stall", r#""max.poll.interval.ms" = "7000""#);
+    let port = crate::admin::free_port();
+    let text =
+        std::fs::read_to_string(&config).expect("config") + &format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+    std::fs::write(&config, text).expect("config");
     let pipe = HeldPipe::install(&env, &config);
     let vigil = Daemon::start(&env, &config);
     let events = card_events("stall", 40, 1, 500);
@@ -776,8 +780,18 @@ fn a_stalled_pipeline_pauses_consumption_and_keeps_its_partitions() {
     wait_for(Duration::from_secs(60), "consumption to pause", || {
         vigil.log().contains("pausing consumption").then_some(())
     });
+    let stalled_at = std::time::Instant::now();
+    // While stalled, the metrics show where: records wait in Kafka and
+    // batches in the channel to the output.
+    wait_for(Duration::from_secs(10), "the lag and the full channel in the metrics", || {
+        let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "")?;
+        let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let lag: f64 = m.lines().filter(|l| l.starts_with("vigil_source_lag_records{")).map(value).sum();
+        let waiting = m.lines().find(|l| l.starts_with("vigil_channel_messages{channel=\"to-output\"}")).map(value)?;
+        (lag > 0.0 && waiting > 0.0).then_some(())
+    });
     // Twice the poll interval with nothing read from the pipe.
-    std::thread::sleep(Duration::from_secs(14));
+    std::thread::sleep(Duration::from_secs(14).saturating_sub(stalled_at.elapsed()));
     pipe.release();
     pipe.wait_for_lines(events.len(), Duration::from_secs(120));
     let (status, log) = vigil.stop();

@@ -314,6 +314,7 @@ impl Pipeline {
                 batch_size,
                 checkpoints,
                 next_id: last_id + 1,
+                counters: counters.clone(),
             });
             run.run(&counters, &cancel)
         })?;

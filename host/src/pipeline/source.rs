@@ -36,18 +36,55 @@ pub(super) struct Setup {
     pub batch_size: usize,
     pub checkpoints: Option<Duration>,
     pub next_id: u64,
+    /// Where the source's lag and the channels' fill are reported.
+    pub counters: Arc<Counters>,
+}
+
+/// How often the source's lag and the channels' fill are reported.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Reports the source's lag and how full the channels to the workers and
+/// the output are, once per [`STATUS_EVERY`] (`last`: when it last did).
+fn report_status(
+    source: &mut dyn Source,
+    worker_txs: &[Sender<WorkerMsg>],
+    out_tx: &Sender<SinkMsg>,
+    counters: &Counters,
+    last: &mut Instant,
+) {
+    if last.elapsed() < STATUS_EVERY {
+        return;
+    }
+    *last = Instant::now();
+    let lag = source.lag();
+    *counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
+    let fill = |name: String, len: usize, cap: Option<usize>| (name, len, cap.unwrap_or(0));
+    let channels = worker_txs
+        .iter()
+        .enumerate()
+        .map(|(i, tx)| fill(format!("to-worker-{i}"), tx.len(), tx.capacity()))
+        .chain(std::iter::once(fill("to-output".into(), out_tx.len(), out_tx.capacity())))
+        .collect();
+    *counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = channels;
 }
 
 pub(super) struct SourceRun {
     setup: Setup,
+    /// When the status was last reported ([`report_status`]).
+    reported: Instant,
     /// The current batch, parsed (not yet de-duplicated), in input order.
     parsed: Vec<Result<Payment, DecodeError>>,
 }
 
 /// Sends `msg`, waiting while the channel is full and letting `source` keep
-/// its connection alive meanwhile (see [`Source::stalled`]); false when the
-/// receiver is gone.
-fn send_or_stall<T>(tx: &Sender<T>, msg: T, source: &mut dyn Source) -> anyhow::Result<bool> {
+/// its connection alive meanwhile (see [`Source::stalled`]), and calling
+/// `waiting` every poll; false when the receiver is gone.
+fn send_or_stall<T>(
+    tx: &Sender<T>,
+    msg: T,
+    source: &mut dyn Source,
+    mut waiting: impl FnMut(&mut dyn Source),
+) -> anyhow::Result<bool> {
     const POLL: Duration = Duration::from_millis(100);
     let mut msg = match tx.try_send(msg) {
         Ok(()) => return Ok(true),
@@ -62,6 +99,7 @@ fn send_or_stall<T>(tx: &Sender<T>, msg: T, source: &mut dyn Source) -> anyhow::
             Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
                 msg = m;
                 source.stalled()?;
+                waiting(source);
             }
         }
     };
@@ -73,12 +111,14 @@ fn send_or_stall<T>(tx: &Sender<T>, msg: T, source: &mut dyn Source) -> anyhow::
 
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
-        Self { setup, parsed: Vec::new() }
+        Self { setup, reported: Instant::now(), parsed: Vec::new() }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
-        let s = &mut self.setup;
-        if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source)? {
+        let (s, last) = (&mut self.setup, &mut self.reported);
+        // While the pipeline is full the lag is what matters most: still reported.
+        let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
+        if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
             anyhow::bail!("a worker stopped before the input was drained");
         }
         Ok(())
@@ -92,8 +132,9 @@ impl SourceRun {
     }
 
     fn send_out(&mut self, msg: SinkMsg) -> anyhow::Result<()> {
-        let s = &mut self.setup;
-        if !send_or_stall(&s.out_tx, msg, &mut *s.source)? {
+        let (s, last) = (&mut self.setup, &mut self.reported);
+        let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
+        if !send_or_stall(&s.out_tx, msg, &mut *s.source, report)? {
             anyhow::bail!("the sink stopped before the input was drained");
         }
         Ok(())
@@ -127,23 +168,9 @@ impl SourceRun {
         // Whether anything was read since the last checkpoint: a quiet
         // input does not write the same checkpoint again and again.
         let mut changed = false;
-        let mut lag_at = Instant::now();
         loop {
-            if lag_at.elapsed() >= Duration::from_secs(1) {
-                lag_at = Instant::now();
-                let lag = self.setup.source.lag();
-                *counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
-                let s = &self.setup;
-                let fill = |name: String, len: usize, cap: Option<usize>| (name, len, cap.unwrap_or(0));
-                let channels = s
-                    .worker_txs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, tx)| fill(format!("to-worker-{i}"), tx.len(), tx.capacity()))
-                    .chain(std::iter::once(fill("to-output".into(), s.out_tx.len(), s.out_tx.capacity())))
-                    .collect();
-                *counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = channels;
-            }
+            let s = &mut self.setup;
+            report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, &mut self.reported);
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
             counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
