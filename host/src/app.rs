@@ -99,6 +99,20 @@ pub async fn run_with(
             "rule modes set through the admin API win over the config's");
     }
     registry.set_modes(modes);
+    registry.set_trust(crate::rules::signing::Trust::from_config(&config.rules)?);
+    if overrides.source.is_none() {
+        // The daemon's own: replays and benchmarks change nothing live.
+        let log = Arc::new(crate::rules::changes::ChangeLog::open(&config.state.dir)?);
+        registry.set_change_log(log.clone());
+        lists.set_change_log(log);
+    }
+    if registry.signatures_required() && !registry.modes().is_empty() {
+        anyhow::bail!(
+            "{}: rule modes set through the admin API are not signed, and rules.require-signature is on; \
+             remove the file and put the modes in the config, signed with their modules",
+            config.state.dir.join(crate::admin::OVERRIDES_FILE).display()
+        );
+    }
     // Bound before anything starts: a listener that cannot be is a bad config.
     let admin = crate::admin::bind(&config.admin)?;
     let report = registry.rescan();
@@ -329,6 +343,10 @@ async fn reload_on_sighup(
                     Ok(mut fresh) => {
                         fresh.path = Some(path);
                         registry.set_settings(fresh.rule.clone(), fresh.rules.on_failure);
+                        // Checked when the config loaded.
+                        if let Ok(trust) = crate::rules::signing::Trust::from_config(&fresh.rules) {
+                            registry.set_trust(trust);
+                        }
                         config = fresh;
                     }
                     Err(e) => {

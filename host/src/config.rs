@@ -4,7 +4,7 @@
 //! shows them in use. Unknown keys are errors, so a typo never silently falls
 //! back to a default. Relative paths are relative to the working directory.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -243,6 +243,33 @@ impl Config {
                 _ => {}
             }
         }
+        for (name, r) in &self.rule {
+            match (r.mode, r.canary_percent) {
+                (Mode::Canary, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("rule.{name}.canary-percent"),
+                        "is required with mode = \"canary\" (the share of entities the rule enforces on, 0 to 100)",
+                    ));
+                }
+                (_, Some(p)) if !(0.0..=100.0).contains(&p) => {
+                    return Err(ConfigError::invalid(format!("rule.{name}.canary-percent"), "must be 0 to 100"));
+                }
+                (Mode::Enforce | Mode::Shadow, Some(_)) => {
+                    return Err(ConfigError::invalid(
+                        format!("rule.{name}.canary-percent"),
+                        "applies only with mode = \"canary\"",
+                    ));
+                }
+                _ => {}
+            }
+            if r.canary_key.is_some() && r.mode != Mode::Canary {
+                return Err(ConfigError::invalid(
+                    format!("rule.{name}.canary-key"),
+                    "applies only with mode = \"canary\"",
+                ));
+            }
+        }
+        crate::rules::signing::Trust::from_config(&self.rules)?;
         for (name, list) in &self.lists {
             if list.path.as_os_str().is_empty() {
                 return Err(ConfigError::invalid(format!("lists.{name}.path"), "must not be empty"));
@@ -812,6 +839,19 @@ pub struct RulesConfig {
     /// Watch the folder and load changes live. SIGHUP always rescans.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// Public keys whose signatures vigil accepts on rule modules: each 64
+    /// hex digits or the path of a `.pub` file (`vigil keygen`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Load only modules signed by `signatures-required` distinct keys of
+    /// `trusted-keys`, over the module and the settings it runs with
+    /// (`vigil sign`); the admin API then cannot change rule modes.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Distinct trusted signatures a module needs (e.g. 2: author and
+    /// approver). Default 1 with `require-signature`.
+    #[serde(default)]
+    pub signatures_required: Option<NonZeroU32>,
 }
 
 impl Default for RulesConfig {
@@ -831,6 +871,9 @@ impl Default for RulesConfig {
             on_failure: FailurePolicy::default(),
             debounce: default_debounce(),
             watch: true,
+            trusted_keys: Vec::new(),
+            require_signature: false,
+            signatures_required: None,
         }
     }
 }
@@ -868,7 +911,7 @@ fn default_true() -> bool {
 
 /// Settings of one rule, keyed by its manifest name — or, with `of`, a
 /// further instance of a rule under a name of its own.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RuleSettings {
     /// Runs the module of the rule with this manifest name once more, as a
@@ -877,9 +920,20 @@ pub struct RuleSettings {
     /// sets (per channel, per market, …).
     #[serde(default)]
     pub of: Option<String>,
-    /// `enforce` (the outcome counts) or `shadow` (recorded only).
+    /// `enforce` (the outcome counts), `shadow` (recorded only) or
+    /// `canary` (counts for `canary-percent` of the `canary-key` entities,
+    /// recorded only for the rest).
     #[serde(default)]
     pub mode: Mode,
+    /// With `mode = "canary"`: the share of entities, in percent (0 to
+    /// 100), whose events the rule's outcome counts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<f64>,
+    /// With `mode = "canary"`: the entity that is in or out of the share as
+    /// a whole (`account` by default): one customer sees the new rule on
+    /// all of their payments or on none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_key: Option<crate::event::KeyField>,
     /// Outcome of a failed call: `allow` (fail open), `review` or `block`.
     /// Default: `rules.on-failure`.
     #[serde(default)]
@@ -1194,6 +1248,26 @@ mod tests {
         let eos =
             "[kafka]\nbrokers = \"b:9092\"\nexactly-once = true\n[sinks.alerts]\ntype = \"kafka\"\ntopic = \"a\"\n";
         assert!(err(eos).contains("kafka.exactly-once"), "exactly-once needs a Kafka source");
+    }
+
+    #[test]
+    fn canary_and_signature_mistakes_name_the_key() {
+        let rule = "[rule.large-amount]\n";
+        assert!(err(&format!("{rule}mode = \"canary\"\n")).contains("rule.large-amount.canary-percent"));
+        assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 101\n")).contains("must be 0 to 100"));
+        assert!(err(&format!("{rule}canary-percent = 5\n")).contains("only with mode = \"canary\""));
+        assert!(err(&format!("{rule}canary-key = \"card\"\n")).contains("rule.large-amount.canary-key"));
+        assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 5\ncanary-key = \"iban\"\n")).contains("iban"));
+        let c = Config::parse(&format!("{rule}mode = \"canary\"\ncanary-percent = 12.5\n"), Path::new("t.toml"));
+        assert_eq!(c.expect("valid").rule["large-amount"].canary_percent, Some(12.5));
+
+        assert!(err("[rules]\nrequire-signature = true\n").contains("rules.trusted-keys"), "no key to trust");
+        assert!(err("[rules]\nsignatures-required = 2\n").contains("needs rules.require-signature"));
+        let key = "1".repeat(64);
+        let e =
+            err(&format!("[rules]\nrequire-signature = true\nsignatures-required = 2\ntrusted-keys = [\"{key}\"]\n"));
+        assert!(e.contains("rules.trusted-keys") || e.contains("not an Ed25519"), "{e}");
+        assert!(err("[rules]\ntrusted-keys = [\"nope\"]\n").contains("rules.trusted-keys"));
     }
 
     #[test]

@@ -36,6 +36,21 @@ pub enum Mode {
     Enforce,
     /// The outcome is recorded only, e.g. for a new version under trial.
     Shadow,
+    /// The outcome takes part for a deterministic share of entities (the
+    /// rule's `canary-percent` of its `canary-key`) and is recorded only
+    /// for the rest: a new version meets real traffic gradually.
+    Canary,
+}
+
+impl Mode {
+    /// Its name in the config and in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+            Mode::Canary => "canary",
+        }
+    }
 }
 
 /// The outcome a rule gets when a call fails (trap, timeout, out of memory,
@@ -90,8 +105,12 @@ pub struct RuleOutcome {
     /// The rule version.
     #[serde(flatten)]
     pub label: Arc<RuleLabel>,
-    /// Enforce or shadow.
+    /// Enforce, shadow or canary.
     pub mode: Mode,
+    /// With [`Mode::Canary`], whether the event is in the canary's share,
+    /// so the outcome counts; `None` in the other modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_canary: Option<bool>,
     /// The rule's action (its failure outcome if it failed).
     pub action: Action,
     /// The rule's score.
@@ -168,10 +187,17 @@ impl RuleOutcome {
         if self.error.is_some() {
             return false;
         }
-        match self.mode {
-            Mode::Enforce => self.action == Action::Allow && self.score == 0 && self.reasons.is_empty(),
-            Mode::Shadow => self.action == decided,
+        match self.counts() {
+            true => self.action == Action::Allow && self.score == 0 && self.reasons.is_empty(),
+            false => self.action == decided,
         }
+    }
+
+    /// Whether the outcome takes part in the decision: an enforcing rule's,
+    /// or a canary's for an event in its share.
+    #[inline]
+    pub fn counts(&self) -> bool {
+        self.mode == Mode::Enforce || self.in_canary == Some(true)
     }
 
     fn write_json(&self, buf: &mut Vec<u8>) {
@@ -180,6 +206,11 @@ impl RuleOutcome {
             buf.extend_from_slice(rendered_head(&l.rule, &l.version, &l.module, self.mode).as_bytes());
         } else {
             buf.extend_from_slice(l.json_head.as_bytes());
+        }
+        match self.in_canary {
+            Some(true) => buf.extend_from_slice(b"\"in_canary\":true,"),
+            Some(false) => buf.extend_from_slice(b"\"in_canary\":false,"),
+            None => {}
         }
         buf.extend_from_slice(b"\"action\":\"");
         buf.extend_from_slice(self.action.as_str().as_bytes());
@@ -351,7 +382,7 @@ pub fn combine(outcomes: &[RuleOutcome]) -> (Action, i64, smallvec::SmallVec<[&s
     let mut action = Action::Allow;
     let mut score = 0i64;
     let mut reasons = smallvec::SmallVec::new();
-    for o in outcomes.iter().filter(|o| o.mode == Mode::Enforce) {
+    for o in outcomes.iter().filter(|o| o.counts()) {
         action = action.max(o.action);
         score += i64::from(o.score);
         // Pushed one by one: `extend` reserves from the size hint first,
@@ -422,6 +453,7 @@ mod tests {
                 module: "h".into(),
                 json_head: "".into(),
             }),
+            in_canary: (mode == Mode::Canary).then_some(false),
             mode,
             action,
             score,
@@ -445,7 +477,9 @@ mod tests {
             module: "h".into(),
             json_head: rendered_head("geo-mismatch", "1", "h", quiet.mode).into(),
         });
-        let rules = [shadow, quiet];
+        let mut canary = outcome(Mode::Canary, Action::Review, 10, "c");
+        canary.in_canary = Some(true);
+        let rules = [shadow, quiet, canary, outcome(Mode::Canary, Action::Block, 1, "d")];
         let keys =
             [FeatureKey::new("count(card, 10m)"), FeatureKey::new("avg(card, amount, 1h)"), FeatureKey::new("é\"")];
         let features = [(&keys[0], 3.0), (&keys[1], f64::NAN), (&keys[2], -0.5)];
@@ -493,11 +527,15 @@ mod tests {
             outcome(Mode::Enforce, Action::Review, 30, "a"),
             outcome(Mode::Enforce, Action::Allow, 5, "b"),
             outcome(Mode::Shadow, Action::Block, 100, "c"),
+            outcome(Mode::Canary, Action::Block, 100, "out of the share"),
+            RuleOutcome { in_canary: Some(true), ..outcome(Mode::Canary, Action::Review, 7, "in the share") },
         ];
         let (action, score, reasons) = combine(&o);
         assert_eq!(action, Action::Review);
-        assert_eq!(score, 35);
-        assert_eq!(reasons.as_slice(), ["a", "b"]);
+        assert_eq!(score, 42);
+        assert_eq!(reasons.as_slice(), ["a", "b", "in the share"]);
+        assert!(!o[3].is_quiet(Action::Review), "a canary outside its share that disagrees is listed");
+        assert!(!o[4].is_quiet(Action::Review), "a canary that counted and reviewed is listed");
     }
 
     #[test]

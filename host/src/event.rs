@@ -68,7 +68,7 @@ pub struct Party {
 
 /// An entity a payment belongs to: features, windows and rules' state are
 /// kept per one of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyField {
     /// The card token.

@@ -100,6 +100,62 @@ enum Command {
     /// standard output (the daemon runs this in a child process; not for people).
     #[command(hide = true)]
     CompileRule,
+    /// Write a new Ed25519 key pair for signing rule modules: BASE.key
+    /// (secret, keep it offline) and BASE.pub (for rules.trusted-keys).
+    Keygen {
+        /// The path of the pair without extension, e.g. keys/alice.
+        base: PathBuf,
+    },
+    /// Sign a rule module: adds a signature to MODULE.wasm.sig over the
+    /// module, its name and version, and the settings the config gives it.
+    Sign {
+        /// The .wasm file.
+        module: PathBuf,
+        /// The secret key (from vigil keygen).
+        #[arg(long, short)]
+        key: PathBuf,
+        /// The config whose [rule.*] settings (mode, params, on-failure,
+        /// canary) the signature approves; without it, the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check the rule change log: its chain and its signed head.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
+    /// Put the previous (or a named) version of a rule back live, from the
+    /// archive of every module that was live.
+    Rollback {
+        /// The rule's name.
+        rule: String,
+        /// The version to put back: at least 8 hex digits of its module hash.
+        #[arg(long)]
+        to: Option<String>,
+        /// The config whose state folder holds the change log and archive.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Reproduce a recorded decision: run the exact module versions and
+    /// parameters that decided it over the same event and recorded
+    /// features, and show each rule's outcome against the record.
+    Explain {
+        /// The decision's (the event's) id.
+        id: String,
+        /// The events, as JSON lines, holding the one with this id.
+        #[arg(long, short)]
+        input: PathBuf,
+        /// The config the daemon ran with (its state folder holds the
+        /// module archive; its file sinks the records).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The decision records, if not the config's decisions file.
+        #[arg(long)]
+        decisions: Option<PathBuf>,
+        /// The rule-sets output, if not the config's rule-sets file.
+        #[arg(long)]
+        rule_sets: Option<PathBuf>,
+    },
     /// Create a rule crate from the template in a rules workspace.
     NewRule {
         /// The rule's name, kebab-case (e.g. card-testing).
@@ -107,6 +163,21 @@ enum Command {
         /// The rules workspace: a folder whose Cargo.toml has [workspace].
         #[arg(long, short, default_value = "rules")]
         workspace: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every entry chains to the one before and the head is signed;
+    /// report the first entry that does not.
+    Verify {
+        /// The config whose state folder holds the log.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The daemon's public key (hex or a file) the head must be signed
+        /// with: one kept apart from the state folder.
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -320,6 +391,60 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             out.write_all(&artefact).and_then(|()| out.flush()).context("cannot write the artefact")?;
             Ok(())
+        }
+        Command::Keygen { base } => {
+            let key = vigil::rules::signing::generate()?;
+            let (secret, public) = vigil::rules::signing::write_pair(&base, &key)?;
+            println!("key id {}", vigil::rules::signing::key_id(&key.verifying_key()));
+            println!("secret key: {} (keep it private)", secret.display());
+            println!("public key: {} (list it in rules.trusted-keys)", public.display());
+            Ok(())
+        }
+        Command::Sign { module, key, config } => {
+            let config = load_config(config.as_deref())?;
+            let key = vigil::rules::signing::read_secret(&key)?;
+            let (path, statement, n) = vigil::rules::signing::sign_module(&config, &module, &key)?;
+            println!(
+                "signed {} {} (sha256:{}) with key {}: {} now holds {n} signature(s)",
+                statement.rule,
+                statement.version,
+                &statement.module[..16],
+                vigil::rules::signing::key_id(&key.verifying_key()),
+                path.display()
+            );
+            Ok(())
+        }
+        Command::Audit { what: AuditCommand::Verify { config, public_key } } => {
+            let config = load_config(config.as_deref())?;
+            let v = vigil::rules::changes::verify(&config.state.dir, public_key.as_deref())
+                .with_context(|| format!("rule change log in {}", config.state.dir.display()))?;
+            println!("ok: {} entries chain, head sha256:{}", v.entries, v.head);
+            println!("signed by the daemon's key {} (keep it apart to pin with --public-key)", v.public_key);
+            Ok(())
+        }
+        Command::Rollback { rule, to, config } => {
+            let config = load_config(config.as_deref())?;
+            let (file, hash) = vigil::rules::changes::rollback(&config.state.dir, &rule, to.as_deref())?;
+            println!("{rule}: module sha256:{} put back as {}", &hash[..16], file.display());
+            println!("a running daemon loads it within its rules.debounce; the change log records it");
+            Ok(())
+        }
+        Command::Explain { id, input, config, decisions, rule_sets } => {
+            let config = load_config(config.as_deref())?;
+            let file_of = |given: Option<PathBuf>, sink: &vigil::config::SinkConfig, role: &str| match (given, sink) {
+                (Some(p), _) => Ok(p),
+                (None, vigil::config::SinkConfig::File { path }) => Ok(path.clone()),
+                (None, _) => Err(anyhow::anyhow!("sinks.{role} is not a file: give --{role} FILE")),
+            };
+            let decisions = file_of(decisions, &config.sinks.decisions, "decisions")?;
+            let rule_sets = file_of(rule_sets, &config.sinks.rule_sets, "rule-sets")?;
+            let from = vigil::rules::explain::Sources { input: &input, decisions: &decisions, rule_sets: &rule_sets };
+            let explained = vigil::rules::explain::explain(&config, &id, from)?;
+            print!("{explained}");
+            match explained.reproduced_exactly() {
+                true => Ok(()),
+                false => anyhow::bail!("decision {id} was not reproduced exactly"),
+            }
         }
         Command::NewRule { name, workspace } => {
             let created = vigil::scaffold::new_rule(&workspace, &name)?;

@@ -12,6 +12,7 @@ mod end_to_end;
 mod exact;
 mod features;
 mod golden;
+mod governance;
 mod hardening;
 mod hostile;
 mod hot_reload;

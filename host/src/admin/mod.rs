@@ -109,10 +109,7 @@ fn save_overrides(state_dir: &std::path::Path, modes: &BTreeMap<String, Mode>) -
 }
 
 fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Enforce => "enforce",
-        Mode::Shadow => "shadow",
-    }
+    mode.as_str()
 }
 
 /// Binds the listener: an address that cannot be bound is an error
@@ -213,7 +210,7 @@ async fn metrics(State(s): App) -> Response {
 fn not_ready(s: &Shared) -> Vec<String> {
     let mut why = Vec::new();
     let set = s.daemon.registry.current();
-    let live = set.rules.iter().filter(|r| r.mode == Mode::Enforce && !r.is_quarantined()).count();
+    let live = set.rules.iter().filter(|r| r.mode != Mode::Shadow && !r.is_quarantined()).count();
     if live == 0 {
         why.push(format!(
             "no enforcing rule is live ({} loaded, {} quarantined, {} files rejected)",
@@ -384,6 +381,21 @@ async fn set_mode(
         }
         Some(_) => {}
     }
+    if registry.signatures_required() {
+        return (
+            StatusCode::CONFLICT,
+            "rules.require-signature is on: a rule's mode is part of what its signature approves; change it in \
+             the config and sign the module again (vigil sign --config)\n",
+        )
+            .into_response();
+    }
+    if change.mode == Mode::Canary && registry.configured(&name).canary_percent.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            format!("`{name}` has no canary share: set [rule.{name}] canary-percent in the config first\n"),
+        )
+            .into_response();
+    }
     // One change at a time: each reads, writes and applies the whole set.
     let _one = s.changing.lock().await;
     let mut modes = registry.modes();
@@ -397,6 +409,12 @@ async fn set_mode(
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e}\n", file.display())).into_response();
     }
     registry.set_modes(modes);
+    if let Some(rule) = registry.current().rules.iter().find(|r| *r.name == *name) {
+        let cause = format!("admin API (token {})", s.token_name);
+        let mut entry = crate::rules::rule_entry("mode", rule, &cause);
+        entry.mode = Some(mode_name(change.mode).into());
+        registry.record_change(entry);
+    }
     let r = registry.clone();
     let report = tokio::task::spawn_blocking(move || r.rescan()).await;
     let mode = mode_name(change.mode);
@@ -424,6 +442,8 @@ async fn release(State(s): App, UrlPath(name): UrlPath<String>, headers: HeaderM
         true => {
             tracing::warn!(rule = %name, version = %rule.version, by = "admin API", token = %s.token_name,
                 "quarantine released");
+            let cause = format!("admin API (token {})", s.token_name);
+            s.daemon.registry.record_change(crate::rules::rule_entry("release", rule, &cause));
             (StatusCode::OK, format!("{name}: released\n")).into_response()
         }
         false => (StatusCode::OK, format!("{name}: was not quarantined\n")).into_response(),

@@ -355,6 +355,7 @@ impl Worker {
         }
         let mut outgoing: Vec<Outcomes> = (0..self.workers).map(|_| Vec::new()).collect();
         let mut values = Vec::with_capacity(b.width());
+        let canaries = self.evaluator.canaries();
         for &home in &b.homes {
             self.batch.clear();
             self.in_batch.clear();
@@ -383,6 +384,9 @@ impl Worker {
                     && let Some(id) = p.key(field)
                 {
                     self.batch.set_entity(field.space(), id);
+                }
+                if canaries {
+                    self.batch.set_canary_ids(p);
                 }
                 b.values_of(i, &mut values);
                 self.batch.push(item.partition, item.payment.ts_ms, &values);

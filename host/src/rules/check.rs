@@ -31,6 +31,8 @@ pub struct CheckReport {
     fuel_budget: u64,
     /// Events a batch call took at once, when the module takes batches.
     batch: Option<usize>,
+    /// The trusted keys that signed it.
+    signers: Vec<String>,
 }
 
 /// Validates `path` under `config` and measures a short self-run.
@@ -58,6 +60,16 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         default_on_failure: config.rules.on_failure,
     };
     let rule = loader.load(path, &bytes, &hash).map_err(rejected)?;
+    let trust = super::signing::Trust::from_config(&config.rules)?;
+    let covered = super::signing::covered_settings(&rule.name, &config.rule);
+    let signers = match trust.verify(path, &hash, &rule.name, &rule.version, &covered) {
+        Ok(signers) => signers,
+        Err(e) if trust.required() => return Err(rejected(super::RuleError::Signature(e))),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            Vec::new()
+        }
+    };
     let features = vec![0.0; rule.features.len()];
 
     let mut encoded = Vec::new();
@@ -99,6 +111,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         fuel,
         fuel_budget: config.rules.cpu_budget,
         batch,
+        signers,
     })
 }
 
@@ -176,6 +189,9 @@ impl fmt::Display for CheckReport {
             writeln!(f, "  description: {}", m.description)?;
         }
         writeln!(f, "  module:      sha256:{} ({} bytes)", self.hash, self.size)?;
+        if !self.signers.is_empty() {
+            writeln!(f, "  signed by:   {}", self.signers.join(", "))?;
+        }
         writeln!(f, "  fields read: {}", if m.fields.is_empty() { "none".into() } else { m.fields.join(", ") })?;
         writeln!(f, "  features:    {}", if m.features.is_empty() { "none".into() } else { m.features.join(", ") })?;
         if m.params.is_empty() {

@@ -104,6 +104,8 @@ pub enum ListError {
 #[derive(Debug, Default)]
 pub struct Lists {
     lists: BTreeMap<String, Arc<List>>,
+    /// Where reloads that change a list are recorded (the daemon's).
+    changes: std::sync::OnceLock<Arc<super::changes::ChangeLog>>,
 }
 
 impl Lists {
@@ -117,7 +119,7 @@ impl Lists {
             let values = read_list(name, cfg, tokenizer)?;
             lists.insert(name.clone(), Arc::new(List { values: ArcSwap::from_pointee(values) }));
         }
-        Ok(Self { lists })
+        Ok(Self { lists, changes: std::sync::OnceLock::new() })
     }
 
     /// Reloads every list from its file; a list that fails keeps its
@@ -129,11 +131,21 @@ impl Lists {
                 continue;
             };
             match read_list(name, cfg, tokenizer) {
-                Ok(values) => list.values.store(Arc::new(values)),
+                Ok(values) => {
+                    let old = list.values.swap(Arc::new(values));
+                    if let Some(log) = self.changes.get() {
+                        record_change(log, name, cfg, &old, &list.values.load());
+                    }
+                }
                 Err(e) => errors.push(e),
             }
         }
         errors
+    }
+
+    /// Records each reload that changes a list in `log`.
+    pub fn set_change_log(&self, log: Arc<super::changes::ChangeLog>) {
+        let _ = self.changes.set(log);
     }
 
     /// Adds an empty list for each name not configured (for `vigil check`);
@@ -153,6 +165,39 @@ impl Lists {
     pub fn get(&self, name: &str) -> Option<Arc<List>> {
         self.lists.get(name).cloned()
     }
+}
+
+/// Records a reload of list `name` that added or removed values.
+fn record_change(
+    log: &super::changes::ChangeLog,
+    name: &str,
+    cfg: &ListConfig,
+    old: &HashSet<Box<[u8]>>,
+    new: &HashSet<Box<[u8]>>,
+) {
+    let show = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    let mut added: Vec<String> = new.iter().filter(|v| !old.contains(*v)).map(|v| show(v)).collect();
+    let mut removed: Vec<String> = old.iter().filter(|v| !new.contains(*v)).map(|v| show(v)).collect();
+    if added.is_empty() && removed.is_empty() {
+        return;
+    }
+    added.sort();
+    removed.sort();
+    let (added_count, removed_count) = (added.len(), removed.len());
+    added.truncate(super::changes::MAX_LISTED);
+    removed.truncate(super::changes::MAX_LISTED);
+    log.record(super::changes::Entry {
+        change: "list".into(),
+        list: Some(name.to_owned()),
+        file: Some(cfg.path.display().to_string()),
+        list_hash: std::fs::read(&cfg.path).ok().map(|b| super::module_hash(&b)),
+        added,
+        added_count: Some(added_count),
+        removed,
+        removed_count: Some(removed_count),
+        cause: "list file changed".into(),
+        ..super::changes::Entry::default()
+    });
 }
 
 fn read_list(name: &str, cfg: &ListConfig, tokenizer: &Tokenizer) -> Result<HashSet<Box<[u8]>>, ListError> {

@@ -9,10 +9,13 @@
 //!   failure into the rule's failure outcome, quarantining a rule after
 //!   repeated failures in a row.
 
+pub mod changes;
 pub mod check;
+pub mod explain;
 pub mod lists;
 pub mod native;
 pub mod sandbox;
+pub mod signing;
 pub mod state;
 pub mod watch;
 
@@ -70,10 +73,13 @@ pub enum RuleError {
     /// The rule is quarantined after repeated failures.
     #[error("quarantined after repeated failures")]
     Quarantined,
+    /// The module is not signed as `rules.require-signature` asks.
+    #[error("not approved: {0}")]
+    Signature(String),
 }
 
 /// The causes a rule call fails with, as [`RuleError::cause`] names them.
-pub const CAUSES: [&str; 11] = [
+pub const CAUSES: [&str; 12] = [
     "io",
     "compile",
     "abi",
@@ -85,6 +91,7 @@ pub const CAUSES: [&str; 11] = [
     "event_budget",
     "memory",
     "quarantined",
+    "signature",
 ];
 
 impl RuleError {
@@ -106,6 +113,7 @@ impl RuleError {
             RuleError::EventBudget => 8,
             RuleError::MemoryExceeded(_) => 9,
             RuleError::Quarantined => 10,
+            RuleError::Signature(_) => 11,
         }
     }
 
@@ -127,8 +135,12 @@ pub struct LoadedRule {
     pub path: PathBuf,
     /// The full manifest.
     pub manifest: Manifest,
-    /// Enforce or shadow.
+    /// Enforce, shadow or canary.
     pub mode: Mode,
+    /// With [`Mode::Canary`]: who is in its share.
+    pub canary: Option<Canary>,
+    /// The ids of the trusted keys that signed the module (see [`signing`]).
+    pub signers: Vec<String>,
     /// Outcome when a call fails.
     pub on_failure: FailurePolicy,
     /// The fields the rule sees.
@@ -149,6 +161,44 @@ pub struct LoadedRule {
     /// Instances made on the thread that loaded it, for workers to take up
     /// without instantiating themselves (see [`RuleRegistry::set_spares`]).
     spares: Mutex<Vec<Instance>>,
+}
+
+/// Which events a canary rule's outcome counts for: those whose entity
+/// `key` falls in its share, by a hash of the entity's id salted with the
+/// rule's name, so one entity is in or out on every event, in every run
+/// and daemon, and different canaries pick different entities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Canary {
+    /// The entity in or out as a whole.
+    pub key: crate::event::KeyField,
+    /// The share, in hundredths of a percent (0 to 10,000).
+    pub basis_points: u32,
+    salt: u64,
+}
+
+impl Canary {
+    fn new(rule: &str, key: crate::event::KeyField, percent: f64) -> Self {
+        Self {
+            key,
+            basis_points: (percent * 100.0).round().clamp(0.0, 10_000.0) as u32,
+            salt: xxhash_rust::xxh3::xxh3_64(rule.as_bytes()),
+        }
+    }
+
+    /// Whether the entity whose id hashes to `id_hash` (see
+    /// [`Canary::id_hash`]) is in the share; an event without the entity
+    /// is not.
+    pub fn includes(&self, id_hash: Option<u64>) -> bool {
+        id_hash.is_some_and(|h| {
+            let mixed = xxhash_rust::xxh3::xxh3_64_with_seed(&h.to_le_bytes(), self.salt);
+            (mixed % 10_000) < u64::from(self.basis_points)
+        })
+    }
+
+    /// The hash of an entity id the share is taken over.
+    pub fn id_hash(id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+    }
 }
 
 /// What runs a rule.
@@ -306,6 +356,14 @@ impl LoadedRule {
         self.health.quarantined.swap(false, Ordering::Relaxed)
     }
 
+    /// Its parameter values as a JSON object.
+    pub fn params_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.param_values
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
+            .collect()
+    }
+
     /// The short module hash used in logs and records.
     pub fn short_hash(&self) -> &str {
         &self.hash[..16]
@@ -340,6 +398,10 @@ impl RuleSet {
             version: &'a str,
             module: &'a str,
             mode: Mode,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            canary_percent: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            canary_key: Option<crate::event::KeyField>,
             on_failure: FailurePolicy,
             params: serde_json::Map<String, serde_json::Value>,
             features: Vec<&'a str>,
@@ -351,12 +413,10 @@ impl RuleSet {
                 version: &r.version,
                 module: &r.hash,
                 mode: r.mode,
+                canary_percent: r.canary.map(|c| f64::from(c.basis_points) / 100.0),
+                canary_key: r.canary.map(|c| c.key),
                 on_failure: r.on_failure,
-                params: r
-                    .param_values
-                    .iter()
-                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(serde_json::Value::Null)))
-                    .collect(),
+                params: r.params_json(),
                 features: r.features.iter().filter_map(|&i| features.get(i).map(|f| &*f.name)).collect(),
             })
             .collect();
@@ -392,6 +452,9 @@ struct FileEntry {
     hash: String,
     /// Settings changed since it loaded: reload even if the file did not.
     stale: bool,
+    /// Length and time of its signature file, if it has one: a new
+    /// signature reloads it.
+    sig: Option<(u64, Option<SystemTime>)>,
     /// The rules this file provides, if it loaded: its own, then the
     /// instances configured with `[rule.NAME] of = …`.
     rules: Vec<Arc<LoadedRule>>,
@@ -420,6 +483,11 @@ pub struct RuleRegistry {
     spares: AtomicUsize,
     /// Instances of rules workers no longer run, freed at the next rescan.
     retired: Mutex<Vec<Instance>>,
+    /// The keys modules must be signed with, if any.
+    trust: Mutex<signing::Trust>,
+    /// Where changes are recorded and live modules archived (the daemon's;
+    /// none in replays and checks).
+    changes: std::sync::OnceLock<Arc<changes::ChangeLog>>,
 }
 
 impl std::fmt::Debug for RuleRegistry {
@@ -452,6 +520,28 @@ pub fn log_report(report: &ScanReport, registry: &RuleRegistry) {
     for (name, path) in &report.removed {
         tracing::info!(rule = %name, file = %path.display(), "rule unloaded: its file was removed");
     }
+}
+
+/// A change-log entry about `rule` as it is now.
+pub fn rule_entry(change: &str, rule: &LoadedRule, cause: &str) -> changes::Entry {
+    changes::Entry {
+        change: change.into(),
+        rule: Some(rule.name.to_string()),
+        version: Some(rule.version.to_string()),
+        module: Some(rule.hash.to_string()),
+        signers: rule.signers.clone(),
+        file: Some(rule.path.display().to_string()),
+        mode: Some(rule.mode.as_str().into()),
+        params: Some(serde_json::Value::Object(rule.params_json())),
+        cause: cause.into(),
+        ..changes::Entry::default()
+    }
+}
+
+/// Whether `path` names a rule module or a module's signature file, whose
+/// changes the folder watch reloads.
+pub fn is_rule_or_signature_file(path: &Path) -> bool {
+    is_rule_file(path) || path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".wasm.sig"))
 }
 
 /// Whether `path` names a rule module the folder scan should consider.
@@ -488,7 +578,40 @@ impl RuleRegistry {
             quarantine_after: quarantine_after.max(1),
             spares: AtomicUsize::new(1),
             retired: Mutex::new(Vec::new()),
+            trust: Mutex::new(signing::Trust::default()),
+            changes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records every rule change from now on in `log`, and archives each
+    /// module that goes live there.
+    pub fn set_change_log(&self, log: Arc<changes::ChangeLog>) {
+        let _ = self.changes.set(log);
+    }
+
+    /// Appends `entry` to the change log, if there is one.
+    pub fn record_change(&self, entry: changes::Entry) {
+        if let Some(log) = self.changes.get() {
+            log.record(entry);
+        }
+    }
+
+    /// Sets the keys modules must be signed with (`[rules]`
+    /// `trusted-keys`, `require-signature`, `signatures-required`); every
+    /// rule is checked against them at the next rescan.
+    pub fn set_trust(&self, trust: signing::Trust) {
+        *lock(&self.trust) = trust;
+        lock(&self.files).values_mut().for_each(|f| f.stale = true);
+    }
+
+    /// Whether modules must be signed, and with them their settings.
+    pub fn signatures_required(&self) -> bool {
+        lock(&self.trust).required()
+    }
+
+    /// The config's `[rule.NAME]` (defaults when it has none).
+    pub fn configured(&self, name: &str) -> RuleSettings {
+        lock(&self.configured).get(name).cloned().unwrap_or_default()
     }
 
     /// Makes `n` instances of each rule that goes live from now on — one
@@ -582,9 +705,11 @@ impl RuleRegistry {
                 continue;
             };
             let (len, modified) = (meta.len(), meta.modified().ok());
+            let sig = std::fs::metadata(signing::sig_path(path)).ok().map(|m| (m.len(), m.modified().ok()));
             if let Some(entry) = files.get(path)
                 && entry.len == len
                 && entry.modified == modified
+                && entry.sig == sig
                 && !entry.stale
             {
                 continue;
@@ -598,7 +723,7 @@ impl RuleRegistry {
             };
             let hash = module_hash(&bytes);
             let previous = files.get(path);
-            if previous.is_some_and(|p| p.hash == hash && !p.stale) {
+            if previous.is_some_and(|p| p.hash == hash && !p.stale && p.sig == sig) {
                 if let Some(e) = files.get_mut(path) {
                     (e.len, e.modified) = (len, modified);
                 }
@@ -629,8 +754,32 @@ impl RuleRegistry {
                     for rule in &rules {
                         report.loaded.push((rule.name.to_string(), rule.version.to_string(), path.clone()));
                     }
+                    if let Some(log) = self.changes.get() {
+                        for rule in &rules {
+                            let here = previous.and_then(|p| p.rules.iter().find(|r| r.name == rule.name));
+                            // Live before: in this run, or as the log last had it.
+                            let was = here.map(|w| w.hash.to_string()).or_else(|| log.live_module(&rule.name));
+                            let cause = match (previous, was.as_deref()) {
+                                (None, None) => "file added",
+                                (None, Some(w)) if w == hash => "daemon started",
+                                (Some(p), _) if p.hash == hash && p.sig != sig => "signature changed",
+                                (Some(p), _) if p.hash == hash => "settings changed",
+                                (_, Some(w)) if w != hash && log.archived(&hash) => "rollback to a version live before",
+                                _ => "file changed",
+                            };
+                            let change = match (here, was.as_deref()) {
+                                (None, None) => "load",
+                                (None, Some(w)) if w == hash => "load",
+                                _ => "replace",
+                            };
+                            let mut entry = rule_entry(change, rule, cause);
+                            entry.previous_module = was;
+                            log.record(entry);
+                        }
+                        log.archive(&hash, &bytes, path);
+                    }
                     let rules = rules.into_iter().map(Arc::new).collect();
-                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rules });
+                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, sig, rules });
                 }
                 Err(e) => {
                     // A file still being written fails to compile; it is not
@@ -642,7 +791,15 @@ impl RuleRegistry {
                     }
                     let keep = previous.map(|p| p.rules.clone()).unwrap_or_default();
                     report.rejected.push((path.clone(), e.to_string()));
-                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, rules: keep });
+                    self.record_change(changes::Entry {
+                        change: "refuse".into(),
+                        module: Some(hash.clone()),
+                        previous_module: previous.map(|p| p.hash.clone()),
+                        file: Some(path.display().to_string()),
+                        cause: e.to_string(),
+                        ..changes::Entry::default()
+                    });
+                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, sig, rules: keep });
                 }
             }
         }
@@ -650,6 +807,9 @@ impl RuleRegistry {
         for path in gone {
             for rule in files.remove(&path).map(|e| e.rules).unwrap_or_default() {
                 report.removed.push((rule.name.to_string(), path.clone()));
+                let mut entry = rule_entry("unload", &rule, "file removed");
+                entry.previous_module = entry.module.take();
+                self.record_change(entry);
             }
         }
         self.publish(&files);
@@ -728,10 +888,28 @@ impl RuleRegistry {
     /// `[rule.NAME] of = …`, the module's own rule first.
     fn load_with_instances(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<Vec<LoadedRule>, RuleError> {
         let settings = lock(&self.settings).clone();
+        let trust = lock(&self.trust).clone();
+        if trust.required() && !signing::sig_path(path).exists() {
+            // Refused before compiling it.
+            trust.verify(path, hash, "", "", &BTreeMap::new()).map_err(RuleError::Signature)?;
+        }
         let loader = self.loader(&settings);
         let rule = loader.load(path, bytes, hash)?;
+        let covered = signing::covered_settings(&rule.name, &settings);
+        let signers = match trust.verify(path, hash, &rule.name, &rule.version, &covered) {
+            Ok(signers) => signers,
+            Err(e) if trust.required() => return Err(RuleError::Signature(e)),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e,
+                    "the module's signature file does not fit it; loaded anyway, as no signature is required");
+                Vec::new()
+            }
+        };
         let mut rules = loader.instances(&rule)?;
         rules.insert(0, rule);
+        for r in &mut rules {
+            r.signers.clone_from(&signers);
+        }
         Ok(rules)
     }
 
@@ -847,12 +1025,25 @@ impl Loader<'_> {
             .iter()
             .map(|f| self.catalog.resolve(f).map_err(RuleError::Manifest))
             .collect::<Result<Vec<usize>, RuleError>>()?;
+        let canary = match (settings.mode, settings.canary_percent) {
+            (Mode::Canary, Some(p)) => {
+                Some(Canary::new(name, settings.canary_key.unwrap_or(crate::event::KeyField::Account), p))
+            }
+            (Mode::Canary, None) => {
+                return Err(RuleError::Config(format!(
+                    "`rule.{name}` is in canary mode without a share: set rule.{name}.canary-percent"
+                )));
+            }
+            _ => None,
+        };
         let rule = LoadedRule {
             name: name.into(),
             version: manifest.version.as_str().into(),
             hash: hash.into(),
             path: path.to_owned(),
             mode: settings.mode,
+            canary,
+            signers: Vec::new(),
             on_failure: settings.on_failure.unwrap_or(self.default_on_failure),
             projection: Projection::new(mask),
             features,
@@ -1270,10 +1461,16 @@ impl Evaluator {
         homes
     }
 
+    /// Whether a live rule is a canary, so events need
+    /// [`Batch::set_canary_ids`].
+    pub fn canaries(&self) -> bool {
+        self.slots.iter().any(|s| s.rule.canary.is_some())
+    }
+
     /// Whether some live rule enforces and is not quarantined: without
     /// one, the final decision is no rule's.
     pub fn enforcing(&self) -> bool {
-        self.slots.iter().any(|s| s.rule.mode == crate::decide::Mode::Enforce && !s.rule.is_quarantined())
+        self.slots.iter().any(|s| s.rule.mode != crate::decide::Mode::Shadow && !s.rule.is_quarantined())
     }
 
     /// Picks up a new rule set, if any, and instantiates its new rules;
@@ -1473,7 +1670,7 @@ impl Evaluator {
                 let results = &mut self.results;
                 if results.budget(from) == 0 {
                     count(slot.rule.on_failure.action());
-                    out[from].push(slot.failed(RuleError::EventBudget, 0));
+                    out[from].push(slot.failed(RuleError::EventBudget, 0, batch, from));
                     from += 1;
                     continue;
                 }
@@ -1503,6 +1700,7 @@ impl Evaluator {
                     out[from].push(RuleOutcome {
                         label: slot.label.clone(),
                         mode: rule.mode,
+                        in_canary: rule.canary.map(|c| c.includes(batch.canary_hash(from, c.key))),
                         action: r.action,
                         score: r.score,
                         reasons: std::mem::take(&mut r.reasons),
@@ -1533,7 +1731,7 @@ impl Evaluator {
                     }
                 }
                 count(slot.rule.on_failure.action());
-                out[from].push(slot.failed(e, latency_ns));
+                out[from].push(slot.failed(e, latency_ns, batch, from));
                 from += 1;
             }
             let spent_ns = self.results.clock.delta_as_nanos(began, self.results.clock.raw());
@@ -1553,10 +1751,11 @@ impl Evaluator {
 impl Slot {
     /// The rule's outcome for an event whose call failed with `e`: its
     /// failure outcome, saying why.
-    fn failed(&self, e: RuleError, latency_ns: u64) -> RuleOutcome {
+    fn failed(&self, e: RuleError, latency_ns: u64, batch: &Batch, i: usize) -> RuleOutcome {
         RuleOutcome {
             label: self.label.clone(),
             mode: self.rule.mode,
+            in_canary: self.rule.canary.map(|c| c.includes(batch.canary_hash(i, c.key))),
             action: self.rule.on_failure.action(),
             score: 0,
             reasons: crate::decide::Reasons::new(),
@@ -1606,6 +1805,9 @@ pub struct Batch {
     /// another; event `i`'s ends at `entity_ends[i]`.
     entities: Vec<u8>,
     entity_ends: Vec<usize>,
+    /// With canary rules live: per event, the [`Canary::id_hash`] of each
+    /// of its entities, by [`crate::event::KeyField`] code.
+    canary: Vec<[Option<u64>; 6]>,
 }
 
 impl Batch {
@@ -1636,8 +1838,23 @@ impl Batch {
         state::entity_key(space, id, &mut self.entities);
     }
 
+    /// Sets the entity hashes canary shares are taken over (see
+    /// [`Canary`]) for the event about to be pushed; needed only while a
+    /// canary rule is live ([`Evaluator::canaries`]).
+    pub fn set_canary_ids(&mut self, payment: &crate::event::Payment) {
+        let n = self.partitions.len();
+        self.canary.resize(n + 1, [None; 6]);
+        self.canary[n] = crate::event::KeyField::ALL.map(|k| payment.key(k).map(Canary::id_hash));
+    }
+
+    /// Event `i`'s [`Canary::id_hash`] of its entity `key`, if set.
+    pub fn canary_hash(&self, i: usize, key: crate::event::KeyField) -> Option<u64> {
+        self.canary.get(i).and_then(|h| h[usize::from(key.code())])
+    }
+
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
+        self.canary.clear();
         self.partitions.clear();
         self.times.clear();
         self.values.clear();
@@ -1699,6 +1916,7 @@ impl RuleRegistry {
             );
         }
         if consecutive >= self.quarantine_after && !rule.health.quarantined.swap(true, Ordering::Relaxed) {
+            self.record_change(rule_entry("quarantine", rule, &format!("{consecutive} failures in a row; last: {e}")));
             tracing::error!(
                 rule = %rule.name, version = %rule.version, file = %rule.path.display(),
                 consecutive, last_error = %e,

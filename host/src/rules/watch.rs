@@ -8,7 +8,7 @@ use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer, notif
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{RuleRegistry, is_rule_file, log_report};
+use super::{RuleRegistry, is_rule_or_signature_file, log_report};
 
 /// A running watch; dropping it stops watching.
 pub struct Watch {
@@ -30,7 +30,7 @@ pub fn watch(registry: Arc<RuleRegistry>, debounce: Duration) -> notify::Result<
     let reg = registry.clone();
     let mut debouncer = new_debouncer(debounce, move |res: DebounceEventResult| match res {
         Ok(events) => {
-            if events.iter().any(|e| is_rule_file(&e.path)) {
+            if events.iter().any(|e| is_rule_or_signature_file(&e.path)) {
                 crate::priority::background();
                 let report = reg.rescan();
                 log_report(&report, &reg);

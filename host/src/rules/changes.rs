@@ -1,0 +1,488 @@
+//! The rule change log (`state/rule-changes.jsonl`) and the archive of every
+//! module that was live (`state/rule-archive/`).
+//!
+//! Every load, replacement, refusal, unload, quarantine, release, mode
+//! change and list change is appended as one JSON line, flushed to disk
+//! before the change is reported done. Each line carries the SHA-256 of
+//! the line before it (`prev`), so a line changed, inserted or removed
+//! breaks the chain at that point; and the head of the chain (its length
+//! and last line's hash) is signed with the daemon's own Ed25519 key in
+//! `rule-changes.head`, so the chain cannot be cut short or rewritten
+//! without that key. `vigil audit verify` checks both; an operator who
+//! keeps the daemon's public key (`vigil audit verify` prints it) can pin
+//! it with `--public-key`.
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The change log's file name in the state folder.
+pub const LOG_FILE: &str = "rule-changes.jsonl";
+/// The signed head's file name in the state folder.
+pub const HEAD_FILE: &str = "rule-changes.head";
+/// The daemon's key that signs the head, in the state folder.
+pub const KEY_FILE: &str = "daemon.key";
+/// The archive's folder name in the state folder.
+pub const ARCHIVE_DIR: &str = "rule-archive";
+/// `prev` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One change. Fields that do not apply are left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// 1 for the first entry, then one more each.
+    pub seq: u64,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// `load`, `replace`, `refuse`, `unload`, `quarantine`, `release`,
+    /// `mode` or `list`.
+    pub change: String,
+    /// The rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// SHA-256 of the module now live (or refused), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// SHA-256 of the module live before, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_module: Option<String>,
+    /// The ids of the trusted keys that signed the module.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
+    /// The module file, or the list file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The rule's mode after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The rule's parameters after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+    /// The list changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// SHA-256 of the list file now loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_hash: Option<String>,
+    /// Values added to the list (card lists hold tokens), at most
+    /// [`MAX_LISTED`]; `added_count` counts them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// How many values were added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_count: Option<usize>,
+    /// Values removed from the list, at most [`MAX_LISTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// How many values were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_count: Option<usize>,
+    /// Why: `file added`, `file changed`, `settings changed`, `rollback`,
+    /// `admin API (VAR)`, the failure that quarantined it, ….
+    pub cause: String,
+    /// SHA-256 of the previous line, hex ([`GENESIS`] for the first).
+    pub prev: String,
+}
+
+/// The most list values one entry names (the counts are always whole).
+pub const MAX_LISTED: usize = 1000;
+
+/// The signed head of the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    /// Entries in the log.
+    pub entries: u64,
+    /// SHA-256 of the last line, hex ([`GENESIS`] when empty).
+    pub head: String,
+    /// The daemon's public key, hex.
+    pub public_key: String,
+    /// Ed25519 signature over [`Head::payload`], hex.
+    pub signature: String,
+}
+
+impl Head {
+    fn payload(entries: u64, head: &str) -> Vec<u8> {
+        format!("vigil-rule-changes-head-1\n{entries}\n{head}\n").into_bytes()
+    }
+}
+
+/// The SHA-256 of one line (without its newline), hex.
+fn line_hash(line: &[u8]) -> String {
+    crate::rules::module_hash(line)
+}
+
+struct Chain {
+    entries: u64,
+    head: String,
+    /// The module each rule runs, as the log has it.
+    live: std::collections::BTreeMap<String, String>,
+}
+
+impl Chain {
+    fn follow(&mut self, e: &Entry) {
+        let Some(rule) = &e.rule else { return };
+        match e.change.as_str() {
+            "load" | "replace" => {
+                if let Some(m) = &e.module {
+                    self.live.insert(rule.clone(), m.clone());
+                }
+            }
+            "unload" => {
+                self.live.remove(rule);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The append side of the log, shared by everything that changes rules.
+pub struct ChangeLog {
+    dir: PathBuf,
+    key: SigningKey,
+    chain: Mutex<Chain>,
+}
+
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl ChangeLog {
+    /// Opens the log in `state_dir`, making the daemon's key on first use.
+    ///
+    /// # Errors
+    /// When the folder, the key or the log cannot be read or written.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(state_dir.join(ARCHIVE_DIR))
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", state_dir.join(ARCHIVE_DIR).display()))?;
+        let key_path = state_dir.join(KEY_FILE);
+        let key = match key_path.exists() {
+            true => crate::rules::signing::read_secret(&key_path)?,
+            false => {
+                let key = crate::rules::signing::generate()?;
+                crate::rules::signing::write_private(
+                    &key_path,
+                    format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+                )?;
+                tracing::info!(file = %key_path.display(), public_key = %hex::encode(key.verifying_key().as_bytes()),
+                    "made the daemon's key that signs the rule change log");
+                key
+            }
+        };
+        let log = state_dir.join(LOG_FILE);
+        let mut chain = Chain { entries: 0, head: GENESIS.to_owned(), live: Default::default() };
+        match std::fs::read(&log) {
+            Ok(bytes) => {
+                for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    chain.entries += 1;
+                    chain.head = line_hash(line);
+                    // A line that is not an entry is for `vigil audit verify` to report.
+                    if let Ok(e) = serde_json::from_slice::<Entry>(line) {
+                        chain.follow(&e);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("cannot read {}: {e}", log.display()),
+        }
+        Ok(Self { dir: state_dir.to_owned(), key, chain: Mutex::new(chain) })
+    }
+
+    /// The module `rule` runs as the log last recorded it, if it runs.
+    pub fn live_module(&self, rule: &str) -> Option<String> {
+        self.chain.lock().unwrap_or_else(std::sync::PoisonError::into_inner).live.get(rule).cloned()
+    }
+
+    /// The daemon's public key, hex.
+    pub fn public_key(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// Appends `entry` (its `seq`, `at` and `prev` filled in here), flushed
+    /// to disk, and signs the new head. A failure to write is logged: the
+    /// change itself has happened.
+    pub fn record(&self, mut entry: Entry) {
+        let mut chain = self.chain.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entry.seq = chain.entries + 1;
+        entry.at = now_rfc3339();
+        entry.prev = chain.head.clone();
+        // Plain data: serialises.
+        let line = serde_json::to_vec(&entry).unwrap_or_default();
+        let path = self.dir.join(LOG_FILE);
+        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+            let mut buf = line.clone();
+            buf.push(b'\n');
+            f.write_all(&buf)?;
+            f.sync_data()
+        });
+        if let Err(e) = appended {
+            tracing::error!(file = %path.display(), error = %e, change = %entry.change, rule = ?entry.rule,
+                "cannot append to the rule change log");
+            return;
+        }
+        chain.entries += 1;
+        chain.head = line_hash(&line);
+        chain.follow(&entry);
+        if let Err(e) = self.write_head(&chain) {
+            tracing::error!(file = %self.dir.join(HEAD_FILE).display(), error = %e,
+                "cannot write the signed head of the rule change log");
+        }
+    }
+
+    fn write_head(&self, chain: &Chain) -> std::io::Result<()> {
+        let signature = self.key.sign(&Head::payload(chain.entries, &chain.head));
+        let head = Head {
+            entries: chain.entries,
+            head: chain.head.clone(),
+            public_key: self.public_key(),
+            signature: hex::encode(signature.to_bytes()),
+        };
+        let mut json = serde_json::to_vec_pretty(&head).unwrap_or_default();
+        json.push(b'\n');
+        let tmp = self.dir.join(format!(".{HEAD_FILE}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(HEAD_FILE))
+    }
+
+    /// Keeps `bytes` (a module that went live, SHA-256 `hash`) in the
+    /// archive, with its signature file if it has one, for rollback.
+    pub fn archive(&self, hash: &str, bytes: &[u8], module: &Path) {
+        let dir = self.dir.join(ARCHIVE_DIR);
+        let target = dir.join(format!("{hash}.wasm"));
+        let result = (|| -> std::io::Result<()> {
+            if !target.exists() {
+                let tmp = dir.join(format!(".{hash}.wasm.tmp"));
+                std::fs::write(&tmp, bytes)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &target)?;
+            }
+            let sig = crate::rules::signing::sig_path(module);
+            if sig.exists() {
+                std::fs::copy(&sig, crate::rules::signing::sig_path(&target))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(file = %target.display(), error = %e, "cannot archive the module for rollback");
+        }
+    }
+
+    /// Whether a module with SHA-256 `hash` was ever archived here.
+    pub fn archived(&self, hash: &str) -> bool {
+        self.dir.join(ARCHIVE_DIR).join(format!("{hash}.wasm")).exists()
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// Reads the log's entries.
+///
+/// # Errors
+/// When it cannot be read, or a line is not an entry.
+pub fn read(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let path = state_dir.join(LOG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
+/// What `vigil audit verify` found in a log whose chain holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries.
+    pub entries: u64,
+    /// SHA-256 of the last line.
+    pub head: String,
+    /// The daemon key that signed the head, hex.
+    pub public_key: String,
+}
+
+/// Checks the chain of the log in `state_dir` and its signed head; with
+/// `pinned`, the head must be signed by that public key (hex).
+///
+/// # Errors
+/// The first entry that is broken, or what is wrong with the head.
+pub fn verify(state_dir: &Path, pinned: Option<&str>) -> anyhow::Result<Verified> {
+    let path = state_dir.join(LOG_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut prev = GENESIS.to_owned();
+    let mut n = 0u64;
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        n += 1;
+        let entry: Entry = serde_json::from_slice(line).map_err(|e| {
+            anyhow::anyhow!("entry {n} (line {n}) is not a change record: {e}; the log was altered there")
+        })?;
+        if entry.prev != prev {
+            match n {
+                1 => anyhow::bail!("entry 1 does not start the chain: the log was altered at its start"),
+                _ => anyhow::bail!(
+                    "entry {} (line {}) was altered or removed: entry {n} does not chain to it",
+                    n - 1,
+                    n - 1
+                ),
+            }
+        }
+        if entry.seq != n {
+            anyhow::bail!("entry {n} (line {n}) carries seq {}: entries were removed or reordered", entry.seq);
+        }
+        prev = line_hash(line);
+    }
+    let head_path = state_dir.join(HEAD_FILE);
+    let text =
+        std::fs::read_to_string(&head_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", head_path.display()))?;
+    let head: Head = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a signed head: {e}", head_path.display()))?;
+    let key = crate::rules::signing::read_public(&head.public_key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", head_path.display()))?;
+    if let Some(pinned) = pinned {
+        let pinned = crate::rules::signing::read_public(pinned).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+        if pinned != key {
+            anyhow::bail!("{} is signed by key {}, not the pinned one", head_path.display(), &head.public_key[..16]);
+        }
+    }
+    let signature = hex::decode(&head.signature).ok().and_then(|b| Signature::from_slice(&b).ok());
+    let signed = signature.is_some_and(|s| key.verify(&Head::payload(head.entries, &head.head), &s).is_ok());
+    if !signed {
+        anyhow::bail!("{}: the signature does not verify; the head was altered", head_path.display());
+    }
+    if head.entries != n || head.head != prev {
+        anyhow::bail!(
+            "the signed head covers {} entries ending in {}, but the log holds {n} ending in {}: {}",
+            head.entries,
+            &head.head[..16],
+            &prev[..16],
+            if n < head.entries {
+                "entries were removed from its end"
+            } else {
+                "its last entries were altered or added"
+            }
+        );
+    }
+    Ok(Verified { entries: n, head: prev, public_key: hex::encode(VerifyingKey::as_bytes(&key)) })
+}
+
+/// `vigil rollback`: puts a module of `rule` that was live before back in
+/// the rules folder — the one live before the current, or the archived
+/// one whose hash starts with `to` — with its signature file if it had
+/// one. The daemon loads it as any new file (validation, signatures) and
+/// records it as a rollback. Returns the file written and the hash.
+///
+/// # Errors
+/// When the log names no such rule or version, or the files cannot be
+/// written.
+pub fn rollback(state_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+    let entries = read(state_dir)?;
+    let live: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.rule.as_deref() == Some(rule) && matches!(e.change.as_str(), "load" | "replace"))
+        .collect();
+    let Some(current) = live.last() else {
+        anyhow::bail!("the change log in {} has no rule `{rule}` that went live", state_dir.display());
+    };
+    let current_hash = current.module.clone().unwrap_or_default();
+    let target = match to {
+        Some(prefix) => {
+            if prefix.len() < 8 {
+                anyhow::bail!("--to: give at least 8 hex digits of the module hash");
+            }
+            live.iter()
+                .rev()
+                .filter_map(|e| e.module.as_deref())
+                .find(|m| m.starts_with(prefix))
+                .ok_or_else(|| anyhow::anyhow!("`{rule}` never ran a module whose hash starts with {prefix}"))?
+                .to_owned()
+        }
+        None => live
+            .iter()
+            .rev()
+            .filter_map(|e| e.module.as_deref())
+            .find(|m| *m != current_hash)
+            .ok_or_else(|| {
+                anyhow::anyhow!("`{rule}` has run only module {}: nothing to roll back to", &current_hash[..16])
+            })?
+            .to_owned(),
+    };
+    let archived = state_dir.join(ARCHIVE_DIR).join(format!("{target}.wasm"));
+    let bytes = std::fs::read(&archived).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", archived.display()))?;
+    if crate::rules::module_hash(&bytes) != target {
+        anyhow::bail!("{} does not hash to its name: the archive was altered", archived.display());
+    }
+    let file = PathBuf::from(current.file.clone().unwrap_or_default());
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
+        anyhow::bail!("the change log names no file for `{rule}`");
+    };
+    let place = |from: &[u8], to: &Path| -> anyhow::Result<()> {
+        let tmp = dir.join(format!(".{name}.rollback.tmp"));
+        std::fs::write(&tmp, from).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, to).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))
+    };
+    // The signature first, so the module never meets a signature of another.
+    let sig = crate::rules::signing::sig_path(&file);
+    match std::fs::read(crate::rules::signing::sig_path(&archived)) {
+        Ok(archived_sig) => place(&archived_sig, &sig)?,
+        Err(_) if sig.exists() => {
+            std::fs::remove_file(&sig).map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", sig.display()))?;
+        }
+        Err(_) => {}
+    }
+    place(&bytes, &file)?;
+    Ok((file, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(change: &str, rule: &str) -> Entry {
+        Entry { change: change.into(), rule: Some(rule.into()), cause: "test".into(), ..Entry::default() }
+    }
+
+    #[test]
+    fn the_chain_verifies_and_any_changed_byte_or_cut_breaks_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = ChangeLog::open(dir.path()).expect("open");
+        for i in 0..5 {
+            log.record(entry("load", &format!("r{i}")));
+        }
+        let ok = verify(dir.path(), None).expect("verifies");
+        assert_eq!(ok.entries, 5);
+        verify(dir.path(), Some(&log.public_key())).expect("pinned to its key");
+        let other = crate::rules::signing::generate().expect("key");
+        let e = verify(dir.path(), Some(&hex::encode(other.verifying_key().as_bytes()))).expect_err("other key");
+        assert!(e.to_string().contains("not the pinned one"), "{e}");
+
+        // Reopened, it continues the chain.
+        drop(log);
+        ChangeLog::open(dir.path()).expect("reopen").record(entry("unload", "r0"));
+        assert_eq!(verify(dir.path(), None).expect("still verifies").entries, 6);
+
+        let path = dir.path().join(LOG_FILE);
+        let original = std::fs::read(&path).expect("read");
+        // A byte in the middle (entry 3): its rule name.
+        let mut bytes = original.clone();
+        let at = bytes.windows(4).position(|w| w == b"\"r2\"").expect("entry 3") + 2;
+        bytes[at] = b'9';
+        std::fs::write(&path, &bytes).expect("write");
+        let e = verify(dir.path(), None).expect_err("altered").to_string();
+        assert!(e.contains("entry 3 (line 3) was altered"), "{e}");
+
+        // The last entry cut off.
+        let cut = original[..original.len() - 1].iter().rposition(|&b| b == b'\n').expect("lines") + 1;
+        std::fs::write(&path, &original[..cut]).expect("write");
+        let e = verify(dir.path(), None).expect_err("cut").to_string();
+        assert!(e.contains("entries were removed from its end"), "{e}");
+    }
+}
