@@ -102,9 +102,19 @@ pub async fn run_with(
     registry.set_trust(crate::rules::signing::Trust::from_config(&config.rules)?);
     if overrides.source.is_none() {
         // The daemon's own: replays and benchmarks change nothing live.
-        let log = Arc::new(crate::rules::changes::ChangeLog::open(&config.state.dir)?);
-        registry.set_change_log(log.clone());
-        lists.set_change_log(log);
+        match crate::rules::changes::ChangeLog::open(&config.state.dir) {
+            Ok(log) => {
+                let log = Arc::new(log);
+                registry.set_change_log(log.clone());
+                lists.set_change_log(log);
+            }
+            // Under review, the audit trail is part of deciding.
+            Err(e) if registry.signatures_required() => {
+                return Err(e.context("rules.require-signature is on, and the rule change log cannot be kept"));
+            }
+            Err(e) => tracing::warn!(error = %e, "no rule change log or module archive is kept (vigil rollback and \
+                vigil explain need them); rules still load"),
+        }
     }
     if registry.signatures_required() && !registry.modes().is_empty() {
         anyhow::bail!(

@@ -204,6 +204,17 @@ fn only_modules_and_settings_signed_by_enough_trusted_keys_run_and_the_running_v
         vigil(&["check", geo.to_str().expect("path"), "--config", config.to_str().expect("path")], env.dir.path());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("2 distinct required"), "{text}");
+    // So does a replay.
+    let only = env.path("only-geo");
+    std::fs::create_dir_all(&only).expect("dir");
+    std::fs::copy(&geo, only.join("geo_mismatch.wasm")).expect("copy");
+    let sig = vigil::rules::signing::sig_path(&geo);
+    std::fs::copy(&sig, vigil::rules::signing::sig_path(&only.join("geo_mismatch.wasm"))).expect("copy");
+    let (events, cfg) = (env.events(), config.to_str().expect("path").to_owned());
+    let args = ["replay", events.to_str().expect("path"), "--config", &cfg, "--rules", "only-geo", "--quiet"];
+    let out = vigil(&args, env.dir.path());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("2 distinct required"), "{text}");
 }
 
 fn canary_env(percent: u32, key: &str) -> (Env, vigil::config::Config) {
@@ -397,4 +408,41 @@ fn changes_are_logged_tamper_evidently_rolled_back_live_and_decisions_reproduced
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(text.contains(&format!("entry {} (line {}) was altered", middle + 1, middle + 1)), "{text}");
+}
+
+#[test]
+fn a_quarantine_and_its_release_are_in_the_change_log() {
+    let env = Env::new();
+    env.install("chaos", "chaos.wasm");
+    env.install("large_amount", "large_amount.wasm");
+    let port = free_port();
+    let extra = format!(
+        "\n[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken-env = \"VIGIL_TEST_ADMIN_TOKEN\"\n\
+         [rule.chaos.params]\nbehaviour = \"panic\"\n"
+    );
+    let config = env.toml(&extra);
+    let vars = [("VIGIL_TEST_ADMIN_TOKEN", "t0ken")];
+    let mut d = Daemon::start_with(&env, &config, "info", &vars);
+    let ids: Vec<(String, i64)> = (0..12).map(|i| (format!("q{i}"), 1_000 + i)).collect();
+    let ids: Vec<(&str, i64)> = ids.iter().map(|(s, a)| (s.as_str(), *a)).collect();
+    decide(&mut d, &env, &ids);
+    let quarantine = d.wait_for(Duration::from_secs(60), "the quarantine logged", || {
+        changes(&env).into_iter().find(|e| e["change"] == "quarantine")
+    });
+    assert_eq!(quarantine["rule"], "chaos");
+    assert!(
+        quarantine["cause"].as_str().is_some_and(|c| c.contains("in a row") && c.contains("panicked")),
+        "{quarantine}"
+    );
+    let auth = "Authorization: Bearer t0ken";
+    let (status, body) = http(port, "POST", "/admin/rules/chaos/release", &[auth], "").expect("release");
+    assert_eq!(status, 200, "{body}");
+    let release = changes(&env).into_iter().find(|e| e["change"] == "release").expect("the release logged");
+    assert_eq!(
+        (release["rule"].as_str(), release["cause"].as_str()),
+        (Some("chaos"), Some("admin API (token VIGIL_TEST_ADMIN_TOKEN)"))
+    );
+    let (status, _) = d.stop();
+    assert!(status.success());
+    ok(&vigil(&["audit", "verify", "--config", config.to_str().expect("path")], env.dir.path()));
 }

@@ -212,6 +212,8 @@ pub fn run_once(
     config.rules.dir = rules_dir.to_owned();
     config.rules.watch = false;
     config.sinks = out.sinks();
+    // A replay serves nothing: it must not take the daemon's admin port.
+    config.admin.listen = None;
     // The report judges every rule on every event.
     config.decisions.record = crate::decide::RecordShape::Full;
     out.reset()?;
