@@ -82,6 +82,56 @@ fn catalog() -> Arc<Catalog> {
     Arc::new(Catalog::from_config(&map).expect("features"))
 }
 
+/// A count with a filter against the same count without: time per event
+/// and heap per key, the same events through each (half pass the filter).
+fn filtered_against_unfiltered(keys: usize, events: usize) {
+    let engine = |spec: &str| {
+        let map = BTreeMap::from([("c".to_owned(), spec.to_owned())]);
+        FeatureEngine::new(
+            Arc::new(Catalog::from_config(&map).expect("features")),
+            vigil::keyed::KeyedHash::for_tests(),
+        )
+    };
+    let specs = ["count(card, 10m)", "count(card, 10m, amount < 3500)"];
+    let mut heap = [0.0; 2];
+    let mut engines: Vec<FeatureEngine> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let before = live();
+        let mut e = engine(spec);
+        // Two events per key, so every key holds state under the filter too.
+        for k in 0..keys * 2 {
+            e.compute(&payment(k, k % keys));
+        }
+        e.take_delta(0);
+        heap[i] = (live() - before) as f64 / keys as f64;
+        engines.push(e);
+    }
+    let stream: Vec<Payment> =
+        (0..events).map(|i| payment(keys * 2 + i, i.wrapping_mul(2_654_435_761) % keys)).collect();
+    let mut ns = [Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        for (e, out) in engines.iter_mut().zip(ns.iter_mut()) {
+            let t = Instant::now();
+            for p in &stream {
+                std::hint::black_box(e.compute(p));
+            }
+            out.push(t.elapsed().as_nanos() as f64 / stream.len() as f64);
+        }
+    }
+    for v in &mut ns {
+        v.sort_by(f64::total_cmp);
+    }
+    let (plain, filtered) = (ns[0][2], ns[1][2]);
+    println!(
+        "{:<58} {:>9.0} / {:.0} ns",
+        format!("count per event, {keys} keys: unfiltered / filtered"),
+        plain,
+        filtered
+    );
+    println!("{:<58} {:>14.2} {:>12}", "  filtered / unfiltered time per event", filtered / plain, "<= 1.5");
+    println!("{:<58} {:>9.0} / {:.0} B", "  heap per key: unfiltered / filtered", heap[0], heap[1]);
+}
+
 fn main() {
     let keys = env_usize("VIGIL_BENCH_KEYS", 1_000_000);
     let events = env_usize("VIGIL_BENCH_EVENTS", 300_000);
@@ -188,6 +238,7 @@ fn main() {
         with
     );
     drop(engine);
+    filtered_against_unfiltered(keys.min(200_000), events);
 
     // Pipeline throughput with features on and off, same input, same rule.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

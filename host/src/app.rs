@@ -306,7 +306,7 @@ fn check_kafka_keys(config: &Config, catalog: &Catalog, registry: &RuleRegistry)
     let kept = features
         .iter()
         .filter(|f| f.live)
-        .map(|f| (format!("feature `{}`", f.name), f.spec.key))
+        .flat_map(|f| f.spec.fields().map(|k| (format!("feature `{}`", f.name), k)))
         .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)))
         .chain(rules.rules.iter().filter_map(|r| r.home.map(|h| (format!("rule `{}`'s state", r.name), h))));
     for (what, key) in kept {

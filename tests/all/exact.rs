@@ -138,8 +138,19 @@ fn every_key_is_exact_with_any_worker_count_and_partition_key() {
         "count(ip, 30m)",
         "distinct(merchant, account, 10m)",
         "count(counterparty, 1h)",
+        "count(card, 10m, amount < 10000)",
+        "count_in(account, 1h)",
+        "distinct_senders(account, 1h, kind = transfer)",
+        "sum(account, amount, 1h, channel = bank_transfer and not amount < 20000)",
     ] {
         assert!(features.get(name).is_some(), "{name} in {features}");
+    }
+    // The filtered and inflow features are not all zero: they are tested.
+    let nonzero = |name: &str| one.decisions.values().filter(|d| d["features"][name].as_f64() > Some(0.0)).count();
+    for name in
+        ["count(card, 10m, amount < 10000)", "count_in(account, 1h)", "distinct_senders(account, 1h, kind = transfer)"]
+    {
+        assert!(nonzero(name) > 1_000, "{name}: {}", nonzero(name));
     }
     assert_same(&one, &run(&lines, 2, PartitionKey::Card), "2 workers, by card");
     assert_same(&one, &run(&lines, 4, PartitionKey::Card), "4 workers, by card");
@@ -193,5 +204,8 @@ fn a_counterparty_is_the_same_party_as_the_account() {
         assert_eq!(f("t3")["count(counterparty, 1h)"], 3.0, "the mule received three: {}", f("t3"));
         assert_eq!(f("t4")["count(account, 1h)"], 1.0, "and sent one: {}", f("t4"));
         assert_eq!(f("t4")["count(counterparty, 1h)"], 1.0, "acct-x received one: {}", f("t4"));
+        assert_eq!(f("t4")["count_in(account, 1h)"], 3.0, "the mule, paying out, had received three: {}", f("t4"));
+        assert_eq!(f("t4")["distinct_senders(account, 1h, kind = transfer)"], 3.0, "from three senders: {}", f("t4"));
+        assert_eq!(f("t3")["count_in(account, 1h)"], 0.0, "acct-c received nothing: {}", f("t3"));
     }
 }

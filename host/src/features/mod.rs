@@ -19,6 +19,7 @@
 //! A feature is computed for each event including that event. A feature
 //! whose key the event lacks (e.g. no card) reads 0, or NaN for min/max/avg.
 
+pub mod filter;
 mod keys;
 pub mod lookback;
 pub mod spec;
@@ -201,13 +202,19 @@ struct KeyState {
 /// One key space's features and the states of its keys.
 #[derive(Debug, Default)]
 struct SpacePlan {
-    /// (key field it follows, bucket width, span) of each numeric series.
-    /// A series no live feature reads has its span negated: it is not
-    /// kept (each key's is empty) until a feature needs it again.
-    num: Vec<(KeyField, i64, i64)>,
-    /// (key field, distinct field, bucket width, span) of each distinct
-    /// series, likewise.
-    distinct: Vec<(KeyField, DistinctField, i64, i64)>,
+    /// (key field it follows, bucket width, span, filter id) of each
+    /// numeric series. A series no live feature reads has its span
+    /// negated: it is not kept (each key's is empty) until a feature needs
+    /// it again.
+    num: Vec<(KeyField, i64, i64, u64)>,
+    /// (key field, distinct field, bucket width, span, filter id) of each
+    /// distinct series, likewise.
+    distinct: Vec<(KeyField, DistinctField, i64, i64, u64)>,
+    /// The filter of each numeric series, if it has one: only events that
+    /// pass are added to it.
+    num_filters: Vec<Option<Arc<filter::Filter>>>,
+    /// The filter of each distinct series.
+    distinct_filters: Vec<Option<Arc<filter::Filter>>>,
     /// The longest window, for expiry.
     longest_ms: i64,
     /// Per key field (by code): indices (in catalog order) of the features
@@ -291,8 +298,8 @@ impl Snapshot {
 
 /// The series shapes of one space, which a stored key carries.
 struct SpaceShape<'a> {
-    num: &'a [(KeyField, i64, i64)],
-    distinct: &'a [(KeyField, DistinctField, i64, i64)],
+    num: &'a [(KeyField, i64, i64, u64)],
+    distinct: &'a [(KeyField, DistinctField, i64, i64, u64)],
 }
 
 impl SpaceShape<'_> {
@@ -307,15 +314,15 @@ impl SpaceShape<'_> {
             num: Seq(|| {
                 num.iter()
                     .zip(&state.num)
-                    .filter(|((.., s), _)| *s > 0)
-                    .map(|(&(k, b, s), series)| (k.code(), b, s, series))
+                    .filter(|((_, _, s, _), _)| *s > 0)
+                    .map(|(&(k, b, s, f), series)| (k.code(), b, s, f, series))
             }),
             distinct: Seq(|| {
                 distinct
                     .iter()
                     .zip(&state.distinct)
-                    .filter(|((.., s), _)| *s > 0)
-                    .map(|(&(k, f, b, s), series)| (k.code(), f.code(), b, s, series))
+                    .filter(|((_, _, _, s, _), _)| *s > 0)
+                    .map(|(&(k, f, b, s, x), series)| (k.code(), f.code(), b, s, x, series))
             }),
         };
         scratch.clear();
@@ -326,14 +333,14 @@ impl SpaceShape<'_> {
 }
 
 /// One key's state as stored in a checkpoint. Series carry their shape
-/// (key field, bucket width, span, field) so state survives features being
-/// added or removed between runs: a series no feature uses any more is
-/// dropped, a new one starts empty.
+/// (key field, bucket width, span, field, filter id) so state survives
+/// features being added or removed between runs: a series no feature uses
+/// any more is dropped, a new one starts empty.
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredKey {
     newest_ms: i64,
-    num: Vec<(u8, i64, i64, NumSeries)>,
-    distinct: Vec<(u8, u8, i64, i64, DistinctSeries)>,
+    num: Vec<(u8, i64, i64, u64, NumSeries)>,
+    distinct: Vec<(u8, u8, i64, i64, u64, DistinctSeries)>,
 }
 
 /// [`StoredKey`]'s fields, borrowed: serialises to the same bytes.
@@ -413,11 +420,11 @@ impl FeatureEngine {
         for (i, f) in all.iter().enumerate() {
             match self.planned.get(i) {
                 None => {
-                    let planned = self.plan(i, f.spec);
+                    let planned = self.plan(i, &f.spec);
                     self.planned.push(planned);
                 }
                 Some(p) if p.live == f.live => continue,
-                Some(_) if f.live => self.planned[i] = self.plan(i, f.spec),
+                Some(_) if f.live => self.planned[i] = self.plan(i, &f.spec),
                 Some(_) => {}
             }
             if !f.live {
@@ -429,15 +436,24 @@ impl FeatureEngine {
 
     /// Plans feature `i` (live): its series, made or shared or revived, and
     /// its place among its key field's features.
-    fn plan(&mut self, i: usize, s: FeatureSpec) -> Planned {
-        let (bucket_ms, span) = (s.bucket_ms(), s.buckets());
+    fn plan(&mut self, i: usize, s: &FeatureSpec) -> Planned {
+        let (bucket_ms, span, filter) = (s.bucket_ms(), s.buckets(), s.filter_id());
         let space = self.spaces.entry(s.key.space()).or_default();
         space.longest_ms = space.longest_ms.max(s.window_ms);
         let source = match s.agg {
-            Agg::Distinct(field) => Source::Distinct {
-                series: series_for(&mut space.distinct, (s.key, field, bucket_ms, span), |x| &mut x.3),
-            },
-            _ => Source::Num { series: series_for(&mut space.num, (s.key, bucket_ms, span), |x| &mut x.2) },
+            Agg::Distinct(field) => {
+                let shape = (s.series_key(), field, bucket_ms, span, filter);
+                let series = series_for(&mut space.distinct, shape, |x| &mut x.3);
+                space.distinct_filters.resize(space.distinct.len(), None);
+                space.distinct_filters[series].clone_from(&s.filter);
+                Source::Distinct { series }
+            }
+            _ => {
+                let series = series_for(&mut space.num, (s.series_key(), bucket_ms, span, filter), |x| &mut x.2);
+                space.num_filters.resize(space.num.len(), None);
+                space.num_filters[series].clone_from(&s.filter);
+                Source::Num { series }
+            }
         };
         space.features[usize::from(s.key.code())].push(i);
         Planned { agg: s.agg, key: s.key, source, bucket_ms, span, live: true }
@@ -496,11 +512,20 @@ impl FeatureEngine {
         self.planned.is_empty()
     }
 
-    /// The key fields some feature is kept per.
+    /// The key fields some feature is kept per, or some series is fed by
+    /// (a party's inflows are read for its account and fed as counterparty).
     pub fn fields(&self) -> impl Iterator<Item = KeyField> + '_ {
-        KeyField::ALL
-            .into_iter()
-            .filter(|k| self.spaces.get(&k.space()).is_some_and(|s| !s.features[usize::from(k.code())].is_empty()))
+        KeyField::ALL.into_iter().filter(|&k| self.tracks(k))
+    }
+
+    /// Whether the events' keys of `field` update some state: a feature
+    /// is kept per it, or a series is fed by it.
+    pub fn tracks(&self, field: KeyField) -> bool {
+        self.spaces.get(&field.space()).is_some_and(|s| {
+            !s.features[usize::from(field.code())].is_empty()
+                || s.num.iter().any(|x| x.0 == field && x.2 > 0)
+                || s.distinct.iter().any(|x| x.0 == field && x.3 > 0)
+        })
     }
 
     /// Indices (catalog order) of the features kept per `field`.
@@ -604,14 +629,18 @@ impl FeatureEngine {
             state.distinct.reserve_exact(plan.distinct.len() - state.distinct.len());
             state.distinct.resize_with(plan.distinct.len(), DistinctSeries::default);
         }
-        for (series, &(key, bucket_ms, span)) in state.num.iter_mut().zip(&plan.num) {
-            if key == field && span > 0 {
+        for ((series, &(key, bucket_ms, span, _)), filter) in state.num.iter_mut().zip(&plan.num).zip(&plan.num_filters)
+        {
+            if key == field && span > 0 && filter.as_ref().is_none_or(|f| f.matches(p)) {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
         }
-        for (series, &(key, df, bucket_ms, span)) in state.distinct.iter_mut().zip(&plan.distinct) {
+        for ((series, &(key, df, bucket_ms, span, _)), filter) in
+            state.distinct.iter_mut().zip(&plan.distinct).zip(&plan.distinct_filters)
+        {
             if key == field
                 && span > 0
+                && filter.as_ref().is_none_or(|f| f.matches(p))
                 && let Some(v) = distinct_value(p, df)
             {
                 series.add(t.div_euclid(bucket_ms), hasher.hash64(v.as_bytes()), span);
@@ -826,17 +855,17 @@ impl FeatureEngine {
             num: smallvec::smallvec![NumSeries::default(); plan.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); plan.distinct.len()],
         };
-        for (k, b, s, series) in stored.num {
+        for (k, b, s, x, series) in stored.num {
             let Some(key) = KeyField::from_code(k) else { continue };
-            if let Some(i) = plan.num.iter().position(|&x| x == (key, b, s)) {
+            if let Some(i) = plan.num.iter().position(|&shape| shape == (key, b, s, x)) {
                 state.num[i] = series;
             }
         }
-        for (k, f, b, s, series) in stored.distinct {
+        for (k, f, b, s, x, series) in stored.distinct {
             let (Some(key), Some(field)) = (KeyField::from_code(k), DistinctField::from_code(f)) else {
                 continue;
             };
-            if let Some(i) = plan.distinct.iter().position(|&x| x == (key, field, b, s)) {
+            if let Some(i) = plan.distinct.iter().position(|&shape| shape == (key, field, b, s, x)) {
                 state.distinct[i] = series;
             }
         }
@@ -944,6 +973,82 @@ mod tests {
         // but not the hour.
         let v = e.compute(&pay("a", 25 * MIN, 1, "US")).to_vec();
         assert_eq!(v, [1.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn a_filtered_feature_counts_only_the_events_that_pass_and_matches_the_unfiltered_one_over_them() {
+        // The same events, once through filtered features and once, only
+        // those that pass, through unfiltered ones: the same values at
+        // every passing event. (A filtered feature's value at an event
+        // that does not pass is over the passing events before it.)
+        let filtered = [
+            ("c", "count(card, 10m, amount < 1000)"),
+            ("n", "distinct(card, geo.country, 1h, amount < 1000 and geo.country != BR)"),
+            ("s", "sum(card, amount, 10m, amount < 1000)"),
+        ];
+        let plain =
+            [("c", "count(card, 10m)"), ("n", "distinct(card, geo.country, 1h)"), ("s", "sum(card, amount, 10m)")];
+        let (mut f, mut u, mut u_br) = (engine(&filtered), engine(&plain), engine(&plain[1..2]));
+        let countries = ["US", "FR", "BR", "DE"];
+        let mut last = vec![0.0; 3];
+        for i in 0..400i64 {
+            let p = pay(
+                ["a", "b"][(i % 2) as usize],
+                i * 7_919 % (90 * MIN),
+                (i * 613) % 2_000,
+                countries[(i % 4) as usize],
+            );
+            let got = f.compute(&p).to_vec();
+            if p.amount < 1000 {
+                let want = u.compute(&p).to_vec();
+                assert_eq!((got[0], got[2]), (want[0], want[2]), "event {i}");
+                if countries[(i % 4) as usize] != "BR" {
+                    assert_eq!(got[1], u_br.compute(&p)[0], "event {i}");
+                }
+                last = got;
+            } else {
+                assert!(got[0] <= last[0] + 400.0, "values stay finite");
+            }
+        }
+        assert!(last[0] > 0.0, "some events passed");
+        // State round-trips with its filters.
+        let delta = f.take_delta(0);
+        let mut restored = engine(&filtered);
+        for d in &delta {
+            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
+        }
+        let next = pay("a", 90 * MIN, 10, "US");
+        assert_eq!(f.compute(&next).to_vec(), restored.compute(&next).to_vec());
+        // A filter is part of a series' identity: other filters start empty.
+        let mut other = engine(&[("c", "count(card, 10m, amount < 999)")]);
+        for d in &delta {
+            other.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
+        }
+        assert_eq!(other.compute(&pay("a", 90 * MIN, 10, "US"))[0], 1.0);
+    }
+
+    #[test]
+    fn a_party_s_inflows_are_what_it_received_as_counterparty() {
+        let mut e = engine(&[
+            ("in", "count_in(account, 1h)"),
+            ("out", "count(account, 1h)"),
+            ("s", "distinct_senders(account, 1h)"),
+        ]);
+        let transfer = |from: &str, to: &str, t: i64| Payment {
+            kind: Kind::Transfer,
+            account: from.into(),
+            counterparty: Some(crate::event::Party { id: to.into(), mcc: None, country: None }),
+            card: None,
+            ..pay("x", t, 100, "US")
+        };
+        let v = e.compute(&transfer("a", "mule", 0)).to_vec();
+        assert_eq!(v, [0.0, 1.0, 0.0], "a: nothing in, 1 out");
+        e.compute(&transfer("b", "mule", MIN));
+        e.compute(&transfer("b", "mule", 2 * MIN));
+        // The mule pays out: its outflows, with what it received.
+        let v = e.compute(&transfer("mule", "c", 3 * MIN)).to_vec();
+        // Catalog order: in, out, s.
+        assert_eq!(v, [3.0, 1.0, 2.0], "mule: 3 in from 2 senders, 1 out");
     }
 
     #[test]

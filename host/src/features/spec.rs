@@ -3,8 +3,10 @@
 //! over how much event time.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::filter::Filter;
 pub use crate::event::KeyField;
 
 /// A value whose distinct count a feature keeps.
@@ -77,7 +79,7 @@ pub enum Agg {
 }
 
 /// One look-back feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FeatureSpec {
     /// The aggregate.
     pub agg: Agg,
@@ -85,6 +87,12 @@ pub struct FeatureSpec {
     pub key: KeyField,
     /// Look-back, event-time milliseconds.
     pub window_ms: i64,
+    /// Only events that pass count, if set.
+    pub filter: Option<Arc<Filter>>,
+    /// A party's inflows (`count_in`, `sum_in`, `distinct_senders`): read
+    /// for the event's account (`key` is [`KeyField::Account`]) from the
+    /// events in which that party was the counterparty.
+    pub inflow: bool,
 }
 
 /// The number of buckets a window is cut into: the window's edge moves in
@@ -105,15 +113,57 @@ impl FeatureSpec {
         (self.window_ms + self.bucket_ms() - 1) / self.bucket_ms()
     }
 
-    /// Parses `agg(key[, field], window)`.
+    /// The key field whose events feed the feature's series: `key`, or
+    /// the counterparty for a party's inflows.
+    pub fn series_key(&self) -> KeyField {
+        if self.inflow { KeyField::Counterparty } else { self.key }
+    }
+
+    /// The key fields the feature needs its events routed by: the one it
+    /// is read for and the one feeding it.
+    pub fn fields(&self) -> impl Iterator<Item = KeyField> + use<> {
+        let (a, b) = (self.key, self.series_key());
+        std::iter::once(a).chain((b != a).then_some(b))
+    }
+
+    /// What identifies the filter in stored state: a hash of its
+    /// canonical text, 0 for none.
+    pub fn filter_id(&self) -> u64 {
+        self.filter.as_ref().map_or(0, |f| xxhash_rust::xxh3::xxh3_64(f.to_string().as_bytes()).max(1))
+    }
+
+    /// Parses `agg(key[, field], window[, filter])`, or one of the flows
+    /// of a party: `count_in(account, window[, filter])` (what it
+    /// received: `count(counterparty, …)`), `sum_in(account, amount,
+    /// window[, filter])` and `distinct_senders(account, window[, filter])`
+    /// (`distinct(counterparty, account, …)`).
     ///
     /// # Errors
-    /// A message saying what is wrong and what is accepted.
+    /// A message saying what is wrong and what is accepted; a filter's
+    /// mistakes name the character of `text` they are at.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
+        let lead = text.len() - text.trim_start().len();
         let (agg, rest) = t.split_once('(').ok_or_else(|| usage(t, "missing `(`"))?;
         let args = rest.strip_suffix(')').ok_or_else(|| usage(t, "missing `)` at the end"))?;
-        let args: Vec<&str> = args.split(',').map(str::trim).collect();
+        // Split at the commas outside parentheses: a filter's `in (a, b)`
+        // holds some. Each argument keeps its byte offset in `text`.
+        let base = lead + agg.len() + 1;
+        let mut parts: Vec<(usize, &str)> = Vec::new();
+        let (mut depth, mut start) = (0i32, 0usize);
+        for (i, c) in args.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push((base + start, &args[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push((base + start, &args[start..]));
+        let args: Vec<&str> = parts.iter().map(|(_, a)| a.trim()).collect();
         let key = |s: &str| {
             KeyField::from_name(s).ok_or_else(|| {
                 usage(t, &format!("unknown key `{s}`; keys are card, account, counterparty, device, ip, merchant"))
@@ -126,26 +176,57 @@ impl FeatureSpec {
             }
             Ok(d.as_millis() as i64)
         };
-        let spec = match (agg.trim(), args.as_slice()) {
-            ("count", [k, w]) => FeatureSpec { agg: Agg::Count, key: key(k)?, window_ms: window(w)? },
-            (a @ ("sum" | "min" | "max" | "avg"), [k, f, w]) => {
+        let account = |s: &str, name: &str| match s {
+            "account" => Ok(KeyField::Account),
+            _ => Err(usage(t, &format!("`{name}` is kept per account (what the party received), not `{s}`"))),
+        };
+        let agg = agg.trim();
+        // The arguments before the window, by aggregate.
+        let fixed = match agg {
+            "count" | "count_in" | "distinct_senders" => 2,
+            _ => 3,
+        };
+        let filter = match parts.get(fixed) {
+            None => None,
+            Some(_) if parts.len() > fixed + 1 => return Err(usage(t, "wrong number of arguments")),
+            Some((offset, f)) => {
+                let inner = f.len() - f.trim_start().len();
+                let filter = Filter::parse(f.trim()).map_err(|(pos, e)| {
+                    // Characters, not bytes, as people count them.
+                    let before = text[..offset + inner].chars().count();
+                    format!("feature `{t}`: at character {}: {e}", before + pos)
+                })?;
+                Some(Arc::new(filter))
+            }
+        };
+        let args = &args[..args.len().min(fixed)];
+        let inflow = matches!(agg, "count_in" | "sum_in" | "distinct_senders");
+        let spec = |agg, key, window_ms| FeatureSpec { agg, key, window_ms, filter: filter.clone(), inflow };
+        let spec = match (agg, args) {
+            ("count", [k, w]) => spec(Agg::Count, key(k)?, window(w)?),
+            ("count_in", [k, w]) => spec(Agg::Count, account(k, "count_in")?, window(w)?),
+            ("distinct_senders", [k, w]) => {
+                spec(Agg::Distinct(DistinctField::Account), account(k, "distinct_senders")?, window(w)?)
+            }
+            (a @ ("sum" | "min" | "max" | "avg" | "sum_in"), [k, f, w]) => {
                 if *f != "amount" {
                     return Err(usage(t, &format!("`{a}` works on `amount`, not `{f}`")));
                 }
-                let agg = match a {
-                    "sum" => Agg::Sum,
-                    "min" => Agg::Min,
-                    "max" => Agg::Max,
-                    _ => Agg::Avg,
+                let (agg, key) = match a {
+                    "sum" => (Agg::Sum, key(k)?),
+                    "sum_in" => (Agg::Sum, account(k, "sum_in")?),
+                    "min" => (Agg::Min, key(k)?),
+                    "max" => (Agg::Max, key(k)?),
+                    _ => (Agg::Avg, key(k)?),
                 };
-                FeatureSpec { agg, key: key(k)?, window_ms: window(w)? }
+                spec(agg, key, window(w)?)
             }
             ("distinct", [k, f, w]) => {
                 let field = DistinctField::ALL.iter().find(|(n, _)| n == f).map(|(_, d)| *d).ok_or_else(|| {
                     let names: Vec<&str> = DistinctField::ALL.iter().map(|(n, _)| *n).collect();
                     usage(t, &format!("cannot count distinct `{f}`; fields are {}", names.join(", ")))
                 })?;
-                FeatureSpec { agg: Agg::Distinct(field), key: key(k)?, window_ms: window(w)? }
+                spec(Agg::Distinct(field), key(k)?, window(w)?)
             }
             _ => return Err(usage(t, "wrong aggregate or number of arguments")),
         };
@@ -156,7 +237,8 @@ impl FeatureSpec {
 fn usage(text: &str, problem: &str) -> String {
     format!(
         "feature `{text}`: {problem}; write count(KEY, WINDOW), sum|min|max|avg(KEY, amount, WINDOW) \
-         or distinct(KEY, FIELD, WINDOW), e.g. count(card, 10m)"
+         or distinct(KEY, FIELD, WINDOW), each with an optional filter after the window, \
+         e.g. count(card, 10m, amount < 1000)"
     )
 }
 
@@ -164,14 +246,23 @@ impl fmt::Display for FeatureSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = humantime::format_duration(Duration::from_millis(self.window_ms as u64));
         let key = self.key.name();
-        match self.agg {
-            Agg::Count => write!(f, "count({key}, {w})"),
-            Agg::Sum => write!(f, "sum({key}, amount, {w})"),
-            Agg::Min => write!(f, "min({key}, amount, {w})"),
-            Agg::Max => write!(f, "max({key}, amount, {w})"),
-            Agg::Avg => write!(f, "avg({key}, amount, {w})"),
-            Agg::Distinct(d) => write!(f, "distinct({key}, {}, {w})", d.name()),
+        match (self.agg, self.inflow) {
+            (Agg::Count, true) => write!(f, "count_in({key}, {w}")?,
+            (Agg::Sum, true) => write!(f, "sum_in({key}, amount, {w}")?,
+            (Agg::Distinct(_), true) => write!(f, "distinct_senders({key}, {w}")?,
+            (agg, _) => match agg {
+                Agg::Count => write!(f, "count({key}, {w}")?,
+                Agg::Sum => write!(f, "sum({key}, amount, {w}")?,
+                Agg::Min => write!(f, "min({key}, amount, {w}")?,
+                Agg::Max => write!(f, "max({key}, amount, {w}")?,
+                Agg::Avg => write!(f, "avg({key}, amount, {w}")?,
+                Agg::Distinct(d) => write!(f, "distinct({key}, {}, {w}", d.name())?,
+            },
         }
+        if let Some(filter) = &self.filter {
+            write!(f, ", {filter}")?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -186,6 +277,9 @@ mod tests {
             "sum(account, amount, 1h)",
             "distinct(card, geo.country, 1h)",
             "avg(ip, amount, 30days)",
+            "count(card, 10m, amount < 1000)",
+            "sum(account, amount, 1day, kind = transfer and channel in (alipay, wechat))",
+            "distinct(account, counterparty, 7days, not kind in (refund, payout))",
         ] {
             let spec = FeatureSpec::parse(text).expect(text);
             assert_eq!(FeatureSpec::parse(&spec.to_string()), Ok(spec), "{text}");
@@ -203,12 +297,33 @@ mod tests {
         assert!(e("distinct(card, colour, 1h)").contains("cannot count distinct"));
         assert!(e("count(card, 31days)").contains("30 days"));
         assert!(e("count(card, soon)").contains("bad window"));
+        let f = e("count(card, 10m, amount < 1000 and colour = red)");
+        assert!(f.contains("at character 36: unknown field `colour`"), "{f}");
+        assert!(e("count(card, 10m, amount < )").contains("expected a value"));
+        assert!(e("count(card, 10m, amount < 5, kind = refund)").contains("number of arguments"));
+        assert!(e("count_in(card, 1h)").contains("kept per account"));
+    }
+
+    #[test]
+    fn flows_of_a_party_read_its_counterparty_series() {
+        let p = |t: &str| FeatureSpec::parse(t).expect(t);
+        for text in
+            ["count_in(account, 1day)", "sum_in(account, amount, 1day)", "distinct_senders(account, 1day, amount > 0)"]
+        {
+            let spec = p(text);
+            assert_eq!((spec.key, spec.series_key()), (KeyField::Account, KeyField::Counterparty), "{text}");
+            assert_eq!(p(&spec.to_string()), spec, "{text}");
+            assert_eq!(spec.fields().collect::<Vec<_>>(), [KeyField::Account, KeyField::Counterparty]);
+        }
+        assert_eq!(p("distinct_senders(account, 24h)").agg, Agg::Distinct(DistinctField::Account));
+        assert_eq!(p("count(card, 10m, amount<1000)").filter_id(), p("count(card, 10m, amount < 1000)").filter_id());
+        assert_eq!(p("count(card, 10m)").filter_id(), 0);
     }
 
     #[test]
     fn buckets_cover_the_window() {
         for w in [1, 59, 60, 61, 600_000, 2_592_000_000] {
-            let s = FeatureSpec { agg: Agg::Count, key: KeyField::Card, window_ms: w };
+            let s = FeatureSpec { agg: Agg::Count, key: KeyField::Card, window_ms: w, filter: None, inflow: false };
             assert!(s.buckets() * s.bucket_ms() >= w);
             assert!((s.buckets() - 1) * s.bucket_ms() < w);
         }

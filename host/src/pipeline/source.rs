@@ -148,7 +148,9 @@ impl SourceRun {
         let rules = s.registry.current();
         let features = rules.features.clone();
         let mut fields: SmallVec<[KeyField; 6]> = SmallVec::new();
-        for key in s.window_fields.iter().copied().chain(features.iter().filter(|f| f.live).map(|f| f.spec.key)) {
+        for key in
+            s.window_fields.iter().copied().chain(features.iter().filter(|f| f.live).flat_map(|f| f.spec.fields()))
+        {
             if !fields.contains(&key) {
                 fields.push(key);
             }

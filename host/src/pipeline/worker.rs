@@ -314,7 +314,7 @@ impl Worker {
             self.features.observe(p.ts_ms);
             let decides = b.deciders[i] == me;
             for &field in &b.fields {
-                if self.features.features_of(field).is_empty() {
+                if !self.features.tracks(field) {
                     continue;
                 }
                 match b.keys[i][usize::from(field.code())] {
