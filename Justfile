@@ -25,6 +25,16 @@ replay *args: rules
     cargo run --release -p vigil -- replay --config examples/vigil.toml \
         --mapping examples/card-transactions.mapping.toml examples/data/card-transactions-sample.csv {{args}}
 
+# Judge the typology rules (rules/typologies/) on a generated stream holding
+# every fraud and money-laundering pattern: precision and recall per typology.
+typologies: rules
+    mkdir -p out/typologies/rules
+    cp {{rules_wasm}}/typology_*.wasm out/typologies/rules/
+    cargo run --release -p vigil -- gen -n 300000 --accounts 20000 --seed 90210 \
+        --label is_fraud --typology typology -o out/typologies/events.jsonl
+    cargo run --release -p vigil -- replay out/typologies/events.jsonl --config examples/vigil.toml \
+        --rules out/typologies/rules --label is_fraud --typology typology --out out/typologies/replay --quiet
+
 # Create a rule crate from the template in the rules workspace.
 new-rule name:
     cargo run --release -p vigil -- new-rule {{name}}

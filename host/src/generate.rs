@@ -11,11 +11,18 @@
 //! - **account takeover**: a new device in another country, then large
 //!   transfers and cash-outs;
 //! - **structuring**: several transfers just under a reporting threshold;
-//! - **velocity spike**: a card used many times within ten minutes.
+//! - **velocity spike**: a card used many times within ten minutes;
+//! - **rapid movement of funds**: a large cash deposit moved out again
+//!   within hours;
+//! - **fan-in mule**: many accounts pay one account within hours, which
+//!   then cashes out;
+//! - **fan-out mule**: one account pays many others within hours.
 //!
 //! The output is canonical JSON lines in event-time order, deterministic
 //! for a seed. With a label key each event says whether it belongs to a
-//! pattern, for `vigil replay --label`.
+//! pattern, for `vigil replay --label`; with a typology key, which one
+//! (`card_testing`, …; null for everyday payments), for
+//! `vigil replay --typology`.
 
 use rand::rngs::SmallRng;
 use rand::{RngExt as _, SeedableRng as _};
@@ -44,6 +51,9 @@ pub struct GenOptions {
     pub seed: u64,
     /// Add this top-level key with the fraud label to each event.
     pub label: Option<String>,
+    /// Add this top-level key with the pattern's name (null for everyday
+    /// payments) to each event.
+    pub typology: Option<String>,
 }
 
 impl Default for GenOptions {
@@ -57,6 +67,7 @@ impl Default for GenOptions {
             start_ms: 1_735_689_600_000, // 2025-01-01T00:00:00Z
             seed: 1,
             label: None,
+            typology: None,
         }
     }
 }
@@ -72,12 +83,38 @@ pub enum Pattern {
     Structuring,
     /// Many card payments in ten minutes.
     VelocitySpike,
+    /// A large cash deposit moved out within hours.
+    RapidMovement,
+    /// Many accounts pay one, which cashes out.
+    FanIn,
+    /// One account pays many.
+    FanOut,
 }
 
 impl Pattern {
     /// Every pattern, in the order [`GenSummary::patterns`] counts them.
-    pub const ALL: [Pattern; 4] =
-        [Pattern::CardTesting, Pattern::AccountTakeover, Pattern::Structuring, Pattern::VelocitySpike];
+    pub const ALL: [Pattern; 7] = [
+        Pattern::CardTesting,
+        Pattern::AccountTakeover,
+        Pattern::Structuring,
+        Pattern::VelocitySpike,
+        Pattern::RapidMovement,
+        Pattern::FanIn,
+        Pattern::FanOut,
+    ];
+
+    /// Its name in typology labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::CardTesting => "card_testing",
+            Pattern::AccountTakeover => "account_takeover",
+            Pattern::Structuring => "structuring",
+            Pattern::VelocitySpike => "velocity_spike",
+            Pattern::RapidMovement => "rapid_movement",
+            Pattern::FanIn => "fan_in",
+            Pattern::FanOut => "fan_out",
+        }
+    }
 }
 
 /// Counts of what was written.
@@ -88,7 +125,7 @@ pub struct GenSummary {
     /// Of those, in a fraud pattern.
     pub fraud: u64,
     /// Pattern occurrences started, by [`Pattern::ALL`] order.
-    pub patterns: [u64; 4],
+    pub patterns: [u64; 7],
 }
 
 const COUNTRIES: [(&str, &str, u32); 8] = [
@@ -128,6 +165,7 @@ struct Pending {
     ts: i64,
     seq: u64,
     event: Value,
+    pattern: Pattern,
 }
 
 impl PartialEq for Pending {
@@ -292,10 +330,26 @@ impl Generator {
         Value::Object(e)
     }
 
-    fn schedule(&mut self, ts: i64, event: Value) {
+    fn schedule(&mut self, ts: i64, event: Value, pattern: Pattern) {
         // Ties in time keep the order the pattern made them in.
         self.scheduled += 1;
-        self.pending.push(Pending { ts, seq: self.scheduled, event });
+        self.pending.push(Pending { ts, seq: self.scheduled, event, pattern });
+    }
+
+    /// A transfer (or cash-out, with no counterparty) from `a` at `ts`.
+    fn transfer(&mut self, a: &Account, ts: i64, kind: &str, amount: i64, to: Option<String>) -> Value {
+        let mut e = self.base(a, ts);
+        e.insert("channel".into(), json!("bank_transfer"));
+        e.insert("kind".into(), json!(kind));
+        e.insert("amount".into(), json!(amount));
+        if let Some(to) = to {
+            e.insert("counterparty".into(), json!({ "id": to, "country": COUNTRIES[a.country].0 }));
+        }
+        Value::Object(e)
+    }
+
+    fn population_id(&mut self) -> String {
+        format!("acct-{:07}", self.rng.random_range(0..self.opts.accounts))
     }
 
     /// Starts a pattern at `ts`: its events wait in the pending heap.
@@ -323,7 +377,7 @@ impl Generator {
                     e.insert("merchant".into(), m);
                     e.insert("ip".into(), json!(format!("203.0.113.{}", self.rng.random_range(1..255))));
                     e.insert("geo".into(), json!({ "country": foreign }));
-                    self.schedule(t, Value::Object(e));
+                    self.schedule(t, Value::Object(e), p);
                     t += self.rng.random_range(5_000..40_000);
                 }
             }
@@ -352,7 +406,7 @@ impl Generator {
                             json!({ "id": format!("mule-{}", self.rng.random_range(0..500)), "country": foreign }),
                         );
                     }
-                    self.schedule(t, Value::Object(e));
+                    self.schedule(t, Value::Object(e), p);
                     t += self.rng.random_range(30_000..180_000);
                 }
             }
@@ -363,8 +417,55 @@ impl Generator {
                     e.insert("kind".into(), json!("transfer"));
                     e.insert("amount".into(), json!(self.rng.random_range(900_000..1_000_000)));
                     e.insert("counterparty".into(), json!({ "id": format!("acct-{:07}", self.rng.random_range(0..self.opts.accounts)), "country": home }));
-                    self.schedule(t, Value::Object(e));
+                    self.schedule(t, Value::Object(e), p);
                     t += self.rng.random_range(600_000..3_600_000);
+                }
+            }
+            Pattern::RapidMovement => {
+                let deposit = self.rng.random_range(500_000..2_000_000);
+                let mut e = self.base(&a, t);
+                e.insert("channel".into(), json!("bank_transfer"));
+                e.insert("kind".into(), json!("cash_in"));
+                e.insert("amount".into(), json!(deposit));
+                self.schedule(t, Value::Object(e), p);
+                let outs = self.rng.random_range(2..=4);
+                let mut left = deposit * self.rng.random_range(85..=100) / 100;
+                for i in 0..outs {
+                    t += self.rng.random_range(600_000..5_400_000);
+                    let amount = if i + 1 == outs { left } else { left / (outs - i) };
+                    left -= amount;
+                    let e = match self.rng.random_bool(0.5) {
+                        true => {
+                            let to = format!("ext-{}", self.rng.random_range(0..100_000));
+                            self.transfer(&a, t, "transfer", amount, Some(to))
+                        }
+                        false => self.transfer(&a, t, "cash_out", amount, None),
+                    };
+                    self.schedule(t, e, p);
+                }
+            }
+            Pattern::FanIn => {
+                let mule = a;
+                let mule_id = format!("acct-{:07}", mule.id);
+                let mut received = 0;
+                for _ in 0..self.rng.random_range(8..=15) {
+                    let sender = self.account();
+                    let amount = self.rng.random_range(20_000..90_000);
+                    received += amount;
+                    let e = self.transfer(&sender, t, "transfer", amount, Some(mule_id.clone()));
+                    self.schedule(t, e, p);
+                    t += self.rng.random_range(300_000..1_800_000);
+                }
+                let e = self.transfer(&mule, t, "cash_out", received * 9 / 10, None);
+                self.schedule(t, e, p);
+            }
+            Pattern::FanOut => {
+                for _ in 0..self.rng.random_range(10..=16) {
+                    let to = self.population_id();
+                    let amount = self.rng.random_range(20_000..90_000);
+                    let e = self.transfer(&a, t, "transfer", amount, Some(to));
+                    self.schedule(t, e, p);
+                    t += self.rng.random_range(120_000..900_000);
                 }
             }
             Pattern::VelocitySpike => {
@@ -377,7 +478,7 @@ impl Generator {
                     e.insert("card".into(), self.card(&a, true));
                     let m = self.merchant(home, None);
                     e.insert("merchant".into(), m);
-                    self.schedule(t, Value::Object(e));
+                    self.schedule(t, Value::Object(e), p);
                     t += self.rng.random_range(10_000..50_000);
                 }
             }
@@ -399,9 +500,9 @@ impl Generator {
             // them rather than cut them off, so the fraud share holds.
             let draining = self.summary.events + self.pending.len() as u64 >= self.opts.events;
             let due = draining || self.pending.peek().is_some_and(|p| p.ts <= next_normal);
-            let (event, fraud) = if due {
+            let (event, pattern) = if due {
                 let p = self.pending.pop().expect("draining means patterns are pending");
-                (p.event, true)
+                (p.event, Some(p.pattern))
             } else {
                 if self.rng.random_bool(start_p.min(1.0)) {
                     self.start_pattern(next_normal);
@@ -409,9 +510,9 @@ impl Generator {
                 let e = self.normal(next_normal);
                 let step = -gap_ms * (1.0 - self.rng.random::<f64>()).ln();
                 self.now_ms += step.round() as i64;
-                (e, false)
+                (e, None)
             };
-            self.emit(out, event, fraud)?;
+            self.emit(out, event, pattern)?;
             if self.opts.pace > 0.0 && self.summary.events.is_multiple_of(64) {
                 let due_at = Duration::from_secs_f64(self.summary.events as f64 / self.opts.pace);
                 if let Some(wait) = due_at.checked_sub(started.elapsed()) {
@@ -424,9 +525,13 @@ impl Generator {
         Ok(self.summary)
     }
 
-    fn emit(&mut self, out: &mut impl Write, mut event: Value, fraud: bool) -> std::io::Result<()> {
+    fn emit(&mut self, out: &mut impl Write, mut event: Value, pattern: Option<Pattern>) -> std::io::Result<()> {
+        let fraud = pattern.is_some();
         if let (Some(key), Some(map)) = (&self.opts.label, event.as_object_mut()) {
             map.insert(key.clone(), json!(fraud));
+        }
+        if let (Some(key), Some(map)) = (&self.opts.typology, event.as_object_mut()) {
+            map.insert(key.clone(), json!(pattern.map(Pattern::name)));
         }
         serde_json::to_writer(&mut *out, &event)?;
         out.write_all(b"\n")?;
@@ -472,7 +577,7 @@ mod tests {
         let share = s.fraud as f64 / s.events as f64;
         assert!((0.03..0.08).contains(&share), "fraud share {share}");
         let (_, none) = generate(GenOptions { events: 5_000, fraud_share: 0.0, ..GenOptions::default() });
-        assert_eq!((none.fraud, none.patterns), (0, [0; 4]));
+        assert_eq!((none.fraud, none.patterns), (0, [0; 7]));
     }
 
     #[test]
@@ -493,6 +598,28 @@ mod tests {
             .filter(|v| v["is_fraud"] == true)
             .count() as u64;
         assert_eq!(labelled, s.fraud);
+    }
+
+    #[test]
+    fn typology_labels_name_the_pattern_of_each_fraud_event() {
+        let (lines, s) = generate(GenOptions {
+            events: 20_000,
+            accounts: 2_000,
+            fraud_share: 0.05,
+            label: Some("is_fraud".into()),
+            typology: Some("typology".into()),
+            ..GenOptions::default()
+        });
+        let mut seen = std::collections::BTreeMap::new();
+        for v in lines.iter().map(|l| serde_json::from_str::<Value>(l).expect("json")) {
+            assert_eq!(v["is_fraud"] == true, !v["typology"].is_null(), "{v}");
+            if let Some(t) = v["typology"].as_str() {
+                *seen.entry(t.to_owned()).or_insert(0u64) += 1;
+            }
+        }
+        let names: Vec<&str> = Pattern::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>().len(), names.len(), "{seen:?}");
+        assert_eq!(seen.values().sum::<u64>(), s.fraud);
     }
 
     #[test]

@@ -46,6 +46,11 @@ enum Command {
         /// key of each JSON event; true/1/yes means fraud.
         #[arg(long, short)]
         label: Option<String>,
+        /// A top-level key of each JSON event naming its typology (a string,
+        /// null for none; `vigil gen --typology`): reports each typology
+        /// against the rule named after it (`card_testing` → `card-testing`).
+        #[arg(long)]
+        typology: Option<String>,
         /// Rules folder to use instead of the config's rules.dir.
         #[arg(long, short)]
         rules: Option<PathBuf>,
@@ -73,7 +78,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         accounts: u32,
         /// Share of events in fraud patterns (card testing, account takeover,
-        /// structuring, velocity spikes).
+        /// structuring, velocity spikes, rapid movement, fan-in and fan-out mules).
         #[arg(long, default_value_t = 0.02)]
         fraud_share: f64,
         /// Everyday payments per account per day of event time, on average.
@@ -92,6 +97,10 @@ enum Command {
         /// the daemon refuses unknown keys).
         #[arg(long)]
         label: Option<String>,
+        /// Add this top-level key with the pattern's name, null for everyday
+        /// payments (for `vigil replay --typology`).
+        #[arg(long)]
+        typology: Option<String>,
         /// Write here instead of standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -211,6 +220,7 @@ fn read_replay_input(
     input: &Path,
     mapping: Option<&Path>,
     label: Option<&str>,
+    typology: Option<&str>,
 ) -> anyhow::Result<vigil::replay::Input> {
     use vigil::replay::{Input, mapping::Mapping};
     match mapping {
@@ -225,7 +235,7 @@ fn read_replay_input(
             "{} looks like CSV: give a column mapping with --mapping (see examples/card-transactions.mapping.toml)",
             input.display()
         ),
-        None => Input::jsonl(input, label),
+        None => Input::jsonl(input, label, typology),
     }
 }
 
@@ -308,7 +318,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        Command::Replay { input, config, mapping, label, rules, out, compare, quiet, rule_logs } => {
+        Command::Replay { input, config, mapping, label, typology, rules, out, compare, quiet, rule_logs } => {
             let mut config = load_config(config.as_deref())?;
             config.log.level = if rule_logs { "warn,vigil::rule=debug".into() } else { "warn".into() };
             if !rule_logs {
@@ -318,7 +328,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(rules) = rules {
                 config.rules.dir = rules;
             }
-            let input = read_replay_input(&config, &input, mapping.as_deref(), label.as_deref())?;
+            let input = read_replay_input(&config, &input, mapping.as_deref(), label.as_deref(), typology.as_deref())?;
             let progress = !quiet;
             match compare.as_deref() {
                 Some([a, b]) => {
@@ -339,7 +349,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gen { events, accounts, fraud_share, per_day, rate, start_ms, seed, label, out } => {
+        Command::Gen { events, accounts, fraud_share, per_day, rate, start_ms, seed, label, typology, out } => {
             use std::io::Write as _;
             let defaults = vigil::generate::GenOptions::default();
             let opts = vigil::generate::GenOptions {
@@ -351,6 +361,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 start_ms: start_ms.unwrap_or(defaults.start_ms),
                 seed,
                 label,
+                typology,
             };
             let generator = vigil::generate::Generator::new(opts)?;
             let summary = match &out {
@@ -372,14 +383,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             };
+            let patterns: Vec<String> = vigil::generate::Pattern::ALL
+                .iter()
+                .zip(summary.patterns)
+                .map(|(p, n)| format!("{} {n}", p.name().replace('_', " ")))
+                .collect();
             eprintln!(
-                "vigil gen: {} events, {} in fraud patterns (card testing {}, account takeover {}, structuring {}, velocity spikes {})",
+                "vigil gen: {} events, {} in fraud patterns ({})",
                 summary.events,
                 summary.fraud,
-                summary.patterns[0],
-                summary.patterns[1],
-                summary.patterns[2],
-                summary.patterns[3]
+                patterns.join(", ")
             );
             Ok(())
         }

@@ -198,6 +198,147 @@ pub struct Analysis {
     pub scores: Vec<(i64, Option<bool>)>,
     /// By hour of event time (start, epoch ms).
     pub hours: BTreeMap<i64, Hour>,
+    /// Per typology, when typology labels were given (`--typology`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typologies: Option<TypologyTable>,
+}
+
+/// Each event's typology: the pattern it belongs to, or none.
+#[derive(Debug, Default, Clone)]
+pub struct Typologies {
+    /// The label's name.
+    pub name: String,
+    /// By id: the typology, `None` for an everyday payment.
+    pub by_id: HashMap<String, Option<String>>,
+}
+
+/// How the rule named after each typology (`card_testing` → rule
+/// `card-testing`) does on its events, and how many everyday payments the
+/// whole rule set flags.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TypologyTable {
+    /// The label's name.
+    pub label: String,
+    /// One row per typology, by name.
+    pub rows: Vec<TypologyRow>,
+    /// Decided everyday payments (no typology).
+    pub legit: u64,
+    /// Of those, flagged (review or block) by the final decision.
+    pub legit_flagged: u64,
+}
+
+/// One typology's row.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct TypologyRow {
+    /// The typology.
+    pub typology: String,
+    /// The rule named after it.
+    pub rule: String,
+    /// Whether that rule ran.
+    pub rule_ran: bool,
+    /// Decided events of the typology.
+    pub events: u64,
+    /// Of those, flagged by its rule.
+    pub caught: u64,
+    /// Events its rule flagged.
+    pub rule_flagged: u64,
+    /// Of those, of the typology.
+    pub rule_right: u64,
+    /// Events of the typology flagged by the final decision (any rule).
+    pub caught_by_any: u64,
+}
+
+impl TypologyRow {
+    /// Of the typology's events, the share its rule flagged.
+    pub fn recall(&self) -> Option<f64> {
+        ratio(self.caught, self.events)
+    }
+
+    /// Of what its rule flagged, the share of the typology.
+    pub fn precision(&self) -> Option<f64> {
+        ratio(self.rule_right, self.rule_flagged)
+    }
+}
+
+impl TypologyTable {
+    /// Tallies `decisions` against `typologies`.
+    pub fn new(decisions: &[DecisionLine], typologies: &Typologies) -> Self {
+        let mut rows: BTreeMap<String, TypologyRow> = BTreeMap::new();
+        for t in typologies.by_id.values().flatten() {
+            rows.entry(t.clone()).or_insert_with(|| TypologyRow {
+                typology: t.clone(),
+                rule: t.replace('_', "-"),
+                ..TypologyRow::default()
+            });
+        }
+        let mut table = TypologyTable { label: typologies.name.clone(), ..TypologyTable::default() };
+        for d in decisions {
+            let Some(typology) = typologies.by_id.get(&d.id) else { continue };
+            match typology {
+                None => {
+                    table.legit += 1;
+                    table.legit_flagged += u64::from(d.flagged());
+                }
+                Some(t) => {
+                    if let Some(row) = rows.get_mut(t) {
+                        row.events += 1;
+                        row.caught_by_any += u64::from(d.flagged());
+                    }
+                }
+            }
+            for row in rows.values_mut() {
+                let Some(r) = d.rules.iter().find(|r| r.rule == row.rule) else { continue };
+                row.rule_ran = true;
+                let flagged = r.action != "allow";
+                let own = typology.as_deref() == Some(row.typology.as_str());
+                row.rule_flagged += u64::from(flagged);
+                row.rule_right += u64::from(flagged && own);
+                row.caught += u64::from(flagged && own);
+            }
+        }
+        table.rows = rows.into_values().collect();
+        table
+    }
+
+    /// The share of everyday payments the rule set flags.
+    pub fn legit_flagged_share(&self) -> Option<f64> {
+        ratio(self.legit_flagged, self.legit)
+    }
+}
+
+impl fmt::Display for TypologyTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "typologies (`{}`): each against the rule named after it", self.label)?;
+        writeln!(
+            f,
+            "{:<18} {:<18} {:>7} {:>7} {:>9} {:>7}  {:>10}",
+            "typology", "rule", "events", "caught", "precision", "recall", "any rule"
+        )?;
+        for r in &self.rows {
+            let (precision, recall) = match r.rule_ran {
+                true => (fmt_ratio(r.precision()), fmt_ratio(r.recall())),
+                false => ("no rule".to_owned(), "-".to_owned()),
+            };
+            writeln!(
+                f,
+                "{:<18} {:<18} {:>7} {:>7} {:>9} {:>7}  {:>10}",
+                r.typology,
+                r.rule,
+                r.events,
+                r.caught,
+                precision,
+                recall,
+                fmt_ratio(ratio(r.caught_by_any, r.events))
+            )?;
+        }
+        writeln!(
+            f,
+            "everyday payments flagged: {} of {} ({})",
+            self.legit_flagged,
+            self.legit,
+            fmt_ratio(self.legit_flagged_share())
+        )
+    }
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -346,6 +487,10 @@ impl fmt::Display for Analysis {
                 fmt_ratio(m.recall()),
                 fmt_ratio(m.f1())
             )?;
+        }
+        if let Some(t) = &self.typologies {
+            writeln!(f)?;
+            write!(f, "{t}")?;
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use crate::config::{Config, SinkConfig, SinksConfig};
 use crate::decode::Tokenizer;
 use crate::pipeline::Counters;
 use crate::sources::{MemorySource, Record};
-pub use analysis::{Analysis, Counts, Labels};
+pub use analysis::{Analysis, Counts, Labels, Typologies, TypologyTable};
 
 /// The input of a replay: events in the order they will be fed, and labels.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub struct Input {
     pub records: Vec<Record>,
     /// Known outcomes, when a label was given.
     pub labels: Option<Labels>,
+    /// Each event's typology, when a typology key was given.
+    pub typologies: Option<Typologies>,
 }
 
 impl Input {
@@ -81,6 +83,7 @@ impl Input {
             name: format!("replay:{}", path.display()),
             records: rows.into_iter().map(|(_, r)| r).collect(),
             labels,
+            typologies: None,
         })
     }
 
@@ -90,9 +93,10 @@ impl Input {
     ///
     /// # Errors
     /// When the file cannot be read.
-    pub fn jsonl(path: &Path, label: Option<&str>) -> anyhow::Result<Input> {
+    pub fn jsonl(path: &Path, label: Option<&str>, typology: Option<&str>) -> anyhow::Result<Input> {
         let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut labels = label.map(|name| Labels { name: name.to_owned(), ..Labels::default() });
+        let mut typologies = typology.map(|name| Typologies { name: name.to_owned(), ..Typologies::default() });
         let mut records = Vec::new();
         // Split on bytes: a line that is not UTF-8 becomes a dead letter
         // instead of ending the replay.
@@ -109,9 +113,14 @@ impl Input {
                     record.line = take_label(std::mem::take(&mut record.line), key, labels);
                 }
             }
+            if let (Some(t), Some(key)) = (typologies.as_mut(), typology)
+                && record.not_utf8_at.is_none()
+            {
+                record.line = take_typology(std::mem::take(&mut record.line), key, t);
+            }
             records.push(record);
         }
-        Ok(Input { name: format!("replay:{}", path.display()), records, labels })
+        Ok(Input { name: format!("replay:{}", path.display()), records, labels, typologies })
     }
 }
 
@@ -133,6 +142,19 @@ fn take_label(line: String, key: &str, labels: &mut Labels) -> String {
             labels.by_id.entry(id.to_owned()).or_insert(l);
         }
         _ => labels.unlabelled += 1,
+    }
+    serde_json::Value::Object(event).to_string()
+}
+
+/// Takes `key` out of a JSON event line and files its value (a string, or
+/// null for none) under the event's id.
+fn take_typology(line: String, key: &str, typologies: &mut Typologies) -> String {
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str::<serde_json::Value>(&line) else {
+        return line;
+    };
+    let typology = event.remove(key).and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned));
+    if let Some(id) = event.get("id").and_then(|v| v.as_str()) {
+        typologies.by_id.entry(id.to_owned()).or_insert(typology);
     }
     serde_json::Value::Object(event).to_string()
 }
@@ -275,7 +297,8 @@ pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> a
         counts.events_in as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     let decisions = analysis::read_decisions(&out.decisions())?;
-    let analysis = Analysis::new(counts, &decisions, input.labels.as_ref());
+    let mut analysis = Analysis::new(counts, &decisions, input.labels.as_ref());
+    analysis.typologies = input.typologies.as_ref().map(|t| TypologyTable::new(&decisions, t));
     let json = serde_json::to_string_pretty(&analysis).context("cannot serialise the summary")?;
     std::fs::write(out.summary(), json).with_context(|| format!("cannot write {}", out.summary().display()))?;
     let html = report::render(&input.name, &analysis);
@@ -294,7 +317,7 @@ mod tests {
         let mut bytes = b"{\"id\":\"a\",\"fraud\":true}\n{\"id\":\"caf".to_vec();
         bytes.extend_from_slice(b"\xe9\"}\r\n{\"id\":\"b\",\"fraud\":false}\n");
         std::fs::write(&path, bytes).expect("write");
-        let input = Input::jsonl(&path, Some("fraud")).expect("read");
+        let input = Input::jsonl(&path, Some("fraud"), None).expect("read");
         assert_eq!(input.records.len(), 3, "every line is a record");
         let bad = &input.records[1];
         assert_eq!((bad.not_utf8_at, bad.line_no), (Some(10), 2));
