@@ -353,9 +353,15 @@ async fn reload_on_sighup(
                     Ok(mut fresh) => {
                         fresh.path = Some(path);
                         registry.set_settings(fresh.rule.clone(), fresh.rules.on_failure);
-                        // Checked when the config loaded.
-                        if let Ok(trust) = crate::rules::signing::Trust::from_config(&fresh.rules) {
-                            registry.set_trust(trust);
+                        match crate::rules::signing::Trust::from_config(&fresh.rules) {
+                            Ok(trust) => registry.set_trust(trust),
+                            // Config::load checked it; a key file may have gone since.
+                            Err(e) => tracing::error!(error = %e, "keeping the trusted keys in use"),
+                        }
+                        if registry.signatures_required() && !registry.modes().is_empty() {
+                            tracing::error!(modes = ?registry.modes(), "rules.require-signature is on: the rule modes \
+                                set through the admin API are not signed and no longer apply");
+                            registry.set_modes(std::collections::BTreeMap::new());
                         }
                         config = fresh;
                     }

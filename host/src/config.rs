@@ -254,19 +254,9 @@ impl Config {
                 (_, Some(p)) if !(0.0..=100.0).contains(&p) => {
                     return Err(ConfigError::invalid(format!("rule.{name}.canary-percent"), "must be 0 to 100"));
                 }
-                (Mode::Enforce | Mode::Shadow, Some(_)) => {
-                    return Err(ConfigError::invalid(
-                        format!("rule.{name}.canary-percent"),
-                        "applies only with mode = \"canary\"",
-                    ));
-                }
+                // With another mode the share waits for the canary mode
+                // (which the admin API can set).
                 _ => {}
-            }
-            if r.canary_key.is_some() && r.mode != Mode::Canary {
-                return Err(ConfigError::invalid(
-                    format!("rule.{name}.canary-key"),
-                    "applies only with mode = \"canary\"",
-                ));
             }
         }
         crate::rules::signing::Trust::from_config(&self.rules)?;
@@ -925,13 +915,14 @@ pub struct RuleSettings {
     /// recorded only for the rest).
     #[serde(default)]
     pub mode: Mode,
-    /// With `mode = "canary"`: the share of entities, in percent (0 to
-    /// 100), whose events the rule's outcome counts for.
+    /// The canary's share: the entities, in percent (0 to 100), whose
+    /// events the rule's outcome counts for while its mode is `canary`
+    /// (set here, or through the admin API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_percent: Option<f64>,
-    /// With `mode = "canary"`: the entity that is in or out of the share as
-    /// a whole (`account` by default): one customer sees the new rule on
-    /// all of their payments or on none.
+    /// The entity that is in or out of the canary's share as a whole
+    /// (`account` by default): one customer sees the new rule on all of
+    /// their payments or on none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_key: Option<crate::event::KeyField>,
     /// Outcome of a failed call: `allow` (fail open), `review` or `block`.
@@ -1255,8 +1246,8 @@ mod tests {
         let rule = "[rule.large-amount]\n";
         assert!(err(&format!("{rule}mode = \"canary\"\n")).contains("rule.large-amount.canary-percent"));
         assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 101\n")).contains("must be 0 to 100"));
-        assert!(err(&format!("{rule}canary-percent = 5\n")).contains("only with mode = \"canary\""));
-        assert!(err(&format!("{rule}canary-key = \"card\"\n")).contains("rule.large-amount.canary-key"));
+        let waiting = Config::parse(&format!("{rule}canary-percent = 5\ncanary-key = \"card\"\n"), Path::new("t.toml"));
+        assert!(waiting.is_ok(), "a share may wait for the canary mode, set through the admin API");
         assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 5\ncanary-key = \"iban\"\n")).contains("iban"));
         let c = Config::parse(&format!("{rule}mode = \"canary\"\ncanary-percent = 12.5\n"), Path::new("t.toml"));
         assert_eq!(c.expect("valid").rule["large-amount"].canary_percent, Some(12.5));

@@ -437,8 +437,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollback { rule, to, config } => {
             let config = load_config(config.as_deref())?;
-            let (file, hash) = vigil::rules::changes::rollback(&config.state.dir, &rule, to.as_deref())?;
-            println!("{rule}: module sha256:{} put back as {}", &hash[..16], file.display());
+            let done = vigil::rules::changes::rollback(&config.state.dir, &config.rules.dir, &rule, to.as_deref())?;
+            let short = vigil::rules::signing::short(&done.module);
+            println!("{rule}: module sha256:{short} put back as {}", done.file.display());
+            if !done.also.is_empty() {
+                println!("the same file runs {} too: they are rolled back with it", done.also.join(", "));
+            }
             println!("a running daemon loads it within its rules.debounce; the change log records it");
             Ok(())
         }

@@ -220,6 +220,8 @@ fn only_modules_and_settings_signed_by_enough_trusted_keys_run_and_the_running_v
 fn canary_env(percent: u32, key: &str) -> (Env, vigil::config::Config) {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");
+    // An enforcing rule beside the canary, which allows these payments.
+    env.install("geo_mismatch", "geo_mismatch.wasm");
     // Every payment is over the review threshold, each from its own account.
     let events: Vec<Value> = (0..10_000)
         .map(|i| {
@@ -260,7 +262,8 @@ fn a_canary_enforces_on_its_share_of_entities_and_always_the_same_ones() {
         let share = enforced.len() as f64 / 100.0;
         assert!((8.0..=12.0).contains(&share), "{share}% enforced, 10% ± 2% wanted");
         let set = read_jsonl(&env.rule_sets());
-        assert_eq!(set[0]["rules"][0]["canary_percent"], 10.0, "{}", set[0]);
+        let canary = set[0]["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "large-amount"));
+        assert_eq!(canary.map(|r| r["canary_percent"].clone()), Some(json!(10.0)), "{}", set[0]);
         runs.push(enforced);
     }
     for run in &mut runs {
@@ -273,6 +276,50 @@ fn a_canary_enforces_on_its_share_of_entities_and_always_the_same_ones() {
     let records = read_jsonl(&env.decisions());
     let reviewed = records.iter().filter(|r| r["action"] == "review").count();
     assert!(reviewed == 0 || reviewed == records.len(), "{reviewed}");
+
+    // A canary alone does not decide the events outside its share:
+    // rules.on-empty does, as with no enforcing rule.
+    let (env, config) = canary_env(10, "account");
+    std::fs::remove_file(env.rules().join("geo_mismatch.wasm")).expect("rm");
+    run_to_end(config);
+    let mut inside = 0;
+    for r in read_jsonl(&env.decisions()) {
+        // Outside its share the canary agrees with the final review, so a
+        // compact record leaves it out.
+        let counted = rule_outcome(&r, "large-amount").and_then(|o| o["in_canary"].as_bool()).unwrap_or(false);
+        let no_rule = r["reasons"].as_array().expect("reasons").iter().any(|x| x == "no_enforcing_rule");
+        assert_eq!(no_rule, !counted, "{r}");
+        assert_eq!(r["action"], "review", "in the share the canary reviews; outside, rules.on-empty does: {r}");
+        inside += usize::from(counted);
+    }
+    assert!((800..=1200).contains(&inside), "{inside}");
+}
+
+#[test]
+fn turning_signatures_on_unloads_the_rules_they_do_not_approve() {
+    let env = Env::new();
+    ok(&vigil(&["keygen", "keys/alice"], env.dir.path()));
+    env.install("large_amount", "large_amount.wasm");
+    let config = env.toml("");
+    let mut d = Daemon::start(&env, &config);
+    let first = decide(&mut d, &env, &[("u1", 200_000)]);
+    assert_eq!(first["action"], "review");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "debounce = \"50ms\"",
+        &format!("debounce = \"50ms\"\nrequire-signature = true\ntrusted-keys = [{:?}]", env.path("keys/alice.pub")),
+    );
+    std::fs::write(&config, text).expect("config");
+    d.signal("-HUP");
+    let gone = d.wait_for(Duration::from_secs(60), "the unsigned rule unloaded", || {
+        changes(&env).into_iter().find(|e| e["change"] == "unload")
+    });
+    assert_eq!(gone["rule"], "large-amount");
+    assert!(gone["cause"].as_str().is_some_and(|c| c.contains("not approved")), "{gone}");
+    let after = decide(&mut d, &env, &[("u2", 200_000)]);
+    assert!(rule_outcome(&after, "large-amount").is_none(), "{after}");
+    assert_eq!(after["reasons"], json!(["no_enforcing_rule"]), "{after}");
+    let (status, _) = d.stop();
+    assert!(status.success());
 }
 
 /// The ids of the decisions whose `rule` ran `module`.

@@ -179,7 +179,7 @@ impl Filter {
     /// what it is.
     pub fn parse(text: &str) -> Result<Self, (usize, String)> {
         let tokens = tokenize(text)?;
-        let mut p = Parser { tokens: &tokens, at: 0, end: text.chars().count() + 1 };
+        let mut p = Parser { tokens: &tokens, at: 0, depth: 0, end: text.chars().count() + 1 };
         let f = p.or()?;
         match p.peek() {
             None => Ok(f),
@@ -232,9 +232,14 @@ fn tokenize(text: &str) -> Result<Vec<Token>, Mistake> {
     Ok(out)
 }
 
+/// The deepest nesting of `not` and parentheses a filter may have.
+const MAX_DEPTH: usize = 32;
+
 struct Parser<'t> {
     tokens: &'t [Token],
     at: usize,
+    /// `not`s and parentheses open at the token being read.
+    depth: usize,
     /// The position just past the text, for "expected … at the end".
     end: usize,
 }
@@ -276,6 +281,22 @@ impl Parser<'_> {
     }
 
     fn not(&mut self) -> Result<Filter, Mistake> {
+        let nests = self.peek().is_some_and(|t| t.text == "(" || t.text.eq_ignore_ascii_case("not"));
+        if nests {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                let pos = self.peek().map_or(self.end, |t| t.pos);
+                return Err(at(pos, format!("nested deeper than {MAX_DEPTH} `not`s and parentheses")));
+            }
+        }
+        let f = self.not_inner();
+        if nests {
+            self.depth -= 1;
+        }
+        f
+    }
+
+    fn not_inner(&mut self) -> Result<Filter, Mistake> {
         if self.keyword("not") {
             return Ok(Filter::Not(Box::new(self.not()?)));
         }
@@ -482,5 +503,9 @@ mod tests {
         assert!(e("channel in (card").contains("expected `,` or `)`"));
         assert!(e("amount ~ 3").contains("unexpected character `~`"));
         assert!(e("currency = EURO").contains("3-letter"));
+        let deep = format!("{}amount < 1{}", "(".repeat(40), ")".repeat(40));
+        assert!(e(&deep).contains("nested deeper than 32"), "{}", e(&deep));
+        let nots = format!("{}amount < 1", "not ".repeat(10_000));
+        assert!(e(&nots).contains("nested deeper than 32"));
     }
 }

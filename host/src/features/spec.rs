@@ -99,6 +99,9 @@ pub struct FeatureSpec {
 /// steps of `window / BUCKETS`.
 pub const BUCKETS: i64 = 60;
 
+/// The longest feature spec accepted, filter included.
+pub const MAX_SPEC_BYTES: usize = 1024;
+
 /// The longest look-back accepted.
 pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -142,6 +145,10 @@ impl FeatureSpec {
     /// A message saying what is wrong and what is accepted; a filter's
     /// mistakes name the character of `text` they are at.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_SPEC_BYTES {
+            let start: String = text.chars().take(40).collect();
+            return Err(format!("feature `{start}…` is {} bytes long; a spec is at most {MAX_SPEC_BYTES}", text.len()));
+        }
         let t = text.trim();
         let lead = text.len() - text.trim_start().len();
         let (agg, rest) = t.split_once('(').ok_or_else(|| usage(t, "missing `(`"))?;

@@ -499,7 +499,7 @@ impl Worker {
         record_features.clear();
         record_features.extend(self.used.iter().map(|(key, f)| (key, b.value(i, *f))));
         let (mut action, score, mut reasons) = decide::combine(outcomes);
-        if self.without_rules {
+        if self.without_rules && !outcomes.iter().any(|o| o.in_canary == Some(true) && o.error.is_none()) {
             action = action.max(self.on_empty);
             reasons.push(decide::NO_ENFORCING_RULE);
         }

@@ -7,10 +7,13 @@
 //! the line before it (`prev`), so a line changed, inserted or removed
 //! breaks the chain at that point; and the head of the chain (its length
 //! and last line's hash) is signed with the daemon's own Ed25519 key in
-//! `rule-changes.head`, so the chain cannot be cut short or rewritten
-//! without that key. `vigil audit verify` checks both; an operator who
-//! keeps the daemon's public key (`vigil audit verify` prints it) can pin
-//! it with `--public-key`.
+//! `rule-changes.head`, so a log cut short or rewritten no longer matches
+//! the head. `vigil audit verify` checks both; an operator who keeps the
+//! daemon's public key (`vigil audit verify` prints it) can pin it with
+//! `--public-key`. What this cannot stop: someone who can read the
+//! daemon's key (it is in the state folder) can sign a rewritten log, and
+//! someone who kept an older head file can cut the log back to it. Keep
+//! the heads `verify` prints somewhere else to compare.
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -178,7 +181,20 @@ impl ChangeLog {
         let log = state_dir.join(LOG_FILE);
         let mut chain = Chain { entries: 0, head: GENESIS.to_owned(), live: Default::default() };
         match std::fs::read(&log) {
-            Ok(bytes) => {
+            Ok(mut bytes) => {
+                // A line cut short by a crash mid-write is not an entry:
+                // dropped, so the next entry chains to the last whole one.
+                if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                    tracing::warn!(file = %log.display(), bytes = bytes.len() - whole,
+                        "the rule change log ends in a partial line (a write cut short); dropping it");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&log)
+                        .and_then(|f| f.set_len(whole as u64))
+                        .map_err(|e| anyhow::anyhow!("cannot repair {}: {e}", log.display()))?;
+                    bytes.truncate(whole);
+                }
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     chain.entries += 1;
                     chain.head = line_hash(line);
@@ -216,10 +232,15 @@ impl ChangeLog {
         let line = serde_json::to_vec(&entry).unwrap_or_default();
         let path = self.dir.join(LOG_FILE);
         let appended = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+            let before = f.metadata()?.len();
             let mut buf = line.clone();
             buf.push(b'\n');
-            f.write_all(&buf)?;
-            f.sync_data()
+            let written = f.write_all(&buf).and_then(|()| f.sync_data());
+            if written.is_err() {
+                // Not half an entry: the next one chains to the last whole.
+                let _ = f.set_len(before);
+            }
+            written
         });
         if let Err(e) = appended {
             tracing::error!(file = %path.display(), error = %e, change = %entry.change, rule = ?entry.rule,
@@ -279,6 +300,12 @@ impl ChangeLog {
     pub fn archived(&self, hash: &str) -> bool {
         self.dir.join(ARCHIVE_DIR).join(format!("{hash}.wasm")).exists()
     }
+}
+
+/// Whether `s` is a module's SHA-256 as the log and archive name it: 64
+/// lower-case hex digits.
+pub fn is_module_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn now_rfc3339() -> String {
@@ -350,7 +377,8 @@ pub fn verify(state_dir: &Path, pinned: Option<&str>) -> anyhow::Result<Verified
     if let Some(pinned) = pinned {
         let pinned = crate::rules::signing::read_public(pinned).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
         if pinned != key {
-            anyhow::bail!("{} is signed by key {}, not the pinned one", head_path.display(), &head.public_key[..16]);
+            let by = crate::rules::signing::short(&head.public_key);
+            anyhow::bail!("{} is signed by key {by}, not the pinned one", head_path.display());
         }
     }
     let signature = hex::decode(&head.signature).ok().and_then(|b| Signature::from_slice(&b).ok());
@@ -362,8 +390,8 @@ pub fn verify(state_dir: &Path, pinned: Option<&str>) -> anyhow::Result<Verified
         anyhow::bail!(
             "the signed head covers {} entries ending in {}, but the log holds {n} ending in {}: {}",
             head.entries,
-            &head.head[..16],
-            &prev[..16],
+            crate::rules::signing::short(&head.head),
+            crate::rules::signing::short(&prev),
             if n < head.entries {
                 "entries were removed from its end"
             } else {
@@ -374,16 +402,31 @@ pub fn verify(state_dir: &Path, pinned: Option<&str>) -> anyhow::Result<Verified
     Ok(Verified { entries: n, head: prev, public_key: hex::encode(VerifyingKey::as_bytes(&key)) })
 }
 
+/// What [`rollback`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The module file written in the rules folder.
+    pub file: PathBuf,
+    /// The module put back.
+    pub module: String,
+    /// Other rules that run from the same file (instances with `of`),
+    /// rolled back with it.
+    pub also: Vec<String>,
+}
+
 /// `vigil rollback`: puts a module of `rule` that was live before back in
-/// the rules folder — the one live before the current, or the archived
-/// one whose hash starts with `to` — with its signature file if it had
-/// one. The daemon loads it as any new file (validation, signatures) and
-/// records it as a rollback. Returns the file written and the hash.
+/// the rules folder `rules_dir` — the one live before the current, or the
+/// archived one whose hash starts with `to` — with its signature file if it
+/// had one. The daemon loads it as any new file (validation, signatures)
+/// and records it as a rollback. The change log must verify first: it is
+/// what says which module was live.
 ///
 /// # Errors
-/// When the log names no such rule or version, or the files cannot be
-/// written.
-pub fn rollback(state_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+/// When the log does not verify or names no such rule or version, or the
+/// files cannot be written.
+pub fn rollback(state_dir: &Path, rules_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Result<RolledBack> {
+    verify(state_dir, None)
+        .map_err(|e| anyhow::anyhow!("the rule change log does not verify, so it cannot say what ran: {e}"))?;
     let entries = read(state_dir)?;
     let live: Vec<&Entry> = entries
         .iter()
@@ -393,39 +436,35 @@ pub fn rollback(state_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Resul
         anyhow::bail!("the change log in {} has no rule `{rule}` that went live", state_dir.display());
     };
     let current_hash = current.module.clone().unwrap_or_default();
+    let modules = live.iter().rev().filter_map(|e| e.module.as_deref()).filter(|m| is_module_hash(m));
     let target = match to {
-        Some(prefix) => {
-            if prefix.len() < 8 {
-                anyhow::bail!("--to: give at least 8 hex digits of the module hash");
-            }
-            live.iter()
-                .rev()
-                .filter_map(|e| e.module.as_deref())
-                .find(|m| m.starts_with(prefix))
-                .ok_or_else(|| anyhow::anyhow!("`{rule}` never ran a module whose hash starts with {prefix}"))?
-                .to_owned()
-        }
-        None => live
-            .iter()
-            .rev()
-            .filter_map(|e| e.module.as_deref())
-            .find(|m| *m != current_hash)
-            .ok_or_else(|| {
-                anyhow::anyhow!("`{rule}` has run only module {}: nothing to roll back to", &current_hash[..16])
-            })?
-            .to_owned(),
-    };
+        Some(prefix) if prefix.len() < 8 => anyhow::bail!("--to: give at least 8 hex digits of the module hash"),
+        Some(prefix) => modules
+            .clone()
+            .find(|m| m.starts_with(prefix))
+            .ok_or_else(|| anyhow::anyhow!("`{rule}` never ran a module whose hash starts with {prefix}"))?,
+        None => modules.clone().find(|m| *m != current_hash).ok_or_else(|| {
+            let only = crate::rules::signing::short(&current_hash);
+            anyhow::anyhow!("`{rule}` has run only module {only}: nothing to roll back to")
+        })?,
+    }
+    .to_owned();
     let archived = state_dir.join(ARCHIVE_DIR).join(format!("{target}.wasm"));
     let bytes = std::fs::read(&archived).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", archived.display()))?;
     if crate::rules::module_hash(&bytes) != target {
         anyhow::bail!("{} does not hash to its name: the archive was altered", archived.display());
     }
-    let file = PathBuf::from(current.file.clone().unwrap_or_default());
-    let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) else {
-        anyhow::bail!("the change log names no file for `{rule}`");
-    };
+    // Only the file's name is taken from the log: it goes in the rules folder.
+    let logged = PathBuf::from(current.file.clone().unwrap_or_default());
+    let name = logged
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::rules::is_rule_file(Path::new(n)))
+        .ok_or_else(|| anyhow::anyhow!("the change log names no module file for `{rule}`"))?
+        .to_owned();
+    let file = rules_dir.join(&name);
     let place = |from: &[u8], to: &Path| -> anyhow::Result<()> {
-        let tmp = dir.join(format!(".{name}.rollback.tmp"));
+        let tmp = rules_dir.join(format!(".{name}.rollback.tmp"));
         std::fs::write(&tmp, from).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, to).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))
     };
@@ -439,7 +478,22 @@ pub fn rollback(state_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Resul
         Err(_) => {}
     }
     place(&bytes, &file)?;
-    Ok((file, target))
+    // The rules that last went live from a file of that name.
+    let mut last_file: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for e in entries.iter().filter(|e| matches!(e.change.as_str(), "load" | "replace" | "unload")) {
+        if let (Some(r), Some(f)) = (e.rule.as_deref(), e.file.as_deref()) {
+            match e.change.as_str() {
+                "unload" => last_file.remove(r),
+                _ => last_file.insert(r, f),
+            };
+        }
+    }
+    let also = last_file
+        .into_iter()
+        .filter(|(r, f)| *r != rule && Path::new(f).file_name().and_then(|n| n.to_str()) == Some(name.as_str()))
+        .map(|(r, _)| r.to_owned())
+        .collect();
+    Ok(RolledBack { file, module: target, also })
 }
 
 #[cfg(test)]
@@ -464,12 +518,16 @@ mod tests {
         let e = verify(dir.path(), Some(&hex::encode(other.verifying_key().as_bytes()))).expect_err("other key");
         assert!(e.to_string().contains("not the pinned one"), "{e}");
 
-        // Reopened, it continues the chain.
+        // Reopened, it continues the chain; a line cut short by a crash is
+        // dropped first.
         drop(log);
+        let path = dir.path().join(LOG_FILE);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"seq\":6,\"at\":\"20").expect("write");
+        drop(f);
         ChangeLog::open(dir.path()).expect("reopen").record(entry("unload", "r0"));
         assert_eq!(verify(dir.path(), None).expect("still verifies").entries, 6);
 
-        let path = dir.path().join(LOG_FILE);
         let original = std::fs::read(&path).expect("read");
         // A byte in the middle (entry 3): its rule name.
         let mut bytes = original.clone();

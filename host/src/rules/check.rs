@@ -45,6 +45,11 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let hash = module_hash(&bytes);
     let sandbox = crate::rules::sandbox::Sandbox::from_config(config)?;
     let rejected = |e: super::RuleError| anyhow::anyhow!("{} rejected: {e}", path.display());
+    let trust = super::signing::Trust::from_config(&config.rules)?;
+    if trust.required() {
+        // Nothing of an unapproved module runs, not even its manifest.
+        trust.precheck(path, &hash).map_err(|e| rejected(super::RuleError::Signature(e)))?;
+    }
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
     let (manifest, _) = read_manifest(&sandbox, &pre).map_err(rejected)?;
     // Lists hold PANs only as tokens; a throwaway key is enough to load them here.
@@ -60,8 +65,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
         default_on_failure: config.rules.on_failure,
     };
     let rule = loader.load(path, &bytes, &hash).map_err(rejected)?;
-    let trust = super::signing::Trust::from_config(&config.rules)?;
-    let covered = super::signing::covered_settings(&rule.name, &config.rule);
+    let covered = super::signing::covered_settings(&rule.name, &config.rule, config.rules.on_failure);
     let signers = match trust.verify(path, &hash, &rule.name, &rule.version, &covered) {
         Ok(signers) => signers,
         Err(e) if trust.required() => return Err(rejected(super::RuleError::Signature(e))),

@@ -150,9 +150,12 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
     for entry in set["rules"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let name = entry["rule"].as_str().unwrap_or_default().to_owned();
         let hash = entry["module"].as_str().unwrap_or_default();
+        if !super::changes::is_module_hash(hash) {
+            anyhow::bail!("rule `{name}`: the rule set names no module hash (64 hex digits)");
+        }
         let path = archive.join(format!("{hash}.wasm"));
         let bytes = std::fs::read(&path).with_context(|| {
-            format!("rule `{name}`: module {} is not in the archive ({})", &hash[..hash.len().min(16)], path.display())
+            format!("rule `{name}`: module {} is not in the archive ({})", &hash[..16], path.display())
         })?;
         if module_hash(&bytes) != hash {
             anyhow::bail!("{} does not hash to its name: the archive was altered", path.display());

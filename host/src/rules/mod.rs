@@ -455,6 +455,9 @@ struct FileEntry {
     /// Length and time of its signature file, if it has one: a new
     /// signature reloads it.
     sig: Option<(u64, Option<SystemTime>)>,
+    /// The trusted keys (by [`RuleRegistry::set_trust`] count) its rules
+    /// were approved under.
+    trust_epoch: u64,
     /// The rules this file provides, if it loaded: its own, then the
     /// instances configured with `[rule.NAME] of = …`.
     rules: Vec<Arc<LoadedRule>>,
@@ -485,6 +488,9 @@ pub struct RuleRegistry {
     retired: Mutex<Vec<Instance>>,
     /// The keys modules must be signed with, if any.
     trust: Mutex<signing::Trust>,
+    /// How many times the trusted keys were set: a rule approved under
+    /// other keys is not kept when its file is refused under these.
+    trust_epoch: AtomicU64,
     /// Where changes are recorded and live modules archived (the daemon's;
     /// none in replays and checks).
     changes: std::sync::OnceLock<Arc<changes::ChangeLog>>,
@@ -579,6 +585,7 @@ impl RuleRegistry {
             spares: AtomicUsize::new(1),
             retired: Mutex::new(Vec::new()),
             trust: Mutex::new(signing::Trust::default()),
+            trust_epoch: AtomicU64::new(0),
             changes: std::sync::OnceLock::new(),
         }
     }
@@ -600,7 +607,14 @@ impl RuleRegistry {
     /// `trusted-keys`, `require-signature`, `signatures-required`); every
     /// rule is checked against them at the next rescan.
     pub fn set_trust(&self, trust: signing::Trust) {
-        *lock(&self.trust) = trust;
+        {
+            let mut held = lock(&self.trust);
+            if *held == trust {
+                return;
+            }
+            *held = trust;
+        }
+        self.trust_epoch.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).values_mut().for_each(|f| f.stale = true);
     }
 
@@ -779,7 +793,9 @@ impl RuleRegistry {
                         log.archive(&hash, &bytes, path);
                     }
                     let rules = rules.into_iter().map(Arc::new).collect();
-                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, sig, rules });
+                    let trust_epoch = self.trust_epoch.load(Ordering::Relaxed);
+                    files
+                        .insert(path.clone(), FileEntry { len, modified, hash, stale: false, sig, trust_epoch, rules });
                 }
                 Err(e) => {
                     // A file still being written fails to compile; it is not
@@ -789,7 +805,26 @@ impl RuleRegistry {
                     if changed {
                         continue;
                     }
-                    let keep = previous.map(|p| p.rules.clone()).unwrap_or_default();
+                    // The previous version keeps running, unless it was
+                    // approved under keys no longer trusted.
+                    let now = self.trust_epoch.load(Ordering::Relaxed);
+                    let approved = |p: &FileEntry| p.trust_epoch == now || !lock(&self.trust).required();
+                    let (keep, trust_epoch) = match previous {
+                        Some(p) if approved(p) => (p.rules.clone(), p.trust_epoch),
+                        Some(p) => {
+                            for rule in &p.rules {
+                                tracing::error!(rule = %rule.name, file = %path.display(), error = %e,
+                                    "rule unloaded: not approved under the trusted keys now configured");
+                                report.removed.push((rule.name.to_string(), path.clone()));
+                                let mut entry =
+                                    rule_entry("unload", rule, "not approved under the trusted keys now configured");
+                                entry.previous_module = entry.module.take();
+                                self.record_change(entry);
+                            }
+                            (Vec::new(), now)
+                        }
+                        None => (Vec::new(), now),
+                    };
                     report.rejected.push((path.clone(), e.to_string()));
                     self.record_change(changes::Entry {
                         change: "refuse".into(),
@@ -799,7 +834,10 @@ impl RuleRegistry {
                         cause: e.to_string(),
                         ..changes::Entry::default()
                     });
-                    files.insert(path.clone(), FileEntry { len, modified, hash, stale: false, sig, rules: keep });
+                    files.insert(
+                        path.clone(),
+                        FileEntry { len, modified, hash, stale: false, sig, trust_epoch, rules: keep },
+                    );
                 }
             }
         }
@@ -889,13 +927,14 @@ impl RuleRegistry {
     fn load_with_instances(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<Vec<LoadedRule>, RuleError> {
         let settings = lock(&self.settings).clone();
         let trust = lock(&self.trust).clone();
-        if trust.required() && !signing::sig_path(path).exists() {
-            // Refused before compiling it.
-            trust.verify(path, hash, "", "", &BTreeMap::new()).map_err(RuleError::Signature)?;
+        if trust.required() {
+            // The module's hash and signatures before it is compiled: an
+            // unapproved module never runs, not even to read its manifest.
+            trust.precheck(path, hash).map_err(RuleError::Signature)?;
         }
         let loader = self.loader(&settings);
         let rule = loader.load(path, bytes, hash)?;
-        let covered = signing::covered_settings(&rule.name, &settings);
+        let covered = signing::covered_settings(&rule.name, &settings, *lock(&self.default_on_failure));
         let signers = match trust.verify(path, hash, &rule.name, &rule.version, &covered) {
             Ok(signers) => signers,
             Err(e) if trust.required() => return Err(RuleError::Signature(e)),
@@ -1151,7 +1190,8 @@ fn resolve_params(name: &str, m: &Manifest, settings: &RuleSettings) -> Result<(
             None => coerce(&p.default, p.ty)
                 .ok_or_else(|| RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty)))?,
             Some(v) => toml_param(v, p.ty).ok_or_else(|| {
-                RuleError::Config(format!("`rule.{}.params.{}` must be {}, got {v}", name, p.name, p.ty))
+                let finite = if p.ty == ParamType::Float { " (a finite number)" } else { "" };
+                RuleError::Config(format!("`rule.{}.params.{}` must be {}{finite}, got {v}", name, p.name, p.ty))
             })?,
         };
         vigil_abi::params::encode_one(&p.name, &value, &mut out);
@@ -1172,7 +1212,9 @@ fn toml_param(v: &toml::Value, ty: ParamType) -> Option<ParamValue> {
     match (v, ty) {
         (toml::Value::Integer(i), ParamType::Int) => Some(ParamValue::Int(*i)),
         (toml::Value::Integer(i), ParamType::Float) => Some(ParamValue::Float(*i as f64)),
-        (toml::Value::Float(x), ParamType::Float) => Some(ParamValue::Float(*x)),
+        // NaN and infinities compare and serialise oddly (a signature
+        // could not tell them apart): a parameter is a finite number.
+        (toml::Value::Float(x), ParamType::Float) if x.is_finite() => Some(ParamValue::Float(*x)),
         (toml::Value::Boolean(b), ParamType::Bool) => Some(ParamValue::Bool(*b)),
         (toml::Value::String(s), ParamType::Str) => Some(ParamValue::Str(s.clone())),
         _ => None,
@@ -1468,9 +1510,10 @@ impl Evaluator {
     }
 
     /// Whether some live rule enforces and is not quarantined: without
-    /// one, the final decision is no rule's.
+    /// one, the final decision is no rule's — except for an event in a
+    /// canary's share, which that canary decides.
     pub fn enforcing(&self) -> bool {
-        self.slots.iter().any(|s| s.rule.mode != crate::decide::Mode::Shadow && !s.rule.is_quarantined())
+        self.slots.iter().any(|s| s.rule.mode == crate::decide::Mode::Enforce && !s.rule.is_quarantined())
     }
 
     /// Picks up a new rule set, if any, and instantiates its new rules;

@@ -193,18 +193,34 @@ pub fn settings_value(s: &RuleSettings) -> serde_json::Value {
 }
 
 /// The settings of the rules module rule `name` runs as under `settings`:
-/// its own (defaults when it has none) and its instances'.
-pub fn covered_settings(name: &str, settings: &BTreeMap<String, RuleSettings>) -> BTreeMap<String, serde_json::Value> {
+/// its own (defaults when it has none) and its instances', each with the
+/// failure outcome it gets (its own or `default_on_failure`, which
+/// `rules.on-failure` sets).
+pub fn covered_settings(
+    name: &str,
+    settings: &BTreeMap<String, RuleSettings>,
+    default_on_failure: crate::decide::FailurePolicy,
+) -> BTreeMap<String, serde_json::Value> {
+    let effective = |s: &RuleSettings| {
+        let mut s = s.clone();
+        s.on_failure = Some(s.on_failure.unwrap_or(default_on_failure));
+        settings_value(&s)
+    };
     let mut covered = BTreeMap::new();
-    covered.insert(name.to_owned(), settings_value(&settings.get(name).cloned().unwrap_or_default()));
+    covered.insert(name.to_owned(), effective(&settings.get(name).cloned().unwrap_or_default()));
     for (instance, s) in settings.iter().filter(|(n, s)| s.of.as_deref() == Some(name) && *n != name) {
-        covered.insert(instance.clone(), settings_value(s));
+        covered.insert(instance.clone(), effective(s));
     }
     covered
 }
 
+/// The first 16 characters of a hash or key, or all of a shorter text.
+pub fn short(s: &str) -> &str {
+    s.char_indices().nth(16).map_or(s, |(i, _)| &s[..i])
+}
+
 /// The keys a deployment trusts and how many must sign.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
     keys: Vec<(String, VerifyingKey)>,
     /// Distinct trusted signatures a module needs; 0: none.
@@ -269,6 +285,25 @@ impl Trust {
         version: &str,
         covered: &BTreeMap<String, serde_json::Value>,
     ) -> Result<Vec<String>, String> {
+        self.check(path, hash, Some((rule, version, covered)))
+    }
+
+    /// [`Trust::verify`] of the module's hash and the signatures alone:
+    /// what can be checked before the module is compiled and its manifest
+    /// read, so an unapproved module never runs, not even to be read.
+    ///
+    /// # Errors
+    /// Why the module is refused.
+    pub fn precheck(&self, path: &Path, hash: &str) -> Result<Vec<String>, String> {
+        self.check(path, hash, None)
+    }
+
+    fn check(
+        &self,
+        path: &Path,
+        hash: &str,
+        statement: Option<(&str, &str, &BTreeMap<String, serde_json::Value>)>,
+    ) -> Result<Vec<String>, String> {
         let sig = sig_path(path);
         if !sig.exists() {
             return match self.required() {
@@ -285,9 +320,14 @@ impl Trust {
             return Err(format!(
                 "{} was signed for module {}, but this module's SHA-256 is {hash}",
                 sig.display(),
-                &s.module[..s.module.len().min(16)]
+                short(&s.module)
             ));
         }
+        let payload = s.payload();
+        let signers = self.signers(&sig, &file, &payload)?;
+        let Some((rule, version, covered)) = statement else {
+            return Ok(signers);
+        };
         if s.rule != rule || s.version != version {
             return Err(format!(
                 "{} was signed for rule `{}` version {}, but the module is `{rule}` version {version}",
@@ -304,6 +344,7 @@ impl Trust {
                 .map(String::as_str)
                 .collect();
             let mut names = names;
+            names.sort_unstable();
             names.dedup();
             return Err(format!(
                 "the settings of {} differ from those signed in {} (mode, on-failure, params, canary); \
@@ -312,7 +353,11 @@ impl Trust {
                 sig.display()
             ));
         }
-        let payload = s.payload();
+        Ok(signers)
+    }
+
+    /// The trusted keys whose signatures on `file` verify, when enough do.
+    fn signers(&self, sig: &Path, file: &SignatureFile, payload: &[u8]) -> Result<Vec<String>, String> {
         let mut signers: Vec<String> = Vec::new();
         let mut problems = Vec::new();
         for a in &file.signatures {
@@ -323,7 +368,7 @@ impl Trust {
             let valid = hex::decode(&a.signature)
                 .ok()
                 .and_then(|b| Signature::from_slice(&b).ok())
-                .is_some_and(|sig| key.verify(&payload, &sig).is_ok());
+                .is_some_and(|sig| key.verify(payload, &sig).is_ok());
             match valid {
                 true if !signers.contains(id) => signers.push(id.clone()),
                 true => {}
@@ -377,7 +422,7 @@ pub fn sign_module(
         module: hash,
         rule: manifest.name.clone(),
         version: manifest.version.clone(),
-        settings: covered_settings(&manifest.name, &config.rule),
+        settings: covered_settings(&manifest.name, &config.rule, config.rules.on_failure),
     };
     let path = sig_path(module);
     let mut file = match SignatureFile::read(&path) {
@@ -431,7 +476,8 @@ mod tests {
     fn a_module_needs_enough_distinct_trusted_signatures_over_what_it_runs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (a, b, stranger) = (generate().expect("key"), generate().expect("key"), generate().expect("key"));
-        let settings = covered_settings("r", &BTreeMap::new());
+        let allow = crate::decide::FailurePolicy::Allow;
+        let settings = covered_settings("r", &BTreeMap::new(), allow);
         let hash = crate::rules::module_hash(b"module");
         let verify = |t: &Trust, m: &Path, s: &BTreeMap<String, serde_json::Value>| t.verify(m, &hash, "r", "1.0.0", s);
 
@@ -441,8 +487,12 @@ mod tests {
         assert!(e.contains("1 trusted key(s), 2 distinct required"), "{e}");
         let e = verify(&trust(&[&b], 1), &m, &settings).expect_err("wrong key");
         assert!(e.contains("signed by 0 trusted key(s)") && e.contains("not in rules.trusted-keys"), "{e}");
-        let e = verify(&trust(&[&a], 1), &m, &covered_settings("r", &shadow())).expect_err("settings changed");
+        let e = verify(&trust(&[&a], 1), &m, &covered_settings("r", &shadow(), allow)).expect_err("settings changed");
         assert!(e.contains("settings of `r` differ"), "{e}");
+        let fail_closed = covered_settings("r", &BTreeMap::new(), crate::decide::FailurePolicy::Block);
+        let e = verify(&trust(&[&a], 1), &m, &fail_closed).expect_err("rules.on-failure changed");
+        assert!(e.contains("settings of `r` differ"), "{e}");
+        assert_eq!(trust(&[&a], 1).precheck(&m, &hash).expect("signatures alone").len(), 1);
         let e = trust(&[&a], 1).verify(&m, &"0".repeat(64), "r", "1.0.0", &settings).expect_err("other module");
         assert!(e.contains("signed for module"), "{e}");
 
