@@ -142,14 +142,20 @@ fn every_key_is_exact_with_any_worker_count_and_partition_key() {
         "count_in(account, 1h)",
         "distinct_senders(account, 1h, kind = transfer)",
         "sum(account, amount, 1h, channel = bank_transfer and not amount < 20000)",
+        "since_last(device, 30m)",
+        "first_seen(ip, 1h)",
     ] {
         assert!(features.get(name).is_some(), "{name} in {features}");
     }
     // The filtered and inflow features are not all zero: they are tested.
     let nonzero = |name: &str| one.decisions.values().filter(|d| d["features"][name].as_f64() > Some(0.0)).count();
-    for name in
-        ["count(card, 10m, amount < 10000)", "count_in(account, 1h)", "distinct_senders(account, 1h, kind = transfer)"]
-    {
+    for name in [
+        "count(card, 10m, amount < 10000)",
+        "count_in(account, 1h)",
+        "distinct_senders(account, 1h, kind = transfer)",
+        "since_last(device, 30m)",
+        "first_seen(ip, 1h)",
+    ] {
         assert!(nonzero(name) > 1_000, "{name}: {}", nonzero(name));
     }
     assert_same(&one, &run(&lines, 2, PartitionKey::Card), "2 workers, by card");

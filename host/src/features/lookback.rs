@@ -121,6 +121,92 @@ pub enum DistinctSeries {
         /// (bucket, registers).
         buckets: VecDeque<(i64, Vec<u8>)>,
     },
+    /// Not a distinct count: the times of a key's latest events, for the
+    /// recency features (`since_last`, `first_seen`). Kept in this slot so a
+    /// key pays for recency only when a feature reads it.
+    Recent(Recency),
+}
+
+/// When a key's events happened, as far as recency needs: milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recency {
+    /// The newest event time.
+    pub newest: i64,
+    /// The newest time before it (`i64::MIN`: none).
+    pub before: i64,
+    /// The first time seen.
+    pub first: i64,
+    /// For the event added last: the time since the event before it
+    /// (`i64::MIN`: none).
+    pub gap: i64,
+}
+
+impl Recency {
+    fn new(t: i64) -> Self {
+        Recency { newest: t, before: i64::MIN, first: t, gap: i64::MIN }
+    }
+
+    /// The time from the latest event at or before `t` that is not the
+    /// event itself, as far as the two newest times tell: exact for events
+    /// in order, and for an event later than one newer event.
+    fn gap_to(&self, t: i64) -> Option<i64> {
+        if t >= self.newest {
+            Some(t - self.newest)
+        } else if self.before != i64::MIN && t >= self.before {
+            Some(t - self.before)
+        } else {
+            None
+        }
+    }
+}
+
+impl DistinctSeries {
+    /// Adds an event at `t` (ms) to a recency series, first making the
+    /// slot one; the gap to the event before it is kept for
+    /// [`DistinctSeries::since_last`]. A series whose newest event is
+    /// before `cutoff` starts again, as if its key had expired (whether the
+    /// sweep got to it yet or not, so values do not depend on when it does).
+    pub fn seen_at(&mut self, t: i64, cutoff: i64) {
+        let DistinctSeries::Recent(r) = self else {
+            *self = DistinctSeries::Recent(Recency::new(t));
+            return;
+        };
+        if r.newest < cutoff {
+            *r = Recency::new(t);
+            return;
+        }
+        r.gap = r.gap_to(t).unwrap_or(i64::MIN);
+        if t >= r.newest {
+            r.before = r.newest;
+            r.newest = t;
+        } else if t > r.before {
+            r.before = t;
+        }
+        r.first = r.first.min(t);
+    }
+
+    /// Milliseconds from the key's previous event to one at `t`: for an
+    /// event just added ([`DistinctSeries::seen_at`], `added`), to the
+    /// event before it; for another, to the latest one before it.
+    pub fn since_last(&self, t: i64, added: bool, cutoff: i64) -> Option<i64> {
+        let DistinctSeries::Recent(r) = self else { return None };
+        if !added && r.newest < cutoff {
+            return None;
+        }
+        match added {
+            true => (r.gap != i64::MIN).then_some(r.gap),
+            false => r.gap_to(t),
+        }
+    }
+
+    /// The first event time of a recency series whose newest event is not
+    /// before `cutoff`.
+    pub fn first_seen(&self, cutoff: i64) -> Option<i64> {
+        match self {
+            DistinctSeries::Recent(r) if r.newest >= cutoff => Some(r.first),
+            _ => None,
+        }
+    }
 }
 
 impl Default for DistinctSeries {
@@ -174,6 +260,8 @@ impl DistinctSeries {
                     *self = sketch;
                 }
             }
+            // Recency is kept through `seen_at`.
+            DistinctSeries::Recent(_) => {}
             DistinctSeries::Sketch { buckets } => {
                 let newest = buckets.back().map_or(idx, |b| b.0.max(idx));
                 if idx <= newest - span {
@@ -199,6 +287,7 @@ impl DistinctSeries {
     pub fn count(&self, idx: i64, span: i64) -> u64 {
         match self {
             DistinctSeries::Exact { seen, .. } => seen.iter().filter(|(_, last)| *last > idx - span).count() as u64,
+            DistinctSeries::Recent(_) => 0,
             DistinctSeries::Sketch { buckets } => {
                 let mut merged = [0u8; REGISTERS];
                 for (_, registers) in buckets.iter().filter(|b| b.0 > idx - span) {
@@ -289,6 +378,26 @@ mod tests {
         // ten-bucket window.
         let n = s.count(19, 10) as f64;
         assert!((n - 10_000.0).abs() / 10_000.0 < 0.15, "estimate {n}");
+    }
+
+    #[test]
+    fn recency_gives_the_time_since_the_previous_event_in_order_and_one_late() {
+        let mut s = DistinctSeries::default();
+        s.seen_at(1_000, 0);
+        assert_eq!((s.since_last(1_000, true, 0), s.first_seen(0)), (None, Some(1_000)), "the first event has none");
+        s.seen_at(4_000, 0);
+        assert_eq!(s.since_last(4_000, true, 0), Some(3_000));
+        assert_eq!(s.since_last(9_000, false, 0), Some(5_000), "an event not added: to the newest");
+        s.seen_at(3_500, 0);
+        assert_eq!(s.since_last(3_500, true, 0), Some(2_500), "late, after 1000: to it");
+        s.seen_at(5_000, 0);
+        assert_eq!(s.since_last(5_000, true, 0), Some(1_000));
+        assert_eq!(s.first_seen(0), Some(1_000));
+        assert_eq!(s.first_seen(5_001), None, "idle past the cutoff: as if expired");
+        s.seen_at(500, 0);
+        assert_eq!((s.since_last(500, true, 0), s.first_seen(0)), (None, Some(500)));
+        s.seen_at(90_000, 60_000);
+        assert_eq!((s.since_last(90_000, true, 60_000), s.first_seen(60_000)), (None, Some(90_000)), "starts again");
     }
 
     #[test]

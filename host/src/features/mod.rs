@@ -163,8 +163,16 @@ impl Catalog {
 /// Where a feature's value comes from in a key's state.
 #[derive(Debug, Clone, Copy)]
 enum Source {
-    Num { series: usize },
-    Distinct { series: usize },
+    Num {
+        series: usize,
+    },
+    Distinct {
+        series: usize,
+    },
+    /// A recency series, in the distinct slots (see [`lookback::Recency`]).
+    Recent {
+        series: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +182,7 @@ struct Planned {
     source: Source,
     bucket_ms: i64,
     span: i64,
+    window_ms: i64,
     /// Computed; false once retired from the catalog.
     live: bool,
 }
@@ -441,6 +450,15 @@ impl FeatureEngine {
         let space = self.spaces.entry(s.key.space()).or_default();
         space.longest_ms = space.longest_ms.max(s.window_ms);
         let source = match s.agg {
+            Agg::SinceLast | Agg::FirstSeen => {
+                // Bucket width 0 marks a recency series: one per key and
+                // filter, whatever its features' windows.
+                let shape = (s.series_key(), DistinctField::Account, 0, 1, filter);
+                let series = series_for(&mut space.distinct, shape, |x| &mut x.3);
+                space.distinct_filters.resize(space.distinct.len(), None);
+                space.distinct_filters[series].clone_from(&s.filter);
+                Source::Recent { series }
+            }
             Agg::Distinct(field) => {
                 let shape = (s.series_key(), field, bucket_ms, span, filter);
                 let series = series_for(&mut space.distinct, shape, |x| &mut x.3);
@@ -456,7 +474,7 @@ impl FeatureEngine {
             }
         };
         space.features[usize::from(s.key.code())].push(i);
-        Planned { agg: s.agg, key: s.key, source, bucket_ms, span, live: true }
+        Planned { agg: s.agg, key: s.key, source, bucket_ms, span, window_ms: s.window_ms, live: true }
     }
 
     /// Stops computing feature `i`; frees its series on every key unless
@@ -475,7 +493,10 @@ impl FeatureEngine {
                 && q.key.space() == key.space()
                 && match (q.source, source) {
                     (Source::Num { series: a }, Source::Num { series: b })
-                    | (Source::Distinct { series: a }, Source::Distinct { series: b }) => a == b,
+                    | (
+                        Source::Distinct { series: a } | Source::Recent { series: a },
+                        Source::Distinct { series: b } | Source::Recent { series: b },
+                    ) => a == b,
                     _ => false,
                 }
         });
@@ -491,7 +512,7 @@ impl FeatureEngine {
                     }
                 });
             }
-            Source::Distinct { series } => {
+            Source::Distinct { series } | Source::Recent { series } => {
                 space.distinct[series].3 = -space.distinct[series].3;
                 space.states.for_each_mut(|s| {
                     if let Some(x) = s.distinct.get_mut(series) {
@@ -602,7 +623,7 @@ impl FeatureEngine {
     /// and writes the value of every feature kept per `field` at `p` into
     /// `values` (indexed in catalog order).
     pub fn update(&mut self, p: &Payment, field: KeyField, hash: u128, values: &mut [f64]) {
-        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, .. } = self;
+        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, newest_ms, .. } = self;
         let Some(plan) = spaces.get_mut(&field.space()) else {
             return;
         };
@@ -635,17 +656,21 @@ impl FeatureEngine {
                 series.add(t.div_euclid(bucket_ms), p.amount, span);
             }
         }
+        // Where the sweep drops idle keys: recency reads as if it had.
+        let cutoff = newest_ms.saturating_sub(plan.longest_ms);
         for ((series, &(key, df, bucket_ms, span, _)), filter) in
             state.distinct.iter_mut().zip(&plan.distinct).zip(&plan.distinct_filters)
         {
-            if key == field
-                && span > 0
-                && filter.as_ref().is_none_or(|f| f.matches(p))
-                && let Some(v) = distinct_value(p, df)
-            {
+            if key != field || span <= 0 || !filter.as_ref().is_none_or(|f| f.matches(p)) {
+                continue;
+            }
+            if bucket_ms == 0 {
+                series.seen_at(t, cutoff);
+            } else if let Some(v) = distinct_value(p, df) {
                 series.add(t.div_euclid(bucket_ms), hasher.hash64(v.as_bytes()), span);
             }
         }
+        let distinct_filters = &plan.distinct_filters;
         for &i in &plan.features[usize::from(field.code())] {
             let plan = &planned[i];
             let idx = t.div_euclid(plan.bucket_ms);
@@ -662,6 +687,20 @@ impl FeatureEngine {
                     }
                 }
                 Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
+                Source::Recent { series } => {
+                    let s = &state.distinct[series];
+                    match plan.agg {
+                        Agg::SinceLast => {
+                            let added = distinct_filters[series].as_ref().is_none_or(|f| f.matches(p));
+                            let gap = s.since_last(t, added, cutoff);
+                            gap.filter(|gap| *gap < plan.window_ms).map_or(f64::NAN, |g| g as f64)
+                        }
+                        _ => {
+                            let first = s.first_seen(cutoff).filter(|f| *f <= t);
+                            first.map_or(f64::NAN, |f| (t - f).min(plan.window_ms) as f64)
+                        }
+                    }
+                }
             };
         }
     }
@@ -1049,6 +1088,39 @@ mod tests {
         let v = e.compute(&transfer("mule", "c", 3 * MIN)).to_vec();
         // Catalog order: in, out, s.
         assert_eq!(v, [3.0, 1.0, 2.0], "mule: 3 in from 2 senders, 1 out");
+    }
+
+    #[test]
+    fn recency_reads_the_time_since_the_previous_and_the_first_event() {
+        let mut e = engine(&[
+            ("f", "first_seen(card)"),
+            ("s", "since_last(card, 10m)"),
+            ("sb", "since_last(card, 1h, amount >= 1000)"),
+        ]);
+        let v = |e: &mut FeatureEngine, t: i64, amount: i64| e.compute(&pay("a", t, amount, "US")).to_vec();
+        let nan = |x: f64| x.is_nan();
+        let first = v(&mut e, 0, 100);
+        assert!(first[0] == 0.0 && nan(first[1]) && nan(first[2]), "{first:?}");
+        let second = v(&mut e, 3 * MIN, 2_000);
+        assert_eq!(second[..2], [(3 * MIN) as f64, (3 * MIN) as f64]);
+        assert!(nan(second[2]), "the first large payment has no large one before it");
+        let third = v(&mut e, 20 * MIN, 50);
+        assert_eq!(third[0], (20 * MIN) as f64);
+        assert!(nan(third[1]), "17 minutes is outside the 10-minute window");
+        assert_eq!(third[2], (17 * MIN) as f64, "a small payment: since the last large one");
+        let fourth = v(&mut e, 25 * MIN, 5_000);
+        assert_eq!(fourth[1..], [(5 * MIN) as f64, (22 * MIN) as f64]);
+        // State round-trips.
+        let delta = e.take_delta(0);
+        let mut restored = engine(&[
+            ("f", "first_seen(card)"),
+            ("s", "since_last(card, 10m)"),
+            ("sb", "since_last(card, 1h, amount >= 1000)"),
+        ]);
+        for d in &delta {
+            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
+        }
+        assert_eq!(v(&mut restored, 26 * MIN, 9_000), v(&mut e, 26 * MIN, 9_000));
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub enum Agg {
     Avg,
     /// Number of distinct values of a field.
     Distinct(DistinctField),
+    /// Milliseconds since the key's previous event within the window;
+    /// empty when there is none.
+    SinceLast,
+    /// Milliseconds since the key's first event in vigil's history, at
+    /// most the window.
+    FirstSeen,
 }
 
 /// One look-back feature.
@@ -190,7 +196,11 @@ impl FeatureSpec {
         let agg = agg.trim();
         // The arguments before the window, by aggregate.
         let fixed = match agg {
-            "count" | "count_in" | "distinct_senders" => 2,
+            "count" | "count_in" | "distinct_senders" | "since_last" => 2,
+            // `first_seen(KEY)`, `first_seen(KEY, W)`: a window if the
+            // second argument reads as one.
+            "first_seen" if parts.get(1).is_some_and(|(_, a)| humantime::parse_duration(a.trim()).is_ok()) => 2,
+            "first_seen" => 1,
             _ => 3,
         };
         let filter = match parts.get(fixed) {
@@ -211,6 +221,9 @@ impl FeatureSpec {
         let spec = |agg, key, window_ms| FeatureSpec { agg, key, window_ms, filter: filter.clone(), inflow };
         let spec = match (agg, args) {
             ("count", [k, w]) => spec(Agg::Count, key(k)?, window(w)?),
+            ("since_last", [k, w]) => spec(Agg::SinceLast, key(k)?, window(w)?),
+            ("first_seen", [k, w]) => spec(Agg::FirstSeen, key(k)?, window(w)?),
+            ("first_seen", [k]) => spec(Agg::FirstSeen, key(k)?, MAX_WINDOW.as_millis() as i64),
             ("count_in", [k, w]) => spec(Agg::Count, account(k, "count_in")?, window(w)?),
             ("distinct_senders", [k, w]) => {
                 spec(Agg::Distinct(DistinctField::Account), account(k, "distinct_senders")?, window(w)?)
@@ -243,8 +256,9 @@ impl FeatureSpec {
 
 fn usage(text: &str, problem: &str) -> String {
     format!(
-        "feature `{text}`: {problem}; write count(KEY, WINDOW), sum|min|max|avg(KEY, amount, WINDOW) \
-         or distinct(KEY, FIELD, WINDOW), each with an optional filter after the window, \
+        "feature `{text}`: {problem}; write count(KEY, WINDOW), sum|min|max|avg(KEY, amount, WINDOW), \
+         distinct(KEY, FIELD, WINDOW), since_last(KEY, WINDOW) or first_seen(KEY[, WINDOW]), \
+         each with an optional filter after the window, \
          e.g. count(card, 10m, amount < 1000)"
     )
 }
@@ -258,6 +272,8 @@ impl fmt::Display for FeatureSpec {
             (Agg::Sum, true) => write!(f, "sum_in({key}, amount, {w}")?,
             (Agg::Distinct(_), true) => write!(f, "distinct_senders({key}, {w}")?,
             (agg, _) => match agg {
+                Agg::SinceLast => write!(f, "since_last({key}, {w}")?,
+                Agg::FirstSeen => write!(f, "first_seen({key}, {w}")?,
                 Agg::Count => write!(f, "count({key}, {w}")?,
                 Agg::Sum => write!(f, "sum({key}, amount, {w}")?,
                 Agg::Min => write!(f, "min({key}, amount, {w}")?,
@@ -287,6 +303,8 @@ mod tests {
             "count(card, 10m, amount < 1000)",
             "sum(account, amount, 1day, kind = transfer and channel in (alipay, wechat))",
             "distinct(account, counterparty, 7days, not kind in (refund, payout))",
+            "since_last(card, 1day)",
+            "first_seen(device, 30days, amount > 0)",
         ] {
             let spec = FeatureSpec::parse(text).expect(text);
             assert_eq!(FeatureSpec::parse(&spec.to_string()), Ok(spec), "{text}");
@@ -309,6 +327,10 @@ mod tests {
         assert!(e("count(card, 10m, amount < )").contains("expected a value"));
         assert!(e("count(card, 10m, amount < 5, kind = refund)").contains("number of arguments"));
         assert!(e("count_in(card, 1h)").contains("kept per account"));
+        let first = FeatureSpec::parse("first_seen(device)").expect("no window");
+        assert_eq!(first.window_ms, MAX_WINDOW.as_millis() as i64);
+        let first = FeatureSpec::parse("first_seen(device, amount > 100)").expect("a filter, no window");
+        assert!(first.filter.is_some());
     }
 
     #[test]
