@@ -76,7 +76,7 @@ pub async fn run_with(
     // Entity keys are hashed under a secret shared by every daemon that
     // shares the PAN key: the same owner for a key everywhere, always.
     let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil entity keys"));
-    let catalog = Arc::new(Catalog::from_config(&config.features)?);
+    let catalog = Arc::new(Catalog::with_currencies(&config.features, config.currencies.as_ref())?);
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(

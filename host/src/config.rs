@@ -76,6 +76,10 @@ pub struct Config {
     /// event time. Rules may also name a spec inline in their manifest.
     #[serde(default)]
     pub features: BTreeMap<String, String>,
+    /// A base currency and the rate of others to it, for features over
+    /// `base_amount` (`sum(account, base_amount, 24h)`).
+    #[serde(default)]
+    pub currencies: Option<CurrencyConfig>,
     /// Event-time progress for windows.
     #[serde(default)]
     pub watermark: WatermarkConfig,
@@ -260,6 +264,9 @@ impl Config {
             }
         }
         crate::rules::signing::Trust::from_config(&self.rules)?;
+        if let Some(c) = &self.currencies {
+            crate::features::currency::Rates::from_config(c)?;
+        }
         for (name, list) in &self.lists {
             if list.path.as_os_str().is_empty() {
                 return Err(ConfigError::invalid(format!("lists.{name}.path"), "must not be empty"));
@@ -897,6 +904,19 @@ fn default_debounce() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+
+/// `[currencies]`: what `base_amount` converts to.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CurrencyConfig {
+    /// The currency `base_amount` is in (ISO 4217).
+    pub base: String,
+    /// Units of the base currency per unit of each other currency
+    /// (`EUR = 1.08` with base USD). A payment in a currency with no rate
+    /// is left out of `base_amount` features.
+    #[serde(default)]
+    pub rates: BTreeMap<String, f64>,
 }
 
 /// Settings of one rule, keyed by its manifest name — or, with `of`, a

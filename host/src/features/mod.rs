@@ -19,6 +19,7 @@
 //! A feature is computed for each event including that event. A feature
 //! whose key the event lacks (e.g. no card) reads 0, or NaN for min/max/avg.
 
+pub mod currency;
 pub mod filter;
 mod keys;
 pub mod lookback;
@@ -64,6 +65,8 @@ pub struct Catalog {
     snapshot: ArcSwap<Vec<Feature>>,
     /// How many come from `[features]`: those are never retired.
     configured: std::sync::atomic::AtomicUsize,
+    /// `[currencies]`, for features over `base_amount`.
+    rates: Option<Arc<currency::Rates>>,
 }
 
 impl Catalog {
@@ -72,13 +75,46 @@ impl Catalog {
     /// # Errors
     /// [`ConfigError::Invalid`] naming `features.NAME` and the problem.
     pub fn from_config(features: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let catalog = Catalog::default();
+        Self::with_currencies(features, None)
+    }
+
+    /// The features of `[features]`, with `[currencies]` for those over
+    /// `base_amount`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `features.NAME` or `currencies` and
+    /// the problem.
+    pub fn with_currencies(
+        features: &BTreeMap<String, String>,
+        currencies: Option<&crate::config::CurrencyConfig>,
+    ) -> Result<Self, ConfigError> {
+        let rates = currencies.map(currency::Rates::from_config).transpose()?.map(Arc::new);
+        let catalog = Catalog { rates, ..Catalog::default() };
         for (name, text) in features {
-            let spec = FeatureSpec::parse(text).map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
+            let spec = FeatureSpec::parse(text)
+                .and_then(|s| catalog.convertible(s))
+                .map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
             catalog.push(Feature { name: name.as_str().into(), spec, live: true });
         }
         catalog.configured.store(features.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(catalog)
+    }
+
+    /// `spec`, if what it reads can be computed: `base_amount` needs
+    /// `[currencies]`.
+    fn convertible(&self, spec: FeatureSpec) -> Result<FeatureSpec, String> {
+        match spec.base && self.rates.is_none() {
+            true => Err(format!(
+                "`{spec}` adds amounts in a base currency (base_amount), but [currencies] is not configured; \
+                 add [currencies] with a base and rates"
+            )),
+            false => Ok(spec),
+        }
+    }
+
+    /// The currency table, if `[currencies]` is configured.
+    pub fn rates(&self) -> Option<&Arc<currency::Rates>> {
+        self.rates.as_ref()
     }
 
     fn push(&self, feature: Feature) -> usize {
@@ -105,6 +141,7 @@ impl Catalog {
         }
         let spec = FeatureSpec::parse(name)
             .map_err(|e| format!("feature `{name}` is not configured under [features] and is not a spec: {e}"))?;
+        let spec = self.convertible(spec)?;
         // Re-check under the lock: another loader may have added it.
         let mut added = self.lock();
         let held = added.iter().position(|f| f.spec == spec && &*f.name == name);
@@ -224,6 +261,9 @@ struct SpacePlan {
     num_filters: Vec<Option<Arc<filter::Filter>>>,
     /// The filter of each distinct series.
     distinct_filters: Vec<Option<Arc<filter::Filter>>>,
+    /// Whether each numeric series adds amounts converted to the base
+    /// currency.
+    num_base: Vec<bool>,
     /// The longest window, for expiry.
     longest_ms: i64,
     /// Per key field (by code): indices (in catalog order) of the features
@@ -467,9 +507,12 @@ impl FeatureEngine {
                 Source::Distinct { series }
             }
             _ => {
-                let series = series_for(&mut space.num, (s.series_key(), bucket_ms, span, filter), |x| &mut x.2);
+                let shape = (s.series_key(), bucket_ms, span, s.series_id());
+                let series = series_for(&mut space.num, shape, |x| &mut x.2);
                 space.num_filters.resize(space.num.len(), None);
                 space.num_filters[series].clone_from(&s.filter);
+                space.num_base.resize(space.num.len(), false);
+                space.num_base[series] = s.base;
                 Source::Num { series }
             }
         };
@@ -623,7 +666,8 @@ impl FeatureEngine {
     /// and writes the value of every feature kept per `field` at `p` into
     /// `values` (indexed in catalog order).
     pub fn update(&mut self, p: &Payment, field: KeyField, hash: u128, values: &mut [f64]) {
-        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, newest_ms, .. } = self;
+        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, newest_ms, catalog, .. } = self;
+        let rates = catalog.rates();
         let Some(plan) = spaces.get_mut(&field.space()) else {
             return;
         };
@@ -650,10 +694,18 @@ impl FeatureEngine {
             state.distinct.reserve_exact(plan.distinct.len() - state.distinct.len());
             state.distinct.resize_with(plan.distinct.len(), DistinctSeries::default);
         }
-        for ((series, &(key, bucket_ms, span, _)), filter) in state.num.iter_mut().zip(&plan.num).zip(&plan.num_filters)
+        for (((series, &(key, bucket_ms, span, _)), filter), &base) in
+            state.num.iter_mut().zip(&plan.num).zip(&plan.num_filters).zip(&plan.num_base)
         {
             if key == field && span > 0 && filter.as_ref().is_none_or(|f| f.matches(p)) {
-                series.add(t.div_euclid(bucket_ms), p.amount, span);
+                // In base minor units, or left out when the currency has no rate.
+                let amount = match base {
+                    false => Some(p.amount),
+                    true => rates.and_then(|r| r.to_base(p.amount, p.currency)),
+                };
+                if let Some(amount) = amount {
+                    series.add(t.div_euclid(bucket_ms), amount, span);
+                }
             }
         }
         // Where the sweep drops idle keys: recency reads as if it had.
@@ -1121,6 +1173,29 @@ mod tests {
             restored.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
         }
         assert_eq!(v(&mut restored, 26 * MIN, 9_000), v(&mut e, 26 * MIN, 9_000));
+    }
+
+    #[test]
+    fn base_amounts_add_across_currencies_and_need_a_rate_table() {
+        let currencies = crate::config::CurrencyConfig {
+            base: "USD".into(),
+            rates: [("EUR".to_owned(), 1.5), ("JPY".to_owned(), 0.01)].into(),
+        };
+        let map = [("b", "sum(card, base_amount, 1h)"), ("m", "sum(card, amount, 1h)")]
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        let catalog = Catalog::with_currencies(&map, Some(&currencies)).expect("catalog");
+        let mut e = FeatureEngine::new(Arc::new(catalog), KeyedHash::for_tests());
+        let pay_in = |t: i64, amount: i64, cur: &[u8; 3]| Payment { currency: *cur, ..pay("a", t, amount, "US") };
+        assert_eq!(e.compute(&pay_in(0, 1_000, b"USD")).to_vec(), [1_000.0, 1_000.0]);
+        assert_eq!(e.compute(&pay_in(1, 1_000, b"EUR")).to_vec(), [2_500.0, 2_000.0], "10.00 EUR is 15.00 USD");
+        assert_eq!(e.compute(&pay_in(2, 500, b"JPY")).to_vec(), [3_000.0, 2_500.0], "500 yen is 5.00 USD");
+        assert_eq!(e.compute(&pay_in(3, 700, b"GBP")).to_vec(), [3_000.0, 3_200.0], "no rate: left out");
+        let e = Catalog::from_config(&map).expect_err("no table").to_string();
+        assert!(e.contains("[currencies] is not configured"), "{e}");
+        let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
+        assert!(catalog.resolve("avg(card, base_amount, 1h)").expect_err("inline too").contains("[currencies]"));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct FeatureSpec {
     pub window_ms: i64,
     /// Only events that pass count, if set.
     pub filter: Option<Arc<Filter>>,
+    /// Over `base_amount`: each amount converted to the base currency of
+    /// `[currencies]` (see [`super::currency`]).
+    pub base: bool,
     /// A party's inflows (`count_in`, `sum_in`, `distinct_senders`): read
     /// for the event's account (`key` is [`KeyField::Account`]) from the
     /// events in which that party was the counterparty.
@@ -139,6 +142,13 @@ impl FeatureSpec {
     /// canonical text, 0 for none.
     pub fn filter_id(&self) -> u64 {
         self.filter.as_ref().map_or(0, |f| xxhash_rust::xxh3::xxh3_64(f.to_string().as_bytes()).max(1))
+    }
+
+    /// What tells the feature's series from others of its key and window
+    /// in stored state: its filter, and whether it adds base amounts.
+    pub fn series_id(&self) -> u64 {
+        const BASE: u64 = 0x6261_7365_5f61_6d74; // "base_amt"
+        if self.base { self.filter_id() ^ BASE } else { self.filter_id() }
     }
 
     /// Parses `agg(key[, field], window[, filter])`, or one of the flows
@@ -218,19 +228,25 @@ impl FeatureSpec {
         };
         let args = &args[..args.len().min(fixed)];
         let inflow = matches!(agg, "count_in" | "sum_in" | "distinct_senders");
-        let spec = |agg, key, window_ms| FeatureSpec { agg, key, window_ms, filter: filter.clone(), inflow };
+        let mut base = false;
+        let spec =
+            |agg, key, window_ms, base| FeatureSpec { agg, key, window_ms, filter: filter.clone(), inflow, base };
         let spec = match (agg, args) {
-            ("count", [k, w]) => spec(Agg::Count, key(k)?, window(w)?),
-            ("since_last", [k, w]) => spec(Agg::SinceLast, key(k)?, window(w)?),
-            ("first_seen", [k, w]) => spec(Agg::FirstSeen, key(k)?, window(w)?),
-            ("first_seen", [k]) => spec(Agg::FirstSeen, key(k)?, MAX_WINDOW.as_millis() as i64),
-            ("count_in", [k, w]) => spec(Agg::Count, account(k, "count_in")?, window(w)?),
+            ("count", [k, w]) => spec(Agg::Count, key(k)?, window(w)?, false),
+            ("since_last", [k, w]) => spec(Agg::SinceLast, key(k)?, window(w)?, false),
+            ("first_seen", [k, w]) => spec(Agg::FirstSeen, key(k)?, window(w)?, false),
+            ("first_seen", [k]) => spec(Agg::FirstSeen, key(k)?, MAX_WINDOW.as_millis() as i64, false),
+            ("count_in", [k, w]) => spec(Agg::Count, account(k, "count_in")?, window(w)?, false),
             ("distinct_senders", [k, w]) => {
-                spec(Agg::Distinct(DistinctField::Account), account(k, "distinct_senders")?, window(w)?)
+                spec(Agg::Distinct(DistinctField::Account), account(k, "distinct_senders")?, window(w)?, false)
             }
             (a @ ("sum" | "min" | "max" | "avg" | "sum_in"), [k, f, w]) => {
-                if *f != "amount" {
-                    return Err(usage(t, &format!("`{a}` works on `amount`, not `{f}`")));
+                match *f {
+                    "amount" => {}
+                    "base_amount" => base = true,
+                    _ => {
+                        return Err(usage(t, &format!("`{a}` works on `amount` or `base_amount`, not `{f}`")));
+                    }
                 }
                 let (agg, key) = match a {
                     "sum" => (Agg::Sum, key(k)?),
@@ -239,14 +255,14 @@ impl FeatureSpec {
                     "max" => (Agg::Max, key(k)?),
                     _ => (Agg::Avg, key(k)?),
                 };
-                spec(agg, key, window(w)?)
+                spec(agg, key, window(w)?, base)
             }
             ("distinct", [k, f, w]) => {
                 let field = DistinctField::ALL.iter().find(|(n, _)| n == f).map(|(_, d)| *d).ok_or_else(|| {
                     let names: Vec<&str> = DistinctField::ALL.iter().map(|(n, _)| *n).collect();
                     usage(t, &format!("cannot count distinct `{f}`; fields are {}", names.join(", ")))
                 })?;
-                spec(Agg::Distinct(field), key(k)?, window(w)?)
+                spec(Agg::Distinct(field), key(k)?, window(w)?, false)
             }
             _ => return Err(usage(t, "wrong aggregate or number of arguments")),
         };
@@ -267,18 +283,19 @@ impl fmt::Display for FeatureSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = humantime::format_duration(Duration::from_millis(self.window_ms as u64));
         let key = self.key.name();
+        let amount = if self.base { "base_amount" } else { "amount" };
         match (self.agg, self.inflow) {
             (Agg::Count, true) => write!(f, "count_in({key}, {w}")?,
-            (Agg::Sum, true) => write!(f, "sum_in({key}, amount, {w}")?,
+            (Agg::Sum, true) => write!(f, "sum_in({key}, {amount}, {w}")?,
             (Agg::Distinct(_), true) => write!(f, "distinct_senders({key}, {w}")?,
             (agg, _) => match agg {
                 Agg::SinceLast => write!(f, "since_last({key}, {w}")?,
                 Agg::FirstSeen => write!(f, "first_seen({key}, {w}")?,
                 Agg::Count => write!(f, "count({key}, {w}")?,
-                Agg::Sum => write!(f, "sum({key}, amount, {w}")?,
-                Agg::Min => write!(f, "min({key}, amount, {w}")?,
-                Agg::Max => write!(f, "max({key}, amount, {w}")?,
-                Agg::Avg => write!(f, "avg({key}, amount, {w}")?,
+                Agg::Sum => write!(f, "sum({key}, {amount}, {w}")?,
+                Agg::Min => write!(f, "min({key}, {amount}, {w}")?,
+                Agg::Max => write!(f, "max({key}, {amount}, {w}")?,
+                Agg::Avg => write!(f, "avg({key}, {amount}, {w}")?,
                 Agg::Distinct(d) => write!(f, "distinct({key}, {}, {w}", d.name())?,
             },
         }
@@ -304,6 +321,8 @@ mod tests {
             "sum(account, amount, 1day, kind = transfer and channel in (alipay, wechat))",
             "distinct(account, counterparty, 7days, not kind in (refund, payout))",
             "since_last(card, 1day)",
+            "sum(account, base_amount, 1day, kind = transfer)",
+            "sum_in(account, base_amount, 1day)",
             "first_seen(device, 30days, amount > 0)",
         ] {
             let spec = FeatureSpec::parse(text).expect(text);
@@ -318,7 +337,7 @@ mod tests {
         let e = |t: &str| FeatureSpec::parse(t).expect_err(t);
         assert!(e("count(card)").contains("number of arguments"));
         assert!(e("count(pan, 10m)").contains("unknown key `pan`"));
-        assert!(e("sum(card, fee, 10m)").contains("works on `amount`"));
+        assert!(e("sum(card, fee, 10m)").contains("works on `amount` or `base_amount`"));
         assert!(e("distinct(card, colour, 1h)").contains("cannot count distinct"));
         assert!(e("count(card, 31days)").contains("30 days"));
         assert!(e("count(card, soon)").contains("bad window"));
@@ -352,7 +371,14 @@ mod tests {
     #[test]
     fn buckets_cover_the_window() {
         for w in [1, 59, 60, 61, 600_000, 2_592_000_000] {
-            let s = FeatureSpec { agg: Agg::Count, key: KeyField::Card, window_ms: w, filter: None, inflow: false };
+            let s = FeatureSpec {
+                agg: Agg::Count,
+                key: KeyField::Card,
+                window_ms: w,
+                filter: None,
+                inflow: false,
+                base: false,
+            };
             assert!(s.buckets() * s.bucket_ms() >= w);
             assert!((s.buckets() - 1) * s.bucket_ms() < w);
         }

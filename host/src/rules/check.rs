@@ -56,7 +56,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let key = config.pan_key().unwrap_or_else(|_| b"vigil-check-placeholder-key".to_vec());
     let mut lists = Lists::load(&config.lists, &Tokenizer::new(&key))?;
     let placeholder_lists = lists.add_placeholders(&manifest.lists);
-    let catalog = Catalog::from_config(&config.features)?;
+    let catalog = Catalog::with_currencies(&config.features, config.currencies.as_ref())?;
     let loader = Loader {
         sandbox: &sandbox,
         lists: &lists,

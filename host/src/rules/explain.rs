@@ -143,7 +143,7 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
 
     let sandbox = super::sandbox::Sandbox::from_config(config)?;
     let lists = Lists::load(&config.lists, &tokenizer)?;
-    let catalog = Catalog::from_config(&config.features)?;
+    let catalog = Catalog::with_currencies(&config.features, config.currencies.as_ref())?;
     let archive = config.state.dir.join(super::changes::ARCHIVE_DIR);
     let mut outcomes = Vec::new();
     let mut rows = Vec::new();
