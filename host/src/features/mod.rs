@@ -210,6 +210,40 @@ enum Source {
     Recent {
         series: usize,
     },
+    /// A party's inflows: two numeric series added up, what it received
+    /// as counterparty and its cash deposits as account.
+    Flow {
+        received: usize,
+        deposited: usize,
+    },
+}
+
+impl Source {
+    /// The series it reads: (numeric, index).
+    fn series(self) -> smallvec::SmallVec<[(bool, usize); 2]> {
+        match self {
+            Source::Num { series } => smallvec::smallvec![(true, series)],
+            Source::Distinct { series } | Source::Recent { series } => smallvec::smallvec![(false, series)],
+            Source::Flow { received, deposited } => smallvec::smallvec![(true, received), (true, deposited)],
+        }
+    }
+}
+
+/// The numeric series of `space` for events of `key` passing `filter`,
+/// made if new (or revived); `id` tells it from others in stored state.
+fn num_series(
+    space: &mut SpacePlan,
+    key: KeyField,
+    s: &FeatureSpec,
+    filter: Option<Arc<filter::Filter>>,
+    id: u64,
+) -> usize {
+    let series = series_for(&mut space.num, (key, s.bucket_ms(), s.buckets(), id), |x| &mut x.2);
+    space.num_filters.resize(space.num.len(), None);
+    space.num_filters[series] = filter;
+    space.num_base.resize(space.num.len(), false);
+    space.num_base[series] = s.base;
+    series
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -506,15 +540,24 @@ impl FeatureEngine {
                 space.distinct_filters[series].clone_from(&s.filter);
                 Source::Distinct { series }
             }
-            _ => {
-                let shape = (s.series_key(), bucket_ms, span, s.series_id());
-                let series = series_for(&mut space.num, shape, |x| &mut x.2);
-                space.num_filters.resize(space.num.len(), None);
-                space.num_filters[series].clone_from(&s.filter);
-                space.num_base.resize(space.num.len(), false);
-                space.num_base[series] = s.base;
-                Source::Num { series }
+            Agg::Count | Agg::Sum if s.inflow => {
+                // What the party received, and what it deposited in cash.
+                let received = num_series(space, KeyField::Counterparty, s, s.filter.clone(), s.series_id());
+                let cash_in = filter::Filter::Cmp(
+                    filter::Field::Kind,
+                    filter::Op::Eq,
+                    filter::Value::Kind(vigil_abi::Kind::CashIn),
+                );
+                let both = match &s.filter {
+                    Some(f) => filter::Filter::And(vec![cash_in, (**f).clone()]),
+                    None => cash_in,
+                };
+                let deposits =
+                    FeatureSpec { key: KeyField::Account, inflow: false, filter: Some(Arc::new(both)), ..s.clone() };
+                let deposited = num_series(space, KeyField::Account, s, deposits.filter.clone(), deposits.series_id());
+                Source::Flow { received, deposited }
             }
+            _ => Source::Num { series: num_series(space, s.series_key(), s, s.filter.clone(), s.series_id()) },
         };
         space.features[usize::from(s.key.code())].push(i);
         Planned { agg: s.agg, key: s.key, source, bucket_ms, span, window_ms: s.window_ms, live: true }
@@ -531,37 +574,31 @@ impl FeatureEngine {
         let (key, source) = (p.key, p.source);
         let Some(space) = self.spaces.get_mut(&key.space()) else { return };
         space.features[usize::from(key.code())].retain(|&f| f != i);
-        let shared = self.planned.iter().any(|q| {
-            q.live
-                && q.key.space() == key.space()
-                && match (q.source, source) {
-                    (Source::Num { series: a }, Source::Num { series: b })
-                    | (
-                        Source::Distinct { series: a } | Source::Recent { series: a },
-                        Source::Distinct { series: b } | Source::Recent { series: b },
-                    ) => a == b,
-                    _ => false,
-                }
-        });
-        if shared {
-            return;
-        }
-        match source {
-            Source::Num { series } => {
-                space.num[series].2 = -space.num[series].2;
-                space.states.for_each_mut(|s| {
-                    if let Some(x) = s.num.get_mut(series) {
-                        *x = NumSeries::default();
-                    }
-                });
+        for (numeric, series) in source.series() {
+            let shared = self
+                .planned
+                .iter()
+                .any(|q| q.live && q.key.space() == key.space() && q.source.series().contains(&(numeric, series)));
+            if shared {
+                continue;
             }
-            Source::Distinct { series } | Source::Recent { series } => {
-                space.distinct[series].3 = -space.distinct[series].3;
-                space.states.for_each_mut(|s| {
-                    if let Some(x) = s.distinct.get_mut(series) {
-                        *x = DistinctSeries::default();
-                    }
-                });
+            match numeric {
+                true => {
+                    space.num[series].2 = -space.num[series].2;
+                    space.states.for_each_mut(|s| {
+                        if let Some(x) = s.num.get_mut(series) {
+                            *x = NumSeries::default();
+                        }
+                    });
+                }
+                false => {
+                    space.distinct[series].3 = -space.distinct[series].3;
+                    space.states.for_each_mut(|s| {
+                        if let Some(x) = s.distinct.get_mut(series) {
+                            *x = DistinctSeries::default();
+                        }
+                    });
+                }
             }
         }
     }
@@ -739,6 +776,14 @@ impl FeatureEngine {
                     }
                 }
                 Source::Distinct { series } => state.distinct[series].count(idx, plan.span) as f64,
+                Source::Flow { received, deposited } => {
+                    let (a, b) =
+                        (state.num[received].totals(idx, plan.span), state.num[deposited].totals(idx, plan.span));
+                    match plan.agg {
+                        Agg::Count => (a.count + b.count) as f64,
+                        _ => a.sum.saturating_add(b.sum) as f64,
+                    }
+                }
                 Source::Recent { series } => {
                     let s = &state.distinct[series];
                     match plan.agg {
@@ -1140,6 +1185,13 @@ mod tests {
         let v = e.compute(&transfer("mule", "c", 3 * MIN)).to_vec();
         // Catalog order: in, out, s.
         assert_eq!(v, [3.0, 1.0, 2.0], "mule: 3 in from 2 senders, 1 out");
+        // Cash deposited is money in too; money out is what it sent.
+        let mut e = engine(&[("in", "sum_in(account, amount, 1h)"), ("out", "sum_out(account, amount, 1h)")]);
+        let cash_in = Payment { kind: Kind::CashIn, account: "m".into(), card: None, ..pay("x", 0, 900, "US") };
+        assert_eq!(e.compute(&cash_in).to_vec(), [900.0, 0.0]);
+        e.compute(&Payment { amount: 50, ..transfer("z", "m", MIN) });
+        let out = Payment { amount: 800, ..transfer("m", "y", 2 * MIN) };
+        assert_eq!(e.compute(&out).to_vec(), [950.0, 800.0], "rapid movement is one comparison");
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl FeatureSpec {
         let mut base = false;
         let spec =
             |agg, key, window_ms, base| FeatureSpec { agg, key, window_ms, filter: filter.clone(), inflow, base };
-        let spec = match (agg, args) {
+        let mut spec = match (agg, args) {
             ("count", [k, w]) => spec(Agg::Count, key(k)?, window(w)?, false),
             ("since_last", [k, w]) => spec(Agg::SinceLast, key(k)?, window(w)?, false),
             ("first_seen", [k, w]) => spec(Agg::FirstSeen, key(k)?, window(w)?, false),
@@ -240,7 +240,7 @@ impl FeatureSpec {
             ("distinct_senders", [k, w]) => {
                 spec(Agg::Distinct(DistinctField::Account), account(k, "distinct_senders")?, window(w)?, false)
             }
-            (a @ ("sum" | "min" | "max" | "avg" | "sum_in"), [k, f, w]) => {
+            (a @ ("sum" | "min" | "max" | "avg" | "sum_in" | "sum_out"), [k, f, w]) => {
                 match *f {
                     "amount" => {}
                     "base_amount" => base = true,
@@ -251,6 +251,7 @@ impl FeatureSpec {
                 let (agg, key) = match a {
                     "sum" => (Agg::Sum, key(k)?),
                     "sum_in" => (Agg::Sum, account(k, "sum_in")?),
+                    "sum_out" => (Agg::Sum, account(k, "sum_out")?),
                     "min" => (Agg::Min, key(k)?),
                     "max" => (Agg::Max, key(k)?),
                     _ => (Agg::Avg, key(k)?),
@@ -266,6 +267,15 @@ impl FeatureSpec {
             }
             _ => return Err(usage(t, "wrong aggregate or number of arguments")),
         };
+        if agg == "sum_out" {
+            // What the party sent or took out: a filter on its own events.
+            let out = Filter::parse("kind in (transfer, cash_out, payout)").map_err(|(_, e)| e)?;
+            let both = match spec.filter.take() {
+                Some(f) => Filter::And(vec![out, (*f).clone()]),
+                None => out,
+            };
+            return Ok(FeatureSpec { filter: Some(Arc::new(both)), ..spec });
+        }
         Ok(spec)
     }
 }
@@ -364,6 +374,14 @@ mod tests {
             assert_eq!(spec.fields().collect::<Vec<_>>(), [KeyField::Account, KeyField::Counterparty]);
         }
         assert_eq!(p("distinct_senders(account, 24h)").agg, Agg::Distinct(DistinctField::Account));
+        assert_eq!(
+            p("sum_out(account, amount, 1h)"),
+            p("sum(account, amount, 1h, kind in (transfer, cash_out, payout))")
+        );
+        assert_eq!(
+            p("sum_out(account, base_amount, 1h, amount > 5)"),
+            p("sum(account, base_amount, 1h, kind in (transfer, cash_out, payout) and amount > 5)")
+        );
         assert_eq!(p("count(card, 10m, amount<1000)").filter_id(), p("count(card, 10m, amount < 1000)").filter_id());
         assert_eq!(p("count(card, 10m)").filter_id(), 0);
     }
