@@ -24,7 +24,7 @@ use crate::sources::Position;
 use crate::window::WindowDelta;
 
 /// Bumped when the stored layout changes incompatibly.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
