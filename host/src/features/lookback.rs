@@ -80,9 +80,9 @@ impl NumSeries {
                 if t <= keep_after {
                     return;
                 }
-                // Most events come in order: appended.
+                // Most events come in order: appended. Grown by doubling: a
+                // busy key adds events all the time.
                 let at = events.iter().rposition(|e| e.0 <= t).map_or(0, |i| i + 1);
-                events.reserve_exact(1);
                 events.insert(at, (t, amount));
                 let stale = events.iter().take_while(|e| e.0 <= keep_after).count();
                 if stale > 0 {
@@ -313,7 +313,6 @@ impl DistinctSeries {
                     return;
                 }
                 let at = seen.iter().rposition(|s| s.1 <= t).map_or(0, |i| i + 1);
-                seen.reserve_exact(1);
                 seen.insert(at, (value, t));
                 let stale = seen.iter().take_while(|s| s.1 <= keep_after).count();
                 if stale > 0 {

@@ -12,7 +12,8 @@
 //! hash, per key space: an account and a counterparty with the same id are
 //! one party whose state holds both the money it sent (features kept per
 //! `account`) and the money it received (per `counterparty`). Features
-//! with the same key and window share one bucket series. Keys idle for
+//! with the same key, window and filter share one series (see
+//! [`lookback`]: exact windows, each event kept while a window needs it). Keys idle for
 //! longer than their longest window are dropped, so memory follows the
 //! active keys.
 //!

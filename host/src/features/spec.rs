@@ -104,7 +104,8 @@ pub struct FeatureSpec {
     pub inflow: bool,
 }
 
-/// The number of buckets a window is cut into: the window's edge moves in
+/// The number of buckets a window is cut into once a key holds too many
+/// events to keep each (see [`super::lookback`]): its edge then moves in
 /// steps of `window / BUCKETS`.
 pub const BUCKETS: i64 = 60;
 
