@@ -23,6 +23,22 @@ use std::path::{Path, PathBuf};
 use crate::sources::Position;
 use crate::window::WindowDelta;
 
+/// Writes `bytes` to `path` whole or not at all: to a dot-file beside it
+/// (which the rules folder's watch ignores), flushed to disk, then renamed
+/// over it.
+///
+/// # Errors
+/// When the file cannot be written or renamed.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Bumped when the stored layout changes incompatibly.
 pub const FORMAT: u32 = 5;
 

@@ -20,6 +20,12 @@ fn ok(out: &Output) -> String {
     text
 }
 
+/// Sets `rule` to shadow through the admin API (token `t0ken`).
+fn to_shadow(port: u16, rule: &str) -> (u16, String) {
+    let headers = ["Content-Type: application/json", "Authorization: Bearer t0ken"];
+    http(port, "POST", &format!("/admin/rules/{rule}/mode"), &headers, r#"{"mode":"shadow"}"#).expect("admin")
+}
+
 /// `module` with a custom section appended: another module (another
 /// hash) of the same rule, deciding the same.
 fn other_build(module: &str, tag: &str) -> Vec<u8> {
@@ -160,14 +166,7 @@ fn only_modules_and_settings_signed_by_enough_trusted_keys_run_and_the_running_v
 
     // The mode cannot change through the admin API, and the parameters
     // not without a new signature.
-    let (status, body) = http(
-        port,
-        "POST",
-        "/admin/rules/large-amount/mode",
-        &["Content-Type: application/json", "Authorization: Bearer t0ken"],
-        r#"{"mode":"shadow"}"#,
-    )
-    .expect("admin");
+    let (status, body) = to_shadow(port, "large-amount");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("require-signature"), "{body}");
     put(&vigil::rules::signing::sig_path(&la), &std::fs::read(vigil::rules::signing::sig_path(&staged)).expect("sig"));
@@ -369,14 +368,7 @@ fn changes_are_logged_tamper_evidently_rolled_back_live_and_decisions_reproduced
         std::thread::sleep(Duration::from_millis(100));
         decision_for(&env.decisions(), &id).filter(|d| module_of(d, "large-amount") == short(&v2))
     });
-    let (status, body) = http(
-        port,
-        "POST",
-        "/admin/rules/velocity/mode",
-        &["Content-Type: application/json", "Authorization: Bearer t0ken"],
-        r#"{"mode":"shadow"}"#,
-    )
-    .expect("admin");
+    let (status, body) = to_shadow(port, "velocity");
     assert_eq!(status, 200, "{body}");
     std::fs::write(&accounts, "acct-2\nacct-3\n").expect("list");
     d.wait_for(Duration::from_secs(60), "the list change logged", || {

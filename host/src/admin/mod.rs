@@ -100,12 +100,8 @@ fn save_overrides(state_dir: &std::path::Path, modes: &BTreeMap<String, Mode>) -
         text.push_str(&format!("{name:?} = \"{}\"\n", mode_name(*mode)));
     }
     std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!(".{OVERRIDES_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut f, text.as_bytes())?;
     // Whole or not at all: a torn file would stop the next start.
-    f.sync_all()?;
-    std::fs::rename(&tmp, state_dir.join(OVERRIDES_FILE))
+    crate::state::write_atomically(&state_dir.join(OVERRIDES_FILE), text.as_bytes())
 }
 
 fn mode_name(mode: Mode) -> &'static str {

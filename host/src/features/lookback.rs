@@ -22,6 +22,34 @@ pub const LATE_MS: i64 = 10 * 60_000;
 /// Events a numeric series keeps exactly; beyond, buckets.
 pub const EXACT_EVENTS: usize = 1024;
 
+/// Adds `item`, at time `t`, to `kept` (in time order, `time` reading an
+/// item's) and forgets the items a window of `span` buckets of `bucket_ms`
+/// — and [`LATE_MS`] more — no longer reaches. False when `item` itself is
+/// older than that and is not kept.
+fn keep_in_time_order<T>(
+    kept: &mut SmallVec<[T; 1]>,
+    item: T,
+    t: i64,
+    time: impl Fn(&T) -> i64,
+    bucket_ms: i64,
+    span: i64,
+) -> bool {
+    let newest = kept.last().map_or(t, |e| time(e).max(t));
+    let keep_after = newest - span * bucket_ms - LATE_MS;
+    if t <= keep_after {
+        return false;
+    }
+    // Most come in order: appended. Grown by doubling: a busy key adds
+    // items all the time.
+    let at = kept.iter().rposition(|e| time(e) <= t).map_or(0, |i| i + 1);
+    kept.insert(at, item);
+    let stale = kept.iter().take_while(|e| time(e) <= keep_after).count();
+    if stale > 0 {
+        kept.drain(..stale);
+    }
+    true
+}
+
 /// Count, sum, min and max of amounts over a range of buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
@@ -75,20 +103,7 @@ impl NumSeries {
     pub fn add(&mut self, t: i64, amount: i64, bucket_ms: i64, span: i64) {
         match self {
             NumSeries::Exact(events) => {
-                let newest = events.last().map_or(t, |e| e.0.max(t));
-                let keep_after = newest - span * bucket_ms - LATE_MS;
-                if t <= keep_after {
-                    return;
-                }
-                // Most events come in order: appended. Grown by doubling: a
-                // busy key adds events all the time.
-                let at = events.iter().rposition(|e| e.0 <= t).map_or(0, |i| i + 1);
-                events.insert(at, (t, amount));
-                let stale = events.iter().take_while(|e| e.0 <= keep_after).count();
-                if stale > 0 {
-                    events.drain(..stale);
-                }
-                if events.len() > EXACT_EVENTS {
+                if keep_in_time_order(events, (t, amount), t, |e| e.0, bucket_ms, span) && events.len() > EXACT_EVENTS {
                     let mut buckets = NumSeries::Buckets(Vec::new());
                     for &(t, amount) in events.iter() {
                         buckets.add(t, amount, bucket_ms, span);
@@ -307,18 +322,7 @@ impl DistinctSeries {
     pub fn add(&mut self, t: i64, value: u64, bucket_ms: i64, span: i64) {
         match self {
             DistinctSeries::Exact { seen } => {
-                let newest = seen.last().map_or(t, |s| s.1.max(t));
-                let keep_after = newest - span * bucket_ms - LATE_MS;
-                if t <= keep_after {
-                    return;
-                }
-                let at = seen.iter().rposition(|s| s.1 <= t).map_or(0, |i| i + 1);
-                seen.insert(at, (value, t));
-                let stale = seen.iter().take_while(|s| s.1 <= keep_after).count();
-                if stale > 0 {
-                    seen.drain(..stale);
-                }
-                if seen.len() > EXACT_DISTINCT {
+                if keep_in_time_order(seen, (value, t), t, |s| s.1, bucket_ms, span) && seen.len() > EXACT_DISTINCT {
                     let mut sketch = DistinctSeries::Sketch { buckets: VecDeque::new() };
                     for &(v, t) in seen.iter() {
                         sketch.add(t, v, bucket_ms, span);

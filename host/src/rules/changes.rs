@@ -266,11 +266,7 @@ impl ChangeLog {
         };
         let mut json = serde_json::to_vec_pretty(&head).unwrap_or_default();
         json.push(b'\n');
-        let tmp = self.dir.join(format!(".{HEAD_FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(HEAD_FILE))
+        crate::state::write_atomically(&self.dir.join(HEAD_FILE), &json)
     }
 
     /// Keeps `bytes` (a module that went live, SHA-256 `hash`) in the
@@ -280,10 +276,7 @@ impl ChangeLog {
         let target = dir.join(format!("{hash}.wasm"));
         let result = (|| -> std::io::Result<()> {
             if !target.exists() {
-                let tmp = dir.join(format!(".{hash}.wasm.tmp"));
-                std::fs::write(&tmp, bytes)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &target)?;
+                crate::state::write_atomically(&target, bytes)?;
             }
             let sig = crate::rules::signing::sig_path(module);
             if sig.exists() {
@@ -464,9 +457,7 @@ pub fn rollback(state_dir: &Path, rules_dir: &Path, rule: &str, to: Option<&str>
         .to_owned();
     let file = rules_dir.join(&name);
     let place = |from: &[u8], to: &Path| -> anyhow::Result<()> {
-        let tmp = rules_dir.join(format!(".{name}.rollback.tmp"));
-        std::fs::write(&tmp, from).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, to).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))
+        crate::state::write_atomically(to, from).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))
     };
     // The signature first, so the module never meets a signature of another.
     let sig = crate::rules::signing::sig_path(&file);

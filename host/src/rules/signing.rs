@@ -439,10 +439,8 @@ pub fn sign_module(
     file.sign(key);
     let mut json = serde_json::to_vec_pretty(&file)?;
     json.push(b'\n');
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("module.wasm.sig");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, &json).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    crate::state::write_atomically(&path, &json)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok((path, statement, file.signatures.len()))
 }
 
