@@ -132,6 +132,47 @@ fn filtered_against_unfiltered(keys: usize, events: usize) {
     println!("{:<58} {:>9.0} / {:.0} B", "  heap per key: unfiltered / filtered", heap[0], heap[1]);
 }
 
+/// One busy card, read over an hour once its window is full: time per
+/// event. `numeric`: count, sum, min and max (one series) of payments
+/// 100 ms apart, 36,000 in the window. Else a distinct count of the
+/// accounts (1,000 values) of payments a second apart: 3,600 sightings.
+fn busy_key(numeric: bool, events: usize) {
+    let (spec_gap, specs) = match numeric {
+        true => (
+            100,
+            ["count(card, 1h)", "sum(card, amount, 1h)", "min(card, amount, 1h)", "max(card, amount, 1h)"].as_slice(),
+        ),
+        false => (1_000, ["distinct(card, account, 1h)"].as_slice()),
+    };
+    let map: BTreeMap<String, String> = specs.iter().map(|s| (s.to_string(), s.to_string())).collect();
+    let mut e = FeatureEngine::new(
+        Arc::new(Catalog::from_config(&map).expect("features")),
+        vigil::keyed::KeyedHash::for_tests(),
+    );
+    let stream: Vec<Payment> = (0..events)
+        .map(|i| {
+            let mut p = payment(i, 0);
+            p.ts_ms = 1_717_200_000_000 + i as i64 * spec_gap;
+            p.account = format!("acct-{}", i % 1_000).into();
+            p
+        })
+        .collect();
+    let full = (3_600_000 / spec_gap) as usize;
+    for p in &stream[..full] {
+        e.compute(p);
+    }
+    let t = Instant::now();
+    for p in &stream[full..] {
+        std::hint::black_box(e.compute(p));
+    }
+    let ns = t.elapsed().as_nanos() as f64 / (events - full) as f64;
+    let what = match numeric {
+        true => format!("one busy key, 4 features, {full} events in 1h: per event"),
+        false => format!("one busy key, distinct, {full} sightings in 1h: per event"),
+    };
+    println!("{what:<58} {ns:>12.0} ns");
+}
+
 fn main() {
     let keys = env_usize("VIGIL_BENCH_KEYS", 1_000_000);
     let events = env_usize("VIGIL_BENCH_EVENTS", 300_000);
@@ -239,6 +280,8 @@ fn main() {
     );
     drop(engine);
     filtered_against_unfiltered(keys.min(200_000), events);
+    busy_key(true, 36_000 + events.max(36_000));
+    busy_key(false, 3_600 + events.max(36_000));
 
     // Pipeline throughput with features on and off, same input, same rule.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -5,12 +5,15 @@
 //! than `t` that arrived before it are left out, as SQL `RANGE … PRECEDING`
 //! windows do. A series keeps each event (time and amount, 16 bytes) while
 //! it can still be in a window — for [`LATE_MS`] past it, so an event that
-//! comes up to that late still sees its whole window — and reads a window
-//! by walking the events in it. A key with more than [`EXACT_EVENTS`]
-//! events kept switches to buckets of `W / 60` (one record per non-empty
-//! bucket, whose window edge moves in bucket steps), so a busy key's cost
-//! stays bounded.
+//! comes up to that late still sees its whole window. A series of a few
+//! events reads a window by walking them; past [`sliding::SMALL`] it keeps
+//! the totals of its latest window and moves them as events come
+//! ([`sliding`]), so an event in time order costs the same however busy its
+//! key. A key with more than [`EXACT_EVENTS`] events kept switches to
+//! buckets of `W / 60` (one record per non-empty bucket, whose window edge
+//! moves in bucket steps), so a busy key's memory stays bounded.
 
+use super::sliding::{self, Amounts, Sightings, Sliding};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -19,8 +22,9 @@ use std::collections::VecDeque;
 /// events are kept this long past their window.
 pub const LATE_MS: i64 = 10 * 60_000;
 
-/// Events a numeric series keeps exactly; beyond, buckets.
-pub const EXACT_EVENTS: usize = 1024;
+/// Events a numeric series keeps exactly (16 bytes each: 1 MiB); beyond,
+/// buckets.
+pub const EXACT_EVENTS: usize = 65_536;
 
 /// Adds `item`, at time `t`, to `kept` (in time order, `time` reading an
 /// item's) and forgets the items a window of `span` buckets of `bucket_ms`
@@ -88,6 +92,9 @@ pub enum NumSeries {
     Exact(SmallVec<[(i64, i64); 1]>),
     /// Amounts per bucket, oldest first.
     Buckets(Vec<NumBucket>),
+    /// (time, amount) of each event kept, with the totals of the latest
+    /// window: a busy key's, past [`sliding::SMALL`] events.
+    Sliding(Box<Sliding<Amounts>>),
 }
 
 impl Default for NumSeries {
@@ -103,9 +110,15 @@ impl NumSeries {
     pub fn add(&mut self, t: i64, amount: i64, bucket_ms: i64, span: i64) {
         match self {
             NumSeries::Exact(events) => {
-                if keep_in_time_order(events, (t, amount), t, |e| e.0, bucket_ms, span) && events.len() > EXACT_EVENTS {
+                if keep_in_time_order(events, (t, amount), t, |e| e.0, bucket_ms, span) && events.len() > sliding::SMALL
+                {
+                    *self = NumSeries::Sliding(Box::new(Sliding::new(events.drain(..))));
+                }
+            }
+            NumSeries::Sliding(events) => {
+                if events.add((t, amount), span * bucket_ms + LATE_MS) && events.len() > EXACT_EVENTS {
                     let mut buckets = NumSeries::Buckets(Vec::new());
-                    for &(t, amount) in events.iter() {
+                    for &(t, amount) in events.items() {
                         buckets.add(t, amount, bucket_ms, span);
                     }
                     *self = buckets;
@@ -137,7 +150,7 @@ impl NumSeries {
 
     /// Totals over the window `(t − window_ms, t]`; in buckets, over the
     /// `span` buckets ending at `t`'s.
-    pub fn totals(&self, t: i64, window_ms: i64, bucket_ms: i64, span: i64) -> Totals {
+    pub fn totals(&mut self, t: i64, window_ms: i64, bucket_ms: i64, span: i64) -> Totals {
         let mut total = Totals::default();
         let mut take = |amount: i64, count: u64, min: i64, max: i64| {
             total.count += count;
@@ -157,6 +170,17 @@ impl NumSeries {
                     take(amount, 1, amount, amount);
                 }
             }
+            NumSeries::Sliding(events) => match events.running(t, window_ms) {
+                Some(a) => {
+                    let sum = a.sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                    take(sum, a.count, a.min().unwrap_or(i64::MAX), a.max().unwrap_or(i64::MIN));
+                }
+                None => {
+                    for &(_, amount) in events.in_window(t, window_ms) {
+                        take(amount, 1, amount, amount);
+                    }
+                }
+            },
             NumSeries::Buckets(buckets) => {
                 let idx = t.div_euclid(bucket_ms);
                 for b in buckets.iter().rev() {
@@ -178,12 +202,14 @@ impl NumSeries {
         match self {
             NumSeries::Exact(e) => e.is_empty(),
             NumSeries::Buckets(b) => b.is_empty(),
+            NumSeries::Sliding(e) => e.is_empty(),
         }
     }
 }
 
-/// Sightings a distinct series keeps exactly; beyond, a sketch.
-pub const EXACT_DISTINCT: usize = 512;
+/// Sightings a distinct series keeps exactly (16 bytes each, and a
+/// counter per value in the window); beyond, a sketch.
+pub const EXACT_DISTINCT: usize = 8_192;
 
 /// HyperLogLog registers per bucket (2^8: about 6.5% standard error).
 const REGISTERS: usize = 256;
@@ -208,6 +234,9 @@ pub enum DistinctSeries {
     /// recency features (`since_last`, `first_seen`). Kept in this slot so a
     /// key pays for recency only when a feature reads it.
     Recent(Recency),
+    /// Every sighting kept, with how often each value is in the latest
+    /// window: a busy key's, past [`sliding::SMALL`] sightings.
+    Sliding(Box<Sliding<Sightings>>),
 }
 
 /// When a key's events happened, as far as recency needs: milliseconds.
@@ -322,9 +351,14 @@ impl DistinctSeries {
     pub fn add(&mut self, t: i64, value: u64, bucket_ms: i64, span: i64) {
         match self {
             DistinctSeries::Exact { seen } => {
-                if keep_in_time_order(seen, (value, t), t, |s| s.1, bucket_ms, span) && seen.len() > EXACT_DISTINCT {
+                if keep_in_time_order(seen, (value, t), t, |s| s.1, bucket_ms, span) && seen.len() > sliding::SMALL {
+                    *self = DistinctSeries::Sliding(Box::new(Sliding::new(seen.drain(..))));
+                }
+            }
+            DistinctSeries::Sliding(seen) => {
+                if seen.add((value, t), span * bucket_ms + LATE_MS) && seen.len() > EXACT_DISTINCT {
                     let mut sketch = DistinctSeries::Sketch { buckets: VecDeque::new() };
-                    for &(v, t) in seen.iter() {
+                    for &(v, t) in seen.items() {
                         sketch.add(t, v, bucket_ms, span);
                     }
                     *self = sketch;
@@ -356,20 +390,26 @@ impl DistinctSeries {
     /// Distinct values seen in `(t − window_ms, t]`; in a sketch, in the
     /// `span` buckets ending at `t`'s (values seen only after `t` count
     /// there too).
-    pub fn count(&self, t: i64, window_ms: i64, bucket_ms: i64, span: i64) -> u64 {
+    pub fn count(&mut self, t: i64, window_ms: i64, bucket_ms: i64, span: i64) -> u64 {
+        let distinct = |values: &mut SmallVec<[u64; 16]>| {
+            values.sort_unstable();
+            values.dedup();
+            values.len() as u64
+        };
         match self {
-            DistinctSeries::Exact { seen } => {
-                let mut values: SmallVec<[u64; 16]> = seen
+            DistinctSeries::Exact { seen } => distinct(
+                &mut seen
                     .iter()
                     .rev()
                     .skip_while(|s| s.1 > t)
                     .take_while(|s| s.1 > t - window_ms)
                     .map(|s| s.0)
-                    .collect();
-                values.sort_unstable();
-                values.dedup();
-                values.len() as u64
-            }
+                    .collect(),
+            ),
+            DistinctSeries::Sliding(seen) => match seen.running(t, window_ms) {
+                Some(s) => s.distinct(),
+                None => distinct(&mut seen.in_window(t, window_ms).map(|s| s.0).collect()),
+            },
             DistinctSeries::Recent(_) => 0,
             DistinctSeries::Sketch { buckets } => {
                 let idx = t.div_euclid(bucket_ms);
@@ -444,16 +484,22 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_key_switches_to_buckets_and_stays_bounded() {
+    fn a_busy_key_stays_exact_then_switches_to_buckets_and_stays_bounded() {
         let (bucket_ms, span) = shape(600_000);
         let mut s = NumSeries::default();
-        for i in 0..5_000i64 {
-            s.add(i * 10, 1, bucket_ms, span);
+        for i in 0..10_000i64 {
+            s.add(i * 10, i % 7, bucket_ms, span);
         }
-        let NumSeries::Buckets(buckets) = &s else { panic!("still exact after 5000 events") };
+        assert!(matches!(s, NumSeries::Sliding(_)), "exact, its window kept as it slides");
+        let t = s.totals(99_990, 50_000, bucket_ms, span);
+        assert_eq!((t.count, t.min, t.max), (5_000, 0, 6), "exactly the events in (49 990, 99 990]");
+        for i in 10_000..(EXACT_EVENTS as i64 + 1) {
+            s.add(100_000 + i, 1, bucket_ms, span);
+        }
+        let NumSeries::Buckets(buckets) = &s else { panic!("still exact past {EXACT_EVENTS} events") };
         assert!(buckets.len() as i64 <= span, "{} buckets", buckets.len());
-        let t = s.totals(49_990, 600_000, bucket_ms, span);
-        assert_eq!(t.count, 5_000, "all within the window");
+        let t = s.totals(100_000 + EXACT_EVENTS as i64, 600_000, bucket_ms, span);
+        assert_eq!(t.count, EXACT_EVENTS as u64 + 1, "all within the window");
     }
 
     #[test]
