@@ -1157,6 +1157,22 @@ pub struct StateConfig {
     /// readable by its user only (0600); with this, by its group too (0640).
     #[serde(default)]
     pub group_readable: bool,
+    /// Events a look-back series keeps exactly per key (16 bytes each);
+    /// past this a busy key's series counts in buckets of 1/60 of its
+    /// window, whose edge moves in those steps.
+    #[serde(default = "default_exact_events")]
+    pub exact_events: usize,
+    /// Sightings a distinct count keeps exactly per key (16 bytes each);
+    /// past this, a HyperLogLog sketch (about 6.5 % error).
+    #[serde(default = "default_exact_sightings")]
+    pub exact_sightings: usize,
+}
+
+impl StateConfig {
+    /// How much a busy key's series keeps exactly.
+    pub fn limits(&self) -> crate::features::lookback::Limits {
+        crate::features::lookback::Limits { events: self.exact_events, sightings: self.exact_sightings }
+    }
 }
 
 impl Default for StateConfig {
@@ -1166,8 +1182,18 @@ impl Default for StateConfig {
             checkpoints: true,
             checkpoint_interval: default_checkpoint_interval(),
             group_readable: false,
+            exact_events: default_exact_events(),
+            exact_sightings: default_exact_sightings(),
         }
     }
+}
+
+fn default_exact_events() -> usize {
+    crate::features::lookback::EXACT_EVENTS
+}
+
+fn default_exact_sightings() -> usize {
+    crate::features::lookback::EXACT_DISTINCT
 }
 
 fn default_checkpoint_interval() -> Duration {

@@ -22,8 +22,25 @@ use std::collections::VecDeque;
 /// events are kept this long past their window.
 pub const LATE_MS: i64 = 10 * 60_000;
 
-/// Events a numeric series keeps exactly (16 bytes each: 1 MiB); beyond,
-/// buckets.
+/// How much a busy key's series keeps exactly (`[state] exact-events`,
+/// `exact-sightings`); beyond, buckets or a sketch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Events a numeric series keeps exactly (16 bytes each).
+    pub events: usize,
+    /// Sightings a distinct series keeps exactly (16 bytes each, and a
+    /// counter per value in the window).
+    pub sightings: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { events: EXACT_EVENTS, sightings: EXACT_DISTINCT }
+    }
+}
+
+/// Events a numeric series keeps exactly by default (16 bytes each:
+/// 1 MiB); beyond, buckets.
 pub const EXACT_EVENTS: usize = 65_536;
 
 /// Adds `item`, at time `t`, to `kept` (in time order, `time` reading an
@@ -106,22 +123,24 @@ impl Default for NumSeries {
 impl NumSeries {
     /// Adds an amount at `t` (ms) to a series of windows of `span` buckets
     /// of `bucket_ms`; forgets what no window can need any more. An event
-    /// older than that is not recorded.
-    pub fn add(&mut self, t: i64, amount: i64, bucket_ms: i64, span: i64) {
+    /// older than that is not recorded. Past `limit` events kept, buckets.
+    pub fn add(&mut self, t: i64, amount: i64, bucket_ms: i64, span: i64, limit: usize) {
         match self {
             NumSeries::Exact(events) => {
-                if keep_in_time_order(events, (t, amount), t, |e| e.0, bucket_ms, span) && events.len() > sliding::SMALL
-                {
+                if !keep_in_time_order(events, (t, amount), t, |e| e.0, bucket_ms, span) {
+                    return;
+                }
+                if events.len() > limit {
+                    let kept = std::mem::take(events);
+                    *self = NumSeries::bucketed(kept, bucket_ms, span);
+                } else if events.len() > sliding::SMALL {
                     *self = NumSeries::Sliding(Box::new(Sliding::new(events.drain(..))));
                 }
             }
             NumSeries::Sliding(events) => {
-                if events.add((t, amount), span * bucket_ms + LATE_MS) && events.len() > EXACT_EVENTS {
-                    let mut buckets = NumSeries::Buckets(Vec::new());
-                    for &(t, amount) in events.items() {
-                        buckets.add(t, amount, bucket_ms, span);
-                    }
-                    *self = buckets;
+                if events.add((t, amount), span * bucket_ms + LATE_MS) && events.len() > limit {
+                    let kept: Vec<(i64, i64)> = events.items().copied().collect();
+                    *self = NumSeries::bucketed(kept, bucket_ms, span);
                 }
             }
             NumSeries::Buckets(buckets) => {
@@ -146,6 +165,15 @@ impl NumSeries {
                 }
             }
         }
+    }
+
+    /// `events` (time, amount) in buckets.
+    fn bucketed(events: impl IntoIterator<Item = (i64, i64)>, bucket_ms: i64, span: i64) -> Self {
+        let mut buckets = NumSeries::Buckets(Vec::new());
+        for (t, amount) in events {
+            buckets.add(t, amount, bucket_ms, span, 0);
+        }
+        buckets
     }
 
     /// Totals over the window `(t − window_ms, t]`; in buckets, over the
@@ -207,8 +235,8 @@ impl NumSeries {
     }
 }
 
-/// Sightings a distinct series keeps exactly (16 bytes each, and a
-/// counter per value in the window); beyond, a sketch.
+/// Sightings a distinct series keeps exactly by default; beyond, a
+/// sketch.
 pub const EXACT_DISTINCT: usize = 8_192;
 
 /// HyperLogLog registers per bucket (2^8: about 6.5% standard error).
@@ -348,20 +376,24 @@ fn hll_estimate(registers: &[u8]) -> f64 {
 impl DistinctSeries {
     /// Records `value` seen at `t` (ms) in a series of windows of `span`
     /// buckets of `bucket_ms`, forgetting what no window can need any more.
-    pub fn add(&mut self, t: i64, value: u64, bucket_ms: i64, span: i64) {
+    /// Past `limit` sightings kept, a sketch.
+    pub fn add(&mut self, t: i64, value: u64, bucket_ms: i64, span: i64, limit: usize) {
         match self {
             DistinctSeries::Exact { seen } => {
-                if keep_in_time_order(seen, (value, t), t, |s| s.1, bucket_ms, span) && seen.len() > sliding::SMALL {
+                if !keep_in_time_order(seen, (value, t), t, |s| s.1, bucket_ms, span) {
+                    return;
+                }
+                if seen.len() > limit {
+                    let kept = std::mem::take(seen);
+                    *self = DistinctSeries::sketched(kept, bucket_ms, span);
+                } else if seen.len() > sliding::SMALL {
                     *self = DistinctSeries::Sliding(Box::new(Sliding::new(seen.drain(..))));
                 }
             }
             DistinctSeries::Sliding(seen) => {
-                if seen.add((value, t), span * bucket_ms + LATE_MS) && seen.len() > EXACT_DISTINCT {
-                    let mut sketch = DistinctSeries::Sketch { buckets: VecDeque::new() };
-                    for &(v, t) in seen.items() {
-                        sketch.add(t, v, bucket_ms, span);
-                    }
-                    *self = sketch;
+                if seen.add((value, t), span * bucket_ms + LATE_MS) && seen.len() > limit {
+                    let kept: Vec<(u64, i64)> = seen.items().copied().collect();
+                    *self = DistinctSeries::sketched(kept, bucket_ms, span);
                 }
             }
             // Recency is kept through `seen_at`.
@@ -385,6 +417,15 @@ impl DistinctSeries {
                 }
             }
         }
+    }
+
+    /// `seen` (value hash, time) in a sketch.
+    fn sketched(seen: impl IntoIterator<Item = (u64, i64)>, bucket_ms: i64, span: i64) -> Self {
+        let mut sketch = DistinctSeries::Sketch { buckets: VecDeque::new() };
+        for (v, t) in seen {
+            sketch.add(t, v, bucket_ms, span, 0);
+        }
+        sketch
     }
 
     /// Distinct values seen in `(t − window_ms, t]`; in a sketch, in the
@@ -452,7 +493,7 @@ mod tests {
             for (step, late, amount, is_late) in events {
                 clock += step;
                 let t = if is_late { clock - late } else { clock };
-                series.add(t, amount, bucket_ms, span);
+                series.add(t, amount, bucket_ms, span, EXACT_EVENTS);
                 raw.push((t, amount));
                 let window: Vec<i64> = raw.iter().filter(|(ts, _)| *ts > t - window_ms && *ts <= t).map(|(_, a)| *a).collect();
                 let got = series.totals(t, window_ms, bucket_ms, span);
@@ -475,7 +516,7 @@ mod tests {
             for (step, late, value, is_late) in events {
                 clock += step;
                 let t = if is_late { clock - late } else { clock };
-                series.add(t, value, bucket_ms, span);
+                series.add(t, value, bucket_ms, span, EXACT_DISTINCT);
                 raw.push((t, value));
                 let window: HashSet<u64> = raw.iter().filter(|(ts, _)| *ts > t - window_ms && *ts <= t).map(|(_, v)| *v).collect();
                 prop_assert_eq!(series.count(t, window_ms, bucket_ms, span), window.len() as u64);
@@ -488,13 +529,13 @@ mod tests {
         let (bucket_ms, span) = shape(600_000);
         let mut s = NumSeries::default();
         for i in 0..10_000i64 {
-            s.add(i * 10, i % 7, bucket_ms, span);
+            s.add(i * 10, i % 7, bucket_ms, span, EXACT_EVENTS);
         }
         assert!(matches!(s, NumSeries::Sliding(_)), "exact, its window kept as it slides");
         let t = s.totals(99_990, 50_000, bucket_ms, span);
         assert_eq!((t.count, t.min, t.max), (5_000, 0, 6), "exactly the events in (49 990, 99 990]");
         for i in 10_000..(EXACT_EVENTS as i64 + 1) {
-            s.add(100_000 + i, 1, bucket_ms, span);
+            s.add(100_000 + i, 1, bucket_ms, span, EXACT_EVENTS);
         }
         let NumSeries::Buckets(buckets) = &s else { panic!("still exact past {EXACT_EVENTS} events") };
         assert!(buckets.len() as i64 <= span, "{} buckets", buckets.len());
@@ -508,7 +549,7 @@ mod tests {
         let (bucket_ms, span) = shape(3_600_000);
         let mut s = DistinctSeries::default();
         for i in 0..20_000u64 {
-            s.add(i as i64 * 100, xxh3_64(&i.to_le_bytes()), bucket_ms, span);
+            s.add(i as i64 * 100, xxh3_64(&i.to_le_bytes()), bucket_ms, span, EXACT_DISTINCT);
         }
         assert!(matches!(s, DistinctSeries::Sketch { .. }));
         let n = s.count(1_999_900, 3_600_000, bucket_ms, span) as f64;
@@ -519,9 +560,9 @@ mod tests {
     fn events_too_late_for_any_window_are_not_recorded() {
         let mut s = NumSeries::default();
         let (bucket_ms, span) = shape(60_000);
-        s.add(10_000_000, 5, bucket_ms, span);
-        s.add(10_000_000 - 60_000 - LATE_MS, 7, bucket_ms, span);
-        s.add(9_999_000, 9, bucket_ms, span);
+        s.add(10_000_000, 5, bucket_ms, span, EXACT_EVENTS);
+        s.add(10_000_000 - 60_000 - LATE_MS, 7, bucket_ms, span, EXACT_EVENTS);
+        s.add(9_999_000, 9, bucket_ms, span, EXACT_EVENTS);
         assert_eq!(s.totals(10_000_000, 60_000, bucket_ms, span), Totals { count: 2, sum: 14, min: 5, max: 9 });
         let NumSeries::Exact(events) = &s else { panic!("exact") };
         assert_eq!(events.len(), 2);

@@ -355,6 +355,8 @@ pub struct FeatureEngine {
     /// The epoch of the keys the checkpoint being taken still has to
     /// serialise, [`CLEAN`] when none is being taken.
     frozen: u8,
+    /// How much a busy key's series keeps exactly.
+    limits: lookback::Limits,
 }
 
 /// A checkpoint's feature changes, serialised a slice at a time after its
@@ -487,9 +489,18 @@ impl FeatureEngine {
             snapshot: None,
             epoch: 1,
             frozen: CLEAN,
+            limits: lookback::Limits::default(),
         };
         e.refresh();
         e
+    }
+
+    /// Keeps up to `limits` events and sightings per busy key's series
+    /// exactly (`[state] exact-events`, `exact-sightings`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: lookback::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Picks up features added to the catalog since the last call.
@@ -705,7 +716,7 @@ impl FeatureEngine {
     /// and writes the value of every feature kept per `field` at `p` into
     /// `values` (indexed in catalog order).
     pub fn update(&mut self, p: &Payment, field: KeyField, hash: u128, values: &mut [f64]) {
-        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, newest_ms, catalog, .. } = self;
+        let Self { spaces, planned, partition, snapshot, epoch, frozen, hasher, newest_ms, catalog, limits, .. } = self;
         let rates = catalog.rates();
         let Some(plan) = spaces.get_mut(&field.space()) else {
             return;
@@ -743,7 +754,7 @@ impl FeatureEngine {
                     true => rates.and_then(|r| r.to_base(p.amount, p.currency)),
                 };
                 if let Some(amount) = amount {
-                    series.add(t, amount, bucket_ms, span);
+                    series.add(t, amount, bucket_ms, span, limits.events);
                 }
             }
         }
@@ -758,7 +769,7 @@ impl FeatureEngine {
             if bucket_ms == 0 {
                 series.seen_at(t, cutoff);
             } else if let Some(v) = distinct_value(p, df) {
-                series.add(t, hasher.hash64(v.as_bytes()), bucket_ms, span);
+                series.add(t, hasher.hash64(v.as_bytes()), bucket_ms, span, limits.sightings);
             }
         }
         let distinct_filters = &plan.distinct_filters;
@@ -1354,6 +1365,38 @@ mod tests {
                 assert!(same, "{} at {} ({}): got {}, want {}", spec, p.id, p.ts_ms, got[i], want);
             }
         }
+    }
+
+    /// `[state] exact-events` and `exact-sightings` bound what a busy key
+    /// keeps exactly: past them its window's edge moves in 1/60 steps (an
+    /// event 1.3 s inside a one-minute window left out) and distinct
+    /// counts are estimated (here, of seven values, within one); within
+    /// them every value is exact.
+    #[test]
+    fn busy_keys_past_the_configured_limits_count_in_buckets() {
+        let config = crate::config::Config::parse(
+            "[source]\ntype = \"file\"\npath = \"x\"\n[state]\nexact-events = 40\nexact-sightings = 40\n",
+            std::path::Path::new("vigil.toml"),
+        )
+        .expect("config");
+        let limits = config.state.limits();
+        assert_eq!(limits, lookback::Limits { events: 40, sightings: 40 });
+        let specs = [("c", "count(card, 1m)"), ("d", "distinct(card, geo.country, 1m)")];
+        let mut exact = engine(&specs);
+        let mut bounded = engine(&specs).with_limits(limits);
+        let (mut differ, mut events) = (0, Vec::new());
+        for i in 0..200i64 {
+            let p = pay("c1", i * 700, 5, ["US", "GB", "FR", "DE", "NL", "SE", "NO"][(i % 7) as usize]);
+            events.push(p.ts_ms);
+            let want = events.iter().filter(|&&t| t > p.ts_ms - MIN).count() as f64;
+            let got = exact.compute(&p).to_vec();
+            assert_eq!(got[0], want, "exact within the default limits at {}", p.ts_ms);
+            assert_eq!(got[1], (i + 1).min(7) as f64);
+            let b = bounded.compute(&p).to_vec();
+            differ += usize::from(got[0] != b[0]);
+            assert!((b[1] - got[1]).abs() <= 1.0, "a sketch of seven values: {}", b[1]);
+        }
+        assert!(differ > 0, "a count past exact-events moves in bucket steps");
     }
 
     #[test]
