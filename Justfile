@@ -49,10 +49,12 @@ test: rules broker
     #!/usr/bin/env bash
     set -euo pipefail
     log=$(mktemp)
-    { cargo test --workspace; (cd rules && cargo test); } 2>&1 | tee "$log"
+    # bench-native: rule crates linked into the host, which the benchmarks
+    # compare the sandbox with, and the tests of that comparison.
+    { cargo test --workspace --features vigil/bench-native; (cd rules && cargo test); } 2>&1 | tee "$log"
     # The benchmark suites on tiny sizes, to prove they still run.
-    cargo test -p vigil --bench suite -- --quick
-    cargo test -p vigil --bench kafka -- --quick
+    cargo test -p vigil --features bench-native --bench suite -- --quick
+    cargo test -p vigil --features bench-native --bench kafka -- --quick
     # A minute of fuzzing the event decoder.
     just fuzz 60
     awk '/^test result:/ { p += $4; f += $6 } END { print p " passed, " f " failed" }' "$log"
@@ -72,11 +74,12 @@ fuzz seconds="600":
 # targets and ratios (see BENCHMARKS.md): the engine (about a minute), then
 # vigil through a Kafka-protocol broker (tansu) against the broker alone.
 bench: rules broker
-    cargo bench -p vigil --bench suite
-    cargo bench -p vigil --bench kafka
+    cargo bench -p vigil --features bench-native --bench suite
+    cargo bench -p vigil --features bench-native --bench kafka
 
 # Formatting and lints, as CI would want them.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets --features vigil/bench-native -- -D warnings
     cd rules && cargo clippy --all-targets -- -D warnings

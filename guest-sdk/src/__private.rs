@@ -120,8 +120,40 @@ pub trait Evaluate {
     fn evaluate(tx: &Payment<'_>, ctx: &Context<'_>) -> Decision;
 }
 
-/// [`Rule::native`]: the rule called in a host process, with the manifest
+/// `Rule::native` where the `native` feature gives it, else nothing.
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+pub type NativeEntry = crate::native::Entry;
+/// `Rule::native` where the `native` feature gives it, else nothing.
+#[cfg(not(all(feature = "native", not(target_arch = "wasm32"))))]
+pub type NativeEntry = ();
+
+/// The `RULE` `#[rule]` makes: the feature that decides whether it has a
+/// native entry is the SDK's, so the SDK builds it.
+pub const fn rule(
+    manifest: ManifestDef,
+    evaluate: fn(&Payment<'_>, &Context<'_>) -> Decision,
+    native: NativeEntry,
+) -> Rule {
+    #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+    return Rule { manifest, evaluate, native };
+    #[cfg(not(all(feature = "native", not(target_arch = "wasm32"))))]
+    {
+        let () = native;
+        Rule { manifest, evaluate }
+    }
+}
+
+/// The native entry of the rule `E` implements, if the SDK gives one.
+pub const fn native_entry<E: Evaluate>() -> NativeEntry {
+    #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+    return evaluate_native::<E>;
+    #[cfg(not(all(feature = "native", not(target_arch = "wasm32"))))]
+    ()
+}
+
+/// `Rule::native`: the rule called in a host process, with the manifest
 /// a constant so that its names fold to indices as they do in wasm.
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
 pub fn evaluate_native<E: Evaluate>(
     tx: &Payment<'_>,
     params: &[ParamValue],

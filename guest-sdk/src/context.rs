@@ -23,6 +23,7 @@ pub(crate) enum State<'a> {
     /// In native tests: a map.
     Local(&'a RefCell<HashMap<Vec<u8>, Vec<u8>>>),
     /// Compiled into a host process: through its [`crate::native::Host`].
+    #[cfg(feature = "native")]
     Native(&'a dyn crate::native::Host),
 }
 
@@ -32,6 +33,7 @@ pub(crate) enum Lists<'a> {
     /// In native tests: lists held in memory.
     Local(&'a HashMap<String, HashSet<String>>),
     /// Compiled into a host process: through its [`crate::native::Host`].
+    #[cfg(feature = "native")]
     Native { names: &'static [&'static str], host: &'a dyn crate::native::Host },
 }
 
@@ -40,6 +42,7 @@ impl std::fmt::Debug for State<'_> {
         f.write_str(match self {
             State::Host => "Host",
             State::Local(_) => "Local",
+            #[cfg(feature = "native")]
             State::Native(_) => "Native",
         })
     }
@@ -48,7 +51,9 @@ impl std::fmt::Debug for State<'_> {
 impl std::fmt::Debug for Lists<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Lists::Host { names } | Lists::Native { names, .. } => f.debug_list().entries(names.iter()).finish(),
+            Lists::Host { names } => f.debug_list().entries(names.iter()).finish(),
+            #[cfg(feature = "native")]
+            Lists::Native { names, .. } => f.debug_list().entries(names.iter()).finish(),
             Lists::Local(lists) => f.debug_list().entries(lists.keys()).finish(),
         }
     }
@@ -146,6 +151,7 @@ impl<'a> Context<'a> {
                 Some(set) => set.contains(value),
                 None => panic!("test context has no list `{list}`"),
             },
+            #[cfg(feature = "native")]
             Lists::Native { names, host } => {
                 let Some(index) = names.iter().position(|n| same_name(n, list)) else {
                     panic!("rule declares no list `{list}`");
@@ -174,6 +180,7 @@ impl<'a> Context<'a> {
         match &self.state {
             State::Host => crate::__private::host_state_get(key.as_bytes()),
             State::Local(map) => map.borrow().get(key.as_bytes()).cloned(),
+            #[cfg(feature = "native")]
             State::Native(host) => host.state_get(key.as_bytes()),
         }
     }
@@ -187,6 +194,7 @@ impl<'a> Context<'a> {
         }
         match &self.state {
             State::Host => crate::__private::host_state_put(key.as_bytes(), value),
+            #[cfg(feature = "native")]
             State::Native(host) => host.state_put(key.as_bytes(), value),
             State::Local(map) => {
                 let mut map = map.borrow_mut();
@@ -210,6 +218,7 @@ impl<'a> Context<'a> {
     pub fn log(&self, level: crate::Level, message: &str) {
         match &self.state {
             State::Host | State::Local(_) => crate::__private::host_log(level, message),
+            #[cfg(feature = "native")]
             State::Native(host) => host.log(level, message),
         }
     }

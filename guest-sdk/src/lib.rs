@@ -60,6 +60,7 @@
 mod context;
 mod decision;
 mod payment;
+#[cfg(feature = "native")]
 pub mod native;
 pub mod testing;
 
@@ -84,7 +85,7 @@ pub struct Rule {
     /// this manifest's parameter, list and feature names resolved when it
     /// was compiled, as they are in its wasm build. Not in a wasm build,
     /// which has its own entry points.
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
     pub native: native::Entry,
 }
 

@@ -1,7 +1,7 @@
 //! Per-rule call cost: each example rule as wasm in vigil's sandbox next to
 //! the same rule crate compiled natively, on the same event.
 //!
-//! Run: `cargo bench -p vigil --bench rule_call` (after `just rules`).
+//! Run: `cargo bench -p vigil --features bench-native --bench rule_call` (after `just rules`).
 //! The wasm figure is the whole host-side call: copying the event into the
 //! guest with undeclared fields blanked, setting the CPU deadline, the call
 //! itself and reading the outcome. "per event in batches" is the same per

@@ -2,7 +2,7 @@
 //! with its figure, its target and the ratio between them, so the ratios
 //! hold on a noisy machine. It measures and prints; it never fails on time.
 //!
-//! Run: `just bench` (= `cargo bench -p vigil --bench suite`, after
+//! Run: `just bench` (= `cargo bench -p vigil --features bench-native --bench suite`, after
 //! `just rules`). `--quick` (or `VIGIL_BENCH_QUICK=1`) shrinks every size so
 //! CI can prove the suite still runs; its figures mean nothing.
 //!

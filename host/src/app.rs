@@ -40,7 +40,9 @@ pub struct Overrides {
     /// Counters to update, for a progress display; fresh ones otherwise.
     pub counters: Option<Arc<Counters>>,
     /// Rule crates linked into the caller, run beside the rules folder's
-    /// (see [`crate::rules::native`]): for measuring the sandbox's cost.
+    /// (see `rules::native`): for measuring the sandbox's cost, with the
+    /// `bench-native` feature only.
+    #[cfg(feature = "bench-native")]
     pub native_rules: Vec<vigil_sdk::Rule>,
     /// With `source`: checkpoint all the same, as the daemon does, under the
     /// configured source's name (for measuring what checkpoints cost; such
@@ -50,12 +52,11 @@ pub struct Overrides {
 
 impl std::fmt::Debug for Overrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Overrides")
-            .field("source", &self.source.as_ref().map(|s| s.name().to_owned()))
-            .field("counters", &self.counters)
-            .field("native_rules", &self.native_rules.iter().map(|r| r.manifest.name).collect::<Vec<_>>())
-            .field("keep_checkpoints", &self.keep_checkpoints)
-            .finish()
+        let mut d = f.debug_struct("Overrides");
+        d.field("source", &self.source.as_ref().map(|s| s.name().to_owned())).field("counters", &self.counters);
+        #[cfg(feature = "bench-native")]
+        d.field("native_rules", &self.native_rules.iter().map(|r| r.manifest.name).collect::<Vec<_>>());
+        d.field("keep_checkpoints", &self.keep_checkpoints).finish()
     }
 }
 
@@ -127,6 +128,7 @@ pub async fn run_with(
     let admin = crate::admin::bind(&config.admin)?;
     let report = registry.rescan();
     log_report(&report, &registry);
+    #[cfg(feature = "bench-native")]
     registry.add_native(&overrides.native_rules).map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {e}"))?;
     // Rules loaded from now on are instantiated for every worker as they
     // load (at start the workers instantiate them, in parallel).

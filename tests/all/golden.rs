@@ -74,6 +74,7 @@ fn example_rules_decide_the_sample_as_recorded() {
 /// crates decide exactly as their wasm builds: same projection, features,
 /// parameters, lists and keyed state.
 #[test]
+#[cfg(feature = "bench-native")]
 fn the_rule_crates_linked_in_natively_decide_the_sample_as_their_wasm_builds() {
     let env = Env::new();
     let natives = vec![large_amount::RULE, blocklist::RULE, geo_mismatch::RULE, velocity::RULE];
@@ -88,6 +89,7 @@ fn the_rule_crates_linked_in_natively_decide_the_sample_as_their_wasm_builds() {
 }
 
 #[test]
+#[cfg(feature = "bench-native")]
 fn a_native_rule_named_like_a_folder_rule_is_refused() {
     let env = Env::new();
     env.install("large_amount", "large_amount.wasm");

@@ -43,6 +43,7 @@ fn rule_state_survives_a_restart() {
 /// The native path (the bench's row 3) hands keyed state to a linked-in rule
 /// crate as the wasm imports do.
 #[test]
+#[cfg(feature = "bench-native")]
 fn a_natively_linked_rule_keeps_keyed_state_as_its_wasm_build() {
     let actions = |native: bool| {
         let env = Env::new();
@@ -63,6 +64,7 @@ fn a_natively_linked_rule_keeps_keyed_state_as_its_wasm_build() {
 
 /// Counts an account's payments in its keyed state, and panics, before
 /// touching the state, on a payment with the attribute `boom`.
+#[cfg(feature = "bench-native")]
 mod counter {
     use vigil_sdk::prelude::*;
 
@@ -78,6 +80,7 @@ mod counter {
 /// A failed call replaces the rule's instance; the keyed state the rule
 /// built up until then carries over to the new one, in the same batch.
 #[test]
+#[cfg(feature = "bench-native")]
 fn a_rule_failing_mid_batch_keeps_its_keyed_state() {
     let env = Env::new();
     let payment = |id: &str, boom: bool| {

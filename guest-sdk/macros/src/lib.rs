@@ -248,8 +248,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
         #f
 
         /// This rule's manifest and entry point, made by `#[vigil_sdk::rule]`.
-        pub static RULE: ::vigil_sdk::Rule = ::vigil_sdk::Rule {
-            manifest: ::vigil_sdk::__private::ManifestDef {
+        pub static RULE: ::vigil_sdk::Rule = ::vigil_sdk::__private::rule(
+            ::vigil_sdk::__private::ManifestDef {
                 name: #name,
                 version: #version,
                 description: #description,
@@ -259,13 +259,12 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
                 features: &[#(#features),*],
                 state: #state,
             },
-            evaluate: #func,
-            #[cfg(not(target_arch = "wasm32"))]
-            native: {
+            #func,
+            {
                 #entry
-                ::vigil_sdk::__private::evaluate_native::<Entry>
+                ::vigil_sdk::__private::native_entry::<Entry>()
             },
-        };
+        );
 
         #[cfg(target_arch = "wasm32")]
         const _: () = {

@@ -131,6 +131,7 @@ fn check_batch(
     encoded: &[u8],
     path: &Path,
 ) -> anyhow::Result<Option<usize>> {
+    #[cfg_attr(not(feature = "bench-native"), allow(irrefutable_let_patterns))]
     let super::Instance::Wasm(wasm) = &*instance else { return Ok(None) };
     if !wasm.takes_batches() {
         return Ok(None);

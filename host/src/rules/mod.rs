@@ -13,6 +13,7 @@ pub mod changes;
 pub mod check;
 pub mod explain;
 pub mod lists;
+#[cfg(feature = "bench-native")]
 pub mod native;
 pub mod sandbox;
 pub mod signing;
@@ -206,6 +207,7 @@ impl Canary {
 enum Code {
     /// A WebAssembly module, compiled and linked.
     Wasm(InstancePre<HostState>),
+    #[cfg(feature = "bench-native")]
     /// A rule crate linked into the host (see [`native`]).
     Native(vigil_sdk::Rule),
 }
@@ -219,6 +221,7 @@ impl Code {
                 i.module() == vigil_abi::imports::MODULE
                     && [vigil_abi::imports::STATE_GET, vigil_abi::imports::STATE_PUT].contains(&i.name())
             }),
+            #[cfg(feature = "bench-native")]
             Code::Native(_) => true,
         }
     }
@@ -879,6 +882,7 @@ impl RuleRegistry {
         }
     }
 
+    #[cfg(feature = "bench-native")]
     /// Adds rule crates linked into the host (see [`native`]) to the live
     /// set, beside the folder's rules. They stay until the registry goes.
     ///
@@ -1021,6 +1025,7 @@ impl Loader<'_> {
             .collect()
     }
 
+    #[cfg(feature = "bench-native")]
     /// Validates and configures a rule crate linked into the host, as
     /// [`Loader::load`] does a module; its path reads `native:NAME`.
     ///
@@ -1245,6 +1250,7 @@ impl LoadedRule {
                 instance.set_log(sandbox.rule_log(&self.name, &self.version));
                 Ok(Instance::Wasm(instance))
             }
+            #[cfg(feature = "bench-native")]
             Code::Native(rule) => {
                 native::NativeInstance::new(rule, &self.params, self.lists.clone()).map(Instance::Native)
             }
@@ -1257,9 +1263,10 @@ impl LoadedRule {
         lock(&self.spares).len()
     }
 
-    /// Whether the rule is linked into the host rather than a wasm module.
+    /// Whether the rule is linked into the host rather than a wasm module
+    /// (only with the `bench-native` feature).
     pub fn is_native(&self) -> bool {
-        matches!(self.code, Code::Native(_))
+        !matches!(self.code, Code::Wasm(_))
     }
 }
 
@@ -1268,6 +1275,7 @@ impl LoadedRule {
 pub enum Instance {
     /// A wasm instance in its sandbox.
     Wasm(RuleInstance),
+    #[cfg(feature = "bench-native")]
     /// A rule linked into the host.
     Native(native::NativeInstance),
 }
@@ -1286,6 +1294,7 @@ impl Instance {
     ) -> Result<sandbox::CallResult, RuleError> {
         match self {
             Instance::Wasm(i) => i.call(event, projection, features),
+            #[cfg(feature = "bench-native")]
             Instance::Native(i) => i.call(event, projection, features),
         }
     }
@@ -1308,6 +1317,7 @@ impl Instance {
     ) -> Result<(), RuleError> {
         match self {
             Instance::Wasm(i) if i.takes_batches() => return i.call_batch(batch, from, projection, features, results),
+            #[cfg(feature = "bench-native")]
             Instance::Native(i) => return i.call_batch(batch, from, projection, features, results),
             Instance::Wasm(_) => {}
         }
@@ -1328,6 +1338,7 @@ impl Instance {
                     let result = w.call_with(event, projection, features, given)?;
                     (result, given.saturating_sub(w.fuel_left()))
                 }
+                #[cfg(feature = "bench-native")]
                 Instance::Native(n) => (n.call(event, projection, features)?, 0),
             };
             results.calls.push(result);
@@ -1343,6 +1354,7 @@ impl Instance {
     pub fn set_event(&mut self, partition: u32, ts_ms: i64, entity: &[u8]) {
         match self {
             Instance::Wasm(i) => i.set_event(partition, ts_ms, entity),
+            #[cfg(feature = "bench-native")]
             Instance::Native(i) => i.set_event(partition, ts_ms, entity),
         }
     }
@@ -1351,6 +1363,7 @@ impl Instance {
     pub fn lend_state(&mut self, state: RuleState) {
         match self {
             Instance::Wasm(i) => i.lend_state(state),
+            #[cfg(feature = "bench-native")]
             Instance::Native(i) => i.lend_state(state),
         }
     }
@@ -1359,6 +1372,7 @@ impl Instance {
     pub fn take_state(&mut self) -> RuleState {
         match self {
             Instance::Wasm(i) => i.take_state(),
+            #[cfg(feature = "bench-native")]
             Instance::Native(i) => i.take_state(),
         }
     }
@@ -1367,6 +1381,7 @@ impl Instance {
     pub fn last_fuel_used(&self) -> Option<u64> {
         match self {
             Instance::Wasm(i) => Some(i.last_fuel_used()),
+            #[cfg(feature = "bench-native")]
             Instance::Native(_) => None,
         }
     }

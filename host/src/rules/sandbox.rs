@@ -1127,7 +1127,9 @@ fn intern_bytes(cache: &mut Vec<Arc<str>>, code: &[u8]) -> Result<Arc<str>, Rule
     Ok(add(cache, code))
 }
 
-/// The cached copy of `code`, adding it while the cache is small.
+/// The cached copy of `code`, adding it while the cache is small (for
+/// linked-in rules, which hand over their codes as strings).
+#[cfg(feature = "bench-native")]
 pub(crate) fn intern(cache: &mut Vec<Arc<str>>, code: &str) -> Arc<str> {
     cached(cache, code.as_bytes()).unwrap_or_else(|| add(cache, code))
 }
