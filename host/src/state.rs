@@ -44,9 +44,6 @@ pub const FORMAT: u32 = 5;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const FEATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("features");
-/// One record per id, as stores kept the de-duplication set before
-/// `DEDUP_CHUNKS`; moved into one chunk when the store is opened.
-const DEDUP: TableDefinition<&[u8], i64> = TableDefinition::new("dedup");
 /// The ids each checkpoint added, in one record: (newest event time among
 /// them, checkpoint id) → [id hash (u128 LE), event time (i64 LE)]…. A
 /// chunk is deleted once its newest id is past the horizon. Writing one
@@ -66,9 +63,6 @@ fn dedup_chunk(ids: impl Iterator<Item = (u128, i64)>) -> (i64, Vec<u8>) {
     }
     (newest, bytes)
 }
-/// Each worker's windows whole, as checkpoints stored them before
-/// `WINDOW_KEYS`; read once, then replaced.
-const WINDOWS: TableDefinition<u16, &[u8]> = TableDefinition::new("windows");
 /// Window name, NUL, key → worker (u16 LE), partition (u32 LE), open windows.
 const WINDOW_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("window_keys");
 const RULE_STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rule_state");
@@ -256,8 +250,6 @@ pub struct Restored {
     pub features: Vec<(u8, u128, u16, Vec<u8>)>,
     /// Every key's open windows (`windows` always `Some`).
     pub windows: Vec<WindowDelta>,
-    /// Windows stored whole per worker by an earlier vigil.
-    pub legacy_windows: Vec<(u16, Vec<u8>)>,
     /// The newest event time the watermarks followed.
     pub watermark: Option<i64>,
     /// Rules' keyed state: (rule, key, worker, value).
@@ -297,36 +289,7 @@ impl StateStore {
         let err = |message: String| StateError::Store { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
-        let store = Self { db, path };
-        store.move_dedup_records_into_a_chunk()?;
-        Ok(store)
-    }
-
-    /// A store written by an earlier vigil keeps one record per id: they
-    /// become one chunk, in one transaction.
-    fn move_dedup_records_into_a_chunk(&self) -> Result<(), StateError> {
-        let mut ids = Vec::new();
-        {
-            let rx = self.db.begin_read().map_err(|e| self.err(e))?;
-            let table = match rx.open_table(DEDUP) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(self.err(e)),
-            };
-            for entry in table.iter().map_err(|e| self.err(e))? {
-                let (k, v) = entry.map_err(|e| self.err(e))?;
-                let k: [u8; 16] = k.value().try_into().map_err(|_| self.err("bad dedup key"))?;
-                ids.push((u128::from_be_bytes(k), v.value()));
-            }
-        }
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.delete_table(DEDUP).map_err(|e| self.err(e))?;
-        if !ids.is_empty() {
-            let (newest, bytes) = dedup_chunk(ids.into_iter());
-            let mut chunks = tx.open_table(DEDUP_CHUNKS).map_err(|e| self.err(e))?;
-            chunks.insert((newest, 0), bytes.as_slice()).map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        Ok(Self { db, path })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -412,16 +375,6 @@ impl StateStore {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(self.err(e)),
         }
-        match rx.open_table(WINDOWS) {
-            Ok(windows) => {
-                for entry in windows.iter().map_err(|e| self.err(e))? {
-                    let (k, v) = entry.map_err(|e| self.err(e))?;
-                    restored.legacy_windows.push((k.value(), v.value().to_vec()));
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(self.err(e)),
-        }
         match rx.open_table(WINDOW_KEYS) {
             Ok(table) => {
                 for entry in table.iter().map_err(|e| self.err(e))? {
@@ -491,9 +444,6 @@ impl StateStore {
                     }
                 }
             }
-            // Windows stored whole were loaded into the workers, which list
-            // every key of them in their first delta: this one.
-            tx.delete_table(WINDOWS).map_err(|e| self.err(e))?;
             let mut windows = tx.open_table(WINDOW_KEYS).map_err(|e| self.err(e))?;
             for d in &cp.windows {
                 let key = named_key(&d.window, d.key.as_bytes());
@@ -580,15 +530,9 @@ mod tests {
     }
 
     #[test]
-    fn windows_are_stored_per_key_and_replace_the_whole_worker_form() {
+    fn windows_are_stored_per_key() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = StateStore::open(dir.path()).expect("open");
-        // A store written before per-key windows: one blob per worker.
-        {
-            let tx = store.db.begin_write().expect("tx");
-            tx.open_table(WINDOWS).expect("table").insert(1u16, b"whole".as_slice()).expect("insert");
-            tx.commit().expect("commit");
-        }
         let delta = |key: &str, windows: Option<&[u8]>| WindowDelta {
             window: "card-5m".into(),
             key: key.into(),
@@ -596,10 +540,6 @@ mod tests {
             partition: 3,
             windows: windows.map(<[u8]>::to_vec),
         };
-        // The old form is read until the next checkpoint replaces it.
-        store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
-        let r = store.load("s").expect("load").expect("some");
-        assert!(r.legacy_windows.is_empty(), "replaced by the first checkpoint");
         let cp = Checkpoint {
             id: 2,
             source: "s".into(),
@@ -616,46 +556,6 @@ mod tests {
         let r = store.load("s").expect("load").expect("some");
         assert_eq!(r.windows, [delta("b", Some(b"wb"))]);
         assert_eq!(r.watermark, Some(-5), "kept while no worker has seen an event");
-    }
-
-    #[test]
-    fn ids_stored_one_per_record_are_moved_into_a_chunk() {
-        let dir = tempfile::tempdir().expect("tmp");
-        {
-            let store = StateStore::open(dir.path()).expect("open");
-            store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
-            let tx = store.db.begin_write().expect("tx");
-            let mut old = tx.open_table(DEDUP).expect("table");
-            old.insert(7u128.to_be_bytes().as_slice(), 1_000).expect("insert");
-            old.insert(9u128.to_be_bytes().as_slice(), 1_500).expect("insert");
-            drop(old);
-            tx.commit().expect("commit");
-        }
-        let store = StateStore::open(dir.path()).expect("reopen");
-        let mut ids = store.load("s").expect("load").expect("some").dedup;
-        ids.sort_unstable();
-        assert_eq!(ids, [(7, 1_000), (9, 1_500)]);
-        let rx = store.db.begin_read().expect("read");
-        assert!(matches!(rx.open_table(DEDUP), Err(redb::TableError::TableDoesNotExist(_))), "the old table is gone");
-        drop(rx);
-        // The moved chunk expires like any other.
-        let cp = Checkpoint { id: 2, source: "s".into(), dedup_cutoff: 1_501, ..Checkpoint::default() };
-        store.commit(&cp).expect("commit");
-        assert!(store.load("s").expect("load").expect("some").dedup.is_empty());
-    }
-
-    #[test]
-    fn windows_stored_whole_are_read_back() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = StateStore::open(dir.path()).expect("open");
-        store.commit(&Checkpoint { id: 1, source: "s".into(), ..Checkpoint::default() }).expect("commit");
-        {
-            let tx = store.db.begin_write().expect("tx");
-            tx.open_table(WINDOWS).expect("table").insert(1u16, b"whole".as_slice()).expect("insert");
-            tx.commit().expect("commit");
-        }
-        let r = store.load("s").expect("load").expect("some");
-        assert_eq!(r.legacy_windows, [(1, b"whole".to_vec())]);
     }
 
     proptest! {

@@ -403,32 +403,7 @@ impl Windows {
         Ok(())
     }
 
-    /// Loads a whole worker's windows as checkpoints before per-key
-    /// records stored them; they go into the next delta per key.
-    ///
-    /// # Errors
-    /// A message when the bytes are not window state.
-    pub fn restore_legacy(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (newest, named): Legacy = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
-        if let Some(t) = newest {
-            self.observe(t);
-        }
-        for (name, open) in named {
-            if let Some(def) = self.defs.iter().position(|d| d.name == name) {
-                for (key, windows) in open {
-                    let keyed = self.open[def].entry(key.clone()).or_default();
-                    keyed.windows.extend(windows);
-                    mark(&mut self.dirty, def, &key, keyed);
-                }
-            }
-        }
-        Ok(())
-    }
 }
-
-/// A whole worker's windows, as checkpoints stored them before per-key
-/// records: newest event time, and per definition name key → windows.
-type Legacy = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
 
 /// Checks that `bytes` is one key's open windows.
 ///
@@ -436,14 +411,6 @@ type Legacy = (Option<i64>, Vec<(String, BTreeMap<String, Vec<Acc>>)>);
 /// A message when it is not.
 pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
     postcard::from_bytes::<Vec<Acc>>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
-}
-
-/// Checks that `bytes` is a whole worker's windows in the earlier form.
-///
-/// # Errors
-/// A message when it is not.
-pub fn check_legacy(bytes: &[u8]) -> Result<(), String> {
-    postcard::from_bytes::<Legacy>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
 }
 
 /// Adds an event at `[ts, ts + gap)` to a key's sessions, merging every
@@ -662,21 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn windows_stored_whole_per_worker_load_and_are_written_again_per_key() {
-        let mut w = windows(0, 0);
-        w.add(&pay("m", 1_000, 10), |_| {});
-        w.add(&pay("n", 2_000, 7), |_| {});
-        let legacy: Vec<(&str, BTreeMap<String, Vec<Acc>>)> =
-            vec![("m1", w.open[0].iter().map(|(k, v)| (k.clone(), v.windows.clone())).collect())];
-        let bytes = postcard::to_allocvec(&(Some(2_000i64), legacy)).expect("encode");
-        check_legacy(&bytes).expect("legacy form");
-        let mut r = windows(0, 0);
-        r.restore_legacy(&bytes).expect("restore");
-        assert_eq!(r.newest(), Some(2_000));
-        let mut model = BTreeMap::new();
-        apply(&mut model, r.take_delta(0));
-        assert_eq!(model.len(), 2, "every key goes into the next delta");
-        assert_eq!(drain(&mut restored(&model)), drain(&mut w));
+    fn stored_windows_that_are_not_window_state_are_refused() {
         assert!(check_stored(b"\xff\xff\xff").is_err());
     }
 }

@@ -79,9 +79,6 @@ pub(super) fn route(restored: Option<Restored>, router: &Router, defs: &[WindowD
         let owner = entity_of(&key).map_or(0, |(_, id)| router.owner_of_hash(router.hasher().hash128(id.as_bytes())));
         out[owner].rule_state.push((rule, key, value));
     }
-    if !r.legacy_windows.is_empty() {
-        tracing::warn!("the checkpoint holds windows in a form this vigil no longer reads; they start empty");
-    }
     for w in &mut out {
         w.watermark = r.watermark;
     }
