@@ -402,7 +402,6 @@ impl Windows {
         }
         Ok(())
     }
-
 }
 
 /// Checks that `bytes` is one key's open windows.
