@@ -115,6 +115,8 @@ pub(crate) fn checked_params(rule: &Rule, encoded: &[u8]) -> Result<Vec<ParamVal
 /// up each parameter by comparing names; inlined where the manifest is a
 /// constant, those look-ups fold to indices.
 pub trait Evaluate {
+    /// The fields the rule declared: reading another panics.
+    const FIELDS: vigil_abi::FieldMask;
     /// The rule's `RULE`, whose manifest is a constant.
     fn rule() -> &'static Rule;
     fn evaluate(tx: &Payment<'_>, ctx: &Context<'_>) -> Decision;
@@ -197,7 +199,7 @@ fn evaluate_one<E: Evaluate>(st: &State, event: &[u8]) -> i64 {
     // fills with what its encoder wrote (strings from `&str`s), masked by
     // the rule's projection, with the feature block after it. A host that
     // broke that would only mislead the rule: the module is sandboxed.
-    let tx = unsafe { Payment::from_host(event) };
+    let tx = unsafe { Payment::from_host(event, E::FIELDS) };
     let m = &E::rule().manifest;
     let lists = Lists::Host { names: m.lists };
     let ctx = Context::new(m.params, &st.params, lists, m.features, tx.view(), context::State::Host);

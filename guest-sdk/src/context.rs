@@ -81,6 +81,51 @@ impl<'a> Context<'a> {
         self.params.get(index)
     }
 
+    /// Parameter `index` (in declaration order), an `i64`: for the
+    /// `Params` `#[rule]` generates, whose types the host checked at load.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __param_i64_at(&self, index: usize) -> i64 {
+        match self.params.get(index) {
+            Some(ParamValue::Int(v)) => *v,
+            _ => mistyped(index),
+        }
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __param_f64_at(&self, index: usize) -> f64 {
+        match self.params.get(index) {
+            Some(ParamValue::Float(v)) => *v,
+            _ => mistyped(index),
+        }
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __param_bool_at(&self, index: usize) -> bool {
+        match self.params.get(index) {
+            Some(ParamValue::Bool(v)) => *v,
+            _ => mistyped(index),
+        }
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __param_str_at(&self, index: usize) -> &'a str {
+        match self.params.get(index) {
+            Some(ParamValue::Str(v)) => v,
+            _ => mistyped(index),
+        }
+    }
+
+    /// Feature `index` (in declaration order): for the generated `Features`.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __feature_at(&self, index: usize) -> f64 {
+        self.event.feature(index).unwrap_or(0.0)
+    }
+
     /// The integer parameter `name`.
     ///
     /// # Panics
@@ -237,6 +282,12 @@ impl<'a> Context<'a> {
     pub fn state_put_i64(&self, key: &str, value: i64) -> bool {
         self.state_put(key, &value.to_le_bytes())
     }
+}
+
+#[cold]
+#[inline(never)]
+fn mistyped(index: usize) -> ! {
+    panic!("parameter {index} is not of the type the rule declared")
 }
 
 /// Whether a declared name (from the manifest) is the one a rule asks for.

@@ -15,9 +15,10 @@
 //!     params(review_above: i64 = 100_000, block_above: i64 = 1_000_000),
 //! )]
 //! fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
-//!     if tx.amount() > ctx.param_i64("block_above") {
+//!     let p = Params::of(ctx);
+//!     if tx.amount() > p.block_above {
 //!         Decision::block(90).reason("amount_over_block_limit")
-//!     } else if tx.amount() > ctx.param_i64("review_above") {
+//!     } else if tx.amount() > p.review_above {
 //!         Decision::review(40).reason("amount_over_review_limit")
 //!     } else {
 //!         Decision::allow()
@@ -38,14 +39,28 @@
 //!
 //! - `name = "..."`, `version = "..."`: default to the crate's name and version.
 //! - `description = "..."`: defaults to the first line of the function's doc comment.
-//! - `fields(...)`: the event fields the rule reads. The rule sees **only**
-//!   these; everything else reads as empty. One of `id`, `ts`, `channel`,
-//!   `kind`, `amount`, `currency`, `account`, `card`, `merchant`,
-//!   `counterparty`, `device`, `ip`, `geo`, `attrs`.
+//! - `fields(...)`: the event fields the rule reads. The rule is given
+//!   **only** these: reading another panics in its native tests, naming the
+//!   field to add. One of `id`, `ts`, `channel`, `kind`, `amount`,
+//!   `currency`, `account`, `card`, `merchant`, `counterparty`, `device`,
+//!   `ip`, `geo`, `attrs`.
 //! - `params(name: type = default, ...)`: parameters the host config can set
 //!   per rule without recompiling; `type` is `i64`, `f64`, `bool` or `str`.
+//!   The attribute generates `Params`, one field per parameter:
+//!   `Params::of(ctx).name`.
+//! - `features(name = "count(card, 10m)", ...)`: look-back features the host
+//!   computes per event. Named ones are fields of the generated `Features`
+//!   (`Features::of(ctx).name`, and `Features::NAME` is the spec, for
+//!   tests); `features("...")` without a name is read with
+//!   [`Context::feature`].
 //! - `lists("name", ...)`: named lists (block/allow lists) the host loads from
 //!   files; look values up with [`Context::in_list`].
+//! - `state = account`: the entity whose keyed state the rule keeps.
+//!
+//! A misspelt name is a compile error at its use: a field of `Params` or
+//! `Features` that does not exist, and a string literal given to
+//! `ctx.param_i64`, `ctx.feature` or `ctx.in_list` that the attribute does
+//! not declare (or a parameter read with the wrong type).
 //!
 //! The attribute also defines `pub static RULE: vigil_sdk::Rule`, the rule's
 //! manifest and entry point, used by [`testing`].

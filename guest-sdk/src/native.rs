@@ -113,6 +113,7 @@ mod tests {
 
     struct Order;
     impl Evaluate for Order {
+        const FIELDS: vigil_abi::FieldMask = vigil_abi::FieldMask::ALL;
         fn rule() -> &'static Rule {
             &RULE
         }

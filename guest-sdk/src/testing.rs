@@ -272,6 +272,8 @@ impl From<&str> for TestParam {
 pub struct Prepared {
     rule: Rule,
     bytes: Vec<u8>,
+    /// The fields the rule declared.
+    declared: FieldMask,
     /// In manifest order.
     params: Vec<ParamValue>,
     lists: HashMap<String, HashSet<String>>,
@@ -284,14 +286,14 @@ impl Prepared {
     /// # Panics
     /// As [`evaluate`].
     pub fn new(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Self {
-        let (bytes, params) = prepare(rule, tx, ctx);
-        Self { rule: *rule, bytes, params, lists: ctx.lists.clone(), state: ctx.state.clone() }
+        let (bytes, declared, params) = prepare(rule, tx, ctx);
+        Self { rule: *rule, bytes, declared, params, lists: ctx.lists.clone(), state: ctx.state.clone() }
     }
 
     /// Calls the rule function.
     pub fn run(&self) -> Decision {
         let m = &self.rule.manifest;
-        let payment = Payment::from_bytes(&self.bytes);
+        let payment = Payment::declared(&self.bytes, self.declared);
         let context = Context::new(
             m.params,
             &self.params,
@@ -315,7 +317,7 @@ pub fn evaluate(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> Decision {
     Prepared::new(rule, tx, ctx).run()
 }
 
-fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<ParamValue>) {
+fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, FieldMask, Vec<ParamValue>) {
     let m = &rule.manifest;
     let mask: FieldMask = m
         .fields
@@ -346,5 +348,5 @@ fn prepare(rule: &Rule, tx: &TestPayment, ctx: &TestContext) -> (Vec<u8>, Vec<Pa
     for name in ctx.lists.keys() {
         assert!(m.lists.contains(&name.as_str()), "rule `{}` declares no list `{name}`", m.name);
     }
-    (bytes, params.into_iter().map(|(_, v)| v).collect())
+    (bytes, mask, params.into_iter().map(|(_, v)| v).collect())
 }

@@ -7,7 +7,10 @@ use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::{Error, Expr, ExprLit, ExprUnary, Ident, ItemFn, Lit, LitStr, Result, Token, UnOp, parenthesized};
+use syn::visit::Visit;
+use syn::{
+    Error, Expr, ExprLit, ExprMethodCall, ExprUnary, Ident, ItemFn, Lit, LitStr, Result, Token, UnOp, parenthesized,
+};
 
 /// Turns `fn(tx: &Payment, ctx: &Context) -> Decision` into a vigil rule.
 ///
@@ -25,12 +28,33 @@ enum Arg {
     State(Ident),
     Fields(Vec<Ident>),
     Params(Vec<Param>),
-    Names(Ident, Vec<LitStr>),
+    Lists(Vec<LitStr>),
+    Features(Vec<FeatureDecl>),
 }
 
 struct Param {
     name: Ident,
+    /// `i64`, `f64`, `bool` or `str`.
+    ty: String,
     default: TokenStream2,
+}
+
+/// `"count(card, 10m)"`, or `count_10m = "count(card, 10m)"`: a field of
+/// the generated `Features`.
+struct FeatureDecl {
+    name: Option<Ident>,
+    spec: LitStr,
+}
+
+impl Parse for FeatureDecl {
+    fn parse(input: ParseStream<'_>) -> Result<Self> {
+        if input.peek(Ident) && input.peek2(Token![=]) {
+            let name = input.parse()?;
+            input.parse::<Token![=]>()?;
+            return Ok(FeatureDecl { name: Some(name), spec: input.parse()? });
+        }
+        Ok(FeatureDecl { name: None, spec: input.parse()? })
+    }
 }
 
 impl Parse for Arg {
@@ -75,11 +99,17 @@ impl Parse for Arg {
                 }
                 Ok(Arg::State(entity))
             }
-            "lists" | "features" => {
+            "lists" => {
                 let inner;
                 parenthesized!(inner in input);
                 let names = Punctuated::<LitStr, Token![,]>::parse_terminated(&inner)?;
-                Ok(Arg::Names(key, names.into_iter().collect()))
+                Ok(Arg::Lists(names.into_iter().collect()))
+            }
+            "features" => {
+                let inner;
+                parenthesized!(inner in input);
+                let features = Punctuated::<FeatureDecl, Token![,]>::parse_terminated(&inner)?;
+                Ok(Arg::Features(features.into_iter().collect()))
             }
             other => Err(Error::new(
                 key.span(),
@@ -140,7 +170,7 @@ impl Parse for Param {
                 ));
             }
         };
-        Ok(Param { name, default })
+        Ok(Param { name, ty: ty.to_string(), default })
     }
 }
 
@@ -207,8 +237,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
             Arg::State(entity) => set_once(&mut state, entity.to_string(), "state")?,
             Arg::Fields(f) => set_once(&mut fields, f, "fields")?,
             Arg::Params(p) => set_once(&mut params, p, "params")?,
-            Arg::Names(key, names) if key == "lists" => set_once(&mut lists, names, "lists")?,
-            Arg::Names(_, names) => set_once(&mut features, names, "features")?,
+            Arg::Lists(names) => set_once(&mut lists, names, "lists")?,
+            Arg::Features(decls) => set_once(&mut features, decls, "features")?,
         }
     }
     let fields: Vec<String> = fields.unwrap_or_default().iter().map(ToString::to_string).collect();
@@ -222,7 +252,21 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let param_names: Vec<String> = params.iter().map(|p| p.name.to_string()).collect();
     let param_defaults: Vec<&TokenStream2> = params.iter().map(|p| &p.default).collect();
     let lists = lists.unwrap_or_default();
-    let features = features.unwrap_or_default();
+    let features: Vec<FeatureDecl> = features.unwrap_or_default();
+    let mut named = std::collections::HashSet::new();
+    for name in features.iter().filter_map(|f| f.name.as_ref()) {
+        if !named.insert(name.to_string()) {
+            return Err(Error::new(name.span(), format!("feature name `{name}` used twice")));
+        }
+    }
+    check_uses(&f, &params, &features, &lists)?;
+    let typed = typed_access(&params, &features);
+    let field_bits = fields
+        .iter()
+        .filter_map(|f| vigil_abi::Field::from_name(f))
+        .fold(vigil_abi::FieldMask::NONE, vigil_abi::FieldMask::with)
+        .0;
+    let features: Vec<&LitStr> = features.iter().map(|f| &f.spec).collect();
     let state = match state {
         Some(entity) => quote!(::core::option::Option::Some(#entity)),
         None => quote!(::core::option::Option::None),
@@ -233,6 +277,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let entry = quote! {
         struct Entry;
         impl ::vigil_sdk::__private::Evaluate for Entry {
+            const FIELDS: ::vigil_sdk::abi::FieldMask = ::vigil_sdk::abi::FieldMask(#field_bits);
             #[inline(always)]
             fn rule() -> &'static ::vigil_sdk::Rule {
                 &RULE
@@ -246,6 +291,8 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
 
     Ok(quote! {
         #f
+
+        #typed
 
         /// This rule's manifest and entry point, made by `#[vigil_sdk::rule]`.
         pub static RULE: ::vigil_sdk::Rule = ::vigil_sdk::__private::rule(
@@ -306,4 +353,167 @@ fn set_once<T>(slot: &mut Option<T>, value: T, what: &str) -> Result<()> {
         return Err(Error::new(Span::call_site(), format!("`{what}(...)` given twice")));
     }
     Ok(())
+}
+
+/// The calls in the rule's body that name a parameter, feature or list
+/// by a string literal on its context argument: each must be declared, a
+/// parameter with the type its accessor reads. A typo is a compile error
+/// at the literal rather than a panic on the first event.
+fn check_uses(f: &ItemFn, params: &[Param], features: &[FeatureDecl], lists: &[LitStr]) -> Result<()> {
+    struct Uses<'a> {
+        ctx: Option<String>,
+        params: &'a [Param],
+        features: &'a [FeatureDecl],
+        lists: &'a [LitStr],
+        error: Option<Error>,
+    }
+    impl<'ast> Visit<'ast> for Uses<'_> {
+        fn visit_expr_method_call(&mut self, call: &'ast ExprMethodCall) {
+            let on_ctx = match &*call.receiver {
+                Expr::Path(p) => p.path.get_ident().map(ToString::to_string) == self.ctx,
+                _ => false,
+            };
+            if let (true, Some(Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }))) = (on_ctx, call.args.first()) {
+                let (method, name) = (call.method.to_string(), lit.value());
+                let problem = match method.as_str() {
+                    "param_i64" | "param_f64" | "param_bool" | "param_str" => {
+                        let want = &method["param_".len()..];
+                        match self.params.iter().find(|p| p.name == name) {
+                            None => Some(format!(
+                                "no parameter `{name}` is declared in `params(...)`{}",
+                                listed(self.params.iter().map(|p| p.name.to_string()))
+                            )),
+                            Some(p) if p.ty != want => Some(format!(
+                                "parameter `{name}` is declared as `{}`: read it with `param_{}`",
+                                p.ty, p.ty
+                            )),
+                            Some(_) => None,
+                        }
+                    }
+                    "feature" => (!self.features.iter().any(|f| f.spec.value() == name)).then(|| {
+                        format!(
+                            "no feature `{name}` is declared in `features(...)`{}",
+                            listed(self.features.iter().map(|f| f.spec.value()))
+                        )
+                    }),
+                    "in_list" => (!self.lists.iter().any(|l| l.value() == name)).then(|| {
+                        format!(
+                            "no list `{name}` is declared in `lists(...)`{}",
+                            listed(self.lists.iter().map(LitStr::value))
+                        )
+                    }),
+                    _ => None,
+                };
+                if let Some(problem) = problem {
+                    self.error.get_or_insert(Error::new(lit.span(), problem));
+                }
+            }
+            syn::visit::visit_expr_method_call(self, call);
+        }
+    }
+    let ctx = f.sig.inputs.iter().nth(1).and_then(|arg| match arg {
+        syn::FnArg::Typed(t) => match &*t.pat {
+            syn::Pat::Ident(i) => Some(i.ident.to_string()),
+            _ => None,
+        },
+        syn::FnArg::Receiver(_) => None,
+    });
+    let mut uses = Uses { ctx, params, features, lists, error: None };
+    uses.visit_block(&f.block);
+    uses.error.map_or(Ok(()), Err)
+}
+
+/// "; declared: a, b", or "; none is".
+fn listed(names: impl Iterator<Item = String>) -> String {
+    let names: Vec<String> = names.map(|n| format!("`{n}`")).collect();
+    match names.is_empty() {
+        true => "; none is".to_owned(),
+        false => format!("; declared: {}", names.join(", ")),
+    }
+}
+
+/// `Params` (every declared parameter, typed) and `Features` (the features
+/// declared with a name), each read with `::of(ctx)`: a misspelt name is a
+/// compile error at its use.
+fn typed_access(params: &[Param], features: &[FeatureDecl]) -> TokenStream2 {
+    let mut out = TokenStream2::new();
+    if !params.is_empty() {
+        let has_str = params.iter().any(|p| p.ty == "str");
+        let names: Vec<&Ident> = params.iter().map(|p| &p.name).collect();
+        let docs: Vec<String> = params.iter().map(|p| format!("`{}: {}` in `params(...)`.", p.name, p.ty)).collect();
+        let types: Vec<TokenStream2> = params
+            .iter()
+            .map(|p| match p.ty.as_str() {
+                "i64" => quote!(i64),
+                "f64" => quote!(f64),
+                "bool" => quote!(bool),
+                _ => quote!(&'a str),
+            })
+            .collect();
+        let reads: Vec<TokenStream2> = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p.ty.as_str() {
+                "i64" => quote!(ctx.__param_i64_at(#i)),
+                "f64" => quote!(ctx.__param_f64_at(#i)),
+                "bool" => quote!(ctx.__param_bool_at(#i)),
+                _ => quote!(ctx.__param_str_at(#i)),
+            })
+            .collect();
+        let (generics, context) = match has_str {
+            true => (quote!(<'a>), quote!(::vigil_sdk::Context<'a>)),
+            false => (quote!(), quote!(::vigil_sdk::Context<'_>)),
+        };
+        out.extend(quote! {
+            /// The rule's parameters as this deployment sets them (`params(...)`
+            /// in `#[rule]`, `[rule.NAME] params` in the host's config):
+            /// `Params::of(ctx)`.
+            #[derive(Debug, Clone, Copy)]
+            pub struct Params #generics {
+                #(#[doc = #docs] pub #names: #types,)*
+            }
+
+            impl #generics Params #generics {
+                /// Every declared parameter's value.
+                #[inline(always)]
+                pub fn of(ctx: &#context) -> Self {
+                    Self { #(#names: #reads,)* }
+                }
+            }
+        });
+    }
+    let named: Vec<(usize, &Ident, &LitStr)> =
+        features.iter().enumerate().filter_map(|(i, f)| f.name.as_ref().map(|n| (i, n, &f.spec))).collect();
+    if !named.is_empty() {
+        let names: Vec<&Ident> = named.iter().map(|f| f.1).collect();
+        let docs = named.iter().map(|f| format!("`{}`, computed by the host for this event.", f.2.value()));
+        let consts: Vec<Ident> =
+            named.iter().map(|f| Ident::new(&f.1.to_string().to_uppercase(), f.1.span())).collect();
+        let specs = named.iter().map(|f| f.2);
+        let spec_docs =
+            named.iter().map(|f| format!("The spec of `{}`, as tests name it to `TestContext::feature`.", f.1));
+        let reads = named.iter().map(|f| {
+            let i = f.0;
+            quote!(ctx.__feature_at(#i))
+        });
+        out.extend(quote! {
+            /// The features the rule declared with a name in `features(...)`,
+            /// for this event: `Features::of(ctx)`.
+            #[derive(Debug, Clone, Copy)]
+            pub struct Features {
+                #(#[doc = #docs] pub #names: f64,)*
+            }
+
+            impl Features {
+                #(#[doc = #spec_docs] pub const #consts: &'static str = #specs;)*
+
+                /// Every named feature's value.
+                #[inline(always)]
+                pub fn of(ctx: &::vigil_sdk::Context<'_>) -> Self {
+                    Self { #(#names: #reads,)* }
+                }
+            }
+        });
+    }
+    out
 }

@@ -6,20 +6,18 @@
 
 use vigil_sdk::prelude::*;
 
-/// Card spend in the last six hours, this payment included, minor units.
-const SPEND_6H: &str = "sum(card, amount, 6h)";
-
 /// Reviews payments above `min_amount` on a card that spent over `max_spend_6h` in six hours.
 #[rule(
     name = "spend-spike",
     version = "1.0.0",
     fields(amount, card),
-    features("sum(card, amount, 6h)"),
+    // Card spend in the last six hours, this payment included, minor units.
+    features(spend_6h = "sum(card, amount, 6h)"),
     params(min_amount: i64 = 30_000, max_spend_6h: i64 = 100_000),
 )]
 fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
-    let sizeable = tx.amount() > ctx.param_i64("min_amount");
-    if tx.card().is_some() && sizeable && ctx.feature(SPEND_6H) > ctx.param_i64("max_spend_6h") as f64 {
+    let (p, f) = (Params::of(ctx), Features::of(ctx));
+    if tx.card().is_some() && tx.amount() > p.min_amount && f.spend_6h > p.max_spend_6h as f64 {
         return Decision::review(50).reason("card_spend_spike_6h");
     }
     Decision::allow()
@@ -29,6 +27,8 @@ fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
 mod tests {
     use super::*;
     use vigil_sdk::testing::{PaymentBuilder, TestContext, evaluate};
+
+    const SPEND_6H: &str = Features::SPEND_6H;
 
     fn payment(amount: i64) -> vigil_sdk::testing::TestPayment {
         PaymentBuilder::new("t1").amount(amount, "USD").card("tok_1", Some("US"), Some(false)).build()

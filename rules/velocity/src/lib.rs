@@ -4,27 +4,26 @@
 
 use vigil_sdk::prelude::*;
 
-const COUNT_10M: &str = "count(card, 10m)";
-const SUM_10M: &str = "sum(card, amount, 10m)";
-const COUNTRIES_1H: &str = "distinct(card, geo.country, 1h)";
-
 /// Reviews card bursts in 10 minutes; blocks cards seen in many countries in an hour.
 #[rule(
     name = "velocity",
     fields(card),
-    features("count(card, 10m)", "sum(card, amount, 10m)", "distinct(card, geo.country, 1h)"),
+    features(
+        count_10m = "count(card, 10m)",
+        sum_10m = "sum(card, amount, 10m)",
+        countries_1h = "distinct(card, geo.country, 1h)",
+    ),
     params(max_count_10m: i64 = 5, max_sum_10m: i64 = 500_000, max_countries_1h: i64 = 3),
 )]
 fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
     if tx.card().is_none() {
         return Decision::allow();
     }
-    if ctx.feature(COUNTRIES_1H) > ctx.param_i64("max_countries_1h") as f64 {
+    let (p, f) = (Params::of(ctx), Features::of(ctx));
+    if f.countries_1h > p.max_countries_1h as f64 {
         return Decision::block(70).reason("card_many_countries_1h");
     }
-    if ctx.feature(COUNT_10M) > ctx.param_i64("max_count_10m") as f64
-        || ctx.feature(SUM_10M) > ctx.param_i64("max_sum_10m") as f64
-    {
+    if f.count_10m > p.max_count_10m as f64 || f.sum_10m > p.max_sum_10m as f64 {
         return Decision::review(40).reason("card_velocity_10m");
     }
     Decision::allow()
@@ -34,6 +33,10 @@ fn evaluate(tx: &Payment, ctx: &Context) -> Decision {
 mod tests {
     use super::*;
     use vigil_sdk::testing::{PaymentBuilder, TestContext, evaluate};
+
+    const COUNT_10M: &str = Features::COUNT_10M;
+    const SUM_10M: &str = Features::SUM_10M;
+    const COUNTRIES_1H: &str = Features::COUNTRIES_1H;
 
     fn run(ctx: TestContext) -> Decision {
         let tx = PaymentBuilder::new("t").card("tok_1", Some("US"), Some(false)).build();
