@@ -245,6 +245,20 @@ pub async fn run_with(
 }
 
 /// The shared producer, when a Kafka source or sink is configured.
+/// The checks of a config that need what it configures — trusted keys
+/// readable and enough for the signatures required, currency rates valid —
+/// on top of those [`Config::load`] makes. Each error names its key.
+///
+/// # Errors
+/// [`crate::config::ConfigError`] naming the key.
+pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
+    crate::rules::signing::Trust::from_config(&config.rules)?;
+    if let Some(c) = &config.currencies {
+        crate::features::currency::Rates::from_config(c)?;
+    }
+    Ok(())
+}
+
 fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<kafka::Producer>>> {
     let uses = matches!(config.source, SourceConfig::Kafka(_))
         || config.sinks.all().iter().any(|(_, s)| matches!(s, SinkConfig::Kafka { .. }));
@@ -351,13 +365,13 @@ async fn reload_on_sighup(
             }
             tracing::info!("reloading config, lists and rules");
             if let Some(path) = config.path.clone() {
-                match Config::load(&path) {
+                match Config::load(&path).and_then(|c| check_config(&c).map(|()| c)) {
                     Ok(mut fresh) => {
                         fresh.path = Some(path);
                         registry.set_settings(fresh.rule.clone(), fresh.rules.on_failure);
                         match crate::rules::signing::Trust::from_config(&fresh.rules) {
                             Ok(trust) => registry.set_trust(trust),
-                            // Config::load checked it; a key file may have gone since.
+                            // check_config read it; a key file may have gone since.
                             Err(e) => tracing::error!(error = %e, "keeping the trusted keys in use"),
                         }
                         if registry.signatures_required() && !registry.modes().is_empty() {

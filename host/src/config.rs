@@ -136,8 +136,12 @@ impl Default for AdminConfig {
     }
 }
 
+/// Rule log lines let through per second and instance by default
+/// (`rules.log-rate`).
+pub const DEFAULT_LOG_RATE: u32 = 10;
+
 fn default_log_rate() -> u32 {
-    crate::rules::sandbox::DEFAULT_LOG_RATE
+    DEFAULT_LOG_RATE
 }
 
 fn default_stall_threshold() -> Duration {
@@ -262,10 +266,6 @@ impl Config {
                 // (which the admin API can set).
                 _ => {}
             }
-        }
-        crate::rules::signing::Trust::from_config(&self.rules)?;
-        if let Some(c) = &self.currencies {
-            crate::features::currency::Rates::from_config(c)?;
         }
         for (name, list) in &self.lists {
             if list.path.as_os_str().is_empty() {
@@ -986,7 +986,7 @@ pub enum WindowSpec {
     /// Back-to-back windows of `size`.
     Tumbling {
         /// card, account, counterparty, device, ip or merchant.
-        key: crate::features::KeyField,
+        key: crate::event::KeyField,
         /// Window length.
         #[serde(with = "humantime_serde")]
         size: Duration,
@@ -994,7 +994,7 @@ pub enum WindowSpec {
     /// Windows of `size` starting every `hop` (overlapping when hop < size).
     Hopping {
         /// card, account, counterparty, device, ip or merchant.
-        key: crate::features::KeyField,
+        key: crate::event::KeyField,
         /// Window length.
         #[serde(with = "humantime_serde")]
         size: Duration,
@@ -1005,7 +1005,7 @@ pub enum WindowSpec {
     /// Bursts of activity separated by at least `gap` without events.
     Session {
         /// card, account, counterparty, device, ip or merchant.
-        key: crate::features::KeyField,
+        key: crate::event::KeyField,
         /// Silence that ends a session.
         #[serde(with = "humantime_serde")]
         gap: Duration,
@@ -1168,13 +1168,6 @@ pub struct StateConfig {
     pub exact_sightings: usize,
 }
 
-impl StateConfig {
-    /// How much a busy key's series keeps exactly.
-    pub fn limits(&self) -> crate::features::lookback::Limits {
-        crate::features::lookback::Limits { events: self.exact_events, sightings: self.exact_sightings }
-    }
-}
-
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
@@ -1188,12 +1181,19 @@ impl Default for StateConfig {
     }
 }
 
+/// Events a look-back series keeps exactly per key by default (16 bytes
+/// each: 1 MiB).
+pub const DEFAULT_EXACT_EVENTS: usize = 65_536;
+
+/// Sightings a distinct count keeps exactly per key by default.
+pub const DEFAULT_EXACT_SIGHTINGS: usize = 8_192;
+
 fn default_exact_events() -> usize {
-    crate::features::lookback::EXACT_EVENTS
+    DEFAULT_EXACT_EVENTS
 }
 
 fn default_exact_sightings() -> usize {
-    crate::features::lookback::EXACT_DISTINCT
+    DEFAULT_EXACT_SIGHTINGS
 }
 
 fn default_checkpoint_interval() -> Duration {
@@ -1288,7 +1288,7 @@ mod tests {
     }
 
     #[test]
-    fn canary_and_signature_mistakes_name_the_key() {
+    fn canary_mistakes_name_the_key() {
         let rule = "[rule.large-amount]\n";
         assert!(err(&format!("{rule}mode = \"canary\"\n")).contains("rule.large-amount.canary-percent"));
         assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 101\n")).contains("must be 0 to 100"));
@@ -1298,13 +1298,6 @@ mod tests {
         let c = Config::parse(&format!("{rule}mode = \"canary\"\ncanary-percent = 12.5\n"), Path::new("t.toml"));
         assert_eq!(c.expect("valid").rule["large-amount"].canary_percent, Some(12.5));
 
-        assert!(err("[rules]\nrequire-signature = true\n").contains("rules.trusted-keys"), "no key to trust");
-        assert!(err("[rules]\nsignatures-required = 2\n").contains("needs rules.require-signature"));
-        let key = "1".repeat(64);
-        let e =
-            err(&format!("[rules]\nrequire-signature = true\nsignatures-required = 2\ntrusted-keys = [\"{key}\"]\n"));
-        assert!(e.contains("rules.trusted-keys") || e.contains("not an Ed25519"), "{e}");
-        assert!(err("[rules]\ntrusted-keys = [\"nope\"]\n").contains("rules.trusted-keys"));
     }
 
     #[test]

@@ -195,6 +195,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    vigil::app::check_config(&config)?;
     private_files(config.state.group_readable);
     Ok(config)
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use crate::config::WatermarkConfig;
 use crate::event::Payment;
-use crate::features::KeyField;
+use crate::event::KeyField;
 
 /// The kind of window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

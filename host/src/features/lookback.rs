@@ -39,9 +39,15 @@ impl Default for Limits {
     }
 }
 
+impl From<&crate::config::StateConfig> for Limits {
+    fn from(c: &crate::config::StateConfig) -> Self {
+        Limits { events: c.exact_events, sightings: c.exact_sightings }
+    }
+}
+
 /// Events a numeric series keeps exactly by default (16 bytes each:
 /// 1 MiB); beyond, buckets.
-pub const EXACT_EVENTS: usize = 65_536;
+pub const EXACT_EVENTS: usize = crate::config::DEFAULT_EXACT_EVENTS;
 
 /// Adds `item`, at time `t`, to `kept` (in time order, `time` reading an
 /// item's) and forgets the items a window of `span` buckets of `bucket_ms`
@@ -237,7 +243,7 @@ impl NumSeries {
 
 /// Sightings a distinct series keeps exactly by default; beyond, a
 /// sketch.
-pub const EXACT_DISTINCT: usize = 8_192;
+pub const EXACT_DISTINCT: usize = crate::config::DEFAULT_EXACT_SIGHTINGS;
 
 /// HyperLogLog registers per bucket (2^8: about 6.5% standard error).
 const REGISTERS: usize = 256;

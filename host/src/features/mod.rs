@@ -1379,7 +1379,7 @@ mod tests {
             std::path::Path::new("vigil.toml"),
         )
         .expect("config");
-        let limits = config.state.limits();
+        let limits = lookback::Limits::from(&config.state);
         assert_eq!(limits, lookback::Limits { events: 40, sightings: 40 });
         let specs = [("c", "count(card, 1m)"), ("d", "distinct(card, geo.country, 1m)")];
         let mut exact = engine(&specs);

@@ -119,7 +119,7 @@ impl Worker {
                 .with_event_budget(c.rules.event_budget())
                 .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX))
                 .with_state_ttl(c.rules.state_ttl),
-            features: FeatureEngine::new(s.catalog, s.hasher).with_limits(c.state.limits()),
+            features: FeatureEngine::new(s.catalog, s.hasher).with_limits((&c.state).into()),
             windows: Windows::new(s.defs, &c.watermark),
             drain_within: s.drain_within,
             clock: decide::WallClock::new(),

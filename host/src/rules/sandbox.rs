@@ -851,7 +851,7 @@ fn state_get(
 }
 
 /// Log lines a second a rule instance may write unless configured.
-pub const DEFAULT_LOG_RATE: u32 = 10;
+pub const DEFAULT_LOG_RATE: u32 = crate::config::DEFAULT_LOG_RATE;
 
 /// Fuel a log line costs besides its bytes: formatting and writing it is
 /// the host's most expensive call.

@@ -448,6 +448,21 @@ pub fn sign_module(
 mod tests {
     use super::*;
 
+    #[test]
+    fn trust_mistakes_name_the_key() {
+        let err = |text: &str| {
+            let config = crate::config::Config::parse(text, Path::new("t.toml")).expect("parses");
+            Trust::from_config(&config.rules).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert!(err("[rules]\nrequire-signature = true\n").contains("rules.trusted-keys"), "no key to trust");
+        assert!(err("[rules]\nsignatures-required = 2\n").contains("needs rules.require-signature"));
+        let key = "1".repeat(64);
+        let e =
+            err(&format!("[rules]\nrequire-signature = true\nsignatures-required = 2\ntrusted-keys = [\"{key}\"]\n"));
+        assert!(e.contains("rules.trusted-keys") || e.contains("not an Ed25519"), "{e}");
+        assert!(err("[rules]\ntrusted-keys = [\"nope\"]\n").contains("rules.trusted-keys"));
+    }
+
     fn trust(keys: &[&SigningKey], required: usize) -> Trust {
         Trust { keys: keys.iter().map(|k| (key_id(&k.verifying_key()), k.verifying_key())).collect(), required }
     }
