@@ -12,7 +12,6 @@ use crate::config::{Config, SinkConfig, SourceConfig};
 use crate::decode::{Decoder, Tokenizer};
 use crate::features;
 use crate::features::Catalog;
-use crate::kafka;
 use crate::pipeline::{Counters, Durability, Pipeline, Sinks, Stages, Summary};
 use crate::rules::lists::Lists;
 use crate::rules::sandbox::Sandbox;
@@ -184,7 +183,7 @@ pub async fn run_with(
                 anyhow::bail!("kafka.brokers: a Kafka source needs [kafka]");
             };
             let snapshots = (config.state.checkpoints && cluster.local_snapshots).then_some(config.state.dir.as_path());
-            let (source, committer) = kafka::KafkaSource::open(cluster, &k.topic, producer.clone(), snapshots)?;
+            let (source, committer) = sources::KafkaSource::open(cluster, &k.topic, producer.clone(), snapshots)?;
             durability.store = Some(committer);
             Box::new(source)
         }
@@ -259,13 +258,13 @@ pub fn check_config(config: &Config) -> Result<(), crate::config::ConfigError> {
     Ok(())
 }
 
-fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<kafka::Producer>>> {
+fn kafka_producer(config: &Config) -> anyhow::Result<Option<Arc<crate::sinks::Producer>>> {
     let uses = matches!(config.source, SourceConfig::Kafka(_))
         || config.sinks.all().iter().any(|(_, s)| matches!(s, SinkConfig::Kafka { .. }));
     match &config.kafka {
         Some(k) if uses => {
             let txn = k.exactly_once.then(|| k.transactional_id(&config.state.dir));
-            Ok(Some(kafka::Producer::new(k, txn.as_deref())?))
+            Ok(Some(crate::sinks::Producer::new(k, txn.as_deref())?))
         }
         _ => Ok(None),
     }

@@ -1297,7 +1297,6 @@ mod tests {
         assert!(err(&format!("{rule}mode = \"canary\"\ncanary-percent = 5\ncanary-key = \"iban\"\n")).contains("iban"));
         let c = Config::parse(&format!("{rule}mode = \"canary\"\ncanary-percent = 12.5\n"), Path::new("t.toml"));
         assert_eq!(c.expect("valid").rule["large-amount"].canary_percent, Some(12.5));
-
     }
 
     #[test]

@@ -18,44 +18,135 @@
 //! its reason: `events in = decided + dead-lettered`, always.
 //!
 //! # Layout
-//! - [`config`]: `vigil.toml`, documented field by field.
-//! - [`keyed`]: keyed hashing of the ids and keys the input chooses.
-//! - [`sources`]: where raw records come from (a file, or records in memory for replays).
-//! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
-//! - [`event`]: the canonical payment event.
-//! - [`partition`]: key → worker.
-//! - [`features`]: per-key look-back aggregates in event time.
-//! - [`window`]: tumbling, hopping and session aggregates closed by the watermark.
-//! - [`state`]: checkpoints in an embedded store, and restore.
-//! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
+//! Each module uses only modules above it in this list (no import cycles;
+//! `layout_has_no_upward_imports` below keeps it so):
+//! - [`event`]: the canonical payment event and its key fields.
 //! - [`decide`]: combining outcomes into the decision record.
-//! - [`sinks`]: decisions, alerts, aggregates, late events and dead letters out.
-//! - [`pipeline`]: the threads and bounded channels between the stages.
+//! - [`keyed`]: keyed hashing of the ids and keys the input chooses.
+//! - [`stats`]: latency histograms and counters the admin listener exposes.
 //! - [`priority`]: lower thread priorities for background work.
-//! - [`app`]: the daemon: startup, signals, drain.
-//! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
 //! - [`generate`]: `vigil gen`, synthetic payment streams with injected fraud patterns.
 //! - [`scaffold`]: `vigil new-rule`, a rule crate from the template.
+//! - [`config`]: `vigil.toml`, documented field by field.
+//! - [`kafka`]: the Kafka client settings, logging and partition ownership
+//!   the Kafka source, sink and changelog share.
+//! - [`partition`]: key → worker.
+//! - [`window`]: tumbling, hopping and session aggregates closed by the watermark.
+//! - [`sinks`]: decisions, alerts, aggregates, late events and dead letters
+//!   out: files, stdout, Kafka.
+//! - [`state`]: checkpoints in an embedded store, and restore; the Kafka
+//!   changelog and its local snapshots.
+//! - [`sources`]: where raw records come from: a file, records in memory
+//!   for replays, or a Kafka consumer group.
+//! - [`decode`]: validation, normalisation, PAN tokenisation, de-duplication.
+//! - [`features`]: per-key look-back aggregates in event time.
+//! - [`rules`]: loading, validation, hot reload and sandboxed evaluation.
+//! - [`pipeline`]: the threads and bounded channels between the stages.
+//! - [`admin`]: metrics, health and the admin API over HTTP.
+//! - [`app`]: the daemon: startup, signals, drain.
+//! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
 
-pub mod config;
+pub mod event;
+pub mod decide;
 pub mod keyed;
+mod hint;
+pub mod stats;
+pub mod priority;
+pub mod generate;
+pub mod scaffold;
+pub mod config;
+pub mod kafka;
+pub mod partition;
+pub mod window;
+pub mod sinks;
+pub mod state;
 pub mod sources;
 pub mod decode;
-pub mod event;
-pub mod partition;
 pub mod features;
-pub mod window;
-pub mod state;
 pub mod rules;
-pub mod decide;
-pub mod sinks;
-pub mod kafka;
 pub mod pipeline;
-pub mod priority;
-pub mod stats;
-mod hint;
 pub mod admin;
 pub mod app;
 pub mod replay;
-pub mod generate;
-pub mod scaffold;
+
+#[cfg(test)]
+mod tests {
+    /// The modules in the order of the layout above (`hint` beside
+    /// `keyed`): a module's code outside its tests names only modules
+    /// before it.
+    const LAYERS: [&str; 22] = [
+        "event",
+        "decide",
+        "keyed",
+        "hint",
+        "stats",
+        "priority",
+        "generate",
+        "scaffold",
+        "config",
+        "kafka",
+        "partition",
+        "window",
+        "sinks",
+        "state",
+        "sources",
+        "decode",
+        "features",
+        "rules",
+        "pipeline",
+        "admin",
+        "app",
+        "replay",
+    ];
+
+    fn sources(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).expect("read dir") {
+                sources(&entry.expect("entry").path(), out);
+            }
+        } else if path.is_file() && path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_owned());
+        }
+    }
+
+    #[test]
+    fn layout_has_no_upward_imports() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut upward = Vec::new();
+        for (at, module) in LAYERS.iter().enumerate() {
+            let mut files = Vec::new();
+            sources(&src.join(module), &mut files);
+            sources(&src.join(format!("{module}.rs")), &mut files);
+            assert!(!files.is_empty(), "module `{module}` has no source");
+            for file in files {
+                let text = std::fs::read_to_string(&file).expect("read");
+                // Code only: its unit tests and comments may name anything.
+                let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for used in line.split("crate::").skip(1) {
+                        // `crate::a::…`, or `crate::{a::…, b}` on one line.
+                        let group = used.strip_prefix('{').map(|g| g.split('}').next().unwrap_or_default());
+                        for path in group.map_or(vec![used], |g| g.split(',').collect()) {
+                            let name: String =
+                                path.trim().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                            if let Some(pos) = LAYERS.iter().position(|m| *m == name)
+                                && pos > at
+                            {
+                                upward.push(format!("{} uses {name}: {}", file.display(), line.trim()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let listed: std::collections::BTreeSet<_> = LAYERS.iter().collect();
+        for entry in std::fs::read_dir(&src).expect("src") {
+            let name = entry.expect("entry").file_name().to_string_lossy().trim_end_matches(".rs").to_owned();
+            assert!(
+                ["lib", "main"].contains(&name.as_str()) || listed.contains(&name.as_str()),
+                "`{name}` is not in LAYERS"
+            );
+        }
+        assert!(upward.is_empty(), "imports against the layout:\n{}", upward.join("\n"));
+    }
+}

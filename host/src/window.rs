@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::config::WatermarkConfig;
-use crate::event::Payment;
 use crate::event::KeyField;
+use crate::event::Payment;
 
 /// The kind of window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -490,7 +490,7 @@ fn exactly_once_commits_transactions_and_aborts_the_open_one_on_a_rebalance() {
     let broker = Broker::mock();
     tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "eos"));
     let (env_a, env_b) = (Env::new(), Env::new());
-    let logging = "info,vigil::kafka::changelog=debug";
+    let logging = "info,vigil::state::kafka=debug";
     let config = |env: &Env| eos_toml(env, &broker, "eos");
     let mut a = Daemon::start_logging(&env_a, &config(&env_a), logging);
     let first_half = card_events("eos", 30, 1, 50);
@@ -540,7 +540,7 @@ fn exactly_once_daemon_killed_mid_stream_restarts_with_its_transactions_and_stat
     tokio::runtime::Runtime::new().expect("runtime").block_on(topics(&broker, "eos-kill"));
     let env = Env::new();
     let config = eos_toml(&env, &broker, "eos-kill");
-    let logging = "info,vigil::kafka::changelog=debug";
+    let logging = "info,vigil::state::kafka=debug";
     let mut daemon = Daemon::start_logging(&env, &config, logging);
     let first = card_events("eos-kill", 16, 1, 20);
     broker.produce("payments", &first);

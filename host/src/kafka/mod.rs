@@ -1,5 +1,7 @@
-//! Kafka: a consumer-group source, producers for the outputs, and keyed
-//! state that follows its partition from daemon to daemon.
+//! What the Kafka source ([`crate::sources::KafkaSource`]), the Kafka sink
+//! and its producer ([`crate::sinks::KafkaSink`]) and the state changelog
+//! ([`crate::state::kafka`]) share: client settings, logging, the consumer's
+//! callbacks and the partitions this daemon owns.
 //!
 //! Partitions are the unit of ownership. Each event's partition decides its
 //! worker, and every piece of keyed state (feature series, open windows,
@@ -18,13 +20,9 @@
 //! processed again after a crash or a rebalance, and their decisions carry
 //! the same transaction id, so downstream consumers de-duplicate by key.
 
-mod changelog;
-mod sink;
-mod snapshot;
-mod source;
+mod consumer;
 
-pub use sink::{KafkaSink, Producer};
-pub use source::KafkaSource;
+pub use consumer::{Change, SourceContext};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;

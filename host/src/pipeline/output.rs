@@ -64,7 +64,7 @@ impl Sinks {
     /// When one cannot be opened; the message names it.
     pub fn open(
         config: &crate::config::SinksConfig,
-        producer: Option<&Arc<crate::kafka::Producer>>,
+        producer: Option<&Arc<crate::sinks::Producer>>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             decisions: sinks::open(&config.decisions, "decisions", producer)?,

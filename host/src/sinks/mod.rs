@@ -6,8 +6,10 @@
 //! can serve any role.
 
 mod file;
+mod kafka;
 
 pub use file::{DiscardSink, FileSink, StdoutSink};
+pub use kafka::{KafkaSink, Producer};
 
 use crate::config::SinkConfig;
 
@@ -52,7 +54,7 @@ pub trait Sink: Send {
 pub fn open(
     config: &SinkConfig,
     role: &str,
-    producer: Option<&std::sync::Arc<crate::kafka::Producer>>,
+    producer: Option<&std::sync::Arc<Producer>>,
 ) -> anyhow::Result<Box<dyn Sink>> {
     Ok(match config {
         SinkConfig::File { path } => Box::new(
@@ -65,7 +67,7 @@ pub fn open(
             let Some(producer) = producer else {
                 anyhow::bail!("sinks.{role}: a Kafka sink needs [kafka] with kafka.brokers");
             };
-            Box::new(crate::kafka::KafkaSink::new(producer.clone(), topic.clone()))
+            Box::new(KafkaSink::new(producer.clone(), topic.clone()))
         }
     })
 }

@@ -5,9 +5,12 @@
 //! where to resume.
 
 mod file;
+mod kafka;
 mod memory;
 
+pub use crate::state::{PartitionState, Position};
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 pub use memory::MemorySource;
 
 use tokio_util::sync::CancellationToken;
@@ -71,30 +74,6 @@ pub enum Rebalance {
     /// This partition was given to this daemon, with its state as the
     /// changelog holds it. Its events follow.
     Assigned(PartitionState),
-}
-
-/// One partition's keyed state, read back from the changelog.
-#[derive(Debug, Default)]
-pub struct PartitionState {
-    /// The partition.
-    pub partition: u32,
-    /// Feature state: (key kind, key hash, state).
-    pub features: Vec<(u8, u128, Vec<u8>)>,
-    /// Rules' keyed state: (rule, key, value).
-    pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
-    /// Open windows: (window name, key, windows).
-    pub windows: Vec<(String, String, Vec<u8>)>,
-    /// Transaction ids seen, for de-duplication: (id hash, event time).
-    pub dedup: Vec<(u128, i64)>,
-}
-
-/// Where a source is: what a checkpoint stores to resume from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    /// Byte offset of the first record not yet handed out.
-    pub offset: u64,
-    /// Lines handed out so far.
-    pub line_no: u64,
 }
 
 /// Why a source failed.
@@ -211,7 +190,7 @@ pub fn open(config: &SourceConfig, resume: Option<Position>, max_line: usize) ->
                 .with_max_line(max_line),
         )),
         SourceConfig::Kafka(_) => {
-            Err(SourceError::Kafka("a Kafka source is opened with its cluster settings: kafka::KafkaSource".into()))
+            Err(SourceError::Kafka("a Kafka source is opened with its cluster settings: sources::KafkaSource".into()))
         }
     }
 }

@@ -1,130 +1,19 @@
 //! The consumer-group source.
 
-use rdkafka::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance as KafkaRebalance};
-use rdkafka::error::KafkaError;
-use rdkafka::{Message as _, TopicPartitionList};
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::changelog::{self, Committer, Transactions};
-use super::snapshot::Snapshots;
-use super::{Fence, Logging, Producer};
 use crate::config::KafkaConfig;
+use crate::kafka::{Change, Fence, SourceContext};
+use crate::sinks::Producer;
 use crate::sources::{Position, Rebalance, Record, Source, SourceError};
-
-/// An ownership change seen in a rebalance callback, not yet handled.
-#[derive(Debug)]
-enum Change {
-    Revoked(Vec<u32>),
-    Assigned(Vec<u32>),
-}
-
-/// The consumer's callbacks: they run inside `poll` on the source thread.
-#[derive(Debug)]
-pub struct SourceContext {
-    topic: String,
-    fence: Fence,
-    changes: Mutex<Vec<Change>>,
-    /// Consumption is paused for back-pressure: partitions assigned
-    /// meanwhile are paused as they arrive.
-    paused: AtomicBool,
-    /// The end each partition of the topic can be read to (the last
-    /// stable offset with transactions, else the high watermark), from
-    /// librdkafka's statistics.
-    ends: Mutex<BTreeMap<u32, i64>>,
-    /// Read committed: the end is the last stable offset.
-    committed_only: bool,
-    /// Whether a broker was up at the last statistics.
-    connected: AtomicBool,
-}
-
-impl SourceContext {
-    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<u32> {
-        tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition() as u32).collect()
-    }
-
-    fn pending(&self) -> bool {
-        !self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
-    }
-
-    fn push(&self, change: Change) {
-        self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(change);
-    }
-}
-
-impl ClientContext for SourceContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        Logging.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        Logging.error(error, reason);
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        // Bootstrap entries have no node id; a broker of the cluster that
-        // is up means the source reaches its input.
-        let up = statistics.brokers.values().any(|b| b.nodeid >= 0 && b.state == "UP");
-        self.connected.store(up, Ordering::Relaxed);
-        let Some(topic) = statistics.topics.get(&self.topic) else { return };
-        let mut ends = self.ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (&p, part) in &topic.partitions {
-            let end = if self.committed_only { part.ls_offset } else { part.hi_offset };
-            if let (Ok(p), true) = (u32::try_from(p), end >= 0) {
-                ends.insert(p, end);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
-        if let KafkaRebalance::Revoke(tpl) = rebalance {
-            let partitions = self.partitions(tpl);
-            // Waits for checkpoints being committed: they finish before
-            // the partitions are handed over.
-            let mut owned = self.fence.lock_settled(super::OUTAGE_LIMIT);
-            owned.epoch += 1;
-            for p in &partitions {
-                owned.partitions.remove(p);
-            }
-            let now: Vec<u32> = owned.partitions.iter().copied().collect();
-            drop(owned);
-            tracing::info!(topic = %self.topic, ?partitions, owned = ?now, "partitions revoked");
-            self.push(Change::Revoked(partitions));
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &KafkaRebalance<'_>) {
-        match rebalance {
-            KafkaRebalance::Assign(tpl) => {
-                if self.paused.load(Ordering::Relaxed)
-                    && let Err(e) = consumer.pause(tpl)
-                {
-                    tracing::warn!(error = %e, "cannot pause newly assigned partitions during back-pressure");
-                }
-                let partitions = self.partitions(tpl);
-                let mut owned = self.fence.lock();
-                owned.epoch += 1;
-                owned.partitions.extend(partitions.iter().copied());
-                let now: Vec<u32> = owned.partitions.iter().copied().collect();
-                drop(owned);
-                // With cooperative rebalancing (`partition.assignment.strategy
-                // = "cooperative-sticky"` under [kafka.consumer]) `partitions`
-                // are only the new ones; `owned` is the whole assignment.
-                tracing::info!(topic = %self.topic, ?partitions, owned = ?now, "partitions assigned");
-                self.push(Change::Assigned(partitions));
-            }
-            KafkaRebalance::Revoke(_) => {}
-            KafkaRebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed; retrying"),
-        }
-    }
-}
+use crate::state::kafka::snapshot::Snapshots;
+use crate::state::kafka::{self as changelog, Committer, Transactions};
 
 /// Reads the input topic as a member of the consumer group.
 pub struct KafkaSource {
@@ -170,7 +59,7 @@ impl KafkaSource {
         state_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<(Self, Box<dyn crate::state::Durable>)> {
         let fence = Fence::default();
-        let mut c = super::client_config(k);
+        let mut c = crate::kafka::client_config(k);
         c.set("group.id", &k.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -196,9 +85,10 @@ impl KafkaSource {
         let consumer: BaseConsumer<SourceContext> = c
             .create_with_context(context)
             .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a consumer: {e}"))?;
-        let input = super::partitions_of(consumer.client(), topic, "source.topic", k).map_err(anyhow::Error::msg)?;
+        let input =
+            crate::kafka::partitions_of(consumer.client(), topic, "source.topic", k).map_err(anyhow::Error::msg)?;
         let changelog = k.changelog_topic();
-        let kept = super::partitions_of(consumer.client(), &changelog, "kafka.changelog-topic", k)
+        let kept = crate::kafka::partitions_of(consumer.client(), &changelog, "kafka.changelog-topic", k)
             .map_err(|e| anyhow::anyhow!("{e} (compacted, with {input} partitions like `{topic}`)"))?;
         if kept < input {
             anyhow::bail!(

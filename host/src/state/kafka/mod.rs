@@ -15,11 +15,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::snapshot::{self, Snapshots};
-use super::{Fence, Logging, Producer};
+pub mod snapshot;
+
+use super::PartitionState;
 use crate::config::KafkaConfig;
-use crate::sources::PartitionState;
+use crate::kafka::{Fence, Logging, SourceContext};
+use crate::sinks::Producer;
 use crate::state::{Checkpoint, Durable};
+use snapshot::Snapshots;
 
 fn feature_key(kind: u8, hash: u128) -> Vec<u8> {
     let mut k = Vec::with_capacity(18);
@@ -103,7 +106,7 @@ pub fn read(
     snapshots: Option<&Snapshots>,
 ) -> Result<Vec<PartitionState>, String> {
     let started = Instant::now();
-    let mut c = super::client_config(k);
+    let mut c = crate::kafka::client_config(k);
     for (key, value) in &k.consumer {
         c.set(key, value);
     }
@@ -152,10 +155,10 @@ pub fn read(
         consumer.assign(&tpl).map_err(|e| format!("changelog `{topic}`: {e}"))?;
     }
     while !open.is_empty() {
-        if started.elapsed() > super::OUTAGE_LIMIT {
+        if started.elapsed() > crate::kafka::OUTAGE_LIMIT {
             return Err(format!(
                 "cannot read the state changelog `{topic}` to its end within {}",
-                humantime::format_duration(super::OUTAGE_LIMIT)
+                humantime::format_duration(crate::kafka::OUTAGE_LIMIT)
             ));
         }
         match consumer.poll(Duration::from_millis(200)) {
@@ -260,7 +263,7 @@ fn retry<T>(mut f: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> rdkafka::e
     loop {
         match f() {
             Ok(v) => return Ok(v),
-            Err(e) if !transient(&e) || started.elapsed() + wait > super::OUTAGE_LIMIT => return Err(e),
+            Err(e) if !transient(&e) || started.elapsed() + wait > crate::kafka::OUTAGE_LIMIT => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka request failed; retrying in {}", humantime::format_duration(wait));
                 std::thread::sleep(wait);
@@ -301,9 +304,9 @@ impl std::fmt::Debug for Committer {
 }
 
 impl Committer {
-    pub(super) fn new(
+    pub(crate) fn new(
         producer: Arc<Producer>,
-        consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+        consumer: Arc<BaseConsumer<SourceContext>>,
         fence: Fence,
         input: String,
         changelog: String,
@@ -422,7 +425,7 @@ fn keep_locally(producer: &Producer, snapshots: &Snapshots, sent: Sent) {
 /// unless its partitions moved meanwhile.
 fn commit(
     producer: &Producer,
-    consumer: &BaseConsumer<super::source::SourceContext>,
+    consumer: &BaseConsumer<SourceContext>,
     fence: &Fence,
     (changelog, input): (&str, &str),
     snapshots: Option<&Snapshots>,
@@ -502,7 +505,7 @@ impl Durable for Committer {
 /// again from the committed offsets by whoever owns the partitions now.
 pub struct Transactions {
     producer: Arc<Producer>,
-    consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+    consumer: Arc<BaseConsumer<SourceContext>>,
     fence: Fence,
     input: String,
     changelog: String,
@@ -515,9 +518,9 @@ impl std::fmt::Debug for Transactions {
 }
 
 impl Transactions {
-    pub(super) fn new(
+    pub(crate) fn new(
         producer: Arc<Producer>,
-        consumer: Arc<BaseConsumer<super::source::SourceContext>>,
+        consumer: Arc<BaseConsumer<SourceContext>>,
         fence: Fence,
         input: String,
         changelog: String,

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{Logging, OUTAGE_LIMIT};
+use super::Sink;
 use crate::config::KafkaConfig;
-use crate::sinks::Sink;
+use crate::kafka::{Logging, OUTAGE_LIMIT};
 
 /// Tracks the records not yet acknowledged, by sequence number, and the
 /// first delivery failure (librdkafka retries everything else).
@@ -92,7 +92,7 @@ impl Producer {
     /// When a `kafka.client` setting is invalid.
     pub fn new(k: &KafkaConfig, transactional_id: Option<&str>) -> anyhow::Result<Arc<Self>> {
         // The cluster's settings (brokers, TLS), then the producer's own.
-        let mut c = super::client_config(k);
+        let mut c = crate::kafka::client_config(k);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -250,7 +250,7 @@ impl Producer {
     ///
     /// # Errors
     /// When the commit fails; the transaction is then aborted.
-    pub(super) fn commit_transaction(
+    pub(crate) fn commit_transaction(
         &self,
         offsets: &rdkafka::TopicPartitionList,
         group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
@@ -275,7 +275,7 @@ impl Producer {
     ///
     /// # Errors
     /// When the brokers cannot be told.
-    pub(super) fn abort_transaction(&self) -> anyhow::Result<()> {
+    pub(crate) fn abort_transaction(&self) -> anyhow::Result<()> {
         use rdkafka::producer::Producer as _;
         self.inner
             .abort_transaction(OUTAGE_LIMIT)
@@ -285,7 +285,7 @@ impl Producer {
     }
 
     /// Leaves waiting for outputs before a checkpoint to the committer.
-    pub(super) fn committer_waits(&self) {
+    pub(crate) fn committer_waits(&self) {
         self.committer_waits.store(true, Ordering::Relaxed);
     }
 }

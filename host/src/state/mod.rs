@@ -20,8 +20,33 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::sources::Position;
 use crate::window::WindowDelta;
+
+pub mod kafka;
+
+/// One partition's keyed state, read back from the changelog.
+#[derive(Debug, Default)]
+pub struct PartitionState {
+    /// The partition.
+    pub partition: u32,
+    /// Feature state: (key kind, key hash, state).
+    pub features: Vec<(u8, u128, Vec<u8>)>,
+    /// Rules' keyed state: (rule, key, value).
+    pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Open windows: (window name, key, windows).
+    pub windows: Vec<(String, String, Vec<u8>)>,
+    /// Transaction ids seen, for de-duplication: (id hash, event time).
+    pub dedup: Vec<(u128, i64)>,
+}
+
+/// Where a source is: what a checkpoint stores to resume from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Byte offset of the first record not yet handed out.
+    pub offset: u64,
+    /// Lines handed out so far.
+    pub line_no: u64,
+}
 
 /// Writes `bytes` to `path` whole or not at all: to a dot-file beside it
 /// (which the rules folder's watch ignores), flushed to disk, then renamed
