@@ -613,8 +613,8 @@ impl PipelineConfig {
     /// By default half the cores: the workers, the source and the sink
     /// want the rest. A pool as large as the machine competes with them
     /// for every core, and its threads spin between batches: on 2 cores,
-    /// `vigil run` decides the same events in ~20 % less time parsing on
-    /// the source thread than with a pool of two (BENCHMARKS.md, "What moved
+    /// `vigil run` decides the same events in less time parsing on the
+    /// source thread than with a pool of two (BENCHMARKS.md, "What moved
     /// them").
     pub fn decode_thread_count(&self) -> usize {
         self.decode_threads.map(|w| w.get() as usize).unwrap_or_else(|| {

@@ -14,13 +14,13 @@
 //!
 //! Idle keys are dropped by a sweep that walks the slab in slot order, a
 //! slice at a time ([`KeyTable::sweep`]): in order the states are read
-//! sequentially, and in slices no single event waits for a whole pass (a
-//! pass over 36k keys dropping 10k of them held a worker for 4–11 ms).
+//! sequentially, and in slices no single event waits for a whole pass
+//! (whole passes showed in the suite's row 4 p99).
 //!
 //! The index grows the same way. Grown all at once, it hashes every key
 //! again, reading each key's hash from its state: a walk over the slab in
-//! random order that held a worker for 2–4 ms at 57k keys and 97–164 ms at
-//! 1.8M. So when it is full a new index of twice the room takes the new
+//! random order that holds a worker for longer the more keys it has. So
+//! when it is full a new index of twice the room takes the new
 //! keys, and each look-up moves the next few slots' keys over from the old
 //! one, in slot order, until none is left; meanwhile a key is looked for in
 //! both.

@@ -90,7 +90,9 @@ pub(super) fn route(restored: Option<Restored>, router: &Router, defs: &[WindowD
 pub(super) const DRAIN_TICK: Duration = Duration::from_millis(1);
 
 /// Time a worker takes per key of a checkpoint's feature state, at most:
-/// at ~1 µs a key, about 5 % of a core.
+/// a key takes a small share of that to serialise (the state bench's
+/// "serialising them, after the barrier" over its key count), so a
+/// checkpoint takes a few per cent of a core.
 pub(super) const DRAIN_PER_KEY: Duration = Duration::from_micros(20);
 
 /// A worker's part of a checkpoint while its feature state is serialised.

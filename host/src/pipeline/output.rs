@@ -117,10 +117,10 @@ fn run_committer(
     mut store: Box<dyn Durable>,
     counters: &Counters,
 ) -> anyhow::Result<()> {
-    // Only on CPU time the pipeline leaves: a commit takes 60–125 ms
-    // here, which even at niceness 10 held a core from the source's parse
-    // threads and the workers for milliseconds at a time on a 2-core
-    // machine. Under sustained full load the commit still gets its turn:
+    // Only on CPU time the pipeline leaves: a commit (the state bench's
+    // "checkpoint of 1000000 keys") even at niceness 10 held a core from
+    // the source's parse threads and the workers for milliseconds at a
+    // time on a 2-core machine (the suite's row 4 p99). Under sustained full load the commit still gets its turn:
     // the sink waits on this channel once a second checkpoint is ready, and
     // the pipeline behind it stops. So under full load the last durable
     // checkpoint lags the newest barrier by one to two intervals, and a

@@ -557,10 +557,10 @@ impl Worker {
     /// The keys are spread evenly over [`DRAIN_PER_KEY`] each, at most
     /// half the checkpoint interval (so a checkpoint is durable well before
     /// the next barrier): taken as fast as the worker could (whenever it
-    /// was idle, and a key an event) the snapshot took 30–80 ms of a core
-    /// per worker right after each barrier, which with the source, the sink
-    /// and the other worker on 2 cores queued events for tens of
-    /// milliseconds.
+    /// was idle, and a key an event) the snapshot took tens of milliseconds
+    /// of a core per worker right after each barrier, which with the
+    /// source, the sink and the other worker on 2 cores queued events (the
+    /// suite's row 4 p99).
     fn drain_part(&mut self) -> bool {
         let Some(p) = self.part.as_ref() else {
             return true;

@@ -29,7 +29,8 @@ const INITIAL_INPUT: usize = 4096;
 
 /// Input bytes one batch call carries at most (unless a single event is
 /// larger): ~40 typical events, enough to make the entry into the sandbox
-/// ~1 % of a call, while a rule's input buffer stays within a few pages of
+/// a small share of a call (`cargo bench --bench rule_call`, batch against
+/// single calls), while a rule's input buffer stays within a few pages of
 /// what single calls already make it hold.
 const BATCH_INPUT: usize = 16 * 1024;
 

@@ -59,11 +59,11 @@ impl FileSink {
     /// Starts the kernel writing what was written so far to disk, without
     /// waiting for it (Linux's `sync_file_range`, as RocksDB's
     /// `bytes_per_sync` does). Left to the checkpoint's `fdatasync`, the
-    /// whole second of output (~140 MB a second here at full load) was
-    /// written out at once: the sync took 60–110 ms, and a write appending
-    /// to the page being written out waited for it, stalling the sink for
-    /// up to 8 ms. The buffer's bytes and the last page are left alone, so
-    /// the next write never waits for this one.
+    /// whole second of output was written out at once, and a write
+    /// appending to the page being written out waited for it, stalling the
+    /// sink (the suite's row 4, p99 at half load, shows it). The buffer's
+    /// bytes and the last page are left alone, so the next write never
+    /// waits for this one.
     fn write_back(&mut self) {
         let end = self.len.saturating_sub(BUFFER as u64 + 4096) & !4095;
         if !self.early_writeback || end < self.written_back.saturating_add(WRITE_BACK_EVERY) {
