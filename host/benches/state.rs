@@ -229,8 +229,8 @@ fn main() {
     let store = StateStore::open(dir.path()).expect("store");
     let restored = store.load("bench").expect("load").expect("checkpoint");
     let mut engine = FeatureEngine::new(catalog(), vigil::keyed::KeyedHash::for_tests());
-    for (kind, hash, _, state) in &restored.features {
-        engine.restore(*kind, *hash, state, false).expect("restore");
+    for f in &restored.features {
+        engine.restore(f.space, f.hash, &f.state, false).expect("restore");
     }
     println!(
         "{:<58} {:>12.2} s {:>12}",

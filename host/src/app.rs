@@ -287,12 +287,12 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Durability>
         tracing::info!(store = %config.state.dir.display(), "no checkpoint: starting from the beginning");
         return Ok(Durability { store: Some(Box::new(store)), interval, ..Durability::default() });
     };
-    for (_, _, _, state) in &r.features {
-        features::check_stored(state)
+    for f in &r.features {
+        features::check_stored(&f.state)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
     for d in &r.windows {
-        crate::window::check_stored(d.windows.as_deref().unwrap_or_default())
+        crate::window::check_stored(&d.windows)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
     }
     decoder.dedup_mut().restore(&r.dedup);

@@ -47,37 +47,25 @@ pub struct Durability {
     pub restored: Option<Restored>,
 }
 
-/// State one worker starts from: the keys it owns.
-#[derive(Debug, Default)]
-pub(super) struct Restore {
-    /// Feature state: (space, hash, state).
-    pub features: Vec<(u8, u128, Vec<u8>)>,
-    /// Open windows.
-    pub windows: Vec<WindowDelta>,
-    /// The newest event time the watermark followed.
-    pub watermark: Option<i64>,
-    /// Rules' keyed state: (rule, stored key, value).
-    pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
-}
-
-/// Hands each restored key to the worker that owns it under `router`.
-pub(super) fn route(restored: Option<Restored>, router: &Router, defs: &[WindowDef]) -> Vec<Restore> {
-    let mut out: Vec<Restore> = (0..router.workers()).map(|_| Restore::default()).collect();
+/// Hands each restored key to the worker that owns it under `router`: one
+/// [`Restored`] per worker, holding its keys and the watermark.
+pub(super) fn route(restored: Option<Restored>, router: &Router, defs: &[WindowDef]) -> Vec<Restored> {
+    let mut out: Vec<Restored> = (0..router.workers()).map(|_| Restored::default()).collect();
     let Some(r) = restored else { return out };
-    for (space, hash, _, state) in r.features {
-        out[router.owner_of_hash(hash)].features.push((space, hash, state));
+    for f in r.features {
+        out[router.owner_of_hash(f.hash)].features.push(f);
     }
-    for d in r.windows {
-        let owner = match defs.iter().any(|def| def.name == d.window) {
-            true => router.owner_of_hash(router.hasher().hash128(d.key.as_bytes())),
+    for w in r.windows {
+        let owner = match defs.iter().any(|def| def.name == w.window) {
+            true => router.owner_of_hash(router.hasher().hash128(w.key.as_bytes())),
             // No longer configured: whoever takes it drops it.
             false => 0,
         };
-        out[owner].windows.push(d);
+        out[owner].windows.push(w);
     }
-    for (rule, key, _, value) in r.rule_state {
-        let owner = entity_of(&key).map_or(0, |(_, id)| router.owner_of_hash(router.hasher().hash128(id.as_bytes())));
-        out[owner].rule_state.push((rule, key, value));
+    for r in r.rule_state {
+        let owner = entity_of(&r.key).map_or(0, |(_, id)| router.owner_of_hash(router.hasher().hash128(id.as_bytes())));
+        out[owner].rule_state.push(r);
     }
     for w in &mut out {
         w.watermark = r.watermark;

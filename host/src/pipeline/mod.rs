@@ -46,7 +46,7 @@ use crate::event::KeyField;
 use crate::features::Catalog;
 use crate::keyed::KeyedHash;
 use crate::rules::RuleRegistry;
-use crate::sources::{PartitionState, Source};
+use crate::sources::Source;
 use crate::window::{Shape, WindowDef};
 pub use checkpoint::Durability;
 use exchange::{Router, Shared};
@@ -177,7 +177,7 @@ pub(crate) enum WorkerMsg {
     Drop(Vec<u32>),
     /// An input partition's keyed state, read back from the changelog,
     /// before its events.
-    Restore(Box<PartitionState>),
+    Restore(Box<crate::state::Restored>),
 }
 
 /// The running threads.

@@ -256,8 +256,9 @@ impl SourceRun {
                     // The ids its previous owner saw, so a payment sent
                     // again after the move is still caught.
                     let dedup = std::mem::take(&mut state.dedup);
-                    self.setup.decoder.dedup_mut().restore_partition(state.partition, &dedup);
-                    let w = self.setup.router.owner_of_partition(state.partition);
+                    let partition = state.partition.unwrap_or_default();
+                    self.setup.decoder.dedup_mut().restore_partition(partition, &dedup);
+                    let w = self.setup.router.owner_of_partition(partition);
                     self.send(w, WorkerMsg::Restore(Box::new(state)))?;
                 }
             }

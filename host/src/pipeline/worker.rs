@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vigil_abi::Action;
 
-use super::checkpoint::{DRAIN_PER_KEY, DRAIN_TICK, Part, Restore};
+use super::checkpoint::{DRAIN_PER_KEY, DRAIN_TICK, Part};
 use super::exchange::{Outcomes, Shared};
 use super::output::{Output, SinkMsg};
 use super::{Counters, WorkerMsg};
@@ -17,7 +17,7 @@ use crate::decide::{self, Decision, FeatureValues, RuleOutcome};
 use crate::features::{Catalog, FeatureEngine};
 use crate::keyed::KeyedHash;
 use crate::rules::{self, Evaluator, RuleRegistry};
-use crate::sources::PartitionState;
+use crate::state::Restored;
 use crate::window::{WindowDef, Windows};
 
 /// An outcome list's event index with this bit set says the event could
@@ -139,7 +139,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Receiver<()>, restore: Restore) {
+    pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Receiver<()>, restore: Restored) {
         self.restore(restore);
         loop {
             if !self.progress() {
@@ -179,7 +179,7 @@ impl Worker {
                     self.windows.drop_partitions(&partitions);
                     self.evaluator.drop_partitions(&partitions);
                 }
-                WorkerMsg::Restore(state) => self.restore_partition(*state),
+                WorkerMsg::Restore(state) => self.restore(*state),
                 WorkerMsg::Barrier(id) => {
                     if !self.barrier(id) {
                         return;
@@ -592,46 +592,32 @@ impl Worker {
         true
     }
 
-    /// Loads the state this worker owns at startup.
-    fn restore(&mut self, restore: Restore) {
+    /// Loads restored state this worker owns: its share of a checkpoint
+    /// at startup, or an input partition's state read back from the
+    /// changelog (Kafka) when the partition is assigned.
+    fn restore(&mut self, restored: Restored) {
+        if let Some(p) = restored.partition {
+            self.features.set_partition(p);
+            self.evaluator.set_partition(p);
+        }
         // The app checked every record before starting; a record that no
         // longer fits is dropped with a log line rather than stopping work.
-        for (space, hash, state) in restore.features {
-            if let Err(e) = self.features.restore(space, hash, &state, false) {
+        for f in restored.features {
+            if let Err(e) = self.features.restore(f.space, f.hash, &f.state, false) {
                 tracing::error!(worker = self.index, error = %e, "cannot restore a key's feature state");
             }
         }
-        for (rule, key, value) in restore.rule_state {
-            self.evaluator.restore_state(&rule, &key, &value, false);
+        for r in restored.rule_state {
+            self.evaluator.restore_state(&r.rule, &r.key, &r.value, false);
         }
-        if let Some(t) = restore.watermark {
+        if let Some(t) = restored.watermark {
             self.windows.observe(t);
             self.features.observe(t);
         }
-        for d in restore.windows {
-            let bytes = d.windows.as_deref().unwrap_or_default();
-            if let Err(e) = self.windows.restore_key(&d.window, &d.key, d.partition, bytes, false) {
+        for w in restored.windows {
+            if let Err(e) = self.windows.restore_key(&w.window, &w.key, w.partition, &w.windows, false) {
                 tracing::error!(worker = self.index, error = %e, "cannot restore a key's windows");
             }
-        }
-    }
-
-    /// Loads an input partition's state, read back from the changelog (Kafka).
-    fn restore_partition(&mut self, state: PartitionState) {
-        self.features.set_partition(state.partition);
-        self.evaluator.set_partition(state.partition);
-        for (window, key, bytes) in &state.windows {
-            if let Err(e) = self.windows.restore_key(window, key, state.partition, bytes, false) {
-                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's windows");
-            }
-        }
-        for (space, hash, bytes) in &state.features {
-            if let Err(e) = self.features.restore(*space, *hash, bytes, false) {
-                tracing::error!(partition = state.partition, error = %e, "cannot restore a key's feature state");
-            }
-        }
-        for (rule, key, value) in &state.rule_state {
-            self.evaluator.restore_state(rule, key, value, false);
         }
     }
 }

@@ -8,7 +8,7 @@ mod file;
 mod kafka;
 mod memory;
 
-pub use crate::state::{PartitionState, Position};
+pub use crate::state::Position;
 pub use file::FileSource;
 pub use kafka::KafkaSource;
 pub use memory::MemorySource;
@@ -73,7 +73,7 @@ pub enum Rebalance {
     Revoked(Vec<u32>),
     /// This partition was given to this daemon, with its state as the
     /// changelog holds it. Its events follow.
-    Assigned(PartitionState),
+    Assigned(crate::state::Restored),
 }
 
 /// Why a source failed.

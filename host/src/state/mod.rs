@@ -24,21 +24,6 @@ use crate::window::WindowDelta;
 
 pub mod kafka;
 
-/// One partition's keyed state, read back from the changelog.
-#[derive(Debug, Default)]
-pub struct PartitionState {
-    /// The partition.
-    pub partition: u32,
-    /// Feature state: (key kind, key hash, state).
-    pub features: Vec<(u8, u128, Vec<u8>)>,
-    /// Rules' keyed state: (rule, key, value).
-    pub rule_state: Vec<(String, Vec<u8>, Vec<u8>)>,
-    /// Open windows: (window name, key, windows).
-    pub windows: Vec<(String, String, Vec<u8>)>,
-    /// Transaction ids seen, for de-duplication: (id hash, event time).
-    pub dedup: Vec<(u128, i64)>,
-}
-
 /// Where a source is: what a checkpoint stores to resume from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Position {
@@ -260,25 +245,65 @@ impl Durable for StateStore {
     }
 }
 
-/// What a restart resumes from.
-#[derive(Debug, Default)]
+/// Keyed state read back, with named records, as it goes to the workers:
+/// a whole checkpoint from the store, a worker's share of one, or one input
+/// partition's state from the Kafka changelog.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Restored {
-    /// The checkpoint's sequence number.
+    /// The checkpoint's sequence number (0 for a changelog partition).
     pub id: u64,
     /// Where the source resumes.
     pub position: Position,
     /// Workers when written.
     pub workers: u16,
-    /// The de-duplication set.
+    /// The input partition the state is of (Kafka), or `None` for a
+    /// checkpoint's whole state.
+    pub partition: Option<u32>,
+    /// The de-duplication set: (id hash, event time).
     pub dedup: Vec<(u128, i64)>,
-    /// Every key's feature state: (space, hash, worker, state).
-    pub features: Vec<(u8, u128, u16, Vec<u8>)>,
-    /// Every key's open windows (`windows` always `Some`).
-    pub windows: Vec<WindowDelta>,
+    /// Every key's feature series.
+    pub features: Vec<FeatureRecord>,
+    /// Every key's open windows.
+    pub windows: Vec<WindowRecord>,
     /// The newest event time the watermarks followed.
     pub watermark: Option<i64>,
-    /// Rules' keyed state: (rule, key, worker, value).
-    pub rule_state: Vec<(String, Vec<u8>, u16, Vec<u8>)>,
+    /// Rules' keyed state.
+    pub rule_state: Vec<RuleRecord>,
+}
+
+/// One key's feature series, as [`crate::features::FeatureEngine::restore`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureRecord {
+    /// The key space's code.
+    pub space: u8,
+    /// The key's hash.
+    pub hash: u128,
+    /// The serialised series.
+    pub state: Vec<u8>,
+}
+
+/// One key's open windows of one window definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRecord {
+    /// The window definition's name.
+    pub window: String,
+    /// The key.
+    pub key: String,
+    /// The input partition of the event that last touched it.
+    pub partition: u32,
+    /// The serialised windows.
+    pub windows: Vec<u8>,
+}
+
+/// One value a rule stored for one of its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    /// The rule's name.
+    pub rule: String,
+    /// The stored key (entity and the rule's own key).
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -380,8 +405,8 @@ impl StateStore {
                 return Err(self.err("bad feature record"));
             }
             let hash = u128::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
-            let worker = u16::from_le_bytes([v[0], v[1]]);
-            restored.features.push((k[0], hash, worker, v[2..].to_vec()));
+            // The first two bytes name the worker that wrote it.
+            restored.features.push(FeatureRecord { space: k[0], hash, state: v[2..].to_vec() });
         }
         match rx.open_table(RULE_STATE) {
             Ok(table) => {
@@ -393,8 +418,11 @@ impl StateStore {
                     if v.len() < 2 {
                         return Err(self.err("bad rule state record"));
                     }
-                    let worker = u16::from_le_bytes([v[0], v[1]]);
-                    restored.rule_state.push((rule.to_owned(), k[split + 1..].to_vec(), worker, v[2..].to_vec()));
+                    restored.rule_state.push(RuleRecord {
+                        rule: rule.to_owned(),
+                        key: k[split + 1..].to_vec(),
+                        value: v[2..].to_vec(),
+                    });
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -409,15 +437,15 @@ impl StateStore {
                     let split = k.iter().position(|&b| b == 0).ok_or_else(bad)?;
                     let window = std::str::from_utf8(&k[..split]).map_err(|_| bad())?;
                     let key = std::str::from_utf8(&k[split + 1..]).map_err(|_| bad())?;
-                    let (Some(worker), Some(partition)) = (v.get(..2), v.get(2..6)) else {
+                    // After the writing worker (2 bytes): the partition.
+                    let Some(partition) = v.get(2..6) else {
                         return Err(bad());
                     };
-                    restored.windows.push(WindowDelta {
+                    restored.windows.push(WindowRecord {
                         window: window.to_owned(),
                         key: key.to_owned(),
-                        worker: u16::from_le_bytes([worker[0], worker[1]]),
                         partition: u32::from_le_bytes([partition[0], partition[1], partition[2], partition[3]]),
-                        windows: Some(v[6..].to_vec()),
+                        windows: v[6..].to_vec(),
                     });
                 }
             }
@@ -574,12 +602,18 @@ mod tests {
         };
         store.commit(&cp).expect("commit");
         let r = store.load("s").expect("load").expect("some");
-        assert_eq!(r.windows, cp.windows);
+        let record = |key: &str, windows: &[u8]| WindowRecord {
+            window: "card-5m".into(),
+            key: key.into(),
+            partition: 3,
+            windows: windows.to_vec(),
+        };
+        assert_eq!(r.windows, [record("a", b"wa"), record("b", b"wb")]);
         assert_eq!(r.watermark, Some(-5));
         let cp = Checkpoint { id: 3, source: "s".into(), windows: vec![delta("a", None)], ..Checkpoint::default() };
         store.commit(&cp).expect("commit");
         let r = store.load("s").expect("load").expect("some");
-        assert_eq!(r.windows, [delta("b", Some(b"wb"))]);
+        assert_eq!(r.windows, [record("b", b"wb")]);
         assert_eq!(r.watermark, Some(-5), "kept while no worker has seen an event");
     }
 
@@ -625,7 +659,7 @@ mod tests {
                 let r = store.load("s").expect("load").expect("some");
                 prop_assert_eq!(r.id, i as u64);
                 prop_assert_eq!(r.position, cp.position);
-                let got: HashMap<u128, Vec<u8>> = r.features.into_iter().map(|(_, h, _, s)| (h, s)).collect();
+                let got: HashMap<u128, Vec<u8>> = r.features.into_iter().map(|f| (f.hash, f.state)).collect();
                 prop_assert_eq!(&got, &model_features);
                 // Chunks still kept may hold ids already forgotten, which the
                 // restored set forgets in turn; every remembered id is there.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 pub mod snapshot;
 
-use super::PartitionState;
+use super::{FeatureRecord, Restored, RuleRecord, WindowRecord};
 use crate::config::KafkaConfig;
 use crate::kafka::{Fence, Logging, SourceContext};
 use crate::sinks::Producer;
@@ -61,25 +61,30 @@ fn apply(state: &mut HashMap<Vec<u8>, Vec<u8>>, key: &[u8], value: Option<&[u8]>
     }
 }
 
-fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> PartitionState {
-    let mut out = PartitionState { partition, ..PartitionState::default() };
+fn into_partition_state(partition: u32, entries: HashMap<Vec<u8>, Vec<u8>>) -> Restored {
+    let mut out = Restored { partition: Some(partition), ..Restored::default() };
     for (key, value) in entries {
         match key.split_first() {
             Some((b'f', rest)) if rest.len() == 17 => {
                 let mut hash = [0u8; 16];
                 hash.copy_from_slice(&rest[1..]);
-                out.features.push((rest[0], u128::from_be_bytes(hash), value));
+                out.features.push(FeatureRecord { space: rest[0], hash: u128::from_be_bytes(hash), state: value });
             }
             Some((b'r', rest)) => {
                 if let Some(nul) = rest.iter().position(|&b| b == 0) {
                     let rule = String::from_utf8_lossy(&rest[..nul]).into_owned();
-                    out.rule_state.push((rule, rest[nul + 1..].to_vec(), value));
+                    out.rule_state.push(RuleRecord { rule, key: rest[nul + 1..].to_vec(), value });
                 }
             }
             Some((b'w', rest)) => {
                 let split = rest.iter().position(|&b| b == 0);
                 match split.map(|nul| (std::str::from_utf8(&rest[..nul]), std::str::from_utf8(&rest[nul + 1..]))) {
-                    Some((Ok(window), Ok(key))) => out.windows.push((window.to_owned(), key.to_owned(), value)),
+                    Some((Ok(window), Ok(key))) => out.windows.push(WindowRecord {
+                        window: window.to_owned(),
+                        key: key.to_owned(),
+                        partition,
+                        windows: value,
+                    }),
                     _ => tracing::warn!(partition, "ignoring a malformed window record in the changelog"),
                 }
             }
@@ -104,7 +109,7 @@ pub fn read(
     topic: &str,
     partitions: &[u32],
     snapshots: Option<&Snapshots>,
-) -> Result<Vec<PartitionState>, String> {
+) -> Result<Vec<Restored>, String> {
     let started = Instant::now();
     let mut c = crate::kafka::client_config(k);
     for (key, value) in &k.consumer {
@@ -211,7 +216,7 @@ pub fn read(
             }
         }
     }
-    let out: Vec<PartitionState> = entries.into_iter().map(|(p, e)| into_partition_state(p, e)).collect();
+    let out: Vec<Restored> = entries.into_iter().map(|(p, e)| into_partition_state(p, e)).collect();
     tracing::info!(
         partitions = ?partitions,
         records,
@@ -587,11 +592,18 @@ mod tests {
         apply(&mut entries, &named_key(b'w', "card-5m", b"tok-2"), None);
         apply(&mut entries, &named_key(b'w', "card-5m", b"\xff"), Some(b"not utf-8"));
         let s = into_partition_state(7, entries);
-        assert_eq!(s.partition, 7);
-        assert_eq!(s.features, vec![(3, 0xdead_beef, b"series".to_vec())]);
-        assert_eq!(s.rule_state, vec![("velocity".to_owned(), b"card\0x".to_vec(), b"v1".to_vec())]);
+        assert_eq!(s.partition, Some(7));
+        assert_eq!(s.features, vec![FeatureRecord { space: 3, hash: 0xdead_beef, state: b"series".to_vec() }]);
+        let rule = RuleRecord { rule: "velocity".to_owned(), key: b"card\0x".to_vec(), value: b"v1".to_vec() };
+        assert_eq!(s.rule_state, vec![rule]);
         assert_eq!(s.dedup, vec![(u128::MAX - 5, 1_717_000_000_123)]);
-        assert_eq!(s.windows, vec![("card-5m".to_owned(), "tok-1".to_owned(), b"open".to_vec())]);
+        let window = WindowRecord {
+            window: "card-5m".to_owned(),
+            key: "tok-1".to_owned(),
+            partition: 7,
+            windows: b"open".to_vec(),
+        };
+        assert_eq!(s.windows, vec![window]);
     }
 
     /// Reading with a local snapshot, on librdkafka's mock cluster: the
@@ -613,8 +625,8 @@ mod tests {
             }
             producer.flush(Duration::from_secs(10)).expect("flush");
         };
-        let hashes = |states: &[PartitionState]| -> Vec<u128> {
-            let mut h: Vec<u128> = states[0].features.iter().map(|(_, h, _)| *h).collect();
+        let hashes = |states: &[Restored]| -> Vec<u128> {
+            let mut h: Vec<u128> = states[0].features.iter().map(|f| f.hash).collect();
             h.sort_unstable();
             h
         };
