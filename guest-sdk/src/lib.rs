@@ -58,9 +58,11 @@
 //! - `state = account`: the entity whose keyed state the rule keeps.
 //!
 //! A misspelt name is a compile error at its use: a field of `Params` or
-//! `Features` that does not exist, and a string literal given to
-//! `ctx.param_i64`, `ctx.feature` or `ctx.in_list` that the attribute does
-//! not declare (or a parameter read with the wrong type).
+//! `Features` that does not exist, and, in the rule function's own body, a
+//! string literal given to `ctx.param_i64`, `ctx.feature` or `ctx.in_list`
+//! that the attribute does not declare (or a parameter read with the wrong
+//! type). Names passed as constants, or read in helper functions, are
+//! checked when the rule runs, as before: its native tests catch them.
 //!
 //! The attribute also defines `pub static RULE: vigil_sdk::Rule`, the rule's
 //! manifest and entry point, used by [`testing`].

@@ -5,10 +5,11 @@ use vigil_abi::{CardRef, Channel, EventView, Field, FieldMask, GeoRef, Kind, Par
 /// One payment event, showing the fields the rule declared in
 /// `fields(...)`.
 ///
-/// Reading a field the rule did not declare is a mistake the host could
-/// not see (it never copies that field into the rule's memory): it panics
-/// with the field and what to add, so the rule's native test fails there,
-/// and inside the host the call fails with that message.
+/// Reading a field the rule did not declare is a mistake the host cannot
+/// see (it never copies that field into the rule's memory): in native
+/// builds it panics with the field and what to add, so the rule's native
+/// test of that path fails; a wasm build does not check, and the deployed
+/// rule reads the field as empty.
 ///
 /// Money is an integer in minor units of [`Payment::currency`] (cents for
 /// USD, yen for JPY); there are no floats for money anywhere in vigil.

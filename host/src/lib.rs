@@ -109,6 +109,46 @@ mod tests {
         }
     }
 
+    /// The first segment of every `crate::` path in `code`, groups
+    /// (`crate::{a::X, b::{Y, Z}}`) included.
+    fn crate_paths(code: &str) -> Vec<String> {
+        let ident =
+            |s: &str| -> String { s.trim().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect() };
+        let mut out = Vec::new();
+        for used in code.split("crate::").skip(1) {
+            let Some(group) = used.strip_prefix('{') else {
+                out.push(ident(used));
+                continue;
+            };
+            // The group's items at depth 0, up to its closing brace.
+            let (mut depth, mut item) = (0, String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.push(ident(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                if depth == 0 || item.is_empty() {
+                    item.push(c);
+                }
+            }
+            out.push(ident(&item));
+        }
+        out
+    }
+
+    #[test]
+    fn crate_paths_are_read_in_groups_too() {
+        let code = "use crate::a::X; use crate::{b::Y, c::{D, E}, f}; crate::g::h()";
+        assert_eq!(crate_paths(code), ["a", "b", "c", "f", "g"]);
+    }
+
     #[test]
     fn layout_has_no_upward_imports() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -122,19 +162,14 @@ mod tests {
                 let text = std::fs::read_to_string(&file).expect("read");
                 // Code only: its unit tests and comments may name anything.
                 let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
-                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                    for used in line.split("crate::").skip(1) {
-                        // `crate::a::…`, or `crate::{a::…, b}` on one line.
-                        let group = used.strip_prefix('{').map(|g| g.split('}').next().unwrap_or_default());
-                        for path in group.map_or(vec![used], |g| g.split(',').collect()) {
-                            let name: String =
-                                path.trim().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                            if let Some(pos) = LAYERS.iter().position(|m| *m == name)
-                                && pos > at
-                            {
-                                upward.push(format!("{} uses {name}: {}", file.display(), line.trim()));
-                            }
-                        }
+                // One line, so a `use` wrapped over several is read whole.
+                let code: String =
+                    code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join(" ");
+                for name in crate_paths(&code) {
+                    if let Some(pos) = LAYERS.iter().position(|m| *m == name)
+                        && pos > at
+                    {
+                        upward.push(format!("{} uses {name}", file.display()));
                     }
                 }
             }

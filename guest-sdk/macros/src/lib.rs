@@ -5,6 +5,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
+use syn::ext::IdentExt as _;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::visit::Visit;
@@ -255,8 +256,12 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> Result<TokenStream2> {
     let features: Vec<FeatureDecl> = features.unwrap_or_default();
     let mut named = std::collections::HashSet::new();
     for name in features.iter().filter_map(|f| f.name.as_ref()) {
-        if !named.insert(name.to_string()) {
-            return Err(Error::new(name.span(), format!("feature name `{name}` used twice")));
+        // Each is also a constant `Features::NAME`.
+        if !named.insert(name.unraw().to_string().to_uppercase()) {
+            return Err(Error::new(
+                name.span(),
+                format!("feature name `{name}` used twice (names are compared as constants, in upper case)"),
+            ));
         }
     }
     check_uses(&f, &params, &features, &lists)?;
@@ -410,6 +415,9 @@ fn check_uses(f: &ItemFn, params: &[Param], features: &[FeatureDecl], lists: &[L
             }
             syn::visit::visit_expr_method_call(self, call);
         }
+
+        // A function inside the rule's body has a `ctx` of its own.
+        fn visit_item_fn(&mut self, _: &'ast ItemFn) {}
     }
     let ctx = f.sig.inputs.iter().nth(1).and_then(|arg| match arg {
         syn::FnArg::Typed(t) => match &*t.pat {
@@ -488,7 +496,7 @@ fn typed_access(params: &[Param], features: &[FeatureDecl]) -> TokenStream2 {
         let names: Vec<&Ident> = named.iter().map(|f| f.1).collect();
         let docs = named.iter().map(|f| format!("`{}`, computed by the host for this event.", f.2.value()));
         let consts: Vec<Ident> =
-            named.iter().map(|f| Ident::new(&f.1.to_string().to_uppercase(), f.1.span())).collect();
+            named.iter().map(|f| Ident::new(&f.1.unraw().to_string().to_uppercase(), f.1.span())).collect();
         let specs = named.iter().map(|f| f.2);
         let spec_docs =
             named.iter().map(|f| format!("The spec of `{}`, as tests name it to `TestContext::feature`.", f.1));

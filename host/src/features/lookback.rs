@@ -186,9 +186,12 @@ impl NumSeries {
     /// `span` buckets ending at `t`'s.
     pub fn totals(&mut self, t: i64, window_ms: i64, bucket_ms: i64, span: i64) -> Totals {
         let mut total = Totals::default();
-        let mut take = |amount: i64, count: u64, min: i64, max: i64| {
+        // Wide, and clamped once: the same window gives the same sum
+        // however it is read.
+        let mut sum: i128 = 0;
+        let mut take = |amount: i128, count: u64, min: i64, max: i64| {
             total.count += count;
-            total.sum = total.sum.saturating_add(amount);
+            sum += amount;
             total.min = total.min.min(min);
             total.max = total.max.max(max);
         };
@@ -201,17 +204,14 @@ impl NumSeries {
                     if ts <= t - window_ms {
                         break;
                     }
-                    take(amount, 1, amount, amount);
+                    take(amount.into(), 1, amount, amount);
                 }
             }
             NumSeries::Sliding(events) => match events.running(t, window_ms) {
-                Some(a) => {
-                    let sum = a.sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-                    take(sum, a.count, a.min().unwrap_or(i64::MAX), a.max().unwrap_or(i64::MIN));
-                }
+                Some(a) => take(a.sum, a.count, a.min().unwrap_or(i64::MAX), a.max().unwrap_or(i64::MIN)),
                 None => {
                     for &(_, amount) in events.in_window(t, window_ms) {
-                        take(amount, 1, amount, amount);
+                        take(amount.into(), 1, amount, amount);
                     }
                 }
             },
@@ -224,10 +224,11 @@ impl NumSeries {
                     if b.idx <= idx - span {
                         break;
                     }
-                    take(b.sum, u64::from(b.count), b.min, b.max);
+                    take(b.sum.into(), u64::from(b.count), b.min, b.max);
                 }
             }
         }
+        total.sum = sum.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         total
     }
 

@@ -252,11 +252,10 @@ impl SourceRun {
                     self.setup.decoder.dedup_mut().drop_partitions(&partitions);
                     self.send_all(|| WorkerMsg::Drop(partitions.clone()))?;
                 }
-                Rebalance::Assigned(mut state) => {
+                Rebalance::Assigned { partition, mut state } => {
                     // The ids its previous owner saw, so a payment sent
                     // again after the move is still caught.
                     let dedup = std::mem::take(&mut state.dedup);
-                    let partition = state.partition.unwrap_or_default();
                     self.setup.decoder.dedup_mut().restore_partition(partition, &dedup);
                     let w = self.setup.router.owner_of_partition(partition);
                     self.send(w, WorkerMsg::Restore(Box::new(state)))?;

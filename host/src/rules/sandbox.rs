@@ -493,7 +493,7 @@ impl Sandbox {
             // One more: the first tick may come at once.
             deadline_ticks: u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1),
             clock: quanta::Clock::new(),
-            log_rate: DEFAULT_LOG_RATE,
+            log_rate: crate::config::DEFAULT_LOG_RATE,
         })
     }
 
@@ -850,9 +850,6 @@ fn state_get(
     out.copy_from_slice(&value[..n]);
     Ok(value.len() as i32)
 }
-
-/// Log lines a second a rule instance may write unless configured.
-pub const DEFAULT_LOG_RATE: u32 = crate::config::DEFAULT_LOG_RATE;
 
 /// Fuel a log line costs besides its bytes: formatting and writing it is
 /// the host's most expensive call.

@@ -264,7 +264,10 @@ impl Source for KafkaSource {
                 Change::Assigned(ps) => {
                     let states = changelog::read(&self.config, &self.changelog, &ps, self.snapshots.as_deref())
                         .map_err(|e| SourceError::Kafka(e.to_string()))?;
-                    out.extend(states.into_iter().map(Rebalance::Assigned));
+                    for state in states {
+                        let partition = state.partition.expect("the changelog reads a partition's state");
+                        out.push(Rebalance::Assigned { partition, state });
+                    }
                 }
             }
         }

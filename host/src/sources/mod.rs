@@ -73,7 +73,12 @@ pub enum Rebalance {
     Revoked(Vec<u32>),
     /// This partition was given to this daemon, with its state as the
     /// changelog holds it. Its events follow.
-    Assigned(crate::state::Restored),
+    Assigned {
+        /// The partition.
+        partition: u32,
+        /// Its state.
+        state: crate::state::Restored,
+    },
 }
 
 /// Why a source failed.
