@@ -211,7 +211,7 @@ pub fn could_be_a_card_number(digits: &str) -> bool {
 }
 
 impl Tokenizer {
-    /// `text` with every card number in it (see [`Run::card_numbers`])
+    /// `text` with every card number in it (see `Run::card_numbers`)
     /// replaced by its token, or `None` when it holds none: how a field of
     /// an accepted event that is not the card (an id, an account, a free
     /// attribute) carries a card number no further. Tokens are stable, so

@@ -19,10 +19,10 @@
 //! ([`checkpoint`]).
 //!
 //! # Layout
-//! - [`source`]: reading, decoding, de-duplicating, routing, barriers.
-//! - [`exchange`]: who owns which key, and the batch the workers share.
-//! - [`worker`]: one worker's phases of each batch, and its checkpoint part.
-//! - [`output`]: the sinks, and assembling and committing checkpoints.
+//! - `source`: reading, decoding, de-duplicating, routing, barriers.
+//! - `exchange`: who owns which key, and the batch the workers share.
+//! - `worker`: one worker's phases of each batch, and its checkpoint part.
+//! - `output`: the sinks, and assembling and committing checkpoints.
 //! - [`checkpoint`]: the barrier protocol, and restored state's routing.
 
 pub mod checkpoint;

@@ -104,7 +104,7 @@ pub struct Head {
     pub head: String,
     /// The daemon's public key, hex.
     pub public_key: String,
-    /// Ed25519 signature over [`Head::payload`], hex.
+    /// Ed25519 signature over `Head::payload`, hex.
     pub signature: String,
 }
 

@@ -251,7 +251,7 @@ const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Compile modules in a child process from now on: `program compile-rule
 /// OUT` reads the module on its standard input and writes the compiled
-/// artefact to OUT (the `vigil` binary does; see [`compile_to`]).
+/// artefact to OUT (the `vigil` binary does; see [`compile`]).
 ///
 /// Why: a module is untrusted input to the compiler too. In a child, a
 /// module that crashes the compiler, makes it eat memory or run for minutes
