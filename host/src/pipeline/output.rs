@@ -141,7 +141,7 @@ fn run_committer(
         }
         tracing::debug!(id, line, keys, took_ms = started.elapsed().as_millis() as u64, "checkpoint committed");
     }
-    store.finish()
+    Ok(store.finish()?)
 }
 
 /// A batch of serialised output lines.
@@ -512,9 +512,12 @@ mod tests {
     }
 
     impl Durable for Store {
-        fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
+        fn commit(&mut self, cp: Checkpoint) -> Result<(), crate::state::StateError> {
             if self.fails_from.is_some_and(|id| cp.id >= id) {
-                anyhow::bail!("cannot write the store: no space left on device");
+                return Err(crate::state::StateError::Store {
+                    path: "test.redb".into(),
+                    message: "cannot write the store: no space left on device".into(),
+                });
             }
             self.log.lock().expect("log").push(format!("commit {}", cp.id));
             Ok(())

@@ -254,7 +254,7 @@ impl Producer {
         &self,
         offsets: &rdkafka::TopicPartitionList,
         group: Option<&rdkafka::consumer::ConsumerGroupMetadata>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer as _;
         let result = (|| {
             if let (Some(group), true) = (group, offsets.count() > 0) {
@@ -265,23 +265,19 @@ impl Producer {
         if let Err(e) = result {
             let _ = self.inner.abort_transaction(OUTAGE_LIMIT);
             let _ = self.inner.begin_transaction();
-            anyhow::bail!("cannot commit the Kafka transaction: {e}");
+            return Err(e);
         }
-        self.inner.begin_transaction().map_err(|e| anyhow::anyhow!("cannot begin a Kafka transaction: {e}"))?;
-        Ok(())
+        self.inner.begin_transaction()
     }
 
     /// Discards the open transaction and begins the next.
     ///
     /// # Errors
     /// When the brokers cannot be told.
-    pub(crate) fn abort_transaction(&self) -> anyhow::Result<()> {
+    pub(crate) fn abort_transaction(&self) -> Result<(), KafkaError> {
         use rdkafka::producer::Producer as _;
-        self.inner
-            .abort_transaction(OUTAGE_LIMIT)
-            .map_err(|e| anyhow::anyhow!("cannot abort the Kafka transaction: {e}"))?;
-        self.inner.begin_transaction().map_err(|e| anyhow::anyhow!("cannot begin a Kafka transaction: {e}"))?;
-        Ok(())
+        self.inner.abort_transaction(OUTAGE_LIMIT)?;
+        self.inner.begin_transaction()
     }
 
     /// Leaves waiting for outputs before a checkpoint to the committer.

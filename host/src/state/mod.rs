@@ -136,6 +136,28 @@ pub enum StateError {
         /// The configured source.
         expected: String,
     },
+    /// A checkpoint's records could not be sent to the Kafka changelog.
+    #[error("cannot send checkpoint {id} to the changelog `{topic}`: {source}")]
+    ChangelogWrite {
+        /// The checkpoint.
+        id: u64,
+        /// The changelog topic.
+        topic: String,
+        /// The producer's error.
+        source: std::io::Error,
+    },
+    /// A Kafka call of a checkpoint failed: committing the input's offsets
+    /// or the transaction.
+    #[error("{what}: {source}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The thread committing checkpoints to Kafka is gone.
+    #[error("the Kafka commit thread {0}")]
+    CommitThread(&'static str),
 }
 
 /// One key's feature state that changed, or went away (`state: None`).
@@ -199,13 +221,13 @@ pub trait Durable: Send + std::fmt::Debug {
     ///
     /// # Errors
     /// When it cannot be written; the previous checkpoint stays the latest.
-    fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()>;
+    fn commit(&mut self, cp: Checkpoint) -> Result<(), StateError>;
 
     /// Finishes the commits still under way, at shutdown.
     ///
     /// # Errors
     /// When one of them failed.
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<(), StateError> {
         Ok(())
     }
 
@@ -233,11 +255,11 @@ pub trait Durable: Send + std::fmt::Debug {
 }
 
 impl Durable for StateStore {
-    fn commit(&mut self, mut cp: Checkpoint) -> anyhow::Result<()> {
+    fn commit(&mut self, mut cp: Checkpoint) -> Result<(), StateError> {
         // Moved into key order (stable: a key listed twice keeps its last
         // state), so the transaction reads the deltas in turn.
         cp.features.sort_by_key(|d| (d.kind, d.hash));
-        Ok(StateStore::commit(self, &cp)?)
+        StateStore::commit(self, &cp)
     }
 
     fn commits_off_thread(&self) -> bool {

@@ -21,7 +21,7 @@ use super::{FeatureRecord, Restored, RuleRecord, WindowRecord};
 use crate::config::KafkaConfig;
 use crate::kafka::{Fence, Logging, SourceContext};
 use crate::sinks::Producer;
-use crate::state::{Checkpoint, Durable};
+use crate::state::{Checkpoint, Durable, StateError};
 use snapshot::Snapshots;
 
 fn feature_key(kind: u8, hash: u128) -> Vec<u8> {
@@ -291,7 +291,7 @@ pub struct Committer {
     fence: Fence,
     jobs: Option<crossbeam_channel::Sender<Pending>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    failure: Arc<std::sync::Mutex<Option<String>>>,
+    failure: Arc<std::sync::Mutex<Option<StateError>>>,
 }
 
 /// A checkpoint to make durable, its outputs already produced.
@@ -321,7 +321,7 @@ impl Committer {
         // One checkpoint waiting behind the one being committed; the sink
         // holds back beyond that.
         let (tx, rx) = crossbeam_channel::bounded::<Pending>(1);
-        let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let failure: Arc<std::sync::Mutex<Option<StateError>>> = Arc::default();
         let thread = std::thread::Builder::new()
             .name("vigil-kafka-commit".into())
             .spawn({
@@ -346,9 +346,9 @@ impl Committer {
         Self { fence, jobs: Some(tx), thread, failure }
     }
 
-    fn failed(&self) -> anyhow::Result<()> {
+    fn failed(&self) -> Result<(), StateError> {
         match self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
-            Some(e) => Err(anyhow::anyhow!(e)),
+            Some(e) => Err(e),
             None => Ok(()),
         }
     }
@@ -372,7 +372,8 @@ fn send_changes(
     cp: &Checkpoint,
     owned: &std::collections::BTreeSet<u32>,
     mut keep: Option<&mut Sent>,
-) -> anyhow::Result<(usize, TopicPartitionList)> {
+) -> Result<(usize, TopicPartitionList), StateError> {
+    let write = |source| StateError::ChangelogWrite { id: cp.id, topic: changelog.to_owned(), source };
     let mut produced = 0usize;
     let mut send = |partition: u32, key: Vec<u8>, value: Option<&[u8]>| -> std::io::Result<()> {
         produced += 1;
@@ -387,25 +388,28 @@ fn send_changes(
         }
     };
     for d in cp.features.iter().filter(|d| owned.contains(&d.partition)) {
-        send(d.partition, feature_key(d.kind, d.hash), d.state.as_deref())?;
+        send(d.partition, feature_key(d.kind, d.hash), d.state.as_deref()).map_err(write)?;
     }
     for d in cp.rule_state.iter().filter(|d| owned.contains(&d.partition)) {
-        send(d.partition, named_key(b'r', &d.rule, &d.key), d.value.as_deref())?;
+        send(d.partition, named_key(b'r', &d.rule, &d.key), d.value.as_deref()).map_err(write)?;
     }
     for d in cp.windows.iter().filter(|d| owned.contains(&d.partition)) {
-        send(d.partition, named_key(b'w', &d.window, d.key.as_bytes()), d.windows.as_deref())?;
+        send(d.partition, named_key(b'w', &d.window, d.key.as_bytes()), d.windows.as_deref()).map_err(write)?;
     }
     // The delta lists each id once, as it ends up (`Dedup::take_delta`), so
     // the order of the two loops does not matter.
     for &(id, partition) in cp.dedup_removed.iter().filter(|(_, p)| owned.contains(p)) {
-        send(partition, dedup_key(id), None)?;
+        send(partition, dedup_key(id), None).map_err(write)?;
     }
     for &(id, ts, partition) in cp.dedup_added.iter().filter(|(_, _, p)| owned.contains(p)) {
-        send(partition, dedup_key(id), Some(&ts.to_be_bytes()))?;
+        send(partition, dedup_key(id), Some(&ts.to_be_bytes())).map_err(write)?;
     }
     let mut offsets = TopicPartitionList::new();
     for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.contains(p)) {
-        offsets.add_partition_offset(input, p as i32, Offset::Offset(next))?;
+        offsets.add_partition_offset(input, p as i32, Offset::Offset(next)).map_err(|source| StateError::Kafka {
+            what: format!("cannot list the offsets of `{input}` to commit"),
+            source,
+        })?;
     }
     Ok((produced, offsets))
 }
@@ -435,15 +439,18 @@ fn commit(
     (changelog, input): (&str, &str),
     snapshots: Option<&Snapshots>,
     job: Pending,
-) -> Result<(), String> {
+) -> Result<(), StateError> {
     let Pending { cp, owned } = job;
     let (id, epoch) = (cp.id, cp.epoch);
     let mut sent = snapshots.map(|_| Sent::default());
-    let (produced, offsets) = send_changes(producer, changelog, input, &cp, &owned, sent.as_mut())
-        .map_err(|e| format!("cannot send checkpoint {id} to `{changelog}`: {e}"))?;
+    let (produced, offsets) = send_changes(producer, changelog, input, &cp, &owned, sent.as_mut())?;
     tracing::debug!(checkpoint = id, changelog_records = produced, "checkpoint sent to Kafka");
     drop(cp);
-    producer.wait(producer.mark()).map_err(|e| e.to_string())?;
+    producer.wait(producer.mark()).map_err(|source| StateError::ChangelogWrite {
+        id,
+        topic: changelog.to_owned(),
+        source,
+    })?;
     // The records are in the changelog whatever happens to the offsets.
     if let (Some(snapshots), Some(sent)) = (snapshots, sent) {
         keep_locally(producer, snapshots, sent);
@@ -464,12 +471,12 @@ fn commit(
             tracing::warn!(error = %e, checkpoint = id, "offsets not committed; the group is rebalancing");
             Ok(())
         }
-        Err(e) => Err(format!("cannot commit offsets of `{input}`: {e}")),
+        Err(source) => Err(StateError::Kafka { what: format!("cannot commit offsets of `{input}`"), source }),
     }
 }
 
 impl Durable for Committer {
-    fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
+    fn commit(&mut self, cp: Checkpoint) -> Result<(), StateError> {
         self.failed()?;
         let mut owned = self.fence.lock();
         if cp.abort || cp.epoch != owned.epoch {
@@ -486,15 +493,15 @@ impl Durable for Committer {
         if !sent {
             self.fence.settle();
             self.failed()?;
-            anyhow::bail!("the Kafka commit thread stopped");
+            return Err(StateError::CommitThread("stopped"));
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<(), StateError> {
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
-            t.join().map_err(|_| anyhow::anyhow!("the Kafka commit thread panicked"))?;
+            t.join().map_err(|_| StateError::CommitThread("panicked"))?;
         }
         self.failed()
     }
@@ -537,12 +544,15 @@ impl Transactions {
 }
 
 impl Durable for Transactions {
-    fn commit(&mut self, cp: Checkpoint) -> anyhow::Result<()> {
+    fn commit(&mut self, cp: Checkpoint) -> Result<(), StateError> {
         let mut owned = self.fence.lock();
         if cp.abort {
             drop(owned);
             tracing::info!(checkpoint = cp.id, "partitions moved: aborting the open transaction");
-            return self.producer.abort_transaction();
+            return self.producer.abort_transaction().map_err(|source| StateError::Kafka {
+                what: "cannot abort the Kafka transaction and begin the next".into(),
+                source,
+            });
         }
         if cp.epoch != owned.epoch {
             // Its marker follows and aborts the transaction.
@@ -555,12 +565,15 @@ impl Durable for Transactions {
         let group = self.consumer.group_metadata();
         let result = self.producer.commit_transaction(&offsets, group.as_ref());
         self.fence.settle();
-        result?;
+        result.map_err(|source| StateError::Kafka {
+            what: format!("cannot commit the Kafka transaction of checkpoint {}", cp.id),
+            source,
+        })?;
         tracing::debug!(checkpoint = cp.id, changelog_records = produced, "transaction committed");
         Ok(())
     }
 
-    fn finish(&mut self) -> anyhow::Result<()> {
+    fn finish(&mut self) -> Result<(), StateError> {
         Ok(())
     }
 
