@@ -171,6 +171,14 @@ fn every_event_read_from_kafka_gets_a_decision_on_the_decisions_topic() {
         // lived in one worker.
         assert_eq!(feature(d), n as f64, "{key}: {d}");
     }
+    let alerts = broker.read_all("alerts");
+    let reviewed = decided.iter().filter(|(_, d)| d["action"] != "allow").count();
+    assert!(reviewed > 0, "velocity reviews bursts");
+    assert_eq!(alerts.len(), reviewed, "every decision that did not allow is an alert");
+    for (key, v) in &alerts {
+        let a: Value = serde_json::from_str(v).expect("alert JSON");
+        assert_eq!(a["id"].as_str(), Some(key.as_str()), "an alert is keyed by its transaction id");
+    }
     let dead = broker.read_all("dead-letters");
     assert_eq!(dead.len(), 3, "{dead:?}");
     for (_, v) in &dead {

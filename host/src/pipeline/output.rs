@@ -5,7 +5,6 @@
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,7 +12,7 @@ use std::time::Instant;
 use super::Counters;
 use crate::decide::now_us;
 use crate::decode;
-use crate::sinks::{self, Sink};
+use crate::sinks::{self, Record, Records, Sink};
 use crate::state::{Checkpoint, Durable, FeatureDelta, RuleStateDelta};
 use crate::window::{Closed, Late, WindowDelta};
 
@@ -144,25 +143,26 @@ fn run_committer(
     Ok(store.finish()?)
 }
 
-/// A batch of serialised output lines.
+/// A batch of output records.
 #[derive(Default)]
 pub(super) struct Output {
     /// Rule sets that decided some of these decisions, as (id, record):
     /// written to the rule-sets output before them, once per run.
     pub(super) rule_sets: Vec<(Arc<str>, Arc<str>)>,
-    pub(super) decisions: Vec<u8>,
-    pub(super) decision_count: u64,
-    pub(super) alerts: Vec<Range<usize>>,
-    dead: Vec<u8>,
-    dead_count: u64,
+    /// Decision records, each under its event's id.
+    pub(super) decisions: Records,
+    /// The decisions that did not allow, again.
+    pub(super) alerts: Records,
+    /// Dead letters, under the event's id where it is known.
+    dead: Records,
     /// The code of each dead letter in `dead`.
     dead_codes: Vec<&'static str>,
     /// Decisions with action block.
     pub(super) blocked: u64,
-    aggregates: Vec<u8>,
-    aggregate_count: u64,
-    late: Vec<u8>,
-    late_count: u64,
+    /// Closed windows, each under its key.
+    aggregates: Records,
+    /// Late events, under their ids.
+    late: Records,
 }
 
 #[derive(Serialize)]
@@ -173,18 +173,10 @@ struct EncodeFailure<'a> {
     at_us: i64,
 }
 
-/// Appends one JSON line; serialising these plain records cannot fail.
-fn push_line(buf: &mut Vec<u8>, count: &mut u64, record: &impl Serialize) {
-    if serde_json::to_writer(&mut *buf, record).is_ok() {
-        buf.push(b'\n');
-        *count += 1;
-    }
-}
-
 impl Output {
     pub(super) fn dead_letter(&mut self, letter: &decode::DeadLetter<'_>) {
         self.dead_codes.push(letter.code);
-        push_line(&mut self.dead, &mut self.dead_count, letter);
+        self.dead.push(None, letter);
     }
 
     pub(super) fn encode_failure(&mut self, id: &str, error: &str) {
@@ -195,19 +187,19 @@ impl Output {
             at_us: now_us(),
         };
         self.dead_codes.push("encode");
-        push_line(&mut self.dead, &mut self.dead_count, &dl);
+        self.dead.push(Some(id), &dl);
     }
 
     pub(super) fn closed(&mut self, c: &Closed<'_>) {
-        push_line(&mut self.aggregates, &mut self.aggregate_count, c);
+        self.aggregates.push(Some(c.key), c);
     }
 
     pub(super) fn late(&mut self, l: &Late<'_>) {
-        push_line(&mut self.late, &mut self.late_count, l);
+        self.late.push(Some(l.id), l);
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.decision_count + self.dead_count + self.aggregate_count + self.late_count == 0
+        self.decisions.is_empty() && self.dead.is_empty() && self.aggregates.is_empty() && self.late.is_empty()
     }
 }
 
@@ -265,27 +257,27 @@ pub(super) fn run_sinks(
 fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io::Result<()> {
     for (id, record) in &out.rule_sets {
         if !id.is_empty() && !sinks.written_sets.contains(id) {
-            sinks.rule_sets.write(record.as_bytes())?;
+            let mut set = Records::default();
+            set.push_record(Record { key: Some(id.as_bytes()), line: record.trim_end().as_bytes() });
+            sinks.rule_sets.write(&set)?;
             sinks.written_sets.insert(id.clone());
         }
     }
     sinks.decisions.write(&out.decisions)?;
-    for r in &out.alerts {
-        sinks.alerts.write(&out.decisions[r.clone()])?;
-    }
+    sinks.alerts.write(&out.alerts)?;
     sinks.dead_letters.write(&out.dead)?;
     sinks.aggregates.write(&out.aggregates)?;
     sinks.late.write(&out.late)?;
-    let add = |c: &AtomicU64, n: u64| c.fetch_add(n, Ordering::Relaxed);
-    add(&counters.decided, out.decision_count);
-    add(&counters.alerts, out.alerts.len() as u64);
-    add(&counters.dead_lettered, out.dead_count);
-    add(&counters.aggregates, out.aggregate_count);
-    add(&counters.late, out.late_count);
-    let alerts = out.alerts.len() as u64;
-    add(&counters.allowed, out.decision_count.saturating_sub(alerts));
-    add(&counters.reviewed, alerts.saturating_sub(out.blocked));
-    add(&counters.blocked, out.blocked);
+    let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
+    add(&counters.decided, out.decisions.len());
+    add(&counters.alerts, out.alerts.len());
+    add(&counters.dead_lettered, out.dead.len());
+    add(&counters.aggregates, out.aggregates.len());
+    add(&counters.late, out.late.len());
+    add(&counters.allowed, out.decisions.len().saturating_sub(out.alerts.len()));
+    let (alerts, blocked) = (out.alerts.len() as u64, out.blocked);
+    counters.reviewed.fetch_add(alerts.saturating_sub(blocked), Ordering::Relaxed);
+    counters.blocked.fetch_add(blocked, Ordering::Relaxed);
     if !out.dead_codes.is_empty() {
         let mut by_code = counters.dead_by_code.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for code in &out.dead_codes {
@@ -491,9 +483,9 @@ mod tests {
     struct Recorded(Log);
 
     impl Sink for Recorded {
-        fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
-            if !lines.is_empty() {
-                self.0.lock().expect("log").push(String::from_utf8_lossy(lines).into_owned());
+        fn write(&mut self, records: &Records) -> std::io::Result<()> {
+            if !records.is_empty() {
+                self.0.lock().expect("log").push(String::from_utf8_lossy(records.lines()).into_owned());
             }
             Ok(())
         }
@@ -547,7 +539,8 @@ mod tests {
     }
 
     fn output(from: usize, line: &str) -> SinkMsg {
-        let out = Output { decisions: format!("{line}\n").into_bytes(), decision_count: 1, ..Output::default() };
+        let mut out = Output::default();
+        out.decisions.push_with(None, |buf| buf.extend_from_slice(line.as_bytes()));
         SinkMsg::Output { from, out }
     }
 

@@ -455,7 +455,7 @@ impl Worker {
             self.used_generation = self.evaluator.generation();
         }
         let mine = b.deciders.iter().filter(|&&d| usize::from(d) == me).count();
-        out.decisions.reserve(mine * (self.record_bytes + self.record_bytes / 8));
+        out.decisions.reserve(mine, self.record_bytes + self.record_bytes / 8);
         let several_homes = b.homes.len() > 1;
         let mut record_features = Vec::with_capacity(self.used.len());
         // Intake to decision, added to the shared histogram once per batch.
@@ -470,8 +470,8 @@ impl Worker {
             }
             self.record(&b, i, &mut record_features, outcomes, &mut latency, out);
         }
-        if out.decision_count > 0 {
-            self.record_bytes = out.decisions.len() / out.decision_count as usize;
+        if !out.decisions.is_empty() {
+            self.record_bytes = out.decisions.lines().len() / out.decisions.len();
         }
         self.counters.decision_latency.merge(&mut latency);
         for mut list in f.mine {
@@ -519,11 +519,11 @@ impl Worker {
             ingested_at_us: item.ingested_at_us,
             decided_at_us,
         };
-        let start = out.decisions.len();
-        record.write_json_line(&mut out.decisions);
-        out.decision_count += 1;
-        if action != Action::Allow && out.decisions.len() > start {
-            out.alerts.push(start..out.decisions.len());
+        out.decisions.push_with(Some(&p.id), |buf| record.write_json_line(buf));
+        if action != Action::Allow
+            && let Some(decided) = out.decisions.last()
+        {
+            out.alerts.push_record(decided);
         }
     }
 

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::Sink;
+use super::{Records, Sink};
 
 /// Appends to a file, creating it and its folder.
 #[derive(Debug)]
@@ -111,7 +111,8 @@ fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
 }
 
 impl Sink for FileSink {
-    fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, records: &Records) -> std::io::Result<()> {
+        let lines = records.lines();
         self.out.write_all(lines)?;
         self.len += lines.len() as u64;
         self.write_back();
@@ -134,13 +135,19 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
 
+    fn one(line: &str) -> Records {
+        let mut r = Records::default();
+        r.push_with(None, |buf| buf.extend_from_slice(line.as_bytes()));
+        r
+    }
+
     #[test]
     fn a_partial_last_line_is_removed_on_open() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("d.jsonl");
         std::fs::write(&path, "{\"id\":1}\n{\"id\":2}\n{\"id\":").expect("write");
         let mut sink = FileSink::create(&path).expect("open");
-        sink.write(b"{\"id\":3}\n").expect("write");
+        sink.write(&one("{\"id\":3}\n")).expect("write");
         sink.flush().expect("flush");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
     }
@@ -155,7 +162,7 @@ mod tests {
         let start = expected.len() as u64;
         for i in 0..40_000 {
             let line = format!("{{\"id\":{i},\"pad\":\"{}\"}}\n", "x".repeat(i % 200));
-            sink.write(line.as_bytes()).expect("write");
+            sink.write(&one(&line)).expect("write");
             expected.extend_from_slice(line.as_bytes());
             let (back, len) = (sink.written_back, sink.len);
             assert!(back == start || back + BUFFER as u64 + 4096 <= len, "line {i}: {back} of {len}");
@@ -183,8 +190,8 @@ impl Default for StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
-        self.out.write_all(lines)
+    fn write(&mut self, records: &Records) -> std::io::Result<()> {
+        self.out.write_all(records.lines())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
@@ -196,7 +203,7 @@ impl Sink for StdoutSink {
 pub struct DiscardSink;
 
 impl Sink for DiscardSink {
-    fn write(&mut self, _lines: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, _records: &Records) -> std::io::Result<()> {
         Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::Sink;
+use super::{Records, Sink};
 use crate::config::KafkaConfig;
 use crate::kafka::{Logging, OUTAGE_LIMIT};
 
@@ -286,7 +286,7 @@ impl Producer {
     }
 }
 
-/// An output role written to a topic, each record keyed by its `id`.
+/// An output role written to a topic, each record under its key.
 #[derive(Debug)]
 pub struct KafkaSink {
     producer: Arc<Producer>,
@@ -300,34 +300,9 @@ impl KafkaSink {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Keyed<'a> {
-    #[serde(borrow, default)]
-    id: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// A record's `id`, the Kafka key. Decision records start with it, so the
-/// usual case is a prefix scan; anything else (an escaped id, a record
-/// with `id` elsewhere or none) is parsed.
-fn key_of(line: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    const PREFIX: &[u8] = b"{\"id\":\"";
-    if let Some(rest) = line.strip_prefix(PREFIX)
-        && let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\')
-        && rest[end] == b'"'
-    {
-        return Some(std::borrow::Cow::Borrowed(&rest[..end]));
-    }
-    let keyed: Keyed<'_> = serde_json::from_slice(line).ok()?;
-    keyed.id.map(|id| std::borrow::Cow::Owned(id.into_owned().into_bytes()))
-}
-
 impl Sink for KafkaSink {
-    fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
-        for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let key = key_of(line);
-            self.producer.send(&self.topic, None, key.as_deref(), Some(line))?;
-        }
-        Ok(())
+    fn write(&mut self, records: &Records) -> std::io::Result<()> {
+        records.iter().try_for_each(|r| self.producer.send(&self.topic, None, r.key, Some(r.line)))
     }
 
     /// librdkafka sends in the background within `linger.ms`.
@@ -342,19 +317,5 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         self.producer.flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_key_is_the_records_id_however_it_is_written() {
-        let key = |l: &str| key_of(l.as_bytes()).map(|k| String::from_utf8(k.into_owned()).expect("utf-8"));
-        assert_eq!(key(r#"{"id":"tx-1","action":"allow"}"#).as_deref(), Some("tx-1"));
-        assert_eq!(key(r#"{"id":"a\"b","action":"allow"}"#).as_deref(), Some("a\"b"), "escaped: parsed");
-        assert_eq!(key(r#"{"action":"allow","id":"tx-2"}"#).as_deref(), Some("tx-2"), "not first: parsed");
-        assert_eq!(key(r#"{"reason":"bad json","raw":"{"}"#), None, "a dead letter has no id");
     }
 }

@@ -1,25 +1,28 @@
 //! Sinks: where decisions, alerts, window aggregates, late events and dead
 //! letters go.
 //!
-//! Records arrive already serialised as JSON lines, in batches; a sink only
-//! writes bytes. Alerts and dead letters are roles, not kinds: any sink kind
+//! Records arrive already serialised as JSON lines, in batches of
+//! [`Records`], each with its key: a file writes the lines, a topic sends
+//! each under its key. Alerts and dead letters are roles, not kinds: any sink kind
 //! can serve any role.
 
 mod file;
 mod kafka;
+mod records;
 
 pub use file::{DiscardSink, FileSink, StdoutSink};
 pub use kafka::{KafkaSink, Producer};
+pub use records::{Record, Records};
 
 use crate::config::SinkConfig;
 
-/// A destination for JSON lines.
+/// A destination for records.
 pub trait Sink: Send {
-    /// Writes bytes holding whole lines.
+    /// Writes a batch of records.
     ///
     /// # Errors
     /// When the destination cannot be written.
-    fn write(&mut self, lines: &[u8]) -> std::io::Result<()>;
+    fn write(&mut self, records: &Records) -> std::io::Result<()>;
 
     /// Makes everything written so far visible.
     ///
