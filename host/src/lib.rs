@@ -20,6 +20,7 @@
 //! # Layout
 //! Each module uses only modules above it in this list (no import cycles;
 //! `layout_has_no_upward_imports` below keeps it so):
+//! - [`error`]: printing an error with its causes.
 //! - [`event`]: the canonical payment event and its key fields.
 //! - [`decide`]: combining outcomes into the decision record.
 //! - [`keyed`]: keyed hashing of the ids and keys the input chooses.
@@ -46,6 +47,7 @@
 //! - [`app`]: the daemon: startup, signals, drain.
 //! - [`replay`]: batch replays of history files, backtests against labels, comparisons.
 
+pub mod error;
 pub mod event;
 pub mod decide;
 pub mod keyed;
@@ -74,7 +76,8 @@ mod tests {
     /// The modules in the order of the layout above (`hint` beside
     /// `keyed`): a module's code outside its tests names only modules
     /// before it.
-    const LAYERS: [&str; 22] = [
+    const LAYERS: [&str; 23] = [
+        "error",
         "event",
         "decide",
         "keyed",

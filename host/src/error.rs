@@ -1,0 +1,46 @@
+//! How errors read. Every stage returns its own error type, with the error
+//! that caused it kept as its [`source`](std::error::Error::source) and
+//! left out of its own message; [`chain`] prints the message and its
+//! causes as one line, where an error reaches a log or a person.
+
+use std::error::Error;
+use std::fmt;
+
+/// `error` and each of its causes, joined by `: `, as `anyhow` prints
+/// `{:#}`.
+pub fn chain<'a>(error: &'a (dyn Error + 'static)) -> Chain<'a> {
+    Chain(error)
+}
+
+/// See [`chain`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(&'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}")]
+    struct Read {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let e = Read { path: "a.json", source: std::io::Error::other("disk on fire") };
+        assert_eq!(super::chain(&e).to_string(), "cannot read a.json: disk on fire");
+        assert_eq!(e.to_string(), "cannot read a.json");
+    }
+}
