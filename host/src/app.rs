@@ -289,11 +289,11 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Durability>
     };
     for f in &r.features {
         features::check_stored(&f.state)
-            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
+            .with_context(|| format!("state store {}: in the checkpoint", config.state.dir.display()))?;
     }
     for d in &r.windows {
         crate::window::check_stored(&d.windows)
-            .map_err(|e| anyhow::anyhow!("state store {}: {e}", config.state.dir.display()))?;
+            .with_context(|| format!("state store {}: in the checkpoint", config.state.dir.display()))?;
     }
     decoder.dedup_mut().restore(&r.dedup);
     tracing::info!(

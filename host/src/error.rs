@@ -7,7 +7,8 @@ use std::error::Error;
 use std::fmt;
 
 /// `error` and each of its causes, joined by `: `, as `anyhow` prints
-/// `{:#}`.
+/// `{:#}`; a cause whose text its error already ends with (some libraries
+/// print their source in their own message) is not repeated.
 pub fn chain<'a>(error: &'a (dyn Error + 'static)) -> Chain<'a> {
     Chain(error)
 }
@@ -18,10 +19,15 @@ pub struct Chain<'a>(&'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
         let mut cause = self.0.source();
         while let Some(e) = cause {
-            write!(f, ": {e}")?;
+            let text = e.to_string();
+            if !said.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            said = text;
             cause = e.source();
         }
         Ok(())
@@ -42,5 +48,18 @@ mod tests {
         let e = Read { path: "a.json", source: std::io::Error::other("disk on fire") };
         assert_eq!(super::chain(&e).to_string(), "cannot read a.json: disk on fire");
         assert_eq!(e.to_string(), "cannot read a.json");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("send failed: {source}")]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_its_errors_text_is_not_repeated() {
+        let e =
+            Read { path: "b.json", source: std::io::Error::other(Repeats { source: std::io::Error::other("full") }) };
+        assert_eq!(super::chain(&e).to_string(), "cannot read b.json: send failed: full");
     }
 }

@@ -389,8 +389,8 @@ impl Windows {
         partition: u32,
         bytes: &[u8],
         changed: bool,
-    ) -> Result<(), String> {
-        let windows: Vec<Acc> = postcard::from_bytes(bytes).map_err(|e| format!("bad window state: {e}"))?;
+    ) -> Result<(), BadWindowState> {
+        let windows: Vec<Acc> = postcard::from_bytes(bytes)?;
         let Some(def) = self.defs.iter().position(|d| d.name == window) else {
             return Ok(());
         };
@@ -404,12 +404,17 @@ impl Windows {
     }
 }
 
+/// Stored bytes that are not a key's open windows.
+#[derive(Debug, thiserror::Error)]
+#[error("bad window state")]
+pub struct BadWindowState(#[from] postcard::Error);
+
 /// Checks that `bytes` is one key's open windows.
 ///
 /// # Errors
-/// A message when it is not.
-pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
-    postcard::from_bytes::<Vec<Acc>>(bytes).map(drop).map_err(|e| format!("bad window state in checkpoint: {e}"))
+/// [`BadWindowState`] when it is not.
+pub fn check_stored(bytes: &[u8]) -> Result<(), BadWindowState> {
+    postcard::from_bytes::<Vec<Acc>>(bytes).map(drop).map_err(BadWindowState)
 }
 
 /// Adds an event at `[ts, ts + gap)` to a key's sessions, merging every

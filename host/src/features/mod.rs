@@ -457,12 +457,23 @@ where
     }
 }
 
+/// Stored bytes that are not a key's feature state.
+#[derive(Debug, thiserror::Error)]
+pub enum BadFeatureState {
+    /// The bytes do not decode.
+    #[error("bad feature state")]
+    Decode(#[from] postcard::Error),
+    /// The key space is not one this vigil knows.
+    #[error("unknown key space {0}")]
+    Space(u8),
+}
+
 /// Checks that `bytes` is a stored key's state, as a checkpoint holds it.
 ///
 /// # Errors
-/// A message when it is not.
-pub fn check_stored(bytes: &[u8]) -> Result<(), String> {
-    postcard::from_bytes::<StoredKey>(bytes).map(drop).map_err(|e| format!("bad feature state in checkpoint: {e}"))
+/// [`BadFeatureState`] when it is not.
+pub fn check_stored(bytes: &[u8]) -> Result<(), BadFeatureState> {
+    postcard::from_bytes::<StoredKey>(bytes).map(drop).map_err(BadFeatureState::Decode)
 }
 
 /// Events between slices of the sweep for idle keys.
@@ -990,11 +1001,11 @@ impl FeatureEngine {
     /// Loads one key's stored state.
     ///
     /// # Errors
-    /// A message when the bytes are not a stored key.
-    pub fn restore(&mut self, space_code: u8, hash: u128, bytes: &[u8], changed: bool) -> Result<(), String> {
-        let stored: StoredKey = postcard::from_bytes(bytes).map_err(|e| format!("bad feature state: {e}"))?;
+    /// [`BadFeatureState`] when the bytes are not a stored key.
+    pub fn restore(&mut self, space_code: u8, hash: u128, bytes: &[u8], changed: bool) -> Result<(), BadFeatureState> {
+        let stored: StoredKey = postcard::from_bytes(bytes)?;
         let Some(space) = Space::from_code(space_code) else {
-            return Err(format!("unknown key space {space_code}"));
+            return Err(BadFeatureState::Space(space_code));
         };
         let Some(plan) = self.spaces.get_mut(&space) else {
             return Ok(()); // No feature uses this space any more.

@@ -185,40 +185,119 @@ impl ClientContext for Logging {
     }
 }
 
-/// Turns a failure to reach the cluster into a message that says which
+/// Turns a failure to reach the cluster into the error that says which
 /// setting to look at.
-pub fn explain(err: &KafkaError, k: &KafkaConfig) -> String {
+fn explain(err: KafkaError, k: &KafkaConfig) -> ClusterError {
+    let brokers = k.brokers.clone();
     match err.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => format!(
-            "kafka.client: authentication with {} failed ({err}); check sasl.mechanism, sasl.username and \
-             sasl.password",
-            k.brokers
-        ),
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+            ClusterError::Authentication { brokers, source: err }
+        }
         Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed) => {
-            format!("kafka.client: the credentials are not allowed this ({err}); check the cluster's ACLs")
+            ClusterError::NotAllowed { source: err }
         }
         _ if let Some(reason) = last_failure(&TLS_FAILURE, &k.brokers) => {
             if reason.contains("certificate verify failed") {
-                format!(
-                    "kafka.tls.ca: the certificate of a broker at {} is not signed by a trusted CA ({reason}); \
-                     check kafka.tls.ca",
-                    k.brokers
-                )
+                ClusterError::UntrustedCertificate { brokers, reason }
             } else {
-                format!("kafka.tls: TLS with {} failed ({reason}); check [kafka.tls]", k.brokers)
+                ClusterError::Tls { brokers, reason }
             }
         }
-        _ if let Some(reason) = last_failure(&AUTH_FAILURE, &k.brokers) => format!(
-            "kafka.client: authentication with {} failed ({reason}); check security.protocol, sasl.mechanism, \
-             sasl.username and sasl.password",
-            k.brokers
-        ),
-        _ => format!(
-            "kafka.brokers: cannot reach {} within {} ({err}); check kafka.brokers and that the brokers are up",
-            k.brokers,
-            humantime::format_duration(k.connect_timeout)
-        ),
+        _ if let Some(reason) = last_failure(&AUTH_FAILURE, &k.brokers) => ClusterError::Refused { brokers, reason },
+        _ => ClusterError::Unreachable { brokers, within: k.connect_timeout, source: err },
     }
+}
+
+/// Why the cluster could not be used, naming the setting to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The brokers refused the credentials.
+    #[error(
+        "kafka.client: authentication with {brokers} failed; check sasl.mechanism, sasl.username and sasl.password"
+    )]
+    Authentication {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// The credentials are not allowed a topic or the group.
+    #[error("kafka.client: the credentials are not allowed this; check the cluster's ACLs")]
+    NotAllowed {
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// A broker's certificate is not signed by a trusted CA.
+    #[error(
+        "kafka.tls.ca: the certificate of a broker at {brokers} is not signed by a trusted CA ({reason}); check \
+         kafka.tls.ca"
+    )]
+    UntrustedCertificate {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// What librdkafka logged.
+        reason: String,
+    },
+    /// The TLS handshake failed.
+    #[error("kafka.tls: TLS with {brokers} failed ({reason}); check [kafka.tls]")]
+    Tls {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// What librdkafka logged.
+        reason: String,
+    },
+    /// The login was refused before any request.
+    #[error(
+        "kafka.client: authentication with {brokers} failed ({reason}); check security.protocol, sasl.mechanism, \
+         sasl.username and sasl.password"
+    )]
+    Refused {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// What librdkafka logged.
+        reason: String,
+    },
+    /// No broker answered in time.
+    #[error(
+        "kafka.brokers: cannot reach {brokers} within {}; check kafka.brokers and that the brokers are up",
+        humantime::format_duration(*within)
+    )]
+    Unreachable {
+        /// `kafka.brokers`.
+        brokers: String,
+        /// `kafka.connect-timeout`.
+        within: Duration,
+        /// The client's error.
+        source: KafkaError,
+    },
+    /// A topic the settings name does not exist.
+    #[error("{key}: topic `{topic}` does not exist on {brokers}; create it")]
+    NoTopic {
+        /// The setting naming it.
+        key: String,
+        /// The topic.
+        topic: String,
+        /// `kafka.brokers`.
+        brokers: String,
+    },
+    /// The cluster reports an error for a topic.
+    #[error("{key}: topic `{topic}`")]
+    Topic {
+        /// The setting naming it.
+        key: String,
+        /// The topic.
+        topic: String,
+        /// What the cluster reports.
+        source: RDKafkaErrorCode,
+    },
+    /// A client could not be created from the settings.
+    #[error("kafka.client: cannot create a {what}")]
+    Client {
+        /// `consumer` or `producer`.
+        what: &'static str,
+        /// The client's error.
+        source: KafkaError,
+    },
 }
 
 /// Why authentication or TLS (`slot`) with one of `brokers` last failed,
@@ -238,7 +317,7 @@ pub fn partitions_of<C: ClientContext>(
     topic: &str,
     key: &str,
     k: &KafkaConfig,
-) -> Result<u32, String> {
+) -> Result<u32, ClusterError> {
     // Asked in short slices: a refused login or handshake is reported by
     // librdkafka's error callback while the request only times out, so
     // each slice checks for one and fails fast, naming the setting.
@@ -259,23 +338,24 @@ pub fn partitions_of<C: ClientContext>(
                 let known = last_failure(&TLS_FAILURE, &k.brokers).is_some()
                     || last_failure(&AUTH_FAILURE, &k.brokers).is_some();
                 if !transient || known || std::time::Instant::now() >= deadline {
-                    return Err(explain(&e, k));
+                    return Err(explain(e, k));
                 }
             }
         }
     };
+    let missing = || ClusterError::NoTopic { key: key.to_owned(), topic: topic.to_owned(), brokers: k.brokers.clone() };
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+        return Err(missing());
     };
     if let Some(err) = t.error() {
         let code = RDKafkaErrorCode::from(err);
         if code == RDKafkaErrorCode::UnknownTopicOrPartition || code == RDKafkaErrorCode::UnknownTopic {
-            return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+            return Err(missing());
         }
-        return Err(format!("{key}: topic `{topic}`: {code}"));
+        return Err(ClusterError::Topic { key: key.to_owned(), topic: topic.to_owned(), source: code });
     }
     if t.partitions().is_empty() {
-        return Err(format!("{key}: topic `{topic}` does not exist on {}; create it", k.brokers));
+        return Err(missing());
     }
     Ok(t.partitions().len() as u32)
 }

@@ -180,12 +180,36 @@ pub(crate) enum WorkerMsg {
     Restore(Box<crate::state::Restored>),
 }
 
+/// Why the pipeline stopped before its input was drained.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The input could not be read.
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
+    /// An output could not be written or made durable.
+    #[error("cannot write the outputs")]
+    Output(#[from] std::io::Error),
+    /// A checkpoint could not be committed.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A stage stopped while others still had work for it: its own error
+    /// says why.
+    #[error("{0} stopped before the input was drained")]
+    Stopped(&'static str),
+    /// A thread could not be started.
+    #[error("cannot start the {0} thread")]
+    Spawn(&'static str, #[source] std::io::Error),
+    /// A thread panicked (its message is in the log).
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
 /// The running threads.
 #[derive(Debug)]
 pub struct Pipeline {
-    source: JoinHandle<anyhow::Result<()>>,
+    source: JoinHandle<Result<(), PipelineError>>,
     workers: Vec<JoinHandle<()>>,
-    sink: JoinHandle<anyhow::Result<()>>,
+    sink: JoinHandle<Result<(), PipelineError>>,
 }
 
 /// The parts the pipeline runs, in data-flow order.
@@ -326,12 +350,12 @@ impl Pipeline {
     /// # Errors
     /// When the source, a sink or a checkpoint failed; events read are
     /// still accounted for in the counters up to the failure.
-    pub fn join(self) -> anyhow::Result<()> {
-        let source = self.source.join().map_err(|_| anyhow::anyhow!("the source thread panicked"))?;
+    pub fn join(self) -> Result<(), PipelineError> {
+        let source = self.source.join().map_err(|_| PipelineError::Panicked("source"))?;
         for w in self.workers {
-            w.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+            w.join().map_err(|_| PipelineError::Panicked("worker"))?;
         }
-        let sink = self.sink.join().map_err(|_| anyhow::anyhow!("the sink thread panicked"))?;
+        let sink = self.sink.join().map_err(|_| PipelineError::Panicked("sink"))?;
         source?;
         sink
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::Counters;
+use super::{Counters, PipelineError};
 use crate::decide::now_us;
 use crate::decode;
 use crate::sinks::{self, Record, Records, Sink};
@@ -64,7 +64,7 @@ impl Sinks {
     pub fn open(
         config: &crate::config::SinksConfig,
         producer: Option<&Arc<crate::sinks::Producer>>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, crate::sinks::SinkError> {
         Ok(Self {
             decisions: sinks::open(&config.decisions, "decisions", producer)?,
             alerts: sinks::open(&config.alerts, "alerts", producer)?,
@@ -115,7 +115,7 @@ fn run_committer(
     rx: Receiver<(Vec<std::fs::File>, Checkpoint)>,
     mut store: Box<dyn Durable>,
     counters: &Counters,
-) -> anyhow::Result<()> {
+) -> Result<(), PipelineError> {
     // Only on CPU time the pipeline leaves: a commit (the state bench's
     // "checkpoint of 1000000 keys") even at niceness 10 held a core from
     // the source's parse threads and the workers for milliseconds at a
@@ -219,7 +219,7 @@ pub(super) fn run_sinks(
     store: Option<Box<dyn Durable>>,
     workers: usize,
     counters: &Counters,
-) -> anyhow::Result<()> {
+) -> Result<(), PipelineError> {
     // One checkpoint may wait while the previous one commits; then the
     // sink waits, so commits keep their order and never pile up.
     let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
@@ -233,7 +233,7 @@ pub(super) fn run_sinks(
                 .name("vigil-commit".into())
                 .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
         });
-        let committer = committer.transpose()?;
+        let committer = committer.transpose().map_err(|e| PipelineError::Spawn("checkpoint committer", e))?;
         let commits = match &committer {
             Some(_) => Commits::OffThread(&commit_tx),
             None => Commits::Inline(inline.take()),
@@ -241,7 +241,7 @@ pub(super) fn run_sinks(
         let written = write_outputs(&rx, &mut sinks, commits, workers, counters);
         drop(commit_tx);
         let committed = match committer {
-            Some(c) => c.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint committer panicked"))),
+            Some(c) => c.join().unwrap_or(Err(PipelineError::Panicked("checkpoint committer"))),
             None => Ok(()),
         };
         // A failed commit closes the channel: the writer's error then only
@@ -249,7 +249,7 @@ pub(super) fn run_sinks(
         committed.and(written)
     });
     if let Err(e) = &result {
-        tracing::error!(error = %e, "writing output or a checkpoint failed; stopping");
+        tracing::error!(error = %crate::error::chain(e), "writing output or a checkpoint failed; stopping");
     }
     result
 }
@@ -384,7 +384,7 @@ fn write_outputs(
     mut commits: Commits<'_>,
     workers: usize,
     counters: &Counters,
-) -> anyhow::Result<()> {
+) -> Result<(), PipelineError> {
     let hold = matches!(&commits, Commits::Inline(Some(store)) if store.commit_takes_outputs());
     let mut lanes = Lanes::new(workers + 1, hold);
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
@@ -437,7 +437,7 @@ fn write_outputs(
             Commits::OffThread(tx) => {
                 let files = sinks.sync_handles()?;
                 if tx.send((files, cp)).is_err() {
-                    anyhow::bail!("the checkpoint committer stopped");
+                    return Err(PipelineError::Stopped("the checkpoint committer"));
                 }
             }
             Commits::Inline(store) => {
@@ -508,7 +508,7 @@ mod tests {
             if self.fails_from.is_some_and(|id| cp.id >= id) {
                 return Err(crate::state::StateError::Store {
                     path: "test.redb".into(),
-                    message: "cannot write the store: no space left on device".into(),
+                    source: std::io::Error::other("no space left on device").into(),
                 });
             }
             self.log.lock().expect("log").push(format!("commit {}", cp.id));
@@ -613,7 +613,8 @@ mod tests {
             }
             drop(tx);
             let e = sink.join().expect("sink thread").expect_err("the commit failed");
-            assert!(e.to_string().contains("no space left on device"), "{e:#}");
+            let e = crate::error::chain(&e).to_string();
+            assert!(e.contains("test.redb") && e.contains("no space left on device"), "{e}");
             assert!(id < 1_000, "the sink stopped taking messages");
         });
         let lines = log.lock().expect("log").clone();

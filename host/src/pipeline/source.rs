@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::exchange::{Item, Plan, Router, Shared};
 use super::output::{Output, SinkMsg};
-use super::{Counters, WorkerMsg};
+use super::{Counters, PipelineError, WorkerMsg};
 use crate::decide::now_us;
 use crate::decode::{DecodeError, Decoder};
 use crate::event::{KeyField, Payment};
@@ -84,7 +84,7 @@ fn send_or_stall<T>(
     msg: T,
     source: &mut dyn Source,
     mut waiting: impl FnMut(&mut dyn Source),
-) -> anyhow::Result<bool> {
+) -> Result<bool, PipelineError> {
     const POLL: Duration = Duration::from_millis(100);
     let mut msg = match tx.try_send(msg) {
         Ok(()) => return Ok(true),
@@ -114,28 +114,28 @@ impl SourceRun {
         Self { setup, reported: Instant::now(), parsed: Vec::new() }
     }
 
-    fn send(&mut self, worker: usize, msg: WorkerMsg) -> anyhow::Result<()> {
+    fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
         let (s, last) = (&mut self.setup, &mut self.reported);
         // While the pipeline is full the lag is what matters most: still reported.
         let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
         if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
-            anyhow::bail!("a worker stopped before the input was drained");
+            return Err(PipelineError::Stopped("a worker"));
         }
         Ok(())
     }
 
-    fn send_all(&mut self, msg: impl Fn() -> WorkerMsg) -> anyhow::Result<()> {
+    fn send_all(&mut self, msg: impl Fn() -> WorkerMsg) -> Result<(), PipelineError> {
         for w in 0..self.setup.worker_txs.len() {
             self.send(w, msg())?;
         }
         Ok(())
     }
 
-    fn send_out(&mut self, msg: SinkMsg) -> anyhow::Result<()> {
+    fn send_out(&mut self, msg: SinkMsg) -> Result<(), PipelineError> {
         let (s, last) = (&mut self.setup, &mut self.reported);
         let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
         if !send_or_stall(&s.out_tx, msg, &mut *s.source, report)? {
-            anyhow::bail!("the sink stopped before the input was drained");
+            return Err(PipelineError::Stopped("the sink"));
         }
         Ok(())
     }
@@ -164,7 +164,7 @@ impl SourceRun {
         Plan { router: &s.router, rules, features, fields, homes, wake: s.wake.clone() }
     }
 
-    pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> anyhow::Result<()> {
+    pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> Result<(), PipelineError> {
         let mut records = Vec::with_capacity(self.setup.batch_size);
         let mut last_checkpoint = Instant::now();
         // Whether anything was read since the last checkpoint: a quiet
@@ -243,7 +243,7 @@ impl SourceRun {
 
     /// Passes partition ownership changes on: workers forget what moved
     /// away and load what arrived, before any event of it.
-    fn rebalance(&mut self) -> anyhow::Result<()> {
+    fn rebalance(&mut self) -> Result<(), PipelineError> {
         let changes = self.setup.source.take_rebalance()?;
         let moved = !changes.is_empty();
         for change in changes {
@@ -271,12 +271,12 @@ impl SourceRun {
     }
 
     /// Starts checkpoint `next_id` covering everything sent so far.
-    fn barrier(&mut self) -> anyhow::Result<()> {
+    fn barrier(&mut self) -> Result<(), PipelineError> {
         self.barrier_marked(false)
     }
 
     /// A barrier; `abort` makes it a rebalance marker (see [`Checkpoint::abort`]).
-    fn barrier_marked(&mut self, abort: bool) -> anyhow::Result<()> {
+    fn barrier_marked(&mut self, abort: bool) -> Result<(), PipelineError> {
         let id = self.setup.next_id;
         self.setup.next_id += 1;
         self.send_all(|| WorkerMsg::Barrier(id))?;

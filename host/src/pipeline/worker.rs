@@ -604,7 +604,12 @@ impl Worker {
         // longer fits is dropped with a log line rather than stopping work.
         for f in restored.features {
             if let Err(e) = self.features.restore(f.space, f.hash, &f.state, false) {
-                tracing::error!(worker = self.index, partition = ?restored.partition, error = %e, "cannot restore a key's feature state");
+                tracing::error!(
+                    worker = self.index,
+                    partition = ?restored.partition,
+                    error = %crate::error::chain(&e),
+                    "cannot restore a key's feature state"
+                );
             }
         }
         for r in restored.rule_state {
@@ -616,7 +621,12 @@ impl Worker {
         }
         for w in restored.windows {
             if let Err(e) = self.windows.restore_key(&w.window, &w.key, w.partition, &w.windows, false) {
-                tracing::error!(worker = self.index, partition = ?restored.partition, error = %e, "cannot restore a key's windows");
+                tracing::error!(
+                    worker = self.index,
+                    partition = ?restored.partition,
+                    error = %crate::error::chain(&e),
+                    "cannot restore a key's windows"
+                );
             }
         }
     }

@@ -9,15 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{Records, Sink};
+use super::{Records, Sink, SinkError};
 use crate::config::KafkaConfig;
-use crate::kafka::{Logging, OUTAGE_LIMIT};
+use crate::kafka::{ClusterError, Logging, OUTAGE_LIMIT};
 
 /// Tracks the records not yet acknowledged, by sequence number, and the
 /// first delivery failure (librdkafka retries everything else).
 #[derive(Debug, Default)]
 struct Delivery {
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<ProduceError>>,
     in_flight: Mutex<std::collections::BTreeSet<u64>>,
     acked: Condvar,
     /// Records whose offset is wanted (sent with [`Producer::send_tracked`]),
@@ -61,10 +61,18 @@ impl ProducerContext for Delivery {
             use rdkafka::Message as _;
             let mut slot = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(format!("cannot produce to topic `{}`: {e}", m.topic()));
+                *slot = Some(ProduceError { topic: m.topic().to_owned(), source: e.clone() });
             }
         }
     }
+}
+
+/// A record that could not be sent or delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot produce to topic `{topic}`")]
+pub struct ProduceError {
+    topic: String,
+    source: KafkaError,
 }
 
 /// The daemon's one idempotent producer, shared by every Kafka output and
@@ -90,7 +98,7 @@ impl Producer {
     ///
     /// # Errors
     /// When a `kafka.client` setting is invalid.
-    pub fn new(k: &KafkaConfig, transactional_id: Option<&str>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(k: &KafkaConfig, transactional_id: Option<&str>) -> Result<Arc<Self>, SinkError> {
         // The cluster's settings (brokers, TLS), then the producer's own.
         let mut c = crate::kafka::client_config(k);
         c.set("enable.idempotence", "true")
@@ -111,22 +119,17 @@ impl Producer {
             c.set("transactional.id", id);
         }
         let context = Delivery::default();
-        let inner: ThreadedProducer<Delivery> = c
-            .create_with_context(context)
-            .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a producer: {e}"))?;
+        let inner: ThreadedProducer<Delivery> =
+            c.create_with_context(context).map_err(|source| ClusterError::Client { what: "producer", source })?;
         let context = rdkafka::producer::Producer::context(&inner).clone();
         if let Some(id) = transactional_id {
             use rdkafka::producer::Producer as _;
-            inner.init_transactions(k.connect_timeout).map_err(|e| {
-                anyhow::anyhow!(
-                    "kafka.exactly-once: cannot start transactions as `{id}` on {}: {e}; the brokers must support \
-                     transactions",
-                    k.brokers
-                )
+            inner.init_transactions(k.connect_timeout).map_err(|source| SinkError::Transactions {
+                id: id.to_owned(),
+                brokers: k.brokers.clone(),
+                source,
             })?;
-            inner
-                .begin_transaction()
-                .map_err(|e| anyhow::anyhow!("kafka.exactly-once: cannot begin a transaction: {e}"))?;
+            inner.begin_transaction().map_err(SinkError::Begin)?;
         }
         Ok(Arc::new(Self { inner, context, next: AtomicU64::new(0), committer_waits: AtomicBool::new(false) }))
     }
@@ -201,7 +204,7 @@ impl Producer {
                 Err((e, _)) => {
                     self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
                     self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
-                    return Err(std::io::Error::other(format!("cannot produce to topic `{topic}`: {e}")));
+                    return Err(std::io::Error::other(ProduceError { topic: topic.to_owned(), source: e }));
                 }
             }
         }

@@ -50,25 +50,64 @@ pub trait Sink: Send {
     }
 }
 
+/// Why an output could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Its file could not be created.
+    #[error("cannot open the {role} file {}", path.display())]
+    File {
+        /// The output role.
+        role: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A Kafka output without a cluster to produce to.
+    #[error("sinks.{role}: a Kafka sink needs [kafka] with kafka.brokers")]
+    NoCluster {
+        /// The output role.
+        role: &'static str,
+    },
+    /// The producer could not be created.
+    #[error(transparent)]
+    Producer(#[from] crate::kafka::ClusterError),
+    /// The brokers refused transactions.
+    #[error(
+        "kafka.exactly-once: cannot start transactions as `{id}` on {brokers}; the brokers must support transactions"
+    )]
+    Transactions {
+        /// `transactional.id`.
+        id: String,
+        /// `kafka.brokers`.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The first transaction could not begin.
+    #[error("kafka.exactly-once: cannot begin a transaction")]
+    Begin(#[source] rdkafka::error::KafkaError),
+}
+
 /// Opens the configured sink.
 ///
 /// # Errors
-/// When a file cannot be created; the message names it.
+/// When a file cannot be created, naming it, or a Kafka sink has no
+/// cluster.
 pub fn open(
     config: &SinkConfig,
-    role: &str,
+    role: &'static str,
     producer: Option<&std::sync::Arc<Producer>>,
-) -> anyhow::Result<Box<dyn Sink>> {
+) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match config {
-        SinkConfig::File { path } => Box::new(
-            FileSink::create(path)
-                .map_err(|e| anyhow::anyhow!("cannot open the {role} file {}: {e}", path.display()))?,
-        ),
+        SinkConfig::File { path } => {
+            Box::new(FileSink::create(path).map_err(|source| SinkError::File { role, path: path.clone(), source })?)
+        }
         SinkConfig::Stdout => Box::new(StdoutSink::default()),
         SinkConfig::Discard => Box::new(DiscardSink),
         SinkConfig::Kafka { topic } => {
             let Some(producer) = producer else {
-                anyhow::bail!("sinks.{role}: a Kafka sink needs [kafka] with kafka.brokers");
+                return Err(SinkError::NoCluster { role });
             };
             Box::new(KafkaSink::new(producer.clone(), topic.clone()))
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::kafka::{Change, Fence, SourceContext};
+use crate::kafka::{Change, ClusterError, Fence, SourceContext};
 use crate::sinks::Producer;
 use crate::sources::{Position, Rebalance, Record, Source, SourceError};
 use crate::state::kafka::snapshot::Snapshots;
@@ -57,7 +57,7 @@ impl KafkaSource {
         topic: &str,
         producer: Arc<Producer>,
         state_dir: Option<&std::path::Path>,
-    ) -> anyhow::Result<(Self, Box<dyn crate::state::Durable>)> {
+    ) -> Result<(Self, Box<dyn crate::state::Durable>), SourceError> {
         let fence = Fence::default();
         let mut c = crate::kafka::client_config(k);
         c.set("group.id", &k.group_id)
@@ -82,28 +82,24 @@ impl KafkaSource {
             committed_only: k.exactly_once,
             connected: AtomicBool::new(true),
         };
-        let consumer: BaseConsumer<SourceContext> = c
-            .create_with_context(context)
-            .map_err(|e| anyhow::anyhow!("kafka.client: cannot create a consumer: {e}"))?;
-        let input =
-            crate::kafka::partitions_of(consumer.client(), topic, "source.topic", k).map_err(anyhow::Error::msg)?;
+        let consumer: BaseConsumer<SourceContext> =
+            c.create_with_context(context).map_err(|source| ClusterError::Client { what: "consumer", source })?;
+        let input = crate::kafka::partitions_of(consumer.client(), topic, "source.topic", k)?;
         let changelog = k.changelog_topic();
         let kept = crate::kafka::partitions_of(consumer.client(), &changelog, "kafka.changelog-topic", k)
-            .map_err(|e| anyhow::anyhow!("{e} (compacted, with {input} partitions like `{topic}`)"))?;
+            .map_err(|source| SourceError::NoChangelog { topic: topic.to_owned(), input, source })?;
         if kept < input {
-            anyhow::bail!(
-                "kafka.changelog-topic: topic `{changelog}` has {kept} partitions; it needs {input}, as many as \
-                 source.topic `{topic}`"
-            );
+            return Err(SourceError::ChangelogPartitions { changelog, kept, topic: topic.to_owned(), input });
         }
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| anyhow::anyhow!("source.topic: cannot subscribe to `{topic}`: {e}"))?;
+        consumer.subscribe(&[topic]).map_err(|source| SourceError::Kafka {
+            what: format!("source.topic: cannot subscribe to `{topic}`"),
+            source,
+        })?;
         tracing::info!(topic, group = %k.group_id, partitions = input, changelog = %changelog, "joining the consumer group");
         let snapshots = match state_dir {
             Some(dir) if !k.exactly_once => {
                 let cluster = consumer.client().fetch_cluster_id(k.connect_timeout).unwrap_or_default();
-                Some(Arc::new(Snapshots::open(dir, &cluster, &changelog).map_err(anyhow::Error::msg)?))
+                Some(Arc::new(Snapshots::open(dir, &cluster, &changelog)?))
             }
             _ => None,
         };
@@ -262,8 +258,7 @@ impl Source for KafkaSource {
                     out.push(Rebalance::Revoked(ps));
                 }
                 Change::Assigned(ps) => {
-                    let states = changelog::read(&self.config, &self.changelog, &ps, self.snapshots.as_deref())
-                        .map_err(|e| SourceError::Kafka(e.to_string()))?;
+                    let states = changelog::read(&self.config, &self.changelog, &ps, self.snapshots.as_deref())?;
                     for state in states {
                         let partition = state.partition.expect("the changelog reads a partition's state");
                         out.push(Rebalance::Assigned { partition, state });
@@ -294,8 +289,8 @@ impl Source for KafkaSource {
             // `max.poll.interval.ms`.
             let context = self.consumer.context();
             context.paused.store(true, Ordering::Relaxed);
-            let assigned = self.consumer.assignment().map_err(|e| SourceError::Kafka(e.to_string()))?;
-            self.consumer.pause(&assigned).map_err(|e| SourceError::Kafka(e.to_string()))?;
+            let assigned = self.consumer.assignment().map_err(kafka("cannot read the assignment"))?;
+            self.consumer.pause(&assigned).map_err(kafka("cannot pause consumption"))?;
             self.paused_at = Some(Instant::now());
             tracing::info!(topic = %context.topic, "the pipeline is full: pausing consumption, staying in the group");
         }
@@ -316,8 +311,8 @@ impl Source for KafkaSource {
         };
         let context = self.consumer.context();
         context.paused.store(false, Ordering::Relaxed);
-        let assigned = self.consumer.assignment().map_err(|e| SourceError::Kafka(e.to_string()))?;
-        self.consumer.resume(&assigned).map_err(|e| SourceError::Kafka(e.to_string()))?;
+        let assigned = self.consumer.assignment().map_err(kafka("cannot read the assignment"))?;
+        self.consumer.resume(&assigned).map_err(kafka("cannot resume consumption"))?;
         // Where fetching resumes is ours to say: librdkafka's own resume
         // position was seen to re-read some records and skip others when
         // the pause came with records in flight. Each partition goes on
@@ -325,13 +320,21 @@ impl Source for KafkaSource {
         for (&partition, &next) in &self.next {
             self.consumer
                 .seek(&context.topic, partition as i32, rdkafka::Offset::Offset(next), Duration::from_secs(10))
-                .map_err(|e| SourceError::Kafka(format!("cannot resume partition {partition} at {next}: {e}")))?;
+                .map_err(|source| SourceError::Kafka {
+                    what: format!("cannot resume partition {partition} at {next}"),
+                    source,
+                })?;
         }
         let next = &self.next;
         self.carry.retain(|(r, _)| !next.contains_key(&r.partition));
         tracing::info!(topic = %context.topic, paused_ms = since.elapsed().as_millis() as u64, "resuming consumption");
         Ok(())
     }
+}
+
+/// A failed Kafka call of the source, saying what it was.
+fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
+    move |source| SourceError::Kafka { what: what.to_owned(), source }
 }
 
 #[cfg(test)]

@@ -85,16 +85,55 @@ pub enum Rebalance {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The input could not be opened or read.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being read.
         what: String,
         /// The cause.
         source: std::io::Error,
     },
-    /// Kafka failed in a way retries do not fix.
-    #[error("{0}")]
-    Kafka(String),
+    /// The cluster or a topic the settings name cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] crate::kafka::ClusterError),
+    /// The state changelog does not fit the input topic.
+    #[error(
+        "kafka.changelog-topic: topic `{changelog}` has {kept} partitions; it needs {input}, as many as \
+         source.topic `{topic}`"
+    )]
+    ChangelogPartitions {
+        /// The changelog topic.
+        changelog: String,
+        /// Its partitions.
+        kept: u32,
+        /// The input topic.
+        topic: String,
+        /// Its partitions.
+        input: u32,
+    },
+    /// The state changelog cannot be used.
+    #[error("the state changelog must exist, compacted, with {input} partitions like `{topic}`")]
+    NoChangelog {
+        /// The input topic.
+        topic: String,
+        /// Its partitions.
+        input: u32,
+        /// Why it cannot be used.
+        source: crate::kafka::ClusterError,
+    },
+    /// A Kafka call failed in a way retries do not fix.
+    #[error("{what}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// State could not be restored or kept.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A Kafka source opened without its cluster settings.
+    #[error("a Kafka source is opened with its cluster settings: sources::KafkaSource")]
+    NeedsCluster,
 }
 
 /// A producer of raw records.
@@ -194,9 +233,7 @@ pub fn open(config: &SourceConfig, resume: Option<Position>, max_line: usize) ->
             FileSource::open_at(&f.path, f.follow, f.poll_interval, resume.unwrap_or_default())?
                 .with_max_line(max_line),
         )),
-        SourceConfig::Kafka(_) => {
-            Err(SourceError::Kafka("a Kafka source is opened with its cluster settings: sources::KafkaSource".into()))
-        }
+        SourceConfig::Kafka(_) => Err(SourceError::NeedsCluster),
     }
 }
 

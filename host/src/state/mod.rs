@@ -105,12 +105,53 @@ fn named_key(name: &str, key: &[u8]) -> Vec<u8> {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The database could not be opened, read or written.
-    #[error("state store {path}: {message}")]
+    #[error("state store {}", path.display())]
     Store {
         /// The database file.
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// The database's error.
+        source: redb::Error,
+    },
+    /// The database holds a record this vigil cannot read.
+    #[error("state store {}: {what}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Which record.
+        what: &'static str,
+        /// Why it could not be read, when a decoder said.
+        source: Option<postcard::Error>,
+    },
+    /// The checkpoint record could not be encoded.
+    #[error("state store {}: cannot encode the checkpoint", path.display())]
+    Encode {
+        /// The database file.
+        path: PathBuf,
+        /// The encoder's error.
+        source: postcard::Error,
+    },
+    /// The local snapshots of the Kafka changelog could not be opened,
+    /// read or written.
+    #[error("local state snapshots {}", path.display())]
+    Snapshots {
+        /// The database file.
+        path: PathBuf,
+        /// The database's error.
+        source: redb::Error,
+    },
+    /// Another daemon has the local snapshots open.
+    #[error("state.dir: local state snapshots {}: in use by another vigil; give each daemon its own state.dir", path.display())]
+    SnapshotsInUse {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The state changelog was not read to its end in time.
+    #[error("cannot read the state changelog `{topic}` to its end within {}", humantime::format_duration(*within))]
+    ChangelogTimeout {
+        /// The changelog topic.
+        topic: String,
+        /// How long it was read for.
+        within: std::time::Duration,
     },
     /// The checkpoint was written by an incompatible vigil.
     #[error(
@@ -137,7 +178,7 @@ pub enum StateError {
         expected: String,
     },
     /// A checkpoint's records could not be sent to the Kafka changelog.
-    #[error("cannot send checkpoint {id} to the changelog `{topic}`: {source}")]
+    #[error("cannot send checkpoint {id} to the changelog `{topic}`")]
     ChangelogWrite {
         /// The checkpoint.
         id: u64,
@@ -148,7 +189,7 @@ pub enum StateError {
     },
     /// A Kafka call of a checkpoint failed: committing the input's offsets
     /// or the transaction.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Kafka {
         /// What was being done.
         what: String,
@@ -358,14 +399,18 @@ impl StateStore {
     /// [`StateError::Store`] naming the file, e.g. when it is corrupt.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join("state.redb");
-        let err = |message: String| StateError::Store { path: path.clone(), message };
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let err = |source: redb::Error| StateError::Store { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
+        let db = Database::create(&path).map_err(|e| err(e.into()))?;
         Ok(Self { db, path })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError::Store { path: self.path.clone(), message: e.to_string() }
+    fn err(&self, e: impl Into<redb::Error>) -> StateError {
+        StateError::Store { path: self.path.clone(), source: e.into() }
+    }
+
+    fn corrupt(&self, what: &'static str) -> StateError {
+        StateError::Corrupt { path: self.path.clone(), what, source: None }
     }
 
     /// Reads the last checkpoint, if any, for the source named `source`.
@@ -383,8 +428,11 @@ impl StateStore {
         let Some(raw) = meta_table.get("checkpoint").map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let meta: Meta =
-            postcard::from_bytes(raw.value()).map_err(|e| self.err(format!("bad checkpoint record: {e}")))?;
+        let meta: Meta = postcard::from_bytes(raw.value()).map_err(|e| StateError::Corrupt {
+            path: self.path.clone(),
+            what: "bad checkpoint record",
+            source: Some(e),
+        })?;
         if meta.format != FORMAT {
             return Err(StateError::Incompatible { path: self.path.clone(), found: meta.format });
         }
@@ -406,7 +454,7 @@ impl StateStore {
                     let (_, v) = entry.map_err(|e| self.err(e))?;
                     let v = v.value();
                     if v.len() % DEDUP_ENTRY != 0 {
-                        return Err(self.err("bad dedup chunk"));
+                        return Err(self.corrupt("bad dedup chunk"));
                     }
                     for e in v.chunks_exact(DEDUP_ENTRY) {
                         let id = u128::from_le_bytes(e[..16].try_into().expect("16 bytes"));
@@ -424,9 +472,9 @@ impl StateStore {
             let (k, v) = entry.map_err(|e| self.err(e))?;
             let (k, v) = (k.value(), v.value());
             if k.len() != 17 || v.len() < 2 {
-                return Err(self.err("bad feature record"));
+                return Err(self.corrupt("bad feature record"));
             }
-            let hash = u128::from_be_bytes(k[1..].try_into().map_err(|_| self.err("bad feature key"))?);
+            let hash = u128::from_be_bytes(k[1..].try_into().map_err(|_| self.corrupt("bad feature key"))?);
             // The first two bytes name the worker that wrote it.
             restored.features.push(FeatureRecord { space: k[0], hash, state: v[2..].to_vec() });
         }
@@ -435,10 +483,10 @@ impl StateStore {
                 for entry in table.iter().map_err(|e| self.err(e))? {
                     let (k, v) = entry.map_err(|e| self.err(e))?;
                     let (k, v) = (k.value(), v.value());
-                    let split = k.iter().position(|&b| b == 0).ok_or_else(|| self.err("bad rule state key"))?;
-                    let rule = std::str::from_utf8(&k[..split]).map_err(|_| self.err("bad rule name"))?;
+                    let split = k.iter().position(|&b| b == 0).ok_or_else(|| self.corrupt("bad rule state key"))?;
+                    let rule = std::str::from_utf8(&k[..split]).map_err(|_| self.corrupt("bad rule name"))?;
                     if v.len() < 2 {
-                        return Err(self.err("bad rule state record"));
+                        return Err(self.corrupt("bad rule state record"));
                     }
                     restored.rule_state.push(RuleRecord {
                         rule: rule.to_owned(),
@@ -455,7 +503,7 @@ impl StateStore {
                 for entry in table.iter().map_err(|e| self.err(e))? {
                     let (k, v) = entry.map_err(|e| self.err(e))?;
                     let (k, v) = (k.value(), v.value());
-                    let bad = || self.err("bad window record");
+                    let bad = || self.corrupt("bad window record");
                     let split = k.iter().position(|&b| b == 0).ok_or_else(bad)?;
                     let window = std::str::from_utf8(&k[..split]).map_err(|_| bad())?;
                     let key = std::str::from_utf8(&k[split + 1..]).map_err(|_| bad())?;
@@ -475,7 +523,7 @@ impl StateStore {
             Err(e) => return Err(self.err(e)),
         }
         if let Some(raw) = meta_table.get("watermark").map_err(|e| self.err(e))? {
-            let raw: [u8; 8] = raw.value().try_into().map_err(|_| self.err("bad watermark record"))?;
+            let raw: [u8; 8] = raw.value().try_into().map_err(|_| self.corrupt("bad watermark record"))?;
             restored.watermark = Some(i64::from_le_bytes(raw));
         }
         Ok(Some(restored))
@@ -564,7 +612,8 @@ impl StateStore {
                 source: cp.source.clone(),
                 workers: cp.workers,
             };
-            let raw = postcard::to_allocvec(&meta).map_err(|e| self.err(e))?;
+            let raw =
+                postcard::to_allocvec(&meta).map_err(|e| StateError::Encode { path: self.path.clone(), source: e })?;
             let mut table = tx.open_table(META).map_err(|e| self.err(e))?;
             table.insert("checkpoint", raw.as_slice()).map_err(|e| self.err(e))?;
             if let Some(t) = cp.watermark {

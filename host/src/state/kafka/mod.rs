@@ -109,7 +109,7 @@ pub fn read(
     topic: &str,
     partitions: &[u32],
     snapshots: Option<&Snapshots>,
-) -> Result<Vec<Restored>, String> {
+) -> Result<Vec<Restored>, StateError> {
     let started = Instant::now();
     let mut c = crate::kafka::client_config(k);
     for (key, value) in &k.consumer {
@@ -123,8 +123,9 @@ pub fn read(
         .set("auto.offset.reset", "error")
         // An empty fetch at the end comes back at once, not after 500 ms.
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer<Logging> =
-        c.create_with_context(Logging).map_err(|e| format!("kafka.client: cannot create a consumer: {e}"))?;
+    let consumer: BaseConsumer<Logging> = c
+        .create_with_context(Logging)
+        .map_err(|source| StateError::Kafka { what: "kafka.client: cannot create a consumer".into(), source })?;
     // Read to the end as each fetch reports it (partition EOF), not to a
     // listed end offset: that is what the brokers last said they hold.
     let mut open: HashSet<u32> = partitions.iter().copied().collect();
@@ -153,18 +154,15 @@ pub fn read(
             }
         };
         tpl.add_partition_offset(topic, p as i32, start)
-            .map_err(|e| format!("changelog `{topic}` partition {p}: {e}"))?;
+            .map_err(|source| StateError::Kafka { what: format!("changelog `{topic}` partition {p}"), source })?;
     }
     let mut records = 0u64;
     if !open.is_empty() {
-        consumer.assign(&tpl).map_err(|e| format!("changelog `{topic}`: {e}"))?;
+        consumer.assign(&tpl).map_err(|source| StateError::Kafka { what: format!("changelog `{topic}`"), source })?;
     }
     while !open.is_empty() {
         if started.elapsed() > crate::kafka::OUTAGE_LIMIT {
-            return Err(format!(
-                "cannot read the state changelog `{topic}` to its end within {}",
-                humantime::format_duration(crate::kafka::OUTAGE_LIMIT)
-            ));
+            return Err(StateError::ChangelogTimeout { topic: topic.to_owned(), within: crate::kafka::OUTAGE_LIMIT });
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
@@ -193,12 +191,15 @@ pub fn read(
                     entries.insert(p, HashMap::new());
                     touched.insert(p, None);
                     next.insert(p, 0);
-                    all.add_partition_offset(topic, p as i32, Offset::Beginning)
-                        .map_err(|e| format!("changelog `{topic}` partition {p}: {e}"))?;
+                    all.add_partition_offset(topic, p as i32, Offset::Beginning).map_err(|source| {
+                        StateError::Kafka { what: format!("changelog `{topic}` partition {p}"), source }
+                    })?;
                 }
                 open = partitions.iter().copied().collect();
                 (records, local_keys) = (0, 0);
-                consumer.assign(&all).map_err(|e| format!("changelog `{topic}`: {e}"))?;
+                consumer
+                    .assign(&all)
+                    .map_err(|source| StateError::Kafka { what: format!("changelog `{topic}`"), source })?;
             }
             Some(Err(e)) => tracing::warn!(error = %e, "reading the state changelog; retrying"),
         }
@@ -212,7 +213,7 @@ pub fn read(
                 _ => s.restored(p, true, state.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))), next[&p]),
             };
             if let Err(e) = result {
-                tracing::warn!(partition = p, error = %e, "cannot store the local state snapshot");
+                tracing::warn!(partition = p, error = %crate::error::chain(&e), "cannot store the local state snapshot");
             }
         }
     }
@@ -234,7 +235,11 @@ fn usable_snapshot(snapshots: &Snapshots, p: u32) -> Option<snapshot::Snapshot> 
     match snapshots.load(p) {
         Ok(found) => found,
         Err(e) => {
-            tracing::warn!(partition = p, error = %e, "cannot read the local state snapshot; reading the whole changelog");
+            tracing::warn!(
+                partition = p,
+                error = %crate::error::chain(&e),
+                "cannot read the local state snapshot; reading the whole changelog"
+            );
             None
         }
     }
@@ -425,7 +430,10 @@ fn keep_locally(producer: &Producer, snapshots: &Snapshots, sent: Sent) {
         written.entry(*partition).or_default().push(offset.unwrap_or(-1));
     }
     if let Err(e) = snapshots.apply(&sent.records, &written) {
-        tracing::warn!(error = %e, "cannot update the local state snapshots; restores will read more of the changelog");
+        tracing::warn!(
+            error = %crate::error::chain(&e),
+            "cannot update the local state snapshots; restores will read more of the changelog"
+        );
     }
 }
 

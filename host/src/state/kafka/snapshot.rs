@@ -22,6 +22,7 @@
 //! use snapshots: its changelog records count only once their transaction
 //! commits.
 
+use crate::state::StateError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,17 +83,15 @@ impl Snapshots {
     /// cluster `cluster`; snapshots of another changelog are dropped.
     ///
     /// # Errors
-    /// A message naming the file when it cannot be opened, e.g. because
-    /// another vigil uses the same `state.dir`.
-    pub fn open(dir: &Path, cluster: &str, changelog: &str) -> Result<Self, String> {
+    /// [`StateError::SnapshotsInUse`] when another vigil uses the same
+    /// `state.dir`; [`StateError::Snapshots`] naming the file otherwise.
+    pub fn open(dir: &Path, cluster: &str, changelog: &str) -> Result<Self, StateError> {
         let path = dir.join("kafka-state.redb");
-        let err = |e: &dyn std::fmt::Display| format!("state.dir: local state snapshots {}: {e}", path.display());
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        let err = |source: redb::Error| StateError::Snapshots { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                err(&"in use by another vigil; give each daemon its own state.dir")
-            }
-            e => err(&e),
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::SnapshotsInUse { path: path.clone() },
+            e => err(e.into()),
         })?;
         let this = Self { db, path };
         let id = format!("{cluster}/{changelog}");
@@ -113,8 +112,8 @@ impl Snapshots {
         Ok(this)
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> String {
-        format!("local state snapshots {}: {e}", self.path.display())
+    fn err(&self, e: impl Into<redb::Error>) -> StateError {
+        StateError::Snapshots { path: self.path.clone(), source: e.into() }
     }
 
     /// A partition's snapshot, if there is a usable one: the offset to read
@@ -122,7 +121,7 @@ impl Snapshots {
     ///
     /// # Errors
     /// When the database cannot be read.
-    pub fn load(&self, partition: u32) -> Result<Option<Snapshot>, String> {
+    pub fn load(&self, partition: u32) -> Result<Option<Snapshot>, StateError> {
         let rx = self.db.begin_read().map_err(|e| self.err(e))?;
         let marks = match rx.open_table(MARKS) {
             Ok(t) => t,
@@ -160,7 +159,7 @@ impl Snapshots {
         whole: bool,
         records: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         next: i64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = tx.open_table(RECORDS).map_err(|e| self.err(e))?;
@@ -181,7 +180,7 @@ impl Snapshots {
     ///
     /// # Errors
     /// When the database cannot be written.
-    pub fn apply(&self, records: &[Record], written: &HashMap<u32, Vec<i64>>) -> Result<(), String> {
+    pub fn apply(&self, records: &[Record], written: &HashMap<u32, Vec<i64>>) -> Result<(), StateError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -306,7 +305,7 @@ mod tests {
     fn a_second_daemon_on_the_same_folder_is_told_so() {
         let dir = tempfile::tempdir().expect("tmp");
         let _first = Snapshots::open(dir.path(), "c", "s").expect("open");
-        let e = Snapshots::open(dir.path(), "c", "s").expect_err("in use");
+        let e = Snapshots::open(dir.path(), "c", "s").expect_err("in use").to_string();
         assert!(e.contains("kafka-state.redb") && e.contains("own state.dir"), "{e}");
     }
 }
