@@ -37,7 +37,7 @@ use crate::event::{Payment, Space};
 use crate::keyed::KeyedHash;
 use keys::{KeyTable, Slot};
 use lookback::{DistinctSeries, NumSeries};
-pub use spec::{Agg, DistinctField, FeatureSpec, KeyField};
+pub use spec::{Agg, DistinctField, FeatureSpec, KeyField, SpecError};
 
 /// The most features the catalog holds live, configured and inline
 /// together: each is computed for every event, so rules cannot add them
@@ -93,9 +93,9 @@ impl Catalog {
         let rates = currencies.map(currency::Rates::from_config).transpose()?.map(Arc::new);
         let catalog = Catalog { rates, ..Catalog::default() };
         for (name, text) in features {
-            let spec = FeatureSpec::parse(text)
-                .and_then(|s| catalog.convertible(s))
-                .map_err(|e| ConfigError::invalid(format!("features.{name}"), e))?;
+            let invalid = |e: &dyn std::fmt::Display| ConfigError::invalid(format!("features.{name}"), e.to_string());
+            let spec = FeatureSpec::parse(text).map_err(|e| invalid(&e))?;
+            let spec = catalog.convertible(spec).map_err(|e| invalid(&e))?;
             catalog.push(Feature { name: name.as_str().into(), spec, live: true });
         }
         catalog.configured.store(features.len(), std::sync::atomic::Ordering::Relaxed);
@@ -104,12 +104,9 @@ impl Catalog {
 
     /// `spec`, if what it reads can be computed: `base_amount` needs
     /// `[currencies]`.
-    fn convertible(&self, spec: FeatureSpec) -> Result<FeatureSpec, String> {
+    fn convertible(&self, spec: FeatureSpec) -> Result<FeatureSpec, FeatureError> {
         match spec.base && self.rates.is_none() {
-            true => Err(format!(
-                "`{spec}` adds amounts in a base currency (base_amount), but [currencies] is not configured; \
-                 add [currencies] with a base and rates"
-            )),
+            true => Err(FeatureError::NeedsCurrencies { spec: spec.to_string() }),
             false => Ok(spec),
         }
     }
@@ -135,14 +132,14 @@ impl Catalog {
     /// no history).
     ///
     /// # Errors
-    /// A message when the name is neither.
-    pub fn resolve(&self, name: &str) -> Result<usize, String> {
+    /// [`FeatureError`] when the name is neither, or the catalog is full.
+    pub fn resolve(&self, name: &str) -> Result<usize, FeatureError> {
         let current = self.snapshot();
         if let Some(i) = current.iter().position(|f| &*f.name == name && f.live) {
             return Ok(i);
         }
-        let spec = FeatureSpec::parse(name)
-            .map_err(|e| format!("feature `{name}` is not configured under [features] and is not a spec: {e}"))?;
+        let spec =
+            FeatureSpec::parse(name).map_err(|source| FeatureError::Unknown { name: name.to_owned(), source })?;
         let spec = self.convertible(spec)?;
         // Re-check under the lock: another loader may have added it.
         let mut added = self.lock();
@@ -154,10 +151,7 @@ impl Catalog {
         }
         let live = added.iter().filter(|f| f.live).count();
         if live >= MAX_FEATURES {
-            return Err(format!(
-                "feature `{name}` would be the catalog's {}th; it holds at most {MAX_FEATURES} features",
-                live + 1
-            ));
+            return Err(FeatureError::TooMany { name: name.to_owned(), nth: live + 1 });
         }
         if let Some(i) = held {
             // Retired: revived at its index, with no history.
@@ -166,10 +160,7 @@ impl Catalog {
             return Ok(i);
         }
         if added.len() >= MAX_CATALOG {
-            return Err(format!(
-                "feature `{name}` cannot be added: the catalog holds {MAX_CATALOG} features, live and retired; \
-                 restart vigil to drop the retired ones"
-            ));
+            return Err(FeatureError::CatalogFull { name: name.to_owned() });
         }
         drop(added);
         Ok(self.push(Feature { name: name.into(), spec, live: true }))
@@ -455,6 +446,45 @@ where
         }
         seq.end()
     }
+}
+
+/// Why a rule's feature cannot be kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeatureError {
+    /// Neither a configured name nor a spec.
+    #[error("feature `{name}` is not configured under [features] and is not a spec")]
+    Unknown {
+        /// The name the rule gave.
+        name: String,
+        /// Why it is not a spec.
+        source: SpecError,
+    },
+    /// It adds base-currency amounts without `[currencies]`.
+    #[error(
+        "`{spec}` adds amounts in a base currency (base_amount), but [currencies] is not configured; add \
+         [currencies] with a base and rates"
+    )]
+    NeedsCurrencies {
+        /// The spec.
+        spec: String,
+    },
+    /// More live features than the catalog keeps.
+    #[error("feature `{name}` would be the catalog's {nth}th; it holds at most {MAX_FEATURES} features")]
+    TooMany {
+        /// The name the rule gave.
+        name: String,
+        /// The count it would make.
+        nth: usize,
+    },
+    /// No room left for another feature, live or retired.
+    #[error(
+        "feature `{name}` cannot be added: the catalog holds {MAX_CATALOG} features, live and retired; restart vigil \
+         to drop the retired ones"
+    )]
+    CatalogFull {
+        /// The name the rule gave.
+        name: String,
+    },
 }
 
 /// Stored bytes that are not a key's feature state.
@@ -1273,7 +1303,9 @@ mod tests {
         let e = Catalog::from_config(&map).expect_err("no table").to_string();
         assert!(e.contains("[currencies] is not configured"), "{e}");
         let catalog = Catalog::from_config(&BTreeMap::new()).expect("empty");
-        assert!(catalog.resolve("avg(card, base_amount, 1h)").expect_err("inline too").contains("[currencies]"));
+        assert!(
+            catalog.resolve("avg(card, base_amount, 1h)").expect_err("inline too").to_string().contains("[currencies]")
+        );
     }
 
     /// Every feature value of a generated run, a tenth of its events up to
@@ -1425,7 +1457,7 @@ mod tests {
             catalog.resolve(&format!("count(card, {}s)", i + 1)).expect("room");
         }
         let e = catalog.resolve("count(card, 1d)").expect_err("full");
-        assert!(e.contains("at most 512"), "{e}");
+        assert!(matches!(e, FeatureError::TooMany { nth: 513, .. }) && e.to_string().contains("at most 512"), "{e}");
         assert!(catalog.resolve("count(card, 1s)").is_ok(), "one already held is found");
     }
 
@@ -1477,7 +1509,7 @@ mod tests {
         }
         catalog.retain_used(|_| false);
         let e = catalog.resolve("count(card, 1d)").expect_err("full");
-        assert!(e.contains("restart vigil"), "{e}");
+        assert!(matches!(e, FeatureError::CatalogFull { .. }) && e.to_string().contains("restart vigil"), "{e}");
         assert_eq!(catalog.resolve("count(card, 1s)"), Ok(0), "a retired one is revived in place");
     }
 
@@ -1487,7 +1519,7 @@ mod tests {
         let a = catalog.resolve("count(card, 10m)").expect("spec");
         let b = catalog.resolve("count(card, 10m)").expect("spec");
         assert_eq!(a, b);
-        assert!(catalog.resolve("card-count").expect_err("unknown").contains("not configured"));
+        assert!(catalog.resolve("card-count").expect_err("unknown").to_string().contains("not configured"));
     }
 
     #[test]

@@ -161,10 +161,13 @@ impl FeatureSpec {
     /// # Errors
     /// A message saying what is wrong and what is accepted; a filter's
     /// mistakes name the character of `text` they are at.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
         if text.len() > MAX_SPEC_BYTES {
             let start: String = text.chars().take(40).collect();
-            return Err(format!("feature `{start}…` is {} bytes long; a spec is at most {MAX_SPEC_BYTES}", text.len()));
+            return Err(SpecError(format!(
+                "feature `{start}…` is {} bytes long; a spec is at most {MAX_SPEC_BYTES}",
+                text.len()
+            )));
         }
         let t = text.trim();
         let lead = text.len() - text.trim_start().len();
@@ -193,7 +196,7 @@ impl FeatureSpec {
                 usage(t, &format!("unknown key `{s}`; keys are card, account, counterparty, device, ip, merchant"))
             })
         };
-        let window = |s: &str| -> Result<i64, String> {
+        let window = |s: &str| -> Result<i64, SpecError> {
             let d = humantime::parse_duration(s).map_err(|e| usage(t, &format!("bad window `{s}`: {e}")))?;
             if d.is_zero() || d > MAX_WINDOW {
                 return Err(usage(t, "the window must be between 1ms and 30 days"));
@@ -222,7 +225,7 @@ impl FeatureSpec {
                 let filter = Filter::parse(f.trim()).map_err(|(pos, e)| {
                     // Characters, not bytes, as people count them.
                     let before = text[..offset + inner].chars().count();
-                    format!("feature `{t}`: at character {}: {e}", before + pos)
+                    SpecError(format!("feature `{t}`: at character {}: {e}", before + pos))
                 })?;
                 Some(Arc::new(filter))
             }
@@ -270,7 +273,7 @@ impl FeatureSpec {
         };
         if agg == "sum_out" {
             // What the party sent or took out: a filter on its own events.
-            let out = Filter::parse("kind in (transfer, cash_out, payout)").map_err(|(_, e)| e)?;
+            let out = Filter::parse("kind in (transfer, cash_out, payout)").map_err(|(_, e)| SpecError(e))?;
             let both = match spec.filter.take() {
                 Some(f) => Filter::And(vec![out, (*f).clone()]),
                 None => out,
@@ -281,14 +284,20 @@ impl FeatureSpec {
     }
 }
 
-fn usage(text: &str, problem: &str) -> String {
-    format!(
+fn usage(text: &str, problem: &str) -> SpecError {
+    SpecError(format!(
         "feature `{text}`: {problem}; write count(KEY, WINDOW), sum|min|max|avg(KEY, amount, WINDOW), \
          distinct(KEY, FIELD, WINDOW), since_last(KEY, WINDOW) or first_seen(KEY[, WINDOW]), \
          each with an optional filter after the window, \
          e.g. count(card, 10m, amount < 1000)"
-    )
+    ))
 }
+
+/// A feature spec that does not parse: what is wrong, and what is
+/// accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(String);
 
 impl fmt::Display for FeatureSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -345,7 +354,7 @@ mod tests {
 
     #[test]
     fn bad_specs_say_why() {
-        let e = |t: &str| FeatureSpec::parse(t).expect_err(t);
+        let e = |t: &str| FeatureSpec::parse(t).expect_err(t).to_string();
         assert!(e("count(card)").contains("number of arguments"));
         assert!(e("count(pan, 10m)").contains("unknown key `pan`"));
         assert!(e("sum(card, fee, 10m)").contains("works on `amount` or `base_amount`"));

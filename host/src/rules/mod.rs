@@ -1068,7 +1068,7 @@ impl Loader<'_> {
         let features = manifest
             .features
             .iter()
-            .map(|f| self.catalog.resolve(f).map_err(RuleError::Manifest))
+            .map(|f| self.catalog.resolve(f).map_err(|e| RuleError::Manifest(crate::error::chain(&e).to_string())))
             .collect::<Result<Vec<usize>, RuleError>>()?;
         let canary = match (settings.mode, settings.canary_percent) {
             (Mode::Canary, Some(p)) => {
