@@ -191,10 +191,10 @@ fn explain(err: KafkaError, k: &KafkaConfig) -> ClusterError {
     let brokers = k.brokers.clone();
     match err.rdkafka_error_code() {
         Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
-            ClusterError::Authentication { brokers, source: err }
+            ClusterError::Authentication { brokers, source: err.into() }
         }
         Some(RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed) => {
-            ClusterError::NotAllowed { source: err }
+            ClusterError::NotAllowed { source: err.into() }
         }
         _ if let Some(reason) = last_failure(&TLS_FAILURE, &k.brokers) => {
             if reason.contains("certificate verify failed") {
@@ -204,7 +204,7 @@ fn explain(err: KafkaError, k: &KafkaConfig) -> ClusterError {
             }
         }
         _ if let Some(reason) = last_failure(&AUTH_FAILURE, &k.brokers) => ClusterError::Refused { brokers, reason },
-        _ => ClusterError::Unreachable { brokers, within: k.connect_timeout, source: err },
+        _ => ClusterError::Unreachable { brokers, within: k.connect_timeout, source: err.into() },
     }
 }
 
@@ -219,13 +219,13 @@ pub enum ClusterError {
         /// `kafka.brokers`.
         brokers: String,
         /// The client's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The credentials are not allowed a topic or the group.
     #[error("kafka.client: the credentials are not allowed this; check the cluster's ACLs")]
     NotAllowed {
         /// The client's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A broker's certificate is not signed by a trusted CA.
     #[error(
@@ -268,7 +268,7 @@ pub enum ClusterError {
         /// `kafka.connect-timeout`.
         within: Duration,
         /// The client's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// A topic the settings name does not exist.
     #[error("{key}: topic `{topic}` does not exist on {brokers}; create it")]
@@ -296,7 +296,7 @@ pub enum ClusterError {
         /// `consumer` or `producer`.
         what: &'static str,
         /// The client's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 

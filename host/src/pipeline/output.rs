@@ -302,7 +302,7 @@ struct Lanes {
 }
 
 enum Held {
-    Output(Output),
+    Output(Box<Output>),
     Cut(u64),
 }
 
@@ -320,7 +320,7 @@ impl Lanes {
         if self.waiting[from].is_none() {
             return Some(out);
         }
-        self.held[from].push_back(Held::Output(out));
+        self.held[from].push_back(Held::Output(Box::new(out)));
         None
     }
 
@@ -346,7 +346,7 @@ impl Lanes {
             *waiting = None;
             while let Some(next) = held.pop_front() {
                 match next {
-                    Held::Output(out) => free.push(out),
+                    Held::Output(out) => free.push(*out),
                     Held::Cut(next_id) => {
                         *waiting = Some(next_id);
                         break;
@@ -362,7 +362,7 @@ impl Lanes {
         self.waiting.fill(None);
         let held = self.held.iter_mut().flat_map(std::mem::take);
         held.filter_map(|h| match h {
-            Held::Output(out) => Some(out),
+            Held::Output(out) => Some(*out),
             Held::Cut(_) => None,
         })
         .collect()
@@ -508,7 +508,7 @@ mod tests {
             if self.fails_from.is_some_and(|id| cp.id >= id) {
                 return Err(crate::state::StateError::Store {
                     path: "test.redb".into(),
-                    source: std::io::Error::other("no space left on device").into(),
+                    source: Box::new(std::io::Error::other("no space left on device").into()),
                 });
             }
             self.log.lock().expect("log").push(format!("commit {}", cp.id));

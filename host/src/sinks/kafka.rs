@@ -61,7 +61,7 @@ impl ProducerContext for Delivery {
             use rdkafka::Message as _;
             let mut slot = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if slot.is_none() {
-                *slot = Some(ProduceError { topic: m.topic().to_owned(), source: e.clone() });
+                *slot = Some(ProduceError { topic: m.topic().to_owned(), source: e.clone().into() });
             }
         }
     }
@@ -72,7 +72,7 @@ impl ProducerContext for Delivery {
 #[error("cannot produce to topic `{topic}`")]
 pub struct ProduceError {
     topic: String,
-    source: KafkaError,
+    source: Box<KafkaError>,
 }
 
 /// The daemon's one idempotent producer, shared by every Kafka output and
@@ -119,17 +119,18 @@ impl Producer {
             c.set("transactional.id", id);
         }
         let context = Delivery::default();
-        let inner: ThreadedProducer<Delivery> =
-            c.create_with_context(context).map_err(|source| ClusterError::Client { what: "producer", source })?;
+        let inner: ThreadedProducer<Delivery> = c
+            .create_with_context(context)
+            .map_err(|source| ClusterError::Client { what: "producer", source: source.into() })?;
         let context = rdkafka::producer::Producer::context(&inner).clone();
         if let Some(id) = transactional_id {
             use rdkafka::producer::Producer as _;
             inner.init_transactions(k.connect_timeout).map_err(|source| SinkError::Transactions {
                 id: id.to_owned(),
                 brokers: k.brokers.clone(),
-                source,
+                source: source.into(),
             })?;
-            inner.begin_transaction().map_err(SinkError::Begin)?;
+            inner.begin_transaction().map_err(|e| SinkError::Begin(e.into()))?;
         }
         Ok(Arc::new(Self { inner, context, next: AtomicU64::new(0), committer_waits: AtomicBool::new(false) }))
     }
@@ -204,7 +205,7 @@ impl Producer {
                 Err((e, _)) => {
                     self.context.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
                     self.context.tracked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&seq);
-                    return Err(std::io::Error::other(ProduceError { topic: topic.to_owned(), source: e }));
+                    return Err(std::io::Error::other(ProduceError { topic: topic.to_owned(), source: e.into() }));
                 }
             }
         }

@@ -82,11 +82,11 @@ pub enum SinkError {
         /// `kafka.brokers`.
         brokers: String,
         /// The client's error.
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The first transaction could not begin.
     #[error("kafka.exactly-once: cannot begin a transaction")]
-    Begin(#[source] rdkafka::error::KafkaError),
+    Begin(#[source] Box<rdkafka::error::KafkaError>),
 }
 
 /// Opens the configured sink.

@@ -82,8 +82,9 @@ impl KafkaSource {
             committed_only: k.exactly_once,
             connected: AtomicBool::new(true),
         };
-        let consumer: BaseConsumer<SourceContext> =
-            c.create_with_context(context).map_err(|source| ClusterError::Client { what: "consumer", source })?;
+        let consumer: BaseConsumer<SourceContext> = c
+            .create_with_context(context)
+            .map_err(|source| ClusterError::Client { what: "consumer", source: source.into() })?;
         let input = crate::kafka::partitions_of(consumer.client(), topic, "source.topic", k)?;
         let changelog = k.changelog_topic();
         let kept = crate::kafka::partitions_of(consumer.client(), &changelog, "kafka.changelog-topic", k)
@@ -93,7 +94,7 @@ impl KafkaSource {
         }
         consumer.subscribe(&[topic]).map_err(|source| SourceError::Kafka {
             what: format!("source.topic: cannot subscribe to `{topic}`"),
-            source,
+            source: source.into(),
         })?;
         tracing::info!(topic, group = %k.group_id, partitions = input, changelog = %changelog, "joining the consumer group");
         let snapshots = match state_dir {
@@ -322,7 +323,7 @@ impl Source for KafkaSource {
                 .seek(&context.topic, partition as i32, rdkafka::Offset::Offset(next), Duration::from_secs(10))
                 .map_err(|source| SourceError::Kafka {
                     what: format!("cannot resume partition {partition} at {next}"),
-                    source,
+                    source: source.into(),
                 })?;
         }
         let next = &self.next;
@@ -334,7 +335,7 @@ impl Source for KafkaSource {
 
 /// A failed Kafka call of the source, saying what it was.
 fn kafka(what: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> SourceError {
-    move |source| SourceError::Kafka { what: what.to_owned(), source }
+    move |source| SourceError::Kafka { what: what.to_owned(), source: source.into() }
 }
 
 #[cfg(test)]

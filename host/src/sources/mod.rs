@@ -126,7 +126,7 @@ pub enum SourceError {
         /// What was being done.
         what: String,
         /// The client's error.
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// State could not be restored or kept.
     #[error(transparent)]

@@ -110,7 +110,7 @@ pub enum StateError {
         /// The database file.
         path: PathBuf,
         /// The database's error.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// The database holds a record this vigil cannot read.
     #[error("state store {}: {what}", path.display())]
@@ -137,7 +137,7 @@ pub enum StateError {
         /// The database file.
         path: PathBuf,
         /// The database's error.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// Another daemon has the local snapshots open.
     #[error("state.dir: local state snapshots {}: in use by another vigil; give each daemon its own state.dir", path.display())]
@@ -194,7 +194,7 @@ pub enum StateError {
         /// What was being done.
         what: String,
         /// The client's error.
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The thread committing checkpoints to Kafka is gone.
     #[error("the Kafka commit thread {0}")]
@@ -399,14 +399,14 @@ impl StateStore {
     /// [`StateError::Store`] naming the file, e.g. when it is corrupt.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join("state.redb");
-        let err = |source: redb::Error| StateError::Store { path: path.clone(), source };
+        let err = |source: redb::Error| StateError::Store { path: path.clone(), source: source.into() };
         std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
         let db = Database::create(&path).map_err(|e| err(e.into()))?;
         Ok(Self { db, path })
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StateError {
-        StateError::Store { path: self.path.clone(), source: e.into() }
+        StateError::Store { path: self.path.clone(), source: Box::new(e.into()) }
     }
 
     fn corrupt(&self, what: &'static str) -> StateError {

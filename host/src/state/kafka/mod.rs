@@ -123,9 +123,10 @@ pub fn read(
         .set("auto.offset.reset", "error")
         // An empty fetch at the end comes back at once, not after 500 ms.
         .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer<Logging> = c
-        .create_with_context(Logging)
-        .map_err(|source| StateError::Kafka { what: "kafka.client: cannot create a consumer".into(), source })?;
+    let consumer: BaseConsumer<Logging> = c.create_with_context(Logging).map_err(|source| StateError::Kafka {
+        what: "kafka.client: cannot create a consumer".into(),
+        source: source.into(),
+    })?;
     // Read to the end as each fetch reports it (partition EOF), not to a
     // listed end offset: that is what the brokers last said they hold.
     let mut open: HashSet<u32> = partitions.iter().copied().collect();
@@ -153,12 +154,16 @@ pub fn read(
                 Offset::Offset(0)
             }
         };
-        tpl.add_partition_offset(topic, p as i32, start)
-            .map_err(|source| StateError::Kafka { what: format!("changelog `{topic}` partition {p}"), source })?;
+        tpl.add_partition_offset(topic, p as i32, start).map_err(|source| StateError::Kafka {
+            what: format!("changelog `{topic}` partition {p}"),
+            source: source.into(),
+        })?;
     }
     let mut records = 0u64;
     if !open.is_empty() {
-        consumer.assign(&tpl).map_err(|source| StateError::Kafka { what: format!("changelog `{topic}`"), source })?;
+        consumer
+            .assign(&tpl)
+            .map_err(|source| StateError::Kafka { what: format!("changelog `{topic}`"), source: source.into() })?;
     }
     while !open.is_empty() {
         if started.elapsed() > crate::kafka::OUTAGE_LIMIT {
@@ -192,14 +197,15 @@ pub fn read(
                     touched.insert(p, None);
                     next.insert(p, 0);
                     all.add_partition_offset(topic, p as i32, Offset::Beginning).map_err(|source| {
-                        StateError::Kafka { what: format!("changelog `{topic}` partition {p}"), source }
+                        StateError::Kafka { what: format!("changelog `{topic}` partition {p}"), source: source.into() }
                     })?;
                 }
                 open = partitions.iter().copied().collect();
                 (records, local_keys) = (0, 0);
-                consumer
-                    .assign(&all)
-                    .map_err(|source| StateError::Kafka { what: format!("changelog `{topic}`"), source })?;
+                consumer.assign(&all).map_err(|source| StateError::Kafka {
+                    what: format!("changelog `{topic}`"),
+                    source: source.into(),
+                })?;
             }
             Some(Err(e)) => tracing::warn!(error = %e, "reading the state changelog; retrying"),
         }
@@ -413,7 +419,7 @@ fn send_changes(
     for &(p, next) in cp.offsets.iter().filter(|(p, _)| owned.contains(p)) {
         offsets.add_partition_offset(input, p as i32, Offset::Offset(next)).map_err(|source| StateError::Kafka {
             what: format!("cannot list the offsets of `{input}` to commit"),
-            source,
+            source: source.into(),
         })?;
     }
     Ok((produced, offsets))
@@ -479,7 +485,9 @@ fn commit(
             tracing::warn!(error = %e, checkpoint = id, "offsets not committed; the group is rebalancing");
             Ok(())
         }
-        Err(source) => Err(StateError::Kafka { what: format!("cannot commit offsets of `{input}`"), source }),
+        Err(source) => {
+            Err(StateError::Kafka { what: format!("cannot commit offsets of `{input}`"), source: source.into() })
+        }
     }
 }
 
@@ -559,7 +567,7 @@ impl Durable for Transactions {
             tracing::info!(checkpoint = cp.id, "partitions moved: aborting the open transaction");
             return self.producer.abort_transaction().map_err(|source| StateError::Kafka {
                 what: "cannot abort the Kafka transaction and begin the next".into(),
-                source,
+                source: source.into(),
             });
         }
         if cp.epoch != owned.epoch {
@@ -575,7 +583,7 @@ impl Durable for Transactions {
         self.fence.settle();
         result.map_err(|source| StateError::Kafka {
             what: format!("cannot commit the Kafka transaction of checkpoint {}", cp.id),
-            source,
+            source: source.into(),
         })?;
         tracing::debug!(checkpoint = cp.id, changelog_records = produced, "transaction committed");
         Ok(())

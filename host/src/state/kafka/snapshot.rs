@@ -87,7 +87,7 @@ impl Snapshots {
     /// `state.dir`; [`StateError::Snapshots`] naming the file otherwise.
     pub fn open(dir: &Path, cluster: &str, changelog: &str) -> Result<Self, StateError> {
         let path = dir.join("kafka-state.redb");
-        let err = |source: redb::Error| StateError::Snapshots { path: path.clone(), source };
+        let err = |source: redb::Error| StateError::Snapshots { path: path.clone(), source: source.into() };
         std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StateError::SnapshotsInUse { path: path.clone() },
@@ -113,7 +113,7 @@ impl Snapshots {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StateError {
-        StateError::Snapshots { path: self.path.clone(), source: e.into() }
+        StateError::Snapshots { path: self.path.clone(), source: Box::new(e.into()) }
     }
 
     /// A partition's snapshot, if there is a usable one: the offset to read
