@@ -257,7 +257,8 @@ async fn watch_progress(s: Arc<Served>, stop: CancellationToken) {
 async fn metrics(State(s): App) -> Response {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {}\n", chain(&e))).into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {}\n", chain(&e)))
+            .into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

@@ -312,8 +312,7 @@ impl Outputs {
     }
     /// Empties the folder's outputs from an earlier run (sinks append).
     fn reset(&self) -> Result<(), ReplayError> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|source| ReplayError::Create { path: self.dir.clone(), source })?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| ReplayError::Create { path: self.dir.clone(), source })?;
         for name in [
             "decisions.jsonl",
             "alerts.jsonl",
@@ -452,5 +451,20 @@ mod tests {
         assert_eq!(labels.unlabelled, 1);
         assert_eq!(labels.by_id.get("a"), Some(&true));
         assert_eq!(labels.by_id.get("b"), Some(&false));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_keep_the_cause_apart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("missing.jsonl");
+        let e = Input::jsonl(&missing, None, None).expect_err("no such file");
+        assert_eq!(e.to_string(), format!("cannot read {}", missing.display()));
+        let cause = std::error::Error::source(&e).expect("the io error").to_string();
+        assert_eq!(crate::error::chain(&e).to_string(), format!("cannot read {}: {cause}", missing.display()));
+        let decisions = dir.path().join("decisions.jsonl");
+        std::fs::write(&decisions, "{\"id\":\"a\",\"action\":\"allow\",\"score\":0}\nnot json\n").expect("write");
+        let e = analysis::read_decisions(&decisions).expect_err("line 2");
+        let text = crate::error::chain(&e).to_string();
+        assert!(text.starts_with(&format!("{} line 2: not a decision record: ", decisions.display())), "{text}");
     }
 }

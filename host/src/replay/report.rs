@@ -174,15 +174,13 @@ fn alerts_over_time(a: &Analysis) -> Result<String, ReportError> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0..span.max(2) - 1, 0..top + top / 10 + 1)
-            ?;
+            .build_cartesian_2d(0..span.max(2) - 1, 0..top + top / 10 + 1)?;
         chart
             .configure_mesh()
             .x_labels(8)
             .x_label_formatter(&|i| hour_label(first + i * hour))
             .y_desc("events per hour")
-            .draw()
-            ?;
+            .draw()?;
         let lines = [
             ("flagged (review or block)", flagged, BLUE),
             ("labelled fraud", fraud, ORANGE),
@@ -193,8 +191,7 @@ fn alerts_over_time(a: &Analysis) -> Result<String, ReportError> {
                 continue;
             }
             chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-                ?
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
         }
@@ -237,8 +234,7 @@ fn score_distribution(a: &Analysis) -> Result<String, ReportError> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..bands as f64, 0f64..105f64)
-            ?;
+            .build_cartesian_2d(0f64..bands as f64, 0f64..105f64)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -248,8 +244,7 @@ fn score_distribution(a: &Analysis) -> Result<String, ReportError> {
             })
             .x_desc("final score (band start)")
             .y_desc(if labelled { "% of the class" } else { "% of decisions" })
-            .draw()
-            ?;
+            .draw()?;
         let classes: &[(usize, &str, RGBColor, f64)] = if labelled {
             &[(0, "legitimate", BLUE, 0.1), (1, "fraud", ORANGE, 0.5)]
         } else {
@@ -261,8 +256,7 @@ fn score_distribution(a: &Analysis) -> Result<String, ReportError> {
                 .draw_series((0..bands).map(|b| {
                     let x = b as f64 + offset;
                     Rectangle::new([(x, 0.0), (x + bar, share(class, b))], colour.filled())
-                }))
-                ?
+                }))?
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
@@ -292,8 +286,7 @@ fn rule_bars(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..top)
-            ?;
+            .build_cartesian_2d((0..n).into_segmented(), 0f64..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -303,16 +296,13 @@ fn rule_bars(
                 _ => String::new(),
             })
             .y_desc(y_desc)
-            .draw()
-            ?;
-        chart
-            .draw_series(
-                Histogram::vertical(&chart)
-                    .style(BLUE.filled())
-                    .margin(24)
-                    .data(a.rules.values().enumerate().map(|(i, s)| (i, value(s)))),
-            )
-            ?;
+            .draw()?;
+        chart.draw_series(
+            Histogram::vertical(&chart)
+                .style(BLUE.filled())
+                .margin(24)
+                .data(a.rules.values().enumerate().map(|(i, s)| (i, value(s)))),
+        )?;
         Ok(())
     })
 }
