@@ -211,7 +211,7 @@ pub async fn run_with(
         let (admin_config, stop) = (config.admin.clone(), admin_stop.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::admin::serve(listener, token, &admin_config, daemon, stop).await {
-                tracing::error!(error = %e, "the admin listener stopped");
+                tracing::error!(error = %crate::error::chain(&e), "the admin listener stopped");
             }
         });
     }

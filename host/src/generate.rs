@@ -72,6 +72,33 @@ impl Default for GenOptions {
     }
 }
 
+/// Why a generator could not be made: an option out of range, named by
+/// its flag.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// No accounts to pay from.
+    #[error("--accounts must be at least 1")]
+    NoAccounts,
+    /// A fraud share outside 0..=1.
+    #[error("--fraud-share must be between 0 and 1, got {got}")]
+    FraudShare {
+        /// The share given.
+        got: f64,
+    },
+    /// A rate of payments per account per day that is not positive.
+    #[error("--per-day must be a positive number of payments per account per day, got {got}")]
+    PerDay {
+        /// The rate given.
+        got: f64,
+    },
+    /// A pace that is negative or not finite.
+    #[error("--rate must be 0 (as fast as possible) or a positive number, got {got}")]
+    Rate {
+        /// The pace given.
+        got: f64,
+    },
+}
+
 /// The fraud patterns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Pattern {
@@ -227,18 +254,18 @@ impl Generator {
     ///
     /// # Errors
     /// Options out of range, naming the option.
-    pub fn new(opts: GenOptions) -> anyhow::Result<Generator> {
+    pub fn new(opts: GenOptions) -> Result<Generator, GenerateError> {
         if opts.accounts == 0 {
-            anyhow::bail!("--accounts must be at least 1");
+            return Err(GenerateError::NoAccounts);
         }
         if !(0.0..=1.0).contains(&opts.fraud_share) {
-            anyhow::bail!("--fraud-share must be between 0 and 1, got {}", opts.fraud_share);
+            return Err(GenerateError::FraudShare { got: opts.fraud_share });
         }
         if !(opts.per_day > 0.0 && opts.per_day.is_finite()) {
-            anyhow::bail!("--per-day must be a positive number of payments per account per day, got {}", opts.per_day);
+            return Err(GenerateError::PerDay { got: opts.per_day });
         }
         if !(opts.pace >= 0.0 && opts.pace.is_finite()) {
-            anyhow::bail!("--rate must be 0 (as fast as possible) or a positive number, got {}", opts.pace);
+            return Err(GenerateError::Rate { got: opts.pace });
         }
         Ok(Generator {
             rng: SmallRng::seed_from_u64(opts.seed),

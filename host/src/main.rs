@@ -230,13 +230,13 @@ fn read_replay_input(
             if let Some(label) = label {
                 mapping.label = Some(label.to_owned());
             }
-            Input::csv(input, &mapping, vigil::decode::Tokenizer::new(&config.pan_key()?))
+            Ok(Input::csv(input, &mapping, vigil::decode::Tokenizer::new(&config.pan_key()?))?)
         }
         None if input.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) => anyhow::bail!(
             "{} looks like CSV: give a column mapping with --mapping (see examples/card-transactions.mapping.toml)",
             input.display()
         ),
-        None => Input::jsonl(input, label, typology),
+        None => Ok(Input::jsonl(input, label, typology)?),
     }
 }
 

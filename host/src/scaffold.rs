@@ -6,26 +6,104 @@
 //! The workspace's `Cargo.toml` is edited with toml_edit, so its comments
 //! and layout survive.
 
-use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 
 const CARGO_TOML: &str = include_str!("../templates/rule/Cargo.toml.tmpl");
 const LIB_RS: &str = include_str!("../templates/rule/lib.rs.tmpl");
 const README: &str = include_str!("../templates/rule/README.md.tmpl");
 
+/// Why a rule crate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    /// The name is not a kebab-case ASCII name starting with a letter.
+    #[error(
+        "rule name {name:?}: use lower-case letters, digits and single hyphens, starting with a letter \
+         (e.g. card-testing)"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// The workspace's manifest could not be read.
+    #[error("{} is not a rules workspace: cannot read {} (use --workspace)", workspace.display(), manifest.display())]
+    NotWorkspace {
+        /// The folder given as the workspace.
+        workspace: PathBuf,
+        /// Its `Cargo.toml`.
+        manifest: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The workspace's manifest is not TOML.
+    #[error("{} is not valid TOML", manifest.display())]
+    Toml {
+        /// The workspace's `Cargo.toml`.
+        manifest: PathBuf,
+        /// The parser's error.
+        source: toml_edit::TomlError,
+    },
+    /// The manifest has no `[workspace]` table.
+    #[error("{} has no [workspace] table", manifest.display())]
+    NoWorkspaceTable {
+        /// The workspace's `Cargo.toml`.
+        manifest: PathBuf,
+    },
+    /// `workspace.members` is there but not an array.
+    #[error("{}: workspace.members is not an array", manifest.display())]
+    MembersNotArray {
+        /// The workspace's `Cargo.toml`.
+        manifest: PathBuf,
+    },
+    /// The workspace already has a member of that name.
+    #[error("{} already lists {name} in workspace.members", manifest.display())]
+    AlreadyListed {
+        /// The workspace's `Cargo.toml`.
+        manifest: PathBuf,
+        /// The rule name.
+        name: String,
+    },
+    /// The crate's folder is there already.
+    #[error("{} already exists; pick another name or remove it", dir.display())]
+    Exists {
+        /// The crate's folder.
+        dir: PathBuf,
+    },
+    /// The crate's folder could not be made.
+    #[error("cannot create {}", dir.display())]
+    Create {
+        /// The crate's folder.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file of the crate could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The workspace's manifest could not be written back.
+    #[error("cannot update {}", manifest.display())]
+    Update {
+        /// The workspace's `Cargo.toml`.
+        manifest: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
 /// Checks a rule name: kebab-case ASCII, starting with a letter — the form
 /// of a Cargo package and of `[rule.NAME]` in `vigil.toml`.
 ///
 /// # Errors
 /// Saying what is wrong with it.
-pub fn check_name(name: &str) -> anyhow::Result<()> {
+pub fn check_name(name: &str) -> Result<(), ScaffoldError> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let starts = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
     if name.is_empty() || name.len() > 64 || !ok_chars || !starts || name.ends_with('-') || name.contains("--") {
-        anyhow::bail!(
-            "rule name {name:?}: use lower-case letters, digits and single hyphens, starting with a letter \
-             (e.g. card-testing)"
-        );
+        return Err(ScaffoldError::BadName { name: name.to_owned() });
     }
     Ok(())
 }
@@ -35,32 +113,30 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// A bad name, a workspace that is not one, or a crate folder that exists.
-pub fn new_rule(workspace: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub fn new_rule(workspace: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
     check_name(name)?;
     let manifest = workspace.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).with_context(|| {
-        format!(
-            "{} is not a rules workspace: cannot read {} (use --workspace)",
-            workspace.display(),
-            manifest.display()
-        )
+    let text = std::fs::read_to_string(&manifest).map_err(|source| ScaffoldError::NotWorkspace {
+        workspace: workspace.to_owned(),
+        manifest: manifest.clone(),
+        source,
     })?;
     let mut doc: toml_edit::DocumentMut =
-        text.parse().with_context(|| format!("{} is not valid TOML", manifest.display()))?;
+        text.parse().map_err(|source| ScaffoldError::Toml { manifest: manifest.clone(), source })?;
     let members = doc
         .get_mut("workspace")
         .and_then(|w| w.as_table_like_mut())
-        .with_context(|| format!("{} has no [workspace] table", manifest.display()))?
+        .ok_or_else(|| ScaffoldError::NoWorkspaceTable { manifest: manifest.clone() })?
         .entry("members")
         .or_insert(toml_edit::value(toml_edit::Array::new()))
         .as_array_mut()
-        .with_context(|| format!("{}: workspace.members is not an array", manifest.display()))?;
+        .ok_or_else(|| ScaffoldError::MembersNotArray { manifest: manifest.clone() })?;
     if members.iter().any(|m| m.as_str() == Some(name)) {
-        anyhow::bail!("{} already lists {name} in workspace.members", manifest.display());
+        return Err(ScaffoldError::AlreadyListed { manifest, name: name.to_owned() });
     }
     let dir = workspace.join(name);
     if dir.exists() {
-        anyhow::bail!("{} already exists; pick another name or remove it", dir.display());
+        return Err(ScaffoldError::Exists { dir });
     }
     let crate_name = name.replace('-', "_");
     let wasm = workspace.join("target/wasm32-unknown-unknown/release").join(format!("{crate_name}.wasm"));
@@ -71,14 +147,20 @@ pub fn new_rule(workspace: &Path, name: &str) -> anyhow::Result<PathBuf> {
             .replace("{{reason}}", &crate_name)
             .replace("{{wasm}}", &wasm.display().to_string())
     };
-    std::fs::create_dir_all(dir.join("src")).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Err(source) = std::fs::create_dir_all(dir.join("src")) {
+        return Err(ScaffoldError::Create { dir, source });
+    }
     let files = [("Cargo.toml", CARGO_TOML), ("src/lib.rs", LIB_RS), ("README.md", README)];
     for (file, template) in files {
         let path = dir.join(file);
-        std::fs::write(&path, fill(template)).with_context(|| format!("cannot write {}", path.display()))?;
+        if let Err(source) = std::fs::write(&path, fill(template)) {
+            return Err(ScaffoldError::Write { path, source });
+        }
     }
     members.push(name);
-    std::fs::write(&manifest, doc.to_string()).with_context(|| format!("cannot update {}", manifest.display()))?;
+    if let Err(source) = std::fs::write(&manifest, doc.to_string()) {
+        return Err(ScaffoldError::Update { manifest, source });
+    }
     Ok(dir)
 }
 

@@ -10,8 +10,9 @@
 //! one the API is read-only. Mode changes persist in `admin.toml` in the
 //! state folder and win over the config's `[rule.NAME] mode`.
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, ConfigError};
 use crate::decide::Mode;
+use crate::error::chain;
 use crate::pipeline::Counters;
 use crate::rules::RuleRegistry;
 use axum::extract::{Path as UrlPath, State};
@@ -26,7 +27,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,6 +36,55 @@ use tokio_util::sync::CancellationToken;
 
 /// The file under the state folder that keeps modes set through the API.
 pub const OVERRIDES_FILE: &str = "admin.toml";
+
+/// Why the admin listener could not start or serve, or the mode overrides
+/// could not be read or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The overrides file is there but cannot be read.
+    #[error("{}", path.display())]
+    ReadOverrides {
+        /// The overrides file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The overrides file is not a table of modes.
+    #[error("{}", path.display())]
+    ParseOverrides {
+        /// The overrides file.
+        path: PathBuf,
+        /// The parser's error, with the line.
+        source: toml::de::Error,
+    },
+    /// The overrides file could not be written.
+    #[error("cannot write {}", path.display())]
+    WriteOverrides {
+        /// The overrides file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The admin settings are unusable (the token variable is unset).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The address cannot be bound.
+    #[error("admin.listen: cannot listen on {addr}")]
+    Listen {
+        /// The address configured.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The bound listener failed: set up for the runtime, or serving.
+    #[error("admin listener: {what}")]
+    Serve {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
 
 /// What the listener reads and acts on.
 #[derive(Debug)]
@@ -71,7 +122,7 @@ impl std::fmt::Debug for Shared {
 ///
 /// # Errors
 /// The file exists but cannot be read or parsed; the message names it.
-pub fn load_overrides(state_dir: &std::path::Path) -> anyhow::Result<BTreeMap<String, Mode>> {
+pub fn load_overrides(state_dir: &Path) -> Result<BTreeMap<String, Mode>, AdminError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
@@ -85,13 +136,15 @@ pub fn load_overrides(state_dir: &std::path::Path) -> anyhow::Result<BTreeMap<St
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
             return Ok(BTreeMap::new());
         }
-        Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        Err(source) => return Err(AdminError::ReadOverrides { path, source }),
     };
-    let file: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(file.modes)
+    match toml::from_str::<File>(&text) {
+        Ok(file) => Ok(file.modes),
+        Err(source) => Err(AdminError::ParseOverrides { path, source }),
+    }
 }
 
-fn save_overrides(state_dir: &std::path::Path, modes: &BTreeMap<String, Mode>) -> std::io::Result<()> {
+fn save_overrides(state_dir: &Path, modes: &BTreeMap<String, Mode>) -> Result<(), AdminError> {
     let mut text = String::from(
         "# Rule modes set through vigil's admin API. They win over [rule.NAME] mode in the\n\
          # config; remove a line (or set the mode back through the API) to follow the config.\n[modes]\n",
@@ -99,9 +152,11 @@ fn save_overrides(state_dir: &std::path::Path, modes: &BTreeMap<String, Mode>) -
     for (name, mode) in modes {
         text.push_str(&format!("{name:?} = \"{}\"\n", mode_name(*mode)));
     }
-    std::fs::create_dir_all(state_dir)?;
-    // Whole or not at all: a torn file would stop the next start.
-    crate::state::write_atomically(&state_dir.join(OVERRIDES_FILE), text.as_bytes())
+    let path = state_dir.join(OVERRIDES_FILE);
+    std::fs::create_dir_all(state_dir)
+        // Whole or not at all: a torn file would stop the next start.
+        .and_then(|()| crate::state::write_atomically(&path, text.as_bytes()))
+        .map_err(|source| AdminError::WriteOverrides { path, source })
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -113,12 +168,13 @@ fn mode_name(mode: Mode) -> &'static str {
 ///
 /// # Errors
 /// The address is in use or not this host's; the token variable is unset.
-pub fn bind(config: &AdminConfig) -> anyhow::Result<Option<(std::net::TcpListener, Option<String>)>> {
+pub fn bind(config: &AdminConfig) -> Result<Option<(std::net::TcpListener, Option<String>)>, AdminError> {
     let Some(addr) = config.listen else { return Ok(None) };
-    let token = config.token().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("admin.listen: cannot listen on {addr}: {e}"))?;
-    listener.set_nonblocking(true)?;
+    let token = config.token()?;
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| AdminError::Listen { addr, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| AdminError::Serve { what: "cannot make the socket non-blocking", source })?;
     if !addr.ip().is_loopback() && token.is_none() {
         tracing::warn!(%addr, "the admin listener is reachable from other hosts; without admin.token-env it is read-only");
     }
@@ -135,8 +191,9 @@ pub async fn serve(
     config: &AdminConfig,
     daemon: Daemon,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
+) -> Result<(), AdminError> {
+    let addr =
+        listener.local_addr().map_err(|source| AdminError::Serve { what: "cannot read the bound address", source })?;
     let mut registry = Registry::default();
     let shared = Arc::new(Shared {
         progress: Mutex::new((0, Instant::now())),
@@ -163,9 +220,12 @@ pub async fn serve(
         .route("/admin/reload", post(reload))
         .with_state(shared);
     tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz, /admin/");
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
-    Ok(())
+    let listener = tokio::net::TcpListener::from_std(listener)
+        .map_err(|source| AdminError::Serve { what: "cannot hand the socket to the runtime", source })?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .map_err(|source| AdminError::Serve { what: "cannot serve", source })
 }
 
 struct Served {
@@ -197,7 +257,8 @@ async fn watch_progress(s: Arc<Served>, stop: CancellationToken) {
 async fn metrics(State(s): App) -> Response {
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {e}\n")).into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {}\n", chain(&e)))
+            .into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
@@ -401,8 +462,7 @@ async fn set_mode(
         false => modes.insert(name.clone(), change.mode),
     };
     if let Err(e) = save_overrides(&s.daemon.state_dir, &modes) {
-        let file = s.daemon.state_dir.join(OVERRIDES_FILE);
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot write {}: {e}\n", file.display())).into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", chain(&e))).into_response();
     }
     registry.set_modes(modes);
     if let Some(rule) = registry.current().rules.iter().find(|r| *r.name == *name) {
@@ -421,7 +481,7 @@ async fn set_mode(
             let why: Vec<String> = report.rejected.iter().map(|(f, e)| format!("{}: {e}", f.display())).collect();
             (StatusCode::CONFLICT, format!("mode set; reloading reported: {}\n", why.join("; "))).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed: {}\n", chain(&e))).into_response(),
     }
 }
 

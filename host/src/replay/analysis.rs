@@ -10,6 +10,8 @@ use std::fmt;
 use std::io::BufRead as _;
 use std::path::Path;
 
+use super::ReplayError;
+
 /// Known outcomes by transaction id.
 #[derive(Debug, Default, Clone)]
 pub struct Labels {
@@ -70,18 +72,20 @@ impl DecisionLine {
 ///
 /// # Errors
 /// When the file cannot be read or holds a line that is not a decision.
-pub fn read_decisions(path: &Path) -> anyhow::Result<Vec<DecisionLine>> {
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+pub fn read_decisions(path: &Path) -> Result<Vec<DecisionLine>, ReplayError> {
+    let read = |source| ReplayError::Read { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(read)?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let line = line.map_err(read)?;
         if line.is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line)
-                .map_err(|e| anyhow::anyhow!("{} line {}: not a decision record: {e}", path.display(), n + 1))?,
-        );
+        out.push(serde_json::from_str(&line).map_err(|source| ReplayError::NotADecision {
+            path: path.to_owned(),
+            line: n as u64 + 1,
+            source,
+        })?);
     }
     Ok(out)
 }

@@ -7,13 +7,12 @@
 //! (`[rule.NAME] mode = "shadow"`) records live: the decision the candidate
 //! would have made next to the one that was made.
 
-use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::analysis::{self, Analysis, DecisionLine, fmt_ratio};
-use super::{Input, Outputs, run_once};
+use super::{Input, Outputs, ReplayError, run_once};
 use crate::config::Config;
 
 /// How many differing decisions the summary shows.
@@ -47,18 +46,21 @@ pub struct Comparison {
 }
 
 /// Rules folder for one side: a module is copied alone into `scratch`.
-fn rules_dir(side: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
+fn rules_dir(side: &Path, scratch: &Path) -> Result<PathBuf, ReplayError> {
     if side.is_dir() {
         return Ok(side.to_owned());
     }
     if !side.is_file() {
-        anyhow::bail!("--compare: {} is neither a .wasm file nor a rules folder", side.display());
+        return Err(ReplayError::CompareSide { path: side.to_owned() });
     }
     let _ = std::fs::remove_dir_all(scratch);
-    std::fs::create_dir_all(scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
-    let name = side.file_name().context("--compare: a module path needs a file name")?;
-    std::fs::copy(side, scratch.join(name))
-        .with_context(|| format!("cannot copy {} to {}", side.display(), scratch.display()))?;
+    std::fs::create_dir_all(scratch).map_err(|source| ReplayError::Create { path: scratch.to_owned(), source })?;
+    let name = side.file_name().ok_or_else(|| ReplayError::NoFileName { path: side.to_owned() })?;
+    std::fs::copy(side, scratch.join(name)).map_err(|source| ReplayError::Copy {
+        from: side.to_owned(),
+        to: scratch.to_owned(),
+        source,
+    })?;
     Ok(scratch.to_owned())
 }
 
@@ -74,7 +76,7 @@ pub fn compare(
     b: &Path,
     out: &Path,
     progress: bool,
-) -> anyhow::Result<Comparison> {
+) -> Result<Comparison, ReplayError> {
     let mut runs = Vec::new();
     for (tag, side) in [("a", a), ("b", b)] {
         let outputs = Outputs { dir: out.join(tag) };
@@ -83,8 +85,7 @@ pub fn compare(
         let decisions = analysis::read_decisions(&outputs.decisions())?;
         let analysis = Analysis::new(counts, &decisions, input.labels.as_ref());
         let html = super::report::render(&format!("{} with rules {}", input.name, side.display()), &analysis);
-        std::fs::write(outputs.report(), html)
-            .with_context(|| format!("cannot write {}", outputs.report().display()))?;
+        super::write(&outputs.report(), html)?;
         runs.push((decisions, analysis));
     }
     let (decisions_b, analysis_b) = runs.pop().expect("two runs");

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::decode::Tokenizer;
 
@@ -134,13 +134,52 @@ fn field_type(path: &str) -> Option<Ty> {
     FIELDS.iter().find(|(p, _)| *p == path).map(|(_, t)| *t)
 }
 
-/// A mistake in a mapping file, naming the key.
+/// Why a mapping cannot be used: the file cannot be read, or a mistake in
+/// it, naming the key.
 #[derive(Debug, thiserror::Error)]
-#[error("mapping {file}: {key}: {problem}")]
-pub struct MappingError {
-    file: String,
-    key: String,
-    problem: String,
+pub enum MappingError {
+    /// The file could not be read.
+    #[error("cannot read mapping {}", path.display())]
+    Read {
+        /// The mapping file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not TOML, or has a key a mapping does not.
+    #[error("mapping {}", path.display())]
+    Parse {
+        /// The mapping file.
+        path: PathBuf,
+        /// The parser's error, with the key and line.
+        source: toml::de::Error,
+    },
+    /// A key's value makes no sense.
+    #[error("mapping {file}: {key}: {problem}")]
+    Invalid {
+        /// The mapping file.
+        file: String,
+        /// The dotted key.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A column the mapping names is not in the CSV file's header.
+    #[error(
+        "mapping {key}: column `{column}` is not in the header of {} (columns: {})",
+        file.display(),
+        columns.join(", ")
+    )]
+    NoColumn {
+        /// The dotted key naming the column.
+        key: String,
+        /// The column named.
+        column: String,
+        /// The CSV file.
+        file: PathBuf,
+        /// The header's columns.
+        columns: Vec<String>,
+    },
 }
 
 /// One resolved field: where it goes and how to fill it.
@@ -184,14 +223,18 @@ impl Mapping {
     ///
     /// # Errors
     /// [`MappingError`] naming the key at fault, or the TOML error.
-    pub fn load(path: &Path) -> anyhow::Result<Mapping> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read mapping {}: {e}", path.display()))?;
-        let mapping: Mapping = toml::from_str(&text).map_err(|e| anyhow::anyhow!("mapping {}: {e}", path.display()))?;
-        let err =
-            |key: &str, problem: String| MappingError { file: path.display().to_string(), key: key.into(), problem };
+    pub fn load(path: &Path) -> Result<Mapping, MappingError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| MappingError::Read { path: path.to_owned(), source })?;
+        let mapping: Mapping =
+            toml::from_str(&text).map_err(|source| MappingError::Parse { path: path.to_owned(), source })?;
+        let err = |key: &str, problem: String| MappingError::Invalid {
+            file: path.display().to_string(),
+            key: key.into(),
+            problem,
+        };
         if !mapping.csv.delimiter.is_ascii() {
-            return Err(err("csv.delimiter", "must be one ASCII character".into()).into());
+            return Err(err("csv.delimiter", "must be one ASCII character".into()));
         }
         for (key, source) in &mapping.fields {
             let at = format!("fields.{key}");
@@ -200,32 +243,31 @@ impl Mapping {
                 return Err(err(
                     &at,
                     format!("not an event field; expected one of {}, or attrs.NAME", known.join(", ")),
-                )
-                .into());
+                ));
             };
             if let FieldSource::Spec(spec) = source {
                 match (&spec.column, &spec.value) {
-                    (Some(_), Some(_)) => return Err(err(&at, "give `column` or `value`, not both".into()).into()),
-                    (None, None) => return Err(err(&at, "needs `column` or `value`".into()).into()),
+                    (Some(_), Some(_)) => return Err(err(&at, "give `column` or `value`, not both".into())),
+                    (None, None) => return Err(err(&at, "needs `column` or `value`".into())),
                     _ => {}
                 }
                 if spec.unit.is_some() && key != "ts" {
-                    return Err(err(&at, "`unit` applies to `ts` only".into()).into());
+                    return Err(err(&at, "`unit` applies to `ts` only".into()));
                 }
                 if spec.decimals.is_some() && key != "amount" {
-                    return Err(err(&at, "`decimals` applies to `amount` only".into()).into());
+                    return Err(err(&at, "`decimals` applies to `amount` only".into()));
                 }
                 if spec.decimals.is_some_and(|d| d > 6) {
-                    return Err(err(&at, "`decimals` is at most 6".into()).into());
+                    return Err(err(&at, "`decimals` is at most 6".into()));
                 }
                 if spec.tokenise && ty != Ty::Str {
-                    return Err(err(&at, "`tokenise` applies to text fields only".into()).into());
+                    return Err(err(&at, "`tokenise` applies to text fields only".into()));
                 }
             }
         }
         for required in ["id", "ts", "amount", "currency", "channel", "kind", "account"] {
             if !mapping.fields.contains_key(required) {
-                return Err(err(&format!("fields.{required}"), "missing: every event needs it".into()).into());
+                return Err(err(&format!("fields.{required}"), "missing: every event needs it".into()));
             }
         }
         Ok(mapping)
@@ -235,15 +277,18 @@ impl Mapping {
     ///
     /// # Errors
     /// When a named column is not in the header.
-    pub fn bind(&self, file: &Path, header: &csv::StringRecord, tokenizer: Tokenizer) -> anyhow::Result<RowMapper> {
-        let column = |key: &str, name: &str| -> anyhow::Result<usize> {
-            header.iter().position(|h| h.trim() == name).ok_or_else(|| {
-                let names: Vec<&str> = header.iter().collect();
-                anyhow::anyhow!(
-                    "mapping {key}: column `{name}` is not in the header of {} (columns: {})",
-                    file.display(),
-                    names.join(", ")
-                )
+    pub fn bind(
+        &self,
+        file: &Path,
+        header: &csv::StringRecord,
+        tokenizer: Tokenizer,
+    ) -> Result<RowMapper, MappingError> {
+        let column = |key: &str, name: &str| -> Result<usize, MappingError> {
+            header.iter().position(|h| h.trim() == name).ok_or_else(|| MappingError::NoColumn {
+                key: key.to_owned(),
+                column: name.to_owned(),
+                file: file.to_owned(),
+                columns: header.iter().map(str::to_owned).collect(),
             })
         };
         let mut fields = Vec::new();
@@ -378,9 +423,9 @@ mod tests {
     use super::*;
     use std::io::Write as _;
 
-    fn mapping(text: &str) -> anyhow::Result<Mapping> {
-        let mut f = tempfile::NamedTempFile::new()?;
-        f.write_all(text.as_bytes())?;
+    fn mapping(text: &str) -> Result<Mapping, MappingError> {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
         Mapping::load(f.path())
     }
 

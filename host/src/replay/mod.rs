@@ -12,7 +12,6 @@ pub mod compare;
 pub mod mapping;
 pub mod report;
 
-use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +24,121 @@ use crate::decode::Tokenizer;
 use crate::pipeline::Counters;
 use crate::sources::{MemorySource, Record};
 pub use analysis::{Analysis, Counts, Labels, Typologies, TypologyTable};
+pub use mapping::MappingError;
+
+/// Why a replay or a comparison failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A file could not be opened or read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A CSV input could not be opened.
+    #[error("cannot read {}", path.display())]
+    CsvOpen {
+        /// The CSV file.
+        path: PathBuf,
+        /// The reader's error.
+        source: csv::Error,
+    },
+    /// A CSV input's header could not be read.
+    #[error("cannot read the header of {}", path.display())]
+    CsvHeader {
+        /// The CSV file.
+        path: PathBuf,
+        /// The reader's error.
+        source: csv::Error,
+    },
+    /// A CSV row could not be read.
+    #[error("{} line {line}", path.display())]
+    CsvRow {
+        /// The CSV file.
+        path: PathBuf,
+        /// The row's line in the file.
+        line: u64,
+        /// The reader's error.
+        source: csv::Error,
+    },
+    /// The column mapping does not fit the CSV file.
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    /// A line of the decisions file is not a decision record.
+    #[error("{} line {line}: not a decision record", path.display())]
+    NotADecision {
+        /// The decisions file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: u64,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// An output folder could not be made.
+    #[error("cannot create {}", path.display())]
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An earlier run's output could not be removed.
+    #[error("cannot clear {}", path.display())]
+    Clear {
+        /// The output file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The summary could not be turned into JSON.
+    #[error("cannot serialise the summary")]
+    Summary {
+        /// The serialiser's error.
+        source: serde_json::Error,
+    },
+    /// The runtime the pipeline runs on could not start.
+    #[error("cannot start a runtime")]
+    Runtime {
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The pipeline failed as `vigil run` would: rules, lists or sinks
+    /// that cannot be set up. Its message and causes are the daemon's.
+    #[error(transparent)]
+    Run(Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A side of `--compare` is neither a module nor a folder.
+    #[error("--compare: {} is neither a .wasm file nor a rules folder", path.display())]
+    CompareSide {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A side of `--compare` is a file path without a file name.
+    #[error("--compare: a module path needs a file name")]
+    NoFileName {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A module could not be copied into its own rules folder.
+    #[error("cannot copy {} to {}", from.display(), to.display())]
+    Copy {
+        /// The module.
+        from: PathBuf,
+        /// The folder.
+        to: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
 
 /// The input of a replay: events in the order they will be fed, and labels.
 #[derive(Debug)]
@@ -45,13 +159,14 @@ impl Input {
     /// # Errors
     /// When the file or mapping cannot be read, or the mapping does not fit
     /// the file's header.
-    pub fn csv(path: &Path, mapping: &mapping::Mapping, tokenizer: Tokenizer) -> anyhow::Result<Input> {
+    pub fn csv(path: &Path, mapping: &mapping::Mapping, tokenizer: Tokenizer) -> Result<Input, ReplayError> {
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(mapping.csv.delimiter as u8)
             .flexible(true)
             .from_path(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let header = reader.headers().with_context(|| format!("cannot read the header of {}", path.display()))?.clone();
+            .map_err(|source| ReplayError::CsvOpen { path: path.to_owned(), source })?;
+        let header =
+            reader.headers().map_err(|source| ReplayError::CsvHeader { path: path.to_owned(), source })?.clone();
         let mapper = mapping.bind(path, &header, tokenizer)?;
         let mut labels = mapping.label.as_ref().map(|name| Labels { name: name.clone(), ..Labels::default() });
         let mut rows = Vec::new();
@@ -61,7 +176,7 @@ impl Input {
             match reader.read_record(&mut record) {
                 Ok(true) => {}
                 Ok(false) => break,
-                Err(e) => anyhow::bail!("{} line {line_no}: {e}", path.display()),
+                Err(source) => return Err(ReplayError::CsvRow { path: path.to_owned(), line: line_no, source }),
             }
             let row = mapper.convert(&record);
             if let Some(labels) = labels.as_mut() {
@@ -93,15 +208,16 @@ impl Input {
     ///
     /// # Errors
     /// When the file cannot be read.
-    pub fn jsonl(path: &Path, label: Option<&str>, typology: Option<&str>) -> anyhow::Result<Input> {
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    pub fn jsonl(path: &Path, label: Option<&str>, typology: Option<&str>) -> Result<Input, ReplayError> {
+        let read = |source| ReplayError::Read { path: path.to_owned(), source };
+        let file = std::fs::File::open(path).map_err(read)?;
         let mut labels = label.map(|name| Labels { name: name.to_owned(), ..Labels::default() });
         let mut typologies = typology.map(|name| Typologies { name: name.to_owned(), ..Typologies::default() });
         let mut records = Vec::new();
         // Split on bytes: a line that is not UTF-8 becomes a dead letter
         // instead of ending the replay.
         for (n, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-            let mut line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            let mut line = line.map_err(read)?;
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
@@ -195,8 +311,8 @@ impl Outputs {
         }
     }
     /// Empties the folder's outputs from an earlier run (sinks append).
-    fn reset(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+    fn reset(&self) -> Result<(), ReplayError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| ReplayError::Create { path: self.dir.clone(), source })?;
         for name in [
             "decisions.jsonl",
             "alerts.jsonl",
@@ -206,8 +322,8 @@ impl Outputs {
             "rule-sets.jsonl",
         ] {
             match std::fs::remove_file(self.dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("cannot clear {}", self.dir.join(name).display()));
+                Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ReplayError::Clear { path: self.dir.join(name), source });
                 }
                 _ => {}
             }
@@ -229,7 +345,7 @@ pub fn run_once(
     rules_dir: &Path,
     out: &Outputs,
     progress: bool,
-) -> anyhow::Result<(Counts, Duration)> {
+) -> Result<(Counts, Duration), ReplayError> {
     let mut config = config.clone();
     config.rules.dir = rules_dir.to_owned();
     config.rules.watch = false;
@@ -259,7 +375,10 @@ pub fn run_once(
             }
         })
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start a runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ReplayError::Runtime { source })?;
     let start = Instant::now();
     let overrides = Overrides {
         source: Some(Box::new(MemorySource::new(name, records))),
@@ -270,7 +389,8 @@ pub fn run_once(
     let elapsed = start.elapsed();
     done.cancel();
     let _ = ticker.join();
-    let summary = result?;
+    // The daemon's error, its causes kept as its sources.
+    let summary = result.map_err(|e| ReplayError::Run(e.into()))?;
     bar.set_position(summary.decided + summary.dead_lettered);
     bar.finish_and_clear();
     let counts = Counts {
@@ -287,7 +407,7 @@ pub fn run_once(
 ///
 /// # Errors
 /// As [`run_once`], and when an output cannot be written.
-pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> anyhow::Result<Analysis> {
+pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> Result<Analysis, ReplayError> {
     let rules_dir = config.rules.dir.clone();
     let (counts, elapsed) = run_once(config, &input.name, input.records, &rules_dir, out, progress)?;
     eprintln!(
@@ -299,11 +419,16 @@ pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> a
     let decisions = analysis::read_decisions(&out.decisions())?;
     let mut analysis = Analysis::new(counts, &decisions, input.labels.as_ref());
     analysis.typologies = input.typologies.as_ref().map(|t| TypologyTable::new(&decisions, t));
-    let json = serde_json::to_string_pretty(&analysis).context("cannot serialise the summary")?;
-    std::fs::write(out.summary(), json).with_context(|| format!("cannot write {}", out.summary().display()))?;
+    let json = serde_json::to_string_pretty(&analysis).map_err(|source| ReplayError::Summary { source })?;
+    write(&out.summary(), json)?;
     let html = report::render(&input.name, &analysis);
-    std::fs::write(out.report(), html).with_context(|| format!("cannot write {}", out.report().display()))?;
+    write(&out.report(), html)?;
     Ok(analysis)
+}
+
+/// Writes an output file.
+fn write(path: &Path, contents: String) -> Result<(), ReplayError> {
+    std::fs::write(path, contents).map_err(|source| ReplayError::Write { path: path.to_owned(), source })
 }
 
 #[cfg(test)]
@@ -326,5 +451,20 @@ mod tests {
         assert_eq!(labels.unlabelled, 1);
         assert_eq!(labels.by_id.get("a"), Some(&true));
         assert_eq!(labels.by_id.get("b"), Some(&false));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_keep_the_cause_apart() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("missing.jsonl");
+        let e = Input::jsonl(&missing, None, None).expect_err("no such file");
+        assert_eq!(e.to_string(), format!("cannot read {}", missing.display()));
+        let cause = std::error::Error::source(&e).expect("the io error").to_string();
+        assert_eq!(crate::error::chain(&e).to_string(), format!("cannot read {}: {cause}", missing.display()));
+        let decisions = dir.path().join("decisions.jsonl");
+        std::fs::write(&decisions, "{\"id\":\"a\",\"action\":\"allow\",\"score\":0}\nnot json\n").expect("write");
+        let e = analysis::read_decisions(&decisions).expect_err("line 2");
+        let text = crate::error::chain(&e).to_string();
+        assert!(text.starts_with(&format!("{} line 2: not a decision record: ", decisions.display())), "{text}");
     }
 }

@@ -2,10 +2,27 @@
 //! drawn by plotters, inline CSS, no scripts), readable in any browser
 //! without a server.
 
+use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 
 use super::analysis::{Analysis, fmt_ratio};
+use crate::error::chain;
+
+/// Why a chart of the report is left out; the report says so in its place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// There is nothing to draw.
+    #[error("{0}")]
+    Nothing(&'static str),
+    /// Plotters could not draw the chart.
+    #[error("cannot draw the chart")]
+    Draw {
+        /// The drawing error.
+        #[from]
+        source: DrawingAreaErrorKind<std::io::Error>,
+    },
+}
 
 const WIDTH: u32 = 900;
 const HEIGHT: u32 = 340;
@@ -22,7 +39,7 @@ pub fn render(title: &str, analysis: &Analysis) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>vigil replay: {t}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n<h1>vigil replay</h1>\n<p class=\"sub\">{t}</p>\n"
     );
     summary_tables(&mut html, analysis);
-    let charts: [(&str, Result<String, String>); 4] = [
+    let charts: [(&str, Result<String, ReportError>); 4] = [
         ("Alerts over time", alerts_over_time(analysis)),
         ("Score distribution", score_distribution(analysis)),
         ("Hits per rule", rule_hits(analysis)),
@@ -33,7 +50,7 @@ pub fn render(title: &str, analysis: &Analysis) -> String {
         match chart {
             Ok(svg) => html.push_str(&svg),
             Err(why) => {
-                let _ = write!(html, "<p class=\"note\">{}</p>", escape(&why));
+                let _ = write!(html, "<p class=\"note\">{}</p>", escape(&chain(&why).to_string()));
             }
         }
         html.push_str("</section>\n");
@@ -116,16 +133,16 @@ fn summary_tables(html: &mut String, a: &Analysis) {
     html.push_str("</table>\n");
 }
 
-/// Runs a drawing into an SVG string; plotters errors become the reason text.
+/// Runs a drawing into an SVG string.
 fn svg(
-    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
-) -> Result<String, String> {
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), ReportError>,
+) -> Result<String, ReportError> {
     let mut out = String::new();
     {
         let root = SVGBackend::with_string(&mut out, (WIDTH, HEIGHT)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         draw(&root)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     Ok(out)
 }
@@ -138,9 +155,9 @@ fn hour_label(start_ms: i64) -> String {
 }
 
 /// Flagged decisions and labelled fraud per hour of event time.
-fn alerts_over_time(a: &Analysis) -> Result<String, String> {
+fn alerts_over_time(a: &Analysis) -> Result<String, ReportError> {
     let (Some(first), Some(last)) = (a.hours.keys().next(), a.hours.keys().next_back()) else {
-        return Err("no decisions".into());
+        return Err(ReportError::Nothing("no decisions"));
     };
     let hour = 3_600_000;
     let span = (last - first) / hour + 1;
@@ -157,15 +174,13 @@ fn alerts_over_time(a: &Analysis) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0..span.max(2) - 1, 0..top + top / 10 + 1)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0..span.max(2) - 1, 0..top + top / 10 + 1)?;
         chart
             .configure_mesh()
             .x_labels(8)
             .x_label_formatter(&|i| hour_label(first + i * hour))
             .y_desc("events per hour")
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let lines = [
             ("flagged (review or block)", flagged, BLUE),
             ("labelled fraud", fraud, ORANGE),
@@ -176,8 +191,7 @@ fn alerts_over_time(a: &Analysis) -> Result<String, String> {
                 continue;
             }
             chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-                .map_err(|e| e.to_string())?
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
         }
@@ -186,15 +200,15 @@ fn alerts_over_time(a: &Analysis) -> Result<String, String> {
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| e.to_string())
+            .draw()?;
+        Ok(())
     })
 }
 
 /// Share of fraud and of legitimate events by final score band.
-fn score_distribution(a: &Analysis) -> Result<String, String> {
+fn score_distribution(a: &Analysis) -> Result<String, ReportError> {
     if a.scores.is_empty() {
-        return Err("no decisions".into());
+        return Err(ReportError::Nothing("no decisions"));
     }
     let max = a.scores.iter().map(|s| s.0).max().unwrap_or(0).max(0);
     // About ten bands of a round width.
@@ -220,8 +234,7 @@ fn score_distribution(a: &Analysis) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d(0f64..bands as f64, 0f64..105f64)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d(0f64..bands as f64, 0f64..105f64)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -231,8 +244,7 @@ fn score_distribution(a: &Analysis) -> Result<String, String> {
             })
             .x_desc("final score (band start)")
             .y_desc(if labelled { "% of the class" } else { "% of decisions" })
-            .draw()
-            .map_err(|e| e.to_string())?;
+            .draw()?;
         let classes: &[(usize, &str, RGBColor, f64)] = if labelled {
             &[(0, "legitimate", BLUE, 0.1), (1, "fraud", ORANGE, 0.5)]
         } else {
@@ -244,8 +256,7 @@ fn score_distribution(a: &Analysis) -> Result<String, String> {
                 .draw_series((0..bands).map(|b| {
                     let x = b as f64 + offset;
                     Rectangle::new([(x, 0.0), (x + bar, share(class, b))], colour.filled())
-                }))
-                .map_err(|e| e.to_string())?
+                }))?
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         }
@@ -254,8 +265,8 @@ fn score_distribution(a: &Analysis) -> Result<String, String> {
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| e.to_string())
+            .draw()?;
+        Ok(())
     })
 }
 
@@ -264,10 +275,10 @@ fn rule_bars(
     y_desc: &str,
     top: f64,
     value: impl Fn(&super::analysis::RuleStats) -> f64,
-) -> Result<String, String> {
+) -> Result<String, ReportError> {
     let names: Vec<&String> = a.rules.keys().collect();
     if names.is_empty() {
-        return Err("no rules ran".into());
+        return Err(ReportError::Nothing("no rules ran"));
     }
     let n = names.len();
     svg(|root| {
@@ -275,8 +286,7 @@ fn rule_bars(
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..top)
-            .map_err(|e| e.to_string())?;
+            .build_cartesian_2d((0..n).into_segmented(), 0f64..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -286,30 +296,27 @@ fn rule_bars(
                 _ => String::new(),
             })
             .y_desc(y_desc)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(
-                Histogram::vertical(&chart)
-                    .style(BLUE.filled())
-                    .margin(24)
-                    .data(a.rules.values().enumerate().map(|(i, s)| (i, value(s)))),
-            )
-            .map_err(|e| e.to_string())?;
+            .draw()?;
+        chart.draw_series(
+            Histogram::vertical(&chart)
+                .style(BLUE.filled())
+                .margin(24)
+                .data(a.rules.values().enumerate().map(|(i, s)| (i, value(s)))),
+        )?;
         Ok(())
     })
 }
 
 /// Reviews and blocks per rule.
-fn rule_hits(a: &Analysis) -> Result<String, String> {
+fn rule_hits(a: &Analysis) -> Result<String, ReportError> {
     let top = a.rules.values().map(|s| s.hits()).max().unwrap_or(0).max(1) as f64 * 1.1;
     rule_bars(a, "hits (review or block)", top, |s| s.hits() as f64)
 }
 
 /// Each rule's hits that were labelled fraud.
-fn rule_precision(a: &Analysis) -> Result<String, String> {
+fn rule_precision(a: &Analysis) -> Result<String, ReportError> {
     if a.label.is_none() {
-        return Err("no labels given: precision needs --label or a mapping with `label`".into());
+        return Err(ReportError::Nothing("no labels given: precision needs --label or a mapping with `label`"));
     }
     rule_bars(a, "precision (share of hits that are fraud)", 1.05, |s| s.confusion.precision().unwrap_or(0.0))
 }
