@@ -34,7 +34,7 @@ pub enum ChangeLogError {
     },
     /// The daemon's key could not be read, made or written.
     #[error(transparent)]
-    Key(#[from] crate::rules::signing::SigningError),
+    Key(Box<crate::rules::signing::SigningError>),
     /// A log ending in a partial line could not be cut back.
     #[error("cannot repair {}", path.display())]
     Repair {
@@ -102,13 +102,13 @@ pub enum ChangeLogError {
         /// The head file.
         path: PathBuf,
         /// What is wrong with its key.
-        source: crate::rules::signing::SigningError,
+        source: Box<crate::rules::signing::SigningError>,
     },
     /// The key given to pin is not one.
     #[error("--public-key")]
     PinnedKey {
         /// What is wrong with it.
-        source: crate::rules::signing::SigningError,
+        source: Box<crate::rules::signing::SigningError>,
     },
     /// The head is signed by another key than the pinned one.
     #[error("{} is signed by key {}, not the pinned one", path.display(), crate::rules::signing::short(by))]
@@ -206,6 +206,12 @@ pub enum ChangeLogError {
         /// What the system said.
         source: std::io::Error,
     },
+}
+
+impl From<crate::rules::signing::SigningError> for ChangeLogError {
+    fn from(e: crate::rules::signing::SigningError) -> Self {
+        ChangeLogError::Key(Box::new(e))
+    }
 }
 
 /// The change log's file name in the state folder.
@@ -547,13 +553,13 @@ pub fn verify(state_dir: &Path, pinned: Option<&str>) -> Result<Verified, Change
     let head_path = state_dir.join(HEAD_FILE);
     let text = std::fs::read_to_string(&head_path)
         .map_err(|source| ChangeLogError::Read { path: head_path.clone(), source })?;
-    let head: Head = serde_json::from_str(&text)
-        .map_err(|source| ChangeLogError::NotHead { path: head_path.clone(), source })?;
+    let head: Head =
+        serde_json::from_str(&text).map_err(|source| ChangeLogError::NotHead { path: head_path.clone(), source })?;
     let key = crate::rules::signing::read_public(&head.public_key)
-        .map_err(|source| ChangeLogError::HeadKey { path: head_path.clone(), source })?;
+        .map_err(|source| ChangeLogError::HeadKey { path: head_path.clone(), source: Box::new(source) })?;
     if let Some(pinned) = pinned {
-        let pinned =
-            crate::rules::signing::read_public(pinned).map_err(|source| ChangeLogError::PinnedKey { source })?;
+        let pinned = crate::rules::signing::read_public(pinned)
+            .map_err(|source| ChangeLogError::PinnedKey { source: Box::new(source) })?;
         if pinned != key {
             return Err(ChangeLogError::OtherKey { path: head_path, by: head.public_key });
         }
@@ -615,18 +621,18 @@ pub fn rollback(
     let modules = live.iter().rev().filter_map(|e| e.module.as_deref()).filter(|m| is_module_hash(m));
     let target = match to {
         Some(prefix) if prefix.len() < 8 => return Err(ChangeLogError::ShortPrefix),
-        Some(prefix) => modules.clone().find(|m| m.starts_with(prefix)).ok_or_else(|| {
-            ChangeLogError::NoSuchModule { rule: rule.to_owned(), prefix: prefix.to_owned() }
-        })?,
-        None => modules.clone().find(|m| *m != current_hash).ok_or_else(|| ChangeLogError::NothingToRollBack {
-            rule: rule.to_owned(),
-            only: current_hash.clone(),
-        })?,
+        Some(prefix) => modules
+            .clone()
+            .find(|m| m.starts_with(prefix))
+            .ok_or_else(|| ChangeLogError::NoSuchModule { rule: rule.to_owned(), prefix: prefix.to_owned() })?,
+        None => modules
+            .clone()
+            .find(|m| *m != current_hash)
+            .ok_or_else(|| ChangeLogError::NothingToRollBack { rule: rule.to_owned(), only: current_hash.clone() })?,
     }
     .to_owned();
     let archived = state_dir.join(ARCHIVE_DIR).join(format!("{target}.wasm"));
-    let bytes =
-        std::fs::read(&archived).map_err(|source| ChangeLogError::Read { path: archived.clone(), source })?;
+    let bytes = std::fs::read(&archived).map_err(|source| ChangeLogError::Read { path: archived.clone(), source })?;
     if crate::rules::module_hash(&bytes) != target {
         return Err(ChangeLogError::ArchiveAltered { path: archived });
     }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vigil_abi::{Channel, Country, Kind, Manifest};
 
+use super::RuleError;
 use super::lists::Lists;
 use super::{Loader, module_hash, read_manifest};
-use super::RuleError;
 use crate::config::{Config, ConfigError};
 use crate::decode::Tokenizer;
 use crate::event::{Card, Party, Payment};

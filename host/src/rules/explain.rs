@@ -181,8 +181,7 @@ pub struct Sources<'a> {
 
 /// The last JSON line of `path` whose `key` is `value`.
 fn find_line(path: &Path, key: &str, value: &str) -> Result<Option<(String, serde_json::Value)>, ExplainError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ExplainError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ExplainError::Read { path: path.to_owned(), source })?;
     // A cheap look for the value before parsing a line.
     let needle = serde_json::to_string(value).unwrap_or_default();
     let mut found = None;
@@ -230,9 +229,9 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> Result<Explained
     let (line, _) = find_line(from.input, "id", id)?
         .ok_or_else(|| ExplainError::NoEvent { path: from.input.to_owned(), id: id.to_owned() })?;
     let tokenizer = Tokenizer::new(&config.pan_key()?);
-    let payment = Decoder::new(&config.clean, tokenizer.clone()).parse(&line).map_err(|source| {
-        ExplainError::Decode { id: id.to_owned(), path: from.input.to_owned(), source }
-    })?;
+    let payment = Decoder::new(&config.clean, tokenizer.clone())
+        .parse(&line)
+        .map_err(|source| ExplainError::Decode { id: id.to_owned(), path: from.input.to_owned(), source })?;
     let mut encoded = Vec::new();
     payment.encode(&mut encoded)?;
     let recorded = serde_json::from_value::<Action>(decision["action"].clone())

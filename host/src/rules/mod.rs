@@ -186,10 +186,7 @@ impl RuleError {
 
     /// This error as met loading the instance `[rule.NAME]` of `base`.
     fn in_instance(self, name: &str, base: &str) -> Self {
-        RuleError::Config {
-            what: format!("[rule.{name}] (an instance of `{base}`)").into(),
-            source: source(self),
-        }
+        RuleError::Config { what: format!("[rule.{name}] (an instance of `{base}`)").into(), source: source(self) }
     }
 
     /// [`RuleError::Compile`] saying `what`.
@@ -1071,7 +1068,8 @@ impl RuleRegistry {
 /// [`RuleError`] when the module does not instantiate or its manifest is bad.
 pub fn read_manifest(sandbox: &Sandbox, pre: &InstancePre<HostState>) -> Result<(Manifest, FieldMask), RuleError> {
     let json = sandbox.instantiate_unconfigured(pre)?.manifest_json()?;
-    let manifest: Manifest = serde_json::from_str(&json).map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
+    let manifest: Manifest = serde_json::from_str(&json)
+        .map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
     let mask = check_manifest(&manifest)?;
     Ok((manifest, mask))
 }
@@ -1129,8 +1127,8 @@ impl Loader<'_> {
     /// [`RuleError`] saying why the rule cannot run.
     pub fn load_native(&self, rule: &vigil_sdk::Rule) -> Result<LoadedRule, RuleError> {
         let json = rule.manifest.to_json();
-        let manifest: Manifest =
-            serde_json::from_str(&json).map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
+        let manifest: Manifest = serde_json::from_str(&json)
+            .map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
         let mask = check_manifest(&manifest)?;
         let path = PathBuf::from(format!("native:{}", manifest.name));
         let name = manifest.name.clone();
@@ -2070,7 +2068,11 @@ impl RuleRegistry {
             );
         }
         if consecutive >= self.quarantine_after && !rule.health.quarantined.swap(true, Ordering::Relaxed) {
-            self.record_change(rule_entry("quarantine", rule, &format!("{consecutive} failures in a row; last: {}", crate::error::chain(e))));
+            self.record_change(rule_entry(
+                "quarantine",
+                rule,
+                &format!("{consecutive} failures in a row; last: {}", crate::error::chain(e)),
+            ));
             tracing::error!(
                 rule = %rule.name, version = %rule.version, file = %rule.path.display(),
                 consecutive, last_error = %crate::error::chain(e),

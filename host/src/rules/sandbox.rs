@@ -685,9 +685,8 @@ impl Sandbox {
         set_fuel(&mut store, self.fuel);
         store.set_epoch_deadline(self.deadline_ticks);
         let instance = pre.instantiate(&mut store).map_err(|e| self.classify(&store, e, None))?;
-        let memory = instance
-            .get_memory(&mut store, exports::MEMORY)
-            .ok_or_else(|| RuleError::abi("no exported memory"))?;
+        let memory =
+            instance.get_memory(&mut store, exports::MEMORY).ok_or_else(|| RuleError::abi("no exported memory"))?;
         store.data_mut().memory = Some(memory);
         let func = |store: &mut Store<HostState>, name: &str| {
             instance.get_func(&mut *store, name).ok_or_else(|| RuleError::abi(format!("missing export `{name}`")))
@@ -752,13 +751,7 @@ fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
     let _ = store.set_fuel(fuel);
 }
 
-fn classify(
-    store: &Store<HostState>,
-    e: wasmtime::Error,
-    panic: Option<String>,
-    budget: u64,
-    cap: usize,
-) -> RuleError {
+fn classify(store: &Store<HostState>, e: wasmtime::Error, panic: Option<String>, budget: u64, cap: usize) -> RuleError {
     if store.data().limiter.denied {
         return RuleError::MemoryExceeded(cap);
     }
@@ -992,9 +985,8 @@ fn read_outcome(
     let mut reasons = crate::decide::Reasons::new();
     if out.reasons_len > 0 {
         let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
-        let text = data
-            .get(output_ptr..output_ptr + len)
-            .ok_or_else(|| RuleError::abi("reason codes out of bounds"))?;
+        let text =
+            data.get(output_ptr..output_ptr + len).ok_or_else(|| RuleError::abi("reason codes out of bounds"))?;
         // Split as bytes and matched against the cache as bytes: only a code
         // not seen before is checked as UTF-8 (a newline is never part of a
         // multi-byte character, so the pieces are valid when the whole is).
@@ -1522,6 +1514,10 @@ mod tests {
         fake.extend([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
         let e = sandbox().prepare(&fake, "h").err().expect("rejected");
         assert!(matches!(e, RuleError::Compile { .. }), "{e}");
+        // wasmtime's own words are kept as the cause, not in the message.
+        assert_eq!(e.to_string(), "does not compile");
+        let said = crate::error::chain(&e).to_string();
+        assert!(said.starts_with("does not compile: ") && said.len() > "does not compile: ".len(), "{said}");
     }
 
     #[test]

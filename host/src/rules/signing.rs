@@ -250,7 +250,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SigningError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| SigningError::Create { path: path.to_owned(), source })?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|source| SigningError::Write { path: path.to_owned(), source })
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| SigningError::Write { path: path.to_owned(), source })
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -663,7 +665,8 @@ mod tests {
         let e = verify(&trust(&[&a], 1), &m, &fail_closed).expect_err("rules.on-failure changed");
         assert!(e.contains("settings of `r` differ"), "{e}");
         assert_eq!(trust(&[&a], 1).precheck(&m, &hash).expect("signatures alone").len(), 1);
-        let e = trust(&[&a], 1).verify(&m, &"0".repeat(64), "r", "1.0.0", &settings).expect_err("other module").to_string();
+        let e =
+            trust(&[&a], 1).verify(&m, &"0".repeat(64), "r", "1.0.0", &settings).expect_err("other module").to_string();
         assert!(e.contains("signed for module"), "{e}");
 
         let m = signed(dir.path(), &[&a, &a, &stranger, &b], settings.clone());
