@@ -110,10 +110,12 @@ pub async fn run_with(
             }
             // Under review, the audit trail is part of deciding.
             Err(e) if registry.signatures_required() => {
-                return Err(e.context("rules.require-signature is on, and the rule change log cannot be kept"));
+                return Err(e).context("rules.require-signature is on, and the rule change log cannot be kept");
             }
-            Err(e) => tracing::warn!(error = %e, "no rule change log or module archive is kept (vigil rollback and \
-                vigil explain need them); rules still load"),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "no rule change log or module archive is kept (vigil rollback and \
+                vigil explain need them); rules still load")
+            }
         }
     }
     if registry.signatures_required() && !registry.modes().is_empty() {
@@ -128,7 +130,9 @@ pub async fn run_with(
     let report = registry.rescan();
     log_report(&report, &registry);
     #[cfg(feature = "bench-native")]
-    registry.add_native(&overrides.native_rules).map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {e}"))?;
+    registry
+        .add_native(&overrides.native_rules)
+        .map_err(|(name, e)| anyhow::anyhow!("native rule `{name}`: {}", crate::error::chain(&e)))?;
     // Rules loaded from now on are instantiated for every worker as they
     // load (at start the workers instantiate them, in parallel).
     registry.set_spares(config.pipeline.worker_count());

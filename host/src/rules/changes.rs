@@ -21,6 +21,199 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Why the change log cannot be kept, read, verified or rolled back from.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeLogError {
+    /// A folder could not be created.
+    #[error("cannot create {}", path.display())]
+    Create {
+        /// The folder.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The daemon's key could not be read, made or written.
+    #[error(transparent)]
+    Key(Box<crate::rules::signing::SigningError>),
+    /// A log ending in a partial line could not be cut back.
+    #[error("cannot repair {}", path.display())]
+    Repair {
+        /// The log.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A line of the log is not an entry.
+    #[error("{} line {line}", path.display())]
+    Line {
+        /// The log.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// An entry does not parse: the log was altered there.
+    #[error("entry {entry} (line {entry}) is not a change record; the log was altered there")]
+    NotRecord {
+        /// The entry, from 1.
+        entry: u64,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// The first entry does not chain to the start.
+    #[error("entry 1 does not start the chain: the log was altered at its start")]
+    BadStart,
+    /// An entry does not chain to the one before it.
+    #[error("entry {entry} (line {entry}) was altered or removed: entry {next} does not chain to it")]
+    Altered {
+        /// The entry altered or removed.
+        entry: u64,
+        /// The entry after it.
+        next: u64,
+    },
+    /// An entry carries another sequence number than its place.
+    #[error("entry {entry} (line {entry}) carries seq {seq}: entries were removed or reordered")]
+    Seq {
+        /// The entry, from 1.
+        entry: u64,
+        /// The number it carries.
+        seq: u64,
+    },
+    /// The head file does not parse.
+    #[error("{} is not a signed head", path.display())]
+    NotHead {
+        /// The head file.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// The head names no usable public key.
+    #[error("{}", path.display())]
+    HeadKey {
+        /// The head file.
+        path: PathBuf,
+        /// What is wrong with its key.
+        source: Box<crate::rules::signing::SigningError>,
+    },
+    /// The key given to pin is not one.
+    #[error("--public-key")]
+    PinnedKey {
+        /// What is wrong with it.
+        source: Box<crate::rules::signing::SigningError>,
+    },
+    /// The head is signed by another key than the pinned one.
+    #[error("{} is signed by key {}, not the pinned one", path.display(), crate::rules::signing::short(by))]
+    OtherKey {
+        /// The head file.
+        path: PathBuf,
+        /// The key that signed it, hex.
+        by: String,
+    },
+    /// The head's signature does not verify.
+    #[error("{}: the signature does not verify; the head was altered", path.display())]
+    BadSignature {
+        /// The head file.
+        path: PathBuf,
+    },
+    /// The signed head does not cover the log as it is.
+    #[error(
+        "the signed head covers {signed_entries} entries ending in {}, but the log holds {entries} ending in {}: {}",
+        crate::rules::signing::short(signed_head),
+        crate::rules::signing::short(head),
+        if entries < signed_entries {
+            "entries were removed from its end"
+        } else {
+            "its last entries were altered or added"
+        }
+    )]
+    HeadMismatch {
+        /// Entries the head covers.
+        signed_entries: u64,
+        /// The hash of the last line it covers.
+        signed_head: String,
+        /// Entries the log holds.
+        entries: u64,
+        /// The hash of the log's last line.
+        head: String,
+    },
+    /// `vigil rollback`: the log does not verify.
+    #[error("the rule change log does not verify, so it cannot say what ran")]
+    Unverified {
+        /// Why not.
+        source: Box<ChangeLogError>,
+    },
+    /// `vigil rollback`: the rule never went live.
+    #[error("the change log in {} has no rule `{rule}` that went live", state_dir.display())]
+    NoRule {
+        /// The state folder.
+        state_dir: PathBuf,
+        /// The rule.
+        rule: String,
+    },
+    /// `vigil rollback --to` with too short a prefix.
+    #[error("--to: give at least 8 hex digits of the module hash")]
+    ShortPrefix,
+    /// `vigil rollback --to` names no module the rule ran.
+    #[error("`{rule}` never ran a module whose hash starts with {prefix}")]
+    NoSuchModule {
+        /// The rule.
+        rule: String,
+        /// The prefix given.
+        prefix: String,
+    },
+    /// `vigil rollback`: the rule ran one module only.
+    #[error("`{rule}` has run only module {}: nothing to roll back to", crate::rules::signing::short(only))]
+    NothingToRollBack {
+        /// The rule.
+        rule: String,
+        /// Its one module's hash.
+        only: String,
+    },
+    /// An archived module does not hash to its name.
+    #[error("{} does not hash to its name: the archive was altered", path.display())]
+    ArchiveAltered {
+        /// The archived module.
+        path: PathBuf,
+    },
+    /// `vigil rollback`: the log names no module file for the rule.
+    #[error("the change log names no module file for `{rule}`")]
+    NoFile {
+        /// The rule.
+        rule: String,
+    },
+    /// A file could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file could not be removed.
+    #[error("cannot remove {}", path.display())]
+    Remove {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::rules::signing::SigningError> for ChangeLogError {
+    fn from(e: crate::rules::signing::SigningError) -> Self {
+        ChangeLogError::Key(Box::new(e))
+    }
+}
+
 /// The change log's file name in the state folder.
 pub const LOG_FILE: &str = "rule-changes.jsonl";
 /// The signed head's file name in the state folder.
@@ -161,9 +354,9 @@ impl ChangeLog {
     ///
     /// # Errors
     /// When the folder, the key or the log cannot be read or written.
-    pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(state_dir.join(ARCHIVE_DIR))
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", state_dir.join(ARCHIVE_DIR).display()))?;
+    pub fn open(state_dir: &Path) -> Result<Self, ChangeLogError> {
+        let archive = state_dir.join(ARCHIVE_DIR);
+        std::fs::create_dir_all(&archive).map_err(|source| ChangeLogError::Create { path: archive, source })?;
         let key_path = state_dir.join(KEY_FILE);
         let key = match key_path.exists() {
             true => crate::rules::signing::read_secret(&key_path)?,
@@ -192,7 +385,7 @@ impl ChangeLog {
                         .write(true)
                         .open(&log)
                         .and_then(|f| f.set_len(whole as u64))
-                        .map_err(|e| anyhow::anyhow!("cannot repair {}: {e}", log.display()))?;
+                        .map_err(|source| ChangeLogError::Repair { path: log.clone(), source })?;
                     bytes.truncate(whole);
                 }
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -205,7 +398,7 @@ impl ChangeLog {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => anyhow::bail!("cannot read {}: {e}", log.display()),
+            Err(source) => return Err(ChangeLogError::Read { path: log, source }),
         }
         Ok(Self { dir: state_dir.to_owned(), key, chain: Mutex::new(chain) })
     }
@@ -309,13 +502,15 @@ fn now_rfc3339() -> String {
 ///
 /// # Errors
 /// When it cannot be read, or a line is not an entry.
-pub fn read(state_dir: &Path) -> anyhow::Result<Vec<Entry>> {
+pub fn read(state_dir: &Path) -> Result<Vec<Entry>, ChangeLogError> {
     let path = state_dir.join(LOG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ChangeLogError::Read { path: path.clone(), source })?;
     text.lines()
         .filter(|l| !l.is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| ChangeLogError::Line { path: path.clone(), line: i + 1, source })
+        })
         .collect()
 }
 
@@ -335,62 +530,52 @@ pub struct Verified {
 ///
 /// # Errors
 /// The first entry that is broken, or what is wrong with the head.
-pub fn verify(state_dir: &Path, pinned: Option<&str>) -> anyhow::Result<Verified> {
+pub fn verify(state_dir: &Path, pinned: Option<&str>) -> Result<Verified, ChangeLogError> {
     let path = state_dir.join(LOG_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(&path).map_err(|source| ChangeLogError::Read { path, source })?;
     let mut prev = GENESIS.to_owned();
     let mut n = 0u64;
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         n += 1;
-        let entry: Entry = serde_json::from_slice(line).map_err(|e| {
-            anyhow::anyhow!("entry {n} (line {n}) is not a change record: {e}; the log was altered there")
-        })?;
+        let entry: Entry =
+            serde_json::from_slice(line).map_err(|source| ChangeLogError::NotRecord { entry: n, source })?;
         if entry.prev != prev {
-            match n {
-                1 => anyhow::bail!("entry 1 does not start the chain: the log was altered at its start"),
-                _ => anyhow::bail!(
-                    "entry {} (line {}) was altered or removed: entry {n} does not chain to it",
-                    n - 1,
-                    n - 1
-                ),
-            }
+            return Err(match n {
+                1 => ChangeLogError::BadStart,
+                _ => ChangeLogError::Altered { entry: n - 1, next: n },
+            });
         }
         if entry.seq != n {
-            anyhow::bail!("entry {n} (line {n}) carries seq {}: entries were removed or reordered", entry.seq);
+            return Err(ChangeLogError::Seq { entry: n, seq: entry.seq });
         }
         prev = line_hash(line);
     }
     let head_path = state_dir.join(HEAD_FILE);
-    let text =
-        std::fs::read_to_string(&head_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", head_path.display()))?;
-    let head: Head = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{} is not a signed head: {e}", head_path.display()))?;
+    let text = std::fs::read_to_string(&head_path)
+        .map_err(|source| ChangeLogError::Read { path: head_path.clone(), source })?;
+    let head: Head =
+        serde_json::from_str(&text).map_err(|source| ChangeLogError::NotHead { path: head_path.clone(), source })?;
     let key = crate::rules::signing::read_public(&head.public_key)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", head_path.display()))?;
+        .map_err(|source| ChangeLogError::HeadKey { path: head_path.clone(), source: Box::new(source) })?;
     if let Some(pinned) = pinned {
-        let pinned = crate::rules::signing::read_public(pinned).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+        let pinned = crate::rules::signing::read_public(pinned)
+            .map_err(|source| ChangeLogError::PinnedKey { source: Box::new(source) })?;
         if pinned != key {
-            let by = crate::rules::signing::short(&head.public_key);
-            anyhow::bail!("{} is signed by key {by}, not the pinned one", head_path.display());
+            return Err(ChangeLogError::OtherKey { path: head_path, by: head.public_key });
         }
     }
     let signature = hex::decode(&head.signature).ok().and_then(|b| Signature::from_slice(&b).ok());
     let signed = signature.is_some_and(|s| key.verify(&Head::payload(head.entries, &head.head), &s).is_ok());
     if !signed {
-        anyhow::bail!("{}: the signature does not verify; the head was altered", head_path.display());
+        return Err(ChangeLogError::BadSignature { path: head_path });
     }
     if head.entries != n || head.head != prev {
-        anyhow::bail!(
-            "the signed head covers {} entries ending in {}, but the log holds {n} ending in {}: {}",
-            head.entries,
-            crate::rules::signing::short(&head.head),
-            crate::rules::signing::short(&prev),
-            if n < head.entries {
-                "entries were removed from its end"
-            } else {
-                "its last entries were altered or added"
-            }
-        );
+        return Err(ChangeLogError::HeadMismatch {
+            signed_entries: head.entries,
+            signed_head: head.head,
+            entries: n,
+            head: prev,
+        });
     }
     Ok(Verified { entries: n, head: prev, public_key: hex::encode(VerifyingKey::as_bytes(&key)) })
 }
@@ -417,35 +602,39 @@ pub struct RolledBack {
 /// # Errors
 /// When the log does not verify or names no such rule or version, or the
 /// files cannot be written.
-pub fn rollback(state_dir: &Path, rules_dir: &Path, rule: &str, to: Option<&str>) -> anyhow::Result<RolledBack> {
-    verify(state_dir, None)
-        .map_err(|e| anyhow::anyhow!("the rule change log does not verify, so it cannot say what ran: {e}"))?;
+pub fn rollback(
+    state_dir: &Path,
+    rules_dir: &Path,
+    rule: &str,
+    to: Option<&str>,
+) -> Result<RolledBack, ChangeLogError> {
+    verify(state_dir, None).map_err(|e| ChangeLogError::Unverified { source: Box::new(e) })?;
     let entries = read(state_dir)?;
     let live: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.rule.as_deref() == Some(rule) && matches!(e.change.as_str(), "load" | "replace"))
         .collect();
     let Some(current) = live.last() else {
-        anyhow::bail!("the change log in {} has no rule `{rule}` that went live", state_dir.display());
+        return Err(ChangeLogError::NoRule { state_dir: state_dir.to_owned(), rule: rule.to_owned() });
     };
     let current_hash = current.module.clone().unwrap_or_default();
     let modules = live.iter().rev().filter_map(|e| e.module.as_deref()).filter(|m| is_module_hash(m));
     let target = match to {
-        Some(prefix) if prefix.len() < 8 => anyhow::bail!("--to: give at least 8 hex digits of the module hash"),
+        Some(prefix) if prefix.len() < 8 => return Err(ChangeLogError::ShortPrefix),
         Some(prefix) => modules
             .clone()
             .find(|m| m.starts_with(prefix))
-            .ok_or_else(|| anyhow::anyhow!("`{rule}` never ran a module whose hash starts with {prefix}"))?,
-        None => modules.clone().find(|m| *m != current_hash).ok_or_else(|| {
-            let only = crate::rules::signing::short(&current_hash);
-            anyhow::anyhow!("`{rule}` has run only module {only}: nothing to roll back to")
-        })?,
+            .ok_or_else(|| ChangeLogError::NoSuchModule { rule: rule.to_owned(), prefix: prefix.to_owned() })?,
+        None => modules
+            .clone()
+            .find(|m| *m != current_hash)
+            .ok_or_else(|| ChangeLogError::NothingToRollBack { rule: rule.to_owned(), only: current_hash.clone() })?,
     }
     .to_owned();
     let archived = state_dir.join(ARCHIVE_DIR).join(format!("{target}.wasm"));
-    let bytes = std::fs::read(&archived).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", archived.display()))?;
+    let bytes = std::fs::read(&archived).map_err(|source| ChangeLogError::Read { path: archived.clone(), source })?;
     if crate::rules::module_hash(&bytes) != target {
-        anyhow::bail!("{} does not hash to its name: the archive was altered", archived.display());
+        return Err(ChangeLogError::ArchiveAltered { path: archived });
     }
     // Only the file's name is taken from the log: it goes in the rules folder.
     let logged = PathBuf::from(current.file.clone().unwrap_or_default());
@@ -453,18 +642,18 @@ pub fn rollback(state_dir: &Path, rules_dir: &Path, rule: &str, to: Option<&str>
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| crate::rules::is_rule_file(Path::new(n)))
-        .ok_or_else(|| anyhow::anyhow!("the change log names no module file for `{rule}`"))?
+        .ok_or_else(|| ChangeLogError::NoFile { rule: rule.to_owned() })?
         .to_owned();
     let file = rules_dir.join(&name);
-    let place = |from: &[u8], to: &Path| -> anyhow::Result<()> {
-        crate::state::write_atomically(to, from).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", to.display()))
+    let place = |from: &[u8], to: &Path| {
+        crate::state::write_atomically(to, from).map_err(|source| ChangeLogError::Write { path: to.to_owned(), source })
     };
     // The signature first, so the module never meets a signature of another.
     let sig = crate::rules::signing::sig_path(&file);
     match std::fs::read(crate::rules::signing::sig_path(&archived)) {
         Ok(archived_sig) => place(&archived_sig, &sig)?,
         Err(_) if sig.exists() => {
-            std::fs::remove_file(&sig).map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", sig.display()))?;
+            std::fs::remove_file(&sig).map_err(|source| ChangeLogError::Remove { path: sig.clone(), source })?;
         }
         Err(_) => {}
     }

@@ -1,18 +1,88 @@
 //! `vigil check`: validate one module the way the daemon would, print its
 //! manifest, and time a short self-run on a sample event.
 
-use anyhow::Context as _;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vigil_abi::{Channel, Country, Kind, Manifest};
 
+use super::RuleError;
 use super::lists::Lists;
 use super::{Loader, module_hash, read_manifest};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::decode::Tokenizer;
 use crate::event::{Card, Party, Payment};
 use crate::features::Catalog;
+
+/// Why `vigil check` refuses a module, or could not check it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The module file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The module.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The rule sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(RuleError),
+    /// The config's `[rules]`, `[features]` or `[currencies]` do not do.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configured lists could not be loaded.
+    #[error(transparent)]
+    Lists(#[from] super::lists::ListError),
+    /// The sample event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] vigil_abi::event::EncodeError),
+    /// The daemon would reject the module.
+    #[error("{} rejected", path.display())]
+    Rejected {
+        /// The module.
+        path: PathBuf,
+        /// Why.
+        source: RuleError,
+    },
+    /// A call on the sample event failed.
+    #[error("{} fails on a sample event", path.display())]
+    Sample {
+        /// The module.
+        path: PathBuf,
+        /// How the call failed.
+        source: RuleError,
+    },
+    /// A batch call on copies of the sample event failed.
+    #[error("{} fails on a batch of sample events", path.display())]
+    Batch {
+        /// The module.
+        path: PathBuf,
+        /// How the call failed.
+        source: RuleError,
+    },
+    /// A batch call decided an event otherwise than a call with it alone.
+    #[error(
+        "{} decides sample event {event} of a batch call as {} (score {batch_score}), but {} (score {alone_score}) when called with it alone",
+        path.display(),
+        batch_action.as_str(),
+        alone_action.as_str()
+    )]
+    BatchDiffers {
+        /// The module.
+        path: PathBuf,
+        /// The event's place in the batch.
+        event: usize,
+        /// The batch call's action for it.
+        batch_action: vigil_abi::Action,
+        /// The batch call's score for it.
+        batch_score: i32,
+        /// The action alone.
+        alone_action: vigil_abi::Action,
+        /// The score alone.
+        alone_score: i32,
+    },
+}
 
 /// What `vigil check` found.
 #[derive(Debug)]
@@ -40,15 +110,15 @@ pub struct CheckReport {
 /// # Errors
 /// When the module would be rejected by the daemon; the message names the
 /// file and the cause.
-pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn check(config: &Config, path: &Path) -> Result<CheckReport, CheckError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
     let hash = module_hash(&bytes);
-    let sandbox = crate::rules::sandbox::Sandbox::from_config(config)?;
-    let rejected = |e: super::RuleError| anyhow::anyhow!("{} rejected: {e}", path.display());
+    let sandbox = crate::rules::sandbox::Sandbox::from_config(config).map_err(CheckError::Sandbox)?;
+    let rejected = |source| CheckError::Rejected { path: path.to_owned(), source };
     let trust = super::signing::Trust::from_config(&config.rules)?;
     if trust.required() {
         // Nothing of an unapproved module runs, not even its manifest.
-        trust.precheck(path, &hash).map_err(|e| rejected(super::RuleError::Signature(e)))?;
+        trust.precheck(path, &hash).map_err(|e| rejected(RuleError::Signature(e.into())))?;
     }
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
     let (manifest, _) = read_manifest(&sandbox, &pre).map_err(rejected)?;
@@ -68,9 +138,9 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
     let covered = super::signing::covered_settings(&rule.name, &config.rule, config.rules.on_failure);
     let signers = match trust.verify(path, &hash, &rule.name, &rule.version, &covered) {
         Ok(signers) => signers,
-        Err(e) if trust.required() => return Err(rejected(super::RuleError::Signature(e))),
+        Err(e) if trust.required() => return Err(rejected(RuleError::Signature(e.into()))),
         Err(e) => {
-            eprintln!("warning: {e}");
+            eprintln!("warning: {}", crate::error::chain(&e));
             Vec::new()
         }
     };
@@ -92,7 +162,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<CheckReport> {
                 sample_action = r.action.as_str().to_owned();
                 fuel = instance.last_fuel_used().unwrap_or(0);
             }
-            Err(e) => anyhow::bail!("{} fails on a sample event: {e}", path.display()),
+            Err(source) => return Err(CheckError::Sample { path: path.to_owned(), source }),
         }
     }
     times.sort_unstable();
@@ -130,7 +200,7 @@ fn check_batch(
     rule: &super::LoadedRule,
     encoded: &[u8],
     path: &Path,
-) -> anyhow::Result<Option<usize>> {
+) -> Result<Option<usize>, CheckError> {
     #[cfg_attr(not(feature = "bench-native"), allow(irrefutable_let_patterns))]
     let super::Instance::Wasm(wasm) = &*instance else { return Ok(None) };
     if !wasm.takes_batches() {
@@ -139,23 +209,23 @@ fn check_batch(
     let features = vec![0.0; rule.features.len()];
     let alone = instance
         .call(encoded, &rule.projection, &features)
-        .map_err(|e| anyhow::anyhow!("{} fails on a sample event: {e}", path.display()))?;
+        .map_err(|source| CheckError::Sample { path: path.to_owned(), source })?;
     let values = vec![0.0; rule.features.iter().max().map_or(0, |m| m + 1)];
     let batch = super::Batch::repeated(encoded, &values, CHECK_BATCH);
     let mut results = super::Results::new(quanta::Clock::new());
     instance
         .call_batch(&batch, 0, &rule.projection, &rule.features, &mut results)
-        .map_err(|e| anyhow::anyhow!("{} fails on a batch of sample events: {e}", path.display()))?;
+        .map_err(|source| CheckError::Batch { path: path.to_owned(), source })?;
     for (i, r) in results.calls.iter().enumerate() {
         if (r.action, r.score, &r.reasons) != (alone.action, alone.score, &alone.reasons) {
-            anyhow::bail!(
-                "{} decides sample event {i} of a batch call as {} (score {}), but {} (score {}) when called with it alone",
-                path.display(),
-                r.action.as_str(),
-                r.score,
-                alone.action.as_str(),
-                alone.score
-            );
+            return Err(CheckError::BatchDiffers {
+                path: path.to_owned(),
+                event: i,
+                batch_action: r.action,
+                batch_score: r.score,
+                alone_action: alone.action,
+                alone_score: alone.score,
+            });
         }
     }
     Ok(Some(CHECK_BATCH))

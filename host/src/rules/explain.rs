@@ -10,18 +10,116 @@
 //! keyed state is run with empty state, and one that reads lists with the
 //! lists as they are now; their rows are marked.
 
-use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use vigil_abi::Action;
 
 use super::lists::Lists;
-use super::{Canary, Loader, module_hash};
-use crate::config::{Config, RuleSettings};
+use super::{Canary, Loader, RuleError, module_hash};
+use crate::config::{Config, ConfigError, RuleSettings};
 use crate::decide::{FailurePolicy, Mode, RuleLabel, RuleOutcome};
 use crate::decode::{Decoder, Tokenizer};
 use crate::features::Catalog;
+
+/// Why a decision cannot be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// A file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The decision records hold no such decision.
+    #[error("{} holds no decision with id `{id}`", path.display())]
+    NoDecision {
+        /// The decision records.
+        path: PathBuf,
+        /// The decision's id.
+        id: String,
+    },
+    /// The rule-sets output holds no rule set the decision names.
+    #[error("{} holds no rule set `{set}` (decision `{id}` names it)", path.display())]
+    NoRuleSet {
+        /// The rule-sets output.
+        path: PathBuf,
+        /// The rule set's id.
+        set: String,
+        /// The decision's id.
+        id: String,
+    },
+    /// The input holds no event with the decision's id.
+    #[error("{} holds no event with id `{id}`", path.display())]
+    NoEvent {
+        /// The input.
+        path: PathBuf,
+        /// The id.
+        id: String,
+    },
+    /// The config does not do (the PAN key, `[features]`, `[currencies]`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The event does not decode.
+    #[error("the event `{id}` in {} does not decode", path.display())]
+    Decode {
+        /// The event's id.
+        id: String,
+        /// The input.
+        path: PathBuf,
+        /// Why not.
+        source: crate::decode::DecodeError,
+    },
+    /// The event could not be encoded for the rules.
+    #[error(transparent)]
+    Encode(#[from] vigil_abi::event::EncodeError),
+    /// The record's action is not one.
+    #[error("the record's action")]
+    Action {
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// The rule sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(RuleError),
+    /// The configured lists could not be loaded.
+    #[error(transparent)]
+    Lists(#[from] super::lists::ListError),
+    /// The rule set names no module hash for a rule.
+    #[error("rule `{rule}`: the rule set names no module hash (64 hex digits)")]
+    NoModuleHash {
+        /// The rule.
+        rule: String,
+    },
+    /// A rule's module is not in the archive.
+    #[error("rule `{rule}`: module {} is not in the archive ({})", &module[..16], path.display())]
+    NotArchived {
+        /// The rule.
+        rule: String,
+        /// The module's hash.
+        module: String,
+        /// Where it would be.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// An archived module does not hash to its name.
+    #[error("{} does not hash to its name: the archive was altered", path.display())]
+    ArchiveAltered {
+        /// The archived module.
+        path: PathBuf,
+    },
+    /// A rule could not be loaded or instantiated as it ran.
+    #[error("rule `{rule}`")]
+    Rule {
+        /// The rule.
+        rule: String,
+        /// Why not.
+        source: RuleError,
+    },
+}
 
 /// One rule's recorded and reproduced outcome.
 #[derive(Debug)]
@@ -82,8 +180,8 @@ pub struct Sources<'a> {
 }
 
 /// The last JSON line of `path` whose `key` is `value`.
-fn find_line(path: &Path, key: &str, value: &str) -> anyhow::Result<Option<(String, serde_json::Value)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+fn find_line(path: &Path, key: &str, value: &str) -> Result<Option<(String, serde_json::Value)>, ExplainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ExplainError::Read { path: path.to_owned(), source })?;
     // A cheap look for the value before parsing a line.
     let needle = serde_json::to_string(value).unwrap_or_default();
     let mut found = None;
@@ -119,29 +217,32 @@ fn toml_value(v: &serde_json::Value) -> Option<toml::Value> {
 /// # Errors
 /// When the record, its rule set, the event or an archived module cannot
 /// be found or read.
-pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<Explained> {
+pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> Result<Explained, ExplainError> {
     let (_, decision) = find_line(from.decisions, "id", id)?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no decision with id `{id}`", from.decisions.display()))?;
+        .ok_or_else(|| ExplainError::NoDecision { path: from.decisions.to_owned(), id: id.to_owned() })?;
     let set_id = decision["rule_set"].as_str().unwrap_or_default().to_owned();
-    let (_, set) = find_line(from.rule_sets, "rule_set", &set_id)?.ok_or_else(|| {
-        anyhow::anyhow!("{} holds no rule set `{set_id}` (decision `{id}` names it)", from.rule_sets.display())
+    let (_, set) = find_line(from.rule_sets, "rule_set", &set_id)?.ok_or_else(|| ExplainError::NoRuleSet {
+        path: from.rule_sets.to_owned(),
+        set: set_id.clone(),
+        id: id.to_owned(),
     })?;
     let (line, _) = find_line(from.input, "id", id)?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no event with id `{id}`", from.input.display()))?;
+        .ok_or_else(|| ExplainError::NoEvent { path: from.input.to_owned(), id: id.to_owned() })?;
     let tokenizer = Tokenizer::new(&config.pan_key()?);
     let payment = Decoder::new(&config.clean, tokenizer.clone())
         .parse(&line)
-        .map_err(|e| anyhow::anyhow!("the event `{id}` in {} does not decode: {e}", from.input.display()))?;
+        .map_err(|source| ExplainError::Decode { id: id.to_owned(), path: from.input.to_owned(), source })?;
     let mut encoded = Vec::new();
     payment.encode(&mut encoded)?;
-    let recorded = serde_json::from_value::<Action>(decision["action"].clone()).context("the record's action")?;
+    let recorded = serde_json::from_value::<Action>(decision["action"].clone())
+        .map_err(|source| ExplainError::Action { source })?;
     let listed: BTreeMap<String, &serde_json::Value> = decision["rules"]
         .as_array()
         .map(|a| a.iter().filter_map(|r| Some((r["rule"].as_str()?.to_owned(), r))).collect())
         .unwrap_or_default();
     let features = decision["features"].as_object().cloned().unwrap_or_default();
 
-    let sandbox = super::sandbox::Sandbox::from_config(config)?;
+    let sandbox = super::sandbox::Sandbox::from_config(config).map_err(ExplainError::Sandbox)?;
     let lists = Lists::load(&config.lists, &tokenizer)?;
     let catalog = Catalog::with_currencies(&config.features, config.currencies.as_ref())?;
     let archive = config.state.dir.join(super::changes::ARCHIVE_DIR);
@@ -151,14 +252,15 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
         let name = entry["rule"].as_str().unwrap_or_default().to_owned();
         let hash = entry["module"].as_str().unwrap_or_default();
         if !super::changes::is_module_hash(hash) {
-            anyhow::bail!("rule `{name}`: the rule set names no module hash (64 hex digits)");
+            return Err(ExplainError::NoModuleHash { rule: name });
         }
         let path = archive.join(format!("{hash}.wasm"));
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!("rule `{name}`: module {} is not in the archive ({})", &hash[..16], path.display())
-        })?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(source) => return Err(ExplainError::NotArchived { rule: name, module: hash.to_owned(), path, source }),
+        };
         if module_hash(&bytes) != hash {
-            anyhow::bail!("{} does not hash to its name: the archive was altered", path.display());
+            return Err(ExplainError::ArchiveAltered { path });
         }
         let mut settings = RuleSettings {
             mode: serde_json::from_value(entry["mode"].clone()).unwrap_or_default(),
@@ -180,7 +282,8 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
             settings: s,
             default_on_failure: config.rules.on_failure,
         };
-        let base = loader(&plain).load(&path, &bytes, hash).with_context(|| format!("rule `{name}`"))?;
+        let in_rule = |source| ExplainError::Rule { rule: name.clone(), source };
+        let base = loader(&plain).load(&path, &bytes, hash).map_err(in_rule)?;
         let rule = if *base.name == *name {
             loader(&BTreeMap::from([(name.clone(), settings)])).load(&path, &bytes, hash)
         } else {
@@ -188,7 +291,7 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
             let mine = BTreeMap::from([(name.clone(), settings)]);
             loader(&mine).instances(&base).map(|mut v| v.remove(0))
         }
-        .with_context(|| format!("rule `{name}`"))?;
+        .map_err(in_rule)?;
         let all = catalog.snapshot();
         let mut values = Vec::with_capacity(rule.features.len());
         let mut missing = Vec::new();
@@ -218,7 +321,7 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
         if !missing.is_empty() {
             notes.push(format!("features not in the record: {}", missing.join(", ")));
         }
-        let mut instance = rule.instantiate(&sandbox)?;
+        let mut instance = rule.instantiate(&sandbox).map_err(in_rule)?;
         let mut entity = Vec::new();
         if let Some(home) = rule.home
             && let Some(key) = payment.key(home)
@@ -229,7 +332,9 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> anyhow::Result<E
         let in_canary = rule.canary.map(|c: Canary| c.includes(payment.key(c.key).map(Canary::id_hash)));
         let (action, score, reasons, error) = match instance.call(&encoded, &rule.projection, &values) {
             Ok(r) => (r.action, r.score, r.reasons, None),
-            Err(e) => (rule.on_failure.action(), 0, crate::decide::Reasons::new(), Some(e.to_string())),
+            Err(e) => {
+                (rule.on_failure.action(), 0, crate::decide::Reasons::new(), Some(crate::error::chain(&e).to_string()))
+            }
         };
         outcomes.push(RuleOutcome {
             label: std::sync::Arc::new(RuleLabel {

@@ -22,6 +22,7 @@ pub mod watch;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -37,30 +38,71 @@ use lists::{List, Lists};
 use sandbox::{HostState, RuleInstance, Sandbox};
 use state::RuleState;
 
+/// The error a [`RuleError`] keeps as its cause: what wasmtime, the system,
+/// a rule or a signature check said.
+pub type Source = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why a rule could not be loaded or a call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuleError {
     /// The file could not be read.
-    #[error("cannot read: {0}")]
-    Io(String),
+    #[error("cannot read")]
+    Io(
+        /// What the system said.
+        #[source]
+        Arc<std::io::Error>,
+    ),
     /// Not a valid WebAssembly module.
-    #[error("does not compile: {0}")]
-    Compile(String),
+    #[error("does not compile{}", Said(what))]
+    Compile {
+        /// What failed or why, where the source does not say it all.
+        what: Cow<'static, str>,
+        /// What wasmtime or the system said, if anything.
+        #[source]
+        source: Option<Source>,
+    },
     /// The module does not follow the vigil rule ABI.
-    #[error("violates the rule ABI: {0}")]
-    Abi(String),
+    #[error("violates the rule ABI{}", Said(what))]
+    Abi {
+        /// What is wrong.
+        what: Cow<'static, str>,
+        /// What wasmtime said, if anything.
+        #[source]
+        source: Option<Source>,
+    },
     /// The manifest is missing, malformed or inconsistent.
-    #[error("bad manifest: {0}")]
-    Manifest(String),
+    #[error("bad manifest{}", Said(what))]
+    Manifest {
+        /// What is wrong, or the manifest that does not parse.
+        what: Cow<'static, str>,
+        /// Why it does not parse, if that is the problem.
+        #[source]
+        source: Option<Source>,
+    },
     /// The rule's settings in the host config do not fit its manifest.
-    #[error("bad settings: {0}")]
-    Config(String),
+    #[error("bad settings{}", Said(what))]
+    Config {
+        /// What is wrong, or which settings.
+        what: Cow<'static, str>,
+        /// The error loading them met, if any.
+        #[source]
+        source: Option<Source>,
+    },
     /// The rule trapped (panic, unreachable, stack overflow, bad access).
-    #[error("trapped: {0}")]
-    Trap(String),
+    #[error("trapped{}", Said(what))]
+    Trap {
+        /// How, where the source does not say (a panic's message).
+        what: Cow<'static, str>,
+        /// The trap wasmtime reported, if any.
+        #[source]
+        source: Option<Source>,
+    },
     /// The call used up its CPU budget (fuel).
     #[error("ran past its CPU budget of {0} fuel")]
-    OutOfFuel(u64),
+    OutOfFuel(
+        /// The budget.
+        u64,
+    ),
     /// The call ran past its wall-clock backstop (`rules.call-timeout`).
     #[error("ran past its wall-clock backstop (rules.call-timeout)")]
     Timeout,
@@ -70,13 +112,37 @@ pub enum RuleError {
     EventBudget,
     /// The rule asked for more memory than its cap.
     #[error("exceeded its memory cap of {0} bytes")]
-    MemoryExceeded(usize),
+    MemoryExceeded(
+        /// The cap.
+        usize,
+    ),
     /// The rule is quarantined after repeated failures.
     #[error("quarantined after repeated failures")]
     Quarantined,
     /// The module is not signed as `rules.require-signature` asks.
-    #[error("not approved: {0}")]
-    Signature(String),
+    #[error("not approved")]
+    Signature(
+        /// Why not.
+        #[source]
+        Arc<signing::SigningError>,
+    ),
+}
+
+/// `: TEXT` after a message, or nothing for no text.
+struct Said<'a>(&'a str);
+
+impl std::fmt::Display for Said<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            "" => Ok(()),
+            what => write!(f, ": {what}"),
+        }
+    }
+}
+
+/// `e` as a [`Source`].
+pub(crate) fn source(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Option<Source> {
+    Some(Arc::from(e.into()))
 }
 
 /// The causes a rule call fails with, as [`RuleError::cause`] names them.
@@ -104,11 +170,11 @@ impl RuleError {
     fn cause_index(&self) -> usize {
         match self {
             RuleError::Io(_) => 0,
-            RuleError::Compile(_) => 1,
-            RuleError::Abi(_) => 2,
-            RuleError::Manifest(_) => 3,
-            RuleError::Config(_) => 4,
-            RuleError::Trap(_) => 5,
+            RuleError::Compile { .. } => 1,
+            RuleError::Abi { .. } => 2,
+            RuleError::Manifest { .. } => 3,
+            RuleError::Config { .. } => 4,
+            RuleError::Trap { .. } => 5,
             RuleError::OutOfFuel(_) => 6,
             RuleError::Timeout => 7,
             RuleError::EventBudget => 8,
@@ -120,7 +186,32 @@ impl RuleError {
 
     /// This error as met loading the instance `[rule.NAME]` of `base`.
     fn in_instance(self, name: &str, base: &str) -> Self {
-        RuleError::Config(format!("[rule.{name}] (an instance of `{base}`): {self}"))
+        RuleError::Config { what: format!("[rule.{name}] (an instance of `{base}`)").into(), source: source(self) }
+    }
+
+    /// [`RuleError::Compile`] saying `what`.
+    pub fn compile(what: impl Into<Cow<'static, str>>) -> Self {
+        RuleError::Compile { what: what.into(), source: None }
+    }
+
+    /// [`RuleError::Abi`] saying `what`.
+    pub fn abi(what: impl Into<Cow<'static, str>>) -> Self {
+        RuleError::Abi { what: what.into(), source: None }
+    }
+
+    /// [`RuleError::Manifest`] saying `what`.
+    pub fn manifest(what: impl Into<Cow<'static, str>>) -> Self {
+        RuleError::Manifest { what: what.into(), source: None }
+    }
+
+    /// [`RuleError::Config`] saying `what`.
+    pub fn config(what: impl Into<Cow<'static, str>>) -> Self {
+        RuleError::Config { what: what.into(), source: None }
+    }
+
+    /// [`RuleError::Trap`] saying `what`.
+    pub fn trap(what: impl Into<Cow<'static, str>>) -> Self {
+        RuleError::Trap { what: what.into(), source: None }
     }
 }
 
@@ -735,7 +826,7 @@ impl RuleRegistry {
             let bytes = match std::fs::read(path) {
                 Ok(b) => b,
                 Err(e) => {
-                    report.rejected.push((path.clone(), RuleError::Io(e.to_string()).to_string()));
+                    report.rejected.push((path.clone(), crate::error::chain(&RuleError::Io(e.into())).to_string()));
                     continue;
                 }
             };
@@ -758,7 +849,7 @@ impl RuleRegistry {
             let result = self.load_with_instances(path, &bytes, &hash).and_then(|rules| {
                 for rule in &rules {
                     if let Some((_, other)) = other_names.iter().find(|(n, _)| **n == *rule.name) {
-                        return Err(RuleError::Manifest(format!(
+                        return Err(RuleError::manifest(format!(
                             "rule name `{}` is already loaded from {}",
                             rule.name,
                             other.display()
@@ -817,7 +908,7 @@ impl RuleRegistry {
                         Some(p) if approved(p) => (p.rules.clone(), p.trust_epoch),
                         Some(p) => {
                             for rule in &p.rules {
-                                tracing::error!(rule = %rule.name, file = %path.display(), error = %e,
+                                tracing::error!(rule = %rule.name, file = %path.display(), error = %crate::error::chain(&e),
                                     "rule unloaded: not approved under the trusted keys now configured");
                                 report.removed.push((rule.name.to_string(), path.clone()));
                                 let mut entry =
@@ -829,13 +920,14 @@ impl RuleRegistry {
                         }
                         None => (Vec::new(), now),
                     };
-                    report.rejected.push((path.clone(), e.to_string()));
+                    let why = crate::error::chain(&e).to_string();
+                    report.rejected.push((path.clone(), why.clone()));
                     self.record_change(changes::Entry {
                         change: "refuse".into(),
                         module: Some(hash.clone()),
                         previous_module: previous.map(|p| p.hash.clone()),
                         file: Some(path.display().to_string()),
-                        cause: e.to_string(),
+                        cause: why,
                         ..changes::Entry::default()
                     });
                     files.insert(
@@ -899,7 +991,7 @@ impl RuleRegistry {
                 files.values().flat_map(|e| e.rules.iter()).chain(natives.iter()).find(|r| r.name == loaded.name);
             if let Some(other) = taken {
                 let e =
-                    RuleError::Manifest(format!("rule name `{name}` is already loaded from {}", other.path.display()));
+                    RuleError::manifest(format!("rule name `{name}` is already loaded from {}", other.path.display()));
                 return Err((name, e));
             }
             natives.push(Arc::new(loaded));
@@ -935,16 +1027,16 @@ impl RuleRegistry {
         if trust.required() {
             // The module's hash and signatures before it is compiled: an
             // unapproved module never runs, not even to read its manifest.
-            trust.precheck(path, hash).map_err(RuleError::Signature)?;
+            trust.precheck(path, hash).map_err(|e| RuleError::Signature(e.into()))?;
         }
         let loader = self.loader(&settings);
         let rule = loader.load(path, bytes, hash)?;
         let covered = signing::covered_settings(&rule.name, &settings, *lock(&self.default_on_failure));
         let signers = match trust.verify(path, hash, &rule.name, &rule.version, &covered) {
             Ok(signers) => signers,
-            Err(e) if trust.required() => return Err(RuleError::Signature(e)),
+            Err(e) if trust.required() => return Err(RuleError::Signature(e.into())),
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e,
+                tracing::warn!(file = %path.display(), error = %crate::error::chain(&e),
                     "the module's signature file does not fit it; loaded anyway, as no signature is required");
                 Vec::new()
             }
@@ -976,7 +1068,8 @@ impl RuleRegistry {
 /// [`RuleError`] when the module does not instantiate or its manifest is bad.
 pub fn read_manifest(sandbox: &Sandbox, pre: &InstancePre<HostState>) -> Result<(Manifest, FieldMask), RuleError> {
     let json = sandbox.instantiate_unconfigured(pre)?.manifest_json()?;
-    let manifest: Manifest = serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
+    let manifest: Manifest = serde_json::from_str(&json)
+        .map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
     let mask = check_manifest(&manifest)?;
     Ok((manifest, mask))
 }
@@ -1034,8 +1127,8 @@ impl Loader<'_> {
     /// [`RuleError`] saying why the rule cannot run.
     pub fn load_native(&self, rule: &vigil_sdk::Rule) -> Result<LoadedRule, RuleError> {
         let json = rule.manifest.to_json();
-        let manifest: Manifest =
-            serde_json::from_str(&json).map_err(|e| RuleError::Manifest(format!("{e} in {json}")))?;
+        let manifest: Manifest = serde_json::from_str(&json)
+            .map_err(|e| RuleError::Manifest { what: json.clone().into(), source: source(e) })?;
         let mask = check_manifest(&manifest)?;
         let path = PathBuf::from(format!("native:{}", manifest.name));
         let name = manifest.name.clone();
@@ -1058,7 +1151,7 @@ impl Loader<'_> {
         let mut resolved = Vec::with_capacity(manifest.lists.len());
         for name in &manifest.lists {
             let list = self.lists.get(name).ok_or_else(|| {
-                RuleError::Config(format!(
+                RuleError::config(format!(
                     "uses list `{name}`, which is not configured; add [lists.{name}] with a path to the config"
                 ))
             })?;
@@ -1068,14 +1161,14 @@ impl Loader<'_> {
         let features = manifest
             .features
             .iter()
-            .map(|f| self.catalog.resolve(f).map_err(|e| RuleError::Manifest(crate::error::chain(&e).to_string())))
+            .map(|f| self.catalog.resolve(f).map_err(|e| RuleError::manifest(crate::error::chain(&e).to_string())))
             .collect::<Result<Vec<usize>, RuleError>>()?;
         let canary = match (settings.mode, settings.canary_percent) {
             (Mode::Canary, Some(p)) => {
                 Some(Canary::new(name, settings.canary_key.unwrap_or(crate::event::KeyField::Account), p))
             }
             (Mode::Canary, None) => {
-                return Err(RuleError::Config(format!(
+                return Err(RuleError::config(format!(
                     "`rule.{name}` is in canary mode without a share: set rule.{name}.canary-percent"
                 )));
             }
@@ -1138,18 +1231,18 @@ pub const MAX_RULE_FEATURES: usize = 64;
 
 fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     if m.abi != vigil_abi::ABI_VERSION {
-        return Err(RuleError::Manifest(format!("manifest is for ABI v{}", m.abi)));
+        return Err(RuleError::manifest(format!("manifest is for ABI v{}", m.abi)));
     }
     let valid_name =
         |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !valid_name(&m.name) {
-        return Err(RuleError::Manifest(format!(
+        return Err(RuleError::manifest(format!(
             "rule name {:?} must be 1-64 characters of letters, digits, `-`, `_` or `.`",
             m.name
         )));
     }
     if m.features.len() > MAX_RULE_FEATURES {
-        return Err(RuleError::Manifest(format!(
+        return Err(RuleError::manifest(format!(
             "declares {} features; a rule may read at most {MAX_RULE_FEATURES}",
             m.features.len()
         )));
@@ -1157,13 +1250,13 @@ fn check_manifest(m: &Manifest) -> Result<FieldMask, RuleError> {
     if let Some(state) = &m.state
         && crate::event::KeyField::from_name(state).is_none()
     {
-        return Err(RuleError::Manifest(format!(
+        return Err(RuleError::manifest(format!(
             "state belongs to unknown entity `{state}`; it is one of card, account, counterparty, device, ip, merchant"
         )));
     }
     let mut mask = FieldMask::NONE;
     for f in &m.fields {
-        let field = Field::from_name(f).ok_or_else(|| RuleError::Manifest(format!("unknown field `{f}`")))?;
+        let field = Field::from_name(f).ok_or_else(|| RuleError::manifest(format!("unknown field `{f}`")))?;
         mask = mask.with(field);
     }
     Ok(mask)
@@ -1181,7 +1274,7 @@ fn resolve_params(name: &str, m: &Manifest, settings: &RuleSettings) -> Result<(
     for key in settings.params.keys() {
         if !m.params.iter().any(|p| norm(&p.name) == norm(key)) {
             let known: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
-            return Err(RuleError::Config(format!(
+            return Err(RuleError::config(format!(
                 "`rule.{}.params.{key}`: the rule has no such parameter (it has: {})",
                 name,
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }
@@ -1194,10 +1287,10 @@ fn resolve_params(name: &str, m: &Manifest, settings: &RuleSettings) -> Result<(
         let given = settings.params.iter().find(|(k, _)| norm(k) == norm(&p.name)).map(|(_, v)| v);
         let value = match given {
             None => coerce(&p.default, p.ty)
-                .ok_or_else(|| RuleError::Manifest(format!("default of `{}` is not a {}", p.name, p.ty)))?,
+                .ok_or_else(|| RuleError::manifest(format!("default of `{}` is not a {}", p.name, p.ty)))?,
             Some(v) => toml_param(v, p.ty).ok_or_else(|| {
                 let finite = if p.ty == ParamType::Float { " (a finite number)" } else { "" };
-                RuleError::Config(format!("`rule.{}.params.{}` must be {}{finite}, got {v}", name, p.name, p.ty))
+                RuleError::config(format!("`rule.{}.params.{}` must be {}{finite}, got {v}", name, p.name, p.ty))
             })?,
         };
         vigil_abi::params::encode_one(&p.name, &value, &mut out);
@@ -1771,11 +1864,11 @@ impl Evaluator {
                 }
                 let Err(e) = run else { continue };
                 let latency_ns = results.clock.delta_as_nanos(start, results.clock.raw());
-                if e != RuleError::Quarantined {
+                if !matches!(e, RuleError::Quarantined) {
                     if let (RuleError::OutOfFuel(spent), Some(left)) = (&e, results.remaining.get_mut(from)) {
                         *left = left.saturating_sub(*spent);
                     }
-                    if e == RuleError::EventBudget {
+                    if matches!(e, RuleError::EventBudget) {
                         // The event's doing, not the rule's: not counted
                         // towards quarantine, and the event's budget is spent.
                         if let Some(left) = results.remaining.get_mut(from) {
@@ -1819,7 +1912,7 @@ impl Slot {
             score: 0,
             reasons: crate::decide::Reasons::new(),
             latency_ns,
-            error: Some(e.to_string()),
+            error: Some(crate::error::chain(&e).to_string()),
         }
     }
 
@@ -1970,15 +2063,19 @@ impl RuleRegistry {
         if total <= 10 || total.is_power_of_two() {
             tracing::warn!(
                 rule = %rule.name, version = %rule.version, file = %rule.path.display(),
-                failures = total, error = %e, on_failure = ?rule.on_failure,
+                failures = total, error = %crate::error::chain(e), on_failure = ?rule.on_failure,
                 "rule call failed; applied its failure outcome"
             );
         }
         if consecutive >= self.quarantine_after && !rule.health.quarantined.swap(true, Ordering::Relaxed) {
-            self.record_change(rule_entry("quarantine", rule, &format!("{consecutive} failures in a row; last: {e}")));
+            self.record_change(rule_entry(
+                "quarantine",
+                rule,
+                &format!("{consecutive} failures in a row; last: {}", crate::error::chain(e)),
+            ));
             tracing::error!(
                 rule = %rule.name, version = %rule.version, file = %rule.path.display(),
-                consecutive, last_error = %e,
+                consecutive, last_error = %crate::error::chain(e),
                 "rule quarantined: it is no longer called and its failure outcome applies until a new version is deployed"
             );
         }

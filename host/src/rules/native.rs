@@ -54,7 +54,7 @@ impl NativeInstance {
     /// [`RuleError::Config`] when the rule refuses them.
     pub fn new(rule: &vigil_sdk::Rule, params: &[u8], lists: Arc<[Arc<List>]>) -> Result<Self, RuleError> {
         let rule = Configured::new(rule, params)
-            .map_err(|msg| RuleError::Config(format!("the rule refused its parameters: {msg}")))?;
+            .map_err(|msg| RuleError::config(format!("the rule refused its parameters: {msg}")))?;
         Ok(Self { rule, lists, state: RuleState::default(), input: Vec::new(), len: 0, reason_cache: Vec::new() })
     }
 
@@ -118,7 +118,7 @@ impl NativeInstance {
         let decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rule.evaluate(input, &bridge)))
             .map_err(|p| {
                 let msg = p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str));
-                RuleError::Trap(format!("panicked: {}", msg.unwrap_or("(non-text panic payload)")))
+                RuleError::trap(format!("panicked: {}", msg.unwrap_or("(non-text panic payload)")))
             })?;
         // Pushed one by one, after an emptiness check: collecting into the
         // `SmallVec` (reserving from the size hint of a chained iterator)

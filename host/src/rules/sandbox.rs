@@ -22,7 +22,7 @@ use wasmtime::{
 
 use super::lists::{List, ListReader};
 use super::state::RuleState;
-use super::{Batch, RuleError};
+use super::{Batch, RuleError, source};
 
 /// Initial size of a rule's input buffer; grown on demand for larger events.
 const INITIAL_INPUT: usize = 4096;
@@ -284,7 +284,7 @@ fn engine() -> Result<Engine, RuleError> {
         .wasm_custom_page_sizes(false)
         .wasm_wide_arithmetic(false)
         .wasm_stack_switching(false);
-    Engine::new(&cfg).map_err(|e| RuleError::Compile(format!("wasmtime setup: {e}")))
+    Engine::new(&cfg).map_err(|e| RuleError::Compile { what: "wasmtime setup".into(), source: source(e) })
 }
 
 /// Advances `engine`'s epoch every [`EPOCH_TICK`] for as long as the engine
@@ -308,7 +308,7 @@ fn start_epoch_ticker(engine: &Engine) {
 
 /// Says which WebAssembly feature a refused module uses, when wasmtime's
 /// message names one vigil switches off.
-fn explain_compile_error(e: &wasmtime::Error) -> RuleError {
+fn explain_compile_error(e: wasmtime::Error) -> RuleError {
     let msg = format!("{e:#}");
     let hint = [
         ("multiple memories", "a rule gets one linear memory (multi-memory is off)"),
@@ -319,10 +319,7 @@ fn explain_compile_error(e: &wasmtime::Error) -> RuleError {
     ]
     .iter()
     .find(|(needle, _)| msg.contains(needle));
-    match hint {
-        Some((_, why)) => RuleError::Compile(format!("{msg} — {why}")),
-        None => RuleError::Compile(msg),
-    }
+    RuleError::Compile { what: hint.map_or("", |(_, why)| *why).into(), source: source(e) }
 }
 
 /// `vigil compile-rule`: compiles `bytes` with the engine's settings into
@@ -331,7 +328,7 @@ fn explain_compile_error(e: &wasmtime::Error) -> RuleError {
 /// # Errors
 /// [`RuleError::Compile`] saying why.
 pub fn compile(bytes: &[u8]) -> Result<Vec<u8>, RuleError> {
-    engine()?.precompile_module(bytes).map_err(|e| explain_compile_error(&e))
+    engine()?.precompile_module(bytes).map_err(explain_compile_error)
 }
 
 /// Writes `bytes` to `path` whole: a private temporary file, synced, then
@@ -369,8 +366,10 @@ fn compiler_command(program: &Path) -> Command {
 /// Runs the child compiler on `bytes`; returns the artefact it wrote on
 /// its standard output.
 fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, RuleError> {
-    let failed = |why: String| RuleError::Compile(format!("compiler process {}: {why}", program.display()));
-    let mut child = compiler_command(program).spawn().map_err(|e| failed(format!("cannot start: {e}")))?;
+    let what = |why: &str| format!("compiler process {}: {why}", program.display());
+    let failed = |why: String| RuleError::compile(what(&why));
+    let io = |why: &str, e: std::io::Error| RuleError::Compile { what: what(why).into(), source: source(e) };
+    let mut child = compiler_command(program).spawn().map_err(|e| io("cannot start", e))?;
     // Fed and drained on threads of their own, so neither pipe fills
     // while this one waits for the other.
     let feed = child.stdin.take().map(|mut stdin| {
@@ -393,7 +392,7 @@ fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, RuleError> 
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| failed(e.to_string()))? {
+        if let Some(status) = child.try_wait().map_err(|e| io("cannot wait", e))? {
             break status;
         }
         if start.elapsed() > COMPILE_TIMEOUT {
@@ -414,7 +413,7 @@ fn compile_in_child(program: &Path, bytes: &[u8]) -> Result<Vec<u8>, RuleError> 
     let stderr = String::from_utf8_lossy(&err);
     let msg = stderr.trim().trim_start_matches("error: ").trim_start_matches("does not compile: ");
     Err(match status.code() {
-        Some(_) if !msg.is_empty() => RuleError::Compile(msg.to_owned()),
+        Some(_) if !msg.is_empty() => RuleError::compile(msg.to_owned()),
         _ => failed(format!("{status} {msg}").trim_end().to_owned()),
     })
 }
@@ -428,27 +427,58 @@ fn artefact_tag(key: &[u8; 32], artefact: &[u8]) -> [u8; 32] {
 }
 
 /// Why a cached artefact is not loaded, if it is not.
-fn check_cached(path: &Path, bytes: &[u8], key: &[u8; 32]) -> Result<(), String> {
+fn check_cached(path: &Path, bytes: &[u8], key: &[u8; 32]) -> Result<(), UntrustedArtefact> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(path).map_err(|source| UntrustedArtefact::Metadata { source })?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
         if meta.uid() != me {
-            return Err(format!("owned by user {}, not this process's {me}", meta.uid()));
+            return Err(UntrustedArtefact::Owner { owner: meta.uid(), me });
         }
         if meta.mode() & 0o022 != 0 {
-            return Err(format!("writable by others (mode {:o})", meta.mode() & 0o777));
+            return Err(UntrustedArtefact::Writable { mode: meta.mode() & 0o777 });
         }
     }
     let Some((tag, artefact)) = bytes.split_first_chunk::<32>() else {
-        return Err("too short to hold a tag".into());
+        return Err(UntrustedArtefact::Short);
     };
     if artefact_tag(key, artefact) != *tag {
-        return Err("its tag does not match: not written by this vigil with this key".into());
+        return Err(UntrustedArtefact::Tag);
     }
     Ok(())
+}
+
+/// Why a cached compiled artefact is not loaded ([`check_cached`]).
+#[derive(Debug, thiserror::Error)]
+enum UntrustedArtefact {
+    /// Its owner and mode cannot be read.
+    #[error("cannot read its metadata")]
+    Metadata {
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Another user owns it.
+    #[error("owned by user {owner}, not this process's {me}")]
+    Owner {
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
+    /// Others may write it.
+    #[error("writable by others (mode {mode:o})")]
+    Writable {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Shorter than a tag.
+    #[error("too short to hold a tag")]
+    Short,
+    /// Its tag is not the one this key makes.
+    #[error("its tag does not match: not written by this vigil with this key")]
+    Tag,
 }
 
 impl Sandbox {
@@ -477,7 +507,7 @@ impl Sandbox {
             .and_then(|l| l.func_wrap(imports::MODULE, imports::STATE_PUT, state_put))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::OUTCOME, outcome))
             .and_then(|l| l.func_wrap(imports::MODULE, imports::LOG, log))
-            .map_err(|e| RuleError::Compile(format!("host functions: {e}")))?;
+            .map_err(|e| RuleError::Compile { what: "host functions".into(), source: source(e) })?;
         if let Some((dir, _)) = &cache
             && let Err(e) = std::fs::create_dir_all(dir)
         {
@@ -534,15 +564,15 @@ impl Sandbox {
         let module = self.compile(bytes, hash)?;
         check_imports(&module)?;
         check_exports(&module)?;
-        self.linker.instantiate_pre(&module).map_err(|e| RuleError::Abi(e.to_string()))
+        self.linker.instantiate_pre(&module).map_err(|e| RuleError::Abi { what: "".into(), source: source(e) })
     }
 
     fn compile(&self, bytes: &[u8], hash: &str) -> Result<Module, RuleError> {
         if !bytes.starts_with(b"\0asm") {
-            return Err(RuleError::Compile("not a WebAssembly module (no \\0asm header)".into()));
+            return Err(RuleError::compile("not a WebAssembly module (no \\0asm header)"));
         }
         let Some(cache) = &self.cache else {
-            return Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e));
+            return Module::new(&self.engine, bytes).map_err(explain_compile_error);
         };
         let mut h = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -560,13 +590,13 @@ impl Sandbox {
                     }
                 },
                 Err(why) => {
-                    tracing::warn!(path = %path.display(), %why, "compiled-rule cache entry not trusted; recompiling")
+                    tracing::warn!(path = %path.display(), why = %crate::error::chain(&why), "compiled-rule cache entry not trusted; recompiling")
                 }
             }
         }
         let here = || -> Result<(Module, Vec<u8>), RuleError> {
-            let module = Module::new(&self.engine, bytes).map_err(|e| explain_compile_error(&e))?;
-            let artefact = module.serialize().map_err(|e| RuleError::Compile(format!("{e:#}")))?;
+            let module = Module::new(&self.engine, bytes).map_err(explain_compile_error)?;
+            let artefact = module.serialize().map_err(|e| RuleError::Compile { what: "".into(), source: source(e) })?;
             Ok((module, artefact))
         };
         let (module, artefact) = match COMPILER.get() {
@@ -654,13 +684,12 @@ impl Sandbox {
         store.limiter(|s| &mut s.limiter);
         set_fuel(&mut store, self.fuel);
         store.set_epoch_deadline(self.deadline_ticks);
-        let instance = pre.instantiate(&mut store).map_err(|e| self.classify(&store, &e, None))?;
-        let memory = instance
-            .get_memory(&mut store, exports::MEMORY)
-            .ok_or_else(|| RuleError::Abi("no exported memory".into()))?;
+        let instance = pre.instantiate(&mut store).map_err(|e| self.classify(&store, e, None))?;
+        let memory =
+            instance.get_memory(&mut store, exports::MEMORY).ok_or_else(|| RuleError::abi("no exported memory"))?;
         store.data_mut().memory = Some(memory);
         let func = |store: &mut Store<HostState>, name: &str| {
-            instance.get_func(&mut *store, name).ok_or_else(|| RuleError::Abi(format!("missing export `{name}`")))
+            instance.get_func(&mut *store, name).ok_or_else(|| RuleError::abi(format!("missing export `{name}`")))
         };
         let abi = func(&mut store, exports::ABI_VERSION)?.typed::<(), i32>(&store).map_err(abi_err)?;
         let manifest = func(&mut store, exports::MANIFEST)?.typed::<(), i64>(&store).map_err(abi_err)?;
@@ -673,9 +702,9 @@ impl Sandbox {
             None => None,
         };
 
-        let version = abi.call(&mut store, ()).map_err(|e| self.classify(&store, &e, None))?;
+        let version = abi.call(&mut store, ()).map_err(|e| self.classify(&store, e, None))?;
         if version != ABI_VERSION {
-            return Err(RuleError::Abi(format!(
+            return Err(RuleError::abi(format!(
                 "built for rule ABI v{version}; this vigil speaks v{ABI_VERSION} (rebuild with a matching vigil-sdk)"
             )));
         }
@@ -699,22 +728,22 @@ impl Sandbox {
             memory_cap: self.memory_cap,
         };
         inst.arm(self.fuel);
-        inst.output_ptr = output.call(&mut inst.store, ()).map_err(|e| inst.classify(&e))? as u32 as usize;
+        inst.output_ptr = output.call(&mut inst.store, ()).map_err(|e| inst.classify(e))? as u32 as usize;
         if inst.output_ptr.checked_add(OUTPUT_CAPACITY).is_none_or(|end| end > inst.memory.data_size(&inst.store)) {
-            return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::OUTPUT)));
+            return Err(RuleError::abi(format!("`{}` returned an out-of-bounds buffer", exports::OUTPUT)));
         }
         inst.store.data_mut().run.output_ptr = inst.output_ptr;
         inst.ensure_input(INITIAL_INPUT)?;
         Ok(inst)
     }
 
-    fn classify(&self, store: &Store<HostState>, e: &wasmtime::Error, panic: Option<String>) -> RuleError {
+    fn classify(&self, store: &Store<HostState>, e: wasmtime::Error, panic: Option<String>) -> RuleError {
         classify(store, e, panic, self.fuel, self.memory_cap)
     }
 }
 
 fn abi_err(e: wasmtime::Error) -> RuleError {
-    RuleError::Abi(format!("export has the wrong signature: {e}"))
+    RuleError::Abi { what: "export has the wrong signature".into(), source: source(e) }
 }
 
 fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
@@ -722,25 +751,19 @@ fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
     let _ = store.set_fuel(fuel);
 }
 
-fn classify(
-    store: &Store<HostState>,
-    e: &wasmtime::Error,
-    panic: Option<String>,
-    budget: u64,
-    cap: usize,
-) -> RuleError {
+fn classify(store: &Store<HostState>, e: wasmtime::Error, panic: Option<String>, budget: u64, cap: usize) -> RuleError {
     if store.data().limiter.denied {
         return RuleError::MemoryExceeded(cap);
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RuleError::OutOfFuel(budget),
         Some(Trap::Interrupt) => RuleError::Timeout,
-        Some(Trap::StackOverflow) => RuleError::Trap("stack overflow (call stack exhausted)".into()),
+        Some(Trap::StackOverflow) => RuleError::trap("stack overflow (call stack exhausted)"),
         Some(trap) => match panic {
-            Some(msg) => RuleError::Trap(format!("panicked: {msg}")),
-            None => RuleError::Trap(trap.to_string()),
+            Some(msg) => RuleError::trap(format!("panicked: {msg}")),
+            None => RuleError::Trap { what: "".into(), source: source(*trap) },
         },
-        None => RuleError::Trap(format!("{e:#}")),
+        None => RuleError::Trap { what: "".into(), source: source(e) },
     }
 }
 
@@ -897,7 +920,7 @@ fn outcome(mut caller: Caller<'_, HostState>, index: i32, packed: i64) -> wasmti
         } else {
             format!("reported the outcome of event {index} while event {} was next", run.next)
         };
-        run.refused = Some(RuleError::Abi(e.clone()));
+        run.refused = Some(RuleError::abi(e.clone()));
         wasmtime::bail!("{e}");
     }
     // Most events have no reason codes, and finding the guest's memory is
@@ -958,13 +981,12 @@ fn read_outcome(
 ) -> Result<CallResult, RuleError> {
     let out = Outcome::unpack(packed);
     let action = vigil_abi::Action::from_code(out.action)
-        .ok_or_else(|| RuleError::Abi(format!("returned unknown action code {}", out.action)))?;
+        .ok_or_else(|| RuleError::abi(format!("returned unknown action code {}", out.action)))?;
     let mut reasons = crate::decide::Reasons::new();
     if out.reasons_len > 0 {
         let len = usize::from(out.reasons_len).min(OUTPUT_CAPACITY);
-        let text = data
-            .get(output_ptr..output_ptr + len)
-            .ok_or_else(|| RuleError::Abi("reason codes out of bounds".into()))?;
+        let text =
+            data.get(output_ptr..output_ptr + len).ok_or_else(|| RuleError::abi("reason codes out of bounds"))?;
         // Split as bytes and matched against the cache as bytes: only a code
         // not seen before is checked as UTF-8 (a newline is never part of a
         // multi-byte character, so the pieces are valid when the whole is).
@@ -1032,7 +1054,7 @@ fn check_imports(module: &Module) -> Result<(), RuleError> {
         return Ok(());
     }
     let wasi = bad.iter().any(|b| b.contains("wasi"));
-    Err(RuleError::Abi(format!(
+    Err(RuleError::abi(format!(
         "imports {}; a rule may import only vigil's host functions (`{m}::{}`, `{m}::{}`, `{m}::{}`, `{m}::{}`, \
          `{m}::{}`){}",
         bad.join(", "),
@@ -1061,7 +1083,7 @@ fn check_exports(module: &Module) -> Result<(), RuleError> {
         match module.get_export(name) {
             None => missing.push(format!("`{name}`")),
             Some(ty) if !is_func(&ty, params, results) => {
-                return Err(RuleError::Abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
+                return Err(RuleError::abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
             }
             Some(_) => {}
         }
@@ -1070,7 +1092,7 @@ fn check_exports(module: &Module) -> Result<(), RuleError> {
         && !is_func(&ty, &[I32], &[I32])
     {
         let name = exports::EVALUATE_BATCH;
-        return Err(RuleError::Abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
+        return Err(RuleError::abi(format!("export `{name}` has the wrong type: {}", describe(&ty))));
     }
     if !matches!(module.get_export(exports::MEMORY), Some(ExternType::Memory(_))) {
         missing.push(format!("`{}` (memory)", exports::MEMORY));
@@ -1078,7 +1100,7 @@ fn check_exports(module: &Module) -> Result<(), RuleError> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(RuleError::Abi(format!(
+    Err(RuleError::abi(format!(
         "missing the vigil rule ABI exports {}; is this module built with vigil-sdk's #[rule]?",
         missing.join(", ")
     )))
@@ -1121,7 +1143,7 @@ fn intern_bytes(cache: &mut Vec<Arc<str>>, code: &[u8]) -> Result<Arc<str>, Rule
     if let Some(c) = cached(cache, code) {
         return Ok(c);
     }
-    let code = std::str::from_utf8(code).map_err(|_| RuleError::Abi("reason codes are not UTF-8".into()))?;
+    let code = std::str::from_utf8(code).map_err(|_| RuleError::abi("reason codes are not UTF-8"))?;
     Ok(add(cache, code))
 }
 
@@ -1170,7 +1192,7 @@ impl RuleInstance {
         self.store.data_mut().run.owed = 0;
     }
 
-    fn classify(&self, e: &wasmtime::Error) -> RuleError {
+    fn classify(&self, e: wasmtime::Error) -> RuleError {
         let panic = self.take_panic();
         classify(&self.store, e, panic, self.fuel, self.memory_cap)
     }
@@ -1191,11 +1213,11 @@ impl RuleInstance {
             return Ok(());
         }
         let want = len.next_power_of_two();
-        let cap = i32::try_from(want).map_err(|_| RuleError::Abi("event too large for a rule buffer".into()))?;
+        let cap = i32::try_from(want).map_err(|_| RuleError::abi("event too large for a rule buffer"))?;
         self.arm(self.fuel);
-        let ptr = self.buffer.call(&mut self.store, cap).map_err(|e| self.classify(&e))? as u32 as usize;
+        let ptr = self.buffer.call(&mut self.store, cap).map_err(|e| self.classify(e))? as u32 as usize;
         if ptr.checked_add(want).is_none_or(|end| end > self.memory.data_size(&self.store)) {
-            return Err(RuleError::Abi(format!("`{}` returned an out-of-bounds buffer", exports::BUFFER)));
+            return Err(RuleError::abi(format!("`{}` returned an out-of-bounds buffer", exports::BUFFER)));
         }
         self.input_ptr = ptr;
         self.input_cap = want;
@@ -1206,7 +1228,7 @@ impl RuleInstance {
         let data = self.memory.data_mut(&mut self.store);
         let dst = data
             .get_mut(self.input_ptr..self.input_ptr + bytes.len())
-            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+            .ok_or_else(|| RuleError::abi("input buffer out of bounds"))?;
         dst.copy_from_slice(bytes);
         Ok(())
     }
@@ -1221,10 +1243,10 @@ impl RuleInstance {
         self.ensure_input(params.len())?;
         self.write_input(params)?;
         self.arm(self.fuel);
-        let err_len = self.configure.call(&mut self.store, params.len() as i32).map_err(|e| self.classify(&e))?;
+        let err_len = self.configure.call(&mut self.store, params.len() as i32).map_err(|e| self.classify(e))?;
         if err_len != 0 {
             let msg = self.read_output(err_len as usize).unwrap_or_else(|| "(unreadable message)".into());
-            return Err(RuleError::Config(format!("the rule refused its parameters: {msg}")));
+            return Err(RuleError::config(format!("the rule refused its parameters: {msg}")));
         }
         Ok(())
     }
@@ -1270,13 +1292,13 @@ impl RuleInstance {
     /// [`RuleError`] when the call fails or the pointer is out of bounds.
     pub fn manifest_json(&mut self) -> Result<String, RuleError> {
         self.arm(self.fuel);
-        let raw = self.manifest.call(&mut self.store, ()).map_err(|e| self.classify(&e))?;
+        let raw = self.manifest.call(&mut self.store, ()).map_err(|e| self.classify(e))?;
         let (ptr, len) = vigil_abi::unpack_ptr_len(raw);
         let data = self.memory.data(&self.store);
         let bytes = data
             .get(ptr as usize..(ptr as usize).saturating_add(len as usize))
-            .ok_or_else(|| RuleError::Abi("manifest pointer out of bounds".into()))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| RuleError::Manifest("manifest is not UTF-8".into()))
+            .ok_or_else(|| RuleError::abi("manifest pointer out of bounds"))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| RuleError::manifest("manifest is not UTF-8"))
     }
 
     /// Evaluates one encoded event, showing the rule only the fields in `mask`.
@@ -1312,7 +1334,7 @@ impl RuleInstance {
         let data = self.memory.data_mut(&mut self.store);
         let dst = data
             .get_mut(self.input_ptr..self.input_ptr + len)
-            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+            .ok_or_else(|| RuleError::abi("input buffer out of bounds"))?;
         projection.apply(event, dst);
         for (chunk, v) in dst[event.len()..].chunks_exact_mut(8).zip(features) {
             chunk.copy_from_slice(&v.to_le_bytes());
@@ -1322,7 +1344,7 @@ impl RuleInstance {
         let raw = match self.evaluate.call(&mut self.store, len as i32) {
             Ok(raw) => raw,
             Err(e) => {
-                let e = self.store.data_mut().run.refused.take().unwrap_or_else(|| self.classify(&e));
+                let e = self.store.data_mut().run.refused.take().unwrap_or_else(|| self.classify(e));
                 return Err(over_event_budget(e, fuel, self.fuel));
             }
         };
@@ -1350,7 +1372,7 @@ impl RuleInstance {
         results: &mut super::Results,
     ) -> Result<(), RuleError> {
         let Some(evaluate) = self.evaluate_batch.clone() else {
-            return Err(RuleError::Abi(format!("no `{}` export", exports::EVALUATE_BATCH)));
+            return Err(RuleError::abi(format!("no `{}` export", exports::EVALUATE_BATCH)));
         };
         let mut at = from;
         // With budgets across rules, up to the first event with none left:
@@ -1401,8 +1423,8 @@ impl RuleInstance {
             let (next, refused) = (run.next, run.refused.take());
             let given = run.budgets.get(next.min(run.budgets.len() - 1)).copied().unwrap_or(self.fuel);
             let failed = match returned {
-                Err(e) => over_event_budget(refused.unwrap_or_else(|| self.classify(&e)), given, self.fuel),
-                Ok(n) if n as u32 as usize != count || next != count => RuleError::Abi(format!(
+                Err(e) => over_event_budget(refused.unwrap_or_else(|| self.classify(e)), given, self.fuel),
+                Ok(n) if n as u32 as usize != count || next != count => RuleError::abi(format!(
                     "`{}` returned {n} and reported {next} outcomes for {count} events",
                     exports::EVALUATE_BATCH
                 )),
@@ -1452,7 +1474,7 @@ impl RuleInstance {
         let data = self.memory.data_mut(&mut self.store);
         let buf = data
             .get_mut(self.input_ptr..self.input_ptr + self.input_cap)
-            .ok_or_else(|| RuleError::Abi("input buffer out of bounds".into()))?;
+            .ok_or_else(|| RuleError::abi("input buffer out of bounds"))?;
         let mut at = table;
         for k in 0..count {
             let event = &batch.encoded[from + k];
@@ -1491,7 +1513,11 @@ mod tests {
         let mut fake = b"\0asm".to_vec();
         fake.extend([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
         let e = sandbox().prepare(&fake, "h").err().expect("rejected");
-        assert!(matches!(e, RuleError::Compile(_)), "{e}");
+        assert!(matches!(e, RuleError::Compile { .. }), "{e}");
+        // wasmtime's own words are kept as the cause, not in the message.
+        assert_eq!(e.to_string(), "does not compile");
+        let said = crate::error::chain(&e).to_string();
+        assert!(said.starts_with("does not compile: ") && said.len() > "does not compile: ".len(), "{said}");
     }
 
     #[test]
@@ -1644,7 +1670,8 @@ mod tests {
         let first = inst.call(&event, &all, &[]);
         // The second call finds the codes in the cache.
         let second = inst.call(&event, &all, &[]);
-        assert_eq!(first, second, "the same codes from the cache");
+        let text = |r: &Result<CallResult, RuleError>| r.as_ref().map_err(ToString::to_string).cloned();
+        assert_eq!(text(&first), text(&second), "the same codes from the cache");
         second
     }
 
@@ -1718,7 +1745,7 @@ mod tests {
     fn a_trap_mid_batch_keeps_the_outcomes_before_it() {
         let body = "(call $report (i32.const 0)) (call $report (i32.const 1)) unreachable";
         let (r, results) = run_batch(&batch_module(body, true), 5);
-        assert!(matches!(r, Err(RuleError::Trap(_))), "{r:?}");
+        assert!(matches!(r, Err(RuleError::Trap { .. })), "{r:?}");
         assert_eq!(results.calls.len(), 2, "events 0 and 1 were decided");
     }
 
@@ -1726,7 +1753,7 @@ mod tests {
     fn a_failure_after_the_last_outcome_is_the_last_events() {
         let body = format!("{REPORT_ALL} drop unreachable");
         let (r, results) = run_batch(&batch_module(&body, true), 3);
-        assert!(matches!(r, Err(RuleError::Trap(_))), "{r:?}");
+        assert!(matches!(r, Err(RuleError::Trap { .. })), "{r:?}");
         assert_eq!(results.calls.len(), 2, "the error stands for event 2, within the batch");
         let body = format!("{REPORT_ALL} drop (i32.const 7)");
         let (r, results) = run_batch(&batch_module(&body, true), 3);
@@ -1809,7 +1836,7 @@ mod tests {
         crate::rules::check::sample_payment().encode(&mut event).expect("encode");
         let started = Instant::now();
         let e = inst.call(&event, &vigil_abi::Projection::new(vigil_abi::FieldMask::ALL), &[]).expect_err("stopped");
-        assert_eq!(e, RuleError::Timeout);
+        assert!(matches!(e, RuleError::Timeout), "{e}");
         assert!(started.elapsed() < Duration::from_secs(30), "ended by the backstop, not by fuel");
     }
 
@@ -1863,7 +1890,7 @@ mod tests {
         results.remaining = vec![900_000, 2_000_000, 300_000, 0];
         let all = vigil_abi::Projection::new(vigil_abi::FieldMask::ALL);
         let e = inst.call_batch(&batch, 0, &all, &[], &mut results).expect_err("event 2 runs out");
-        assert_eq!(e, RuleError::EventBudget);
+        assert!(matches!(e, RuleError::EventBudget), "{e}");
         assert_eq!(results.calls.len(), 2);
         assert!(results.fuel.iter().all(|&f| (500_000..700_000).contains(&f)), "{:?}", results.fuel);
         results.clear();
@@ -1904,7 +1931,7 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
         std::fs::write(&entry, &bad).expect("tamper");
-        assert!(check_cached(&entry, &bad, &key).expect_err("tampered").contains("tag"));
+        assert!(check_cached(&entry, &bad, &key).expect_err("tampered").to_string().contains("tag"));
         sandbox.prepare(&module, "h").expect("compiled again");
         assert_eq!(std::fs::read(&entry).expect("read"), good, "the entry is written afresh");
     }

@@ -21,6 +21,178 @@ use crate::config::{RuleSettings, RulesConfig};
 /// The `format` of signature files this version writes and reads.
 pub const FORMAT: &str = "vigil-signature-1";
 
+/// Why a key, a signature file or a module's approval does not do.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    /// The system gave no randomness for a key.
+    #[error("cannot read system randomness")]
+    Randomness {
+        /// What the system said.
+        source: getrandom::Error,
+    },
+    /// `vigil keygen` found a key file there already.
+    #[error("{} exists; vigil keygen does not overwrite keys", path.display())]
+    Exists {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A file or folder could not be created.
+    #[error("cannot create {}", path.display())]
+    Create {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A secret key file holds no key.
+    #[error("{}: not a vigil secret key (64 hex digits)", path.display())]
+    NotSecretKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A public key given is not hex and names no readable file.
+    #[error("`{given}` is neither 64 hex digits nor a readable key file")]
+    PublicKeyUnreadable {
+        /// What was given.
+        given: String,
+        /// Why the file could not be read.
+        source: std::io::Error,
+    },
+    /// A public key given, or its file, holds no 64 hex digits.
+    #[error("`{given}` does not hold a public key (64 hex digits)")]
+    NotPublicKey {
+        /// What was given.
+        given: String,
+    },
+    /// The 32 bytes are not an Ed25519 public key.
+    #[error("`{given}` is not an Ed25519 public key")]
+    NotEd25519 {
+        /// What was given.
+        given: String,
+        /// What the Ed25519 library said.
+        source: ed25519_dalek::SignatureError,
+    },
+    /// A signature file does not parse.
+    #[error("{} is not a vigil signature file", path.display())]
+    NotSignatureFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
+    },
+    /// A signature file of another format.
+    #[error("{}: format `{format}`, expected `{FORMAT}`", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The format it names.
+        format: String,
+    },
+    /// No signature file, and one is required.
+    #[error("unsigned: rules.require-signature is on and {} does not exist (sign it with `vigil sign`)", sig.display())]
+    Unsigned {
+        /// The signature file looked for.
+        sig: PathBuf,
+    },
+    /// The signature file approves another module.
+    #[error("{} was signed for module {}, but this module's SHA-256 is {hash}", sig.display(), short(signed))]
+    OtherModule {
+        /// The signature file.
+        sig: PathBuf,
+        /// The module hash it approves.
+        signed: String,
+        /// The module's hash.
+        hash: String,
+    },
+    /// The signature file approves another rule or version.
+    #[error(
+        "{} was signed for rule `{signed_rule}` version {signed_version}, but the module is `{rule}` version {version}",
+        sig.display()
+    )]
+    OtherRule {
+        /// The signature file.
+        sig: PathBuf,
+        /// The rule it approves.
+        signed_rule: String,
+        /// The version it approves.
+        signed_version: String,
+        /// The module's rule.
+        rule: String,
+        /// The module's version.
+        version: String,
+    },
+    /// The settings the module would run with are not those approved.
+    #[error(
+        "the settings of {} differ from those signed in {} (mode, on-failure, params, canary); \
+         sign again with the config that holds them (`vigil sign --config`)",
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+        sig.display()
+    )]
+    Settings {
+        /// The rules whose settings differ.
+        names: Vec<String>,
+        /// The signature file.
+        sig: PathBuf,
+    },
+    /// A signature by a trusted key does not verify: tampering.
+    #[error("{}: {}", sig.display(), problems.join("; "))]
+    Tampered {
+        /// The signature file.
+        sig: PathBuf,
+        /// Each signature that does not verify.
+        problems: Vec<String>,
+    },
+    /// Fewer distinct trusted keys signed than are required.
+    #[error(
+        "{}: signed by {signers} trusted key(s), {required} distinct required (rules.signatures-required){}",
+        sig.display(),
+        if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) }
+    )]
+    TooFew {
+        /// The signature file.
+        sig: PathBuf,
+        /// Distinct trusted keys that signed.
+        signers: usize,
+        /// Distinct signatures required.
+        required: usize,
+        /// The signatures that did not count, and why.
+        problems: Vec<String>,
+    },
+    /// `vigil sign`: the rule sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(crate::rules::RuleError),
+    /// `vigil sign`: the module is not a valid rule.
+    #[error("{} is not a valid rule", module.display())]
+    Invalid {
+        /// The module.
+        module: PathBuf,
+        /// Why not.
+        source: crate::rules::RuleError,
+    },
+    /// `vigil sign`: the signature file cannot be encoded.
+    #[error("cannot encode the signature file")]
+    Encode {
+        /// What the encoder said.
+        source: serde_json::Error,
+    },
+}
+
 /// The signature file of `module`: its path with `.sig` appended.
 pub fn sig_path(module: &Path) -> PathBuf {
     let mut name = module.as_os_str().to_owned();
@@ -37,9 +209,9 @@ pub fn key_id(key: &VerifyingKey) -> String {
 ///
 /// # Errors
 /// When the system has no randomness to give.
-pub fn generate() -> anyhow::Result<SigningKey> {
+pub fn generate() -> Result<SigningKey, SigningError> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("cannot read system randomness: {e}"))?;
+    getrandom::fill(&mut seed).map_err(|source| SigningError::Randomness { source })?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -48,20 +220,20 @@ pub fn generate() -> anyhow::Result<SigningKey> {
 ///
 /// # Errors
 /// When either exists already, or cannot be written.
-pub fn write_pair(base: &Path, key: &SigningKey) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub fn write_pair(base: &Path, key: &SigningKey) -> Result<(PathBuf, PathBuf), SigningError> {
     let secret = base.with_extension("key");
     let public = base.with_extension("pub");
     for p in [&secret, &public] {
         if p.exists() {
-            anyhow::bail!("{} exists; vigil keygen does not overwrite keys", p.display());
+            return Err(SigningError::Exists { path: p.clone() });
         }
     }
     if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| SigningError::Create { path: dir.to_owned(), source })?;
     }
     write_private(&secret, format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
     std::fs::write(&public, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", public.display()))?;
+        .map_err(|source| SigningError::Write { path: public.clone(), source })?;
     Ok((secret, public))
 }
 
@@ -69,7 +241,7 @@ pub fn write_pair(base: &Path, key: &SigningKey) -> anyhow::Result<(PathBuf, Pat
 ///
 /// # Errors
 /// When it exists or cannot be written.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SigningError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -77,8 +249,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        .map_err(|source| SigningError::Create { path: path.to_owned(), source })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|source| SigningError::Write { path: path.to_owned(), source })
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -89,10 +263,9 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 ///
 /// # Errors
 /// When the file cannot be read or holds no key.
-pub fn read_secret(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let bytes =
-        hex32(&text).ok_or_else(|| anyhow::anyhow!("{}: not a vigil secret key (64 hex digits)", path.display()))?;
+pub fn read_secret(path: &Path) -> Result<SigningKey, SigningError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SigningError::Read { path: path.to_owned(), source })?;
+    let bytes = hex32(&text).ok_or_else(|| SigningError::NotSecretKey { path: path.to_owned() })?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
@@ -101,14 +274,14 @@ pub fn read_secret(path: &Path) -> anyhow::Result<SigningKey> {
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn read_public(given: &str) -> Result<VerifyingKey, String> {
+pub fn read_public(given: &str) -> Result<VerifyingKey, SigningError> {
     let text = match hex32(given) {
         Some(_) => given.to_owned(),
         None => std::fs::read_to_string(given)
-            .map_err(|e| format!("`{given}` is neither 64 hex digits nor a readable key file: {e}"))?,
+            .map_err(|source| SigningError::PublicKeyUnreadable { given: given.to_owned(), source })?,
     };
-    let bytes = hex32(&text).ok_or_else(|| format!("`{given}` does not hold a public key (64 hex digits)"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{given}` is not an Ed25519 public key: {e}"))
+    let bytes = hex32(&text).ok_or_else(|| SigningError::NotPublicKey { given: given.to_owned() })?;
+    VerifyingKey::from_bytes(&bytes).map_err(|source| SigningError::NotEd25519 { given: given.to_owned(), source })
 }
 
 /// What a signature approves.
@@ -161,12 +334,12 @@ impl SignatureFile {
     ///
     /// # Errors
     /// When it cannot be read or is not a signature file.
-    pub fn read(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn read(path: &Path) -> Result<Self, SigningError> {
+        let bytes = std::fs::read(path).map_err(|source| SigningError::Read { path: path.to_owned(), source })?;
         let file: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} is not a vigil signature file: {e}", path.display()))?;
+            .map_err(|source| SigningError::NotSignatureFile { path: path.to_owned(), source })?;
         if file.statement.format != FORMAT {
-            return Err(format!("{}: format `{}`, expected `{FORMAT}`", path.display(), file.statement.format));
+            return Err(SigningError::Format { path: path.to_owned(), format: file.statement.format });
         }
         Ok(file)
     }
@@ -237,7 +410,8 @@ impl Trust {
         use crate::config::ConfigError;
         let mut keys = Vec::new();
         for given in &rules.trusted_keys {
-            let key = read_public(given).map_err(|e| ConfigError::invalid("rules.trusted-keys", e))?;
+            let key = read_public(given)
+                .map_err(|e| ConfigError::invalid("rules.trusted-keys", crate::error::chain(&e).to_string()))?;
             let id = key_id(&key);
             if !keys.iter().any(|(k, _)| *k == id) {
                 keys.push((id, key));
@@ -284,7 +458,7 @@ impl Trust {
         rule: &str,
         version: &str,
         covered: &BTreeMap<String, serde_json::Value>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, SigningError> {
         self.check(path, hash, Some((rule, version, covered)))
     }
 
@@ -294,7 +468,7 @@ impl Trust {
     ///
     /// # Errors
     /// Why the module is refused.
-    pub fn precheck(&self, path: &Path, hash: &str) -> Result<Vec<String>, String> {
+    pub fn precheck(&self, path: &Path, hash: &str) -> Result<Vec<String>, SigningError> {
         self.check(path, hash, None)
     }
 
@@ -303,25 +477,18 @@ impl Trust {
         path: &Path,
         hash: &str,
         statement: Option<(&str, &str, &BTreeMap<String, serde_json::Value>)>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, SigningError> {
         let sig = sig_path(path);
         if !sig.exists() {
             return match self.required() {
-                true => Err(format!(
-                    "unsigned: rules.require-signature is on and {} does not exist (sign it with `vigil sign`)",
-                    sig.display()
-                )),
+                true => Err(SigningError::Unsigned { sig }),
                 false => Ok(Vec::new()),
             };
         }
         let file = SignatureFile::read(&sig)?;
         let s = &file.statement;
         if s.module != hash {
-            return Err(format!(
-                "{} was signed for module {}, but this module's SHA-256 is {hash}",
-                sig.display(),
-                short(&s.module)
-            ));
+            return Err(SigningError::OtherModule { sig, signed: s.module.clone(), hash: hash.to_owned() });
         }
         let payload = s.payload();
         let signers = self.signers(&sig, &file, &payload)?;
@@ -329,35 +496,30 @@ impl Trust {
             return Ok(signers);
         };
         if s.rule != rule || s.version != version {
-            return Err(format!(
-                "{} was signed for rule `{}` version {}, but the module is `{rule}` version {version}",
-                sig.display(),
-                s.rule,
-                s.version
-            ));
+            return Err(SigningError::OtherRule {
+                sig,
+                signed_rule: s.rule.clone(),
+                signed_version: s.version.clone(),
+                rule: rule.to_owned(),
+                version: version.to_owned(),
+            });
         }
         if s.settings != *covered {
-            let names: Vec<&str> = covered
+            let mut names: Vec<String> = covered
                 .keys()
                 .chain(s.settings.keys())
                 .filter(|n| s.settings.get(*n) != covered.get(*n))
-                .map(String::as_str)
+                .cloned()
                 .collect();
-            let mut names = names;
             names.sort_unstable();
             names.dedup();
-            return Err(format!(
-                "the settings of {} differ from those signed in {} (mode, on-failure, params, canary); \
-                 sign again with the config that holds them (`vigil sign --config`)",
-                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-                sig.display()
-            ));
+            return Err(SigningError::Settings { names, sig });
         }
         Ok(signers)
     }
 
     /// The trusted keys whose signatures on `file` verify, when enough do.
-    fn signers(&self, sig: &Path, file: &SignatureFile, payload: &[u8]) -> Result<Vec<String>, String> {
+    fn signers(&self, sig: &Path, file: &SignatureFile, payload: &[u8]) -> Result<Vec<String>, SigningError> {
         let mut signers: Vec<String> = Vec::new();
         let mut problems = Vec::new();
         for a in &file.signatures {
@@ -375,23 +537,18 @@ impl Trust {
                 false => problems.push(format!("the signature by key {} does not verify", a.key)),
             }
         }
-        let tampered: Vec<&String> = problems.iter().filter(|p| p.contains("does not verify")).collect();
+        let tampered: Vec<String> = problems.iter().filter(|p| p.contains("does not verify")).cloned().collect();
         if self.required() && !tampered.is_empty() {
             // A bad signature beside good ones is tampering, not approval.
-            return Err(format!(
-                "{}: {}",
-                sig.display(),
-                tampered.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
-            ));
+            return Err(SigningError::Tampered { sig: sig.to_owned(), problems: tampered });
         }
         if signers.len() < self.required {
-            let also = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
-            return Err(format!(
-                "{}: signed by {} trusted key(s), {} distinct required (rules.signatures-required){also}",
-                sig.display(),
-                signers.len(),
-                self.required
-            ));
+            return Err(SigningError::TooFew {
+                sig: sig.to_owned(),
+                signers: signers.len(),
+                required: self.required,
+                problems,
+            });
         }
         Ok(signers)
     }
@@ -410,11 +567,11 @@ pub fn sign_module(
     config: &crate::config::Config,
     module: &Path,
     key: &SigningKey,
-) -> anyhow::Result<(PathBuf, Statement, usize)> {
-    let bytes = std::fs::read(module).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", module.display()))?;
+) -> Result<(PathBuf, Statement, usize), SigningError> {
+    let bytes = std::fs::read(module).map_err(|source| SigningError::Read { path: module.to_owned(), source })?;
     let hash = crate::rules::module_hash(&bytes);
-    let sandbox = crate::rules::sandbox::Sandbox::from_config(config)?;
-    let rejected = |e: crate::rules::RuleError| anyhow::anyhow!("{} is not a valid rule: {e}", module.display());
+    let sandbox = crate::rules::sandbox::Sandbox::from_config(config).map_err(SigningError::Sandbox)?;
+    let rejected = |source| SigningError::Invalid { module: module.to_owned(), source };
     let pre = sandbox.prepare(&bytes, &hash).map_err(rejected)?;
     let (manifest, _) = crate::rules::read_manifest(&sandbox, &pre).map_err(rejected)?;
     let statement = Statement {
@@ -437,10 +594,10 @@ pub fn sign_module(
         Err(_) => SignatureFile { statement: statement.clone(), signatures: Vec::new() },
     };
     file.sign(key);
-    let mut json = serde_json::to_vec_pretty(&file)?;
+    let mut json = serde_json::to_vec_pretty(&file).map_err(|source| SigningError::Encode { source })?;
     json.push(b'\n');
     crate::state::write_atomically(&path, &json)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        .map_err(|source| SigningError::Write { path: path.clone(), source })?;
     Ok((path, statement, file.signatures.len()))
 }
 
@@ -492,7 +649,9 @@ mod tests {
         let allow = crate::decide::FailurePolicy::Allow;
         let settings = covered_settings("r", &BTreeMap::new(), allow);
         let hash = crate::rules::module_hash(b"module");
-        let verify = |t: &Trust, m: &Path, s: &BTreeMap<String, serde_json::Value>| t.verify(m, &hash, "r", "1.0.0", s);
+        let verify = |t: &Trust, m: &Path, s: &BTreeMap<String, serde_json::Value>| {
+            t.verify(m, &hash, "r", "1.0.0", s).map_err(|e| crate::error::chain(&e).to_string())
+        };
 
         let m = signed(dir.path(), &[&a], settings.clone());
         assert_eq!(verify(&trust(&[&a, &b], 1), &m, &settings).expect("one of one"), vec![key_id(&a.verifying_key())]);
@@ -506,7 +665,8 @@ mod tests {
         let e = verify(&trust(&[&a], 1), &m, &fail_closed).expect_err("rules.on-failure changed");
         assert!(e.contains("settings of `r` differ"), "{e}");
         assert_eq!(trust(&[&a], 1).precheck(&m, &hash).expect("signatures alone").len(), 1);
-        let e = trust(&[&a], 1).verify(&m, &"0".repeat(64), "r", "1.0.0", &settings).expect_err("other module");
+        let e =
+            trust(&[&a], 1).verify(&m, &"0".repeat(64), "r", "1.0.0", &settings).expect_err("other module").to_string();
         assert!(e.contains("signed for module"), "{e}");
 
         let m = signed(dir.path(), &[&a, &a, &stranger, &b], settings.clone());
