@@ -375,7 +375,9 @@ async fn reload_on_sighup(
                         match crate::rules::signing::Trust::from_config(&fresh.rules) {
                             Ok(trust) => registry.set_trust(trust),
                             // check_config read it; a key file may have gone since.
-                            Err(e) => tracing::error!(error = %e, "keeping the trusted keys in use"),
+                            Err(e) => {
+                                tracing::error!(error = %crate::error::chain(&e), "keeping the trusted keys in use")
+                            }
                         }
                         if registry.signatures_required() && !registry.modes().is_empty() {
                             tracing::error!(modes = ?registry.modes(), "rules.require-signature is on: the rule modes \
@@ -385,12 +387,12 @@ async fn reload_on_sighup(
                         config = fresh;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "config reload failed; keeping the running config")
+                        tracing::error!(error = %crate::error::chain(&e), "config reload failed; keeping the running config")
                     }
                 }
             }
             for e in lists.reload(&config.lists, &tokenizer) {
-                tracing::error!(error = %e, "list reload failed; keeping its previous contents");
+                tracing::error!(error = %crate::error::chain(&e), "list reload failed; keeping its previous contents");
             }
             let registry = registry.clone();
             // A thread of its own at background priority, so compiling does

@@ -279,7 +279,9 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Each cause once, also where a library repeats its source.
+            let e: &(dyn std::error::Error + 'static) = &*e;
+            eprintln!("error: {}", vigil::error::chain(e));
             ExitCode::FAILURE
         }
     }

@@ -79,7 +79,7 @@ impl std::fmt::Debug for ListReader {
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     /// The file could not be read.
-    #[error("list `{name}`: cannot read {path}: {source}")]
+    #[error("list `{name}`: cannot read {}", path.display())]
     Read {
         /// List name.
         name: String,
