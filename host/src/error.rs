@@ -5,6 +5,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::path::PathBuf;
 
 /// `error` and each of its causes, joined by `: `, as `anyhow` prints
 /// `{:#}`; a cause whose text its error already ends with (some libraries
@@ -31,6 +32,27 @@ impl fmt::Display for Chain<'_> {
             cause = e.source();
         }
         Ok(())
+    }
+}
+
+/// A file or folder the system would not let vigil read, write, create
+/// or remove: the error every stage gives for one.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} {}", path.display())]
+pub struct FileError {
+    /// What was being done to it: `read`, `write`, `create`, `remove`…
+    pub verb: &'static str,
+    /// The file or folder.
+    pub path: PathBuf,
+    /// What the system said.
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// The error of `verb` on `path`, for `map_err`.
+    pub fn of(verb: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| FileError { verb, path, source }
     }
 }
 

@@ -6,6 +6,7 @@
 //! The workspace's `Cargo.toml` is edited with toml_edit, so its comments
 //! and layout survive.
 
+use crate::error::FileError;
 use std::path::{Path, PathBuf};
 
 const CARGO_TOML: &str = include_str!("../templates/rule/Cargo.toml.tmpl");
@@ -15,6 +16,9 @@ const README: &str = include_str!("../templates/rule/README.md.tmpl");
 /// Why a rule crate could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The name is not a kebab-case ASCII name starting with a letter.
     #[error(
         "rule name {name:?}: use lower-case letters, digits and single hyphens, starting with a letter \
@@ -67,30 +71,6 @@ pub enum ScaffoldError {
     Exists {
         /// The crate's folder.
         dir: PathBuf,
-    },
-    /// The crate's folder could not be made.
-    #[error("cannot create {}", dir.display())]
-    Create {
-        /// The crate's folder.
-        dir: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A file of the crate could not be written.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The workspace's manifest could not be written back.
-    #[error("cannot update {}", manifest.display())]
-    Update {
-        /// The workspace's `Cargo.toml`.
-        manifest: PathBuf,
-        /// The cause.
-        source: std::io::Error,
     },
 }
 
@@ -148,18 +128,18 @@ pub fn new_rule(workspace: &Path, name: &str) -> Result<PathBuf, ScaffoldError> 
             .replace("{{wasm}}", &wasm.display().to_string())
     };
     if let Err(source) = std::fs::create_dir_all(dir.join("src")) {
-        return Err(ScaffoldError::Create { dir, source });
+        return Err(FileError { verb: "create", path: dir, source }.into());
     }
     let files = [("Cargo.toml", CARGO_TOML), ("src/lib.rs", LIB_RS), ("README.md", README)];
     for (file, template) in files {
         let path = dir.join(file);
         if let Err(source) = std::fs::write(&path, fill(template)) {
-            return Err(ScaffoldError::Write { path, source });
+            return Err(FileError { verb: "write", path, source }.into());
         }
     }
     members.push(name);
     if let Err(source) = std::fs::write(&manifest, doc.to_string()) {
-        return Err(ScaffoldError::Update { manifest, source });
+        return Err(FileError { verb: "update", path: manifest, source }.into());
     }
     Ok(dir)
 }

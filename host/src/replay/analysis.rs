@@ -73,7 +73,7 @@ impl DecisionLine {
 /// # Errors
 /// When the file cannot be read or holds a line that is not a decision.
 pub fn read_decisions(path: &Path) -> Result<Vec<DecisionLine>, ReplayError> {
-    let read = |source| ReplayError::Read { path: path.to_owned(), source };
+    let read = |source| crate::error::FileError { verb: "read", path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(read)?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {

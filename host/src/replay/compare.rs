@@ -54,7 +54,7 @@ fn rules_dir(side: &Path, scratch: &Path) -> Result<PathBuf, ReplayError> {
         return Err(ReplayError::CompareSide { path: side.to_owned() });
     }
     let _ = std::fs::remove_dir_all(scratch);
-    std::fs::create_dir_all(scratch).map_err(|source| ReplayError::Create { path: scratch.to_owned(), source })?;
+    std::fs::create_dir_all(scratch).map_err(crate::error::FileError::of("create", scratch))?;
     let name = side.file_name().ok_or_else(|| ReplayError::NoFileName { path: side.to_owned() })?;
     std::fs::copy(side, scratch.join(name)).map_err(|source| ReplayError::Copy {
         from: side.to_owned(),

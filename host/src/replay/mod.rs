@@ -12,6 +12,7 @@ pub mod compare;
 pub mod mapping;
 pub mod report;
 
+use crate::error::FileError;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -29,14 +30,9 @@ pub use mapping::MappingError;
 /// Why a replay or a comparison failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// A file could not be opened or read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// A CSV input could not be opened.
     #[error("cannot read {}", path.display())]
     CsvOpen {
@@ -75,30 +71,6 @@ pub enum ReplayError {
         line: u64,
         /// The parser's error.
         source: serde_json::Error,
-    },
-    /// An output folder could not be made.
-    #[error("cannot create {}", path.display())]
-    Create {
-        /// The folder.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// An earlier run's output could not be removed.
-    #[error("cannot clear {}", path.display())]
-    Clear {
-        /// The output file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// An output could not be written.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The output file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
     },
     /// The summary could not be turned into JSON.
     #[error("cannot serialise the summary")]
@@ -209,7 +181,7 @@ impl Input {
     /// # Errors
     /// When the file cannot be read.
     pub fn jsonl(path: &Path, label: Option<&str>, typology: Option<&str>) -> Result<Input, ReplayError> {
-        let read = |source| ReplayError::Read { path: path.to_owned(), source };
+        let read = |source| FileError { verb: "read", path: path.to_owned(), source };
         let file = std::fs::File::open(path).map_err(read)?;
         let mut labels = label.map(|name| Labels { name: name.to_owned(), ..Labels::default() });
         let mut typologies = typology.map(|name| Typologies { name: name.to_owned(), ..Typologies::default() });
@@ -312,7 +284,7 @@ impl Outputs {
     }
     /// Empties the folder's outputs from an earlier run (sinks append).
     fn reset(&self) -> Result<(), ReplayError> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| ReplayError::Create { path: self.dir.clone(), source })?;
+        std::fs::create_dir_all(&self.dir).map_err(FileError::of("create", &self.dir))?;
         for name in [
             "decisions.jsonl",
             "alerts.jsonl",
@@ -323,7 +295,7 @@ impl Outputs {
         ] {
             match std::fs::remove_file(self.dir.join(name)) {
                 Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(ReplayError::Clear { path: self.dir.join(name), source });
+                    return Err(FileError { verb: "clear", path: self.dir.join(name), source }.into());
                 }
                 _ => {}
             }
@@ -428,7 +400,7 @@ pub fn replay(config: &Config, input: Input, out: &Outputs, progress: bool) -> R
 
 /// Writes an output file.
 fn write(path: &Path, contents: String) -> Result<(), ReplayError> {
-    std::fs::write(path, contents).map_err(|source| ReplayError::Write { path: path.to_owned(), source })
+    Ok(std::fs::write(path, contents).map_err(FileError::of("write", path))?)
 }
 
 #[cfg(test)]

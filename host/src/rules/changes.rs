@@ -15,6 +15,7 @@
 //! someone who kept an older head file can cut the log back to it. Keep
 //! the heads `verify` prints somewhere else to compare.
 
+use crate::error::FileError;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::io::Write as _;
@@ -24,33 +25,12 @@ use std::sync::Mutex;
 /// Why the change log cannot be kept, read, verified or rolled back from.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeLogError {
-    /// A folder could not be created.
-    #[error("cannot create {}", path.display())]
-    Create {
-        /// The folder.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The daemon's key could not be read, made or written.
     #[error(transparent)]
     Key(Box<crate::rules::signing::SigningError>),
-    /// A log ending in a partial line could not be cut back.
-    #[error("cannot repair {}", path.display())]
-    Repair {
-        /// The log.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
-    /// A file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
     /// A line of the log is not an entry.
     #[error("{} line {line}", path.display())]
     Line {
@@ -189,22 +169,6 @@ pub enum ChangeLogError {
     NoFile {
         /// The rule.
         rule: String,
-    },
-    /// A file could not be written.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
-    /// A file could not be removed.
-    #[error("cannot remove {}", path.display())]
-    Remove {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
     },
 }
 
@@ -356,7 +320,7 @@ impl ChangeLog {
     /// When the folder, the key or the log cannot be read or written.
     pub fn open(state_dir: &Path) -> Result<Self, ChangeLogError> {
         let archive = state_dir.join(ARCHIVE_DIR);
-        std::fs::create_dir_all(&archive).map_err(|source| ChangeLogError::Create { path: archive, source })?;
+        std::fs::create_dir_all(&archive).map_err(FileError::of("create", archive))?;
         let key_path = state_dir.join(KEY_FILE);
         let key = match key_path.exists() {
             true => crate::rules::signing::read_secret(&key_path)?,
@@ -385,7 +349,7 @@ impl ChangeLog {
                         .write(true)
                         .open(&log)
                         .and_then(|f| f.set_len(whole as u64))
-                        .map_err(|source| ChangeLogError::Repair { path: log.clone(), source })?;
+                        .map_err(FileError::of("repair", &log))?;
                     bytes.truncate(whole);
                 }
                 for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -398,7 +362,7 @@ impl ChangeLog {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ChangeLogError::Read { path: log, source }),
+            Err(source) => return Err(FileError { verb: "read", path: log, source }.into()),
         }
         Ok(Self { dir: state_dir.to_owned(), key, chain: Mutex::new(chain) })
     }
@@ -504,7 +468,7 @@ fn now_rfc3339() -> String {
 /// When it cannot be read, or a line is not an entry.
 pub fn read(state_dir: &Path) -> Result<Vec<Entry>, ChangeLogError> {
     let path = state_dir.join(LOG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| ChangeLogError::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(FileError::of("read", &path))?;
     text.lines()
         .filter(|l| !l.is_empty())
         .enumerate()
@@ -532,7 +496,7 @@ pub struct Verified {
 /// The first entry that is broken, or what is wrong with the head.
 pub fn verify(state_dir: &Path, pinned: Option<&str>) -> Result<Verified, ChangeLogError> {
     let path = state_dir.join(LOG_FILE);
-    let bytes = std::fs::read(&path).map_err(|source| ChangeLogError::Read { path, source })?;
+    let bytes = std::fs::read(&path).map_err(FileError::of("read", path))?;
     let mut prev = GENESIS.to_owned();
     let mut n = 0u64;
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -551,8 +515,7 @@ pub fn verify(state_dir: &Path, pinned: Option<&str>) -> Result<Verified, Change
         prev = line_hash(line);
     }
     let head_path = state_dir.join(HEAD_FILE);
-    let text = std::fs::read_to_string(&head_path)
-        .map_err(|source| ChangeLogError::Read { path: head_path.clone(), source })?;
+    let text = std::fs::read_to_string(&head_path).map_err(FileError::of("read", &head_path))?;
     let head: Head =
         serde_json::from_str(&text).map_err(|source| ChangeLogError::NotHead { path: head_path.clone(), source })?;
     let key = crate::rules::signing::read_public(&head.public_key)
@@ -632,7 +595,7 @@ pub fn rollback(
     }
     .to_owned();
     let archived = state_dir.join(ARCHIVE_DIR).join(format!("{target}.wasm"));
-    let bytes = std::fs::read(&archived).map_err(|source| ChangeLogError::Read { path: archived.clone(), source })?;
+    let bytes = std::fs::read(&archived).map_err(FileError::of("read", &archived))?;
     if crate::rules::module_hash(&bytes) != target {
         return Err(ChangeLogError::ArchiveAltered { path: archived });
     }
@@ -645,15 +608,13 @@ pub fn rollback(
         .ok_or_else(|| ChangeLogError::NoFile { rule: rule.to_owned() })?
         .to_owned();
     let file = rules_dir.join(&name);
-    let place = |from: &[u8], to: &Path| {
-        crate::state::write_atomically(to, from).map_err(|source| ChangeLogError::Write { path: to.to_owned(), source })
-    };
+    let place = |from: &[u8], to: &Path| crate::state::write_atomically(to, from).map_err(FileError::of("write", to));
     // The signature first, so the module never meets a signature of another.
     let sig = crate::rules::signing::sig_path(&file);
     match std::fs::read(crate::rules::signing::sig_path(&archived)) {
         Ok(archived_sig) => place(&archived_sig, &sig)?,
         Err(_) if sig.exists() => {
-            std::fs::remove_file(&sig).map_err(|source| ChangeLogError::Remove { path: sig.clone(), source })?;
+            std::fs::remove_file(&sig).map_err(FileError::of("remove", &sig))?;
         }
         Err(_) => {}
     }

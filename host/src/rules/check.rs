@@ -1,6 +1,7 @@
 //! `vigil check`: validate one module the way the daemon would, print its
 //! manifest, and time a short self-run on a sample event.
 
+use crate::error::FileError;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,14 +18,9 @@ use crate::features::Catalog;
 /// Why `vigil check` refuses a module, or could not check it.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// The module file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The module.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The rule sandbox could not be set up.
     #[error(transparent)]
     Sandbox(RuleError),
@@ -111,7 +107,7 @@ pub struct CheckReport {
 /// When the module would be rejected by the daemon; the message names the
 /// file and the cause.
 pub fn check(config: &Config, path: &Path) -> Result<CheckReport, CheckError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckError::Read { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(FileError::of("read", path))?;
     let hash = module_hash(&bytes);
     let sandbox = crate::rules::sandbox::Sandbox::from_config(config).map_err(CheckError::Sandbox)?;
     let rejected = |source| CheckError::Rejected { path: path.to_owned(), source };

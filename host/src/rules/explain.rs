@@ -10,6 +10,7 @@
 //! keyed state is run with empty state, and one that reads lists with the
 //! lists as they are now; their rows are marked.
 
+use crate::error::FileError;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,14 +26,9 @@ use crate::features::Catalog;
 /// Why a decision cannot be explained.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    /// A file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The decision records hold no such decision.
     #[error("{} holds no decision with id `{id}`", path.display())]
     NoDecision {
@@ -181,7 +177,7 @@ pub struct Sources<'a> {
 
 /// The last JSON line of `path` whose `key` is `value`.
 fn find_line(path: &Path, key: &str, value: &str) -> Result<Option<(String, serde_json::Value)>, ExplainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ExplainError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(FileError::of("read", path))?;
     // A cheap look for the value before parsing a line.
     let needle = serde_json::to_string(value).unwrap_or_default();
     let mut found = None;

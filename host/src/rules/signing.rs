@@ -11,6 +11,7 @@
 //! with, and enough distinct trusted keys signed it: changing a signed
 //! rule's parameters or mode needs a new signature, like changing its code.
 
+use crate::error::FileError;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ pub const FORMAT: &str = "vigil-signature-1";
 /// Why a key, a signature file or a module's approval does not do.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
+    /// A file or folder could not be read, written, created or removed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The system gave no randomness for a key.
     #[error("cannot read system randomness")]
     Randomness {
@@ -35,30 +39,6 @@ pub enum SigningError {
     Exists {
         /// The key file.
         path: PathBuf,
-    },
-    /// A file or folder could not be created.
-    #[error("cannot create {}", path.display())]
-    Create {
-        /// The file or folder.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
-    /// A file could not be written.
-    #[error("cannot write {}", path.display())]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
-    },
-    /// A file could not be read.
-    #[error("cannot read {}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
     },
     /// A secret key file holds no key.
     #[error("{}: not a vigil secret key (64 hex digits)", path.display())]
@@ -229,11 +209,11 @@ pub fn write_pair(base: &Path, key: &SigningKey) -> Result<(PathBuf, PathBuf), S
         }
     }
     if let Some(dir) = base.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| SigningError::Create { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(FileError::of("create", dir))?;
     }
     write_private(&secret, format!("{}\n", hex::encode(key.to_bytes())).as_bytes())?;
     std::fs::write(&public, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))
-        .map_err(|source| SigningError::Write { path: public.clone(), source })?;
+        .map_err(FileError::of("write", &public))?;
     Ok((secret, public))
 }
 
@@ -249,10 +229,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SigningError> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| SigningError::Create { path: path.to_owned(), source })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|source| SigningError::Write { path: path.to_owned(), source })
+        .map_err(FileError::of("create", path))?;
+    Ok(f.write_all(bytes).and_then(|()| f.sync_all()).map_err(FileError::of("write", path))?)
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -264,7 +242,7 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 /// # Errors
 /// When the file cannot be read or holds no key.
 pub fn read_secret(path: &Path) -> Result<SigningKey, SigningError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SigningError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(FileError::of("read", path))?;
     let bytes = hex32(&text).ok_or_else(|| SigningError::NotSecretKey { path: path.to_owned() })?;
     Ok(SigningKey::from_bytes(&bytes))
 }
@@ -335,7 +313,7 @@ impl SignatureFile {
     /// # Errors
     /// When it cannot be read or is not a signature file.
     pub fn read(path: &Path) -> Result<Self, SigningError> {
-        let bytes = std::fs::read(path).map_err(|source| SigningError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(FileError::of("read", path))?;
         let file: Self = serde_json::from_slice(&bytes)
             .map_err(|source| SigningError::NotSignatureFile { path: path.to_owned(), source })?;
         if file.statement.format != FORMAT {
@@ -568,7 +546,7 @@ pub fn sign_module(
     module: &Path,
     key: &SigningKey,
 ) -> Result<(PathBuf, Statement, usize), SigningError> {
-    let bytes = std::fs::read(module).map_err(|source| SigningError::Read { path: module.to_owned(), source })?;
+    let bytes = std::fs::read(module).map_err(FileError::of("read", module))?;
     let hash = crate::rules::module_hash(&bytes);
     let sandbox = crate::rules::sandbox::Sandbox::from_config(config).map_err(SigningError::Sandbox)?;
     let rejected = |source| SigningError::Invalid { module: module.to_owned(), source };
@@ -596,8 +574,7 @@ pub fn sign_module(
     file.sign(key);
     let mut json = serde_json::to_vec_pretty(&file).map_err(|source| SigningError::Encode { source })?;
     json.push(b'\n');
-    crate::state::write_atomically(&path, &json)
-        .map_err(|source| SigningError::Write { path: path.clone(), source })?;
+    crate::state::write_atomically(&path, &json).map_err(FileError::of("write", &path))?;
     Ok((path, statement, file.signatures.len()))
 }
 
