@@ -445,6 +445,7 @@ fn main() {
         catalog: &catalog,
         settings: &base.rule,
         default_on_failure: base.rules.on_failure,
+        state_key: None,
     };
     let card = tokenizer.token("4000000000000002");
     let event = vigil::event::Payment {

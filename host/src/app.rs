@@ -77,6 +77,7 @@ pub async fn run_with(
     // shares the PAN key: the same owner for a key everywhere, always.
     let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil entity keys"));
     let catalog = Arc::new(Catalog::with_currencies(&config.features, config.currencies.as_ref())?);
+    check_state_keys(&config, &catalog)?;
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(
@@ -84,15 +85,18 @@ pub async fn run_with(
             config.rules.dir.display()
         );
     }
-    let registry = Arc::new(RuleRegistry::new(
-        Sandbox::from_config(&config)?,
-        config.rules.dir.clone(),
-        config.rule.clone(),
-        config.rules.on_failure,
-        config.rules.quarantine_after.get(),
-        lists.clone(),
-        catalog.clone(),
-    ));
+    let registry = Arc::new(
+        RuleRegistry::new(
+            Sandbox::from_config(&config)?,
+            config.rules.dir.clone(),
+            config.rule.clone(),
+            config.rules.on_failure,
+            config.rules.quarantine_after.get(),
+            lists.clone(),
+            catalog.clone(),
+        )
+        .keeping_state_per(config.state_key()),
+    );
     let modes = crate::admin::load_overrides(&config.state.dir)?;
     if !modes.is_empty() {
         tracing::warn!(?modes, file = %config.state.dir.join(crate::admin::OVERRIDES_FILE).display(),
@@ -157,7 +161,6 @@ pub async fn run_with(
         names = ?live.rules.iter().map(|r| &*r.name).collect::<Vec<_>>(),
         "rules live"
     );
-    check_kafka_keys(&config, &catalog, &registry)?;
     for (name, of) in registry.unmatched_settings() {
         match of {
             Some(of) => tracing::warn!(rule = %name, "[rule.{name}] is an instance of `{of}`, which is not loaded"),
@@ -313,21 +316,20 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Durability>
 /// With Kafka, the input's partitions spread the keyed state over the
 /// daemons of a group, and a partition holds all of one key's events only
 /// for the key producers partition by (`pipeline.partition-key`). State
-/// kept per any other key would be split between daemons: such a config
-/// is refused rather than run inexact.
-fn check_kafka_keys(config: &Config, catalog: &Catalog, registry: &RuleRegistry) -> anyhow::Result<()> {
-    if !matches!(config.source, SourceConfig::Kafka(_)) {
+/// kept per any other key would be split between daemons: a configured
+/// feature or window kept so is refused rather than run inexact (a rule
+/// that reads one, or keeps its state so, is refused as it loads, see
+/// [`RuleRegistry::keeping_state_per`]).
+fn check_state_keys(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
+    let Some(partition) = config.state_key() else {
         return Ok(());
-    }
-    let partition = crate::pipeline::partition_field(config.pipeline.partition_key);
+    };
     let features = catalog.snapshot();
-    let rules = registry.current();
     let kept = features
         .iter()
         .filter(|f| f.live)
         .flat_map(|f| f.spec.fields().map(|k| (format!("feature `{}`", f.name), k)))
-        .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)))
-        .chain(rules.rules.iter().filter_map(|r| r.home.map(|h| (format!("rule `{}`'s state", r.name), h))));
+        .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)));
     for (what, key) in kept {
         if key != partition {
             anyhow::bail!(

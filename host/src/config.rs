@@ -173,6 +173,15 @@ impl RulesConfig {
 }
 
 impl Config {
+    /// The one key features, windows and rules' state can be kept per
+    /// exactly, if there is only one: with a Kafka source, the partition
+    /// key (state follows the input's partitions, which hold all of one
+    /// key's events only for the key producers partition by); `None`, any
+    /// key, otherwise.
+    pub fn state_key(&self) -> Option<crate::event::KeyField> {
+        matches!(self.source, SourceConfig::Kafka(_)).then(|| self.pipeline.partition_key.field())
+    }
+
     /// Reads and validates a config file.
     ///
     /// # Errors
@@ -561,6 +570,20 @@ pub enum PartitionKey {
     Ip,
     /// The merchant id; falls back to the account.
     Merchant,
+}
+
+impl PartitionKey {
+    /// The key field it names.
+    pub fn field(self) -> crate::event::KeyField {
+        use crate::event::KeyField;
+        match self {
+            PartitionKey::Account => KeyField::Account,
+            PartitionKey::Card => KeyField::Card,
+            PartitionKey::Device => KeyField::Device,
+            PartitionKey::Ip => KeyField::Ip,
+            PartitionKey::Merchant => KeyField::Merchant,
+        }
+    }
 }
 
 /// How events are spread over workers.

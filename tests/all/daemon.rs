@@ -121,3 +121,37 @@ fn a_missing_pan_key_is_a_clear_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("clean.pan-key") && err.contains("VIGIL_TEST_NO_SUCH_KEY"), "{err}");
 }
+
+/// With a Kafka source state follows the input's partitions: a configured
+/// feature kept per another key than the partition key stops the start,
+/// naming it, before any broker is asked; a rule keeping its state so is
+/// refused naming its file, and with no other rule vigil does not start.
+#[test]
+fn a_kafka_daemon_refuses_state_it_could_not_keep_exactly() {
+    let env = Env::new();
+    env.install("new_device", "new_device.wasm");
+    let path = env.path("kafka.toml");
+    let write = |features: &str| {
+        let text = format!(
+            "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
+             group-id = \"g\"\n[pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"{key}\"\n\
+             [rules]\ndir = {rules:?}\n[state]\ndir = {state:?}\n{features}",
+            key = "integration-test-key-0123456789",
+            rules = env.rules(),
+            state = env.path("state"),
+        );
+        std::fs::write(&path, text).expect("write");
+    };
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil")).args(["run", "--config"]).arg(&path).output().expect("run");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    write("[features]\naccount-1h = \"count(account, 1h)\"\n");
+    let err = run();
+    assert!(err.contains("pipeline.partition-key: feature `account-1h` is kept per account"), "{err}");
+    write("");
+    let err = run();
+    assert!(err.contains("no rule can be used") && err.contains("new_device.wasm"), "{err}");
+    assert!(err.contains("keyed state") && err.contains("kept per account"), "{err}");
+}

@@ -149,3 +149,46 @@ fn one_module_runs_as_several_rules_with_their_own_parameters() {
     assert!(file.ends_with("large_amount.wasm"), "{file:?}");
     assert!(why.contains("[rule.large-amount-low]") && why.contains("no-such-param"), "{why}");
 }
+
+/// With a Kafka source, state can be kept only per the partition key: a
+/// rule reading a feature, or keeping its state, per another key is
+/// refused as it loads, naming the feature or its state; the others load.
+#[test]
+fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
+    use vigil::features::KeyField;
+    let env = Env::new();
+    env.install("velocity", "velocity.wasm");
+    env.install("new_device", "new_device.wasm");
+    env.install("large_amount", "large_amount.wasm");
+    let config = env.config(false);
+    let scan = |key: Option<KeyField>| {
+        let registry = registry_for(&config).keeping_state_per(key);
+        let report = registry.rescan();
+        let mut live: Vec<String> = registry.current().rules.iter().map(|r| r.name.to_string()).collect();
+        live.sort();
+        let rejected: Vec<(String, String)> = report
+            .rejected
+            .iter()
+            .map(|(file, why)| (file.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned(), why.clone()))
+            .collect();
+        (live, rejected)
+    };
+
+    let (live, rejected) = scan(None);
+    assert_eq!(live, ["large-amount", "new-device", "velocity"], "{rejected:?}");
+
+    // Per account: velocity reads features per card.
+    let (live, rejected) = scan(Some(KeyField::Account));
+    assert_eq!(live, ["large-amount", "new-device"], "{rejected:?}");
+    let [(file, why)] = &rejected[..] else { panic!("{rejected:?}") };
+    assert_eq!(file, "velocity.wasm");
+    assert!(why.contains("feature `count(card, 10m)` is kept per card"), "{why}");
+    assert!(why.contains("pipeline.partition-key (account)"), "{why}");
+
+    // Per card: new-device keeps its state per account.
+    let (live, rejected) = scan(Some(KeyField::Card));
+    assert_eq!(live, ["large-amount", "velocity"], "{rejected:?}");
+    let [(file, why)] = &rejected[..] else { panic!("{rejected:?}") };
+    assert_eq!(file, "new_device.wasm");
+    assert!(why.contains("keyed state") && why.contains("kept per account"), "{why}");
+}

@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, PartitionKey, WindowSpec};
+use crate::config::{Config, WindowSpec};
 use crate::decode::Decoder;
 use crate::event::KeyField;
 use crate::features::Catalog;
@@ -251,17 +251,6 @@ pub fn window_defs(config: &Config) -> Vec<WindowDef> {
         .collect()
 }
 
-/// The key field `pipeline.partition-key` names.
-pub fn partition_field(key: PartitionKey) -> KeyField {
-    match key {
-        PartitionKey::Account => KeyField::Account,
-        PartitionKey::Card => KeyField::Card,
-        PartitionKey::Device => KeyField::Device,
-        PartitionKey::Ip => KeyField::Ip,
-        PartitionKey::Merchant => KeyField::Merchant,
-    }
-}
-
 impl Pipeline {
     /// Starts the pipeline, loading restored state into the workers.
     ///
@@ -286,7 +275,7 @@ impl Pipeline {
             move || output::run_sinks(out_rx, sinks, store, workers, &counters)
         })?;
         let by_partition = source.partitioned();
-        let router = Router::new(workers, hasher, partition_field(config.pipeline.partition_key), by_partition);
+        let router = Router::new(workers, hasher, config.pipeline.partition_key.field(), by_partition);
         let defs = window_defs(config);
         let restored = checkpoint::route(durability.restored, &router, &defs);
         // A worker waiting for the others is woken when a phase completes.

@@ -129,6 +129,7 @@ pub fn check(config: &Config, path: &Path) -> Result<CheckReport, CheckError> {
         catalog: &catalog,
         settings: &config.rule,
         default_on_failure: config.rules.on_failure,
+        state_key: config.state_key(),
     };
     let rule = loader.load(path, &bytes, &hash).map_err(rejected)?;
     let covered = super::signing::covered_settings(&rule.name, &config.rule, config.rules.on_failure);

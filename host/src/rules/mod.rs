@@ -589,6 +589,8 @@ pub struct RuleRegistry {
     /// Where changes are recorded and live modules archived (the daemon's;
     /// none in replays and checks).
     changes: std::sync::OnceLock<Arc<changes::ChangeLog>>,
+    /// See [`RuleRegistry::keeping_state_per`].
+    state_key: Option<crate::event::KeyField>,
 }
 
 impl std::fmt::Debug for RuleRegistry {
@@ -682,7 +684,19 @@ impl RuleRegistry {
             trust: Mutex::new(signing::Trust::default()),
             trust_epoch: AtomicU64::new(0),
             changes: std::sync::OnceLock::new(),
+            state_key: None,
         }
+    }
+
+    /// Refuses, as they load, the rules whose look-back features or keyed
+    /// state would be kept per another key than `key` (when it is `Some`):
+    /// with a Kafka source, state follows the input's partitions, which
+    /// hold all of one key's events only for the partition key, so state
+    /// per any other key would be split between the daemons of a group.
+    #[must_use]
+    pub fn keeping_state_per(mut self, key: Option<crate::event::KeyField>) -> Self {
+        self.state_key = key;
+        self
     }
 
     /// Records every rule change from now on in `log`, and archives each
@@ -1007,6 +1021,7 @@ impl RuleRegistry {
             catalog: &self.catalog,
             settings,
             default_on_failure: *lock(&self.default_on_failure),
+            state_key: self.state_key,
         }
     }
 
@@ -1087,6 +1102,9 @@ pub struct Loader<'a> {
     pub settings: &'a BTreeMap<String, RuleSettings>,
     /// Failure outcome for rules that set none.
     pub default_on_failure: FailurePolicy,
+    /// The one key rules may keep features and state per, if there is
+    /// only one (see [`RuleRegistry::keeping_state_per`]).
+    pub state_key: Option<crate::event::KeyField>,
 }
 
 impl Loader<'_> {
@@ -1135,6 +1153,33 @@ impl Loader<'_> {
         self.finish(&path, &module_hash(json.as_bytes()), &name, manifest, mask, Code::Native(*rule))
     }
 
+    /// Refuses a rule that reads `features` or keeps its state per `home`
+    /// when either is kept per another key than [`Loader::state_key`].
+    fn check_state_key(&self, features: &[usize], home: Option<crate::event::KeyField>) -> Result<(), RuleError> {
+        let Some(key) = self.state_key else {
+            return Ok(());
+        };
+        let why = |what: String, other: crate::event::KeyField| {
+            RuleError::config(format!(
+                "{what} is kept per {other}, but with a Kafka source state follows the input's partitions, which \
+                 hold all of one key's events only for pipeline.partition-key ({key}); read features and keep \
+                 state per {key}, or run it on a daemon reading a file",
+                other = other.name(),
+                key = key.name(),
+            ))
+        };
+        let catalog = self.catalog.snapshot();
+        for f in features.iter().filter_map(|&i| catalog.get(i)) {
+            if let Some(other) = f.spec.fields().find(|&k| k != key) {
+                return Err(why(format!("its feature `{}`", f.name), other));
+            }
+        }
+        match home {
+            Some(home) if home != key => Err(why("its keyed state (`state = …` in `#[rule]`)".into(), home)),
+            _ => Ok(()),
+        }
+    }
+
     /// Resolves the settings, parameters, lists and features of the rule
     /// `name` runs (its manifest's, or an instance's).
     fn finish(
@@ -1163,6 +1208,14 @@ impl Loader<'_> {
             .iter()
             .map(|f| self.catalog.resolve(f).map_err(|e| RuleError::manifest(crate::error::chain(&e).to_string())))
             .collect::<Result<Vec<usize>, RuleError>>()?;
+        let home = code.keeps_state().then(|| {
+            manifest
+                .state
+                .as_deref()
+                .and_then(crate::event::KeyField::from_name)
+                .unwrap_or(crate::event::KeyField::Account)
+        });
+        self.check_state_key(&features, home)?;
         let canary = match (settings.mode, settings.canary_percent) {
             (Mode::Canary, Some(p)) => {
                 Some(Canary::new(name, settings.canary_key.unwrap_or(crate::event::KeyField::Account), p))
@@ -1185,13 +1238,7 @@ impl Loader<'_> {
             on_failure: settings.on_failure.unwrap_or(self.default_on_failure),
             projection: Projection::new(mask),
             features,
-            home: code.keeps_state().then(|| {
-                manifest
-                    .state
-                    .as_deref()
-                    .and_then(crate::event::KeyField::from_name)
-                    .unwrap_or(crate::event::KeyField::Account)
-            }),
+            home,
             params,
             param_values,
             lists,
