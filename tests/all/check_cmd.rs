@@ -92,3 +92,32 @@ fn check_rejects_a_batch_call_deciding_unlike_a_single_call() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("batch calls: no (one event a call"), "{text}");
 }
+
+/// With a Kafka daemon's config, `vigil check` refuses a rule whose state
+/// the daemon could not keep exactly, as the daemon would.
+#[test]
+fn check_with_a_kafka_config_refuses_state_per_another_key() {
+    let env = Env::new();
+    let config = env.path("kafka.toml");
+    std::fs::write(
+        &config,
+        "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup-id = \"g\"\n\
+         [pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"integration-test-key-0123456789\"\n",
+    )
+    .expect("write");
+    let run = |module: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .arg("check")
+            .arg(wasm(module))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run vigil check")
+    };
+    let out = run("new_device");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keyed state") && err.contains("pipeline.partition-key (card)"), "{err}");
+    let out = run("velocity");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
