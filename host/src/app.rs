@@ -77,7 +77,9 @@ pub async fn run_with(
     // shares the PAN key: the same owner for a key everywhere, always.
     let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil entity keys"));
     let catalog = Arc::new(Catalog::with_currencies(&config.features, config.currencies.as_ref())?);
-    check_state_keys(&config, &catalog)?;
+    // A replay's source is in memory: every key is exact there.
+    let state_key = if overrides.source.is_none() { config.state_key() } else { None };
+    crate::features::check_state_keys(&config, &catalog, state_key)?;
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(
@@ -95,7 +97,7 @@ pub async fn run_with(
             lists.clone(),
             catalog.clone(),
         )
-        .keeping_state_per(config.state_key()),
+        .keeping_state_per(state_key),
     );
     let modes = crate::admin::load_overrides(&config.state.dir)?;
     if !modes.is_empty() {
@@ -311,37 +313,6 @@ fn restore(config: &Config, decoder: &mut Decoder) -> anyhow::Result<Durability>
         "resuming from the last checkpoint"
     );
     Ok(Durability { store: Some(Box::new(store)), interval, last_id: r.id, restored: Some(r) })
-}
-
-/// With Kafka, the input's partitions spread the keyed state over the
-/// daemons of a group, and a partition holds all of one key's events only
-/// for the key producers partition by (`pipeline.partition-key`). State
-/// kept per any other key would be split between daemons: a configured
-/// feature or window kept so is refused rather than run inexact (a rule
-/// that reads one, or keeps its state so, is refused as it loads, see
-/// [`RuleRegistry::keeping_state_per`]).
-fn check_state_keys(config: &Config, catalog: &Catalog) -> anyhow::Result<()> {
-    let Some(partition) = config.state_key() else {
-        return Ok(());
-    };
-    let features = catalog.snapshot();
-    let kept = features
-        .iter()
-        .filter(|f| f.live)
-        .flat_map(|f| f.spec.fields().map(|k| (format!("feature `{}`", f.name), k)))
-        .chain(crate::pipeline::window_defs(config).into_iter().map(|d| (format!("window `{}`", d.name), d.key)));
-    for (what, key) in kept {
-        if key != partition {
-            anyhow::bail!(
-                "pipeline.partition-key: {what} is kept per {key}, but with a Kafka source state follows the \
-                 input's partitions, which hold all of one key's events only for the partition key ({partition}); \
-                 keep it per {partition} (and key the input by it), or read a file",
-                key = key.name(),
-                partition = partition.name(),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// SIGHUP: re-read the config file's rule settings and lists, and rescan

@@ -20,6 +20,9 @@ pub struct Chain<'a>(&'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.source().is_none() {
+            return write!(f, "{}", self.0);
+        }
         let mut said = self.0.to_string();
         f.write_str(&said)?;
         let mut cause = self.0.source();

@@ -120,4 +120,11 @@ fn check_with_a_kafka_config_refuses_state_per_another_key() {
     assert!(err.contains("keyed state") && err.contains("pipeline.partition-key (card)"), "{err}");
     let out = run("velocity");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A configured feature kept per another key fails any check, as it stops the daemon.
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, text + "[features]\naccount-1h = \"count(account, 1h)\"\n").expect("write");
+    let out = run("large_amount");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pipeline.partition-key") && err.contains("feature `account-1h`"), "{err}");
 }

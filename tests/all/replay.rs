@@ -404,3 +404,37 @@ fn typology_rules_catch_their_patterns_on_generated_data() {
     let legit = table["legit_flagged"].as_f64().expect("n") / table["legit"].as_f64().expect("n");
     assert!(legit <= 0.02, "{legit} of everyday payments flagged\n{text}");
 }
+
+/// A replay runs in one process from memory, where every key is exact:
+/// with a Kafka daemon's config, a rule keeping its state per another key
+/// than the partition key still runs.
+#[test]
+fn a_replay_with_a_kafka_config_runs_rules_keeping_state_per_any_key() {
+    let env = Env::new();
+    env.install("new_device", "new_device.wasm");
+    env.install("velocity", "velocity.wasm");
+    let config = env.path("kafka.toml");
+    std::fs::write(
+        &config,
+        "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup-id = \"g\"\n\
+         [pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"integration-test-key-0123456789\"\n",
+    )
+    .expect("write config");
+    let events: Vec<String> = (0..20i64).map(|i| payment(&format!("k{i:02}"), 1_000 + i).to_string()).collect();
+    let input = env.path("history.jsonl");
+    std::fs::write(&input, events.join("\n") + "\n").expect("write history");
+    let (out, rules) = (env.path("out"), env.rules());
+    let text = ok(&vigil(&[
+        "replay".as_ref(),
+        "--quiet".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--rules".as_ref(),
+        rules.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        input.as_os_str(),
+    ]));
+    assert!(text.contains("new-device") && text.contains("velocity"), "{text}");
+    assert_eq!(read_jsonl(&out.join("decisions.jsonl")).len(), 20);
+}

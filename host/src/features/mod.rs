@@ -448,6 +448,53 @@ where
     }
 }
 
+/// Refuses configured features and windows kept per another key than
+/// `state_key`, the one key state can be kept per exactly when there is one
+/// ([`crate::config::Config::state_key`]: with Kafka, the input's
+/// partitions spread the keyed state over the daemons of a group, and a
+/// partition holds all of one key's events only for the key producers
+/// partition by). Rules are checked as they load (the rule loader's
+/// `state_key`).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `pipeline.partition-key` and the
+/// feature or window.
+pub fn check_state_keys(
+    config: &crate::config::Config,
+    catalog: &Catalog,
+    state_key: Option<KeyField>,
+) -> Result<(), ConfigError> {
+    use crate::config::WindowSpec;
+    let Some(partition) = state_key else {
+        return Ok(());
+    };
+    let features = catalog.snapshot();
+    let windows = config.windows.iter().map(|(name, w)| {
+        let (WindowSpec::Tumbling { key, .. } | WindowSpec::Hopping { key, .. } | WindowSpec::Session { key, .. }) = w;
+        (format!("window `{name}`"), *key)
+    });
+    let kept = features
+        .iter()
+        .filter(|f| f.live)
+        .flat_map(|f| f.spec.fields().map(|k| (format!("feature `{}`", f.name), k)))
+        .chain(windows);
+    for (what, key) in kept {
+        if key != partition {
+            return Err(ConfigError::invalid(
+                "pipeline.partition-key",
+                format!(
+                    "{what} is kept per {key}, but with a Kafka source state follows the input's partitions, which \
+                     hold all of one key's events only for the partition key ({partition}); keep it per \
+                     {partition} (and key the input by it), or read a file",
+                    key = key.name(),
+                    partition = partition.name(),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a rule's feature cannot be kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FeatureError {

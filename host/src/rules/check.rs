@@ -123,6 +123,7 @@ pub fn check(config: &Config, path: &Path) -> Result<CheckReport, CheckError> {
     let mut lists = Lists::load(&config.lists, &Tokenizer::new(&key))?;
     let placeholder_lists = lists.add_placeholders(&manifest.lists);
     let catalog = Catalog::with_currencies(&config.features, config.currencies.as_ref())?;
+    crate::features::check_state_keys(config, &catalog, config.state_key())?;
     let loader = Loader {
         sandbox: &sandbox,
         lists: &lists,

@@ -1215,7 +1215,14 @@ impl Loader<'_> {
                 .and_then(crate::event::KeyField::from_name)
                 .unwrap_or(crate::event::KeyField::Account)
         });
-        self.check_state_key(&features, home)?;
+        // A native rule may keep state whether or not it does (nothing
+        // tells); only the state it declares is checked.
+        let declared = match &code {
+            Code::Wasm(_) => home,
+            #[cfg(feature = "bench-native")]
+            Code::Native(_) => home.filter(|_| manifest.state.is_some()),
+        };
+        self.check_state_key(&features, declared)?;
         let canary = match (settings.mode, settings.canary_percent) {
             (Mode::Canary, Some(p)) => {
                 Some(Canary::new(name, settings.canary_key.unwrap_or(crate::event::KeyField::Account), p))

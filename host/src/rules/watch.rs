@@ -70,7 +70,7 @@ pub fn watch_lists(
                 crate::priority::background();
                 let errors = lists.reload(&config, &tokenizer);
                 for e in &errors {
-                    tracing::error!(error = %e, "list reload failed; keeping its previous contents");
+                    tracing::error!(error = %crate::error::chain(e), "list reload failed; keeping its previous contents");
                 }
                 if errors.is_empty() {
                     tracing::info!("lists reloaded");

@@ -58,20 +58,26 @@ impl Records {
     /// Appends a copy of `record`.
     pub fn push_record(&mut self, record: Record<'_>) {
         self.lines.extend_from_slice(record.line);
+        self.lines.push(b'\n');
         self.end(record.key);
     }
 
+    /// Records the line just added, ending it with `\n` unless it has one.
     fn end(&mut self, key: Option<&[u8]>) {
-        if self.lines.last() != Some(&b'\n') {
+        let start = self.ends.last().map_or(0, |e| e.line);
+        if self.lines.len() == start || self.lines.last() != Some(&b'\n') {
             self.lines.push(b'\n');
         }
         self.keys.extend_from_slice(key.unwrap_or_default());
         self.ends.push(End { line: self.lines.len(), key: self.keys.len(), keyed: key.is_some() });
     }
 
-    /// Room for `n` more records of `bytes` bytes each.
+    /// Room for `n` more records of `bytes` bytes each, with keys of the
+    /// usual length of an id.
     pub fn reserve(&mut self, n: usize, bytes: usize) {
+        const KEY_BYTES: usize = 24;
         self.lines.reserve(n * bytes);
+        self.keys.reserve(n * KEY_BYTES);
         self.ends.reserve(n);
     }
 
@@ -120,6 +126,7 @@ mod tests {
         r.push_with(Some(""), |buf| buf.extend_from_slice(b"{\"c\":3}\n"));
         r.push_with(Some("never"), |_| {});
         r.push_record(Record { key: Some(b"a\"b"), line: b"{\"d\":4}" });
+        r.push_record(Record { key: None, line: b"" });
         let got: Vec<_> = r.iter().map(|x| (x.key, x.line)).collect();
         assert_eq!(
             got,
@@ -128,10 +135,11 @@ mod tests {
                 (None, b"{\"b\":2}"),
                 (Some(b""), b"{\"c\":3}"),
                 (Some(b"a\"b"), b"{\"d\":4}"),
+                (None, b""),
             ]
         );
-        assert_eq!(r.len(), 4);
-        assert_eq!(r.lines(), b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n{\"d\":4}\n");
-        assert_eq!(r.last().and_then(|x| x.key), Some(&b"a\"b"[..]));
+        assert_eq!(r.len(), 5);
+        assert_eq!(r.lines(), b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n{\"d\":4}\n\n");
+        assert_eq!(r.iter().nth(3).and_then(|x| x.key), Some(&b"a\"b"[..]));
     }
 }
