@@ -99,12 +99,7 @@ fn check_rejects_a_batch_call_deciding_unlike_a_single_call() {
 fn check_with_a_kafka_config_refuses_state_per_another_key() {
     let env = Env::new();
     let config = env.path("kafka.toml");
-    std::fs::write(
-        &config,
-        "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup-id = \"g\"\n\
-         [pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"integration-test-key-0123456789\"\n",
-    )
-    .expect("write");
+    std::fs::write(&config, KAFKA_BY_CARD).expect("write");
     let run = |module: &str| {
         Command::new(env!("CARGO_BIN_EXE_vigil"))
             .arg("check")

@@ -133,10 +133,7 @@ fn a_kafka_daemon_refuses_state_it_could_not_keep_exactly() {
     let path = env.path("kafka.toml");
     let write = |features: &str| {
         let text = format!(
-            "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
-             group-id = \"g\"\n[pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"{key}\"\n\
-             [rules]\ndir = {rules:?}\n[state]\ndir = {state:?}\n{features}",
-            key = "integration-test-key-0123456789",
+            "{KAFKA_BY_CARD}[rules]\ndir = {rules:?}\n[state]\ndir = {state:?}\n{features}",
             rules = env.rules(),
             state = env.path("state"),
         );

@@ -414,12 +414,7 @@ fn a_replay_with_a_kafka_config_runs_rules_keeping_state_per_any_key() {
     env.install("new_device", "new_device.wasm");
     env.install("velocity", "velocity.wasm");
     let config = env.path("kafka.toml");
-    std::fs::write(
-        &config,
-        "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\ngroup-id = \"g\"\n\
-         [pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"integration-test-key-0123456789\"\n",
-    )
-    .expect("write config");
+    std::fs::write(&config, KAFKA_BY_CARD).expect("write config");
     let events: Vec<String> = (0..20i64).map(|i| payment(&format!("k{i:02}"), 1_000 + i).to_string()).collect();
     let input = env.path("history.jsonl");
     std::fs::write(&input, events.join("\n") + "\n").expect("write history");

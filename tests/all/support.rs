@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use vigil::config::{Config, FileSourceConfig, ListConfig, ListKind, RuleSettings, SinkConfig, SourceConfig};
 use vigil::pipeline::Summary;
 
+/// A Kafka daemon's config, partitioned by card, whose brokers nobody
+/// listens on: enough for what is checked before a broker is asked.
+pub const KAFKA_BY_CARD: &str = "[source]\ntype = \"kafka\"\ntopic = \"payments\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\n\
+    group-id = \"g\"\n[pipeline]\npartition-key = \"card\"\n[clean]\npan-key = \"integration-test-key-0123456789\"\n";
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
