@@ -815,6 +815,9 @@ impl RuleRegistry {
         let retired = std::mem::take(&mut *lock(&self.retired));
         drop(retired);
         let mut report = ScanReport::default();
+        // Recorded once the new set is live, so that no event is decided by
+        // a rule after the change log says it went.
+        let mut changes = Vec::new();
         let mut files = lock(&self.files);
         let present = match list_rule_files(&self.dir) {
             Ok(p) => p,
@@ -897,7 +900,7 @@ impl RuleRegistry {
                             };
                             let mut entry = rule_entry(change, rule, cause);
                             entry.previous_module = was;
-                            log.record(entry);
+                            changes.push(entry);
                         }
                         log.archive(&hash, &bytes, path);
                     }
@@ -928,7 +931,7 @@ impl RuleRegistry {
                                 let mut entry =
                                     rule_entry("unload", rule, "not approved under the trusted keys now configured");
                                 entry.previous_module = entry.module.take();
-                                self.record_change(entry);
+                                changes.push(entry);
                             }
                             (Vec::new(), now)
                         }
@@ -936,7 +939,7 @@ impl RuleRegistry {
                     };
                     let why = crate::error::chain(&e).to_string();
                     report.rejected.push((path.clone(), why.clone()));
-                    self.record_change(changes::Entry {
+                    changes.push(changes::Entry {
                         change: "refuse".into(),
                         module: Some(hash.clone()),
                         previous_module: previous.map(|p| p.hash.clone()),
@@ -957,10 +960,13 @@ impl RuleRegistry {
                 report.removed.push((rule.name.to_string(), path.clone()));
                 let mut entry = rule_entry("unload", &rule, "file removed");
                 entry.previous_module = entry.module.take();
-                self.record_change(entry);
+                changes.push(entry);
             }
         }
         self.publish(&files);
+        for entry in changes {
+            self.record_change(entry);
+        }
         report
     }
 
