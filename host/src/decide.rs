@@ -84,7 +84,7 @@ pub type Reasons = smallvec::SmallVec<[Arc<str>; 1]>;
 
 /// Which rule version an outcome is from: the same for all its outcomes,
 /// so each outcome holds it by one shared pointer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq, Eq, Hash)]
 pub struct RuleLabel {
     /// Rule name.
     pub rule: Box<str>,
@@ -99,12 +99,39 @@ pub struct RuleLabel {
     pub json_head: Box<str>,
 }
 
+impl RuleLabel {
+    /// The label with these fields (`json_head`: see the field), made the
+    /// first time it is asked for and kept for the life of the process.
+    /// Outcomes hold it by a plain reference, which costs nothing to copy or
+    /// drop: as an `Arc` cloned for every outcome, the locked increment
+    /// waited behind the stores of the outcomes before it, a tenth of the
+    /// worker's cycles with a hundred rules (`perf record` of `vigil run`,
+    /// the bench's row 9 set-up). One is kept per rule build and mode ever
+    /// run, a few hundred bytes each.
+    pub fn intern(rule: &str, version: &str, module: &str, json_head: &str) -> &'static RuleLabel {
+        static LABELS: std::sync::Mutex<Vec<&'static RuleLabel>> = std::sync::Mutex::new(Vec::new());
+        let wanted = RuleLabel {
+            rule: rule.into(),
+            version: version.into(),
+            module: module.into(),
+            json_head: json_head.into(),
+        };
+        let mut labels = LABELS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(&known) = labels.iter().find(|&&l| *l == wanted) {
+            return known;
+        }
+        let made: &'static RuleLabel = Box::leak(Box::new(wanted));
+        labels.push(made);
+        made
+    }
+}
+
 /// What one rule said about one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleOutcome {
     /// The rule version.
     #[serde(flatten)]
-    pub label: Arc<RuleLabel>,
+    pub label: &'static RuleLabel,
     /// Enforce, shadow or canary.
     pub mode: Mode,
     /// With [`Mode::Canary`], whether the event is in the canary's share,
@@ -201,7 +228,7 @@ impl RuleOutcome {
     }
 
     fn write_json(&self, buf: &mut Vec<u8>) {
-        let l = &*self.label;
+        let l = self.label;
         if l.json_head.is_empty() {
             buf.extend_from_slice(rendered_head(&l.rule, &l.version, &l.module, self.mode).as_bytes());
         } else {
@@ -447,12 +474,7 @@ mod tests {
 
     fn outcome(mode: Mode, action: Action, score: i32, reason: &str) -> RuleOutcome {
         RuleOutcome {
-            label: Arc::new(RuleLabel {
-                rule: "r".into(),
-                version: "1".into(),
-                module: "h".into(),
-                json_head: "".into(),
-            }),
+            label: RuleLabel::intern("r", "1", "h", ""),
             in_canary: (mode == Mode::Canary).then_some(false),
             mode,
             action,
@@ -471,12 +493,7 @@ mod tests {
         let mut quiet = outcome(Mode::Enforce, Action::Allow, 0, "");
         quiet.reasons.clear();
         quiet.latency_ns = 1_234_567;
-        quiet.label = Arc::new(RuleLabel {
-            rule: "geo-mismatch".into(),
-            version: "1".into(),
-            module: "h".into(),
-            json_head: rendered_head("geo-mismatch", "1", "h", quiet.mode).into(),
-        });
+        quiet.label = RuleLabel::intern("geo-mismatch", "1", "h", &rendered_head("geo-mismatch", "1", "h", quiet.mode));
         let mut canary = outcome(Mode::Canary, Action::Review, 10, "c");
         canary.in_canary = Some(true);
         let rules = [shadow, quiet, canary, outcome(Mode::Canary, Action::Block, 1, "d")];

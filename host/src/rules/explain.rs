@@ -334,12 +334,7 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> Result<Explained
             }
         };
         outcomes.push(RuleOutcome {
-            label: std::sync::Arc::new(RuleLabel {
-                rule: name.as_str().into(),
-                version: rule.version.as_ref().into(),
-                module: hash.into(),
-                json_head: "".into(),
-            }),
+            label: RuleLabel::intern(&name, &rule.version, hash, ""),
             mode: rule.mode,
             in_canary,
             action,

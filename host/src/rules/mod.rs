@@ -1385,7 +1385,7 @@ struct Slot {
     instance: Option<Instance>,
     /// What its outcomes carry; worker-local, so building records does not
     /// touch counters shared with other workers.
-    label: Arc<crate::decide::RuleLabel>,
+    label: &'static crate::decide::RuleLabel,
     /// The rule's keyed state on this worker; it outlives versions.
     state: RuleState,
     /// This worker's counts of the rule.
@@ -1717,18 +1717,12 @@ impl Evaluator {
                     // held while an instance is made below.
                     let spare = lock(&rule.spares).pop();
                     Slot {
-                        label: Arc::new(crate::decide::RuleLabel {
-                            rule: rule.name.to_string().into(),
-                            version: rule.version.to_string().into(),
-                            module: rule.short_hash().into(),
-                            json_head: crate::decide::rendered_head(
-                                &rule.name,
-                                &rule.version,
-                                rule.short_hash(),
-                                rule.mode,
-                            )
-                            .into(),
-                        }),
+                        label: crate::decide::RuleLabel::intern(
+                            &rule.name,
+                            &rule.version,
+                            rule.short_hash(),
+                            &crate::decide::rendered_head(&rule.name, &rule.version, rule.short_hash(), rule.mode),
+                        ),
                         // Made when the rule loaded, else now rather than at
                         // the first call; a failure is retried, and
                         // accounted for, at the call.
@@ -1910,7 +1904,7 @@ impl Evaluator {
                 }
                 for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
                     out[from].push(RuleOutcome {
-                        label: slot.label.clone(),
+                        label: slot.label,
                         mode: rule.mode,
                         in_canary: rule.canary.map(|c| c.includes(batch.canary_hash(from, c.key))),
                         action: r.action,
@@ -1965,7 +1959,7 @@ impl Slot {
     /// failure outcome, saying why.
     fn failed(&self, e: RuleError, latency_ns: u64, batch: &Batch, i: usize) -> RuleOutcome {
         RuleOutcome {
-            label: self.label.clone(),
+            label: self.label,
             mode: self.rule.mode,
             in_canary: self.rule.canary.map(|c| c.includes(batch.canary_hash(i, c.key))),
             action: self.rule.on_failure.action(),
