@@ -118,7 +118,8 @@ impl Worker {
             evaluator: Evaluator::new(s.registry)
                 .with_event_budget(c.rules.event_budget())
                 .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX))
-                .with_state_ttl(c.rules.state_ttl),
+                .with_state_ttl(c.rules.state_ttl)
+                .leaving_out_quiet(c.decisions.record == decide::RecordShape::Compact),
             features: FeatureEngine::new(s.catalog, s.hasher).with_limits((&c.state).into()),
             windows: Windows::new(s.defs, &c.watermark),
             drain_within: s.drain_within,

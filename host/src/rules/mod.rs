@@ -1601,6 +1601,9 @@ pub struct Evaluator {
     event_budget: u64,
     /// Bytes each rule's keyed state may take (`rules.state-max-bytes`).
     state_max_bytes: usize,
+    /// Whether outcomes that change nothing are left out (see
+    /// [`Evaluator::leaving_out_quiet`]).
+    leave_out_quiet: bool,
     /// How long a keyed-state entry outlives its last write, in event time
     /// (`rules.state-ttl`).
     state_ttl_ms: i64,
@@ -1624,6 +1627,7 @@ impl Evaluator {
             results: Results::new(quanta::Clock::new()),
             event_budget: u64::MAX,
             state_max_bytes: state::STATE_MAX_BYTES,
+            leave_out_quiet: false,
             state_ttl_ms: i64::MAX,
         };
         e.refresh();
@@ -1657,6 +1661,17 @@ impl Evaluator {
         for state in self.slots.iter_mut().map(|s| &mut s.state).chain(self.parked.values_mut()) {
             state.set_max_bytes(bytes);
         }
+        self
+    }
+
+    /// Leaves out of [`Evaluator::evaluate`]'s lists the outcomes of
+    /// enforcing rules that allowed with no score, reason or error: they
+    /// change no decision, and a compact record does not list them
+    /// ([`crate::decide::RuleOutcome::is_quiet`]). With a hundred rules,
+    /// making, moving and dropping them was most of the outcomes' cost.
+    #[must_use]
+    pub fn leaving_out_quiet(mut self, leave_out: bool) -> Self {
+        self.leave_out_quiet = leave_out;
         self
     }
 
@@ -1816,7 +1831,8 @@ impl Evaluator {
     }
 
     /// Runs every rule on each event of `batch`, leaving event `i`'s
-    /// outcomes, one per rule in rule order, in `out[i]`.
+    /// outcomes, one per rule in rule order, in `out[i]` (but for those
+    /// [`Evaluator::leaving_out_quiet`] leaves out).
     ///
     /// Rule by rule: one rule's instance, code and linear memory stay in
     /// the cache across the batch, instead of five rules and the feature
@@ -1902,7 +1918,13 @@ impl Evaluator {
                 for r in &results.calls {
                     count(r.action);
                 }
+                let quiet_allowed = self.leave_out_quiet && rule.mode == crate::decide::Mode::Enforce;
                 for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
+                    if quiet_allowed && r.action == vigil_abi::Action::Allow && r.score == 0 && r.reasons.is_empty() {
+                        start = end;
+                        from += 1;
+                        continue;
+                    }
                     out[from].push(RuleOutcome {
                         label: slot.label,
                         mode: rule.mode,
