@@ -48,10 +48,10 @@ impl Values {
             h.write(v);
             h.finish()
         };
-        let mut table = HashTable::new();
+        let mut table: HashTable<Box<[u8]>> = HashTable::new();
         for value in entries {
             if let hashbrown::hash_table::Entry::Vacant(slot) =
-                table.entry(hash(&value), |v: &Box<[u8]>| *v == value, |v| hash(v))
+                table.entry(hash(&value), |v| **v == *value, |v| hash(v))
             {
                 slot.insert(value);
             }
@@ -252,8 +252,8 @@ impl Lists {
 /// Records a reload of list `name` that added or removed values.
 fn record_change(log: &super::changes::ChangeLog, name: &str, cfg: &ListConfig, old: &Values, new: &Values) {
     let show = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
-    let mut added: Vec<String> = new.iter().filter(|v| !old.contains(v)).map(|v| show(v)).collect();
-    let mut removed: Vec<String> = old.iter().filter(|v| !new.contains(v)).map(|v| show(v)).collect();
+    let mut added: Vec<String> = new.iter().filter(|v| !old.contains(v)).map(show).collect();
+    let mut removed: Vec<String> = old.iter().filter(|v| !new.contains(v)).map(show).collect();
     if added.is_empty() && removed.is_empty() {
         return;
     }
