@@ -84,7 +84,7 @@ pub type Reasons = smallvec::SmallVec<[Arc<str>; 1]>;
 
 /// Which rule version an outcome is from: the same for all its outcomes,
 /// so each outcome holds it by one shared pointer.
-#[derive(Debug, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct RuleLabel {
     /// Rule name.
     pub rule: Box<str>,

@@ -815,9 +815,11 @@ impl RuleRegistry {
         let retired = std::mem::take(&mut *lock(&self.retired));
         drop(retired);
         let mut report = ScanReport::default();
-        // Recorded once the new set is live, so that no event is decided by
-        // a rule after the change log says it went.
-        let mut changes = Vec::new();
+        // Recorded in order, before the new set is published; when the scan
+        // unloads a rule, after it, so that no event read after the log says
+        // the rule went is decided by it (batches planned before keep the
+        // set they were planned with).
+        let mut changes: Vec<changes::Entry> = Vec::new();
         let mut files = lock(&self.files);
         let present = match list_rule_files(&self.dir) {
             Ok(p) => p,
@@ -961,6 +963,12 @@ impl RuleRegistry {
                 let mut entry = rule_entry("unload", &rule, "file removed");
                 entry.previous_module = entry.module.take();
                 changes.push(entry);
+            }
+        }
+        let unloads = changes.iter().any(|e| e.change == "unload");
+        if !unloads {
+            for entry in changes.drain(..) {
+                self.record_change(entry);
             }
         }
         self.publish(&files);
@@ -1383,8 +1391,7 @@ fn toml_param(v: &toml::Value, ty: ParamType) -> Option<ParamValue> {
 struct Slot {
     rule: Arc<LoadedRule>,
     instance: Option<Instance>,
-    /// What its outcomes carry; worker-local, so building records does not
-    /// touch counters shared with other workers.
+    /// What its outcomes carry (interned: see [`crate::decide::RuleLabel::intern`]).
     label: &'static crate::decide::RuleLabel,
     /// The rule's keyed state on this worker; it outlives versions.
     state: RuleState,
