@@ -40,6 +40,19 @@ pub struct Configured {
     params: Vec<ParamValue>,
 }
 
+/// Parameters a rule refused ([`Configured::new`]), with the message its
+/// wasm build gives for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedParams(pub String);
+
+impl std::fmt::Display for RefusedParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RefusedParams {}
+
 #[cfg(not(target_arch = "wasm32"))]
 impl Configured {
     /// Applies the parameters the host resolved for the rule (encoded as for
@@ -48,8 +61,8 @@ impl Configured {
     /// # Errors
     /// The message `vigil_configure` would give: bad encoding, a parameter
     /// missing or of the wrong type.
-    pub fn new(rule: &crate::Rule, params: &[u8]) -> Result<Self, String> {
-        Ok(Self { rule: *rule, params: crate::__private::checked_params(rule, params)? })
+    pub fn new(rule: &crate::Rule, params: &[u8]) -> Result<Self, RefusedParams> {
+        Ok(Self { rule: *rule, params: crate::__private::checked_params(rule, params).map_err(RefusedParams)? })
     }
 
     /// The rule.
@@ -145,9 +158,12 @@ mod tests {
     #[test]
     fn missing_or_mistyped_parameters_are_refused_by_name() {
         let sent = encoded(&[("low", ParamValue::Int(1)), ("flag", ParamValue::Bool(true))]);
-        assert_eq!(Configured::new(&RULE, &sent).expect_err("refused"), "parameter `high` is missing");
+        assert_eq!(Configured::new(&RULE, &sent).expect_err("refused").to_string(), "parameter `high` is missing");
         let sent =
             encoded(&[("low", ParamValue::Int(1)), ("high", ParamValue::Bool(true)), ("flag", ParamValue::Bool(true))]);
-        assert_eq!(Configured::new(&RULE, &sent).expect_err("refused"), "parameter `high` must be int, got bool");
+        assert_eq!(
+            Configured::new(&RULE, &sent).expect_err("refused").to_string(),
+            "parameter `high` must be int, got bool"
+        );
     }
 }

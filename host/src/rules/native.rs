@@ -53,8 +53,10 @@ impl NativeInstance {
     /// # Errors
     /// [`RuleError::Config`] when the rule refuses them.
     pub fn new(rule: &vigil_sdk::Rule, params: &[u8], lists: Arc<[Arc<List>]>) -> Result<Self, RuleError> {
-        let rule = Configured::new(rule, params)
-            .map_err(|msg| RuleError::config(format!("the rule refused its parameters: {msg}")))?;
+        let rule = Configured::new(rule, params).map_err(|e| RuleError::Config {
+            what: "the rule refused its parameters".into(),
+            source: super::source(e),
+        })?;
         Ok(Self { rule, lists, state: RuleState::default(), input: Vec::new(), len: 0, reason_cache: Vec::new() })
     }
 
