@@ -485,3 +485,26 @@ fn a_quarantine_and_its_release_are_in_the_change_log() {
     assert!(status.success());
     ok(&vigil(&["audit", "verify", "--config", config.to_str().expect("path")], env.dir.path()));
 }
+
+#[test]
+fn a_renamed_rule_file_is_unloaded_from_the_old_name_and_stays_live_in_the_log() {
+    let env = Env::new();
+    env.install("large_amount", "large_amount.wasm");
+    let config = env.toml("");
+    let mut d = Daemon::start(&env, &config);
+    let first = decide(&mut d, &env, &[("r1", 200_000)]);
+    assert_eq!(first["action"], "review");
+    std::fs::rename(env.rules().join("large_amount.wasm"), env.rules().join("renamed.wasm")).expect("rename");
+    let loaded = d.wait_for(Duration::from_secs(60), "the rule loaded from its new name", || {
+        changes(&env)
+            .into_iter()
+            .find(|e| e["change"] == "load" && e["file"].as_str().is_some_and(|f| f.ends_with("renamed.wasm")))
+    });
+    assert_eq!(loaded["cause"], "file added", "{loaded}");
+    let last = changes(&env).into_iter().rfind(|e| e["rule"] == "large-amount").expect("entries");
+    assert_eq!(last["change"], "load", "the log's last word on the rule is that it runs: {last}");
+    let after = decide(&mut d, &env, &[("r2", 200_000)]);
+    assert_eq!(after["action"], "review", "{after}");
+    let (status, _) = d.stop();
+    assert!(status.success());
+}

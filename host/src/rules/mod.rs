@@ -828,6 +828,17 @@ impl RuleRegistry {
                 return report;
             }
         };
+        // Files gone first: a rule whose file was renamed is unloaded from
+        // the old one, then loaded from the new, and stays live in the log.
+        let gone: Vec<PathBuf> = files.keys().filter(|p| !present.contains(*p)).cloned().collect();
+        for path in gone {
+            for rule in files.remove(&path).map(|e| e.rules).unwrap_or_default() {
+                report.removed.push((rule.name.to_string(), path.clone()));
+                let mut entry = rule_entry("unload", &rule, "file removed");
+                entry.previous_module = entry.module.take();
+                changes.push(entry);
+            }
+        }
         for path in &present {
             let Ok(meta) = std::fs::metadata(path) else {
                 continue;
@@ -885,8 +896,13 @@ impl RuleRegistry {
                     if let Some(log) = self.changes.get() {
                         for rule in &rules {
                             let here = previous.and_then(|p| p.rules.iter().find(|r| r.name == rule.name));
-                            // Live before: in this run, or as the log last had it.
-                            let was = here.map(|w| w.hash.to_string()).or_else(|| log.live_module(&rule.name));
+                            // Live before: in this run, or as the log last had it
+                            // (unless this scan unloaded it).
+                            let unloaded =
+                                changes.iter().any(|e| e.change == "unload" && e.rule.as_deref() == Some(&*rule.name));
+                            let was = here
+                                .map(|w| w.hash.to_string())
+                                .or_else(|| if unloaded { None } else { log.live_module(&rule.name) });
                             let cause = match (previous, was.as_deref()) {
                                 (None, None) => "file added",
                                 (None, Some(w)) if w == hash => "daemon started",
@@ -954,15 +970,6 @@ impl RuleRegistry {
                         FileEntry { len, modified, hash, stale: false, sig, trust_epoch, rules: keep },
                     );
                 }
-            }
-        }
-        let gone: Vec<PathBuf> = files.keys().filter(|p| !present.contains(*p)).cloned().collect();
-        for path in gone {
-            for rule in files.remove(&path).map(|e| e.rules).unwrap_or_default() {
-                report.removed.push((rule.name.to_string(), path.clone()));
-                let mut entry = rule_entry("unload", &rule, "file removed");
-                entry.previous_module = entry.module.take();
-                changes.push(entry);
             }
         }
         let unloads = changes.iter().any(|e| e.change == "unload");
