@@ -126,6 +126,13 @@ impl RuleLabel {
     }
 }
 
+/// Whether a rule's result says nothing: it allows, with no score and no
+/// reason. From an enforcing rule, such a result changes no decision.
+#[inline]
+pub fn says_nothing(action: Action, score: i32, reasons: &Reasons) -> bool {
+    action == Action::Allow && score == 0 && reasons.is_empty()
+}
+
 /// What one rule said about one event.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleOutcome {
@@ -215,7 +222,7 @@ impl RuleOutcome {
             return false;
         }
         match self.counts() {
-            true => self.action == Action::Allow && self.score == 0 && self.reasons.is_empty(),
+            true => says_nothing(self.action, self.score, &self.reasons),
             false => self.action == decided,
         }
     }

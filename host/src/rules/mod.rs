@@ -1934,7 +1934,7 @@ impl Evaluator {
                 }
                 let quiet_allowed = self.leave_out_quiet && rule.mode == crate::decide::Mode::Enforce;
                 for (r, &end) in results.calls.iter_mut().zip(&results.ends) {
-                    if quiet_allowed && r.action == vigil_abi::Action::Allow && r.score == 0 && r.reasons.is_empty() {
+                    if quiet_allowed && crate::decide::says_nothing(r.action, r.score, &r.reasons) {
                         start = end;
                         from += 1;
                         continue;
