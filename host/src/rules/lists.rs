@@ -44,11 +44,7 @@ impl Values {
     /// The list of `entries`, duplicates once.
     pub fn new(entries: impl IntoIterator<Item = Box<[u8]>>) -> Self {
         let hasher = DefaultHashBuilder::default();
-        let hash = |v: &[u8]| {
-            let mut h = hasher.build_hasher();
-            h.write(v);
-            h.finish()
-        };
+        let hash = |v: &[u8]| hash_with(&hasher, v);
         let mut table: HashTable<Box<[u8]>> = HashTable::new();
         for value in entries {
             if let hashbrown::hash_table::Entry::Vacant(slot) =
@@ -67,16 +63,10 @@ impl Values {
         Self { table, filter, shift, hasher }
     }
 
-    fn hash(&self, value: &[u8]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(value);
-        h.finish()
-    }
-
     /// Whether the list holds `value`.
     #[inline]
     pub fn contains(&self, value: &[u8]) -> bool {
-        let h = self.hash(value);
+        let h = hash_with(&self.hasher, value);
         let bit = h >> self.shift;
         match self.filter.get((bit / 64) as usize) {
             Some(word) if word & (1 << (bit % 64)) != 0 => self.table.find(h, |v| **v == *value).is_some(),
@@ -98,6 +88,13 @@ impl Values {
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
+}
+
+/// `value`'s hash, for the table and the bitmap alike.
+fn hash_with(hasher: &DefaultHashBuilder, value: &[u8]) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(value);
+    h.finish()
 }
 
 impl std::fmt::Debug for Values {
