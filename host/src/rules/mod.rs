@@ -2050,6 +2050,9 @@ pub struct Batch {
     /// With canary rules live: per event, the [`Canary::id_hash`] of each
     /// of its entities, by [`crate::event::KeyField`] code.
     canary: Vec<[Option<u64>; 6]>,
+    /// The events as rules of each shape (fields and features) see them,
+    /// laid out once for all rules of that shape.
+    layouts: std::cell::RefCell<sandbox::Layouts>,
 }
 
 impl Batch {
@@ -2096,6 +2099,7 @@ impl Batch {
 
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
+        self.layouts.get_mut().clear();
         self.canary.clear();
         self.partitions.clear();
         self.times.clear();
@@ -2128,6 +2132,7 @@ impl Batch {
     /// `partition`, at event time `ts_ms`, with every catalog feature's
     /// value at it.
     pub fn push(&mut self, partition: u32, ts_ms: i64, values: &[f64]) {
+        self.layouts.get_mut().clear();
         self.partitions.push(partition);
         self.times.push(ts_ms);
         self.values.extend_from_slice(values);

@@ -1457,17 +1457,19 @@ impl RuleInstance {
         projection: &vigil_abi::Projection,
         features: &[usize],
     ) -> Result<usize, RuleError> {
+        let mut layouts = batch.layouts.borrow_mut();
+        let layout = layouts.of(batch, projection, features);
         // Each event takes a table entry (8 bytes) and its bytes rounded
         // up to 8, so every event starts 8-aligned.
         let entry = vigil_abi::batch::ENTRY;
-        let size = |i: usize| entry + (batch.encoded[i].len() + features.len() * 8).next_multiple_of(8);
         let (mut count, mut total) = (0, 0);
         for i in from..end {
-            if count > 0 && total + size(i) > BATCH_INPUT {
+            let size = entry + layout.starts[i + 1] - layout.starts[i];
+            if count > 0 && total + size > BATCH_INPUT {
                 break;
             }
             count += 1;
-            total += size(i);
+            total += size;
         }
         let table = count * entry;
         self.ensure_input(total)?;
@@ -1475,21 +1477,94 @@ impl RuleInstance {
         let buf = data
             .get_mut(self.input_ptr..self.input_ptr + self.input_cap)
             .ok_or_else(|| RuleError::abi("input buffer out of bounds"))?;
-        let mut at = table;
+        let (first, last) = (layout.starts[from], layout.starts[from + count]);
+        buf[table..table + last - first].copy_from_slice(&layout.bytes[first..last]);
         for k in 0..count {
-            let event = &batch.encoded[from + k];
-            let values = batch.values(from + k);
-            let len = event.len() + features.len() * 8;
-            let dst = &mut buf[at..at + len];
-            projection.apply(event, &mut dst[..event.len()]);
-            for (chunk, &f) in dst[event.len()..].chunks_exact_mut(8).zip(features) {
-                chunk.copy_from_slice(&values.get(f).copied().unwrap_or(f64::NAN).to_le_bytes());
-            }
-            vigil_abi::event::set_feature_block(dst, event.len() as u32, features.len() as u32);
-            vigil_abi::batch::write_entry(buf, k, at as u32, len as u32);
-            at += len.next_multiple_of(8);
+            let at = table + layout.starts[from + k] - first;
+            vigil_abi::batch::write_entry(buf, k, at as u32, layout.lens[from + k]);
         }
         Ok(count)
+    }
+}
+
+/// A batch's events as the rules of each shape (the fields they are shown
+/// and the features they read) see them, laid out once per batch for all
+/// rules of that shape: the instances of one module, and modules declaring
+/// the same fields and features, then cost a copy each rather than a
+/// projection of every event.
+#[derive(Debug, Default)]
+pub(super) struct Layouts {
+    shapes: Vec<Layout>,
+    /// Shapes laid out for the current batch: `shapes[..live]`.
+    live: usize,
+}
+
+/// One shape's layout of a batch.
+#[derive(Debug, Default)]
+struct Layout {
+    mask: vigil_abi::FieldMask,
+    features: Vec<usize>,
+    /// Each event projected (compacted: only the strings shown) with its
+    /// feature values after it, 8-aligned.
+    bytes: Vec<u8>,
+    /// Where each event starts in `bytes`, and one more for the end.
+    starts: Vec<usize>,
+    /// Each event's length, without the padding.
+    lens: Vec<u32>,
+}
+
+/// Shapes kept per batch; past them, the last is laid out again for each
+/// new shape. Each holds a copy of the batch (about 250 KB for 1,024 events).
+const MOST_SHAPES: usize = 16;
+
+impl Layouts {
+    /// Forgets the layouts (the batch changed), keeping their buffers.
+    pub(super) fn clear(&mut self) {
+        self.live = 0;
+    }
+
+    /// `batch` as rules of `projection` and `features` see it.
+    fn of(&mut self, batch: &Batch, projection: &vigil_abi::Projection, features: &[usize]) -> &Layout {
+        let mask = projection.mask();
+        let live = &self.shapes[..self.live];
+        if let Some(i) = live.iter().position(|l| l.mask == mask && l.features == features) {
+            return &self.shapes[i];
+        }
+        if self.live < MOST_SHAPES {
+            self.live += 1;
+        }
+        if self.shapes.len() < self.live {
+            self.shapes.push(Layout::default());
+        }
+        let layout = &mut self.shapes[self.live - 1];
+        layout.lay_out(batch, projection, features);
+        layout
+    }
+}
+
+impl Layout {
+    fn lay_out(&mut self, batch: &Batch, projection: &vigil_abi::Projection, features: &[usize]) {
+        self.mask = projection.mask();
+        self.features.clear();
+        self.features.extend_from_slice(features);
+        self.starts.clear();
+        self.lens.clear();
+        self.bytes.clear();
+        for (i, event) in batch.encoded[..batch.len()].iter().enumerate() {
+            let at = self.bytes.len();
+            self.starts.push(at);
+            projection.append(event, &mut self.bytes);
+            let shown = self.bytes.len() - at;
+            let values = batch.values(i);
+            for &f in features {
+                self.bytes.extend_from_slice(&values.get(f).copied().unwrap_or(f64::NAN).to_le_bytes());
+            }
+            vigil_abi::event::set_feature_block(&mut self.bytes[at..], shown as u32, features.len() as u32);
+            let len = self.bytes.len() - at;
+            self.lens.push(len as u32);
+            self.bytes.resize(at + len.next_multiple_of(8), 0);
+        }
+        self.starts.push(self.bytes.len());
     }
 }
 
@@ -1504,6 +1579,49 @@ mod tests {
 
     fn wat(text: &str) -> Vec<u8> {
         wat::parse_str(text).expect("valid wat")
+    }
+
+    /// A batch's events laid out per shape: each shape shows only its
+    /// fields and features, a shape met again is not laid out again, and
+    /// past [`MOST_SHAPES`] a new shape still reads right.
+    #[test]
+    fn layouts_are_kept_per_shape_and_show_each_only_its_own() {
+        use vigil_abi::event::{EventView, Field, FieldMask};
+        let mut batch = Batch::default();
+        for i in 0..3 {
+            let mut p = super::super::check::sample_payment();
+            p.device = Some(format!("device-{i}").into());
+            p.encode(batch.buffer()).expect("encodes");
+            batch.push(0, i, &[i as f64, 10.0 + i as f64, 20.0]);
+        }
+        let card = vigil_abi::Projection::new(FieldMask::NONE.with(Field::Card));
+        let device = vigil_abi::Projection::new(FieldMask::NONE.with(Field::Device).with(Field::Amount));
+        let mut layouts = batch.layouts.borrow_mut();
+        let mut shapes: Vec<(&vigil_abi::Projection, Vec<usize>)> =
+            vec![(&card, vec![1]), (&device, vec![0, 2]), (&card, vec![1]), (&device, vec![0, 2])];
+        shapes.extend((0..MOST_SHAPES).map(|n| (&card, vec![2; n + 2])));
+        for (round, (projection, features)) in shapes.into_iter().enumerate() {
+            let layout = layouts.of(&batch, projection, &features);
+            for i in 0..3 {
+                assert_eq!(layout.starts[i] % 8, 0);
+                let view = EventView::new(&layout.bytes[layout.starts[i]..][..layout.lens[i] as usize]);
+                let shows_device = projection.mask().contains(Field::Device);
+                let device = format!("device-{i}");
+                assert_eq!(view.device(), shows_device.then_some(device.as_str()), "round {round}");
+                assert_eq!(view.card().is_some(), !shows_device, "round {round}");
+                assert_eq!(view.amount(), if shows_device { 4_250 } else { 0 });
+                let values = batch.values(i);
+                assert!(view.features().eq(features.iter().map(|&f| values[f])), "round {round}");
+            }
+            // The first two shapes are laid out once each; the others
+            // fill the rest, then take turns in the last place.
+            let laid_out = match round {
+                0 => 1,
+                1..=3 => 2,
+                r => (r - 1).min(MOST_SHAPES),
+            };
+            assert_eq!(layouts.live, laid_out, "round {round}");
+        }
     }
 
     #[test]
