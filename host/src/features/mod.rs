@@ -266,6 +266,9 @@ struct KeyState {
     /// checkpoint being taken, not yet serialised into it) while this is
     /// the engine's `frozen`.
     changed: u8,
+    /// Whether a checkpoint (or the state restored) holds the key: only
+    /// then does its expiry have a stored state to delete.
+    stored: bool,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
     num: smallvec::SmallVec<[NumSeries; 2]>,
@@ -818,6 +821,7 @@ impl FeatureEngine {
             {
                 // About to change: the checkpoint being taken gets it first.
                 snap.add(space, &SpaceShape { num: &plan.num, distinct: &plan.distinct }, hash, state);
+                state.stored = true;
             }
             state.changed = *epoch;
             plan.dirty.push(slot);
@@ -964,12 +968,18 @@ impl FeatureEngine {
             plan.states.sweep(slots(plan.states.slots()), |hash, s| {
                 let idle = s.newest_ms < cutoff;
                 if idle {
+                    let mut stored = s.stored;
                     if s.is_frozen(frozen)
                         && let Some(snap) = snapshot.as_mut()
                     {
                         snap.add(space, &shape, hash, s);
+                        stored = true;
                     }
-                    expired.push((code, hash, s.partition));
+                    // A key born and gone between two checkpoints was
+                    // never stored: nothing to delete.
+                    if stored {
+                        expired.push((code, hash, s.partition));
+                    }
                 }
                 idle
             });
@@ -1065,6 +1075,7 @@ impl FeatureEngine {
                     continue;
                 };
                 state.changed = CLEAN;
+                state.stored = true;
                 snap.add(space, &shape, hash, state);
                 budget -= 1;
             }
@@ -1091,6 +1102,7 @@ impl FeatureEngine {
             newest_ms: stored.newest_ms,
             partition: self.partition,
             changed: if changed { self.epoch } else { CLEAN },
+            stored: true,
             num: smallvec::smallvec![NumSeries::default(); plan.num.len()],
             distinct: smallvec::smallvec![DistinctSeries::default(); plan.distinct.len()],
         };
@@ -1638,6 +1650,22 @@ mod tests {
         }
         assert_eq!(stored.len(), 2, "both a and b are live");
         assert!(e.take_delta(0).is_empty(), "each change goes out once");
+    }
+
+    #[test]
+    fn only_keys_a_checkpoint_holds_are_deleted_when_they_expire() {
+        let mut e = engine(&[("c", "count(card, 10m)")]);
+        e.compute(&pay("kept", 0, 1, "US"));
+        assert_eq!(e.take_delta(0).len(), 1);
+        // Born and gone between two checkpoints: never stored.
+        e.compute(&pay("passing", MIN, 1, "US"));
+        e.compute(&pay("late", 60 * MIN, 1, "US"));
+        e.expire();
+        let delta = e.take_delta(0);
+        let deleted: Vec<u128> = delta.iter().filter(|d| d.state.is_none()).map(|d| d.hash).collect();
+        let hash = |id: &str| e.hash_of(id);
+        assert_eq!(deleted, [hash("kept")], "{delta:?}");
+        assert_eq!(delta.iter().filter(|d| d.state.is_some()).map(|d| d.hash).collect::<Vec<_>>(), [hash("late")]);
     }
 
     /// Applies deltas in order, as a checkpoint store or the changelog does.
