@@ -311,6 +311,39 @@ struct SpacePlan {
     frozen: Vec<Slot>,
 }
 
+/// The key spaces features are kept in, by [`Space::code`]: finding one is
+/// an index rather than a search, and it is found several times an event.
+#[derive(Debug, Default)]
+struct Spaces([Option<SpacePlan>; Space::ALL.len()]);
+
+impl Spaces {
+    fn get(&self, space: &Space) -> Option<&SpacePlan> {
+        self.0[usize::from(space.code())].as_ref()
+    }
+
+    fn get_mut(&mut self, space: &Space) -> Option<&mut SpacePlan> {
+        self.0[usize::from(space.code())].as_mut()
+    }
+
+    /// `space`'s plan, an empty one if it has none yet.
+    fn or_default(&mut self, space: Space) -> &mut SpacePlan {
+        self.0[usize::from(space.code())].get_or_insert_with(SpacePlan::default)
+    }
+
+    /// The spaces in use, in [`Space::ALL`] order.
+    fn iter_mut(&mut self) -> impl Iterator<Item = (Space, &mut SpacePlan)> {
+        Space::ALL.into_iter().zip(&mut self.0).filter_map(|(space, plan)| Some((space, plan.as_mut()?)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SpacePlan> {
+        self.0.iter().flatten()
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut SpacePlan> {
+        self.0.iter_mut().flatten()
+    }
+}
+
 /// A key's `changed` once a checkpoint holds its state.
 const CLEAN: u8 = 0;
 
@@ -330,7 +363,7 @@ pub struct FeatureEngine {
     /// values distinct counts keep: both the input's to choose.
     hasher: KeyedHash,
     planned: Vec<Planned>,
-    spaces: BTreeMap<Space, SpacePlan>,
+    spaces: Spaces,
     values: Vec<f64>,
     newest_ms: i64,
     events: u64,
@@ -571,7 +604,7 @@ impl FeatureEngine {
             catalog,
             hasher,
             planned: Vec::new(),
-            spaces: BTreeMap::new(),
+            spaces: Spaces::default(),
             values: Vec::new(),
             newest_ms: i64::MIN,
             events: 0,
@@ -625,7 +658,7 @@ impl FeatureEngine {
     /// its place among its key field's features.
     fn plan(&mut self, i: usize, s: &FeatureSpec) -> Planned {
         let (bucket_ms, span, filter) = (s.bucket_ms(), s.buckets(), s.filter_id());
-        let space = self.spaces.entry(s.key.space()).or_default();
+        let space = self.spaces.or_default(s.key.space());
         space.longest_ms = space.longest_ms.max(s.window_ms);
         let source = match s.agg {
             Agg::SinceLast | Agg::FirstSeen => {
@@ -758,7 +791,7 @@ impl FeatureEngine {
     /// another daemon), with its pending changes.
     pub fn drop_partitions(&mut self, partitions: &[u32]) {
         let (snapshot, frozen) = (&mut self.snapshot, self.frozen);
-        for (&space, plan) in &mut self.spaces {
+        for (space, plan) in self.spaces.iter_mut() {
             let shape = SpaceShape { num: &plan.num, distinct: &plan.distinct };
             plan.states.retain(|hash, s| {
                 let keep = !partitions.contains(&s.partition);
@@ -959,7 +992,7 @@ impl FeatureEngine {
     /// slice at a time, so no event waits for a whole sweep.
     fn sweep(&mut self, slots: impl Fn(usize) -> usize) {
         let (newest, frozen) = (self.newest_ms, self.frozen);
-        for (&space, plan) in &mut self.spaces {
+        for (space, plan) in self.spaces.iter_mut() {
             // Kept for late events as long as series keep their events.
             let cutoff = newest.saturating_sub(plan.longest_ms).saturating_sub(lookback::LATE_MS);
             let code = space.code();
@@ -1065,7 +1098,7 @@ impl FeatureEngine {
     /// left.
     fn serialise_frozen(&mut self, snap: &mut Snapshot, mut budget: usize) -> bool {
         let frozen = self.frozen;
-        for (&space, plan) in &mut self.spaces {
+        for (space, plan) in self.spaces.iter_mut() {
             let shape = SpaceShape { num: &plan.num, distinct: &plan.distinct };
             while budget > 0 {
                 let Some(slot) = plan.frozen.pop() else { break };
@@ -1536,8 +1569,8 @@ mod tests {
         // and its series is freed on every key.
         e.refresh_to(&catalog.retain_used(|i| i == sum));
         assert_eq!(e.features_of(KeyField::Card), [sum]);
-        assert!(e.spaces[&Space::Card].num[0].2 > 0, "the sum's series is kept");
-        assert!(e.spaces[&Space::Card].distinct[0].3 < 0, "the distinct series is retired");
+        assert!(e.spaces.get(&Space::Card).expect("card space").num[0].2 > 0, "the sum's series is kept");
+        assert!(e.spaces.get(&Space::Card).expect("card space").distinct[0].3 < 0, "the distinct series is retired");
         let (_, s) = e.spaces.get_mut(&Space::Card).and_then(|c| c.states.slot_mut(slot)).expect("state");
         assert!(s.distinct[0] == DistinctSeries::default(), "and freed");
         let v = e.compute(&pay("a", 3 * MIN, 10, "DE")).to_vec();
@@ -1550,7 +1583,7 @@ mod tests {
         e.refresh_to(&catalog.snapshot());
         let v = e.compute(&pay("a", 4 * MIN, 10, "US")).to_vec();
         assert_eq!((v[count], v[sum], v[geo]), (5.0, 50.0, 1.0));
-        assert_eq!(e.spaces[&Space::Card].distinct.len(), 1, "the retired series is reused");
+        assert_eq!(e.spaces.get(&Space::Card).expect("card space").distinct.len(), 1, "the retired series is reused");
     }
 
     #[test]
