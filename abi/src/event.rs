@@ -582,13 +582,12 @@ impl Projection {
             }
         }
     }
-}
 
-impl Projection {
     /// Appends the encoded event `src` to `out` as this projection shows
     /// it, compacted: the masked header followed by the declared strings
-    /// only, their slots pointing at where they now are. What it shows
-    /// reads the same as through [`Projection::apply`], in fewer bytes.
+    /// only, their slots pointing at where they now are. For an event
+    /// [`encode`] wrote, what it shows reads the same as through
+    /// [`Projection::apply`], in no more bytes.
     ///
     /// # Panics
     /// When `src` is shorter than the header.
@@ -694,8 +693,9 @@ impl<'a> EventView<'a> {
     /// # Safety
     /// Every string the view can read from `buf` must be UTF-8, as it is
     /// when `buf` is what [`encode`] wrote (which takes only `&str`s),
-    /// whether or not [`Projection::apply`] masked it and a feature block
-    /// follows it ([`set_feature_block`]). A rule's SDK gets exactly that
+    /// whether or not [`Projection::apply`] masked it (or
+    /// [`Projection::append`] compacted it) and a feature block follows it
+    /// ([`set_feature_block`]). A rule's SDK gets exactly that
     /// from the host.
     #[inline]
     pub unsafe fn from_host(buf: &'a [u8]) -> Self {
@@ -962,6 +962,17 @@ mod tests {
         }
     }
 
+    /// [`sample`] with the attributes `attrs`, encoded.
+    fn encoded(attrs: &[(&str, &str)]) -> Vec<u8> {
+        let mut blob = Vec::new();
+        for (k, v) in attrs {
+            encode_attr(k, v, &mut blob).expect("fits");
+        }
+        let mut buf = Vec::new();
+        encode(&sample(&blob), &mut buf).expect("encodes");
+        buf
+    }
+
     #[test]
     fn encode_then_view_gives_every_field_back() {
         let mut attrs = Vec::new();
@@ -993,13 +1004,7 @@ mod tests {
     fn attributes_of_any_length_and_text_come_back() {
         // Length prefixes of 128 bytes and more are not ASCII, nor UTF-8.
         let long = "x".repeat(200);
-        let mut attrs = Vec::new();
-        encode_attr("note", &long, &mut attrs).expect("fits");
-        encode_attr("city", "Zürich", &mut attrs).expect("fits");
-        encode_attr(&"k".repeat(130), "v", &mut attrs).expect("fits");
-        let ev = sample(&attrs);
-        let mut buf = Vec::new();
-        encode(&ev, &mut buf).expect("encodes");
+        let buf = encoded(&[("note", &long), ("city", "Zürich"), (&"k".repeat(130), "v")]);
         let v = EventView::new(&buf);
         assert_eq!(v.attr("note"), Some(long.as_str()));
         assert_eq!(v.attr("city"), Some("Zürich"));
@@ -1008,12 +1013,7 @@ mod tests {
 
     #[test]
     fn a_view_from_the_host_reads_as_a_checked_one() {
-        let mut attrs = Vec::new();
-        encode_attr("city", "Zürich", &mut attrs).expect("fits");
-        encode_attr("note", &"é".repeat(100), &mut attrs).expect("fits");
-        let ev = sample(&attrs);
-        let mut buf = Vec::new();
-        encode(&ev, &mut buf).expect("encodes");
+        let buf = encoded(&[("city", "Zürich"), ("note", &"é".repeat(100))]);
         let masks = [FieldMask::ALL, [Field::Card, Field::Attrs].into_iter().collect(), FieldMask(0)];
         for mask in masks {
             let mut dst = vec![0; buf.len()];
@@ -1058,11 +1058,7 @@ mod tests {
 
     #[test]
     fn a_compacted_projection_reads_as_the_copied_one_and_holds_nothing_else() {
-        let mut attrs = Vec::new();
-        encode_attr("city", "Zürich", &mut attrs).expect("fits");
-        let ev = sample(&attrs);
-        let mut buf = Vec::new();
-        encode(&ev, &mut buf).expect("encodes");
+        let buf = encoded(&[("city", "Zürich")]);
         let masks = [
             FieldMask::ALL,
             [Field::Card, Field::Attrs, Field::Amount].into_iter().collect(),
@@ -1099,11 +1095,7 @@ mod tests {
 
     #[test]
     fn all_mask_is_a_plain_copy() {
-        let mut attrs = Vec::new();
-        encode_attr("k", "v", &mut attrs).expect("fits");
-        let ev = sample(&attrs);
-        let mut buf = Vec::new();
-        encode(&ev, &mut buf).expect("encodes");
+        let buf = encoded(&[("k", "v")]);
         let mut dst = vec![0; buf.len()];
         project(&buf, FieldMask::ALL, &mut dst);
         assert_eq!(dst, buf);

@@ -142,6 +142,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("abi floor: empty rule, 2 fields, per event in batches", |b| {
         per_event(b, || {
             results.clear();
+            batch.forget_layouts();
             instance.call_batch(black_box(&batch), 0, &loaded.projection, &[], &mut results)
         })
     });
@@ -181,6 +182,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function("wasm, per event in batches", |b| {
             per_event(b, || {
                 results.clear();
+                batch.forget_layouts();
                 instance.call_batch(black_box(&batch), 0, &loaded.projection, &loaded.features, &mut results)
             })
         });

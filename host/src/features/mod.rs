@@ -266,8 +266,9 @@ struct KeyState {
     /// checkpoint being taken, not yet serialised into it) while this is
     /// the engine's `frozen`.
     changed: u8,
-    /// Whether a checkpoint (or the state restored) holds the key: only
-    /// then does its expiry have a stored state to delete.
+    /// Whether the key's state was handed to a checkpoint (or restored
+    /// from one): only then may a stored state need deleting when it
+    /// expires.
     stored: bool,
     // Inline for the usual handful of series: a key is one allocation-free
     // map entry until it holds several buckets.
@@ -1699,6 +1700,34 @@ mod tests {
         let hash = |id: &str| e.hash_of(id);
         assert_eq!(deleted, [hash("kept")], "{delta:?}");
         assert_eq!(delta.iter().filter(|d| d.state.is_some()).map(|d| d.hash).collect::<Vec<_>>(), [hash("late")]);
+    }
+
+    #[test]
+    fn a_restored_key_is_deleted_when_it_expires() {
+        let mut e = engine(&[("c", "count(card, 10m)")]);
+        e.compute(&pay("a", 0, 1, "US"));
+        let stored = e.take_delta(0);
+        let mut restored = engine(&[("c", "count(card, 10m)")]);
+        for d in &stored {
+            restored.restore(d.kind, d.hash, d.state.as_deref().expect("state"), false).expect("restore");
+        }
+        restored.compute(&pay("b", 60 * MIN, 1, "US"));
+        restored.expire();
+        let deleted: Vec<u128> =
+            restored.take_delta(0).into_iter().filter(|d| d.state.is_none()).map(|d| d.hash).collect();
+        assert_eq!(deleted, [stored[0].hash]);
+    }
+
+    #[test]
+    fn key_spaces_are_found_where_their_code_says() {
+        let mut spaces = Spaces::default();
+        for space in Space::ALL {
+            spaces.or_default(space).longest_ms = i64::from(space.code());
+        }
+        for (space, plan) in spaces.iter_mut() {
+            assert_eq!(plan.longest_ms, i64::from(space.code()), "{space:?}");
+        }
+        assert_eq!(spaces.values().count(), Space::ALL.len());
     }
 
     /// Applies deltas in order, as a checkpoint store or the changelog does.

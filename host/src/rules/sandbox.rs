@@ -1505,7 +1505,7 @@ struct Layout {
     mask: vigil_abi::FieldMask,
     features: Vec<usize>,
     /// Each event projected (compacted: only the strings shown) with its
-    /// feature values after it, 8-aligned.
+    /// feature values after it, each starting 8-aligned.
     bytes: Vec<u8>,
     /// Where each event starts in `bytes`, and one more for the end.
     starts: Vec<usize>,
@@ -1544,9 +1544,6 @@ impl Layouts {
 
 impl Layout {
     fn lay_out(&mut self, batch: &Batch, projection: &vigil_abi::Projection, features: &[usize]) {
-        self.mask = projection.mask();
-        self.features.clear();
-        self.features.extend_from_slice(features);
         self.starts.clear();
         self.lens.clear();
         self.bytes.clear();
@@ -1565,6 +1562,10 @@ impl Layout {
             self.bytes.resize(at + len.next_multiple_of(8), 0);
         }
         self.starts.push(self.bytes.len());
+        // Named for its shape only once laid out whole.
+        self.mask = projection.mask();
+        self.features.clear();
+        self.features.extend_from_slice(features);
     }
 }
 
@@ -1622,6 +1623,15 @@ mod tests {
             };
             assert_eq!(layouts.live, laid_out, "round {round}");
         }
+        // An event added after is in the next layout.
+        drop(layouts);
+        super::super::check::sample_payment().encode(batch.buffer()).expect("encodes");
+        batch.push(0, 3, &[3.0, 13.0, 20.0]);
+        let mut layouts = batch.layouts.borrow_mut();
+        let layout = layouts.of(&batch, &card, &[1]);
+        assert_eq!((layout.starts.len(), layout.lens.len()), (5, 4));
+        let view = EventView::new(&layout.bytes[layout.starts[3]..][..layout.lens[3] as usize]);
+        assert!(view.features().eq([13.0]));
     }
 
     #[test]
