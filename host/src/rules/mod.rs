@@ -1496,9 +1496,8 @@ impl Instance {
                 return Ok(());
             }
             self.set_event(batch.partitions[i], batch.times[i], batch.entity(i));
-            let values = batch.values(i);
             results.features.clear();
-            results.features.extend(features.iter().map(|&f| values.get(f).copied().unwrap_or(f64::NAN)));
+            results.features.extend(features.iter().map(|&f| batch.value(i, f)));
             let (event, features) = (&batch.encoded[i], &results.features);
             let (result, used) = match self {
                 Instance::Wasm(w) => {
@@ -2146,6 +2145,11 @@ impl Batch {
         self.ends.push(self.values.len());
         // The key set since the last push, if any (see `set_entity`).
         self.entity_ends.push(self.entities.len());
+    }
+
+    /// Event `i`'s value of catalog feature `f`; NaN when it has none.
+    pub fn value(&self, i: usize, f: usize) -> f64 {
+        self.values(i).get(f).copied().unwrap_or(f64::NAN)
     }
 
     /// Event `i`'s feature values.

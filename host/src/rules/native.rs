@@ -86,10 +86,7 @@ impl NativeInstance {
     ) -> Result<(), RuleError> {
         for i in from..batch.len() {
             self.state.set_event(batch.partitions[i], batch.times[i], batch.entity(i));
-            let values = batch.values(i);
-            self.lay_out(&batch.encoded[i], projection, features.len(), |k| {
-                values.get(features[k]).copied().unwrap_or(f64::NAN)
-            });
+            self.lay_out(&batch.encoded[i], projection, features.len(), |k| batch.value(i, features[k]));
             results.calls.push(self.evaluate()?);
             results.ends.push(results.clock.raw());
         }

@@ -1552,9 +1552,8 @@ impl Layout {
             self.starts.push(at);
             projection.append(event, &mut self.bytes);
             let shown = self.bytes.len() - at;
-            let values = batch.values(i);
             for &f in features {
-                self.bytes.extend_from_slice(&values.get(f).copied().unwrap_or(f64::NAN).to_le_bytes());
+                self.bytes.extend_from_slice(&batch.value(i, f).to_le_bytes());
             }
             vigil_abi::event::set_feature_block(&mut self.bytes[at..], shown as u32, features.len() as u32);
             let len = self.bytes.len() - at;
