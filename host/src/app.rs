@@ -78,8 +78,8 @@ pub async fn run_with(
     let hasher = crate::keyed::KeyedHash::new(tokenizer.derive(b"vigil entity keys"));
     let catalog = Arc::new(Catalog::with_currencies(&config.features, config.currencies.as_ref())?);
     // A replay's source is in memory: every key is exact there.
-    let state_key = if overrides.source.is_none() { config.state_key() } else { None };
-    crate::features::check_state_keys(&config, &catalog, state_key)?;
+    let state_keys = if overrides.source.is_none() { config.state_keys() } else { None };
+    crate::features::check_state_keys(&config, &catalog, state_keys.as_ref())?;
     let lists = Arc::new(Lists::load(&config.lists, &tokenizer)?);
     if !config.rules.dir.is_dir() {
         anyhow::bail!(
@@ -97,7 +97,7 @@ pub async fn run_with(
             lists.clone(),
             catalog.clone(),
         )
-        .keeping_state_per(state_key),
+        .keeping_state_per(state_keys),
     );
     let modes = crate::admin::load_overrides(&config.state.dir)?;
     if !modes.is_empty() {

@@ -173,13 +173,29 @@ impl RulesConfig {
 }
 
 impl Config {
-    /// The one key features, windows and rules' state can be kept per
-    /// exactly, if there is only one: with a Kafka source, the partition
-    /// key (state follows the input's partitions, which hold all of one
-    /// key's events only for the key producers partition by); `None`, any
-    /// key, otherwise.
-    pub fn state_key(&self) -> Option<crate::event::KeyField> {
-        matches!(self.source, SourceConfig::Kafka(_)).then(|| self.pipeline.partition_key.field())
+    /// The keys features, windows and rules' state can be kept per, when
+    /// not every key can: with a Kafka source, those of `kafka.state-keys`
+    /// (default: the partition key alone), each kept by the daemon owning
+    /// the key's partition of its own topic (see `pipeline::hop`); rules'
+    /// state only per the last of them. `None`: any key.
+    pub fn state_keys(&self) -> Option<StateKeys> {
+        if !matches!(self.source, SourceConfig::Kafka(_)) {
+            return None;
+        }
+        let partition = self.pipeline.partition_key.field();
+        let keys = match self.kafka.as_ref().map(|k| k.state_keys.as_slice()) {
+            Some(keys) if !keys.is_empty() => keys.to_vec(),
+            _ => vec![partition],
+        };
+        let deciding = *keys.last().unwrap_or(&partition);
+        Some(StateKeys { keys, deciding })
+    }
+
+    /// The hops of a Kafka group keeping state per several keys.
+    pub fn chain(&self) -> Option<crate::pipeline::hop::Chain> {
+        let keys = self.state_keys()?;
+        let group = self.kafka.as_ref().map_or("vigil", |k| k.group_id.as_str());
+        crate::pipeline::hop::Chain::plan(self.pipeline.partition_key.field(), &keys.keys, group)
     }
 
     /// Reads and validates a config file.
@@ -321,6 +337,19 @@ impl Config {
             }
             Some(k) if let Some((key, path)) = k.tls.iter().flat_map(|t| t.files()).find(|(_, p)| !p.is_file()) => {
                 return Err(ConfigError::invalid(key, format!("{} is not a readable file", path.display())));
+            }
+            Some(k) if let Some(dup) = k.state_keys.iter().enumerate().find(|(i, f)| k.state_keys[..*i].contains(f)) => {
+                return Err(ConfigError::invalid(
+                    "kafka.state-keys",
+                    format!("lists `{}` twice; list each key once, in the order events visit them", dup.1.name()),
+                ));
+            }
+            Some(k) if k.exactly_once && self.chain().is_some() => {
+                return Err(ConfigError::invalid(
+                    "kafka.exactly-once",
+                    "is not supported with state kept per several keys (kafka.state-keys): the hops between \
+                     daemons are at-least-once; turn one of them off",
+                ));
             }
             Some(k) if k.exactly_once && !matches!(self.source, SourceConfig::Kafka(_)) => {
                 return Err(ConfigError::invalid(
@@ -465,6 +494,25 @@ pub struct KafkaConfig {
     /// mode). Off: every restore reads its partitions' changelog whole.
     #[serde(default = "default_true")]
     pub local_snapshots: bool,
+    /// The keys features, windows and rules' state may be kept per, in
+    /// the order an event visits their owners; rules' state only per the
+    /// last. Each key other than the partition key (or sharing its space)
+    /// is reached through the topic `<group-id>-by-<space>` (`card`,
+    /// `account` — accounts and counterparties —, `device`, `ip`,
+    /// `merchant`), with as many partitions as the input, read by the
+    /// consumer group of the same name, whose state goes to the changelog
+    /// `<group-id>-by-<space>-state`. Default: the partition key alone.
+    #[serde(default)]
+    pub state_keys: Vec<crate::event::KeyField>,
+}
+
+/// What [`Config::state_keys`] allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateKeys {
+    /// The keys features and windows may be kept per.
+    pub keys: Vec<crate::event::KeyField>,
+    /// The one key rules' state may be kept per.
+    pub deciding: crate::event::KeyField,
 }
 
 /// TLS to the Kafka brokers (`[kafka.tls]`).

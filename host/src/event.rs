@@ -203,4 +203,34 @@ impl Payment {
         };
         event::encode(&ev, out)
     }
+
+    /// The event [`Payment::encode`] wrote into `buf`; `None` when `buf`
+    /// is not such an event (its id, currency, channel or kind missing).
+    pub fn decode(buf: &[u8]) -> Option<Payment> {
+        let v = event::EventView::new(buf);
+        let currency: [u8; 3] = v.currency().as_bytes().try_into().ok()?;
+        let party = |p: PartyRef<'_>| Party { id: p.id.into(), mcc: p.mcc, country: p.country };
+        let mut attrs = Vec::new();
+        for (key, value) in v.attrs() {
+            event::encode_attr(key, value, &mut attrs).ok()?;
+        }
+        let id = v.id();
+        (!id.is_empty()).then(|| Payment {
+            id: id.into(),
+            ts_ms: v.ts_ms(),
+            channel: v.channel().unwrap_or(Channel::Card),
+            kind: v.kind().unwrap_or(Kind::Purchase),
+            amount: v.amount(),
+            currency,
+            account: v.account().into(),
+            card: v.card().map(|c| Card { token: c.token.into(), country: c.country, present: c.present }),
+            merchant: v.merchant().map(party),
+            counterparty: v.counterparty().map(party),
+            device: v.device().map(Into::into),
+            ip: v.ip().map(Into::into),
+            geo: v.geo(),
+            attrs,
+        })
+        .filter(|_| v.channel().is_some() && v.kind().is_some())
+    }
 }

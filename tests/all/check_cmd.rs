@@ -112,7 +112,7 @@ fn check_with_a_kafka_config_refuses_state_per_another_key() {
     let out = run("new_device");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("keyed state") && err.contains("pipeline.partition-key (card)"), "{err}");
+    assert!(err.contains("keyed state") && err.contains("only per that key (card)"), "{err}");
     let out = run("velocity");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A configured feature kept per another key fails any check, as it stops the daemon.
@@ -121,5 +121,5 @@ fn check_with_a_kafka_config_refuses_state_per_another_key() {
     let out = run("large_amount");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pipeline.partition-key") && err.contains("feature `account-1h`"), "{err}");
+    assert!(err.contains("kafka.state-keys") && err.contains("feature `account-1h`"), "{err}");
 }

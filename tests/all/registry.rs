@@ -150,11 +150,13 @@ fn one_module_runs_as_several_rules_with_their_own_parameters() {
     assert!(why.contains("[rule.large-amount-low]") && why.contains("no-such-param"), "{why}");
 }
 
-/// With a Kafka source, state can be kept only per the partition key: a
-/// rule reading a feature, or keeping its state, per another key is
-/// refused as it loads, naming the feature or its state; the others load.
+/// With a Kafka source, state can be kept only per the keys of
+/// `kafka.state-keys`, rules' state per the last: a rule reading a feature,
+/// or keeping its state, per another key is refused as it loads, naming
+/// the feature or its state; the others load.
 #[test]
 fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
+    use vigil::config::StateKeys;
     use vigil::features::KeyField;
     let env = Env::new();
     env.install("velocity", "velocity.wasm");
@@ -162,7 +164,7 @@ fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
     env.install("large_amount", "large_amount.wasm");
     let config = env.config(false);
     let scan = |key: Option<KeyField>| {
-        let registry = registry_for(&config).keeping_state_per(key);
+        let registry = registry_for(&config).keeping_state_per(key.map(|k| StateKeys { keys: vec![k], deciding: k }));
         let report = registry.rescan();
         let mut live: Vec<String> = registry.current().rules.iter().map(|r| r.name.to_string()).collect();
         live.sort();
@@ -183,7 +185,7 @@ fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
     let [(file, why)] = &rejected[..] else { panic!("{rejected:?}") };
     assert_eq!(file, "velocity.wasm");
     assert!(why.contains("feature `count(card, 10m)` is kept per card"), "{why}");
-    assert!(why.contains("pipeline.partition-key (account)"), "{why}");
+    assert!(why.contains("kafka.state-keys (account)"), "{why}");
 
     // Per card: new-device keeps its state per account.
     let (live, rejected) = scan(Some(KeyField::Card));
@@ -191,4 +193,18 @@ fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
     let [(file, why)] = &rejected[..] else { panic!("{rejected:?}") };
     assert_eq!(file, "new_device.wasm");
     assert!(why.contains("keyed state") && why.contains("kept per account"), "{why}");
+
+    // Per card, then account: velocity's features per card and
+    // new-device's state per the last key, account, are both kept.
+    let registry = registry_for(&config)
+        .keeping_state_per(Some(StateKeys { keys: vec![KeyField::Card, KeyField::Account], deciding: KeyField::Account }));
+    let report = registry.rescan();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(registry.current().rules.len(), 3);
+    // Per account, then card: new-device's state is not per the last.
+    let registry = registry_for(&config)
+        .keeping_state_per(Some(StateKeys { keys: vec![KeyField::Account, KeyField::Card], deciding: KeyField::Card }));
+    let report = registry.rescan();
+    let [(file, why)] = &report.rejected[..] else { panic!("{:?}", report.rejected) };
+    assert!(file.ends_with("new_device.wasm") && why.contains("list account last in kafka.state-keys"), "{why}");
 }

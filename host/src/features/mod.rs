@@ -485,24 +485,23 @@ where
     }
 }
 
-/// Refuses configured features and windows kept per another key than
-/// `state_key`, the one key state can be kept per exactly when there is one
-/// ([`crate::config::Config::state_key`]: with Kafka, the input's
-/// partitions spread the keyed state over the daemons of a group, and a
-/// partition holds all of one key's events only for the key producers
-/// partition by). Rules are checked as they load (the rule loader's
-/// `state_key`).
+/// Refuses configured features and windows kept per a key state cannot
+/// be kept per exactly: with a Kafka source, one not in `kafka.state-keys`
+/// ([`crate::config::Config::state_keys`]; the input's partitions spread
+/// keyed state over the daemons of a group, and a partition holds all of
+/// one key's events only for the key its topic is partitioned by). Rules
+/// are checked as they load (the rule loader's `state_keys`).
 ///
 /// # Errors
-/// [`ConfigError::Invalid`] naming `pipeline.partition-key` and the
-/// feature or window.
+/// [`ConfigError::Invalid`] naming `kafka.state-keys` and the feature or
+/// window.
 pub fn check_state_keys(
     config: &crate::config::Config,
     catalog: &Catalog,
-    state_key: Option<KeyField>,
+    state_keys: Option<&crate::config::StateKeys>,
 ) -> Result<(), ConfigError> {
     use crate::config::WindowSpec;
-    let Some(partition) = state_key else {
+    let Some(allowed) = state_keys else {
         return Ok(());
     };
     let features = catalog.snapshot();
@@ -516,20 +515,24 @@ pub fn check_state_keys(
         .flat_map(|f| f.spec.fields().map(|k| (format!("feature `{}`", f.name), k)))
         .chain(windows);
     for (what, key) in kept {
-        if key != partition {
-            return Err(ConfigError::invalid(
-                "pipeline.partition-key",
-                format!(
-                    "{what} is kept per {key}, but with a Kafka source state follows the input's partitions, which \
-                     hold all of one key's events only for the partition key ({partition}); keep it per \
-                     {partition} (and key the input by it), or read a file",
-                    key = key.name(),
-                    partition = partition.name(),
-                ),
-            ));
+        if !allowed.keys.contains(&key) {
+            return Err(ConfigError::invalid("kafka.state-keys", not_kept(&what, key, allowed)));
         }
     }
     Ok(())
+}
+
+/// Why `what`, kept per `key`, cannot be kept exactly with a Kafka source
+/// keeping state per `allowed`.
+pub fn not_kept(what: &str, key: KeyField, allowed: &crate::config::StateKeys) -> String {
+    let names: Vec<&str> = allowed.keys.iter().map(|k| k.name()).collect();
+    format!(
+        "{what} is kept per {key}, but with a Kafka source state is kept only per the keys of kafka.state-keys \
+         ({names}), each by the daemon that owns the key's partition; add {key} to kafka.state-keys (and create \
+         its topics), or read a file",
+        key = key.name(),
+        names = names.join(", "),
+    )
 }
 
 /// Why a rule's feature cannot be kept.

@@ -27,6 +27,7 @@
 
 pub mod checkpoint;
 pub mod exchange;
+pub mod hop;
 mod output;
 mod source;
 mod worker;

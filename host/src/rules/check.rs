@@ -123,14 +123,15 @@ pub fn check(config: &Config, path: &Path) -> Result<CheckReport, CheckError> {
     let mut lists = Lists::load(&config.lists, &Tokenizer::new(&key))?;
     let placeholder_lists = lists.add_placeholders(&manifest.lists);
     let catalog = Catalog::with_currencies(&config.features, config.currencies.as_ref())?;
-    crate::features::check_state_keys(config, &catalog, config.state_key())?;
+    let state_keys = config.state_keys();
+    crate::features::check_state_keys(config, &catalog, state_keys.as_ref())?;
     let loader = Loader {
         sandbox: &sandbox,
         lists: &lists,
         catalog: &catalog,
         settings: &config.rule,
         default_on_failure: config.rules.on_failure,
-        state_key: config.state_key(),
+        state_keys: state_keys.as_ref(),
     };
     let rule = loader.load(path, &bytes, &hash).map_err(rejected)?;
     let covered = super::signing::covered_settings(&rule.name, &config.rule, config.rules.on_failure);

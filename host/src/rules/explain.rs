@@ -277,7 +277,7 @@ pub fn explain(config: &Config, id: &str, from: Sources<'_>) -> Result<Explained
             catalog: &catalog,
             settings: s,
             default_on_failure: config.rules.on_failure,
-            state_key: None,
+            state_keys: None,
         };
         let in_rule = |source| ExplainError::Rule { rule: name.clone(), source };
         let base = loader(&plain).load(&path, &bytes, hash).map_err(in_rule)?;

@@ -590,7 +590,7 @@ pub struct RuleRegistry {
     /// none in replays and checks).
     changes: std::sync::OnceLock<Arc<changes::ChangeLog>>,
     /// See [`RuleRegistry::keeping_state_per`].
-    state_key: Option<crate::event::KeyField>,
+    state_keys: Option<crate::config::StateKeys>,
 }
 
 impl std::fmt::Debug for RuleRegistry {
@@ -684,18 +684,18 @@ impl RuleRegistry {
             trust: Mutex::new(signing::Trust::default()),
             trust_epoch: AtomicU64::new(0),
             changes: std::sync::OnceLock::new(),
-            state_key: None,
+            state_keys: None,
         }
     }
 
-    /// Refuses, as they load, the rules whose look-back features or keyed
-    /// state would be kept per another key than `key` (when it is `Some`):
-    /// with a Kafka source, state follows the input's partitions, which
-    /// hold all of one key's events only for the partition key, so state
-    /// per any other key would be split between the daemons of a group.
+    /// Refuses, as they load, the rules whose look-back features would be
+    /// kept per a key not in `keys`, or whose keyed state per another than
+    /// its deciding key (when it is `Some`): with a Kafka source, state
+    /// follows the partitions of the topics keyed by those keys, so state
+    /// per any other would be split between the daemons of a group.
     #[must_use]
-    pub fn keeping_state_per(mut self, key: Option<crate::event::KeyField>) -> Self {
-        self.state_key = key;
+    pub fn keeping_state_per(mut self, keys: Option<crate::config::StateKeys>) -> Self {
+        self.state_keys = keys;
         self
     }
 
@@ -1042,7 +1042,7 @@ impl RuleRegistry {
             catalog: &self.catalog,
             settings,
             default_on_failure: *lock(&self.default_on_failure),
-            state_key: self.state_key,
+            state_keys: self.state_keys.as_ref(),
         }
     }
 
@@ -1123,9 +1123,9 @@ pub struct Loader<'a> {
     pub settings: &'a BTreeMap<String, RuleSettings>,
     /// Failure outcome for rules that set none.
     pub default_on_failure: FailurePolicy,
-    /// The one key rules may keep features and state per, if there is
-    /// only one (see [`RuleRegistry::keeping_state_per`]).
-    pub state_key: Option<crate::event::KeyField>,
+    /// The keys rules may keep features and state per, when not every
+    /// key (see [`RuleRegistry::keeping_state_per`]).
+    pub state_keys: Option<&'a crate::config::StateKeys>,
 }
 
 impl Loader<'_> {
@@ -1175,28 +1175,26 @@ impl Loader<'_> {
     }
 
     /// Refuses a rule that reads `features` or keeps its state per `home`
-    /// when either is kept per another key than [`Loader::state_key`].
+    /// when either is kept per a key [`Loader::state_keys`] does not allow.
     fn check_state_key(&self, features: &[usize], home: Option<crate::event::KeyField>) -> Result<(), RuleError> {
-        let Some(key) = self.state_key else {
+        let Some(allowed) = self.state_keys else {
             return Ok(());
-        };
-        let why = |what: String, other: crate::event::KeyField| {
-            RuleError::config(format!(
-                "{what} is kept per {other}, but with a Kafka source state follows the input's partitions, which \
-                 hold all of one key's events only for pipeline.partition-key ({key}); read features and keep \
-                 state per {key}, or run it on a daemon reading a file",
-                other = other.name(),
-                key = key.name(),
-            ))
         };
         let catalog = self.catalog.snapshot();
         for f in features.iter().filter_map(|&i| catalog.get(i)) {
-            if let Some(other) = f.spec.fields().find(|&k| k != key) {
-                return Err(why(format!("its feature `{}`", f.name), other));
+            if let Some(other) = f.spec.fields().find(|k| !allowed.keys.contains(k)) {
+                let what = format!("its feature `{}`", f.name);
+                return Err(RuleError::config(crate::features::not_kept(&what, other, allowed)));
             }
         }
         match home {
-            Some(home) if home != key => Err(why("its keyed state (`state = …` in `#[rule]`)".into(), home)),
+            Some(home) if home != allowed.deciding => Err(RuleError::config(format!(
+                "its keyed state (`state = …` in `#[rule]`) is kept per {home}, but with a Kafka source rules run \
+                 where an event's last key in kafka.state-keys is owned, and keep state only per that key \
+                 ({deciding}); keep it per {deciding}, or list {home} last in kafka.state-keys",
+                home = home.name(),
+                deciding = allowed.deciding.name(),
+            ))),
             _ => Ok(()),
         }
     }
