@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
         catalog: &catalog,
         settings: &config.rule,
         default_on_failure: config.rules.on_failure,
-        state_key: None,
+        state_keys: None,
     };
     let mut encoded = Vec::new();
     let event = payment(&tokenizer);

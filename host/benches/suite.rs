@@ -446,7 +446,7 @@ fn main() {
         catalog: &catalog,
         settings: &base.rule,
         default_on_failure: base.rules.on_failure,
-        state_key: None,
+        state_keys: None,
     };
     let card = tokenizer.token("4000000000000002");
     let event = vigil::event::Payment {

@@ -201,9 +201,88 @@ pub async fn run_with(
     let sinks = Sinks::open(&config.sinks, producer.as_ref())?;
     let counters = overrides.counters.unwrap_or_default();
     let cancel = CancellationToken::new();
-    let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks, hasher };
-    let pipeline = Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
-        .context("cannot start the pipeline")?;
+    let chain = if overrides.keep_checkpoints || !matches!(config.source, SourceConfig::Kafka(_)) {
+        None
+    } else {
+        config.chain().map(Arc::new)
+    };
+    let mut pipelines = Vec::new();
+    match (&chain, &producer, &config.kafka, &config.source) {
+        (Some(chain), Some(producer), Some(cluster), SourceConfig::Kafka(k)) => {
+            let input = producer.partitions_of(&k.topic, "source.topic", cluster)?;
+            check_hop_topics(chain, &k.topic, input, producer, cluster)?;
+            let topics = chain.topics();
+            let forward = || -> Vec<Option<Box<dyn crate::sinks::Sink>>> {
+                chain
+                    .hops()
+                    .iter()
+                    .map(|h| {
+                        h.topic.as_ref().map(|t| {
+                            Box::new(crate::sinks::KafkaSink::new(producer.clone(), t.clone()))
+                                as Box<dyn crate::sinks::Sink>
+                        })
+                    })
+                    .collect()
+            };
+            let mut shared = sinks.shared(1 + topics.len()).into_iter();
+            let mut next_sinks = || shared.next().expect("one per pipeline").forwarding(forward());
+            let stages = Stages {
+                source,
+                decoder,
+                catalog: catalog.clone(),
+                registry: registry.clone(),
+                sinks: next_sinks(),
+                hasher: hasher.clone(),
+                chain: Some((chain.clone(), false)),
+            };
+            pipelines.push(
+                Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
+                    .context("cannot start the pipeline")?,
+            );
+            for topic in topics {
+                let hop_cluster = crate::config::KafkaConfig {
+                    group_id: chain.group_of(topic),
+                    changelog_topic: Some(chain.changelog_of(topic)),
+                    ..cluster.clone()
+                };
+                let dir = config.state.dir.join(topic);
+                let snapshots = (config.state.checkpoints && cluster.local_snapshots).then_some(dir.as_path());
+                if snapshots.is_some() {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                let (source, committer) =
+                    sources::KafkaSource::open(&hop_cluster, topic, producer.clone(), snapshots)?;
+                let durability = crate::pipeline::Durability {
+                    store: Some(committer),
+                    interval: config.state.checkpoint_interval,
+                    ..Default::default()
+                };
+                let stages = Stages {
+                    source: Box::new(source),
+                    decoder: Decoder::new(&config.clean, tokenizer.clone()),
+                    catalog: catalog.clone(),
+                    registry: registry.clone(),
+                    sinks: next_sinks(),
+                    hasher: hasher.clone(),
+                    chain: Some((chain.clone(), true)),
+                };
+                pipelines.push(
+                    Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
+                        .with_context(|| format!("cannot start the pipeline of `{topic}`"))?,
+                );
+            }
+            let keys: Vec<&str> = chain.hops().iter().map(|h| h.field.name()).collect();
+            tracing::info!(keys = ?keys, topics = ?chain.topics(), "state kept per several keys: events go through \
+                the owner of each in turn");
+        }
+        _ => {
+            let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks, hasher, chain: None };
+            pipelines.push(
+                Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
+                    .context("cannot start the pipeline")?,
+            );
+        }
+    }
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
 
     let reload = cancel.child_token();
@@ -226,7 +305,17 @@ pub async fn run_with(
     }
     tokio::spawn(reload_on_sighup(config.clone(), registry, lists, tokenizer, asked, reload.clone()));
 
-    let mut done = tokio::task::spawn_blocking(move || pipeline.join());
+    let mut done = tokio::task::spawn_blocking(move || {
+        // Every pipeline drains; the first failure is the one reported.
+        let mut result = Ok(());
+        for p in pipelines {
+            let r = p.join();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    });
     tokio::pin!(shutdown);
     let joined = tokio::select! {
         r = &mut done => r,
@@ -250,6 +339,38 @@ pub async fn run_with(
     );
     result??;
     Ok(summary)
+}
+
+/// Checks that each repartition topic of `chain` and its changelog exist
+/// with as many partitions as the input, `topic` (`input` partitions).
+///
+/// # Errors
+/// One naming the topic and how to create it.
+fn check_hop_topics(
+    chain: &crate::pipeline::hop::Chain,
+    topic: &str,
+    input: u32,
+    producer: &crate::sinks::Producer,
+    cluster: &crate::config::KafkaConfig,
+) -> anyhow::Result<()> {
+    for hop_topic in chain.topics() {
+        for (t, what) in [(hop_topic.to_owned(), "repartition topic"), (chain.changelog_of(hop_topic), "changelog")] {
+            let create = format!(
+                "create `{hop_topic}` and its compacted changelog `{}` with {input} partitions each, as many as \
+                 source.topic `{topic}`",
+                chain.changelog_of(hop_topic)
+            );
+            match producer.partitions_of(&t, "kafka.state-keys", cluster) {
+                Ok(n) if n == input => {}
+                Ok(n) => anyhow::bail!("kafka.state-keys: the {what} `{t}` has {n} partitions; it needs {input}: {create}"),
+                Err(crate::kafka::ClusterError::NoTopic { .. }) => {
+                    anyhow::bail!("kafka.state-keys: the {what} `{t}` does not exist on {}: {create}", cluster.brokers)
+                }
+                Err(e) => return Err(e).context(format!("kafka.state-keys: the {what} `{t}`")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The shared producer, when a Kafka source or sink is configured.

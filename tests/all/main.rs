@@ -14,6 +14,7 @@ mod features;
 mod golden;
 mod governance;
 mod hardening;
+mod hops;
 mod hostile;
 mod hot_reload;
 mod kafka;

@@ -37,6 +37,7 @@ use std::sync::{Arc, OnceLock};
 use crate::decide::RuleOutcome;
 use crate::event::{KeyField, Payment};
 use crate::features::Feature;
+use super::hop::Chain;
 use crate::keyed::KeyedHash;
 use crate::rules::RuleSet;
 
@@ -101,6 +102,11 @@ pub struct Item {
     pub ingested_at_us: i64,
     /// The input partition it came from (Kafka); 0 otherwise.
     pub partition: u32,
+    /// The hop it is at, when its group keeps state per several keys
+    /// ([`super::hop`]); 0 otherwise.
+    pub hop: u8,
+    /// The feature values the hops before worked out, by name.
+    pub carried: Vec<(crate::event::Text, f64)>,
 }
 
 /// An event's key of one field: its hash and its owner.
@@ -123,6 +129,12 @@ pub struct Shared {
     pub features: Arc<Vec<Feature>>,
     /// Key fields some feature or window is kept per.
     pub fields: SmallVec<[KeyField; 6]>,
+    /// The hops of a group keeping state per several keys: each event's
+    /// hop says the one key field it is at here.
+    pub chain: Option<Arc<Chain>>,
+    /// With a chain, per event, the key fields it has state kept per here
+    /// ([`Chain::fields_for`]).
+    hop_fields: Vec<SmallVec<[KeyField; 2]>>,
     /// Where each group of rules runs: with the state of one key field, or
     /// (`None`, rules that keep no state) with the event's decider.
     pub homes: SmallVec<[Option<KeyField>; 2]>,
@@ -147,6 +159,24 @@ pub struct Shared {
     wake: Arc<[Sender<()>]>,
 }
 
+/// The value table of a batch at a hop: the values the hops before worked
+/// out, by name; the others, not worked out yet, empty (NaN) until this
+/// hop works out its own.
+fn carried(items: &[Item], features: &[Feature]) -> Box<[AtomicU64]> {
+    let width = features.len();
+    let values: Box<[AtomicU64]> = (0..items.len() * width).map(|_| AtomicU64::new(f64::NAN.to_bits())).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        features.iter().enumerate().map(|(i, f)| (f.name.as_ref(), i)).collect();
+    for (e, item) in items.iter().enumerate() {
+        for (name, value) in &item.carried {
+            if let Some(&f) = index.get(name.as_str()) {
+                values[e * width + f].store(value.to_bits(), Ordering::Relaxed);
+            }
+        }
+    }
+    values
+}
+
 /// Outcomes computed on one worker for another's events: (event, outcomes).
 pub type Outcomes = Vec<(u32, Vec<RuleOutcome>)>;
 
@@ -161,6 +191,8 @@ pub struct Plan<'a> {
     pub features: Arc<Vec<Feature>>,
     /// Key fields some feature or window is kept per.
     pub fields: SmallVec<[KeyField; 6]>,
+    /// See [`Shared::chain`].
+    pub chain: Option<Arc<Chain>>,
     /// Where each group of rules runs (see [`Shared::homes`]).
     pub homes: SmallVec<[Option<KeyField>; 2]>,
     /// Workers to wake when a phase completes.
@@ -176,9 +208,22 @@ impl Shared {
         let mut keys = Vec::with_capacity(items.len());
         let mut deciders = Vec::with_capacity(items.len());
         let mut cross = false;
-        let wanted: SmallVec<[KeyField; 8]> =
+        let all_wanted: SmallVec<[KeyField; 8]> =
             plan.fields.iter().copied().chain(plan.homes.iter().flatten().copied()).collect();
+        let mut hop_fields = Vec::new();
         for item in &items {
+            let at_hop: SmallVec<[KeyField; 2]>;
+            let wanted: &[KeyField] = match &plan.chain {
+                // Its hop's keys, whose last also keeps the rules' state.
+                Some(chain) => {
+                    let mut fields = chain.fields_for(item.hop, &item.payment);
+                    hop_fields.push(fields.clone());
+                    fields.extend_from_slice(chain.fields_at(item.hop));
+                    at_hop = fields;
+                    &at_hop
+                }
+                None => &all_wanted,
+            };
             let p = &item.payment;
             let mut row: [Option<Key>; 6] = [None; 6];
             let mut hash_of = |field: KeyField| {
@@ -198,7 +243,7 @@ impl Shared {
                     None => 0,
                 },
             };
-            for &field in &wanted {
+            for &field in wanted {
                 if let Some(k) = hash_of(field) {
                     cross |= usize::from(k.owner) != decider;
                 }
@@ -207,12 +252,17 @@ impl Shared {
             deciders.push(decider as u8);
         }
         let width = plan.features.len();
-        let values = (0..items.len() * width).map(|_| AtomicU64::new(0)).collect();
+        let values: Box<[AtomicU64]> = match &plan.chain {
+            None => (0..items.len() * width).map(|_| AtomicU64::new(0)).collect(),
+            Some(_) => carried(&items, &plan.features),
+        };
         Self {
             items,
             rules: plan.rules,
             features: plan.features,
             fields: plan.fields,
+            chain: plan.chain,
+            hop_fields,
             homes: plan.homes,
             keys,
             deciders,
@@ -223,6 +273,21 @@ impl Shared {
             outcomes: (0..workers).map(|_| OnceLock::new()).collect(),
             wake: plan.wake,
         }
+    }
+
+    /// The key fields event `event` has state kept per here: in a chain,
+    /// its hop's (none when its daemon only routes it); else every one.
+    pub fn fields_of(&self, event: usize) -> &[KeyField] {
+        match &self.chain {
+            Some(_) => &self.hop_fields[event],
+            None => &self.fields,
+        }
+    }
+
+    /// Whether event `event` goes on to another hop rather than being
+    /// decided here.
+    pub fn forwards(&self, event: usize) -> bool {
+        self.chain.as_ref().is_some_and(|c| !c.is_last(self.items[event].hop))
     }
 
     /// Features per event.
@@ -324,6 +389,8 @@ mod tests {
             },
             ingested_at_us: 0,
             partition: 0,
+            hop: 0,
+            carried: Vec::new(),
         }
     }
 
@@ -334,6 +401,7 @@ mod tests {
             rules: Arc::new(RuleSet::default()),
             features: Arc::new(Vec::new()),
             fields: fields.iter().copied().collect(),
+            chain: None,
             homes: SmallVec::new(),
             wake: Arc::from(vec![tx]),
         };

@@ -32,6 +32,7 @@
 //! each event it took). So no key's state counts an event twice.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::event::{KeyField, Payment, Space};
 use crate::sinks::Records;
@@ -136,6 +137,31 @@ impl Chain {
         self.hops.get(usize::from(hop)).map_or(&[], |h| std::slice::from_ref(&h.field))
     }
 
+    /// The key fields whose state event `p` updates and reads at hop
+    /// `hop`. Usually the hop's own; but where an event has one id for two
+    /// hops of one topic (a transfer from an account to itself), both are
+    /// done at the first of them, in key order, as one worker does them,
+    /// and none at the second.
+    pub fn fields_for(&self, hop: u8, p: &Payment) -> SmallVec<[KeyField; 2]> {
+        let Some(h) = self.hops.get(usize::from(hop)) else {
+            return SmallVec::new();
+        };
+        let Some(id) = p.key(h.field) else {
+            return SmallVec::from_slice(&[h.field]);
+        };
+        let mut same: SmallVec<[KeyField; 2]> = SmallVec::new();
+        for (i, other) in self.hops.iter().enumerate() {
+            if other.topic == h.topic && p.key(other.field) == Some(id) {
+                if i < usize::from(hop) {
+                    return SmallVec::new();
+                }
+                same.push(other.field);
+            }
+        }
+        same.sort_unstable();
+        same
+    }
+
     /// Whether hop `hop` is the last: it runs the rules and decides.
     pub fn is_last(&self, hop: u8) -> bool {
         usize::from(hop) + 1 == self.hops.len()
@@ -160,6 +186,10 @@ impl Chain {
 struct Wire<'a> {
     /// The hop it goes to.
     hop: u8,
+    /// When the first hop read it, µs since the epoch: a decision's
+    /// latency counts from there.
+    #[serde(default)]
+    read_us: i64,
     /// The event as the rule ABI encodes it, in hex.
     #[serde(borrow)]
     event: std::borrow::Cow<'a, str>,
@@ -175,13 +205,16 @@ struct Wire<'a> {
 pub struct Forwarded {
     /// The hop it is at.
     pub hop: u8,
+    /// When the first hop read it, µs since the epoch.
+    pub read_us: i64,
     /// The event.
     pub payment: Payment,
     /// The feature values the hops before worked out, by name.
     pub values: Vec<(crate::event::Text, f64)>,
 }
 
-/// Appends `payment`, at hop `hop`, with `values`, to `out` under `key`.
+/// Appends `payment`, at hop `hop`, first read at `read_us`, with
+/// `values`, to `out` under `key`.
 ///
 /// # Errors
 /// When the event cannot be encoded (validation limits make that
@@ -190,6 +223,7 @@ pub fn write<'v>(
     out: &mut Records,
     key: &str,
     hop: u8,
+    read_us: i64,
     payment: &Payment,
     values: impl Iterator<Item = (&'v str, f64)>,
     scratch: &mut Vec<u8>,
@@ -198,6 +232,7 @@ pub fn write<'v>(
     payment.encode(scratch)?;
     let wire = Wire {
         hop,
+        read_us,
         event: hex::encode(&scratch[..]).into(),
         counterparty_mcc: payment.counterparty.as_ref().and_then(|c| c.mcc),
         values: values.map(|(name, v)| (name.to_owned(), (!v.is_nan()).then_some(v))).collect(),
@@ -219,7 +254,7 @@ pub fn read(line: &str) -> Result<Forwarded, String> {
         c.mcc = wire.counterparty_mcc;
     }
     let values = wire.values.into_iter().map(|(name, v)| (name.into(), v.unwrap_or(f64::NAN))).collect();
-    Ok(Forwarded { hop: wire.hop, payment, values })
+    Ok(Forwarded { hop: wire.hop, read_us: wire.read_us, payment, values })
 }
 
 /// The de-duplication id of an event at a hop: an event goes through a
@@ -248,13 +283,13 @@ mod tests {
             let p = d.parse(line).expect("a good event");
             let mut out = Records::default();
             let values = [("count(account, 1h)", 3.0), ("sum(card, 10m)", f64::NAN)];
-            write(&mut out, "a1", 2, &p, values.into_iter(), &mut Vec::new()).expect("encodes");
+            write(&mut out, "a1", 2, 1_717_000_000_000_000, &p, values.into_iter(), &mut Vec::new()).expect("encodes");
             let rec = out.last().expect("a record");
             assert_eq!(rec.key, Some(&b"a1"[..]));
             let line = std::str::from_utf8(rec.line).expect("text");
             assert!(!line.contains("4111"), "no PAN between hops: {line}");
             let back = read(line).expect("reads back");
-            assert_eq!(back.hop, 2);
+            assert_eq!((back.hop, back.read_us), (2, 1_717_000_000_000_000));
             assert_eq!(back.payment, p);
             assert_eq!(back.values[0], ("count(account, 1h)".into(), 3.0));
             assert!(back.values[1].1.is_nan());
@@ -282,6 +317,26 @@ mod tests {
         assert_eq!(c.topics(), ["g-by-account"]);
         assert_eq!(c.next(ROUTE), Some(0));
         assert_eq!(c.fields_at(ROUTE), [] as [KeyField; 0]);
+        // A transfer from an account to itself: both party keys at the
+        // first party hop, account first; none at the second.
+        let c = Chain::plan(Card, &[Card, Counterparty, Account], "g").expect("a chain");
+        let d = crate::decode::Decoder::new(
+            &crate::config::CleanConfig::default(),
+            crate::decode::Tokenizer::new(b"hop-test-key-0123456789abcdef"),
+        );
+        let transfer = |to: &str| {
+            d.parse(&format!(
+                r#"{{"id":"t","ts":1717200000000,"channel":"bank_transfer","kind":"transfer","amount":5,"currency":"EUR","account":"a","counterparty":{{"id":"{to}"}}}}"#
+            ))
+            .expect("an event")
+        };
+        let own = transfer("a");
+        assert_eq!(c.fields_for(1, &own).as_slice(), [Account, Counterparty]);
+        assert!(c.fields_for(2, &own).is_empty());
+        let other = transfer("b");
+        assert_eq!(c.fields_for(1, &other).as_slice(), [Counterparty]);
+        assert_eq!(c.fields_for(2, &other).as_slice(), [Account]);
+        assert_eq!(c.fields_for(0, &other).as_slice(), [Card], "no card: no history for it, read as empty");
         // State per another key than the input's first: the input routes.
         let c = Chain::plan(Card, &[Device], "g").expect("a chain");
         assert_eq!((c.input_hop(), c.topics()), (ROUTE, vec!["g-by-device"]));

@@ -21,6 +21,8 @@
 //! # Layout
 //! - `source`: reading, decoding, de-duplicating, routing, barriers.
 //! - `exchange`: who owns which key, and the batch the workers share.
+//! - [`hop`]: the hops an event takes between the daemons of a Kafka group
+//!   keeping state per several keys.
 //! - `worker`: one worker's phases of each batch, and its checkpoint part.
 //! - `output`: the sinks, and assembling and committing checkpoints.
 //! - [`checkpoint`]: the barrier protocol, and restored state's routing.
@@ -227,6 +229,9 @@ pub struct Stages {
     pub sinks: Sinks,
     /// How entity keys are hashed: the same on every daemon and restart.
     pub hasher: KeyedHash,
+    /// The hops of a Kafka group keeping state per several keys, and
+    /// whether `source` reads one of their topics (else the input).
+    pub chain: Option<(Arc<hop::Chain>, bool)>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -264,7 +269,7 @@ impl Pipeline {
         counters: Arc<Counters>,
         cancel: CancellationToken,
     ) -> std::io::Result<Self> {
-        let Stages { source, mut decoder, catalog, registry, sinks, hasher } = stages;
+        let Stages { source, mut decoder, catalog, registry, sinks, hasher, chain } = stages;
         let workers = config.pipeline.worker_count();
         let cap = config.pipeline.channel_capacity.get();
         let (store, interval, last_id) = (durability.store, durability.interval, durability.last_id);
@@ -329,6 +334,7 @@ impl Pipeline {
                 checkpoints,
                 next_id: last_id + 1,
                 counters: counters.clone(),
+                chain,
             });
             run.run(&counters, &cancel)
         })?;

@@ -46,6 +46,9 @@ pub struct Sinks {
     aggregates: Box<dyn Sink>,
     late: Box<dyn Sink>,
     rule_sets: Box<dyn Sink>,
+    /// Per hop of a chain ([`super::hop`]), the topic events go on to it
+    /// by (none for a hop on the input).
+    forward: Vec<Option<Box<dyn Sink>>>,
     /// The ids of the rule sets written to `rule_sets` by this run.
     written_sets: std::collections::HashSet<Arc<str>>,
 }
@@ -72,11 +75,45 @@ impl Sinks {
             aggregates: sinks::open(&config.aggregates, "aggregates", producer)?,
             late: sinks::open(&config.late, "late", producer)?,
             rule_sets: sinks::open(&config.rule_sets, "rule-sets", producer)?,
+            forward: Vec::new(),
             written_sets: std::collections::HashSet::new(),
         })
     }
 
-    fn all(&mut self) -> [&mut Box<dyn Sink>; 6] {
+    /// These sinks as `n` sets, each for one pipeline of a daemon (its
+    /// hops' pipelines), all writing to the same outputs.
+    pub fn shared(self, n: usize) -> Vec<Sinks> {
+        let share = |s: Box<dyn Sink>| sinks::SharedSink::new(s);
+        let (d, a, dl, ag, l, r) = (
+            share(self.decisions),
+            share(self.alerts),
+            share(self.dead_letters),
+            share(self.aggregates),
+            share(self.late),
+            share(self.rule_sets),
+        );
+        (0..n)
+            .map(|_| Sinks {
+                decisions: Box::new(d.clone()),
+                alerts: Box::new(a.clone()),
+                dead_letters: Box::new(dl.clone()),
+                aggregates: Box::new(ag.clone()),
+                late: Box::new(l.clone()),
+                rule_sets: Box::new(r.clone()),
+                forward: Vec::new(),
+                written_sets: std::collections::HashSet::new(),
+            })
+            .collect()
+    }
+
+    /// Sends events on to hop `i` through `forward[i]`.
+    #[must_use]
+    pub fn forwarding(mut self, forward: Vec<Option<Box<dyn Sink>>>) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Box<dyn Sink>> {
         [
             &mut self.decisions,
             &mut self.alerts,
@@ -85,14 +122,16 @@ impl Sinks {
             &mut self.late,
             &mut self.rule_sets,
         ]
+        .into_iter()
+        .chain(self.forward.iter_mut().flatten())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.all().into_iter().try_for_each(|s| s.flush())
+        self.all().try_for_each(|s| s.flush())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        self.all().into_iter().try_for_each(|s| s.sync())
+        self.all().try_for_each(|s| s.sync())
     }
 
     /// Handles to make what was written so far durable from another thread
@@ -163,6 +202,8 @@ pub(super) struct Output {
     aggregates: Records,
     /// Late events, under their ids.
     late: Records,
+    /// Events going on to another hop, by that hop, each under its key there.
+    forward: Vec<(u8, Records)>,
 }
 
 #[derive(Serialize)]
@@ -198,8 +239,24 @@ impl Output {
         self.late.push(Some(l.id), l);
     }
 
+    /// Where events going on to hop `hop` are written.
+    pub(super) fn forward_to(&mut self, hop: u8) -> &mut Records {
+        let at = match self.forward.iter().position(|(h, _)| *h == hop) {
+            Some(at) => at,
+            None => {
+                self.forward.push((hop, Records::default()));
+                self.forward.len() - 1
+            }
+        };
+        &mut self.forward[at].1
+    }
+
     pub(super) fn is_empty(&self) -> bool {
-        self.decisions.is_empty() && self.dead.is_empty() && self.aggregates.is_empty() && self.late.is_empty()
+        self.decisions.is_empty()
+            && self.dead.is_empty()
+            && self.aggregates.is_empty()
+            && self.late.is_empty()
+            && self.forward.is_empty()
     }
 }
 
@@ -268,6 +325,12 @@ fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io
     sinks.dead_letters.write(&out.dead)?;
     sinks.aggregates.write(&out.aggregates)?;
     sinks.late.write(&out.late)?;
+    for (hop, records) in &out.forward {
+        match sinks.forward.get_mut(usize::from(*hop)).and_then(Option::as_mut) {
+            Some(sink) => sink.write(records)?,
+            None => return Err(std::io::Error::other(format!("no topic to send events on to hop {hop} by"))),
+        }
+    }
     let add = |c: &AtomicU64, n: usize| c.fetch_add(n as u64, Ordering::Relaxed);
     add(&counters.decided, out.decisions.len());
     add(&counters.alerts, out.alerts.len());
@@ -534,6 +597,7 @@ mod tests {
             aggregates: sink(),
             late: sink(),
             rule_sets: sink(),
+            forward: Vec::new(),
             written_sets: std::collections::HashSet::new(),
         }
     }

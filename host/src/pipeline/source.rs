@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::exchange::{Item, Plan, Router, Shared};
+use super::hop::{self, Chain};
 use super::output::{Output, SinkMsg};
 use super::{Counters, PipelineError, WorkerMsg};
 use crate::decide::now_us;
 use crate::decode::{DecodeError, Decoder};
-use crate::event::{KeyField, Payment};
+use crate::event::{KeyField, Payment, Text};
 use crate::rules::RuleRegistry;
 use crate::sources::{Rebalance, Record, Source};
 use crate::state::Checkpoint;
@@ -38,6 +39,9 @@ pub(super) struct Setup {
     pub next_id: u64,
     /// Where the source's lag and the channels' fill are reported.
     pub counters: Arc<Counters>,
+    /// The hops of a group keeping state per several keys, and whether
+    /// this source reads one of their topics (else the input).
+    pub chain: Option<(Arc<Chain>, bool)>,
 }
 
 /// How often the source's lag and the channels' fill are reported.
@@ -74,6 +78,9 @@ pub(super) struct SourceRun {
     reported: Instant,
     /// The current batch, parsed (not yet de-duplicated), in input order.
     parsed: Vec<Result<Payment, DecodeError>>,
+    /// Read from a hop's topic: each of `parsed`'s hop and the values the
+    /// hops before worked out.
+    hops: Vec<(u8, i64, Vec<(Text, f64)>)>,
 }
 
 /// Sends `msg`, waiting while the channel is full and letting `source` keep
@@ -111,7 +118,7 @@ fn send_or_stall<T>(
 
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
-        Self { setup, reported: Instant::now(), parsed: Vec::new() }
+        Self { setup, reported: Instant::now(), parsed: Vec::new(), hops: Vec::new() }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
@@ -155,13 +162,19 @@ impl SourceRun {
                 fields.push(key);
             }
         }
+        // In key order: an event with one id for two keys (a transfer from
+        // an account to itself) updates and reads the party's state as its
+        // account, then as its counterparty, however the features are
+        // listed — as the hops between daemons do it (`hop::Chain::fields_for`).
+        fields.sort_unstable();
         let mut homes: SmallVec<[Option<KeyField>; 2]> = SmallVec::new();
         for r in &rules.rules {
             if !homes.contains(&r.home) {
                 homes.push(r.home);
             }
         }
-        Plan { router: &s.router, rules, features, fields, homes, wake: s.wake.clone() }
+        let chain = s.chain.as_ref().map(|(c, _)| c.clone());
+        Plan { router: &s.router, rules, features, fields, chain, homes, wake: s.wake.clone() }
     }
 
     pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> Result<(), PipelineError> {
@@ -175,7 +188,12 @@ impl SourceRun {
             report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, &mut self.reported);
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
-            counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+            let on_hop = self.setup.chain.as_ref().is_some_and(|(_, on_hop)| *on_hop);
+            let input_hop = self.setup.chain.as_ref().map_or(0, |(c, _)| c.input_hop());
+            if !on_hop {
+                // Events read between hops were counted as they came in.
+                counters.events_in.fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
             let now = now_us();
             let mut items = Vec::with_capacity(records.len());
             let mut rejected = Output::default();
@@ -183,13 +201,35 @@ impl SourceRun {
             let s = &mut self.setup;
             let ids = self.parsed.iter().filter_map(|p| p.as_ref().ok()).map(|p| p.id.as_str());
             s.decoder.dedup_mut().prefetch(ids);
+            let mut hops = self.hops.drain(..);
             for (record, parsed) in records.iter().zip(self.parsed.drain(..)) {
                 s.decoder.dedup_mut().set_partition(record.partition);
-                match parsed.and_then(|p| s.decoder.admit(&p).map(|()| p)) {
-                    Ok(payment) => items.push(Item { payment, ingested_at_us: now, partition: record.partition }),
+                let (hop, read_us, carried) = match on_hop {
+                    true => hops.next().unwrap_or_default(),
+                    false => (input_hop, now, Vec::new()),
+                };
+                let admitted = match (parsed, on_hop) {
+                    // Sent again by a hop before that restarted from its
+                    // last checkpoint: already taken here.
+                    (Ok(p), true) => match s.decoder.admit_as(&hop::dedup_id(&p.id, hop), p.ts_ms) {
+                        Ok(()) => Ok(p),
+                        Err(DecodeError::Duplicate(_)) => {
+                            tracing::debug!(id = %p.id, hop, "an event sent again between hops: already taken");
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                    (parsed, _) => parsed.and_then(|p| s.decoder.admit(&p).map(|()| p)),
+                };
+                match admitted {
+                    Ok(payment) => {
+                        let ingested_at_us = if read_us > 0 { read_us } else { now };
+                        items.push(Item { payment, ingested_at_us, partition: record.partition, hop, carried })
+                    }
                     Err(e) => rejected.dead_letter(&s.decoder.dead_letter(&e, s.source.name(), record, now)),
                 }
             }
+            drop(hops);
             if !items.is_empty() {
                 let batch = Arc::new(Shared::new(items, self.plan()));
                 self.send_all(|| WorkerMsg::Batch(batch.clone()))?;
@@ -227,12 +267,29 @@ impl SourceRun {
         /// Below this a batch is parsed faster than it is handed over.
         const SHARED_FROM: usize = 32;
         let decoder = &self.setup.decoder;
+        self.parsed.clear();
+        self.hops.clear();
+        if self.setup.chain.as_ref().is_some_and(|(_, on_hop)| *on_hop) {
+            // Decoded, cleaned and tokenised where they came in.
+            for r in records {
+                match hop::read(&r.line) {
+                    Ok(f) => {
+                        self.parsed.push(Ok(f.payment));
+                        self.hops.push((f.hop, f.read_us, f.values));
+                    }
+                    Err(why) => {
+                        self.parsed.push(Err(DecodeError::Json(why)));
+                        self.hops.push((0, 0, Vec::new()));
+                    }
+                }
+            }
+            return;
+        }
         let parse = |r: &Record| match (r.oversize, r.not_utf8_at) {
             (Some(len), _) => Err(decoder.too_large(len)),
             (None, None) => decoder.parse(&r.line),
             (None, Some(at)) => Err(DecodeError::NotUtf8 { at }),
         };
-        self.parsed.clear();
         match &self.setup.parsers {
             Some(pool) if records.len() >= SHARED_FROM => pool.install(|| {
                 records.par_iter().map(parse).collect_into_vec(&mut self.parsed);

@@ -299,8 +299,8 @@ impl Worker {
         let me = self.index as u8;
         self.features.refresh_to(&b.features);
         self.row.resize(b.width(), 0.0);
-        for keys in &b.keys {
-            for &field in &b.fields {
+        for (i, keys) in b.keys.iter().enumerate() {
+            for &field in b.fields_of(i) {
                 if let Some(k) = keys[usize::from(field.code())]
                     && k.owner == me
                 {
@@ -314,7 +314,7 @@ impl Worker {
             self.windows.set_partition(item.partition);
             self.features.observe(p.ts_ms);
             let decides = b.deciders[i] == me;
-            for &field in &b.fields {
+            for &field in b.fields_of(i) {
                 if !self.features.tracks(field) {
                     continue;
                 }
@@ -361,7 +361,7 @@ impl Worker {
             self.batch.clear();
             self.in_batch.clear();
             for (i, item) in b.items.iter().enumerate() {
-                if b.home_owner(i, home) != me {
+                if b.home_owner(i, home) != me || b.forwards(i) {
                     continue;
                 }
                 let p = &item.payment;
@@ -445,7 +445,10 @@ impl Worker {
                 tracing::info!(worker = self.index, "an enforcing rule is live again");
             }
         }
-        if self.evaluator.generation() != self.used_generation {
+        // A hop sending every event on decides none: the rule set is
+        // recorded where they are decided.
+        let decides_some = b.chain.is_none() || (0..b.items.len()).any(|i| !b.forwards(i));
+        if decides_some && self.evaluator.generation() != self.used_generation {
             out.rule_sets.push((b.rules.id.clone(), b.rules.record.clone()));
             self.used = self
                 .evaluator
@@ -455,6 +458,9 @@ impl Worker {
                 .collect();
             self.used_generation = self.evaluator.generation();
         }
+        if b.chain.is_some() {
+            self.forward(&b, out);
+        }
         let mine = b.deciders.iter().filter(|&&d| usize::from(d) == me).count();
         out.decisions.reserve(mine, self.record_bytes + self.record_bytes / 8);
         let several_homes = b.homes.len() > 1;
@@ -462,7 +468,7 @@ impl Worker {
         // Intake to decision, added to the shared histogram once per batch.
         let mut latency = self.counters.decision_latency.local();
         for (i, outcomes) in f.mine.iter_mut().enumerate() {
-            if usize::from(b.deciders[i]) != me || f.unencodable.contains(&(i as u32)) {
+            if usize::from(b.deciders[i]) != me || f.unencodable.contains(&(i as u32)) || b.forwards(i) {
                 continue;
             }
             if several_homes {
@@ -481,6 +487,36 @@ impl Worker {
             }
             list.clear();
             self.spare.push(list);
+        }
+    }
+
+    /// Sends the events this worker decides that go on to another hop
+    /// there, keyed by that hop's key, with the values worked out so far.
+    fn forward(&mut self, b: &Shared, out: &mut Output) {
+        let Some(chain) = &b.chain else { return };
+        let me = self.index;
+        let mut scratch = Vec::new();
+        for (i, item) in b.items.iter().enumerate() {
+            if usize::from(b.deciders[i]) != me || !b.forwards(i) {
+                continue;
+            }
+            let Some(next) = chain.next(item.hop) else { continue };
+            let p = &item.payment;
+            // An event without the next hop's key has no history for it,
+            // and lands where its id does.
+            let key = chain.fields_at(next).first().and_then(|&f| p.key(f)).unwrap_or(&p.id);
+            let values = b
+                .features
+                .iter()
+                .enumerate()
+                .map(|(f, feature)| (&*feature.name, b.value(i, f)))
+                .filter(|(_, v)| !v.is_nan());
+            let to = out.forward_to(next);
+            if let Err(e) = super::hop::write(to, key, next, item.ingested_at_us, p, values, &mut scratch) {
+                // As for the rules: validation limits make this a bug.
+                tracing::error!(id = %p.id, error = %e, "cannot encode event for the next hop");
+                out.encode_failure(&p.id, &e.to_string());
+            }
         }
     }
 

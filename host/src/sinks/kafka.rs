@@ -94,6 +94,20 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
+    /// The partitions of `topic`, named by the setting `key` in errors.
+    ///
+    /// # Errors
+    /// As [`crate::kafka::partitions_of`].
+    pub fn partitions_of(
+        &self,
+        topic: &str,
+        key: &str,
+        k: &crate::config::KafkaConfig,
+    ) -> Result<u32, crate::kafka::ClusterError> {
+        use rdkafka::producer::Producer as _;
+        crate::kafka::partitions_of(self.inner.client(), topic, key, k)
+    }
+
     /// An idempotent producer for the cluster of `k`.
     ///
     /// # Errors

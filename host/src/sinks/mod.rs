@@ -50,6 +50,48 @@ pub trait Sink: Send {
     }
 }
 
+/// A sink several pipelines write to (the hops of one daemon), one at a time.
+#[derive(Clone)]
+pub struct SharedSink(std::sync::Arc<std::sync::Mutex<Box<dyn Sink>>>);
+
+impl std::fmt::Debug for SharedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSink")
+    }
+}
+
+impl SharedSink {
+    /// Shares `sink`.
+    pub fn new(sink: Box<dyn Sink>) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(sink)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Sink>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Sink for SharedSink {
+    fn write(&mut self, records: &Records) -> std::io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.lock().write(records)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.lock().flush()
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.lock().sync()
+    }
+
+    fn sync_handle(&mut self) -> std::io::Result<Option<std::fs::File>> {
+        self.lock().sync_handle()
+    }
+}
+
 /// Why an output could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
