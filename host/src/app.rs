@@ -250,8 +250,7 @@ pub async fn run_with(
                 if snapshots.is_some() {
                     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
                 }
-                let (source, committer) =
-                    sources::KafkaSource::open(&hop_cluster, topic, producer.clone(), snapshots)?;
+                let (source, committer) = sources::KafkaSource::open(&hop_cluster, topic, producer.clone(), snapshots)?;
                 let durability = crate::pipeline::Durability {
                     store: Some(committer),
                     interval: config.state.checkpoint_interval,
@@ -362,7 +361,9 @@ fn check_hop_topics(
             );
             match producer.partitions_of(&t, "kafka.state-keys", cluster) {
                 Ok(n) if n == input => {}
-                Ok(n) => anyhow::bail!("kafka.state-keys: the {what} `{t}` has {n} partitions; it needs {input}: {create}"),
+                Ok(n) => {
+                    anyhow::bail!("kafka.state-keys: the {what} `{t}` has {n} partitions; it needs {input}: {create}")
+                }
                 Err(crate::kafka::ClusterError::NoTopic { .. }) => {
                     anyhow::bail!("kafka.state-keys: the {what} `{t}` does not exist on {}: {create}", cluster.brokers)
                 }

@@ -338,7 +338,9 @@ impl Config {
             Some(k) if let Some((key, path)) = k.tls.iter().flat_map(|t| t.files()).find(|(_, p)| !p.is_file()) => {
                 return Err(ConfigError::invalid(key, format!("{} is not a readable file", path.display())));
             }
-            Some(k) if let Some(dup) = k.state_keys.iter().enumerate().find(|(i, f)| k.state_keys[..*i].contains(f)) => {
+            Some(k)
+                if let Some(dup) = k.state_keys.iter().enumerate().find(|(i, f)| k.state_keys[..*i].contains(f)) =>
+            {
                 return Err(ConfigError::invalid(
                     "kafka.state-keys",
                     format!("lists `{}` twice; list each key once, in the order events visit them", dup.1.name()),
@@ -1356,6 +1358,26 @@ mod tests {
         let eos =
             "[kafka]\nbrokers = \"b:9092\"\nexactly-once = true\n[sinks.alerts]\ntype = \"kafka\"\ntopic = \"a\"\n";
         assert!(err(eos).contains("kafka.exactly-once"), "exactly-once needs a Kafka source");
+        let source = "[source]\ntype = \"kafka\"\ntopic = \"p\"\n";
+        let hops = format!(
+            "{source}[kafka]\nbrokers = \"b:9092\"\nexactly-once = true\nstate-keys = [\"card\", \"account\"]\n"
+        );
+        assert!(err(&hops).contains("kafka.exactly-once") && err(&hops).contains("kafka.state-keys"), "{}", err(&hops));
+        let twice = format!("{source}[kafka]\nbrokers = \"b:9092\"\nstate-keys = [\"card\", \"card\"]\n");
+        assert!(err(&twice).contains("lists `card` twice"), "{}", err(&twice));
+        let typo = format!("{source}[kafka]\nbrokers = \"b:9092\"\nstate-keys = [\"acount\"]\n");
+        assert!(err(&typo).contains("state-keys") && err(&typo).contains("acount"), "{}", err(&typo));
+        // The partition key alone keeps today's single topic.
+        let one = format!(
+            "{source}[pipeline]\npartition-key = \"card\"\n[kafka]\nbrokers = \"b:9092\"\nstate-keys = [\"card\"]\n"
+        );
+        let c = Config::parse(&one, Path::new("t.toml")).expect("valid");
+        assert!(c.chain().is_none());
+        assert_eq!(c.state_keys().map(|k| k.deciding), Some(crate::event::KeyField::Card));
+        // Another key than the partition key goes through its topic.
+        let other = Config::parse(&one.replace("[\"card\"]", "[\"device\"]"), Path::new("t.toml")).expect("valid");
+        let chain = other.chain().expect("a chain");
+        assert_eq!(chain.topics(), ["vigil-by-device"]);
     }
 
     #[test]

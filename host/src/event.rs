@@ -215,22 +215,23 @@ impl Payment {
             event::encode_attr(key, value, &mut attrs).ok()?;
         }
         let id = v.id();
-        (!id.is_empty()).then(|| Payment {
-            id: id.into(),
-            ts_ms: v.ts_ms(),
-            channel: v.channel().unwrap_or(Channel::Card),
-            kind: v.kind().unwrap_or(Kind::Purchase),
-            amount: v.amount(),
-            currency,
-            account: v.account().into(),
-            card: v.card().map(|c| Card { token: c.token.into(), country: c.country, present: c.present }),
-            merchant: v.merchant().map(party),
-            counterparty: v.counterparty().map(party),
-            device: v.device().map(Into::into),
-            ip: v.ip().map(Into::into),
-            geo: v.geo(),
-            attrs,
-        })
-        .filter(|_| v.channel().is_some() && v.kind().is_some())
+        (!id.is_empty())
+            .then(|| Payment {
+                id: id.into(),
+                ts_ms: v.ts_ms(),
+                channel: v.channel().unwrap_or(Channel::Card),
+                kind: v.kind().unwrap_or(Kind::Purchase),
+                amount: v.amount(),
+                currency,
+                account: v.account().into(),
+                card: v.card().map(|c| Card { token: c.token.into(), country: c.country, present: c.present }),
+                merchant: v.merchant().map(party),
+                counterparty: v.counterparty().map(party),
+                device: v.device().map(Into::into),
+                ip: v.ip().map(Into::into),
+                geo: v.geo(),
+                attrs,
+            })
+            .filter(|_| v.channel().is_some() && v.kind().is_some())
     }
 }

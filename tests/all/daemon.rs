@@ -146,10 +146,7 @@ fn a_kafka_daemon_refuses_state_it_could_not_keep_exactly() {
     };
     write("[features]\naccount-1h = \"count(account, 1h)\"\n");
     let err = run();
-    assert!(
-        err.contains("kafka.state-keys") && err.contains("feature `account-1h` is kept per account"),
-        "{err}"
-    );
+    assert!(err.contains("kafka.state-keys") && err.contains("feature `account-1h` is kept per account"), "{err}");
     write("");
     let err = run();
     assert!(err.contains("no rule can be used") && err.contains("new_device.wasm"), "{err}");

@@ -293,3 +293,52 @@ fn features_per_six_key_kinds_are_exact_across_two_daemons_and_after_one_leaves(
 fn features_per_six_key_kinds_stay_exact_after_a_daemon_is_killed() {
     exact_through(&Broker::mock(), "-KILL");
 }
+
+fn run_err(config: &std::path::Path) -> String {
+    let config = vigil::config::Config::load(config).expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match rt.block_on(vigil::app::run(config, std::future::pending())) {
+        Ok(s) => panic!("vigil started: {s:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// A repartition topic or its changelog missing, or with another partition
+/// count than the input, stops startup naming it and how to create it; so
+/// do a key listed twice and a rule keeping state per another key than the
+/// last.
+#[test]
+fn missing_or_misshapen_repartition_topics_stop_startup_naming_them() {
+    let broker = Broker::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let env = Env::new();
+    env.install("many_keys", "many_keys.wasm");
+    let path = config(&env, &broker, "short");
+    rt.block_on(broker.create_topics(&[
+        ("payments", 4, false),
+        ("short-state", 4, true),
+        ("short-by-device", 4, false),
+        ("short-by-device-state", 4, true),
+        ("short-by-merchant", 4, false),
+        ("short-by-merchant-state", 2, true),
+    ]));
+    let e = run_err(&path);
+    assert!(e.contains("kafka.state-keys") && e.contains("`short-by-ip` does not exist"), "{e}");
+    assert!(
+        e.contains("create `short-by-ip` and its compacted changelog `short-by-ip-state` with 4 partitions"),
+        "{e}"
+    );
+    rt.block_on(broker.create_topics(&[("short-by-ip", 4, false), ("short-by-ip-state", 4, true)]));
+    let e = run_err(&path);
+    assert!(e.contains("the changelog `short-by-merchant-state` has 2 partitions; it needs 4"), "{e}");
+
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, text.replace(STATE_KEYS, r#"["card", "account", "card"]"#)).expect("write");
+    let e = format!("{:#}", vigil::config::Config::load(&path).expect_err("refused"));
+    assert!(e.contains("kafka.state-keys") && e.contains("lists `card` twice"), "{e}");
+    // many-keys reads features per every key: one not listed refuses it,
+    // and with it the start (no rule left).
+    std::fs::write(&path, text.replace(STATE_KEYS, r#"["card", "account", "device"]"#)).expect("write");
+    let e = run_err(&path);
+    assert!(e.contains("kafka.state-keys") && e.contains("kept per ip"), "{e}");
+}

@@ -196,8 +196,10 @@ fn rules_keeping_state_per_another_key_than_the_only_one_are_refused() {
 
     // Per card, then account: velocity's features per card and
     // new-device's state per the last key, account, are both kept.
-    let registry = registry_for(&config)
-        .keeping_state_per(Some(StateKeys { keys: vec![KeyField::Card, KeyField::Account], deciding: KeyField::Account }));
+    let registry = registry_for(&config).keeping_state_per(Some(StateKeys {
+        keys: vec![KeyField::Card, KeyField::Account],
+        deciding: KeyField::Account,
+    }));
     let report = registry.rescan();
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert_eq!(registry.current().rules.len(), 3);

@@ -34,10 +34,10 @@ use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::hop::Chain;
 use crate::decide::RuleOutcome;
 use crate::event::{KeyField, Payment};
 use crate::features::Feature;
-use super::hop::Chain;
 use crate::keyed::KeyedHash;
 use crate::rules::RuleSet;
 

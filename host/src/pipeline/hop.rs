@@ -25,11 +25,13 @@
 //! worked out so far. The last hop runs the rules (the rules' keyed state
 //! is kept per its key) and writes the decision.
 //!
-//! A hop sends an event on only as part of a checkpoint's outputs, before
-//! it commits its input offsets with its state; after a crash it may send
-//! it again, and the next hop drops what it has already taken (its
-//! de-duplication set, which follows its partitions like its state, holds
-//! each event it took). So no key's state counts an event twice.
+//! A hop commits its input offsets with its state only once the brokers
+//! have every event it sent on before that checkpoint (as for any output).
+//! After a crash or a rebalance it may send an event again, and the next
+//! hop drops what it has already taken: its de-duplication set, which
+//! follows its partitions like its state, holds each event it took. So no
+//! key's state counts an event twice; a decision may be written twice,
+//! with the same values.
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -295,8 +297,8 @@ mod tests {
             assert!(back.values[1].1.is_nan());
         }
         assert!(read("{}").is_err());
-        assert!(read(r#"{"hop":1,"event":"zz","values":[]}"#).unwrap_err().contains("hex"));
-        assert!(read(r#"{"hop":1,"event":"00","values":[]}"#).unwrap_err().contains("encoded event"));
+        assert!(read(r#"{"hop":1,"event":"zz","values":[]}"#).expect_err("not hex").contains("hex"));
+        assert!(read(r#"{"hop":1,"event":"00","values":[]}"#).expect_err("not an event").contains("encoded event"));
     }
 
     #[test]

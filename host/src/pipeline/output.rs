@@ -202,9 +202,14 @@ pub(super) struct Output {
     aggregates: Records,
     /// Late events, under their ids.
     late: Records,
-    /// Events going on to another hop, by that hop, each under its key there.
-    forward: Vec<(u8, Records)>,
+    /// Events going on to another hop, by that hop, each under its key
+    /// there (boxed: most outputs have none).
+    forward: Option<Box<Onward>>,
 }
+
+/// Events going on to other hops: (hop, records).
+#[derive(Default)]
+struct Onward(Vec<(u8, Records)>);
 
 #[derive(Serialize)]
 struct EncodeFailure<'a> {
@@ -241,14 +246,15 @@ impl Output {
 
     /// Where events going on to hop `hop` are written.
     pub(super) fn forward_to(&mut self, hop: u8) -> &mut Records {
-        let at = match self.forward.iter().position(|(h, _)| *h == hop) {
+        let Onward(forward) = &mut **self.forward.get_or_insert_with(Box::default);
+        let at = match forward.iter().position(|(h, _)| *h == hop) {
             Some(at) => at,
             None => {
-                self.forward.push((hop, Records::default()));
-                self.forward.len() - 1
+                forward.push((hop, Records::default()));
+                forward.len() - 1
             }
         };
-        &mut self.forward[at].1
+        &mut forward[at].1
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -256,7 +262,7 @@ impl Output {
             && self.dead.is_empty()
             && self.aggregates.is_empty()
             && self.late.is_empty()
-            && self.forward.is_empty()
+            && self.forward.is_none()
     }
 }
 
@@ -325,7 +331,7 @@ fn write_output(sinks: &mut Sinks, out: &Output, counters: &Counters) -> std::io
     sinks.dead_letters.write(&out.dead)?;
     sinks.aggregates.write(&out.aggregates)?;
     sinks.late.write(&out.late)?;
-    for (hop, records) in &out.forward {
+    for (hop, records) in out.forward.iter().flat_map(|f| f.0.iter()) {
         match sinks.forward.get_mut(usize::from(*hop)).and_then(Option::as_mut) {
             Some(sink) => sink.write(records)?,
             None => return Err(std::io::Error::other(format!("no topic to send events on to hop {hop} by"))),

@@ -80,8 +80,12 @@ pub(super) struct SourceRun {
     parsed: Vec<Result<Payment, DecodeError>>,
     /// Read from a hop's topic: each of `parsed`'s hop and the values the
     /// hops before worked out.
-    hops: Vec<(u8, i64, Vec<(Text, f64)>)>,
+    hops: Vec<HopParts>,
 }
+
+/// Of an event read from a hop's topic: its hop, when the first hop read
+/// it (µs), and the values the hops before worked out.
+type HopParts = (u8, i64, Vec<(Text, f64)>);
 
 /// Sends `msg`, waiting while the channel is full and letting `source` keep
 /// its connection alive meanwhile (see [`Source::stalled`]), and calling
