@@ -185,6 +185,11 @@ pub async fn run_with(
     let mut durability = restore(&config, &mut decoder)?;
     let resume = durability.restored.as_ref().map(|r| r.position);
     let producer = kafka_producer(&config)?;
+    // A replay's or a benchmark's events are its own: no hops through the cluster.
+    let chain = match (&overrides.source, &config.source) {
+        (None, SourceConfig::Kafka(_)) => crate::pipeline::hop::Chain::of(&config).map(Arc::new),
+        _ => None,
+    };
     let source = match (overrides.source, &config.source) {
         (Some(source), _) => source,
         (None, SourceConfig::Kafka(k)) => {
@@ -201,12 +206,8 @@ pub async fn run_with(
     let sinks = Sinks::open(&config.sinks, producer.as_ref())?;
     let counters = overrides.counters.unwrap_or_default();
     let cancel = CancellationToken::new();
-    let chain = if overrides.keep_checkpoints || !matches!(config.source, SourceConfig::Kafka(_)) {
-        None
-    } else {
-        config.chain().map(Arc::new)
-    };
-    let mut pipelines = Vec::new();
+    // Every pipeline's parts, opened before any starts.
+    let mut parts = Vec::new();
     match (&chain, &producer, &config.kafka, &config.source) {
         (Some(chain), Some(producer), Some(cluster), SourceConfig::Kafka(k)) => {
             let input = producer.partitions_of(&k.topic, "source.topic", cluster)?;
@@ -233,18 +234,18 @@ pub async fn run_with(
                 registry: registry.clone(),
                 sinks: next_sinks(),
                 hasher: hasher.clone(),
-                chain: Some((chain.clone(), false)),
+                chain: Some((chain.clone(), None)),
             };
-            pipelines.push(
-                Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
-                    .context("cannot start the pipeline")?,
-            );
+            parts.push((stages, durability));
             for topic in topics {
-                let hop_cluster = crate::config::KafkaConfig {
+                let mut hop_cluster = crate::config::KafkaConfig {
                     group_id: chain.group_of(topic),
                     changelog_topic: Some(chain.changelog_of(topic)),
                     ..cluster.clone()
                 };
+                // Every event sent on is read, whatever the input's groups do.
+                hop_cluster.client.remove("auto.offset.reset");
+                hop_cluster.consumer.remove("auto.offset.reset");
                 let dir = config.state.dir.join(topic);
                 let snapshots = (config.state.checkpoints && cluster.local_snapshots).then_some(dir.as_path());
                 if snapshots.is_some() {
@@ -263,12 +264,9 @@ pub async fn run_with(
                     registry: registry.clone(),
                     sinks: next_sinks(),
                     hasher: hasher.clone(),
-                    chain: Some((chain.clone(), true)),
+                    chain: Some((chain.clone(), Some(topic.to_owned()))),
                 };
-                pipelines.push(
-                    Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
-                        .with_context(|| format!("cannot start the pipeline of `{topic}`"))?,
-                );
+                parts.push((stages, durability));
             }
             let keys: Vec<&str> = chain.hops().iter().map(|h| h.field.name()).collect();
             tracing::info!(keys = ?keys, topics = ?chain.topics(), "state kept per several keys: events go through \
@@ -276,10 +274,19 @@ pub async fn run_with(
         }
         _ => {
             let stages = Stages { source, decoder, catalog, registry: registry.clone(), sinks, hasher, chain: None };
-            pipelines.push(
-                Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone())
-                    .context("cannot start the pipeline")?,
-            );
+            parts.push((stages, durability));
+        }
+    }
+    let mut pipelines = Vec::new();
+    for (stages, durability) in parts {
+        match Pipeline::start(&config, stages, durability, counters.clone(), cancel.clone()) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                // Those started drain and stop.
+                cancel.cancel();
+                let _ = join_all(pipelines, &cancel);
+                return Err(e).context("cannot start the pipeline");
+            }
         }
     }
     tracing::info!(workers = config.pipeline.worker_count(), "vigil running");
@@ -304,17 +311,8 @@ pub async fn run_with(
     }
     tokio::spawn(reload_on_sighup(config.clone(), registry, lists, tokenizer, asked, reload.clone()));
 
-    let mut done = tokio::task::spawn_blocking(move || {
-        // Every pipeline drains; the first failure is the one reported.
-        let mut result = Ok(());
-        for p in pipelines {
-            let r = p.join();
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    });
+    let stop_all = cancel.clone();
+    let mut done = tokio::task::spawn_blocking(move || join_all(pipelines, &stop_all));
     tokio::pin!(shutdown);
     let joined = tokio::select! {
         r = &mut done => r,
@@ -338,6 +336,31 @@ pub async fn run_with(
     );
     result??;
     Ok(summary)
+}
+
+/// Waits until every pipeline has drained. The hops of a chain depend on
+/// each other: the first to fail stops the others (through `cancel`), and
+/// its error is the one reported.
+fn join_all(pipelines: Vec<Pipeline>, cancel: &CancellationToken) -> Result<(), crate::pipeline::PipelineError> {
+    if pipelines.len() <= 1 {
+        return pipelines.into_iter().try_for_each(Pipeline::join);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for p in pipelines {
+            let tx = tx.clone();
+            s.spawn(move || {
+                let r = p.join();
+                if r.is_err() {
+                    cancel.cancel();
+                }
+                let _ = tx.send(r);
+            });
+        }
+        drop(tx);
+        // In the order they end: the first error is the cause.
+        rx.iter().find(Result::is_err).unwrap_or(Ok(()))
+    })
 }
 
 /// Checks that each repartition topic of `chain` and its changelog exist

@@ -33,7 +33,7 @@ impl Rng {
 /// `n` payments whose keys cross each other (accounts pay with several
 /// cards, devices and IPs are shared, transfers go between accounts), each
 /// with its ids of every key, parties (accounts and counterparties) in one
-/// space.
+/// space; some transfers go from an account to itself.
 fn events(n: usize, seed: u64) -> Vec<(Value, Vec<String>)> {
     let mut rng = Rng(seed);
     let t0 = 1_717_200_000_000i64;
@@ -52,8 +52,11 @@ fn events(n: usize, seed: u64) -> Vec<(Value, Vec<String>)> {
                 "ip": ip,
             });
             let mut keys = vec![format!("party:{account}"), format!("device:{device}"), format!("ip:{ip}")];
-            if rng.below(3) == 0 {
-                let to = format!("acct-{}", rng.below(40));
+            // Every fortieth a transfer from an account to itself: one
+            // party's state as payer and payee at once.
+            let to_self = i % 40 == 5;
+            if to_self || rng.below(3) == 0 {
+                let to = if to_self { account.clone() } else { format!("acct-{}", rng.below(40)) };
                 e["channel"] = "bank_transfer".into();
                 e["kind"] = "transfer".into();
                 e["counterparty"] = json!({"id": to, "country": "DE"});
@@ -96,16 +99,50 @@ fn kept(d: &Value) -> Value {
     json!({"features": d["features"], "score": d["score"], "action": d["action"]})
 }
 
+/// Windows per three key kinds, one of them the rules' (the last hop's).
+const WINDOWS: &str = r#"
+[windows.account-5m]
+type = "tumbling"
+key = "account"
+size = "5m"
+
+[windows.device-session]
+type = "session"
+key = "device"
+gap = "1m"
+
+[windows.merchant-3m]
+type = "tumbling"
+key = "merchant"
+size = "3m"
+
+[watermark]
+# Events of a round reach a hop in any order: none is late.
+out-of-orderness = "10m"
+"#;
+
 /// Per id, what one worker reading `events` from a file decides.
 fn reference(events: &[Value]) -> BTreeMap<String, Value> {
+    reference_with_windows(events).0
+}
+
+/// [`reference`], and every window closed, as its JSON text.
+fn reference_with_windows(events: &[Value]) -> (BTreeMap<String, Value>, HashSet<String>) {
     let env = Env::new();
     env.install("many_keys", "many_keys.wasm");
     env.write_events(events);
-    let mut config = env.config(false);
+    let path = env.toml(WINDOWS);
+    let mut config = vigil::config::Config::load(&path).expect("config");
+    if let vigil::config::SourceConfig::File(f) = &mut config.source {
+        f.follow = false;
+    }
     config.pipeline.workers = std::num::NonZeroU32::new(1);
     config.state.checkpoints = false;
     run_to_end(config);
-    read_jsonl(&env.decisions()).iter().map(|d| (d["id"].as_str().expect("id").to_owned(), kept(d))).collect()
+    let decisions =
+        read_jsonl(&env.decisions()).iter().map(|d| (d["id"].as_str().expect("id").to_owned(), kept(d))).collect();
+    assert!(read_jsonl(&env.path("out/late.jsonl")).is_empty(), "no event is late");
+    (decisions, read_jsonl(&env.path("out/aggregates.jsonl")).iter().map(Value::to_string).collect())
 }
 
 async fn topics(broker: &Broker, group: &str) {
@@ -167,14 +204,24 @@ path = {rule_sets:?}
 [decisions]
 record = "full"
 
+[sinks.aggregates]
+type = "file"
+path = {aggregates:?}
+
+[sinks.late]
+type = "file"
+path = {late:?}
+
 [state]
 dir = {state:?}
 checkpoint-interval = "200ms"
-"#,
+{WINDOWS}"#,
         brokers = broker.addr,
         rules = env.rules(),
         state = env.path("state"),
         rule_sets = env.path("out/rule-sets.jsonl"),
+        aggregates = env.path("aggregates.jsonl"),
+        late = env.path("late.jsonl"),
     );
     let path = env.path("vigil.toml");
     std::fs::write(&path, text).expect("write config");
@@ -230,7 +277,7 @@ fn exact_through(broker: &Broker, stop: &str) {
 
     let all = events(240, 0x0123_4567_89ab_cdef);
     let ordered: Vec<Value> = all.iter().map(|(e, _)| e.clone()).collect();
-    let want = reference(&ordered);
+    let (want, windows) = reference_with_windows(&ordered);
     let rounds = rounds(all);
     assert!(rounds.len() > 10, "rounds: {}", rounds.len());
     let half = rounds.len() / 2;
@@ -275,6 +322,22 @@ fn exact_through(broker: &Broker, stop: &str) {
     let last = &want[&format!("hop-{}", ordered.len() - 1)]["features"];
     for name in ["count(account, 1h)", "count_in(account, 1h)", "sum(device, amount, 1h)", "count(ip, 30m)"] {
         assert!(last.get(name).is_some(), "{name} in {last}");
+    }
+    // Every window either daemon closed is one worker's, whole; a window
+    // closed again after a kill (read again from the last checkpoint) is
+    // the same window.
+    let mut closed: HashSet<String> = HashSet::new();
+    for env in [&env_a, &env_b] {
+        assert!(read_jsonl(&env.path("late.jsonl")).is_empty(), "no event is late");
+        closed.extend(read_jsonl(&env.path("aggregates.jsonl")).iter().map(Value::to_string));
+    }
+    let stray: Vec<&String> = closed.difference(&windows).take(3).collect();
+    assert!(stray.is_empty(), "windows one worker did not close: {stray:?}");
+    // The last ten minutes' windows stay open (the watermark trails by
+    // that much, and the stream goes on).
+    assert!(closed.len() * 10 >= windows.len() * 4, "closed {} of {} windows", closed.len(), windows.len());
+    for kind in ["account-5m", "device-session", "merchant-3m"] {
+        assert!(closed.iter().any(|w| w.contains(kind)), "a {kind} window closed");
     }
     let busiest = want.values().filter_map(|d| d["features"]["count(account, 1h)"].as_f64()).fold(0.0, f64::max);
     assert!(busiest >= 3.0, "accounts paid several times within the hour: {busiest}");
@@ -336,9 +399,47 @@ fn missing_or_misshapen_repartition_topics_stop_startup_naming_them() {
     std::fs::write(&path, text.replace(STATE_KEYS, r#"["card", "account", "card"]"#)).expect("write");
     let e = format!("{:#}", vigil::config::Config::load(&path).expect_err("refused"));
     assert!(e.contains("kafka.state-keys") && e.contains("lists `card` twice"), "{e}");
-    // many-keys reads features per every key: one not listed refuses it,
-    // and with it the start (no rule left).
+    // A window per a key not listed stops the start, naming it.
     std::fs::write(&path, text.replace(STATE_KEYS, r#"["card", "account", "device"]"#)).expect("write");
     let e = run_err(&path);
-    assert!(e.contains("kafka.state-keys") && e.contains("kept per ip"), "{e}");
+    assert!(e.contains("kafka.state-keys") && e.contains("window `merchant-3m` is kept per merchant"), "{e}");
+}
+
+/// `vigil replay` with a config whose group keeps state per several keys
+/// decides the history it is given in the process, every key exact, without
+/// a broker (this one points nowhere).
+#[test]
+fn a_replay_with_a_cluster_s_config_runs_in_the_process() {
+    let env = Env::new();
+    env.install("many_keys", "many_keys.wasm");
+    let text = std::fs::read_to_string(root().join("examples/vigil.kafka.toml"))
+        .expect("example")
+        .replace("127.0.0.1:9092", "127.0.0.1:1")
+        .replace(r#"pan-key-env = "VIGIL_PAN_KEY""#, r#"pan-key = "integration-test-key-0123456789""#)
+        .replace(r#"# state-keys = ["card", "device", "account"]"#, &format!("state-keys = {STATE_KEYS}"));
+    assert!(text.contains("state-keys = ["), "the example names state-keys");
+    let config = env.path("vigil.kafka.toml");
+    std::fs::write(&config, text).expect("config");
+    let events: Vec<Value> = events(200, 7).into_iter().map(|(e, _)| e).collect();
+    let history = env.path("history.jsonl");
+    std::fs::write(&history, events.iter().map(|e| format!("{e}\n")).collect::<String>()).expect("history");
+    let out = env.path("replay");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["replay", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--rules")
+        .arg(env.rules())
+        .arg("--out")
+        .arg(&out)
+        .arg(&history)
+        .output()
+        .expect("run vigil replay");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let want = reference(&events);
+    let got: BTreeMap<String, Value> = read_jsonl(&out.join("decisions.jsonl"))
+        .iter()
+        .map(|d| (d["id"].as_str().expect("id").to_owned(), kept(d)))
+        .collect();
+    assert_eq!(got.len(), events.len());
+    assert!(got == want, "the replay decides as one worker");
 }

@@ -343,19 +343,6 @@ impl Decoder {
         Ok(())
     }
 
-    /// Admits an event known by `id` (an event's id at one of its hops,
-    /// say) with time `ts_ms`, as [`Decoder::admit`] does.
-    ///
-    /// # Errors
-    /// As [`Decoder::admit`].
-    pub fn admit_as(&mut self, id: &str, ts_ms: i64) -> Result<(), DecodeError> {
-        self.check_time(ts_ms)?;
-        if !self.dedup.insert(id, ts_ms) {
-            return Err(DecodeError::Duplicate(id.into()));
-        }
-        Ok(())
-    }
-
     /// Refuses an event time too far ahead of the clock, or before the
     /// floor: one such event would move the watermark — closing windows and
     /// forgetting the ids de-duplication holds — by however far it is off.

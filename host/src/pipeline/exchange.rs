@@ -427,6 +427,51 @@ mod tests {
     }
 
     #[test]
+    fn at_a_hop_each_event_has_its_hop_s_keys_and_the_values_carried_to_it() {
+        use crate::features::Catalog;
+        let chain = Chain::plan(KeyField::Card, &[KeyField::Card, KeyField::Counterparty, KeyField::Account], "g")
+            .expect("a chain");
+        let features: std::collections::BTreeMap<String, String> =
+            [("a", "count(account, 1h)"), ("c", "count(card, 1h)"), ("p", "count(counterparty, 1h)")]
+                .into_iter()
+                .map(|(n, s)| (n.to_owned(), s.to_owned()))
+                .collect();
+        let features = Catalog::from_config(&features).expect("catalog").snapshot();
+        let index = |name: &str| features.iter().position(|f| &*f.name == name).expect("feature");
+        let router = Router::new(2, KeyedHash::for_tests(), KeyField::Card, true);
+        let mut to_other = item("a1", None, Some("b1"));
+        to_other.hop = 1;
+        to_other.carried = vec![("c".into(), 4.0), ("gone".into(), 9.0)];
+        let mut to_self = item("a2", None, Some("a2"));
+        to_self.hop = 2;
+        let mut decided = item("a3", None, Some("b3"));
+        decided.hop = 2;
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let plan = Plan {
+            router: &router,
+            rules: Arc::new(RuleSet::default()),
+            features: features.clone(),
+            fields: SmallVec::new(),
+            chain: Some(Arc::new(chain)),
+            homes: SmallVec::from_slice(&[Some(KeyField::Account)]),
+            wake: Arc::from(vec![tx]),
+        };
+        let b = Shared::new(vec![to_other, to_self, decided], plan);
+        assert_eq!(b.fields_of(0), [KeyField::Counterparty]);
+        // Kept at the first party hop already, as account then counterparty.
+        assert!(b.fields_of(1).is_empty());
+        assert_eq!(b.fields_of(2), [KeyField::Account]);
+        // The rules' key is routed at the last hop even where its state
+        // was kept before.
+        assert!(b.keys[1][usize::from(KeyField::Account.code())].is_some());
+        assert!(b.forwards(0) && !b.forwards(1) && !b.forwards(2));
+        // What earlier hops worked out is there, the rest empty until here.
+        assert_eq!(b.value(0, index("c")), 4.0);
+        assert!(b.value(0, index("a")).is_nan() && b.value(2, index("c")).is_nan());
+        assert!(!b.cross, "every key follows its partition's worker");
+    }
+
+    #[test]
     fn a_batch_whose_keys_all_follow_the_decider_does_not_cross() {
         let router = Router::new(4, KeyedHash::for_tests(), KeyField::Card, false);
         let items: Vec<Item> = (0..64).map(|i| item("a", Some(&format!("card-{i}")), None)).collect();

@@ -98,6 +98,13 @@ impl Chain {
         Some(Chain { hops, input: if on_input { 0 } else { ROUTE }, group: group.to_owned() })
     }
 
+    /// The chain `config` asks for (`kafka.state-keys`), if any.
+    pub fn of(config: &crate::config::Config) -> Option<Chain> {
+        let keys = config.state_keys()?;
+        let group = config.kafka.as_ref().map_or("vigil", |k| k.group_id.as_str());
+        Chain::plan(config.pipeline.partition_key.field(), &keys.keys, group)
+    }
+
     /// The hops, in order.
     pub fn hops(&self) -> &[Hop] {
         &self.hops
@@ -186,11 +193,14 @@ impl Chain {
 /// values worked out by the hops before.
 #[derive(Debug, Serialize, Deserialize)]
 struct Wire<'a> {
+    /// The keys of the chain that sent it ([`Chain::keys`]): a hop index
+    /// means something only in the chain it was written for.
+    #[serde(borrow)]
+    keys: std::borrow::Cow<'a, str>,
     /// The hop it goes to.
     hop: u8,
     /// When the first hop read it, µs since the epoch: a decision's
     /// latency counts from there.
-    #[serde(default)]
     read_us: i64,
     /// The event as the rule ABI encodes it, in hex.
     #[serde(borrow)]
@@ -198,8 +208,9 @@ struct Wire<'a> {
     /// The counterparty's category code, which the encoding leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     counterparty_mcc: Option<u16>,
-    /// Feature values by feature name; `null` for one with no value.
-    values: Vec<(String, Option<f64>)>,
+    /// Feature values by feature name, each as its `f64` bits: exact,
+    /// where decimal text may come back a bit off.
+    values: Vec<(String, u64)>,
 }
 
 /// An event read from a repartition topic.
@@ -215,48 +226,71 @@ pub struct Forwarded {
     pub values: Vec<(crate::event::Text, f64)>,
 }
 
-/// Appends `payment`, at hop `hop`, first read at `read_us`, with
-/// `values`, to `out` under `key`.
-///
-/// # Errors
-/// When the event cannot be encoded (validation limits make that
-/// unreachable for decoded events).
-pub fn write<'v>(
-    out: &mut Records,
-    key: &str,
-    hop: u8,
-    read_us: i64,
-    payment: &Payment,
-    values: impl Iterator<Item = (&'v str, f64)>,
-    scratch: &mut Vec<u8>,
-) -> Result<(), vigil_abi::event::EncodeError> {
-    scratch.clear();
-    payment.encode(scratch)?;
-    let wire = Wire {
-        hop,
-        read_us,
-        event: hex::encode(&scratch[..]).into(),
-        counterparty_mcc: payment.counterparty.as_ref().and_then(|c| c.mcc),
-        values: values.map(|(name, v)| (name.to_owned(), (!v.is_nan()).then_some(v))).collect(),
-    };
-    out.push(Some(key), &wire);
-    Ok(())
-}
-
-/// Reads a record [`write`] wrote.
-///
-/// # Errors
-/// A message saying what is wrong with it.
-pub fn read(line: &str) -> Result<Forwarded, String> {
-    let wire: Wire<'_> =
-        serde_json::from_str(line).map_err(|e| format!("not an event on its way between hops: {e}"))?;
-    let bytes = hex::decode(wire.event.as_bytes()).map_err(|e| format!("`event` is not hex: {e}"))?;
-    let mut payment = Payment::decode(&bytes).ok_or("`event` is not an encoded event")?;
-    if let Some(c) = payment.counterparty.as_mut() {
-        c.mcc = wire.counterparty_mcc;
+impl Chain {
+    /// The chain's keys, in order, as its events carry them.
+    pub fn keys(&self) -> String {
+        self.hops.iter().map(|h| h.field.name()).collect::<Vec<_>>().join(",")
     }
-    let values = wire.values.into_iter().map(|(name, v)| (name.into(), v.unwrap_or(f64::NAN))).collect();
-    Ok(Forwarded { hop: wire.hop, read_us: wire.read_us, payment, values })
+
+    /// Appends `payment`, going to hop `hop`, first read at `read_us`,
+    /// with `values`, to `out` under `key`.
+    ///
+    /// # Errors
+    /// When the event cannot be encoded (validation limits make that
+    /// unreachable for decoded events).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write<'v>(
+        &self,
+        out: &mut Records,
+        key: &str,
+        hop: u8,
+        read_us: i64,
+        payment: &Payment,
+        values: impl Iterator<Item = (&'v str, f64)>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), vigil_abi::event::EncodeError> {
+        scratch.clear();
+        payment.encode(scratch)?;
+        let wire = Wire {
+            keys: self.keys().into(),
+            hop,
+            read_us,
+            event: hex::encode(&scratch[..]).into(),
+            counterparty_mcc: payment.counterparty.as_ref().and_then(|c| c.mcc),
+            values: values.map(|(name, v)| (name.to_owned(), v.to_bits())).collect(),
+        };
+        out.push(Some(key), &wire);
+        Ok(())
+    }
+
+    /// Reads a record [`Chain::write`] wrote, from `topic`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with it: not such a record, written
+    /// by a chain of other keys (a daemon with another `kafka.state-keys`),
+    /// or for a hop that does not read `topic`.
+    pub fn read(&self, line: &str, topic: &str) -> Result<Forwarded, String> {
+        let wire: Wire<'_> =
+            serde_json::from_str(line).map_err(|e| format!("not an event on its way between hops: {e}"))?;
+        let keys = self.keys();
+        if wire.keys != keys {
+            return Err(format!(
+                "sent on by a daemon keeping state per [{}], but this one keeps it per [{keys}] \
+                 (kafka.state-keys): every daemon of a group needs the same keys",
+                wire.keys
+            ));
+        }
+        if self.hops.get(usize::from(wire.hop)).and_then(|h| h.topic.as_deref()) != Some(topic) {
+            return Err(format!("hop {} is not read from `{topic}`", wire.hop));
+        }
+        let bytes = hex::decode(wire.event.as_bytes()).map_err(|e| format!("`event` is not hex: {e}"))?;
+        let mut payment = Payment::decode(&bytes).ok_or("`event` is not an encoded event")?;
+        if let Some(c) = payment.counterparty.as_mut() {
+            c.mcc = wire.counterparty_mcc;
+        }
+        let values = wire.values.into_iter().map(|(name, bits)| (name.into(), f64::from_bits(bits))).collect();
+        Ok(Forwarded { hop: wire.hop, read_us: wire.read_us, payment, values })
+    }
 }
 
 /// The de-duplication id of an event at a hop: an event goes through a
@@ -277,28 +311,44 @@ mod tests {
     #[test]
     fn an_event_sent_between_hops_arrives_as_it_left_with_its_values() {
         let d = decoder();
+        let chain =
+            Chain::plan(KeyField::Card, &[KeyField::Card, KeyField::Device, KeyField::Account], "g").expect("a chain");
         let lines = [
             r#"{"id":"t1","ts":"2024-05-01T12:00:00Z","channel":"card","kind":"purchase","amount":1250,"currency":"usd","account":"a1","card":{"pan":"4111 1111 1111 1111","country":"us","present":false},"merchant":{"id":"m1","mcc":5411,"country":"DE"},"ip":"::ffff:10.0.0.1","device":"d-7","geo":{"country":"de","lat":52.5,"lon":13.4},"attrs":{"3ds":false,"bin":"411111","n":3}}"#,
             r#"{"id":"t2","ts":1717200000000,"channel":"bank_transfer","kind":"transfer","amount":99,"currency":"EUR","account":"a2","counterparty":{"id":"b9","mcc":6012,"country":"FR"}}"#,
         ];
+        // A value decimal text may not give back exactly.
+        let mean = 0.1 + 0.2 + 1e-17 * 3.0;
         for line in lines {
             let p = d.parse(line).expect("a good event");
             let mut out = Records::default();
-            let values = [("count(account, 1h)", 3.0), ("sum(card, 10m)", f64::NAN)];
-            write(&mut out, "a1", 2, 1_717_000_000_000_000, &p, values.into_iter(), &mut Vec::new()).expect("encodes");
+            let values = [("count(account, 1h)", 3.0), ("mean(card, amount, 1h)", mean)];
+            chain
+                .write(&mut out, "a1", 2, 1_717_000_000_000_000, &p, values.into_iter(), &mut Vec::new())
+                .expect("encodes");
             let rec = out.last().expect("a record");
             assert_eq!(rec.key, Some(&b"a1"[..]));
             let line = std::str::from_utf8(rec.line).expect("text");
             assert!(!line.contains("4111"), "no PAN between hops: {line}");
-            let back = read(line).expect("reads back");
+            let back = chain.read(line, "g-by-account").expect("reads back");
             assert_eq!((back.hop, back.read_us), (2, 1_717_000_000_000_000));
             assert_eq!(back.payment, p);
             assert_eq!(back.values[0], ("count(account, 1h)".into(), 3.0));
-            assert!(back.values[1].1.is_nan());
+            assert_eq!(back.values[1].1.to_bits(), mean.to_bits(), "bit for bit");
+            // Read from a topic its hop does not read, or by a chain of
+            // other keys: refused, saying why.
+            assert!(chain.read(line, "g-by-device").expect_err("another hop's").contains("hop 2"));
+            let other =
+                Chain::plan(KeyField::Card, &[KeyField::Card, KeyField::Ip, KeyField::Account], "g").expect("a chain");
+            let e = other.read(line, "g-by-account").expect_err("another chain's");
+            assert!(e.contains("[card,device,account]") && e.contains("kafka.state-keys"), "{e}");
         }
-        assert!(read("{}").is_err());
-        assert!(read(r#"{"hop":1,"event":"zz","values":[]}"#).expect_err("not hex").contains("hex"));
-        assert!(read(r#"{"hop":1,"event":"00","values":[]}"#).expect_err("not an event").contains("encoded event"));
+        let line = |event: &str| {
+            format!(r#"{{"keys":"card,device,account","hop":1,"read_us":0,"event":"{event}","values":[]}}"#)
+        };
+        assert!(chain.read("{}", "g-by-device").is_err());
+        assert!(chain.read(&line("zz"), "g-by-device").expect_err("not hex").contains("hex"));
+        assert!(chain.read(&line("00"), "g-by-device").expect_err("not an event").contains("encoded event"));
     }
 
     #[test]

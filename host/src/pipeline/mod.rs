@@ -229,9 +229,9 @@ pub struct Stages {
     pub sinks: Sinks,
     /// How entity keys are hashed: the same on every daemon and restart.
     pub hasher: KeyedHash,
-    /// The hops of a Kafka group keeping state per several keys, and
-    /// whether `source` reads one of their topics (else the input).
-    pub chain: Option<(Arc<hop::Chain>, bool)>,
+    /// The hops of a Kafka group keeping state per several keys, and the
+    /// topic of theirs `source` reads (`None`: the input).
+    pub chain: Option<(Arc<hop::Chain>, Option<String>)>,
 }
 
 impl std::fmt::Debug for Stages {
@@ -307,7 +307,10 @@ impl Pipeline {
             });
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, woken, restore))?);
         }
+        // Events between hops were parsed where they came in.
+        let on_hop = chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
         let parsers = match config.pipeline.decode_thread_count() {
+            _ if on_hop => None,
             1 => None,
             n => Some(
                 rayon::ThreadPoolBuilder::new()

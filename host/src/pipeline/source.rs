@@ -39,23 +39,26 @@ pub(super) struct Setup {
     pub next_id: u64,
     /// Where the source's lag and the channels' fill are reported.
     pub counters: Arc<Counters>,
-    /// The hops of a group keeping state per several keys, and whether
-    /// this source reads one of their topics (else the input).
-    pub chain: Option<(Arc<Chain>, bool)>,
+    /// The hops of a group keeping state per several keys, and the topic
+    /// of theirs this source reads (`None`: the input).
+    pub chain: Option<(Arc<Chain>, Option<String>)>,
 }
 
 /// How often the source's lag and the channels' fill are reported.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Reports the source's lag and how full the channels to the workers and
-/// the output are, once per [`STATUS_EVERY`] (`last`: when it last did).
+/// the output are, once per [`STATUS_EVERY`] (`last`: when it last did;
+/// `None`: never, as for the topics between hops, whose pipelines share
+/// the daemon's counters with the input's).
 fn report_status(
     source: &mut dyn Source,
     worker_txs: &[Sender<WorkerMsg>],
     out_tx: &Sender<SinkMsg>,
     counters: &Counters,
-    last: &mut Instant,
+    last: &mut Option<Instant>,
 ) {
+    let Some(last) = last else { return };
     if last.elapsed() < STATUS_EVERY {
         return;
     }
@@ -75,7 +78,7 @@ fn report_status(
 pub(super) struct SourceRun {
     setup: Setup,
     /// When the status was last reported ([`report_status`]).
-    reported: Instant,
+    reported: Option<Instant>,
     /// The current batch, parsed (not yet de-duplicated), in input order.
     parsed: Vec<Result<Payment, DecodeError>>,
     /// Read from a hop's topic: each of `parsed`'s hop and the values the
@@ -122,7 +125,9 @@ fn send_or_stall<T>(
 
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
-        Self { setup, reported: Instant::now(), parsed: Vec::new(), hops: Vec::new() }
+        let on_hop = setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
+        let reported = (!on_hop).then(Instant::now);
+        Self { setup, reported, parsed: Vec::new(), hops: Vec::new() }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
@@ -192,7 +197,7 @@ impl SourceRun {
             report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, &mut self.reported);
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
-            let on_hop = self.setup.chain.as_ref().is_some_and(|(_, on_hop)| *on_hop);
+            let on_hop = self.setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
             let input_hop = self.setup.chain.as_ref().map_or(0, |(c, _)| c.input_hop());
             if !on_hop {
                 // Events read between hops were counted as they came in.
@@ -215,14 +220,13 @@ impl SourceRun {
                 let admitted = match (parsed, on_hop) {
                     // Sent again by a hop before that restarted from its
                     // last checkpoint: already taken here.
-                    (Ok(p), true) => match s.decoder.admit_as(&hop::dedup_id(&p.id, hop), p.ts_ms) {
-                        Ok(()) => Ok(p),
-                        Err(DecodeError::Duplicate(_)) => {
+                    (Ok(p), true) => {
+                        if !s.decoder.dedup_mut().insert(&hop::dedup_id(&p.id, hop), p.ts_ms) {
                             tracing::debug!(id = %p.id, hop, "an event sent again between hops: already taken");
                             continue;
                         }
-                        Err(e) => Err(e),
-                    },
+                        Ok(p)
+                    }
                     (parsed, _) => parsed.and_then(|p| s.decoder.admit(&p).map(|()| p)),
                 };
                 match admitted {
@@ -273,10 +277,10 @@ impl SourceRun {
         let decoder = &self.setup.decoder;
         self.parsed.clear();
         self.hops.clear();
-        if self.setup.chain.as_ref().is_some_and(|(_, on_hop)| *on_hop) {
+        if let Some((chain, Some(topic))) = &self.setup.chain {
             // Decoded, cleaned and tokenised where they came in.
             for r in records {
-                match hop::read(&r.line) {
+                match chain.read(&r.line, topic) {
                     Ok(f) => {
                         self.parsed.push(Ok(f.payment));
                         self.hops.push((f.hop, f.read_us, f.values));

@@ -331,9 +331,15 @@ impl Worker {
                 }
             }
             let keys = &b.keys[i];
+            // At a hop, only its own keys: the rules' key is routed for
+            // them even where its state was kept at an earlier hop.
+            let at_hop = b.chain.as_ref().map(|_| b.fields_of(i));
             self.windows.add_owned(
                 p,
-                |field| keys[usize::from(field.code())].is_some_and(|k| k.owner == me),
+                |field| {
+                    at_hop.is_none_or(|f| f.contains(&field))
+                        && keys[usize::from(field.code())].is_some_and(|k| k.owner == me)
+                },
                 |l| out.late(&l),
             );
         }
@@ -346,6 +352,13 @@ impl Worker {
     fn rules_of(&mut self, f: &mut InFlight, out: &mut Output) {
         let b = f.batch.clone();
         let me = self.index;
+        if b.chain.is_some() && (0..b.items.len()).all(|i| b.forwards(i)) {
+            // A hop that only sends its events on runs no rule (and
+            // instantiates none).
+            b.rules_finished(me, (0..self.workers).map(|_| Vec::new()).collect());
+            f.stage = Stage::Rules;
+            return;
+        }
         let started = Instant::now();
         self.clock = decide::WallClock::new();
         if self.evaluator.refresh_to(&b.rules) {
@@ -431,6 +444,14 @@ impl Worker {
                 }
             }
         }
+        if b.chain.is_some() {
+            self.forward(&b, out);
+            if (0..b.items.len()).all(|i| b.forwards(i)) {
+                // Decided at a later hop, with the rule set there.
+                self.recycle(f.mine);
+                return;
+            }
+        }
         let without_rules = !self.evaluator.enforcing();
         if without_rules != self.without_rules {
             self.without_rules = without_rules;
@@ -445,10 +466,7 @@ impl Worker {
                 tracing::info!(worker = self.index, "an enforcing rule is live again");
             }
         }
-        // A hop sending every event on decides none: the rule set is
-        // recorded where they are decided.
-        let decides_some = b.chain.is_none() || (0..b.items.len()).any(|i| !b.forwards(i));
-        if decides_some && self.evaluator.generation() != self.used_generation {
+        if self.evaluator.generation() != self.used_generation {
             out.rule_sets.push((b.rules.id.clone(), b.rules.record.clone()));
             self.used = self
                 .evaluator
@@ -457,9 +475,6 @@ impl Worker {
                 .filter_map(|i| b.features.get(i).map(|f| (decide::FeatureKey::new(&f.name), i)))
                 .collect();
             self.used_generation = self.evaluator.generation();
-        }
-        if b.chain.is_some() {
-            self.forward(&b, out);
         }
         let mine = b.deciders.iter().filter(|&&d| usize::from(d) == me).count();
         out.decisions.reserve(mine, self.record_bytes + self.record_bytes / 8);
@@ -481,7 +496,12 @@ impl Worker {
             self.record_bytes = out.decisions.lines().len() / out.decisions.len();
         }
         self.counters.decision_latency.merge(&mut latency);
-        for mut list in f.mine {
+        self.recycle(f.mine);
+    }
+
+    /// Keeps emptied outcome lists for the next batches.
+    fn recycle(&mut self, lists: Vec<Vec<RuleOutcome>>) {
+        for mut list in lists {
             if self.spare.len() >= SPARE_LISTS {
                 break;
             }
@@ -512,7 +532,7 @@ impl Worker {
                 .map(|(f, feature)| (&*feature.name, b.value(i, f)))
                 .filter(|(_, v)| !v.is_nan());
             let to = out.forward_to(next);
-            if let Err(e) = super::hop::write(to, key, next, item.ingested_at_us, p, values, &mut scratch) {
+            if let Err(e) = chain.write(to, key, next, item.ingested_at_us, p, values, &mut scratch) {
                 // As for the rules: validation limits make this a bug.
                 tracing::error!(id = %p.id, error = %e, "cannot encode event for the next hop");
                 out.encode_failure(&p.id, &e.to_string());

@@ -68,7 +68,7 @@ impl ProducerContext for Delivery {
 }
 
 /// A record that could not be sent or delivered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot produce to topic `{topic}`")]
 pub struct ProduceError {
     topic: String,
@@ -243,7 +243,10 @@ impl Producer {
             .wait_timeout_while(in_flight, OUTAGE_LIMIT, |f| f.first().is_some_and(|&first| first < mark))
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         drop(in_flight);
-        if let Some(failure) = self.context.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        // Kept, not taken: every later wait fails too, so no pipeline
+        // sharing the producer (the hops of a chain) commits offsets past
+        // a record that was lost.
+        if let Some(failure) = self.context.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
             return Err(std::io::Error::other(failure));
         }
         if timeout.timed_out() {
