@@ -105,9 +105,12 @@ pub struct Item {
     /// The hop it is at, when its group keeps state per several keys
     /// ([`super::hop`]); 0 otherwise.
     pub hop: u8,
-    /// The feature values the hops before worked out, by name.
-    pub carried: Vec<(crate::event::Text, f64)>,
 }
+
+/// Per event of a batch at a hop, the feature values the hops before
+/// worked out, by name (kept beside the events, which stay as small as
+/// they are without hops).
+pub type Carried = Vec<Vec<(crate::event::Text, f64)>>;
 
 /// An event's key of one field: its hash and its owner.
 #[derive(Debug, Clone, Copy)]
@@ -162,13 +165,13 @@ pub struct Shared {
 /// The value table of a batch at a hop: the values the hops before worked
 /// out, by name; the others, not worked out yet, empty (NaN) until this
 /// hop works out its own.
-fn carried(items: &[Item], features: &[Feature]) -> Box<[AtomicU64]> {
+fn carried(items: &[Item], carried: &Carried, features: &[Feature]) -> Box<[AtomicU64]> {
     let width = features.len();
     let values: Box<[AtomicU64]> = (0..items.len() * width).map(|_| AtomicU64::new(f64::NAN.to_bits())).collect();
     let index: std::collections::HashMap<&str, usize> =
         features.iter().enumerate().map(|(i, f)| (f.name.as_ref(), i)).collect();
-    for (e, item) in items.iter().enumerate() {
-        for (name, value) in &item.carried {
+    for (e, brought) in carried.iter().enumerate().take(items.len()) {
+        for (name, value) in brought {
             if let Some(&f) = index.get(name.as_str()) {
                 values[e * width + f].store(value.to_bits(), Ordering::Relaxed);
             }
@@ -193,6 +196,8 @@ pub struct Plan<'a> {
     pub fields: SmallVec<[KeyField; 6]>,
     /// See [`Shared::chain`].
     pub chain: Option<Arc<Chain>>,
+    /// With a chain, what each event brings from the hops before.
+    pub carried: Carried,
     /// Where each group of rules runs (see [`Shared::homes`]).
     pub homes: SmallVec<[Option<KeyField>; 2]>,
     /// Workers to wake when a phase completes.
@@ -254,7 +259,7 @@ impl Shared {
         let width = plan.features.len();
         let values: Box<[AtomicU64]> = match &plan.chain {
             None => (0..items.len() * width).map(|_| AtomicU64::new(0)).collect(),
-            Some(_) => carried(&items, &plan.features),
+            Some(_) => carried(&items, &plan.carried, &plan.features),
         };
         Self {
             items,
@@ -390,7 +395,6 @@ mod tests {
             ingested_at_us: 0,
             partition: 0,
             hop: 0,
-            carried: Vec::new(),
         }
     }
 
@@ -402,6 +406,7 @@ mod tests {
             features: Arc::new(Vec::new()),
             fields: fields.iter().copied().collect(),
             chain: None,
+            carried: Vec::new(),
             homes: SmallVec::new(),
             wake: Arc::from(vec![tx]),
         };
@@ -441,7 +446,7 @@ mod tests {
         let router = Router::new(2, KeyedHash::for_tests(), KeyField::Card, true);
         let mut to_other = item("a1", None, Some("b1"));
         to_other.hop = 1;
-        to_other.carried = vec![("c".into(), 4.0), ("gone".into(), 9.0)];
+        let carried = vec![vec![("c".into(), 4.0), ("gone".into(), 9.0)], Vec::new(), Vec::new()];
         let mut to_self = item("a2", None, Some("a2"));
         to_self.hop = 2;
         let mut decided = item("a3", None, Some("b3"));
@@ -453,6 +458,7 @@ mod tests {
             features: features.clone(),
             fields: SmallVec::new(),
             chain: Some(Arc::new(chain)),
+            carried,
             homes: SmallVec::from_slice(&[Some(KeyField::Account)]),
             wake: Arc::from(vec![tx]),
         };

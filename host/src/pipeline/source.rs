@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::exchange::{Item, Plan, Router, Shared};
+use super::exchange::{Carried, Item, Plan, Router, Shared};
 use super::hop::{self, Chain};
 use super::output::{Output, SinkMsg};
 use super::{Counters, PipelineError, WorkerMsg};
@@ -84,6 +84,8 @@ pub(super) struct SourceRun {
     /// Read from a hop's topic: each of `parsed`'s hop and the values the
     /// hops before worked out.
     hops: Vec<HopParts>,
+    /// What the events of the batch being built bring from the hops before.
+    carried: Carried,
 }
 
 /// Of an event read from a hop's topic: its hop, when the first hop read
@@ -127,7 +129,7 @@ impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
         let on_hop = setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
         let reported = (!on_hop).then(Instant::now);
-        Self { setup, reported, parsed: Vec::new(), hops: Vec::new() }
+        Self { setup, reported, parsed: Vec::new(), hops: Vec::new(), carried: Vec::new() }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
@@ -159,7 +161,7 @@ impl SourceRun {
     /// The rules and features that decide the next batch (the catalog as
     /// the rule set was published with), and the key fields they keep
     /// state per.
-    fn plan(&self) -> Plan<'_> {
+    fn plan(&self, carried: Carried) -> Plan<'_> {
         let s = &self.setup;
         let rules = s.registry.current();
         let features = rules.features.clone();
@@ -183,7 +185,7 @@ impl SourceRun {
             }
         }
         let chain = s.chain.as_ref().map(|(c, _)| c.clone());
-        Plan { router: &s.router, rules, features, fields, chain, homes, wake: s.wake.clone() }
+        Plan { router: &s.router, rules, features, fields, chain, carried, homes, wake: s.wake.clone() }
     }
 
     pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> Result<(), PipelineError> {
@@ -232,14 +234,18 @@ impl SourceRun {
                 match admitted {
                     Ok(payment) => {
                         let ingested_at_us = if read_us > 0 { read_us } else { now };
-                        items.push(Item { payment, ingested_at_us, partition: record.partition, hop, carried })
+                        items.push(Item { payment, ingested_at_us, partition: record.partition, hop });
+                        if on_hop {
+                            self.carried.push(carried);
+                        }
                     }
                     Err(e) => rejected.dead_letter(&s.decoder.dead_letter(&e, s.source.name(), record, now)),
                 }
             }
             drop(hops);
             if !items.is_empty() {
-                let batch = Arc::new(Shared::new(items, self.plan()));
+                let carried = std::mem::take(&mut self.carried);
+                let batch = Arc::new(Shared::new(items, self.plan(carried)));
                 self.send_all(|| WorkerMsg::Batch(batch.clone()))?;
             }
             if !rejected.is_empty() {
