@@ -265,9 +265,17 @@ fn exact_through(broker: &Broker, stop: &str) {
     tokio::runtime::Runtime::new().expect("runtime").block_on(topics(broker, "hops"));
     let (env_a, env_b) = (Env::new(), Env::new());
     let mut daemons = Vec::new();
+    let port = crate::admin::free_port();
     for env in [&env_a, &env_b] {
         env.install("many_keys", "many_keys.wasm");
-        daemons.push(Daemon::start(env, &config(env, broker, "hops")));
+        let path = config(env, broker, "hops");
+        if daemons.is_empty() {
+            // The survivor serves metrics.
+            let text = std::fs::read_to_string(&path).expect("config")
+                + &format!("\n[admin]\nlisten = \"127.0.0.1:{port}\"\n");
+            std::fs::write(&path, text).expect("config");
+        }
+        daemons.push(Daemon::start(env, &path));
     }
     let mut b = daemons.pop().expect("b");
     let mut a = daemons.pop().expect("a");
@@ -289,6 +297,15 @@ fn exact_through(broker: &Broker, stop: &str) {
     let _ = b.child.wait();
     send(broker, &mut a, &rounds[half..], "the survivor to decide the second half");
 
+    // Each topic between hops reports its lag, every partition of it read
+    // by the survivor.
+    let lags = a.wait_for(Duration::from_secs(30), "the lag of every topic between hops", || {
+        let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "")?;
+        let lags: Vec<String> =
+            m.lines().filter(|l| l.starts_with("vigil_hop_lag_records{")).map(String::from).collect();
+        (lags.len() == 4 * SPACES.len() && lags.iter().all(|l| l.ends_with(" 0"))).then_some(lags)
+    });
+    assert!(lags.iter().any(|l| l.contains("topic=\"hops-by-account\"") && l.contains("partition=\"3\"")), "{lags:?}");
     let got = decided(broker);
     let log = a.log();
     // Read to decided, over every hop: reported, not asserted (timing).

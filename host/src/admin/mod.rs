@@ -593,6 +593,22 @@ impl Collector for Observed {
                 ConstGauge::new(*n as i64).encode(m.encode_family(&[("partition", p.to_string())])?)?;
             }
         }
+        let hops = d.counters.hop_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !hops.is_empty() {
+            let mut m = e.encode_descriptor(
+                "vigil_hop_lag_records",
+                "Kafka, state per several keys: records between the next offset and the end of each topic between \
+                 hops, per owned partition.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (topic, partitions) in &hops {
+                for (p, n) in partitions {
+                    let labels = [("topic", topic.clone()), ("partition", p.to_string())];
+                    ConstGauge::new(*n as i64).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
         let channels = d.counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if !channels.is_empty() {
             let mut m = e.encode_descriptor(

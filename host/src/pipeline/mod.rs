@@ -76,6 +76,9 @@ pub struct Counters {
     pub decision_latency: crate::stats::Histogram,
     /// How far the source is behind its input, updated about once a second.
     pub source_lag: std::sync::Mutex<crate::sources::Lag>,
+    /// How far each topic between hops is behind, per owned partition
+    /// (records), by topic; updated as `source_lag`.
+    pub hop_lag: std::sync::Mutex<std::collections::BTreeMap<String, Vec<(u32, u64)>>>,
     /// Messages waiting in each channel between the stages, and its
     /// capacity, updated with `source_lag`: (channel, waiting, capacity).
     pub channels: std::sync::Mutex<Vec<(String, usize, usize)>>,
@@ -130,6 +133,7 @@ impl Default for Counters {
             checkpoint_took_us: AtomicU64::new(0),
             decision_latency: crate::stats::Histogram::new(crate::stats::BATCH_NS),
             source_lag: std::sync::Mutex::default(),
+            hop_lag: std::sync::Mutex::default(),
             channels: std::sync::Mutex::default(),
             events_in: AtomicU64::new(0),
             decided: AtomicU64::new(0),

@@ -48,22 +48,26 @@ pub(super) struct Setup {
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Reports the source's lag and how full the channels to the workers and
-/// the output are, once per [`STATUS_EVERY`] (`last`: when it last did;
-/// `None`: never, as for the topics between hops, whose pipelines share
-/// the daemon's counters with the input's).
+/// the output are, once per [`STATUS_EVERY`] (`last`: when it last did).
+/// A source reading a topic between hops reports only its lag, under the
+/// topic's name (the input's pipeline reports the channels).
 fn report_status(
     source: &mut dyn Source,
     worker_txs: &[Sender<WorkerMsg>],
     out_tx: &Sender<SinkMsg>,
     counters: &Counters,
-    last: &mut Option<Instant>,
+    (last, hop_topic): (&mut Instant, Option<&str>),
 ) {
-    let Some(last) = last else { return };
     if last.elapsed() < STATUS_EVERY {
         return;
     }
     *last = Instant::now();
     let lag = source.lag();
+    if let Some(topic) = hop_topic {
+        let mut hops = counters.hop_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        hops.insert(topic.to_owned(), lag.records);
+        return;
+    }
     *counters.source_lag.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lag;
     let fill = |name: String, len: usize, cap: Option<usize>| (name, len, cap.unwrap_or(0));
     let channels = worker_txs
@@ -78,7 +82,9 @@ fn report_status(
 pub(super) struct SourceRun {
     setup: Setup,
     /// When the status was last reported ([`report_status`]).
-    reported: Option<Instant>,
+    reported: Instant,
+    /// The topic between hops the source reads, if it does.
+    hop_topic: Option<String>,
     /// The current batch, parsed (not yet de-duplicated), in input order.
     parsed: Vec<Result<Payment, DecodeError>>,
     /// Read from a hop's topic: each of `parsed`'s hop and the values the
@@ -127,15 +133,15 @@ fn send_or_stall<T>(
 
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
-        let on_hop = setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
-        let reported = (!on_hop).then(Instant::now);
-        Self { setup, reported, parsed: Vec::new(), hops: Vec::new(), carried: Vec::new() }
+        let hop_topic = setup.chain.as_ref().and_then(|(_, topic)| topic.clone());
+        Self { setup, reported: Instant::now(), hop_topic, parsed: Vec::new(), hops: Vec::new(), carried: Vec::new() }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
-        let (s, last) = (&mut self.setup, &mut self.reported);
+        let (s, last) = (&mut self.setup, (&mut self.reported, self.hop_topic.as_deref()));
         // While the pipeline is full the lag is what matters most: still reported.
-        let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
+        let report =
+            |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, (&mut *last.0, last.1));
         if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
             return Err(PipelineError::Stopped("a worker"));
         }
@@ -150,8 +156,9 @@ impl SourceRun {
     }
 
     fn send_out(&mut self, msg: SinkMsg) -> Result<(), PipelineError> {
-        let (s, last) = (&mut self.setup, &mut self.reported);
-        let report = |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, last);
+        let (s, last) = (&mut self.setup, (&mut self.reported, self.hop_topic.as_deref()));
+        let report =
+            |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, (&mut *last.0, last.1));
         if !send_or_stall(&s.out_tx, msg, &mut *s.source, report)? {
             return Err(PipelineError::Stopped("the sink"));
         }
@@ -196,7 +203,8 @@ impl SourceRun {
         let mut changed = false;
         loop {
             let s = &mut self.setup;
-            report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, &mut self.reported);
+            let last = (&mut self.reported, self.hop_topic.as_deref());
+            report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, last);
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
             let on_hop = self.setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
