@@ -9,18 +9,6 @@ use std::time::Duration;
 use vigil::config::{PartitionKey, WindowSpec};
 use vigil::features::KeyField;
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// `n` payments whose keys cross each other: accounts pay with many cards,
 /// devices and IPs are shared by accounts, transfers go between accounts
 /// (so a party both sends and receives), and a tenth of the events arrive

@@ -18,18 +18,6 @@ const STATE_KEYS: &str = r#"["card", "device", "ip", "merchant", "counterparty",
 /// The spaces with a repartition topic: every key but the input's.
 const SPACES: [&str; 4] = ["device", "ip", "merchant", "account"];
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// `n` payments whose keys cross each other (accounts pay with several
 /// cards, devices and IPs are shared, transfers go between accounts), each
 /// with its ids of every key, parties (accounts and counterparties) in one
@@ -372,15 +360,6 @@ fn features_per_six_key_kinds_are_exact_across_two_daemons_and_after_one_leaves(
 #[test]
 fn features_per_six_key_kinds_stay_exact_after_a_daemon_is_killed() {
     exact_through(&Broker::mock(), "-KILL");
-}
-
-fn run_err(config: &std::path::Path) -> String {
-    let config = vigil::config::Config::load(config).expect("config");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    match rt.block_on(vigil::app::run(config, std::future::pending())) {
-        Ok(s) => panic!("vigil started: {s:?}"),
-        Err(e) => format!("{e:#}"),
-    }
 }
 
 /// A repartition topic or its changelog missing, or with another partition

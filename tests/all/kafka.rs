@@ -607,15 +607,6 @@ fn a_log_has(env: &Env, what: &str) -> bool {
     std::fs::read_to_string(env.path("vigil.log")).is_ok_and(|l| l.contains(what))
 }
 
-fn run_err(config: &std::path::Path) -> String {
-    let config = vigil::config::Config::load(config).expect("config");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    match rt.block_on(vigil::app::run(config, std::future::pending())) {
-        Ok(s) => panic!("vigil started: {s:?}"),
-        Err(e) => format!("{e:#}"),
-    }
-}
-
 #[test]
 fn unreachable_brokers_and_missing_topics_stop_startup_naming_the_setting() {
     let env = Env::new();

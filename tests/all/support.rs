@@ -268,3 +268,26 @@ pub fn rule_names(decision: &Value) -> Vec<String> {
         .map(|a| a.iter().filter_map(|r| r["rule"].as_str().map(str::to_owned)).collect())
         .unwrap_or_default()
 }
+
+/// A small deterministic generator (xorshift).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Runs the daemon in-process with the config at `config`, which must
+/// fail to start: the error, with its causes.
+pub fn run_err(config: &Path) -> String {
+    let config = vigil::config::Config::load(config).expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    match rt.block_on(vigil::app::run(config, std::future::pending())) {
+        Ok(s) => panic!("vigil started: {s:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
