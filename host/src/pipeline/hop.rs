@@ -58,7 +58,6 @@ pub struct Chain {
     hops: Vec<Hop>,
     /// The hop the input's records are at ([`ROUTE`] or 0).
     input: u8,
-    group: String,
 }
 
 /// The name of a space in topic names (`-by-account` for parties).
@@ -95,7 +94,7 @@ impl Chain {
                 topic: (i > 0 || !on_input).then(|| format!("{group}-by-{}", space_name(field.space()))),
             })
             .collect();
-        Some(Chain { hops, input: if on_input { 0 } else { ROUTE }, group: group.to_owned() })
+        Some(Chain { hops, input: if on_input { 0 } else { ROUTE } })
     }
 
     /// The chain `config` asks for (`kafka.state-keys`), if any.
@@ -134,11 +133,6 @@ impl Chain {
     /// The changelog of the hops reading `topic`.
     pub fn changelog_of(&self, topic: &str) -> String {
         format!("{topic}-state")
-    }
-
-    /// The group the chain belongs to.
-    pub fn group(&self) -> &str {
-        &self.group
     }
 
     /// The key field whose state hop `hop` keeps (none for [`ROUTE`]).
@@ -180,11 +174,6 @@ impl Chain {
     pub fn next(&self, hop: u8) -> Option<u8> {
         let next = if hop == ROUTE { 0 } else { usize::from(hop) + 1 };
         (next < self.hops.len()).then_some(next as u8)
-    }
-
-    /// The key whose state rules may keep: the last hop's.
-    pub fn deciding_key(&self) -> KeyField {
-        self.hops.last().map(|h| h.field).unwrap_or(KeyField::Card)
     }
 }
 
@@ -361,7 +350,6 @@ mod tests {
         assert_eq!(c.fields_at(0), [Card]);
         assert_eq!((c.next(0), c.next(2)), (Some(1), None));
         assert!(c.is_last(2) && !c.is_last(1));
-        assert_eq!(c.deciding_key(), Device);
         // An account's inflows and outflows are one party's state: both
         // hops go through one topic, and the input only routes.
         let c = Chain::plan(Account, &[Account, Counterparty], "g").expect("a chain");
