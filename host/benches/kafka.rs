@@ -8,7 +8,12 @@
 //!    topic; the ratio of the two says whether vigil is the bottleneck;
 //! 3. event-to-decision latency at a steady 10,000 events/s: from the test
 //!    producer handing an event to librdkafka to its decision arriving on
-//!    the decisions topic (p50/p99/p99.9).
+//!    the decisions topic (p50/p99/p99.9);
+//! 4. restart to first decision, reading the whole changelog and from a
+//!    local snapshot;
+//! 5. rows 2 and 3 with state kept per the card and the account
+//!    (`kafka.state-keys`): every event goes on through a repartition
+//!    topic to its account's owner, which decides it — what a hop costs.
 //!
 //! Needs tansu (`just broker`) and the rules (`just rules`). `--quick`
 //! shrinks the sizes so CI proves it runs; its figures mean nothing.
@@ -145,7 +150,14 @@ fn passthrough(brokers: &str, from: &str, to: &str, n: u64) -> Duration {
     start.map(|s| s.elapsed()).unwrap_or_default()
 }
 
+/// [`config`]: with `hops`, state kept per the card and the account
+/// (`kafka.state-keys`): every event goes on through `<group>-by-account`
+/// to its account's owner, which decides it.
 fn config(work: &Path, brokers: &str, group: &str, topic: &str) -> vigil::config::Config {
+    config_with(work, brokers, group, topic, false)
+}
+
+fn config_with(work: &Path, brokers: &str, group: &str, topic: &str, hops: bool) -> vigil::config::Config {
     let text = format!(
         r#"
 [source]
@@ -155,6 +167,7 @@ topic = "{topic}"
 brokers = "{brokers}"
 group-id = "{group}"
 local-snapshots = {snapshots}
+{state_keys}
 [kafka.consumer]
 # tansu answers a fetch only after its max wait, data or not.
 "fetch.wait.max.ms" = "5"
@@ -189,6 +202,7 @@ checkpoint-interval = "{interval}"
         producer = std::env::var("VIGIL_BENCH_PRODUCER").unwrap_or_default(),
         interval = std::env::var("VIGIL_BENCH_CHECKPOINT").unwrap_or_else(|_| "1s".into()),
         snapshots = std::env::var_os("VIGIL_BENCH_NO_SNAPSHOTS").is_none(),
+        state_keys = if hops { r#"state-keys = ["card", "account"]"# } else { "" },
         rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules/dist"),
         state = work.join(group),
     );
@@ -285,7 +299,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Event-to-decision latency in ms at `rate` events/s for `secs`.
 fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, secs: f64) -> Vec<f64> {
     // Its own input topic: the throughput run's backlog would come first.
-    let config = config(work, brokers, "bench-latency", "live");
+    latency_of(rt, brokers, config(work, brokers, "bench-latency", "live"), rate, secs)
+}
+
+/// [`latency`] of the daemon `config` sets up, reading `config`'s topic.
+fn latency_of(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    config: vigil::config::Config,
+    rate: f64,
+    secs: f64,
+) -> Vec<f64> {
+    let vigil::config::SourceConfig::Kafka(source) = &config.source else { panic!("a Kafka source") };
+    let live = source.topic.clone();
     let Running { counters, stop_tx, run } = start_vigil(rt, config);
     // The reader of decisions, positioned at the end before anything is sent.
     let reader: BaseConsumer = client(brokers)
@@ -302,7 +328,7 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
     // Wait for vigil to own its partitions: a first event decided.
     let p = producer(brokers);
     let all = events((rate * secs) as u64 + 1, 7);
-    send(&p, "live", all[0].0.as_bytes(), all[0].1.as_bytes());
+    send(&p, &live, all[0].0.as_bytes(), all[0].1.as_bytes());
     while counters.decided.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -323,7 +349,7 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
     let sent_at: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = all.len() - 1;
     let pacer = std::thread::spawn({
-        let sent_at = sent_at.clone();
+        let (sent_at, live) = (sent_at.clone(), live.clone());
         move || {
             let start = Instant::now();
             for (i, (k, v)) in all.iter().enumerate().skip(1) {
@@ -334,7 +360,7 @@ fn latency(rt: &tokio::runtime::Runtime, brokers: &str, work: &Path, rate: f64, 
                 let id =
                     serde_json::from_str::<serde_json::Value>(v).expect("json")["id"].as_str().unwrap_or("").to_owned();
                 sent_at.lock().expect("sent").insert(id, Instant::now());
-                send(&p, "live", k.as_bytes(), v.as_bytes());
+                send(&p, &live, k.as_bytes(), v.as_bytes());
             }
             p
         }
@@ -402,6 +428,13 @@ fn main() {
             ("dead-letters", 1, false),
             ("bench-vigil-state", 4, true),
             ("bench-latency-state", 4, true),
+            ("live-hops", 4, false),
+            ("bench-hops-state", 4, true),
+            ("bench-hops-by-account", 4, false),
+            ("bench-hops-by-account-state", 4, true),
+            ("bench-hops-latency-state", 4, true),
+            ("bench-hops-latency-by-account", 4, false),
+            ("bench-hops-latency-by-account-state", 4, true),
         ],
     );
     eprintln!("vigil Kafka bench (tansu in memory on loopback{}): measuring…", if quick { ", quick" } else { "" });
@@ -413,6 +446,9 @@ fn main() {
     let (whole, local) = restarts(&rt, &brokers, work);
     let lat = latency(&rt, &brokers, work, 10_000.0, lat_secs);
     let (p50, p99, p999) = (percentile(&lat, 0.5), percentile(&lat, 0.99), percentile(&lat, 0.999));
+    let hops = run_vigil(&rt, config_with(work, &brokers, "bench-hops", "payments", true), n);
+    let hops_config = config_with(work, &brokers, "bench-hops-latency", "live-hops", true);
+    let hops_lat = latency_of(&rt, &brokers, hops_config, 10_000.0, lat_secs);
 
     println!("{:44}  {:>16}  {:>16}  {:>8}", "measure", "figure", "target", "ratio");
     println!("{:44}  {:>13.0}/s  {:>16}  {:>8}", format!("K1. broker alone: copy {n} events"), rate(copy), "", "");
@@ -436,5 +472,24 @@ fn main() {
         format!("{} / {} ms", whole.as_millis(), local.as_millis()),
         "",
         local.as_secs_f64() / whole.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "{:44}  {:>13.0}/s  {:>16}  {:>8.2}",
+        format!("K5. state per card and account (a hop), {n} ev"),
+        rate(hops),
+        "",
+        rate(hops) / rate(vigil)
+    );
+    println!(
+        "{:44}  {:>16}  {:>16}  {:>8.2}",
+        format!("K5. latency p50/p99/p99.9 at 10k/s ({} ev)", hops_lat.len()),
+        format!(
+            "{:.1}/{:.1}/{:.1} ms",
+            percentile(&hops_lat, 0.5),
+            percentile(&hops_lat, 0.99),
+            percentile(&hops_lat, 0.999)
+        ),
+        "",
+        percentile(&hops_lat, 0.99) / p99.max(1e-9)
     );
 }
