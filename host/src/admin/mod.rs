@@ -598,7 +598,7 @@ impl Collector for Observed {
             let mut m = e.encode_descriptor(
                 "vigil_hop_lag_records",
                 "Kafka, state per several keys: records between the next offset and the end of each topic between \
-                 hops, per owned partition.",
+                 hops, per owned partition read from since it was assigned.",
                 None,
                 MetricType::Gauge,
             )?;

@@ -166,6 +166,7 @@ pub struct Shared {
 /// out, by name; the others, not worked out yet, empty (NaN) until this
 /// hop works out its own.
 fn carried(items: &[Item], carried: &Carried, features: &[Feature]) -> Box<[AtomicU64]> {
+    debug_assert!(carried.is_empty() || carried.len() == items.len(), "one carried list per event");
     let width = features.len();
     let values: Box<[AtomicU64]> = (0..items.len() * width).map(|_| AtomicU64::new(f64::NAN.to_bits())).collect();
     let index: std::collections::HashMap<&str, usize> =

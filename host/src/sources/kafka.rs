@@ -231,10 +231,14 @@ impl Source for KafkaSource {
     }
 
     fn lag(&mut self) -> crate::sources::Lag {
+        // Owned now: a partition revoked while the pipeline stalls is
+        // forgotten here only once the rebalance is taken up.
+        let owned = self.consumer.context().fence.lock().partitions.clone();
         let ends = self.consumer.context().ends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let records = self
             .next
             .iter()
+            .filter(|(p, _)| owned.contains(p))
             .filter_map(|(p, &next)| ends.get(p).map(|&end| (*p, u64::try_from(end - next).unwrap_or(0))))
             .collect();
         let connected = Some(self.consumer.context().connected.load(Ordering::Relaxed));
