@@ -191,8 +191,8 @@ impl Config {
         Some(StateKeys { keys, deciding })
     }
 
-    /// Whether a Kafka group keeps state per more keys than the one the
-    /// input is partitioned by (or another), so events hop between daemons.
+    /// Whether a Kafka group keeps state per other keys than the partition
+    /// key alone, so events hop between daemons.
     pub fn hops(&self) -> bool {
         self.state_keys().is_some_and(|k| k.keys != [self.pipeline.partition_key.field()])
     }
@@ -497,12 +497,13 @@ pub struct KafkaConfig {
     pub local_snapshots: bool,
     /// The keys features, windows and rules' state may be kept per, in
     /// the order an event visits their owners; rules' state only per the
-    /// last. Each key other than the partition key (or sharing its space)
-    /// is reached through the topic `<group-id>-by-<space>` (`card`,
-    /// `account` — accounts and counterparties —, `device`, `ip`,
+    /// last. Each key is reached through the topic `<group-id>-by-<space>`
+    /// (`card`, `account` — accounts and counterparties —, `device`, `ip`,
     /// `merchant`), with as many partitions as the input, read by the
     /// consumer group of the same name, whose state goes to the changelog
-    /// `<group-id>-by-<space>-state`. Default: the partition key alone.
+    /// `<group-id>-by-<space>-state` — but for a first key that is the
+    /// partition key and shares its space with no other listed key, which
+    /// is kept on the input. Default: the partition key alone.
     #[serde(default)]
     pub state_keys: Vec<crate::event::KeyField>,
 }
