@@ -58,6 +58,8 @@ pub struct Chain {
     hops: Vec<Hop>,
     /// The hop the input's records are at ([`ROUTE`] or 0).
     input: u8,
+    /// The keys, in order, as the chain's events carry them ([`Chain::keys`]).
+    keys: String,
 }
 
 /// The name of a space in topic names (`-by-account` for parties).
@@ -94,7 +96,8 @@ impl Chain {
                 topic: (i > 0 || !on_input).then(|| format!("{group}-by-{}", space_name(field.space()))),
             })
             .collect();
-        Some(Chain { hops, input: if on_input { 0 } else { ROUTE } })
+        let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+        Some(Chain { hops, input: if on_input { 0 } else { ROUTE }, keys: names.join(",") })
     }
 
     /// The chain `config` asks for (`kafka.state-keys`), if any.
@@ -199,7 +202,8 @@ struct Wire<'a> {
     counterparty_mcc: Option<u16>,
     /// Feature values by feature name, each as its `f64` bits: exact,
     /// where decimal text may come back a bit off.
-    values: Vec<(String, u64)>,
+    #[serde(borrow)]
+    values: Vec<(std::borrow::Cow<'a, str>, u64)>,
 }
 
 /// An event read from a repartition topic.
@@ -217,8 +221,8 @@ pub struct Forwarded {
 
 impl Chain {
     /// The chain's keys, in order, as its events carry them.
-    pub fn keys(&self) -> String {
-        self.hops.iter().map(|h| h.field.name()).collect::<Vec<_>>().join(",")
+    pub fn keys(&self) -> &str {
+        &self.keys
     }
 
     /// Appends `payment`, going to hop `hop`, first read at `read_us`,
@@ -241,12 +245,12 @@ impl Chain {
         scratch.clear();
         payment.encode(scratch)?;
         let wire = Wire {
-            keys: self.keys().into(),
+            keys: self.keys.as_str().into(),
             hop,
             read_us,
             event: hex::encode(&scratch[..]).into(),
             counterparty_mcc: payment.counterparty.as_ref().and_then(|c| c.mcc),
-            values: values.map(|(name, v)| (name.to_owned(), v.to_bits())).collect(),
+            values: values.map(|(name, v)| (name.into(), v.to_bits())).collect(),
         };
         out.push(Some(key), &wire);
         Ok(())
@@ -261,8 +265,8 @@ impl Chain {
     pub fn read(&self, line: &str, topic: &str) -> Result<Forwarded, String> {
         let wire: Wire<'_> =
             serde_json::from_str(line).map_err(|e| format!("not an event on its way between hops: {e}"))?;
-        let keys = self.keys();
-        if wire.keys != keys {
+        let keys = &self.keys;
+        if wire.keys != *keys {
             return Err(format!(
                 "sent on by a daemon keeping state per [{}], but this one keeps it per [{keys}] \
                  (kafka.state-keys): every daemon of a group needs the same keys",
@@ -277,7 +281,7 @@ impl Chain {
         if let Some(c) = payment.counterparty.as_mut() {
             c.mcc = wire.counterparty_mcc;
         }
-        let values = wire.values.into_iter().map(|(name, bits)| (name.into(), f64::from_bits(bits))).collect();
+        let values = wire.values.into_iter().map(|(name, bits)| (name.as_ref().into(), f64::from_bits(bits))).collect();
         Ok(Forwarded { hop: wire.hop, read_us: wire.read_us, payment, values })
     }
 }
