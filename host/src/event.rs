@@ -214,24 +214,25 @@ impl Payment {
         for (key, value) in v.attrs() {
             event::encode_attr(key, value, &mut attrs).ok()?;
         }
-        let id = v.id();
-        (!id.is_empty())
-            .then(|| Payment {
-                id: id.into(),
-                ts_ms: v.ts_ms(),
-                channel: v.channel().unwrap_or(Channel::Card),
-                kind: v.kind().unwrap_or(Kind::Purchase),
-                amount: v.amount(),
-                currency,
-                account: v.account().into(),
-                card: v.card().map(|c| Card { token: c.token.into(), country: c.country, present: c.present }),
-                merchant: v.merchant().map(party),
-                counterparty: v.counterparty().map(party),
-                device: v.device().map(Into::into),
-                ip: v.ip().map(Into::into),
-                geo: v.geo(),
-                attrs,
-            })
-            .filter(|_| v.channel().is_some() && v.kind().is_some())
+        let (id, channel, kind) = (v.id(), v.channel()?, v.kind()?);
+        if id.is_empty() {
+            return None;
+        }
+        Some(Payment {
+            id: id.into(),
+            ts_ms: v.ts_ms(),
+            channel,
+            kind,
+            amount: v.amount(),
+            currency,
+            account: v.account().into(),
+            card: v.card().map(|c| Card { token: c.token.into(), country: c.country, present: c.present }),
+            merchant: v.merchant().map(party),
+            counterparty: v.counterparty().map(party),
+            device: v.device().map(Into::into),
+            ip: v.ip().map(Into::into),
+            geo: v.geo(),
+            attrs,
+        })
     }
 }
