@@ -29,7 +29,7 @@
 //! work crosses workers (every key of each event owned by its decider: all
 //! features kept per the partition key) needs no waiting at all.
 
-use crossbeam_channel::Sender;
+use crossbeam_utils::sync::Unparker;
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -159,7 +159,7 @@ pub struct Shared {
     /// decider's events, as (event, outcomes).
     outcomes: Box<[OnceLock<Vec<Outcomes>>]>,
     /// Wakes a worker waiting for a phase of some batch to complete.
-    wake: Arc<[Sender<()>]>,
+    wake: Arc<[Unparker]>,
 }
 
 /// The value table of a batch at a hop: the values the hops before worked
@@ -202,7 +202,7 @@ pub struct Plan<'a> {
     /// Where each group of rules runs (see [`Shared::homes`]).
     pub homes: SmallVec<[Option<KeyField>; 2]>,
     /// Workers to wake when a phase completes.
-    pub wake: Arc<[Sender<()>]>,
+    pub wake: Arc<[Unparker]>,
 }
 
 impl Shared {
@@ -361,10 +361,12 @@ impl Shared {
         self.outcomes[from].get().and_then(|o| o.get(decider)).map_or(&[], Vec::as_slice)
     }
 
+    /// Wakes every worker: the one that completed the phase goes on by
+    /// itself, and an unpark costs one atomic swap unless its worker is
+    /// parked.
     fn wake_all(&self) {
         for w in self.wake.iter() {
-            // Full: a wake-up is already pending.
-            let _ = w.try_send(());
+            w.unpark();
         }
     }
 }
@@ -400,7 +402,7 @@ mod tests {
     }
 
     fn shared(router: &Router, items: Vec<Item>, fields: &[KeyField]) -> Shared {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let parker = crossbeam_utils::sync::Parker::new();
         let plan = Plan {
             router,
             rules: Arc::new(RuleSet::default()),
@@ -409,7 +411,7 @@ mod tests {
             chain: None,
             carried: Vec::new(),
             homes: SmallVec::new(),
-            wake: Arc::from(vec![tx]),
+            wake: Arc::from(vec![parker.unparker().clone()]),
         };
         Shared::new(items, plan)
     }
@@ -452,7 +454,7 @@ mod tests {
         to_self.hop = 2;
         let mut decided = item("a3", None, Some("b3"));
         decided.hop = 2;
-        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let parker = crossbeam_utils::sync::Parker::new();
         let plan = Plan {
             router: &router,
             rules: Arc::new(RuleSet::default()),
@@ -461,7 +463,7 @@ mod tests {
             chain: Some(Arc::new(chain)),
             carried,
             homes: SmallVec::from_slice(&[Some(KeyField::Account)]),
-            wake: Arc::from(vec![tx]),
+            wake: Arc::from(vec![parker.unparker().clone()]),
         };
         let b = Shared::new(vec![to_other, to_self, decided], plan);
         assert_eq!(b.fields_of(0), [KeyField::Counterparty]);

@@ -288,12 +288,13 @@ impl Pipeline {
         let router = Router::new(workers, hasher, config.pipeline.partition_key.field(), by_partition);
         let defs = window_defs(config);
         let restored = checkpoint::route(durability.restored, &router, &defs);
-        // A worker waiting for the others is woken when a phase completes.
-        let wakes: Vec<_> = (0..workers).map(|_| bounded::<()>(1)).collect();
-        let wake: Arc<[_]> = wakes.iter().map(|(tx, _)| tx.clone()).collect();
+        // A worker waiting for the others is woken when a phase completes,
+        // or when the source sends it something.
+        let parkers: Vec<_> = (0..workers).map(|_| crossbeam_utils::sync::Parker::new()).collect();
+        let wake: Arc<[_]> = parkers.iter().map(|p| p.unparker().clone()).collect();
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
-        for (i, (restore, (_, woken))) in restored.into_iter().zip(wakes).enumerate() {
+        for (i, (restore, parker)) in restored.into_iter().zip(parkers).enumerate() {
             let (tx, rx) = bounded::<WorkerMsg>(cap);
             worker_txs.push(tx);
             let worker = worker::Worker::new(worker::Setup {
@@ -309,7 +310,7 @@ impl Pipeline {
                 // Done well before the next barrier.
                 drain_within: interval / 2,
             });
-            handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, woken, restore))?);
+            handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, parker, restore))?);
         }
         // Events between hops were parsed where they came in.
         let on_hop = chain.as_ref().is_some_and(|(_, topic)| topic.is_some());

@@ -31,7 +31,8 @@ pub(super) struct Setup {
     pub registry: Arc<RuleRegistry>,
     /// The key fields windows are kept per.
     pub window_fields: SmallVec<[KeyField; 6]>,
-    pub wake: Arc<[Sender<()>]>,
+    /// Each worker's unparker: rung after each message sent to it.
+    pub wake: Arc<[crossbeam_utils::sync::Unparker]>,
     pub worker_txs: Vec<Sender<WorkerMsg>>,
     pub out_tx: Sender<SinkMsg>,
     pub batch_size: usize,
@@ -131,6 +132,17 @@ fn send_or_stall<T>(
     Ok(sent)
 }
 
+impl Drop for Setup {
+    /// Closes the workers' channels and wakes them, so a worker waiting
+    /// parked sees the source gone.
+    fn drop(&mut self) {
+        self.worker_txs.clear();
+        for w in self.wake.iter() {
+            w.unpark();
+        }
+    }
+}
+
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
         let hop_topic = setup.chain.as_ref().and_then(|(_, topic)| topic.clone());
@@ -145,6 +157,8 @@ impl SourceRun {
         if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
             return Err(PipelineError::Stopped("a worker"));
         }
+        // A worker with batches in flight waits parked, not on its channel.
+        s.wake[worker].unpark();
         Ok(())
     }
 

@@ -1,7 +1,8 @@
 //! One worker: the three phases of each batch for the keys it owns (see
 //! [`super::exchange`]), in batch order, and its part of each checkpoint.
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_utils::sync::Parker;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,11 @@ use crate::window::{WindowDef, Windows};
 /// An outcome list's event index with this bit set says the event could
 /// not be encoded for the rules there: its decider dead-letters it.
 const UNENCODABLE: u32 = 1 << 31;
+
+/// The longest a worker sleeps without being woken: it is woken for every
+/// message, for every phase completed and when the source is gone, so
+/// this only bounds a wake-up missed.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// What a worker is started with.
 pub(super) struct Setup<'a> {
@@ -140,7 +146,7 @@ impl Worker {
         }
     }
 
-    pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Receiver<()>, restore: Restored) {
+    pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Parker, restore: Restored) {
         self.restore(restore);
         loop {
             if !self.progress() {
@@ -200,34 +206,30 @@ impl Worker {
 
     /// Waits for the next message, a wake-up (a phase some batch here
     /// waits for completed), or the time to serialise more of a snapshot.
-    fn next(&mut self, rx: &Receiver<WorkerMsg>, woken: &Receiver<()>) -> Next {
-        let tick = self.part.is_some().then_some(DRAIN_TICK);
-        if self.inflight.is_empty() {
-            return match tick {
-                None => rx.recv().map_or(Next::Closed, Next::Msg),
-                Some(t) => match rx.recv_timeout(t) {
-                    Ok(msg) => Next::Msg(msg),
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.drain_part();
-                        Next::Again
-                    }
-                    Err(RecvTimeoutError::Disconnected) => Next::Closed,
-                },
-            };
+    ///
+    /// The worker parks: the source unparks it after each message it sends
+    /// and once it is gone, and the worker completing a phase unparks every
+    /// worker. Waiting in the channel's blocking receive, or in a `select`
+    /// of the channel and a wake-up channel, spun and yielded the core in a
+    /// back-off loop before sleeping, and the `select` took locks on both
+    /// channels' waiter lists, on every wait: on 2 cores that held back the
+    /// thread being waited for (the suite's row 4 and row 8 p99).
+    fn next(&mut self, rx: &Receiver<WorkerMsg>, woken: &Parker) -> Next {
+        match rx.try_recv() {
+            Ok(msg) => return Next::Msg(msg),
+            // Drained: what is in flight is finished in `run`.
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+            Err(TryRecvError::Empty) => {}
         }
-        let timeout = tick.unwrap_or(Duration::from_secs(3600));
-        crossbeam_channel::select! {
-            recv(rx) -> msg => match msg {
-                Ok(msg) => Next::Msg(msg),
-                // Drained: what is in flight is finished in `run`.
-                Err(_) => Next::Closed,
-            },
-            recv(woken) -> _ => Next::Again,
-            default(timeout) => {
+        match self.part {
+            Some(_) => {
+                woken.park_timeout(DRAIN_TICK);
                 self.drain_part();
-                Next::Again
             }
+            // Bounded, should a wake-up ever be missed.
+            None => woken.park_timeout(IDLE_POLL),
         }
+        Next::Again
     }
 
     /// Takes the batches in flight as far as the other workers let them:
@@ -266,7 +268,7 @@ impl Worker {
 
     /// Waits for every batch in flight to be recorded; false when the
     /// output stopped.
-    fn finish_inflight(&mut self, woken: &Receiver<()>) -> bool {
+    fn finish_inflight(&mut self, woken: &Parker) -> bool {
         loop {
             if !self.progress() {
                 return false;
@@ -274,8 +276,8 @@ impl Worker {
             if self.inflight.is_empty() {
                 return true;
             }
-            // The batches in flight hold senders of `woken`, so this wakes.
-            let _ = woken.recv_timeout(DRAIN_TICK);
+            // The batches in flight hold every worker's unparker, so this wakes.
+            woken.park_timeout(DRAIN_TICK);
             if !self.drain_part() {
                 return false;
             }
