@@ -157,7 +157,7 @@ impl SourceRun {
         if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
             return Err(PipelineError::Stopped("a worker"));
         }
-        // A worker with batches in flight waits parked, not on its channel.
+        // Workers wait parked, not on their channels.
         s.wake[worker].unpark();
         Ok(())
     }

@@ -26,8 +26,10 @@ use crate::window::{WindowDef, Windows};
 const UNENCODABLE: u32 = 1 << 31;
 
 /// The longest a worker sleeps without being woken: it is woken for every
-/// message, for every phase completed and when the source is gone, so
-/// this only bounds a wake-up missed.
+/// message, for every phase completed and when the source thread ends, so
+/// this bounds a wake-up missed, and how late a worker left behind by a
+/// start that failed before the source thread began sees its channel
+/// closed.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// What a worker is started with.
