@@ -292,6 +292,7 @@ impl Pipeline {
         // or when the source sends it something.
         let parkers: Vec<_> = (0..workers).map(|_| crossbeam_utils::sync::Parker::new()).collect();
         let wake: Arc<[_]> = parkers.iter().map(|p| p.unparker().clone()).collect();
+        let halted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for (i, (restore, parker)) in restored.into_iter().zip(parkers).enumerate() {
@@ -300,6 +301,8 @@ impl Pipeline {
             let worker = worker::Worker::new(worker::Setup {
                 index: i,
                 workers,
+                halted: halted.clone(),
+                wake: wake.clone(),
                 config,
                 counters: counters.clone(),
                 out_tx: out_tx.clone(),

@@ -2,10 +2,10 @@
 //! [`super::exchange`]), in batch order, and its part of each checkpoint.
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use crossbeam_utils::sync::Parker;
+use crossbeam_utils::sync::{Parker, Unparker};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use vigil_abi::Action;
 
@@ -36,6 +36,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(super) struct Setup<'a> {
     pub index: usize,
     pub workers: usize,
+    /// Set by a worker that stops before its input is drained.
+    pub halted: Arc<AtomicBool>,
+    /// Every worker's unparker.
+    pub wake: Arc<[Unparker]>,
     pub config: &'a Config,
     pub counters: Arc<Counters>,
     pub out_tx: Sender<SinkMsg>,
@@ -74,6 +78,8 @@ struct InFlight {
 pub(super) struct Worker {
     index: usize,
     workers: usize,
+    halted: Arc<AtomicBool>,
+    wake: Arc<[Unparker]>,
     counters: Arc<Counters>,
     out_tx: Sender<SinkMsg>,
     evaluator: Evaluator,
@@ -119,6 +125,8 @@ impl Worker {
     pub(super) fn new(s: Setup<'_>) -> Self {
         let c = s.config;
         Self {
+            halted: s.halted,
+            wake: s.wake,
             index: s.index,
             workers: s.workers,
             counters: s.counters,
@@ -149,6 +157,10 @@ impl Worker {
     }
 
     pub(super) fn run(mut self, rx: Receiver<WorkerMsg>, woken: Parker, restore: Restored) {
+        // Any way out but the end of the input (the sink gone, a panic)
+        // tells the other workers, which may be waiting on this one's part
+        // of a batch, to stop too.
+        let mut halting = Halting { halted: self.halted.clone(), wake: self.wake.clone(), armed: true };
         self.restore(restore);
         loop {
             if !self.progress() {
@@ -201,8 +213,8 @@ impl Worker {
         }
         // The input is drained: what is in flight is finished, and the
         // checkpoint being taken goes out whole.
-        if self.finish_inflight(&woken) {
-            self.send_part();
+        if self.finish_inflight(&woken) && self.send_part() {
+            halting.armed = false;
         }
     }
 
@@ -235,8 +247,13 @@ impl Worker {
     }
 
     /// Takes the batches in flight as far as the other workers let them:
-    /// rules in batch order, then records; false when the output stopped.
+    /// rules in batch order, then records; false when the output or another
+    /// worker stopped.
     fn progress(&mut self) -> bool {
+        // Another worker stopped: a batch waiting on its part never completes.
+        if self.halted.load(Ordering::Acquire) {
+            return false;
+        }
         let mut i = 0;
         while i < self.inflight.len() {
             let f = &self.inflight[i];
@@ -688,6 +705,24 @@ impl Worker {
                     error = %crate::error::chain(&e),
                     "cannot restore a key's windows"
                 );
+            }
+        }
+    }
+}
+
+/// Stops every worker when dropped armed: see [`Worker::run`].
+struct Halting {
+    halted: Arc<AtomicBool>,
+    wake: Arc<[Unparker]>,
+    armed: bool,
+}
+
+impl Drop for Halting {
+    fn drop(&mut self) {
+        if self.armed {
+            self.halted.store(true, Ordering::Release);
+            for w in self.wake.iter() {
+                w.unpark();
             }
         }
     }
