@@ -227,7 +227,7 @@ impl Worker {
     /// of the channel and a wake-up channel, spun and yielded the core in a
     /// back-off loop before sleeping, and the `select` took locks on both
     /// channels' waiter lists, on every wait: on 2 cores that held back the
-    /// thread being waited for (the suite's row 4 and row 8 p99).
+    /// thread being waited for (row 8's paced runs, BENCHMARKS.md).
     fn next(&mut self, rx: &Receiver<WorkerMsg>, woken: &Parker) -> Next {
         match rx.try_recv() {
             Ok(msg) => return Next::Msg(msg),
