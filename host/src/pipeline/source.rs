@@ -221,7 +221,7 @@ impl SourceRun {
             report_status(&mut *s.source, &s.worker_txs, &s.out_tx, &s.counters, last);
             self.setup.source.recycle(&mut records);
             let more = self.setup.source.next_batch(&mut records, self.setup.batch_size, cancel)?;
-            let on_hop = self.setup.chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
+            let on_hop = self.hop_topic.is_some();
             let input_hop = self.setup.chain.as_ref().map_or(0, |(c, _)| c.input_hop());
             if !on_hop {
                 // Events read between hops were counted as they came in.
