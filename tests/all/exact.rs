@@ -149,6 +149,9 @@ fn every_key_is_exact_with_any_worker_count_and_partition_key() {
     assert_same(&one, &run(&lines, 2, PartitionKey::Card), "2 workers, by card");
     assert_same(&one, &run(&lines, 4, PartitionKey::Card), "4 workers, by card");
     assert_same(&one, &run(&lines, 3, PartitionKey::Device), "3 workers, by device");
+    // The rules' state is kept per account, so by account no outcome
+    // crosses workers while features still do.
+    assert_same(&one, &run(&lines, 2, PartitionKey::Account), "2 workers, by account");
 }
 
 /// The case that showed the split: one account paying with twelve cards

@@ -21,6 +21,10 @@
 //!  decide      records of the events it decides records of the events it decides
 //! ```
 //!
+//! The second wait is only for batches with rules run away from their
+//! events' deciders (rules keeping state per a key other than the
+//! partition key): otherwise every outcome is already with its decider.
+//!
 //! Features go into the batch's value table, one cell per event and
 //! feature, each written by the one worker that owns the key; outcomes go
 //! to the worker deciding the event (the owner of its partition key). A
@@ -147,6 +151,10 @@ pub struct Shared {
     pub deciders: Vec<u8>,
     /// Whether some event has work on a worker other than its decider.
     pub cross: bool,
+    /// Whether some event has rules run on a worker other than its
+    /// decider (rules keeping state per a key the decider does not own):
+    /// only then do its records wait for every worker's rules.
+    pub outcomes_cross: bool,
     /// Feature values, `features.len()` per event, as `f64` bits: each
     /// cell written once, by the owner of its key, before `features_left`
     /// reaches zero.
@@ -213,7 +221,7 @@ impl Shared {
         let workers = router.workers();
         let mut keys = Vec::with_capacity(items.len());
         let mut deciders = Vec::with_capacity(items.len());
-        let mut cross = false;
+        let (mut cross, mut outcomes_cross) = (false, false);
         let all_wanted: SmallVec<[KeyField; 8]> =
             plan.fields.iter().copied().chain(plan.homes.iter().flatten().copied()).collect();
         let mut hop_fields = Vec::new();
@@ -254,6 +262,13 @@ impl Shared {
                     cross |= usize::from(k.owner) != decider;
                 }
             }
+            // As `home_owner`: a rule's home without the event's key runs
+            // with its decider.
+            outcomes_cross |= plan
+                .homes
+                .iter()
+                .flatten()
+                .any(|&h| row[usize::from(h.code())].is_some_and(|k| usize::from(k.owner) != decider));
             keys.push(row);
             deciders.push(decider as u8);
         }
@@ -273,6 +288,7 @@ impl Shared {
             keys,
             deciders,
             cross,
+            outcomes_cross,
             values,
             features_left: AtomicUsize::new(workers),
             rules_left: AtomicUsize::new(workers),
@@ -402,6 +418,10 @@ mod tests {
     }
 
     fn shared(router: &Router, items: Vec<Item>, fields: &[KeyField]) -> Shared {
+        shared_with_rules(router, items, fields, &[])
+    }
+
+    fn shared_with_rules(router: &Router, items: Vec<Item>, fields: &[KeyField], homes: &[Option<KeyField>]) -> Shared {
         let parker = crossbeam_utils::sync::Parker::new();
         let plan = Plan {
             router,
@@ -410,7 +430,7 @@ mod tests {
             fields: fields.iter().copied().collect(),
             chain: None,
             carried: Vec::new(),
-            homes: SmallVec::new(),
+            homes: homes.iter().copied().collect(),
             wake: Arc::from(vec![parker.unparker().clone()]),
         };
         Shared::new(items, plan)
@@ -490,5 +510,25 @@ mod tests {
         let b = shared(&router, vec![item("acct-9", None, None)], &[KeyField::Card]);
         let hash = router.hasher().hash128(b"acct-9");
         assert_eq!(usize::from(b.deciders[0]), router.owner_of_hash(hash));
+    }
+
+    #[test]
+    fn only_rules_kept_per_a_key_the_decider_does_not_own_send_outcomes_across() {
+        let router = Router::new(2, KeyedHash::for_tests(), KeyField::Card, false);
+        let items = || (0..64).map(|i| item(&format!("acct-{i}"), Some(&format!("card-{i}")), None)).collect();
+        let fields = [KeyField::Card, KeyField::Account];
+        // Rules keeping no state run with the decider; so do rules keeping
+        // state per the card, which the decider owns.
+        for homes in [&[None][..], &[Some(KeyField::Card)], &[None, Some(KeyField::Card)]] {
+            let b = shared_with_rules(&router, items(), &fields, homes);
+            assert!(b.cross, "accounts are owned apart from their cards' deciders");
+            assert!(!b.outcomes_cross, "rules of {homes:?} run where their events are decided");
+        }
+        let b = shared_with_rules(&router, items(), &fields, &[None, Some(KeyField::Account)]);
+        assert!(b.outcomes_cross, "rules keeping state per account run with the account's owner");
+        // Without the account (here: no event has a counterparty), rules
+        // kept per it run with the decider.
+        let b = shared_with_rules(&router, items(), &fields, &[Some(KeyField::Counterparty)]);
+        assert!(!b.outcomes_cross);
     }
 }

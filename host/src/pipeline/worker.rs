@@ -272,7 +272,7 @@ impl Worker {
             i += 1;
         }
         while let Some(f) = self.inflight.front() {
-            if f.stage != Stage::Rules || (f.batch.cross && !f.batch.rules_done()) {
+            if f.stage != Stage::Rules || ((f.batch.outcomes_cross) && !f.batch.rules_done()) {
                 break;
             }
             let f = self.inflight.pop_front().expect("front");
@@ -450,7 +450,7 @@ impl Worker {
     fn record_all(&mut self, mut f: InFlight, out: &mut Output) {
         let b = f.batch.clone();
         let me = self.index;
-        if b.cross {
+        if b.outcomes_cross {
             for from in (0..self.workers).filter(|&w| w != me) {
                 for (i, outcomes) in b.outcomes_for(from, me) {
                     if i & UNENCODABLE != 0 {
