@@ -206,3 +206,21 @@ fn a_counterparty_is_the_same_party_as_the_account() {
         assert_eq!(f("t3")["count_in(account, 1h)"], 0.0, "acct-c received nothing: {}", f("t3"));
     }
 }
+
+/// A worker stopped by an output that cannot be written stops the others,
+/// which may be waiting for its part of a batch, and vigil says which
+/// output failed and why.
+#[test]
+fn a_full_output_stops_every_worker_and_names_the_file() {
+    let env = Env::new();
+    env.install("many_keys", "many_keys.wasm");
+    std::fs::write(env.events(), mixed_events(20_000, 7).join("\n") + "\n").expect("events");
+    let mut config = env.config(false);
+    config.pipeline.workers = std::num::NonZeroU32::new(4);
+    config.sinks.decisions = vigil::config::SinkConfig::File { path: "/dev/full".into() };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(try_run_to_end(config).map(|_| ()).map_err(|e| format!("{e:#}"))));
+    let got = rx.recv_timeout(Duration::from_secs(120)).expect("vigil stops rather than hang");
+    let e = got.expect_err("the decisions cannot be written");
+    assert!(e.contains("the decisions file /dev/full") && e.contains("No space left on device"), "{e}");
+}

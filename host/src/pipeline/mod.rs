@@ -363,8 +363,13 @@ impl Pipeline {
             w.join().map_err(|_| PipelineError::Panicked("worker"))?;
         }
         let sink = self.sink.join().map_err(|_| PipelineError::Panicked("sink"))?;
-        source?;
-        sink
+        match (source, sink) {
+            // The workers stopped because the output failed: its error
+            // says why.
+            (Err(PipelineError::Stopped(_)), Err(e)) => Err(e),
+            (Err(e), _) => Err(e),
+            (Ok(()), sink) => sink,
+        }
     }
 }
 

@@ -136,7 +136,7 @@ impl Sinks {
 
     /// Handles to make what was written so far durable from another thread
     /// (see [`Sink::sync_handle`]).
-    fn sync_handles(&mut self) -> std::io::Result<Vec<std::fs::File>> {
+    fn sync_handles(&mut self) -> std::io::Result<Vec<sinks::SyncHandle>> {
         let mut files = Vec::new();
         for s in self.all() {
             files.extend(s.sync_handle()?);
@@ -151,7 +151,7 @@ impl Sinks {
 /// thread, they held every output behind them — and, once the channels
 /// filled, every worker and the source.
 fn run_committer(
-    rx: Receiver<(Vec<std::fs::File>, Checkpoint)>,
+    rx: Receiver<(Vec<sinks::SyncHandle>, Checkpoint)>,
     mut store: Box<dyn Durable>,
     counters: &Counters,
 ) -> Result<(), PipelineError> {
@@ -169,7 +169,7 @@ fn run_committer(
         // Everything before the barrier is written; make it durable
         // before the checkpoint says it was processed.
         for f in &files {
-            f.sync_data()?;
+            f.sync()?;
         }
         let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
         store.commit(cp)?;
@@ -285,7 +285,7 @@ pub(super) fn run_sinks(
 ) -> Result<(), PipelineError> {
     // One checkpoint may wait while the previous one commits; then the
     // sink waits, so commits keep their order and never pile up.
-    let (commit_tx, commit_rx) = bounded::<(Vec<std::fs::File>, Checkpoint)>(1);
+    let (commit_tx, commit_rx) = bounded::<(Vec<sinks::SyncHandle>, Checkpoint)>(1);
     let (off_thread, mut inline) = match store {
         Some(s) if s.commits_off_thread() => (Some(s), None),
         other => (None, other),
@@ -441,7 +441,7 @@ impl Lanes {
 /// Where the output loop sends a complete checkpoint.
 enum Commits<'a> {
     /// To the committer thread.
-    OffThread(&'a Sender<(Vec<std::fs::File>, Checkpoint)>),
+    OffThread(&'a Sender<(Vec<sinks::SyncHandle>, Checkpoint)>),
     /// Committed here, before the next output is written (Kafka), or not
     /// at all.
     Inline(Option<Box<dyn Durable>>),

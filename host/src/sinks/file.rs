@@ -3,8 +3,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Arc;
 
-use super::{Records, Sink};
+use super::{Records, Sink, SyncHandle};
 
 /// Appends to a file, creating it and its folder.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct FileSink {
     /// Whether early writeback is done: a regular file, and the kernel
     /// supports it.
     early_writeback: bool,
+    /// What its errors name: the file, and the output it serves.
+    what: Arc<str>,
 }
 
 /// Bytes written between two calls for their early writeback.
@@ -53,7 +56,20 @@ impl FileSink {
             len,
             written_back: len,
             early_writeback: regular,
+            what: format!("the file {}", path.display()).into(),
         })
+    }
+
+    /// Names the output the file serves in its errors ("the decisions
+    /// file out/decisions.jsonl").
+    #[must_use]
+    pub fn serving(mut self, role: &str, path: &Path) -> Self {
+        self.what = format!("the {role} file {}", path.display()).into();
+        self
+    }
+
+    fn named(&self, e: std::io::Error) -> std::io::Error {
+        super::named(&self.what, e)
     }
 
     /// Starts the kernel writing what was written so far to disk, without
@@ -113,21 +129,25 @@ fn whole_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
 impl Sink for FileSink {
     fn write(&mut self, records: &Records) -> std::io::Result<()> {
         let lines = records.lines();
-        self.out.write_all(lines)?;
+        self.out.write_all(lines).map_err(|e| self.named(e))?;
         self.len += lines.len() as u64;
         self.write_back();
         Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        self.out.flush().map_err(|e| self.named(e))
     }
     fn sync(&mut self) -> std::io::Result<()> {
-        self.out.flush()?;
-        if self.regular { self.out.get_ref().sync_data() } else { Ok(()) }
+        self.flush()?;
+        if self.regular { self.out.get_ref().sync_data().map_err(|e| self.named(e)) } else { Ok(()) }
     }
-    fn sync_handle(&mut self) -> std::io::Result<Option<File>> {
-        self.out.flush()?;
-        if self.regular { self.out.get_ref().try_clone().map(Some) } else { Ok(None) }
+    fn sync_handle(&mut self) -> std::io::Result<Option<SyncHandle>> {
+        self.flush()?;
+        if !self.regular {
+            return Ok(None);
+        }
+        let file = self.out.get_ref().try_clone().map_err(|e| self.named(e))?;
+        Ok(Some(SyncHandle { file, what: self.what.clone() }))
     }
 }
 
@@ -139,6 +159,18 @@ mod tests {
         let mut r = Records::default();
         r.push_with(None, |buf| buf.extend_from_slice(line.as_bytes()));
         r
+    }
+
+    #[test]
+    fn a_write_that_fails_names_the_output_and_its_file() {
+        let path = Path::new("/dev/full");
+        let mut sink = FileSink::create(path).expect("open /dev/full").serving("decisions", path);
+        sink.write(&one("{\"id\":1}\n")).expect("buffered");
+        let e = sink.flush().expect_err("the device is full");
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        let said = crate::error::chain(&e).to_string();
+        assert!(said.starts_with("the decisions file /dev/full: "), "{said}");
+        assert!(said.contains("No space left on device"), "{said}");
     }
 
     #[test]

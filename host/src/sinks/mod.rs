@@ -45,9 +45,42 @@ pub trait Sink: Send {
     ///
     /// # Errors
     /// When the destination cannot be written.
-    fn sync_handle(&mut self) -> std::io::Result<Option<std::fs::File>> {
+    fn sync_handle(&mut self) -> std::io::Result<Option<SyncHandle>> {
         self.sync().map(|()| None)
     }
+}
+
+/// An output file to make durable from another thread ([`Sink::sync_handle`]).
+#[derive(Debug)]
+pub struct SyncHandle {
+    file: std::fs::File,
+    /// What its errors name (see [`named`]).
+    what: std::sync::Arc<str>,
+}
+
+impl SyncHandle {
+    /// Makes what was written to the file before the handle was taken
+    /// durable.
+    ///
+    /// # Errors
+    /// When the file cannot be synced, naming it.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data().map_err(|e| named(&self.what, e))
+    }
+}
+
+/// An output's error `e`, saying which output and file it was at, with the
+/// same kind.
+fn named(what: &std::sync::Arc<str>, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), At { what: what.clone(), source: e })
+}
+
+/// See [`named`].
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+struct At {
+    what: std::sync::Arc<str>,
+    source: std::io::Error,
 }
 
 /// A sink several pipelines write to (the hops of one daemon), one at a time.
@@ -87,7 +120,7 @@ impl Sink for SharedSink {
         self.lock().sync()
     }
 
-    fn sync_handle(&mut self) -> std::io::Result<Option<std::fs::File>> {
+    fn sync_handle(&mut self) -> std::io::Result<Option<SyncHandle>> {
         self.lock().sync_handle()
     }
 }
@@ -143,7 +176,8 @@ pub fn open(
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match config {
         SinkConfig::File { path } => {
-            Box::new(FileSink::create(path).map_err(|source| SinkError::File { role, path: path.clone(), source })?)
+            let file = FileSink::create(path).map_err(|source| SinkError::File { role, path: path.clone(), source })?;
+            Box::new(file.serving(role, path))
         }
         SinkConfig::Stdout => Box::new(StdoutSink::default()),
         SinkConfig::Discard => Box::new(DiscardSink),
