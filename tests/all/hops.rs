@@ -285,12 +285,18 @@ fn exact_through(broker: &Broker, stop: &str) {
     let _ = b.child.wait();
     send(broker, &mut a, &rounds[half..], "the survivor to decide the second half");
 
-    // Each topic between hops reports its lag, all read by the survivor.
-    a.wait_for(Duration::from_secs(30), "the lag of every topic between hops", || {
+    // Each topic between hops reports its lag, all read by the survivor,
+    // and the checkpoints of the pipeline reading it.
+    a.wait_for(Duration::from_secs(30), "the lag and checkpoints of every topic between hops", || {
         let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "")?;
         let lags: Vec<&str> = m.lines().filter(|l| l.starts_with("vigil_hop_lag_records{")).collect();
         let every = SPACES.iter().all(|s| lags.iter().any(|l| l.contains(&format!("topic=\"hops-by-{s}\""))));
-        (every && lags.iter().all(|l| l.ends_with(" 0"))).then_some(())
+        let checkpointed = SPACES.iter().all(|s| {
+            m.lines()
+                .filter_map(|l| l.strip_prefix(&format!("vigil_hop_checkpoints_total{{topic=\"hops-by-{s}\"}} ")))
+                .any(|n| n.parse::<u64>().is_ok_and(|n| n > 0))
+        });
+        (every && checkpointed && lags.iter().all(|l| l.ends_with(" 0"))).then_some(())
     });
     let got = decided(broker);
     let log = a.log();

@@ -609,6 +609,31 @@ impl Collector for Observed {
                 }
             }
         }
+        let hop_checkpoints =
+            d.counters.hop_checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if !hop_checkpoints.is_empty() {
+            let mut m = e.encode_descriptor(
+                "vigil_hop_checkpoints",
+                "Kafka, state per several keys: checkpoints committed by the pipeline reading each topic between hops.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (topic, c) in &hop_checkpoints {
+                ConstCounter::new(c.committed).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let mut m = e.encode_descriptor(
+                "vigil_hop_checkpoint_age_seconds",
+                "Kafka, state per several keys: time since the pipeline reading each topic between hops last committed \
+                 a checkpoint.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (topic, c) in &hop_checkpoints {
+                let age = now.as_millis().saturating_sub(u128::from(c.at_ms)) as f64 / 1e3;
+                ConstGauge::new(age).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
+            }
+        }
         let channels = d.counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if !channels.is_empty() {
             let mut m = e.encode_descriptor(

@@ -68,7 +68,8 @@ pub struct Counters {
     pub blocked: AtomicU64,
     /// Dead letters by their reason's code.
     pub dead_by_code: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    /// When the last checkpoint was committed, ms since the epoch (0: none).
+    /// When the input's pipeline last committed a checkpoint, ms since the
+    /// epoch (0: none).
     pub checkpoint_at_ms: AtomicU64,
     /// How long committing it took, µs.
     pub checkpoint_took_us: AtomicU64,
@@ -79,6 +80,9 @@ pub struct Counters {
     /// How far each topic between hops is behind, per owned partition
     /// (records), by topic; updated as `source_lag`.
     pub hop_lag: std::sync::Mutex<std::collections::BTreeMap<String, Vec<(u32, u64)>>>,
+    /// The checkpoints of each topic between hops' pipeline, by topic
+    /// (the fields above are the input's pipeline's).
+    pub hop_checkpoints: std::sync::Mutex<std::collections::BTreeMap<String, HopCheckpoints>>,
     /// Messages waiting in each channel between the stages, and its
     /// capacity, updated with `source_lag`: (channel, waiting, capacity).
     pub channels: std::sync::Mutex<Vec<(String, usize, usize)>>,
@@ -90,7 +94,7 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Alerts (review or block) written.
     pub alerts: AtomicU64,
-    /// Checkpoints committed.
+    /// Checkpoints committed by the pipeline reading the input.
     pub checkpoints: AtomicU64,
     /// Closed windows written.
     pub aggregates: AtomicU64,
@@ -99,6 +103,17 @@ pub struct Counters {
     /// The longest a worker spent taking up a new rule set (swapping its
     /// rules and instantiating new versions), µs: the pause a deploy causes.
     pub rule_swap_max_us: AtomicU64,
+}
+
+/// The checkpoints committed by the pipeline reading one topic between hops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HopCheckpoints {
+    /// How many.
+    pub committed: u64,
+    /// When the last was, ms since the epoch.
+    pub at_ms: u64,
+    /// How long committing it took, µs.
+    pub took_us: u64,
 }
 
 /// A snapshot of [`Counters`].
@@ -134,6 +149,7 @@ impl Default for Counters {
             decision_latency: crate::stats::Histogram::new(crate::stats::BATCH_NS),
             source_lag: std::sync::Mutex::default(),
             hop_lag: std::sync::Mutex::default(),
+            hop_checkpoints: std::sync::Mutex::default(),
             channels: std::sync::Mutex::default(),
             events_in: AtomicU64::new(0),
             decided: AtomicU64::new(0),
@@ -148,11 +164,24 @@ impl Default for Counters {
 }
 
 impl Counters {
-    /// Notes a committed checkpoint that took `took`.
-    pub(crate) fn checkpointed(&self, took: std::time::Duration) {
+    /// Notes a checkpoint committed that took `took`: of the pipeline
+    /// reading the input, or of the one reading the topic between hops
+    /// `hop`.
+    pub(crate) fn checkpointed(&self, hop: Option<&str>, took: std::time::Duration) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.checkpoint_at_ms.store(now.as_millis() as u64, Ordering::Relaxed);
-        self.checkpoint_took_us.store(took.as_micros() as u64, Ordering::Relaxed);
+        let (at_ms, took_us) = (now.as_millis() as u64, took.as_micros() as u64);
+        match hop {
+            None => {
+                self.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.checkpoint_at_ms.store(at_ms, Ordering::Relaxed);
+                self.checkpoint_took_us.store(took_us, Ordering::Relaxed);
+            }
+            Some(topic) => {
+                let mut hops = self.hop_checkpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let c = hops.entry(topic.to_owned()).or_default();
+                *c = HopCheckpoints { committed: c.committed + 1, at_ms, took_us };
+            }
+        }
     }
 
     /// The counts now.
@@ -282,7 +311,8 @@ impl Pipeline {
         let (out_tx, out_rx) = bounded::<SinkMsg>(cap * workers.max(1));
         let sink = spawn("vigil-sink", {
             let counters = counters.clone();
-            move || output::run_sinks(out_rx, sinks, store, workers, &counters)
+            let hop = chain.as_ref().and_then(|(_, topic)| topic.clone());
+            move || output::run_sinks(out_rx, sinks, store, workers, &counters, hop.as_deref())
         })?;
         let by_partition = source.partitioned();
         let router = Router::new(workers, hasher, config.pipeline.partition_key.field(), by_partition);

@@ -154,6 +154,7 @@ fn run_committer(
     rx: Receiver<(Vec<sinks::SyncHandle>, Checkpoint)>,
     mut store: Box<dyn Durable>,
     counters: &Counters,
+    hop: Option<&str>,
 ) -> Result<(), PipelineError> {
     // Only on CPU time the pipeline leaves: a commit (the state bench's
     // "checkpoint of 1000000 keys") even at niceness 10 held a core from
@@ -173,9 +174,8 @@ fn run_committer(
         }
         let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
         store.commit(cp)?;
-        counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
         if !abort {
-            counters.checkpointed(started.elapsed());
+            counters.checkpointed(hop, started.elapsed());
         }
         tracing::debug!(id, line, keys, took_ms = started.elapsed().as_millis() as u64, "checkpoint committed");
     }
@@ -282,6 +282,7 @@ pub(super) fn run_sinks(
     store: Option<Box<dyn Durable>>,
     workers: usize,
     counters: &Counters,
+    hop: Option<&str>,
 ) -> Result<(), PipelineError> {
     // One checkpoint may wait while the previous one commits; then the
     // sink waits, so commits keep their order and never pile up.
@@ -294,14 +295,14 @@ pub(super) fn run_sinks(
         let committer = off_thread.map(|store| {
             std::thread::Builder::new()
                 .name("vigil-commit".into())
-                .spawn_scoped(scope, move || run_committer(commit_rx, store, counters))
+                .spawn_scoped(scope, move || run_committer(commit_rx, store, counters, hop))
         });
         let committer = committer.transpose().map_err(|e| PipelineError::Spawn("checkpoint committer", e))?;
         let commits = match &committer {
             Some(_) => Commits::OffThread(&commit_tx),
             None => Commits::Inline(inline.take()),
         };
-        let written = write_outputs(&rx, &mut sinks, commits, workers, counters);
+        let written = write_outputs(&rx, &mut sinks, commits, workers, (counters, hop));
         drop(commit_tx);
         let committed = match committer {
             Some(c) => c.join().unwrap_or(Err(PipelineError::Panicked("checkpoint committer"))),
@@ -452,7 +453,7 @@ fn write_outputs(
     sinks: &mut Sinks,
     mut commits: Commits<'_>,
     workers: usize,
-    counters: &Counters,
+    (counters, hop): (&Counters, Option<&str>),
 ) -> Result<(), PipelineError> {
     let hold = matches!(&commits, Commits::Inline(Some(store)) if store.commit_takes_outputs());
     let mut lanes = Lanes::new(workers + 1, hold);
@@ -517,9 +518,8 @@ fn write_outputs(
                     let (line, abort) = (cp.position.line_no, cp.abort);
                     let started = Instant::now();
                     store.commit(cp)?;
-                    counters.checkpoints.fetch_add(u64::from(!abort), Ordering::Relaxed);
                     if !abort {
-                        counters.checkpointed(started.elapsed());
+                        counters.checkpointed(hop, started.elapsed());
                     }
                     tracing::debug!(id, line, "checkpoint committed");
                 }
@@ -645,7 +645,7 @@ mod tests {
         drop(tx);
         let store = Store { log: log.clone(), takes_outputs, fails_from: None };
         let counters = Counters::default();
-        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, &counters).expect("write");
+        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, (&counters, None)).expect("write");
         assert_eq!(counters.decided.load(Ordering::Relaxed), 7, "every output is written once");
         log.lock().expect("log").iter().map(|l| l.trim_end().to_owned()).collect()
     }
@@ -671,7 +671,7 @@ mod tests {
         let store = Store { log: log.clone(), takes_outputs: false, fails_from: Some(2) };
         let counters = Counters::default();
         std::thread::scope(|scope| {
-            let sink = scope.spawn(|| run_sinks(rx, sinks, Some(Box::new(store)), 1, &counters));
+            let sink = scope.spawn(|| run_sinks(rx, sinks, Some(Box::new(store)), 1, &counters, None));
             // Checkpoints go on being sent until the sink stops taking them.
             let mut id = 1;
             while id < 1_000
