@@ -323,6 +323,10 @@ impl Pipeline {
         let parkers: Vec<_> = (0..workers).map(|_| crossbeam_utils::sync::Parker::new()).collect();
         let wake: Arc<[_]> = parkers.iter().map(|p| p.unparker().clone()).collect();
         let halted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Should a thread below fail to start, the workers already running
+        // are woken once their channels are closed (dropped before this),
+        // rather than at their next idle poll.
+        let mut started = WakeUnlessStarted(Some(wake.clone()));
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for (i, (restore, parker)) in restored.into_iter().zip(parkers).enumerate() {
@@ -379,6 +383,7 @@ impl Pipeline {
             });
             run.run(&counters, &cancel)
         })?;
+        started.0 = None;
         Ok(Self { source, workers: handles, sink })
     }
 
@@ -399,6 +404,18 @@ impl Pipeline {
             (Err(PipelineError::Stopped(_)), Err(e)) => Err(e),
             (Err(e), _) => Err(e),
             (Ok(()), sink) => sink,
+        }
+    }
+}
+
+/// Wakes every worker when dropped still holding their unparkers: see
+/// [`Pipeline::start`].
+struct WakeUnlessStarted(Option<Arc<[crossbeam_utils::sync::Unparker]>>);
+
+impl Drop for WakeUnlessStarted {
+    fn drop(&mut self) {
+        for w in self.0.iter().flat_map(|w| w.iter()) {
+            w.unpark();
         }
     }
 }
