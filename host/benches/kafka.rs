@@ -234,11 +234,10 @@ fn start_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config) -> R
     Running { counters, stop_tx, run }
 }
 
-/// Runs vigil until `n` events are decided or dead-lettered; the time from
-/// the first event read to the last output counted.
-/// Runs vigil on `n` preloaded events: the time from its first read to
-/// the last decision, and from its first decision (with hops, after the
-/// later hops' consumers joined their groups) to its `n`th.
+/// Runs vigil until `n` events are decided or dead-lettered: the time from
+/// the first event read to the last output counted, and from the first
+/// decision (with hops, after the later hops' consumers joined their
+/// groups) to the last, with the outputs counted in that time.
 fn run_vigil(rt: &tokio::runtime::Runtime, config: vigil::config::Config, n: u64) -> (Duration, (Duration, u64)) {
     let Running { counters, stop_tx, run } = start_vigil(rt, config);
     // Stalled once nothing moves for a minute (startup included).

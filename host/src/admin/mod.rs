@@ -564,7 +564,12 @@ impl Collector for Observed {
             MetricType::Histogram,
         )?
         .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
-        counter(&mut e, "vigil_checkpoints", "Checkpoints committed.", c.checkpoints)?;
+        counter(
+            &mut e,
+            "vigil_checkpoints",
+            "Checkpoints committed (of the pipeline reading the input).",
+            c.checkpoints,
+        )?;
         let at = d.counters.checkpoint_at_ms.load(Ordering::Relaxed);
         if at > 0 {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -632,6 +637,17 @@ impl Collector for Observed {
             for (topic, c) in &hop_checkpoints {
                 let age = now.as_millis().saturating_sub(u128::from(c.at_ms)) as f64 / 1e3;
                 ConstGauge::new(age).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "vigil_hop_checkpoint_duration_seconds",
+                "Kafka, state per several keys: how long committing the last checkpoint of the pipeline reading each \
+                 topic between hops took.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (topic, c) in &hop_checkpoints {
+                let took = c.took_us as f64 / 1e6;
+                ConstGauge::new(took).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
             }
         }
         let channels = d.counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

@@ -56,7 +56,8 @@ pub(super) struct Setup<'a> {
 enum Stage {
     /// Its features are done here; its rules wait for every worker's.
     Features,
-    /// Its rules are done here; its records wait for every worker's rules.
+    /// Its rules are done here; its records wait for every worker's rules
+    /// when some of its outcomes come from another worker.
     Rules,
 }
 
@@ -272,7 +273,7 @@ impl Worker {
             i += 1;
         }
         while let Some(f) = self.inflight.front() {
-            if f.stage != Stage::Rules || ((f.batch.outcomes_cross) && !f.batch.rules_done()) {
+            if f.stage != Stage::Rules || (f.batch.outcomes_cross && !f.batch.rules_done()) {
                 break;
             }
             let f = self.inflight.pop_front().expect("front");
