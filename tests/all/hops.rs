@@ -298,6 +298,13 @@ fn exact_through(broker: &Broker, stop: &str) {
         });
         (every && checkpointed && lags.iter().all(|l| l.ends_with(" 0"))).then_some(())
     });
+    let (_, m) = crate::admin::http(port, "GET", "/metrics", &[], "").expect("metrics");
+    for s in SPACES {
+        for gauge in ["vigil_hop_checkpoint_age_seconds", "vigil_hop_checkpoint_duration_seconds"] {
+            let line = format!("{gauge}{{topic=\"hops-by-{s}\"}} ");
+            assert!(m.lines().any(|l| l.starts_with(&line)), "{line} in\n{m}");
+        }
+    }
     let got = decided(broker);
     let log = a.log();
     // Read to decided, over every hop: reported, not asserted (timing).

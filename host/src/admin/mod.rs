@@ -626,28 +626,21 @@ impl Collector for Observed {
             for (topic, c) in &hop_checkpoints {
                 ConstCounter::new(c.committed).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
             }
+            type Of<'a> = &'a dyn Fn(&crate::pipeline::HopCheckpoints) -> f64;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            let mut m = e.encode_descriptor(
-                "vigil_hop_checkpoint_age_seconds",
-                "Kafka, state per several keys: time since the pipeline reading each topic between hops last committed \
-                 a checkpoint.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (topic, c) in &hop_checkpoints {
-                let age = now.as_millis().saturating_sub(u128::from(c.at_ms)) as f64 / 1e3;
-                ConstGauge::new(age).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
-            }
-            let mut m = e.encode_descriptor(
-                "vigil_hop_checkpoint_duration_seconds",
-                "Kafka, state per several keys: how long committing the last checkpoint of the pipeline reading each \
-                 topic between hops took.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (topic, c) in &hop_checkpoints {
-                let took = c.took_us as f64 / 1e6;
-                ConstGauge::new(took).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
+            let age =
+                |c: &crate::pipeline::HopCheckpoints| now.as_millis().saturating_sub(u128::from(c.at_ms)) as f64 / 1e3;
+            let took = |c: &crate::pipeline::HopCheckpoints| c.took_us as f64 / 1e6;
+            let gauges: [(&str, &str, Of<'_>); 2] = [
+                ("vigil_hop_checkpoint_age_seconds", "time since it last committed a checkpoint", &age),
+                ("vigil_hop_checkpoint_duration_seconds", "how long committing its last checkpoint took", &took),
+            ];
+            for (name, what, value) in gauges {
+                let help = format!("Kafka, state per several keys, per topic between hops read: {what}.");
+                let mut m = e.encode_descriptor(name, &help, None, MetricType::Gauge)?;
+                for (topic, c) in &hop_checkpoints {
+                    ConstGauge::new(value(c)).encode(m.encode_family(&[("topic", topic.as_str())])?)?;
+                }
             }
         }
         let channels = d.counters.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
