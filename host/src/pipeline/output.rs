@@ -302,7 +302,7 @@ pub(super) fn run_sinks(
             Some(_) => Commits::OffThread(&commit_tx),
             None => Commits::Inline(inline.take()),
         };
-        let written = write_outputs(&rx, &mut sinks, commits, workers, (counters, hop));
+        let written = write_outputs(&rx, &mut sinks, commits, workers, counters, hop);
         drop(commit_tx);
         let committed = match committer {
             Some(c) => c.join().unwrap_or(Err(PipelineError::Panicked("checkpoint committer"))),
@@ -453,7 +453,8 @@ fn write_outputs(
     sinks: &mut Sinks,
     mut commits: Commits<'_>,
     workers: usize,
-    (counters, hop): (&Counters, Option<&str>),
+    counters: &Counters,
+    hop: Option<&str>,
 ) -> Result<(), PipelineError> {
     let hold = matches!(&commits, Commits::Inline(Some(store)) if store.commit_takes_outputs());
     let mut lanes = Lanes::new(workers + 1, hold);
@@ -645,7 +646,7 @@ mod tests {
         drop(tx);
         let store = Store { log: log.clone(), takes_outputs, fails_from: None };
         let counters = Counters::default();
-        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, (&counters, None)).expect("write");
+        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, &counters, None).expect("write");
         assert_eq!(counters.decided.load(Ordering::Relaxed), 7, "every output is written once");
         log.lock().expect("log").iter().map(|l| l.trim_end().to_owned()).collect()
     }
