@@ -381,9 +381,14 @@ impl Shared {
     /// itself, and an unpark costs one atomic swap unless its worker is
     /// parked.
     fn wake_all(&self) {
-        for w in self.wake.iter() {
-            w.unpark();
-        }
+        unpark_all(&self.wake);
+    }
+}
+
+/// Unparks every worker of `wake`.
+pub(super) fn unpark_all(wake: &[Unparker]) {
+    for w in wake {
+        w.unpark();
     }
 }
 

@@ -309,9 +309,12 @@ impl Pipeline {
         let checkpoints = store.as_ref().map(|_| interval);
         decoder.dedup_mut().track_forgotten(store.as_ref().is_some_and(|s| s.needs_forgotten_ids()));
         let (out_tx, out_rx) = bounded::<SinkMsg>(cap * workers.max(1));
+        // The topic between hops this pipeline reads, if it reads one.
+        let hop = chain.as_ref().and_then(|(_, topic)| topic.clone());
+        // Events between hops were parsed where they came in.
+        let on_hop = hop.is_some();
         let sink = spawn("vigil-sink", {
             let counters = counters.clone();
-            let hop = chain.as_ref().and_then(|(_, topic)| topic.clone());
             move || output::run_sinks(out_rx, sinks, store, workers, &counters, hop.as_deref())
         })?;
         let by_partition = source.partitioned();
@@ -349,8 +352,6 @@ impl Pipeline {
             });
             handles.push(spawn(&format!("vigil-worker-{i}"), move || worker.run(rx, parker, restore))?);
         }
-        // Events between hops were parsed where they came in.
-        let on_hop = chain.as_ref().is_some_and(|(_, topic)| topic.is_some());
         let parsers = match config.pipeline.decode_thread_count() {
             _ if on_hop => None,
             1 => None,
@@ -414,8 +415,8 @@ struct WakeUnlessStarted(Option<Arc<[crossbeam_utils::sync::Unparker]>>);
 
 impl Drop for WakeUnlessStarted {
     fn drop(&mut self) {
-        for w in self.0.iter().flat_map(|w| w.iter()) {
-            w.unpark();
+        if let Some(wake) = &self.0 {
+            exchange::unpark_all(wake);
         }
     }
 }

@@ -137,9 +137,7 @@ impl Drop for Setup {
     /// parked sees the source gone.
     fn drop(&mut self) {
         self.worker_txs.clear();
-        for w in self.wake.iter() {
-            w.unpark();
-        }
+        super::exchange::unpark_all(&self.wake);
     }
 }
 

@@ -287,7 +287,7 @@ impl Worker {
     }
 
     /// Waits for every batch in flight to be recorded; false when the
-    /// output stopped.
+    /// output or another worker stopped.
     fn finish_inflight(&mut self, woken: &Parker) -> bool {
         loop {
             if !self.progress() {
@@ -722,9 +722,7 @@ impl Drop for Halting {
     fn drop(&mut self) {
         if self.armed {
             self.halted.store(true, Ordering::Release);
-            for w in self.wake.iter() {
-                w.unpark();
-            }
+            super::exchange::unpark_all(&self.wake);
         }
     }
 }
