@@ -29,7 +29,9 @@
 //! feature, each written by the one worker that owns the key; outcomes go
 //! to the worker deciding the event (the owner of its partition key). A
 //! worker waits for the others only between phases of one batch, and does
-//! the features of the batches behind it meanwhile. A batch none of whose
+//! the features of the batches behind it meanwhile; rather than wait for
+//! another worker's features of a batch, it does them itself when that
+//! worker is not at them ([`super::shard`]). A batch none of whose
 //! work crosses workers (every key of each event owned by its decider: all
 //! features kept per the partition key) needs no waiting at all.
 
@@ -159,7 +161,8 @@ pub struct Shared {
     /// cell written once, by the owner of its key, before `features_left`
     /// reaches zero.
     values: Box<[AtomicU64]>,
-    /// Workers yet to finish their features of the batch.
+    /// Workers whose features of the batch are yet to be done (by them or
+    /// by another worker, [`super::shard`]).
     features_left: AtomicUsize,
     /// Workers yet to finish their rules of the batch.
     rules_left: AtomicUsize,
@@ -168,6 +171,13 @@ pub struct Shared {
     outcomes: Box<[OnceLock<Vec<Outcomes>>]>,
     /// Wakes a worker waiting for a phase of some batch to complete.
     wake: Arc<[Unparker]>,
+    /// The batch's number, from 1, in the order every worker reads them.
+    pub seq: u64,
+    /// How many messages other than batches (barriers, rebalances,
+    /// restores) the source sent before it: a worker's features may be
+    /// done by another only within the epoch its owner is in
+    /// ([`super::shard`]).
+    pub epoch: u64,
 }
 
 /// The value table of a batch at a hop: the values the hops before worked
@@ -211,6 +221,10 @@ pub struct Plan<'a> {
     pub homes: SmallVec<[Option<KeyField>; 2]>,
     /// Workers to wake when a phase completes.
     pub wake: Arc<[Unparker]>,
+    /// See [`Shared::seq`].
+    pub seq: u64,
+    /// See [`Shared::epoch`].
+    pub epoch: u64,
 }
 
 impl Shared {
@@ -294,6 +308,8 @@ impl Shared {
             rules_left: AtomicUsize::new(workers),
             outcomes: (0..workers).map(|_| OnceLock::new()).collect(),
             wake: plan.wake,
+            seq: plan.seq,
+            epoch: plan.epoch,
         }
     }
 
@@ -344,14 +360,14 @@ impl Shared {
         }
     }
 
-    /// A worker finished its features of the batch.
+    /// One worker's features of the batch are done.
     pub fn features_finished(&self) {
         if self.features_left.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.wake_all();
         }
     }
 
-    /// Whether every worker has finished its features of the batch.
+    /// Whether every worker's features of the batch are done.
     pub fn features_done(&self) -> bool {
         self.features_left.load(Ordering::Acquire) == 0
     }
@@ -437,6 +453,8 @@ mod tests {
             carried: Vec::new(),
             homes: homes.iter().copied().collect(),
             wake: Arc::from(vec![parker.unparker().clone()]),
+            seq: 1,
+            epoch: 0,
         };
         Shared::new(items, plan)
     }
@@ -489,6 +507,8 @@ mod tests {
             carried,
             homes: SmallVec::from_slice(&[Some(KeyField::Account)]),
             wake: Arc::from(vec![parker.unparker().clone()]),
+            seq: 1,
+            epoch: 0,
         };
         let b = Shared::new(vec![to_other, to_self, decided], plan);
         assert_eq!(b.fields_of(0), [KeyField::Counterparty]);

@@ -24,6 +24,8 @@
 //! - [`hop`]: the hops an event takes between the daemons of a Kafka group
 //!   keeping state per several keys.
 //! - `worker`: one worker's phases of each batch, and its checkpoint part.
+//! - `shard`: one worker's features and windows, which another worker
+//!   takes over rather than wait for them.
 //! - `output`: the sinks, and assembling and committing checkpoints.
 //! - [`checkpoint`]: the barrier protocol, and restored state's routing.
 
@@ -31,6 +33,7 @@ pub mod checkpoint;
 pub mod exchange;
 pub mod hop;
 mod output;
+mod shard;
 mod source;
 mod worker;
 
@@ -46,11 +49,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, WindowSpec};
 use crate::decode::Decoder;
 use crate::event::KeyField;
-use crate::features::Catalog;
+use crate::features::{Catalog, FeatureEngine};
 use crate::keyed::KeyedHash;
 use crate::rules::RuleRegistry;
 use crate::sources::Source;
-use crate::window::{Shape, WindowDef};
+use crate::window::{Shape, WindowDef, Windows};
 pub use checkpoint::Durability;
 use exchange::{Router, Shared};
 use output::SinkMsg;
@@ -332,6 +335,13 @@ impl Pipeline {
         let mut started = WakeUnlessStarted(Some(wake.clone()));
         let mut worker_txs = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
+        let shards: Arc<[_]> = (0..workers)
+            .map(|_| {
+                let features = FeatureEngine::new(catalog.clone(), router.hasher().clone());
+                let windows = Windows::new(defs.clone(), &config.watermark);
+                std::sync::Mutex::new(shard::Shard::new(features.with_limits((&config.state).into()), windows))
+            })
+            .collect();
         for (i, (restore, parker)) in restored.into_iter().zip(parkers).enumerate() {
             let (tx, rx) = bounded::<WorkerMsg>(cap);
             worker_txs.push(tx);
@@ -344,9 +354,7 @@ impl Pipeline {
                 counters: counters.clone(),
                 out_tx: out_tx.clone(),
                 registry: registry.clone(),
-                catalog: catalog.clone(),
-                hasher: router.hasher().clone(),
-                defs: defs.clone(),
+                shards: shards.clone(),
                 // Done well before the next barrier.
                 drain_within: interval / 2,
             });

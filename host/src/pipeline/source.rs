@@ -93,6 +93,11 @@ pub(super) struct SourceRun {
     hops: Vec<HopParts>,
     /// What the events of the batch being built bring from the hops before.
     carried: Carried,
+    /// Batches sent so far ([`Shared::seq`]).
+    batches: u64,
+    /// Messages other than batches sent so far, to any worker
+    /// ([`Shared::epoch`]).
+    controls: u64,
 }
 
 /// Of an event read from a hop's topic: its hop, when the first hop read
@@ -144,7 +149,16 @@ impl Drop for Setup {
 impl SourceRun {
     pub(super) fn new(setup: Setup) -> Self {
         let hop_topic = setup.chain.as_ref().and_then(|(_, topic)| topic.clone());
-        Self { setup, reported: Instant::now(), hop_topic, parsed: Vec::new(), hops: Vec::new(), carried: Vec::new() }
+        Self {
+            setup,
+            reported: Instant::now(),
+            hop_topic,
+            parsed: Vec::new(),
+            hops: Vec::new(),
+            carried: Vec::new(),
+            batches: 0,
+            controls: 0,
+        }
     }
 
     fn send(&mut self, worker: usize, msg: WorkerMsg) -> Result<(), PipelineError> {
@@ -152,6 +166,9 @@ impl SourceRun {
         // While the pipeline is full the lag is what matters most: still reported.
         let report =
             |src: &mut dyn Source| report_status(src, &s.worker_txs, &s.out_tx, &s.counters, (&mut *last.0, last.1));
+        if !matches!(msg, WorkerMsg::Batch(_)) {
+            self.controls += 1;
+        }
         if !send_or_stall(&s.worker_txs[worker], msg, &mut *s.source, report)? {
             return Err(PipelineError::Stopped("a worker"));
         }
@@ -178,9 +195,10 @@ impl SourceRun {
     }
 
     /// The rules and features that decide the next batch (the catalog as
-    /// the rule set was published with), and the key fields they keep
-    /// state per.
-    fn plan(&self, carried: Carried) -> Plan<'_> {
+    /// the rule set was published with), the key fields they keep state
+    /// per, and the batch's place in the stream.
+    fn plan(&mut self, carried: Carried) -> Plan<'_> {
+        self.batches += 1;
         let s = &self.setup;
         let rules = s.registry.current();
         let features = rules.features.clone();
@@ -204,7 +222,18 @@ impl SourceRun {
             }
         }
         let chain = s.chain.as_ref().map(|(c, _)| c.clone());
-        Plan { router: &s.router, rules, features, fields, chain, carried, homes, wake: s.wake.clone() }
+        Plan {
+            router: &s.router,
+            rules,
+            features,
+            fields,
+            chain,
+            carried,
+            homes,
+            wake: s.wake.clone(),
+            seq: self.batches,
+            epoch: self.controls,
+        }
     }
 
     pub(super) fn run(&mut self, counters: &Counters, cancel: &CancellationToken) -> Result<(), PipelineError> {

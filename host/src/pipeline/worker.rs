@@ -1,25 +1,25 @@
 //! One worker: the three phases of each batch for the keys it owns (see
-//! [`super::exchange`]), in batch order, and its part of each checkpoint.
+//! [`super::exchange`]), in batch order, and its part of each checkpoint;
+//! and the features of another worker's keys when it would otherwise wait
+//! for them ([`super::shard`]).
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use crossbeam_utils::sync::{Parker, Unparker};
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_abi::Action;
 
 use super::checkpoint::{DRAIN_PER_KEY, DRAIN_TICK, Part};
 use super::exchange::{Outcomes, Shared};
 use super::output::{Output, SinkMsg};
+use super::shard::{self, Shard};
 use super::{Counters, WorkerMsg};
 use crate::config::Config;
 use crate::decide::{self, Decision, FeatureValues, RuleOutcome};
-use crate::features::{Catalog, FeatureEngine};
-use crate::keyed::KeyedHash;
 use crate::rules::{self, Evaluator, RuleRegistry};
 use crate::state::Restored;
-use crate::window::{WindowDef, Windows};
 
 /// An outcome list's event index with this bit set says the event could
 /// not be encoded for the rules there: its decider dead-letters it.
@@ -44,9 +44,8 @@ pub(super) struct Setup<'a> {
     pub counters: Arc<Counters>,
     pub out_tx: Sender<SinkMsg>,
     pub registry: Arc<RuleRegistry>,
-    pub catalog: Arc<Catalog>,
-    pub hasher: KeyedHash,
-    pub defs: Vec<WindowDef>,
+    /// Every worker's features and windows, by worker.
+    pub shards: Arc<[Mutex<Shard>]>,
     /// The longest time a checkpoint's feature state is spread over.
     pub drain_within: Duration,
 }
@@ -86,8 +85,9 @@ pub(super) struct Worker {
     evaluator: Evaluator,
     /// Which rules a decision record lists (`decisions.record`).
     record_shape: decide::RecordShape,
-    features: FeatureEngine,
-    windows: Windows,
+    /// Every worker's features and windows: this worker's its own to
+    /// work through each batch, the others' to take when it would wait.
+    shards: Arc<[Mutex<Shard>]>,
     /// The longest time a checkpoint's feature state is spread over.
     drain_within: Duration,
     /// Stamps decisions; anchored to the system clock at each batch.
@@ -98,8 +98,6 @@ pub(super) struct Worker {
     without_rules: bool,
     /// Batches begun and not yet recorded, oldest first.
     inflight: VecDeque<InFlight>,
-    /// One event's feature values.
-    row: Vec<f64>,
     /// The events of one group of rules, as they take them.
     batch: rules::Batch,
     /// Which batch event each of `batch`'s is.
@@ -137,15 +135,13 @@ impl Worker {
                 .with_state_limit(usize::try_from(c.rules.state_max_bytes.as_u64()).unwrap_or(usize::MAX))
                 .with_state_ttl(c.rules.state_ttl)
                 .leaving_out_quiet(c.decisions.record == decide::RecordShape::Compact),
-            features: FeatureEngine::new(s.catalog, s.hasher).with_limits((&c.state).into()),
-            windows: Windows::new(s.defs, &c.watermark),
+            shards: s.shards,
             drain_within: s.drain_within,
             clock: decide::WallClock::new(),
             on_empty: c.rules.on_empty.action(),
             record_shape: c.decisions.record,
             without_rules: false,
             inflight: VecDeque::new(),
-            row: Vec::new(),
             batch: rules::Batch::default(),
             in_batch: Vec::new(),
             outcomes: Vec::new(),
@@ -174,7 +170,7 @@ impl Worker {
             };
             if let WorkerMsg::Batch(batch) = msg {
                 let mut out = Output::default();
-                self.features_of(&batch, &mut out);
+                shard::lock(&self.shards[self.index]).read(self.index, &batch, &mut out);
                 if !self.send(out) {
                     return;
                 }
@@ -195,10 +191,12 @@ impl Worker {
             let mut out = Output::default();
             match msg {
                 WorkerMsg::Batch(_) => unreachable!("handled above"),
-                WorkerMsg::EndOfInput => self.windows.close(true, |c| out.closed(&c)),
+                WorkerMsg::EndOfInput => shard::lock(&self.shards[self.index]).windows.close(true, |c| out.closed(&c)),
                 WorkerMsg::Drop(partitions) => {
-                    self.features.drop_partitions(&partitions);
-                    self.windows.drop_partitions(&partitions);
+                    let mut mine = shard::lock(&self.shards[self.index]);
+                    mine.features.drop_partitions(&partitions);
+                    mine.windows.drop_partitions(&partitions);
+                    drop(mine);
                     self.evaluator.drop_partitions(&partitions);
                 }
                 WorkerMsg::Restore(state) => self.restore(*state),
@@ -260,7 +258,14 @@ impl Worker {
             let f = &self.inflight[i];
             if f.stage == Stage::Features {
                 if f.batch.cross && !f.batch.features_done() {
-                    break;
+                    let mut out = Output::default();
+                    self.take_over(i, &mut out);
+                    if !self.send(out) {
+                        return false;
+                    }
+                    if !self.inflight[i].batch.features_done() {
+                        break;
+                    }
                 }
                 let mut f = self.inflight.remove(i).expect("in range");
                 let mut out = Output::default();
@@ -284,6 +289,29 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Does the features of batch `inflight[i]` (waiting for them) that
+    /// other workers have not done, where nobody holds their shard: first
+    /// the batches before it each shard has not been through, in order
+    /// ([`super::shard`]). Every such batch is still in flight here, since
+    /// a batch is recorded only once its features are done everywhere,
+    /// unless it needed none from other workers (then that shard is not
+    /// taken).
+    fn take_over(&mut self, i: usize, out: &mut Output) {
+        let first = self.inflight.front().map_or(0, |f| f.batch.seq);
+        let b = &self.inflight[i].batch;
+        for (w, shard) in self.shards.iter().enumerate().filter(|&(w, _)| w != self.index) {
+            let Ok(mut shard) = shard.try_lock() else {
+                continue;
+            };
+            let Some(from) = shard.behind(b).filter(|&from| from >= first) else {
+                continue;
+            };
+            for f in self.inflight.range((from - first) as usize..=i) {
+                shard.take(w, &f.batch, out);
+            }
+        }
     }
 
     /// Waits for every batch in flight to be recorded; false when the
@@ -313,60 +341,6 @@ impl Worker {
             return false;
         }
         true
-    }
-
-    /// Phase 1: the features and windows of the keys this worker owns,
-    /// event by event in order; every event's time moves the watermark.
-    fn features_of(&mut self, b: &Shared, out: &mut Output) {
-        let me = self.index as u8;
-        self.features.refresh_to(&b.features);
-        self.row.resize(b.width(), 0.0);
-        for (i, keys) in b.keys.iter().enumerate() {
-            for &field in b.fields_of(i) {
-                if let Some(k) = keys[usize::from(field.code())]
-                    && k.owner == me
-                {
-                    self.features.prefetch(field, k.hash);
-                }
-            }
-        }
-        for (i, item) in b.items.iter().enumerate() {
-            let p = &item.payment;
-            self.features.set_partition(item.partition);
-            self.windows.set_partition(item.partition);
-            self.features.observe(p.ts_ms);
-            let decides = b.deciders[i] == me;
-            for &field in b.fields_of(i) {
-                if !self.features.tracks(field) {
-                    continue;
-                }
-                match b.keys[i][usize::from(field.code())] {
-                    Some(k) if k.owner == me => {
-                        self.features.update(p, field, k.hash, &mut self.row);
-                        self.features.tick();
-                    }
-                    None if decides => self.features.empty(field, &mut self.row),
-                    _ => continue,
-                }
-                for &f in self.features.features_of(field) {
-                    b.set_value(i, f, self.row[f]);
-                }
-            }
-            let keys = &b.keys[i];
-            // At a hop, only its own keys: the rules' key is routed for
-            // them even where its state was kept at an earlier hop.
-            let at_hop = b.chain.as_ref().map(|_| b.fields_of(i));
-            self.windows.add_owned(
-                p,
-                |field| {
-                    at_hop.is_none_or(|f| f.contains(&field))
-                        && keys[usize::from(field.code())].is_some_and(|k| k.owner == me)
-                },
-                |l| out.late(&l),
-            );
-        }
-        self.windows.close(false, |c| out.closed(&c));
-        b.features_finished();
     }
 
     /// Phase 2: the rules whose entities this worker owns (and, for rules
@@ -611,17 +585,19 @@ impl Worker {
     fn barrier(&mut self, id: u64) -> bool {
         let worker = self.index as u16;
         self.evaluator.age_state();
-        self.features.begin_snapshot(worker);
-        let keys = self.features.snapshot_remaining();
+        let mut mine = shard::lock(&self.shards[self.index]);
+        mine.features.begin_snapshot(worker);
+        let keys = mine.features.snapshot_remaining();
         self.part = Some(Part {
             id,
             started: Instant::now(),
             keys,
             within: DRAIN_PER_KEY.saturating_mul(u32::try_from(keys).unwrap_or(u32::MAX)).min(self.drain_within),
-            windows: self.windows.take_delta(worker),
-            newest_ms: self.windows.newest(),
+            windows: mine.windows.take_delta(worker),
+            newest_ms: mine.windows.newest(),
             rule_state: self.evaluator.take_state_delta(worker),
         });
+        drop(mine);
         if self.out_tx.send(SinkMsg::Cut { from: self.index, id }).is_err() {
             tracing::error!("the sink stopped; worker exiting");
             return false;
@@ -650,10 +626,12 @@ impl Worker {
             (p.started.elapsed().as_secs_f64() / p.within.as_secs_f64()).min(1.0)
         };
         let due = (p.keys as f64 * share).ceil() as usize;
-        let done = p.keys.saturating_sub(self.features.snapshot_remaining());
-        if !self.features.snapshot_step(due.saturating_sub(done)) {
+        let mut mine = shard::lock(&self.shards[self.index]);
+        let done = p.keys.saturating_sub(mine.features.snapshot_remaining());
+        if !mine.features.snapshot_step(due.saturating_sub(done)) {
             return true;
         }
+        drop(mine);
         self.send_part()
     }
 
@@ -663,7 +641,7 @@ impl Worker {
         let Some(Part { id, windows, newest_ms, rule_state, .. }) = self.part.take() else {
             return true;
         };
-        let delta = self.features.finish_snapshot();
+        let delta = shard::lock(&self.shards[self.index]).features.finish_snapshot();
         if self.out_tx.send(SinkMsg::Worker { id, delta, windows, newest_ms, rule_state }).is_err() {
             tracing::error!("the sink stopped; worker exiting");
             return false;
@@ -675,14 +653,16 @@ impl Worker {
     /// at startup, or an input partition's state read back from the
     /// changelog (Kafka) when the partition is assigned.
     fn restore(&mut self, restored: Restored) {
+        let mut mine = shard::lock(&self.shards[self.index]);
+        let Shard { features, windows, .. } = &mut *mine;
         if let Some(p) = restored.partition {
-            self.features.set_partition(p);
+            features.set_partition(p);
             self.evaluator.set_partition(p);
         }
         // The app checked every record before starting; a record that no
         // longer fits is dropped with a log line rather than stopping work.
         for f in restored.features {
-            if let Err(e) = self.features.restore(f.space, f.hash, &f.state, false) {
+            if let Err(e) = features.restore(f.space, f.hash, &f.state, false) {
                 tracing::error!(
                     worker = self.index,
                     partition = ?restored.partition,
@@ -695,11 +675,11 @@ impl Worker {
             self.evaluator.restore_state(&r.rule, &r.key, &r.value, false);
         }
         if let Some(t) = restored.watermark {
-            self.windows.observe(t);
-            self.features.observe(t);
+            windows.observe(t);
+            features.observe(t);
         }
         for w in restored.windows {
-            if let Err(e) = self.windows.restore_key(&w.window, &w.key, w.partition, &w.windows, false) {
+            if let Err(e) = windows.restore_key(&w.window, &w.key, w.partition, &w.windows, false) {
                 tracing::error!(
                     worker = self.index,
                     partition = ?restored.partition,
@@ -734,4 +714,192 @@ enum Next {
     Again,
     /// The source is gone.
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Card, KeyField, Payment};
+    use crate::features::{Catalog, FeatureEngine};
+    use crate::keyed::KeyedHash;
+    use crate::pipeline::exchange::{Item, Plan, Router};
+    use crate::window::Windows;
+    use crossbeam_channel::bounded;
+    use std::collections::BTreeMap;
+    use vigil_abi::{Channel, Kind};
+
+    struct Two {
+        router: Router,
+        features: Arc<Vec<crate::features::Feature>>,
+        rules: Arc<crate::rules::RuleSet>,
+        wake: Arc<[Unparker]>,
+        txs: Vec<crossbeam_channel::Sender<WorkerMsg>>,
+        out_rx: Receiver<SinkMsg>,
+        handles: Vec<std::thread::JoinHandle<()>>,
+        /// Worker 1, until it is started.
+        idle: Option<(Worker, Receiver<WorkerMsg>, Parker)>,
+    }
+
+    /// Two workers deciding by the card, with `count(account, 1h)`; only
+    /// worker 0 runs until [`Two::start_second`].
+    fn two() -> Two {
+        let config = Config::parse("", std::path::Path::new("t.toml")).expect("config");
+        let map = BTreeMap::from([("n".to_owned(), "count(account, 1h)".to_owned())]);
+        let catalog = Arc::new(Catalog::from_config(&map).expect("catalog"));
+        let router = Router::new(2, KeyedHash::for_tests(), KeyField::Card, false);
+        let registry = Arc::new(RuleRegistry::new(
+            rules::sandbox::Sandbox::from_config(&config).expect("sandbox"),
+            std::env::temp_dir(),
+            BTreeMap::new(),
+            config.rules.on_failure,
+            1,
+            Arc::new(rules::lists::Lists::default()),
+            catalog.clone(),
+        ));
+        let shards: Arc<[Mutex<Shard>]> = (0..2)
+            .map(|_| {
+                let features = FeatureEngine::new(catalog.clone(), router.hasher().clone());
+                Mutex::new(Shard::new(features, Windows::new(Vec::new(), &config.watermark)))
+            })
+            .collect();
+        let parkers: Vec<Parker> = (0..2).map(|_| Parker::new()).collect();
+        let wake: Arc<[Unparker]> = parkers.iter().map(|p| p.unparker().clone()).collect();
+        let (out_tx, out_rx) = bounded(1024);
+        let halted = Arc::new(AtomicBool::new(false));
+        let (mut txs, mut workers) = (Vec::new(), Vec::new());
+        for (index, parker) in parkers.into_iter().enumerate() {
+            let (tx, rx) = bounded(64);
+            txs.push(tx);
+            let worker = Worker::new(Setup {
+                index,
+                workers: 2,
+                halted: halted.clone(),
+                wake: wake.clone(),
+                config: &config,
+                counters: Arc::new(Counters::default()),
+                out_tx: out_tx.clone(),
+                registry: registry.clone(),
+                shards: shards.clone(),
+                drain_within: Duration::from_millis(1),
+            });
+            workers.push((worker, rx, parker));
+        }
+        let idle = workers.pop();
+        let (first, rx, parker) = workers.pop().expect("worker 0");
+        let handles = vec![std::thread::spawn(move || first.run(rx, parker, Restored::default()))];
+        let features = Arc::new(catalog.snapshot().to_vec());
+        Two { router, features, rules: registry.current(), wake, txs, out_rx, handles, idle }
+    }
+
+    impl Two {
+        /// An id for `field` that worker `owner` owns.
+        fn owned(&self, prefix: &str, owner: usize) -> String {
+            (0..)
+                .map(|i| format!("{prefix}-{i}"))
+                .find(|id| self.router.owner_of_hash(self.router.hasher().hash128(id.as_bytes())) == owner)
+                .expect("some id")
+        }
+
+        /// Batch `seq` of epoch `epoch`: one payment of `account` with `card`.
+        fn batch(&self, seq: u64, epoch: u64, account: &str, card: &str) -> Arc<Shared> {
+            let payment = Payment {
+                id: format!("t{seq}").as_str().into(),
+                ts_ms: 1_000 * seq as i64,
+                channel: Channel::Card,
+                kind: Kind::Purchase,
+                amount: 1,
+                currency: *b"USD",
+                account: account.into(),
+                card: Some(Card { token: card.into(), country: None, present: None }),
+                merchant: None,
+                counterparty: None,
+                device: None,
+                ip: None,
+                geo: None,
+                attrs: Vec::new(),
+            };
+            let plan = Plan {
+                router: &self.router,
+                rules: self.rules.clone(),
+                features: self.features.clone(),
+                fields: [KeyField::Account].into_iter().collect(),
+                chain: None,
+                carried: Vec::new(),
+                homes: smallvec::SmallVec::new(),
+                wake: self.wake.clone(),
+                seq,
+                epoch,
+            };
+            Arc::new(Shared::new(vec![Item { payment, ingested_at_us: 0, partition: 0, hop: 0 }], plan))
+        }
+
+        fn send(&self, worker: usize, msg: WorkerMsg) {
+            self.txs[worker].send(msg).expect("worker running");
+            self.wake[worker].unpark();
+        }
+
+        /// The ids of the next `n` decisions, waiting up to `within` for each.
+        fn decided(&self, n: usize, within: Duration) -> Vec<String> {
+            let mut ids = Vec::new();
+            while ids.len() < n {
+                match self.out_rx.recv_timeout(within) {
+                    Ok(SinkMsg::Output { out, .. }) => {
+                        for line in out.decisions.lines().split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                            let d: serde_json::Value = serde_json::from_slice(line).expect("record");
+                            ids.push(d["id"].as_str().expect("id").to_owned());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            ids
+        }
+
+        fn start_second(&mut self) {
+            let (second, rx, parker) = self.idle.take().expect("not started");
+            self.handles.push(std::thread::spawn(move || second.run(rx, parker, Restored::default())));
+        }
+    }
+
+    /// A worker waiting for another's features does them itself, in
+    /// order, while that one does not run — but not past a barrier the
+    /// other has not taken; and the other then skips what was done for it.
+    #[test]
+    fn a_worker_does_the_features_of_one_that_does_not_run_up_to_its_barrier() {
+        let mut two = two();
+        // Decided by worker 0 (the card's owner); the account's history
+        // is worker 1's.
+        let account = two.owned("acct", 1);
+        let cards: Vec<String> = (0..4).map(|i| two.owned(&format!("card{i}"), 0)).collect();
+        let batches: Vec<_> = (0..3).map(|i| two.batch(i + 1, 0, &account, &cards[i as usize])).collect();
+        for b in &batches {
+            two.send(0, WorkerMsg::Batch(b.clone()));
+        }
+        assert_eq!(two.decided(3, Duration::from_secs(20)), ["t1", "t2", "t3"], "decided without worker 1");
+        let counts: Vec<f64> = batches.iter().map(|b| b.value(0, 0)).collect();
+        assert_eq!(counts, [1.0, 2.0, 3.0], "the account's whole history, in order");
+
+        // After a barrier worker 1 has not taken, its share waits for it.
+        let after = two.batch(4, 1, &account, &cards[3]);
+        two.send(0, WorkerMsg::Barrier(1));
+        two.send(0, WorkerMsg::Batch(after.clone()));
+        assert!(two.decided(1, Duration::from_millis(300)).is_empty(), "not taken past worker 1's barrier");
+        assert!(!after.features_done());
+
+        two.start_second();
+        for b in &batches {
+            two.send(1, WorkerMsg::Batch(b.clone()));
+        }
+        two.send(1, WorkerMsg::Barrier(1));
+        two.send(1, WorkerMsg::Batch(after.clone()));
+        assert_eq!(two.decided(1, Duration::from_secs(20)), ["t4"]);
+        // Counted once: worker 1 skipped the batches done for it.
+        assert_eq!(after.value(0, 0), 4.0);
+        let Two { txs, handles, .. } = two;
+        drop(txs);
+        for h in handles {
+            h.join().expect("worker");
+        }
+    }
 }

@@ -1,0 +1,129 @@
+//! One worker's share of the look-back state: the features and windows of
+//! the keys it owns ([`super::exchange`]), and how far through the batches
+//! they are.
+//!
+//! Its owner works a shard through every batch, in order, as it reads
+//! them. A worker whose own part of a batch is done and that would
+//! otherwise wait for another's takes that worker's shard instead, when
+//! nobody holds it, and does its part itself: first the batches before it
+//! that the shard has not been through, in order, so each key still sees
+//! its events in source order whoever does the work. A batch then waits
+//! only while every worker is busy, not while one is descheduled or
+//! asleep — on 2 cores shared with the source and the sink that happened
+//! often enough to set the tail of the latency (the suite's row 8).
+//!
+//! A shard is never taken past a barrier, a rebalance or a restore its
+//! owner has not taken yet: batches carry the epoch they were read in
+//! (how many such messages went before), and only a batch of the epoch of
+//! the last batch its owner read may be done for it by another worker.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::exchange::Shared;
+use super::output::Output;
+use crate::features::FeatureEngine;
+use crate::window::Windows;
+
+/// A worker's features and windows.
+pub(super) struct Shard {
+    pub features: FeatureEngine,
+    pub windows: Windows,
+    /// One event's feature values.
+    row: Vec<f64>,
+    /// The number of the last batch done here (the source numbers them
+    /// from 1).
+    done: u64,
+    /// The epoch of the last batch its owner read.
+    epoch: u64,
+}
+
+impl Shard {
+    pub fn new(features: FeatureEngine, windows: Windows) -> Self {
+        Self { features, windows, row: Vec::new(), done: 0, epoch: 0 }
+    }
+
+    /// Its owner `me` read `b`: does its part unless another worker did.
+    pub fn read(&mut self, me: usize, b: &Shared, out: &mut Output) {
+        self.epoch = b.epoch;
+        if self.done < b.seq {
+            debug_assert_eq!(self.done + 1, b.seq, "the owner reads every batch, in order");
+            self.features_of(me, b, out);
+        }
+    }
+
+    /// The first batch another worker would have to do here to catch up
+    /// to `b`, if it may: `None` once done, or when its owner has not read
+    /// `b`'s epoch yet.
+    pub fn behind(&self, b: &Shared) -> Option<u64> {
+        (self.epoch == b.epoch && self.done < b.seq).then_some(self.done + 1)
+    }
+
+    /// Another worker does shard `me`'s part of `b`, the next it has to do.
+    pub fn take(&mut self, me: usize, b: &Shared, out: &mut Output) {
+        debug_assert_eq!(self.done + 1, b.seq, "taken in order");
+        self.features_of(me, b, out);
+    }
+
+    /// Phase 1 for the keys of worker `me`: their features and windows,
+    /// event by event in order; every event's time moves the watermark.
+    fn features_of(&mut self, me: usize, b: &Shared, out: &mut Output) {
+        let me = me as u8;
+        let Self { features, windows, row, .. } = self;
+        features.refresh_to(&b.features);
+        row.resize(b.width(), 0.0);
+        for (i, keys) in b.keys.iter().enumerate() {
+            for &field in b.fields_of(i) {
+                if let Some(k) = keys[usize::from(field.code())]
+                    && k.owner == me
+                {
+                    features.prefetch(field, k.hash);
+                }
+            }
+        }
+        for (i, item) in b.items.iter().enumerate() {
+            let p = &item.payment;
+            features.set_partition(item.partition);
+            windows.set_partition(item.partition);
+            features.observe(p.ts_ms);
+            let decides = b.deciders[i] == me;
+            for &field in b.fields_of(i) {
+                if !features.tracks(field) {
+                    continue;
+                }
+                match b.keys[i][usize::from(field.code())] {
+                    Some(k) if k.owner == me => {
+                        features.update(p, field, k.hash, row);
+                        features.tick();
+                    }
+                    None if decides => features.empty(field, row),
+                    _ => continue,
+                }
+                for &f in features.features_of(field) {
+                    b.set_value(i, f, row[f]);
+                }
+            }
+            let keys = &b.keys[i];
+            // At a hop, only its own keys: the rules' key is routed for
+            // them even where its state was kept at an earlier hop.
+            let at_hop = b.chain.as_ref().map(|_| b.fields_of(i));
+            windows.add_owned(
+                p,
+                |field| {
+                    at_hop.is_none_or(|f| f.contains(&field))
+                        && keys[usize::from(field.code())].is_some_and(|k| k.owner == me)
+                },
+                |l| out.late(&l),
+            );
+        }
+        windows.close(false, |c| out.closed(&c));
+        self.done = b.seq;
+        b.features_finished();
+    }
+}
+
+/// Locks `shard`, waiting for a worker doing its part of a batch. A worker
+/// that panicked holding it stopped every worker ([`super::worker`]), so
+/// what it left is only read to finish up.
+pub(super) fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
