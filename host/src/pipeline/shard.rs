@@ -3,14 +3,15 @@
 //! they are.
 //!
 //! Its owner works a shard through every batch, in order, as it reads
-//! them. A worker whose own part of a batch is done and that would
-//! otherwise wait for another's takes that worker's shard instead, when
-//! nobody holds it, and does its part itself: first the batches before it
+//! them. A worker whose own part of a batch is done and that has waited
+//! for another's for a millisecond takes that worker's shard, when nobody
+//! holds it, and does its part itself: first the batches before it
 //! that the shard has not been through, in order, so each key still sees
 //! its events in source order whoever does the work. A batch then waits
-//! only while every worker is busy, not while one is descheduled or
-//! asleep — on 2 cores shared with the source and the sink that happened
-//! often enough to set the tail of the latency (the suite's row 8).
+//! about a millisecond for a worker that is descheduled (unless it was
+//! descheduled holding its shard), not until that worker runs again: on 2
+//! cores shared with the source, the sink and the committer, such waits
+//! were much of the five-key latency tail of the suite's row 8.
 //!
 //! A shard is never taken past a barrier, a rebalance or a restore its
 //! owner has not taken yet: batches carry the epoch they were read in
