@@ -52,17 +52,19 @@ impl Shard {
         }
     }
 
-    /// The first batch another worker would have to do here to catch up
-    /// to `b`, if it may: `None` once done, or when its owner has not read
-    /// `b`'s epoch yet.
-    pub fn behind(&self, b: &Shared) -> Option<u64> {
-        (self.epoch == b.epoch && self.done < b.seq).then_some(self.done + 1)
+    /// Whether `b` is done here.
+    pub fn has_done(&self, b: &Shared) -> bool {
+        self.done >= b.seq
     }
 
-    /// Another worker does shard `me`'s part of `b`, the next it has to do.
-    pub fn take(&mut self, me: usize, b: &Shared, out: &mut Output) {
-        debug_assert_eq!(self.done + 1, b.seq, "taken in order");
+    /// Another worker does shard `me`'s part of `b`, if `b` is the next
+    /// batch to do here and its owner has read `b`'s epoch; false if not.
+    pub fn take(&mut self, me: usize, b: &Shared, out: &mut Output) -> bool {
+        if self.epoch != b.epoch || self.done + 1 != b.seq {
+            return false;
+        }
         self.features_of(me, b, out);
+        true
     }
 
     /// Phase 1 for the keys of worker `me`: their features and windows,

@@ -324,22 +324,19 @@ impl Worker {
     /// Does the features of batch `inflight[i]` (waiting for them) that
     /// other workers have not done, where nobody holds their shard: first
     /// the batches before it each shard has not been through, in order
-    /// ([`super::shard`]). Every such batch is still in flight here, since
-    /// a batch is recorded only once its features are done everywhere,
-    /// unless it needed none from other workers (then that shard is not
-    /// taken).
+    /// ([`super::shard`]). Such batches are still in flight here, since a
+    /// batch is recorded only once its features are done everywhere —
+    /// unless it needed none from other workers: a shard whose next batch
+    /// is not here is not taken.
     fn take_over(&mut self, i: usize, out: &mut Output) {
-        let first = self.inflight.front().map_or(0, |f| f.batch.seq);
-        let b = &self.inflight[i].batch;
         for (w, shard) in self.shards.iter().enumerate().filter(|&(w, _)| w != self.index) {
             let Ok(mut shard) = shard.try_lock() else {
                 continue;
             };
-            let Some(from) = shard.behind(b).filter(|&from| from >= first) else {
-                continue;
-            };
-            for f in self.inflight.range((from - first) as usize..=i) {
-                shard.take(w, &f.batch, out);
+            for f in self.inflight.range(..=i) {
+                if !shard.has_done(&f.batch) && !shard.take(w, &f.batch, out) {
+                    break;
+                }
             }
         }
     }
