@@ -16,7 +16,9 @@
 //! A shard is never taken past a barrier, a rebalance or a restore its
 //! owner has not taken yet: batches carry the epoch they were read in
 //! (how many such messages went before), and only a batch of the epoch of
-//! the last batch its owner read may be done for it by another worker.
+//! the last batch its owner read may be done for it by another worker —
+//! none before its owner read one, so not before it loaded the state it
+//! was started with.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -34,18 +36,19 @@ pub(super) struct Shard {
     /// The number of the last batch done here (the source numbers them
     /// from 1).
     done: u64,
-    /// The epoch of the last batch its owner read.
-    epoch: u64,
+    /// The epoch of the last batch its owner read; none before its first
+    /// (its owner may still be loading its restored state).
+    epoch: Option<u64>,
 }
 
 impl Shard {
     pub fn new(features: FeatureEngine, windows: Windows) -> Self {
-        Self { features, windows, row: Vec::new(), done: 0, epoch: 0 }
+        Self { features, windows, row: Vec::new(), done: 0, epoch: None }
     }
 
     /// Its owner `me` read `b`: does its part unless another worker did.
     pub fn read(&mut self, me: usize, b: &Shared, out: &mut Output) {
-        self.epoch = b.epoch;
+        self.epoch = Some(b.epoch);
         if self.done < b.seq {
             debug_assert_eq!(self.done + 1, b.seq, "the owner reads every batch, in order");
             self.features_of(me, b, out);
@@ -60,7 +63,7 @@ impl Shard {
     /// Another worker does shard `me`'s part of `b`, if `b` is the next
     /// batch to do here and its owner has read `b`'s epoch; false if not.
     pub fn take(&mut self, me: usize, b: &Shared, out: &mut Output) -> bool {
-        if self.epoch != b.epoch || self.done + 1 != b.seq {
+        if self.epoch != Some(b.epoch) || self.done + 1 != b.seq {
             return false;
         }
         self.features_of(me, b, out);

@@ -890,20 +890,28 @@ mod tests {
     }
 
     /// A worker waiting for another's features does them itself, in
-    /// order, while that one does not run — but not past a barrier the
-    /// other has not taken; and the other then skips what was done for it.
+    /// order, while that one is behind — but not before that one started
+    /// (and loaded its state), nor past a barrier it has not taken; and
+    /// the other then skips what was done for it.
     #[test]
-    fn a_worker_does_the_features_of_one_that_does_not_run_up_to_its_barrier() {
+    fn a_worker_does_the_features_of_one_behind_it_between_its_start_and_barrier() {
         let mut two = two();
         // Decided by worker 0 (the card's owner); the account's history
         // is worker 1's.
         let account = two.owned("acct", 1);
         let cards: Vec<String> = (0..4).map(|i| two.owned(&format!("card{i}"), 0)).collect();
         let batches: Vec<_> = (0..3).map(|i| two.batch(i + 1, 0, &account, &cards[i as usize])).collect();
-        for b in &batches {
+        two.send(0, WorkerMsg::Batch(batches[0].clone()));
+        assert!(two.decided(1, Duration::from_millis(300)).is_empty(), "not taken before worker 1 started");
+
+        two.start_second();
+        two.send(1, WorkerMsg::Batch(batches[0].clone()));
+        assert_eq!(two.decided(1, Duration::from_secs(20)), ["t1"]);
+        // Worker 1 is not sent the next two: worker 0 does its part.
+        for b in &batches[1..] {
             two.send(0, WorkerMsg::Batch(b.clone()));
         }
-        assert_eq!(two.decided(3, Duration::from_secs(20)), ["t1", "t2", "t3"], "decided without worker 1");
+        assert_eq!(two.decided(2, Duration::from_secs(20)), ["t2", "t3"], "decided without worker 1");
         let counts: Vec<f64> = batches.iter().map(|b| b.value(0, 0)).collect();
         assert_eq!(counts, [1.0, 2.0, 3.0], "the account's whole history, in order");
 
@@ -914,8 +922,7 @@ mod tests {
         assert!(two.decided(1, Duration::from_millis(300)).is_empty(), "not taken past worker 1's barrier");
         assert!(!after.features_done());
 
-        two.start_second();
-        for b in &batches {
+        for b in &batches[1..] {
             two.send(1, WorkerMsg::Batch(b.clone()));
         }
         two.send(1, WorkerMsg::Barrier(1));
