@@ -82,9 +82,6 @@ struct InFlight {
     mine: Vec<Vec<RuleOutcome>>,
     /// Events this worker decides that could not be encoded.
     unencodable: Vec<u32>,
-    /// Since when its features have waited for another worker's here (or
-    /// this worker last tried to take those over).
-    waiting: Option<Instant>,
 }
 
 pub(super) struct Worker {
@@ -130,9 +127,10 @@ pub(super) struct Worker {
     record_bytes: usize,
     /// The checkpoint this worker is serialising its feature state for.
     part: Option<Part>,
-    /// When to look again at a batch whose features wait for another
-    /// worker's, to take those over.
-    look_again: Option<Instant>,
+    /// The batch (by number) whose features wait for another worker's
+    /// here, and since when (or since this worker last tried to take those
+    /// over): only the first batch not past its features waits.
+    waiting: Option<(u64, Instant)>,
 }
 
 impl Worker {
@@ -165,7 +163,7 @@ impl Worker {
             used_generation: u64::MAX,
             record_bytes: 512,
             part: None,
-            look_again: None,
+            waiting: None,
         }
     }
 
@@ -192,13 +190,7 @@ impl Worker {
                 }
                 let n = batch.items.len();
                 let mine = (0..n).map(|_| self.spare.pop().unwrap_or_default()).collect();
-                self.inflight.push_back(InFlight {
-                    batch,
-                    stage: Stage::Features,
-                    mine,
-                    unencodable: Vec::new(),
-                    waiting: None,
-                });
+                self.inflight.push_back(InFlight { batch, stage: Stage::Features, mine, unencodable: Vec::new() });
                 if !self.drain_part() {
                     return;
                 }
@@ -263,7 +255,8 @@ impl Worker {
             }
             // Bounded, should a wake-up ever be missed.
             None => {
-                woken.park_timeout(self.look_again.map_or(IDLE_POLL, |t| t.saturating_duration_since(Instant::now())))
+                let look_again = self.waiting.map(|(_, since)| since + TAKE_OVER_AFTER);
+                woken.park_timeout(look_again.map_or(IDLE_POLL, |t| t.saturating_duration_since(Instant::now())))
             }
         }
         Next::Again
@@ -277,23 +270,24 @@ impl Worker {
         if self.halted.load(Ordering::Acquire) {
             return false;
         }
-        self.look_again = None;
+        let waited = self.waiting.take();
         let mut i = 0;
         while i < self.inflight.len() {
-            let f = &mut self.inflight[i];
+            let f = &self.inflight[i];
             if f.stage == Stage::Features {
                 if f.batch.cross && !f.batch.features_done() {
-                    let since = *f.waiting.get_or_insert_with(Instant::now);
+                    let seq = f.batch.seq;
+                    let mut since = waited.filter(|&(s, _)| s == seq).map_or_else(Instant::now, |(_, t)| t);
                     if since.elapsed() >= TAKE_OVER_AFTER {
                         let mut out = Output::default();
                         self.take_over(i, &mut out);
                         if !self.send(out) {
                             return false;
                         }
-                        self.inflight[i].waiting = Some(Instant::now());
+                        since = Instant::now();
                     }
                     if !self.inflight[i].batch.features_done() {
-                        self.look_again = self.inflight[i].waiting.map(|t| t + TAKE_OVER_AFTER);
+                        self.waiting = Some((seq, since));
                         break;
                     }
                 }
