@@ -368,8 +368,11 @@ pub struct FeatureEngine {
     values: Vec<f64>,
     newest_ms: i64,
     events: u64,
-    /// Keys expired since the last checkpoint: (space code, hash, partition).
-    expired: Vec<(u8, u128, u32)>,
+    /// Keys expired since the last checkpoint, as the deletes the next one
+    /// starts with: listed as they expire, so the barrier only takes the
+    /// list (listed there, 60k expiries held each worker of the suite's
+    /// row 8 for over a millisecond at once).
+    expired: Vec<crate::state::FeatureDelta>,
     /// The input partition of the events being computed.
     partition: u32,
     /// The checkpoint being taken, if one is.
@@ -808,7 +811,7 @@ impl FeatureEngine {
                 keep
             });
         }
-        self.expired.retain(|(_, _, p)| !partitions.contains(p));
+        self.expired.retain(|d| !partitions.contains(&d.partition));
     }
 
     /// Starts loading the state of the key of `field` with `hash` into the
@@ -1015,7 +1018,15 @@ impl FeatureEngine {
                     // A key born and gone between two checkpoints was
                     // never stored: nothing to delete.
                     if stored {
-                        expired.push((code, hash, s.partition));
+                        // No worker owns a deleted key.
+                        let partition = s.partition;
+                        expired.push(crate::state::FeatureDelta {
+                            kind: code,
+                            hash,
+                            worker: 0,
+                            partition,
+                            state: None,
+                        });
                     }
                 }
                 idle
@@ -1043,20 +1054,23 @@ impl FeatureEngine {
     /// one's changes.
     pub fn begin_snapshot(&mut self, worker: u16) {
         debug_assert!(self.snapshot.is_none(), "a feature snapshot is already being taken");
+        // Expiries first: a key that expired and came back since the last
+        // checkpoint is then stored, not deleted, when the delta is applied.
         let mut snap = match self.snapshot.take() {
             Some(mut old) => {
                 self.serialise_frozen(&mut old, usize::MAX);
+                old.out.append(&mut self.expired);
                 old
             }
-            None => Snapshot { worker, out: Vec::new(), scratch: Vec::new() },
+            None => {
+                // As many again by the next: its pages are touched as keys expire.
+                let next = Vec::with_capacity(self.expired.len());
+                let out = std::mem::replace(&mut self.expired, next);
+                Snapshot { worker, out, scratch: Vec::new() }
+            }
         };
         let dirty: usize = self.spaces.values().map(|k| k.dirty.len()).sum();
-        snap.out.reserve(dirty + self.expired.len());
-        // Expiries first: a key that expired and came back since the last
-        // checkpoint is then stored, not deleted, when the delta is applied.
-        for (kind, hash, partition) in self.expired.drain(..) {
-            snap.out.push(crate::state::FeatureDelta { kind, hash, worker, partition, state: None });
-        }
+        snap.out.reserve(dirty);
         // The keys changed since the last barrier are those marked with
         // this epoch: they become the frozen ones as they are.
         for plan in self.spaces.values_mut() {

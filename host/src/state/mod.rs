@@ -84,7 +84,7 @@ pub struct RuleStateDelta {
     pub rule: String,
     /// The key the rule chose.
     pub key: Vec<u8>,
-    /// The worker that owns it.
+    /// The worker that owns it (0 for a delete).
     pub worker: u16,
     /// The input partition whose event last wrote it (0 for files).
     pub partition: u32,
@@ -208,7 +208,7 @@ pub struct FeatureDelta {
     pub kind: u8,
     /// The key's keyed hash.
     pub hash: u128,
-    /// The worker that owns it.
+    /// The worker that owns it (0 for a delete).
     pub worker: u16,
     /// The input partition whose events last touched it (0 for files).
     pub partition: u32,
