@@ -479,7 +479,13 @@ fn write_outputs(
             SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
                 let p = pending.entry(id).or_default();
                 p.workers += 1;
-                p.features.extend(delta);
+                // The first part as it came: a worker's part is up to a
+                // whole key table, not to be copied on the sink's thread.
+                if p.features.is_empty() {
+                    p.features = delta;
+                } else {
+                    p.features.extend(delta);
+                }
                 p.rule_state.extend(rule_state);
                 p.windows.extend(windows);
                 p.watermark = p.watermark.max(newest_ms);
