@@ -28,7 +28,9 @@ pub(super) enum SinkMsg {
     /// A worker's part of checkpoint `id`.
     Worker {
         id: u64,
-        delta: Vec<FeatureDelta>,
+        /// Its feature changes, in the order they apply: the deletes, then
+        /// the keys changed ([`crate::features::FeatureEngine::finish_snapshot_parts`]).
+        delta: [Vec<FeatureDelta>; 2],
         windows: Vec<WindowDelta>,
         newest_ms: Option<i64>,
         rule_state: Vec<RuleStateDelta>,
@@ -479,12 +481,14 @@ fn write_outputs(
             SinkMsg::Worker { id, delta, windows, newest_ms, rule_state } => {
                 let p = pending.entry(id).or_default();
                 p.workers += 1;
-                // The first part as it came: a worker's part is up to a
+                // The first list as it came: a worker's lists are up to a
                 // whole key table, not to be copied on the sink's thread.
-                if p.features.is_empty() {
-                    p.features = delta;
-                } else {
-                    p.features.extend(delta);
+                for list in delta {
+                    if p.features.is_empty() {
+                        p.features = list;
+                    } else {
+                        p.features.extend(list);
+                    }
                 }
                 p.rule_state.extend(rule_state);
                 p.windows.extend(windows);
@@ -622,7 +626,13 @@ mod tests {
     }
 
     fn part(id: u64) -> SinkMsg {
-        SinkMsg::Worker { id, delta: Vec::new(), windows: Vec::new(), newest_ms: None, rule_state: Vec::new() }
+        SinkMsg::Worker {
+            id,
+            delta: [Vec::new(), Vec::new()],
+            windows: Vec::new(),
+            newest_ms: None,
+            rule_state: Vec::new(),
+        }
     }
 
     /// Two workers and the source (stream 2) around one checkpoint: worker 0

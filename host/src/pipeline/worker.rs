@@ -677,7 +677,7 @@ impl Worker {
         let Some(Part { id, windows, newest_ms, rule_state, .. }) = self.part.take() else {
             return true;
         };
-        let delta = shard::lock(&self.shards[self.index]).features.finish_snapshot();
+        let delta = shard::lock(&self.shards[self.index]).features.finish_snapshot_parts();
         if self.out_tx.send(SinkMsg::Worker { id, delta, windows, newest_ms, rule_state }).is_err() {
             tracing::error!("the sink stopped; worker exiting");
             return false;
