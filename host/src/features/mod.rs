@@ -398,7 +398,7 @@ struct Snapshot {
     /// The keys expired since the last checkpoint, as they were listed: a
     /// list of their own, so the barrier neither copies them nor grows
     /// them into room for `out` (up to hundreds of thousands of keys, many
-    /// megabytes, copied in a thread's heap: 1.2–3.5 ms of row 8's
+    /// megabytes, copied in a thread's heap: up to 3.5 ms of row 8's
     /// barriers).
     deletes: Vec<crate::state::FeatureDelta>,
     /// The keys changed, serialised as of the barrier.

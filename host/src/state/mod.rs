@@ -84,7 +84,7 @@ pub struct RuleStateDelta {
     pub rule: String,
     /// The key the rule chose.
     pub key: Vec<u8>,
-    /// The worker that owns it (0 for a delete).
+    /// The worker that owns it.
     pub worker: u16,
     /// The input partition whose event last wrote it (0 for files).
     pub partition: u32,
