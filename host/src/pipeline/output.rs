@@ -591,7 +591,11 @@ mod tests {
                     source: Box::new(std::io::Error::other("no space left on device").into()),
                 });
             }
-            self.log.lock().expect("log").push(format!("commit {}", cp.id));
+            let mut log = self.log.lock().expect("log");
+            for d in &cp.features {
+                log.push(format!("{} {}", if d.state.is_some() { "store" } else { "delete" }, d.hash));
+            }
+            log.push(format!("commit {}", cp.id));
             Ok(())
         }
 
@@ -707,6 +711,44 @@ mod tests {
         let lines = log.lock().expect("log").clone();
         assert!(lines.contains(&"commit 1".to_owned()), "{lines:?}");
         assert!(!lines.iter().any(|l| l.starts_with("commit 2")), "{lines:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_lists_each_worker_s_deletes_before_its_keys_changed() {
+        let log = Log::default();
+        let mut sinks = recorded(&log);
+        let (tx, rx) = bounded(64);
+        let change = |hash: u128, store: bool| FeatureDelta {
+            kind: 0,
+            hash,
+            worker: 0,
+            partition: 0,
+            state: store.then(Vec::new),
+        };
+        let part = |deleted: u128, stored: u128| SinkMsg::Worker {
+            id: 1,
+            delta: [vec![change(deleted, false)], vec![change(stored, true)]],
+            windows: Vec::new(),
+            newest_ms: None,
+            rule_state: Vec::new(),
+        };
+        // Worker 1's key 3 expired and came back before the barrier.
+        let msgs = [
+            SinkMsg::Cut { from: 0, id: 1 },
+            SinkMsg::Cut { from: 1, id: 1 },
+            part(1, 2),
+            SinkMsg::Source(Checkpoint { id: 1, ..Checkpoint::default() }),
+            part(3, 3),
+        ];
+        for msg in msgs {
+            tx.send(msg).expect("send");
+        }
+        drop(tx);
+        let store = Store { log: log.clone(), takes_outputs: false, fails_from: None };
+        write_outputs(&rx, &mut sinks, Commits::Inline(Some(Box::new(store))), 2, &Counters::default(), None)
+            .expect("write");
+        let lines = log.lock().expect("log").clone();
+        assert_eq!(lines, ["delete 1", "store 2", "delete 3", "store 3", "commit 1"]);
     }
 
     #[test]
