@@ -4,11 +4,12 @@
 //!
 //! Its owner works a shard through every batch, in order, as it reads
 //! them. A worker whose own part of a batch is done and that has waited
-//! for another's for a millisecond takes that worker's shard, when nobody
+//! for another's (200 µs, or a millisecond while it has batches of its
+//! own queued: see `worker.rs`) takes that worker's shard, when nobody
 //! holds it, and does its part itself: first the batches before it
 //! that the shard has not been through, in order, so each key still sees
 //! its events in source order whoever does the work. A batch then waits
-//! about a millisecond for a worker that is descheduled (unless it was
+//! at most about that long for a worker that is descheduled (unless it was
 //! descheduled holding its shard), not until that worker runs again: on 2
 //! cores shared with the source, the sink and the committer, such waits
 //! were much of the five-key latency tail of the suite's row 8.
