@@ -177,9 +177,11 @@ pub struct Dedup {
     pushed: u64,
     popped: u64,
     mark: u64,
-    /// Whether an id added since the last checkpoint may have been
-    /// forgotten since: `added` then needs checking against the set.
-    stale: bool,
+    /// Whether `added` holds exactly the ids numbered `mark..pushed`, in
+    /// order (no partition dropped or restored since the last
+    /// checkpoint): those forgotten since are then its first
+    /// `popped - mark`, and an id forgotten and remembered again is in it.
+    numbered: bool,
     /// The input partition of the events being inserted.
     partition: u32,
 }
@@ -200,7 +202,7 @@ impl Dedup {
             pushed: 0,
             popped: 0,
             mark: 0,
-            stale: false,
+            numbered: true,
             partition: 0,
         }
     }
@@ -228,7 +230,7 @@ impl Dedup {
         // every added id at the next checkpoint.
         self.popped = self.pushed - self.ring.len() as u64;
         self.reindex();
-        self.stale = true;
+        self.numbered = false;
     }
 
     /// Builds the index afresh from the ring.
@@ -292,7 +294,6 @@ impl Dedup {
             }
             self.index.remove(Index::tag(front.key), self.popped as u32);
             self.ring.pop_front();
-            self.stale |= self.popped >= self.mark;
             self.popped += 1;
             if self.track_forgotten {
                 self.removed.push((front.key, front.partition));
@@ -301,21 +302,28 @@ impl Dedup {
     }
 
     /// The ids added and forgotten since the last call, for a checkpoint.
-    /// An id both added and forgotten since the last call is listed once,
-    /// as what it is now: kept if it is remembered, else removed.
+    /// The added are those remembered now; an id forgotten and then
+    /// remembered again is in both lists, so a store applies the forgotten
+    /// first.
     ///
-    /// Runs on the source thread at each checkpoint, so it looks ids up
-    /// only when it must: an added id needs checking only when one may
-    /// have been forgotten since (rare: the horizon is far longer than a
-    /// checkpoint interval), and forgotten ids are listed only for Kafka.
+    /// Runs on the source thread at each checkpoint, so it looks no id up
+    /// while the ids added since line up with their numbers: those
+    /// forgotten since are the first few (a replay's event time can pass
+    /// the horizon within one interval, and its checkpoint had looked up
+    /// every id added, 2.3-2.8 ms for 300k ids). A partition dropped or
+    /// restored since breaks the line-up, and then each id listed is
+    /// looked up.
     pub fn take_delta(&mut self) -> Delta {
         let mut added = std::mem::take(&mut self.added);
         let mut removed = std::mem::take(&mut self.removed);
-        if self.stale {
+        if self.numbered {
+            let forgotten = (self.popped.saturating_sub(self.mark) as usize).min(added.len());
+            added.drain(..forgotten);
+        } else {
             added.retain(|&(key, ts, _)| self.find(key).is_some_and(|i| self.ring[i].ts == ts));
+            removed.retain(|&(key, _)| self.find(key).is_none());
         }
-        removed.retain(|&(key, _)| self.find(key).is_none());
-        self.stale = false;
+        self.numbered = true;
         self.mark = self.pushed;
         (added, removed)
     }
@@ -328,6 +336,7 @@ impl Dedup {
     /// Loads the ids a partition's changelog holds (the partition has just
     /// moved here), so a payment replayed after the move is still caught.
     pub fn restore_partition(&mut self, partition: u32, ids: &[(u128, i64)]) {
+        self.numbered &= ids.is_empty();
         let mut ids = ids.to_vec();
         ids.sort_by_key(|&(key, ts)| (ts, key));
         for (key, ts) in ids {
@@ -492,18 +501,25 @@ mod tests {
             }
         }
 
-        /// Checking added ids only when one may have been forgotten gives
-        /// the same delta as checking every one, as ids come, go, come back
-        /// and partitions move.
+        /// Checkpoints applied in order, each with its forgotten ids first,
+        /// keep a store equal to the set, as ids come, go, come back and
+        /// partitions move; and the ids added are those looking each up
+        /// would list.
         #[test]
-        fn a_delta_checks_added_ids_only_when_it_must(
+        fn deltas_applied_in_order_keep_a_store_equal_to_the_set(
             steps in proptest::collection::vec((0u8..30, 0i64..300, 0u8..20), 1..300),
         ) {
             let mut d = Dedup::new(1_000, KeyedHash::for_tests());
+            let mut store: HashMap<u128, (i64, u32)> = HashMap::new();
             let mut ts = 0;
             for (id, step, action) in steps {
                 match action {
-                    0 => d.drop_partitions(&[u32::from(id % 2)]),
+                    0 => {
+                        // The partition's changelog is another daemon's now.
+                        let partition = u32::from(id % 2);
+                        d.drop_partitions(&[partition]);
+                        store.retain(|_, &mut (_, p)| p != partition);
+                    }
                     1..=3 => {
                         let expected: Vec<_> = d
                             .added
@@ -511,7 +527,16 @@ mod tests {
                             .filter(|&&(key, ts, _)| d.find(key).is_some_and(|i| d.ring[i].ts == ts))
                             .copied()
                             .collect();
-                        prop_assert_eq!(d.take_delta().0, expected);
+                        let (added, removed) = d.take_delta();
+                        prop_assert_eq!(&added, &expected);
+                        for (key, _) in removed {
+                            store.remove(&key);
+                        }
+                        for (key, ts, partition) in added {
+                            store.insert(key, (ts, partition));
+                        }
+                        let set: HashMap<u128, (i64, u32)> = d.ring.iter().map(|s| (s.key, (s.ts, s.partition))).collect();
+                        prop_assert_eq!(&store, &set);
                     }
                     _ => {
                         ts += step;

@@ -407,8 +407,9 @@ fn send_changes(
     for d in cp.windows.iter().filter(|d| owned.contains(&d.partition)) {
         send(d.partition, named_key(b'w', &d.window, d.key.as_bytes()), d.windows.as_deref()).map_err(write)?;
     }
-    // The delta lists each id once, as it ends up (`Dedup::take_delta`), so
-    // the order of the two loops does not matter.
+    // An id forgotten and remembered again since the last checkpoint is in
+    // both lists (`Dedup::take_delta`): the tombstones go first, and the
+    // idempotent producer keeps a partition's records in order.
     for &(id, partition) in cp.dedup_removed.iter().filter(|(_, p)| owned.contains(p)) {
         send(partition, dedup_key(id), None).map_err(write)?;
     }
