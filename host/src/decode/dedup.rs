@@ -310,7 +310,7 @@ impl Dedup {
     /// while the ids added since line up with their numbers: those
     /// forgotten since are the first few (a replay's event time can pass
     /// the horizon within one interval, and its checkpoint had looked up
-    /// every id added, 2.3-2.8 ms for 300k ids). A partition dropped or
+    /// every id added, 2.3-5.0 ms for 300k ids). A partition dropped or
     /// restored since breaks the line-up, and then each id listed is
     /// looked up.
     pub fn take_delta(&mut self) -> Delta {
