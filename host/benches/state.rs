@@ -212,7 +212,7 @@ fn main() {
     let t_serialise = Instant::now();
     let delta = engine.finish_snapshot();
     let serialise_s = t_serialise.elapsed().as_secs_f64();
-    let cp = Checkpoint { id: 1, source: "bench".into(), workers: 1, features: delta, ..Checkpoint::default() };
+    let cp = Checkpoint { id: 1, source: "bench".into(), workers: 1, features: vec![delta], ..Checkpoint::default() };
     store.commit(&cp).expect("commit");
     let checkpoint_s = t.elapsed().as_secs_f64();
     drop(cp);

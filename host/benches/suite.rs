@@ -497,7 +497,7 @@ fn main() {
             id: 1,
             source: vigil::sources::name(&c.source),
             workers: 2,
-            features: engine.take_delta(0),
+            features: vec![engine.take_delta(0)],
             ..Default::default()
         };
         store.commit(&cp).expect("commit");

@@ -167,15 +167,15 @@ fn run_committer(
     // checkpoint lags the newest barrier by one to two intervals, and a
     // crash reads that much again (BENCHMARKS.md, "Replay after `kill -9`").
     crate::priority::idle();
-    for Ready { files, mut cp, features } in rx {
+    for Ready { files, cp } in rx {
         let started = Instant::now();
-        cp.features = join(features);
         // Everything before the barrier is written; make it durable
         // before the checkpoint says it was processed.
         for f in &files {
             f.sync()?;
         }
-        let (id, line, keys, abort) = (cp.id, cp.position.line_no, cp.features.len(), cp.abort);
+        let keys: usize = cp.features.iter().map(Vec::len).sum();
+        let (id, line, abort) = (cp.id, cp.position.line_no, cp.abort);
         store.commit(cp)?;
         if !abort {
             counters.checkpointed(hop, started.elapsed());
@@ -274,7 +274,7 @@ struct Pending {
     workers: usize,
     source: Option<Checkpoint>,
     /// Each worker's lists as they came (its deletes, then its keys
-    /// changed), in the order they apply: see [`Ready`].
+    /// changed), in the order they apply: see [`Checkpoint::features`].
     features: Vec<Vec<FeatureDelta>>,
     windows: Vec<WindowDelta>,
     watermark: Option<i64>,
@@ -446,27 +446,9 @@ impl Lanes {
 
 /// A complete checkpoint on its way to the committer thread, with the
 /// output files to make durable first.
-///
-/// Its feature changes are still the workers' lists: the committer joins
-/// them. Up to a key table's worth a worker, they are not to be copied on
-/// the sink's thread, which writes the decisions meanwhile (joined there,
-/// row 8's 50k-130k changes a worker held it 0.2-3.5 ms a checkpoint).
-/// A Kafka changelog is handed its checkpoints on the sink's thread, so
-/// the sink joins them for it.
 struct Ready {
     files: Vec<sinks::SyncHandle>,
     cp: Checkpoint,
-    features: Vec<Vec<FeatureDelta>>,
-}
-
-/// Lists of feature changes as one, in order.
-fn join(lists: Vec<Vec<FeatureDelta>>) -> Vec<FeatureDelta> {
-    let rest = lists.iter().skip(1).map(Vec::len).sum();
-    let mut lists = lists.into_iter();
-    let mut all = lists.next().unwrap_or_default();
-    all.reserve(rest);
-    lists.for_each(|list| all.extend(list));
-    all
 }
 
 /// Where the output loop sends a complete checkpoint.
@@ -530,18 +512,18 @@ fn write_outputs(
             continue;
         };
         let Some(mut cp) = p.source else { continue };
+        cp.features = p.features;
         cp.windows = p.windows;
         cp.watermark = p.watermark;
         cp.rule_state = p.rule_state;
         match &mut commits {
             Commits::OffThread(tx) => {
                 let files = sinks.sync_handles()?;
-                if tx.send(Ready { files, cp, features: p.features }).is_err() {
+                if tx.send(Ready { files, cp }).is_err() {
                     return Err(PipelineError::Stopped("the checkpoint committer"));
                 }
             }
             Commits::Inline(store) => {
-                cp.features = join(p.features);
                 // Everything before the barrier is written; make it durable
                 // before the checkpoint says it was processed.
                 sinks.sync()?;
@@ -614,7 +596,7 @@ mod tests {
                 });
             }
             let mut log = self.log.lock().expect("log");
-            for d in &cp.features {
+            for d in cp.features.iter().flatten() {
                 log.push(format!("{} {}", if d.state.is_some() { "store" } else { "delete" }, d.hash));
             }
             log.push(format!("commit {}", cp.id));

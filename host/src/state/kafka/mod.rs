@@ -398,7 +398,7 @@ fn send_changes(
             None => producer.send(changelog, Some(partition as i32), Some(&key), value),
         }
     };
-    for d in cp.features.iter().filter(|d| owned.contains(&d.partition)) {
+    for d in cp.features.iter().flatten().filter(|d| owned.contains(&d.partition)) {
         send(d.partition, feature_key(d.kind, d.hash), d.state.as_deref()).map_err(write)?;
     }
     for d in cp.rule_state.iter().filter(|d| owned.contains(&d.partition)) {
