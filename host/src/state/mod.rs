@@ -237,10 +237,12 @@ pub struct Checkpoint {
     pub dedup_cutoff: i64,
     /// Feature state changes: the workers' lists as they sent them (each
     /// up to a key table's worth), applied in order, so a key listed twice
-    /// keeps its last state. Not joined into one on the way: a Kafka
-    /// changelog sends them from the sink's thread, which writes the
-    /// decisions meanwhile (joined there, row 8's 50k–130k changes a
-    /// worker held it 0.2–3.5 ms a checkpoint).
+    /// keeps its last state. Never joined on the sink's thread, which
+    /// writes the decisions meanwhile and hands every checkpoint on: the
+    /// local store's committer joins them on its own, a Kafka changelog
+    /// sends them as they are. (Joined on the sink's thread, row 8's
+    /// 50k–130k changes a worker held it 0.2–3.5 ms a checkpoint, with
+    /// the local store.)
     pub features: Vec<Vec<FeatureDelta>>,
     /// Open windows of the keys whose windows changed.
     pub windows: Vec<WindowDelta>,
@@ -559,20 +561,20 @@ impl StateStore {
             let mut value = Vec::new();
             // In key order, each insert lands next to the last one in the
             // B-tree; a key listed twice keeps its last state. The daemon's
-            // checkpoints come sorted (see `Durable::commit` below): read
+            // checkpoints come sorted (see `Durable::commit` above): read
             // through a sorted index instead, each delta was a cache miss,
             // most of a large commit's time.
             let listed: Vec<&FeatureDelta> = cp.features.iter().flatten().collect();
-            let in_order: Vec<usize> = match listed.is_sorted_by_key(|d| (d.kind, d.hash)) {
-                true => (0..listed.len()).collect(),
+            let in_order: Vec<&FeatureDelta> = match listed.is_sorted_by_key(|d| (d.kind, d.hash)) {
+                true => listed,
                 false => {
-                    let mut by_key: Vec<(u8, u128, usize)> =
-                        listed.iter().enumerate().map(|(i, d)| (d.kind, d.hash, i)).collect();
-                    by_key.sort_unstable();
-                    by_key.into_iter().map(|(_, _, i)| i).collect()
+                    let mut by_key: Vec<(u8, u128, usize, &FeatureDelta)> =
+                        listed.into_iter().enumerate().map(|(i, d)| (d.kind, d.hash, i, d)).collect();
+                    by_key.sort_unstable_by_key(|&(kind, hash, i, _)| (kind, hash, i));
+                    by_key.into_iter().map(|(.., d)| d).collect()
                 }
             };
-            for d in in_order.iter().map(|&i| listed[i]) {
+            for d in in_order {
                 let key = feature_key(d.kind, d.hash);
                 match &d.state {
                     Some(state) => {
@@ -718,7 +720,7 @@ mod tests {
                 1..8),
         ) {
             let dir = tempfile::tempdir().expect("tmp");
-            let store = StateStore::open(dir.path()).expect("open");
+            let mut store = StateStore::open(dir.path()).expect("open");
             let mut model_features: HashMap<u128, Vec<u8>> = HashMap::new();
             let mut model_dedup: HashMap<u128, i64> = HashMap::new();
             let mut dedup_set = crate::decode::Dedup::new(100, crate::keyed::KeyedHash::for_tests());
@@ -749,7 +751,11 @@ mod tests {
                     model_dedup.insert(id, ts);
                 }
                 model_dedup.retain(|_, ts| *ts >= cp.dedup_cutoff);
-                store.commit(&cp).expect("commit");
+                // Every other step as the daemon's committer commits.
+                match i % 2 {
+                    0 => store.commit(&cp).expect("commit"),
+                    _ => Durable::commit(&mut store, cp.clone()).expect("commit"),
+                }
                 let r = store.load("s").expect("load").expect("some");
                 prop_assert_eq!(r.id, i as u64);
                 prop_assert_eq!(r.position, cp.position);
